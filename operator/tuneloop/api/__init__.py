@@ -1,0 +1,1 @@
+"""Pydantic models of Tuneloop's custom resources and of the workloads they run."""

@@ -1,0 +1,110 @@
+"""Shared pieces of the Tuneloop API: camelCase wire models, conditions, validation errors."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.alias_generators import to_camel
+
+GROUP = "tuneloop.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+class WireModel(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are an error, not ignored."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class Condition(WireModel):
+    """A Kubernetes-shaped status condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def set_condition(
+    conditions: list[Condition],
+    type: str,
+    status: Literal["True", "False", "Unknown"],
+    reason: str,
+    message: str = "",
+    *,
+    observed_generation: int | None = None,
+    now: str | None = None,
+) -> list[Condition]:
+    """Return conditions with `type` set; lastTransitionTime moves only when the status changes."""
+    previous = next((c for c in conditions if c.type == type), None)
+    transition = previous.last_transition_time if previous and previous.status == status else (now or now_rfc3339())
+    updated = Condition(
+        type=type, status=status, reason=reason, message=message,
+        last_transition_time=transition, observed_generation=observed_generation,
+    )
+    return [c for c in conditions if c.type != type] + [updated]
+
+
+def get_condition(conditions: list[Condition], type: str) -> Condition | None:
+    return next((c for c in conditions if c.type == type), None)
+
+
+class SpecError(ValueError):
+    """A manifest that cannot be accepted; each problem names its field path."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def field_path(prefix: str, loc: tuple[Any, ...]) -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part:
+            path = f"{path}.{part}" if path else str(part)
+    return path
+
+
+def describe_validation_error(error: ValidationError, prefix: str) -> list[str]:
+    """Turn pydantic's errors into `spec.method.lora.r: must be >= 1` style lines."""
+    problems = []
+    for item in error.errors():
+        # Model-level validators report under the model; union branches add a tag we drop.
+        loc = tuple(part for part in item["loc"] if not (isinstance(part, str) and "[" in part and part.endswith("]")))
+        problems.append(f"{field_path(prefix, loc)}: {humanize(item)}")
+    return problems
+
+
+def humanize(item: dict[str, Any]) -> str:
+    kind, ctx = item["type"], item.get("ctx") or {}
+    if kind == "greater_than_equal":
+        return f"must be >= {ctx['ge']}"
+    if kind == "greater_than":
+        return f"must be > {ctx['gt']}"
+    if kind == "less_than_equal":
+        return f"must be <= {ctx['le']}"
+    if kind == "less_than":
+        return f"must be < {ctx['lt']}"
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return "is not a known field"
+    if kind == "literal_error":
+        return f"must be one of {ctx['expected']}"
+    if kind == "value_error":
+        return str(ctx.get("error", item["msg"]))
+    return item["msg"][0].lower() + item["msg"][1:]

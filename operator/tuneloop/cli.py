@@ -1,0 +1,187 @@
+"""The `tuneloop` command.
+
+    tuneloop run FILE --local     run a FineTuneJob manifest to the end on this machine
+    tuneloop validate FILE...     check manifests; say what is wrong and where
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuneloop.api.common import SpecError
+from tuneloop.api.finetunejob import KIND as FINETUNEJOB, FineTuneJob, FineTuneJobStatus, parse_manifest
+from tuneloop.reconcile.finetunejob import check_context
+
+KNOWN_KINDS = (FINETUNEJOB,)
+
+
+class ManifestError(Exception):
+    """A manifest file that cannot be used; the message names the file and the place."""
+
+
+def load_documents(path: Path) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ManifestError(f"{path}: cannot read: {error}") from None
+    try:
+        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ManifestError(f"{where}: not valid YAML: {getattr(error, 'problem', error)}") from None
+    if not documents:
+        raise ManifestError(f"{path}: no manifests in the file")
+    for index, document in enumerate(documents):
+        if not isinstance(document, dict):
+            raise ManifestError(f"{path}: document {index + 1} is not a mapping")
+    return documents
+
+
+def describe(document: dict[str, Any]) -> str:
+    name = (document.get("metadata") or {}).get("name", "<no name>")
+    return f"{document.get('kind', '<no kind>')}/{name}"
+
+
+def validate_document(document: dict[str, Any], local: bool) -> list[str]:
+    kind = document.get("kind")
+    if kind not in KNOWN_KINDS:
+        return [f"kind: {kind!r} is not a Tuneloop kind (known: {', '.join(KNOWN_KINDS)})"]
+    try:
+        job = parse_manifest(document)
+    except SpecError as error:
+        return error.problems
+    if local:
+        from tuneloop.runtime.local import LOCAL_CONTEXT
+
+        return check_context(job.spec, LOCAL_CONTEXT)
+    return []
+
+
+def command_validate(args: argparse.Namespace) -> int:
+    failed = False
+    for path in args.files:
+        try:
+            documents = load_documents(path)
+        except ManifestError as error:
+            print(error, file=sys.stderr)
+            failed = True
+            continue
+        for document in documents:
+            problems = validate_document(document, args.local)
+            if problems:
+                failed = True
+                for problem in problems:
+                    print(f"{path}: {describe(document)}: {problem}", file=sys.stderr)
+            else:
+                print(f"{path}: {describe(document)}: valid")
+    return 1 if failed else 0
+
+
+def load_job(path: Path) -> FineTuneJob:
+    jobs = [doc for doc in load_documents(path) if doc.get("kind") == FINETUNEJOB]
+    if len(jobs) != 1:
+        raise ManifestError(f"{path}: expected exactly one FineTuneJob, found {len(jobs)}")
+    problems = validate_document(jobs[0], local=True)
+    if problems:
+        raise ManifestError("\n".join(f"{path}: {describe(jobs[0])}: {problem}" for problem in problems))
+    return parse_manifest(jobs[0])
+
+
+def print_report(job: FineTuneJob, status: FineTuneJobStatus, result_previews: list[dict[str, Any]]) -> None:
+    training, dataset = status.training, status.dataset
+    print()
+    print(f"FineTuneJob {job.metadata.name}: {status.phase}")
+    if dataset:
+        print(f"  data       {dataset.rows} rows ({dataset.format}): {dataset.train_rows} train, "
+              f"{dataset.hold_out_rows} hold-out; sha256 {dataset.sha256[:16]}")
+    if training:
+        change = (training.hold_out_loss_after - training.hold_out_loss_before) / training.hold_out_loss_before
+        print(f"  hold-out   loss {training.hold_out_loss_before:.4f} -> {training.hold_out_loss_after:.4f} "
+              f"({change:+.0%})")
+        print(f"  training   {training.steps} steps, final train loss {training.train_loss:.4f}, "
+              f"{training.tokens_per_second:.0f} tokens/s, {training.seconds:.0f}s in all")
+        print(f"  adapter    {training.adapter_uri}")
+    for number, preview in enumerate(result_previews, start=1):
+        print(f"\n  hold-out example {number}")
+        prompt = textwrap.fill(preview["prompt"], 96, subsequent_indent=" " * 13)
+        print(f"    {'prompt':<9}{prompt}")
+        for label, key in (("expected", "reference"), ("base", "base"), ("tuned", "tuned")):
+            answer = " ".join(preview[key].split())
+            answer = answer if len(answer) <= 96 else answer[:93] + "..."
+            mark = "   (exact match)" if key != "reference" and preview[key].strip() == preview["reference"].strip() else ""
+            print(f"    {label:<9}{answer or '(empty)'}{mark}")
+    if status.phase == "Failed":
+        print(f"  reason     {status.message}")
+
+
+def command_run(args: argparse.Namespace) -> int:
+    if not args.local:
+        print("tuneloop run: only --local is supported here; on a cluster, kubectl apply the manifest",
+              file=sys.stderr)
+        return 2
+    from tuneloop.catalog import CatalogError
+    from tuneloop.runtime.local import LocalRuntime
+
+    try:
+        job = load_job(args.file)
+    except ManifestError as error:
+        print(error, file=sys.stderr)
+        return 2
+
+    def on_event(event: Any) -> None:
+        print(f"[{event.type}] {event.reason}: {event.message}", flush=True)
+
+    runtime = LocalRuntime(workdir=args.workdir.resolve(), manifest_dir=args.file.resolve().parent,
+                           on_event=on_event)
+    if args.fresh:
+        import shutil
+
+        shutil.rmtree(runtime.job_dir(job), ignore_errors=True)
+    try:
+        status = runtime.run(job)
+    except CatalogError as error:
+        print(f"{args.file}: spec.baseModel: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to pick up where it stopped", file=sys.stderr)
+        return 130
+    result = runtime.read_result(job, "train") or {}
+    print_report(job, status, result.get("previews", []))
+    print(f"\n  work folder {runtime.job_dir(job)}")
+    return 0 if status.phase == "Succeeded" else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tuneloop", description="Fine-tune and ship private LLMs on Kubernetes.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a FineTuneJob manifest")
+    run.add_argument("file", type=Path)
+    run.add_argument("--local", action="store_true", help="run on this machine with subprocesses")
+    run.add_argument("--workdir", type=Path, default=Path("tuneloop-work"), help="work folder (default: %(default)s)")
+    run.add_argument("--fresh", action="store_true", help="discard an earlier run of the same spec")
+    run.set_defaults(handler=command_run)
+
+    validate = commands.add_parser("validate", help="check manifests")
+    validate.add_argument("files", type=Path, nargs="+")
+    validate.add_argument("--local", action="store_true", help="also check that the job can run locally")
+    validate.set_defaults(handler=command_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

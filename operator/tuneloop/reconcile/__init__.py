@@ -1,0 +1,1 @@
+"""Pure reconcile decisions: no Kubernetes client, no kopf, no processes."""

@@ -1,0 +1,1 @@
+"""Where workloads run: this machine (local) or a Kubernetes cluster."""

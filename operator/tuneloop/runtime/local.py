@@ -1,0 +1,184 @@
+"""Run FineTuneJobs on this machine: workloads are subprocesses in a work folder.
+
+The work folder of a job is `<workdir>/<name>/<spec hash>/`; it holds the job's status and one
+folder per workload (spec, progress, result, output). Running the same manifest again picks up
+where the last run stopped: a finished workload is not run twice, a succeeded job just reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tuneloop import catalog
+from tuneloop.api.finetunejob import TERMINAL_PHASES, FineTuneJob, FineTuneJobStatus
+from tuneloop.api.workloads import TrainerWorkload
+from tuneloop.reconcile.finetunejob import (
+    EmitEvent,
+    LaunchWorkload,
+    Observed,
+    ReconcileContext,
+    WorkloadState,
+    reconcile,
+    workload_name,
+)
+
+log = logging.getLogger("tuneloop.local")
+
+LOCAL_CONTEXT = ReconcileContext(mode="local", catalog=frozenset(catalog.LOCAL_CATALOG))
+
+
+def spec_hash(job: FineTuneJob) -> str:
+    return hashlib.sha256(json.dumps(job.spec.to_wire(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def resolve_path(uri: str, base: Path) -> Path:
+    """file:///abs/path, or a plain path relative to the manifest's folder."""
+    path = Path(uri[len("file://"):]) if uri.startswith("file://") else Path(uri)
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+@dataclass
+class LocalRuntime:
+    workdir: Path
+    manifest_dir: Path
+    model_cache: Path | None = None
+    on_event: Callable[[EmitEvent], None] = lambda event: None
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def job_dir(self, job: FineTuneJob) -> Path:
+        return self.workdir / job.metadata.name / spec_hash(job)
+
+    # -- status ---------------------------------------------------------------------------
+
+    def load_status(self, job: FineTuneJob) -> FineTuneJobStatus:
+        """The saved status of an earlier run of the same spec; a failed run starts over."""
+        status_file = self.job_dir(job) / "status.json"
+        if status_file.is_file():
+            status = FineTuneJobStatus.model_validate_json(status_file.read_text(encoding="utf-8"))
+            if status.phase != "Failed":
+                return status
+            shutil.rmtree(self.job_dir(job))
+        return FineTuneJobStatus()
+
+    def save_status(self, job: FineTuneJob, status: FineTuneJobStatus) -> None:
+        folder = self.job_dir(job)
+        folder.mkdir(parents=True, exist_ok=True)
+        temporary = folder / ".status.json.tmp"
+        temporary.write_text(status.model_dump_json(by_alias=True, exclude_none=True, indent=2), encoding="utf-8")
+        os.replace(temporary, folder / "status.json")
+
+    # -- workloads ------------------------------------------------------------------------
+
+    def workload_dir(self, job: FineTuneJob, name: str) -> Path:
+        return self.job_dir(job) / name
+
+    def read_result(self, job: FineTuneJob, stage: str) -> dict | None:
+        return _read_json(self.workload_dir(job, workload_name(job.metadata.name, stage)) / "result.json")
+
+    def observe(self, job: FineTuneJob) -> Observed:
+        workloads = {}
+        root = self.job_dir(job)
+        if root.is_dir():
+            for folder in root.iterdir():
+                if folder.is_dir() and (folder / "workload.json").is_file():
+                    workloads[folder.name] = self._observe_one(folder)
+        return Observed(workloads=workloads)
+
+    def _observe_one(self, folder: Path) -> WorkloadState:
+        process = self.processes.get(folder.name)
+        if process is not None and process.poll() is None:
+            progress = _read_json(folder / "progress.json")
+            return WorkloadState("Running", progress=progress)
+        result = _read_json(folder / "result.json")
+        if result is not None:
+            for key in ("adapterPath", "holdOutPath"):
+                if result.get(key):
+                    result[key] = Path(result[key]).resolve().as_uri()
+            return WorkloadState("Succeeded" if result.get("succeeded") else "Failed", result=result)
+        if process is not None:
+            return WorkloadState("Failed", message=f"the workload exited with code {process.returncode} "
+                                                   f"and wrote no result; its log is above")
+        return WorkloadState("Absent")
+
+    def launch(self, job: FineTuneJob, action: LaunchWorkload) -> None:
+        if action.name in self.processes and self.processes[action.name].poll() is None:
+            return
+        folder = self.workload_dir(job, action.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in ("result.json", "progress.json"):
+            (folder / stale).unlink(missing_ok=True)
+        if action.stage != "train":
+            raise NotImplementedError(f"stage {action.stage!r} has no local workload yet")
+        workload = self.trainer_workload(job, folder)
+        (folder / "workload.json").write_text(workload.model_dump_json(by_alias=True, indent=2), encoding="utf-8")
+        command = [sys.executable, "-m", "tuneloop_trainer", "--spec", str(folder / "workload.json"),
+                   "--result", str(folder / "result.json"), "--progress", str(folder / "progress.json")]
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+        self.processes[action.name] = subprocess.Popen(command, env=env)
+
+    def trainer_workload(self, job: FineTuneJob, folder: Path) -> TrainerWorkload:
+        spec = job.spec
+        if spec.base_model.name is not None:
+            model_path = catalog.materialize(catalog.lookup(spec.base_model.name), self.model_cache)
+        else:
+            model_path = resolve_path(spec.base_model.uri or "", self.manifest_dir)
+        output = resolve_path(spec.output.uri, self.manifest_dir) if spec.output.uri else folder / "output"
+        return TrainerWorkload(
+            job=f"{job.metadata.namespace}/{job.metadata.name}",
+            model_path=str(model_path),
+            dataset_path=str(resolve_path(spec.dataset.uri, self.manifest_dir)),
+            dataset=spec.dataset,
+            method=spec.method,
+            training=spec.training,
+            output_dir=str(output),
+            preview_examples=spec.output.preview_examples,
+        )
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self, job: FineTuneJob, poll_seconds: float = 1.0) -> FineTuneJobStatus:
+        """Reconcile until the job reaches Succeeded or Failed."""
+        status = self.load_status(job)
+        try:
+            while True:
+                decision = reconcile(job.metadata.name, job.spec.to_wire(), status, self.observe(job),
+                                     LOCAL_CONTEXT, job.metadata.generation)
+                for action in decision.actions:
+                    if isinstance(action, LaunchWorkload):
+                        self.launch(job, action)
+                    else:
+                        self.on_event(action)
+                status = decision.status
+                self.save_status(job, status)
+                if status.phase in TERMINAL_PHASES:
+                    return status
+                time.sleep(poll_seconds)
+        finally:
+            self.stop_all()
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+

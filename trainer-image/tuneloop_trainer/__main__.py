@@ -1,0 +1,69 @@
+"""python -m tuneloop_trainer --spec SPEC.json --result RESULT.json [--progress PROGRESS.json]
+
+Exit status 0 when the run succeeded. The result file is written in every case; a failed run
+says why in `reason` and `message`. In a pod, pass --result /dev/termination-log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from tuneloop.api.workloads import TrainerResult, TrainerWorkload
+
+log = logging.getLogger("tuneloop_trainer")
+
+
+def failure(reason: str, message: str) -> TrainerResult:
+    return TrainerResult(succeeded=False, reason=reason, message=message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tuneloop_trainer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", type=Path, required=True, help="TrainerWorkload JSON")
+    parser.add_argument("--result", type=Path, required=True, help="where the TrainerResult JSON goes")
+    parser.add_argument("--progress", type=Path, help="progress JSON, rewritten every few seconds")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+    try:
+        workload = TrainerWorkload.model_validate(json.loads(args.spec.read_text(encoding="utf-8")))
+    except (OSError, ValueError, ValidationError) as error:
+        result = failure("InvalidWorkload", f"{args.spec}: {error}")
+    else:
+        # Heavy imports only after the spec is known to be good.
+        from tuneloop_trainer.data import DataError
+        from tuneloop_trainer.model import UnsupportedHardware
+        from tuneloop_trainer.progress import ProgressReporter
+        from tuneloop_trainer.train import run
+
+        try:
+            result = run(workload, ProgressReporter(args.progress))
+        except DataError as error:
+            result = failure("InvalidData", str(error))
+        except UnsupportedHardware as error:
+            result = failure("UnsupportedHardware", str(error))
+        except FloatingPointError as error:
+            result = failure("LossDiverged", str(error))
+        except Exception as error:  # the result must say why, whatever broke
+            traceback.print_exc()
+            result = failure("TrainingFailed", f"{type(error).__name__}: {error}")
+    if not result.succeeded:
+        log.error("%s: %s", result.reason, result.message)
+    args.result.parent.mkdir(parents=True, exist_ok=True)
+    args.result.write_text(result.model_dump_json(by_alias=True, exclude_none=True), encoding="utf-8")
+    return 0 if result.succeeded else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

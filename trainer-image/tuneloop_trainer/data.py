@@ -1,0 +1,209 @@
+"""Read a JSONL dataset, check every row, turn rows into chat conversations and token ids.
+
+Row shapes:
+  alpaca    {"instruction": ..., "input": ... (optional), "output": ...}
+  messages  {"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}
+  text      {"text": ...}                (plain text, loss on every token)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+IGNORE_INDEX = -100
+ROLES = ("system", "user", "assistant")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the line and the problem."""
+
+
+@dataclass
+class Example:
+    """One row as a conversation (or plain text), remembering where it came from."""
+
+    line: int
+    messages: list[dict[str, str]] | None = None
+    text: str | None = None
+
+    @property
+    def prompt_messages(self) -> list[dict[str, str]]:
+        return (self.messages or [])[:-1]
+
+    @property
+    def reference(self) -> str:
+        return self.messages[-1]["content"] if self.messages else (self.text or "")
+
+
+@dataclass
+class TokenizedExample:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+
+@dataclass
+class Dataset:
+    path: Path
+    format: str
+    sha256: str
+    examples: list[Example] = field(default_factory=list)
+
+
+def detect_format(row: dict[str, Any]) -> str:
+    if "messages" in row:
+        return "messages"
+    if "instruction" in row or "output" in row:
+        return "alpaca"
+    if "text" in row:
+        return "text"
+    raise ValueError("row has none of the fields messages, instruction/output or text")
+
+
+def _required_string(row: dict[str, Any], key: str, *, optional: bool = False) -> str:
+    if key not in row or row[key] is None:
+        if optional:
+            return ""
+        raise ValueError(f"missing required field {key!r}")
+    value = row[key]
+    if not isinstance(value, str):
+        raise ValueError(f"field {key!r} must be a string, got {type(value).__name__}")
+    if not optional and not value.strip():
+        raise ValueError(f"field {key!r} is empty")
+    return value
+
+
+def _alpaca(row: dict[str, Any], system_prompt: str | None) -> list[dict[str, str]]:
+    instruction = _required_string(row, "instruction")
+    extra = _required_string(row, "input", optional=True)
+    output = _required_string(row, "output")
+    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + messages
+
+
+def _messages(row: dict[str, Any], system_prompt: str | None) -> list[dict[str, str]]:
+    raw = row.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise ValueError("field 'messages' must be a non-empty list")
+    messages = []
+    for index, message in enumerate(raw):
+        if not isinstance(message, dict):
+            raise ValueError(f"messages[{index}] must be an object with role and content")
+        role = message.get("role")
+        if role not in ROLES:
+            raise ValueError(f"messages[{index}].role must be one of {list(ROLES)}, got {role!r}")
+        content = message.get("content")
+        if not isinstance(content, str) or not content.strip():
+            raise ValueError(f"messages[{index}].content must be a non-empty string")
+        messages.append({"role": role, "content": content})
+    turns = messages[1:] if messages[0]["role"] == "system" else messages
+    for index, message in enumerate(turns):
+        expected = "user" if index % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            offset = len(messages) - len(turns)
+            raise ValueError(
+                f"messages[{index + offset}] has role {message['role']!r} where {expected!r} was expected "
+                "(after an optional system message, turns alternate user, assistant, ...)")
+    if turns[-1]["role"] != "assistant":
+        raise ValueError("the last message must be from the assistant (the answer to learn)")
+    if system_prompt and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
+def load_jsonl(path: Path, declared_format: str = "auto", system_prompt: str | None = None) -> Dataset:
+    """Read and check every row; the first bad row raises DataError naming file and line."""
+    raw = path.read_bytes() if path.is_file() else None
+    if raw is None:
+        raise DataError(f"{path}: dataset file not found")
+    if not raw.strip():
+        raise DataError(f"{path}: the file is empty")
+    dataset = Dataset(path=path, format=declared_format, sha256=hashlib.sha256(raw).hexdigest())
+    for number, line_bytes in enumerate(raw.split(b"\n"), start=1):
+        if not line_bytes.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            line = line_bytes.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DataError(f"{where}: not valid UTF-8 (byte {error.start})") from None
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{where}: broken JSON: {error.msg} at column {error.colno}") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
+        try:
+            if dataset.format == "auto":
+                dataset.format = detect_format(row)
+            if dataset.format == "alpaca":
+                example = Example(line=number, messages=_alpaca(row, system_prompt))
+            elif dataset.format == "messages":
+                example = Example(line=number, messages=_messages(row, system_prompt))
+            else:
+                example = Example(line=number, text=_required_string(row, "text"))
+        except ValueError as error:
+            raise DataError(f"{where}: {error}") from None
+        dataset.examples.append(example)
+    if not dataset.examples:
+        raise DataError(f"{path}: no rows (only blank lines)")
+    return dataset
+
+
+def split_hold_out(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Deterministic split: the same rows, fraction and seed always give the same hold-out set."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    count = min(len(examples) - 1, max(1, math.ceil(fraction * len(examples))))
+    hold_out_indices = set(order[:count])
+    train = [example for index, example in enumerate(examples) if index not in hold_out_indices]
+    hold_out = [example for index, example in enumerate(examples) if index in hold_out_indices]
+    return train, hold_out
+
+
+def render_prompt(tokenizer: Any, example: Example) -> str:
+    """The text the model sees before it answers (chat template with the generation prompt)."""
+    return tokenizer.apply_chat_template(example.prompt_messages, tokenize=False, add_generation_prompt=True)
+
+
+def tokenize(tokenizer: Any, example: Example, max_length: int) -> TokenizedExample:
+    """Token ids and labels; labels are IGNORE_INDEX everywhere but the assistant's answers."""
+    if example.text is not None:
+        ids = tokenizer(example.text + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
+        return TokenizedExample(ids[:max_length], list(ids[:max_length]), truncated=len(ids) > max_length)
+    messages = example.messages or []
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    answer_spans = []
+    for index, message in enumerate(messages):
+        if message["role"] == "assistant":
+            start = len(tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True))
+            end = len(tokenizer.apply_chat_template(messages[: index + 1], tokenize=False))
+            answer_spans.append((start, end))
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    labels = [
+        token if any(start <= begin < end for start, end in answer_spans) else IGNORE_INDEX
+        for token, (begin, _) in zip(ids, offsets)
+    ]
+    truncated = len(ids) > max_length
+    return TokenizedExample(ids[:max_length], labels[:max_length], truncated=truncated)
+
+
+def write_jsonl(path: Path, examples: list[Example]) -> None:
+    """Write examples as chat `messages` rows (the evaluator's input)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for example in examples:
+            row = {"messages": example.messages} if example.messages else {"text": example.text}
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -1,0 +1,97 @@
+"""Load the base model and tokenizer and attach what the method trains (LoRA, QLoRA or all weights)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tuneloop.api.finetunejob import MethodSpec, TrainingSpec
+
+
+class UnsupportedHardware(RuntimeError):
+    """The spec asks for something this machine cannot do (QLoRA without CUDA)."""
+
+
+def cpu_has_bf16() -> bool:
+    checker = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(checker and checker())
+
+
+def weight_dtype(training: TrainingSpec, method: MethodSpec) -> torch.dtype:
+    """dtype of the frozen base weights. Trainable weights (LoRA, or all of `full`) stay fp32."""
+    if method.type == "full" or training.precision == "fp32":
+        return torch.float32
+    if training.precision == "bf16":
+        return torch.bfloat16
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
+
+
+def load_tokenizer(model_path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise ValueError(f"{model_path}: the tokenizer has no chat template; use an instruct model or text rows")
+    return tokenizer
+
+
+def load_model(model_path: str, method: MethodSpec, training: TrainingSpec) -> torch.nn.Module:
+    """Base model with the method's trainable parameters attached; a peft model for lora/qlora."""
+    from transformers import AutoModelForCausalLM
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    kwargs: dict[str, Any] = {"dtype": weight_dtype(training, method), "attn_implementation": "sdpa"}
+    if method.type == "qlora":
+        if not torch.cuda.is_available():
+            raise UnsupportedHardware(
+                "spec.method.type: qlora loads the base model in 4-bit with bitsandbytes, which needs a CUDA GPU; "
+                "use type lora on this machine")
+        from transformers import BitsAndBytesConfig
+
+        quant = method.quantization
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quant.quant_type,
+            bnb_4bit_use_double_quant=quant.double_quant,
+            bnb_4bit_compute_dtype=getattr(torch, quant.compute_dtype),
+        )
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    if method.type != "qlora":
+        model.to(device)
+    model.config.use_cache = False
+    if training.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if method.type == "full":
+        return model
+
+    from peft import LoraConfig, get_peft_model
+
+    lora = method.lora
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    # autocast_adapter_dtype keeps the adapter weights in fp32 over a bf16 base.
+    return get_peft_model(model, config, autocast_adapter_dtype=True)
+
+
+def causal_lm(model: torch.nn.Module) -> Any:
+    """The transformers model under a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
