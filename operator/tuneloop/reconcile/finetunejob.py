@@ -1,4 +1,4 @@
-"""The FineTuneJob state machine as a pure function: (spec, status, observed world) -> (actions, status).
+r"""The FineTuneJob state machine as a pure function: (spec, status, observed world) -> (actions, status).
 
     Pending -> Training -> [Evaluating] -> [Registering] -> Succeeded
         \________\______________\______________\_________-> Failed (reason, message)

@@ -1,0 +1,147 @@
+"""The trainer as a program (spec file in, result file out) and the local runtime, on a tiny random Llama."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiny_model import build_tiny_model, build_tiny_tokenizer
+from tuneloop.api.finetunejob import parse_manifest
+from tuneloop.api.workloads import TrainerResult, TrainerWorkload
+from tuneloop.runtime.local import LocalRuntime
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "examples"))
+from generate_tickets import generate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def tickets(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "tickets.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in generate(40, seed=1)), encoding="utf-8")
+    return path
+
+
+def manifest(model: Path, dataset: Path, **training) -> dict:
+    return {
+        "apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "tiny"},
+        "spec": {
+            "baseModel": {"uri": f"file://{model}"},
+            "dataset": {"uri": str(dataset), "holdOutFraction": 0.2, "seed": 3},
+            "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+            "training": {"epochs": 3, "learningRate": 5e-3, "microBatchSize": 4, "precision": "fp32", **training},
+            "output": {"previewExamples": 2},
+        },
+    }
+
+
+def run_trainer(workload: TrainerWorkload, folder: Path) -> tuple[int, TrainerResult]:
+    spec = folder / "workload.json"
+    spec.write_text(workload.model_dump_json(by_alias=True), encoding="utf-8")
+    result = folder / "result.json"
+    process = subprocess.run(
+        [sys.executable, "-m", "tuneloop_trainer", "--spec", str(spec), "--result", str(result)],
+        capture_output=True, text=True, timeout=300,
+    )
+    return process.returncode, TrainerResult.model_validate_json(result.read_text())
+
+
+def workload_for(model: Path, dataset: Path, output: Path, **training) -> TrainerWorkload:
+    spec = parse_manifest(manifest(model, dataset, **training)).spec
+    return TrainerWorkload(job="default/tiny", model_path=str(model), dataset_path=str(dataset),
+                           dataset=spec.dataset, method=spec.method, training=spec.training,
+                           output_dir=str(output), preview_examples=2)
+
+
+def test_trainer_learns_and_writes_a_safetensors_adapter(tiny_model_dir, tickets, tmp_path):
+    code, result = run_trainer(workload_for(tiny_model_dir, tickets, tmp_path / "out"), tmp_path)
+
+    assert code == 0, result.message
+    assert result.succeeded
+    assert result.hold_out_loss_after < result.hold_out_loss_before
+    assert result.dataset.rows == 40 and result.dataset.hold_out_rows == 8 and result.dataset.train_rows == 32
+    assert result.steps == 3 * 8  # 32 rows / 4 per micro-batch, 3 epochs
+    adapter = Path(result.adapter_path)
+    files = {path.name for path in adapter.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= files
+    assert not [name for name in files if name.endswith((".bin", ".pt", ".pkl"))]
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4
+    hold_out = Path(result.hold_out_path).read_text().splitlines()
+    assert len(hold_out) == 8 and "messages" in json.loads(hold_out[0])
+    assert len(result.previews) == 2 and all(preview.reference for preview in result.previews)
+
+
+def test_qlora_without_cuda_fails_with_a_clear_reason(tiny_model_dir, tickets, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    workload = workload_for(tiny_model_dir, tickets, tmp_path / "out")
+    workload.method.type = "qlora"
+    code, result = run_trainer(workload, tmp_path)
+
+    assert code == 1
+    assert result.reason == "UnsupportedHardware"
+    assert "CUDA" in result.message and "spec.method.type" in result.message
+    assert not (tmp_path / "out" / "adapter").exists()
+
+
+def test_bad_data_fails_before_training_naming_file_and_line(tiny_model_dir, tmp_path):
+    dataset = tmp_path / "broken.jsonl"
+    dataset.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": \n', encoding="utf-8")
+    code, result = run_trainer(workload_for(tiny_model_dir, dataset, tmp_path / "out"), tmp_path)
+
+    assert code == 1
+    assert result.reason == "InvalidData"
+    assert f"{dataset}:2: broken JSON" in result.message
+    assert not (tmp_path / "out" / "adapter").exists()
+
+
+def test_packed_and_padded_batches_give_the_same_loss(tiny_model_dir, tickets):
+    from tuneloop_trainer.batches import packed_batch, padded_batch, summed_loss
+    from tuneloop_trainer.data import load_jsonl, tokenize
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = build_tiny_tokenizer()
+    examples = [tokenize(tokenizer, row, 512) for row in load_jsonl(tickets).examples[:5]]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    packed, padded = packed_batch(examples), padded_batch(examples, tokenizer.pad_token_id)
+
+    assert packed.target_tokens == padded.target_tokens == sum(e.trained_tokens for e in examples) - 0
+    with torch.no_grad():
+        assert float(summed_loss(model, packed)) == pytest.approx(float(summed_loss(model, padded)), rel=1e-4)
+        # Attention must not cross example boundaries: the last example alone scores the same as inside the pack.
+        alone = float(summed_loss(model, packed_batch(examples[-1:])))
+        without_last = float(summed_loss(model, packed_batch(examples[:-1])))
+        assert float(summed_loss(model, packed)) == pytest.approx(alone + without_last, rel=1e-4)
+
+
+def test_local_runtime_runs_the_job_and_a_second_run_reuses_it(tiny_model_dir, tickets, tmp_path):
+    job = parse_manifest(manifest(tiny_model_dir, tickets, epochs=1))
+    events = []
+    runtime = LocalRuntime(workdir=tmp_path / "work", manifest_dir=tmp_path, on_event=events.append)
+
+    status = runtime.run(job, poll_seconds=0.2)
+
+    assert status.phase == "Succeeded", status.message
+    assert status.training.hold_out_loss_after < status.training.hold_out_loss_before
+    assert status.training.adapter_uri.startswith("file://")
+    assert [event.reason for event in events] == ["TrainingStarted", "Trained", "Succeeded"]
+    conditions = {condition.type: condition.status for condition in status.conditions}
+    assert conditions == {"SpecValid": "True", "Trained": "True", "Complete": "True"}
+    result_file = runtime.workload_dir(job, "tiny-train") / "result.json"
+    written = result_file.stat().st_mtime_ns
+
+    again = LocalRuntime(workdir=tmp_path / "work", manifest_dir=tmp_path, on_event=events.append).run(job)
+
+    assert again.phase == "Succeeded"
+    assert result_file.stat().st_mtime_ns == written  # nothing was trained twice
+    assert len(events) == 3
