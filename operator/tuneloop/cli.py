@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -140,7 +141,7 @@ def command_run(args: argparse.Namespace) -> int:
         print(f"[{event.type}] {event.reason}: {event.message}", flush=True)
 
     runtime = LocalRuntime(workdir=args.workdir.resolve(), manifest_dir=args.file.resolve().parent,
-                           on_event=on_event)
+                           on_event=on_event, tracking_uri=args.tracking_uri)
     if args.fresh:
         import shutil
 
@@ -168,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--local", action="store_true", help="run on this machine with subprocesses")
     run.add_argument("--workdir", type=Path, default=Path("tuneloop-work"), help="work folder (default: %(default)s)")
     run.add_argument("--fresh", action="store_true", help="discard an earlier run of the same spec")
+    run.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                     help="MLflow tracking URI for training metrics (default: $MLFLOW_TRACKING_URI)")
     run.set_defaults(handler=command_run)
 
     validate = commands.add_parser("validate", help="check manifests")

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from tuneloop.api.workloads import TrainerResult, TrainerWorkload
 
 log = logging.getLogger("tuneloop_trainer")
+PREEMPTED_EXIT = 143  # 128 + SIGTERM, what a pod stopped by its kubelet reports
 
 
 def failure(reason: str, message: str) -> TrainerResult:
@@ -32,7 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", type=Path, required=True, help="where the TrainerResult JSON goes")
     parser.add_argument("--progress", type=Path, help="progress JSON, rewritten every few seconds")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Under torchrun only the first process reports; the others log warnings and errors only.
+    is_main = os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -45,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         from tuneloop_trainer.data import DataError
         from tuneloop_trainer.model import UnsupportedHardware
         from tuneloop_trainer.progress import ProgressReporter
-        from tuneloop_trainer.train import run
+        from tuneloop_trainer.train import LossDiverged, Preempted, run
 
         try:
             result = run(workload, ProgressReporter(args.progress))
@@ -53,16 +57,21 @@ def main(argv: list[str] | None = None) -> int:
             result = failure("InvalidData", str(error))
         except UnsupportedHardware as error:
             result = failure("UnsupportedHardware", str(error))
-        except FloatingPointError as error:
+        except LossDiverged as error:
             result = failure("LossDiverged", str(error))
+        except Preempted as error:
+            result = failure("Preempted", str(error))
         except Exception as error:  # the result must say why, whatever broke
             traceback.print_exc()
             result = failure("TrainingFailed", f"{type(error).__name__}: {error}")
     if not result.succeeded:
         log.error("%s: %s", result.reason, result.message)
-    args.result.parent.mkdir(parents=True, exist_ok=True)
-    args.result.write_text(result.model_dump_json(by_alias=True, exclude_none=True), encoding="utf-8")
-    return 0 if result.succeeded else 1
+    if is_main:
+        args.result.parent.mkdir(parents=True, exist_ok=True)
+        args.result.write_text(result.model_dump_json(by_alias=True, exclude_none=True), encoding="utf-8")
+    if result.succeeded:
+        return 0
+    return PREEMPTED_EXIT if result.reason == "Preempted" else 1
 
 
 if __name__ == "__main__":

@@ -122,13 +122,37 @@ def _messages(row: dict[str, Any], system_prompt: str | None) -> list[dict[str, 
     return messages
 
 
-def load_jsonl(path: Path, declared_format: str = "auto", system_prompt: str | None = None) -> Dataset:
-    """Read and check every row; the first bad row raises DataError naming file and line."""
-    raw = path.read_bytes() if path.is_file() else None
-    if raw is None:
+def parse_row(row: Any, dataset: Dataset, line: int, system_prompt: str | None) -> Example:
+    """One row -> Example; the first row fixes the format when it is auto."""
+    if not isinstance(row, dict):
+        raise ValueError(f"each row must be a JSON object, got {type(row).__name__}")
+    if dataset.format == "auto":
+        dataset.format = detect_format(row)
+    if dataset.format == "alpaca":
+        return Example(line=line, messages=_alpaca(row, system_prompt))
+    if dataset.format == "messages":
+        return Example(line=line, messages=_messages(row, system_prompt))
+    return Example(line=line, text=_required_string(row, "text"))
+
+
+def load_dataset(path: Path, declared_format: str = "auto", system_prompt: str | None = None) -> Dataset:
+    """Read and check every row of a JSONL or Parquet file; the first bad row raises DataError."""
+    if path.suffix in (".parquet", ".pq"):
+        return load_parquet(path, declared_format, system_prompt)
+    return load_jsonl(path, declared_format, system_prompt)
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.is_file():
         raise DataError(f"{path}: dataset file not found")
+    raw = path.read_bytes()
     if not raw.strip():
         raise DataError(f"{path}: the file is empty")
+    return raw
+
+
+def load_jsonl(path: Path, declared_format: str = "auto", system_prompt: str | None = None) -> Dataset:
+    raw = _read_bytes(path)
     dataset = Dataset(path=path, format=declared_format, sha256=hashlib.sha256(raw).hexdigest())
     for number, line_bytes in enumerate(raw.split(b"\n"), start=1):
         if not line_bytes.strip():
@@ -142,22 +166,32 @@ def load_jsonl(path: Path, declared_format: str = "auto", system_prompt: str | N
             row = json.loads(line)
         except json.JSONDecodeError as error:
             raise DataError(f"{where}: broken JSON: {error.msg} at column {error.colno}") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
         try:
-            if dataset.format == "auto":
-                dataset.format = detect_format(row)
-            if dataset.format == "alpaca":
-                example = Example(line=number, messages=_alpaca(row, system_prompt))
-            elif dataset.format == "messages":
-                example = Example(line=number, messages=_messages(row, system_prompt))
-            else:
-                example = Example(line=number, text=_required_string(row, "text"))
+            dataset.examples.append(parse_row(row, dataset, number, system_prompt))
         except ValueError as error:
             raise DataError(f"{where}: {error}") from None
-        dataset.examples.append(example)
     if not dataset.examples:
         raise DataError(f"{path}: no rows (only blank lines)")
+    return dataset
+
+
+def load_parquet(path: Path, declared_format: str = "auto", system_prompt: str | None = None) -> Dataset:
+    """Parquet rows are numbered from 1 in messages (`file.parquet row 3`)."""
+    import pyarrow.parquet as parquet
+
+    raw = _read_bytes(path)
+    try:
+        table = parquet.read_table(path)
+    except Exception as error:  # pyarrow raises several types for a broken file
+        raise DataError(f"{path}: not a readable Parquet file: {error}") from None
+    dataset = Dataset(path=path, format=declared_format, sha256=hashlib.sha256(raw).hexdigest())
+    for number, row in enumerate(table.to_pylist(), start=1):
+        try:
+            dataset.examples.append(parse_row(row, dataset, number, system_prompt))
+        except ValueError as error:
+            raise DataError(f"{path} row {number}: {error}") from None
+    if not dataset.examples:
+        raise DataError(f"{path}: no rows")
     return dataset
 
 

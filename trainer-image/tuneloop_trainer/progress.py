@@ -20,9 +20,11 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 class ProgressReporter:
-    def __init__(self, progress_file: Path | None, *, interactive: bool | None = None, file_every_s: float = 2.0):
+    def __init__(self, progress_file: Path | None, *, interactive: bool | None = None, quiet: bool = False,
+                 file_every_s: float = 2.0):
         self.progress_file = progress_file
-        self.interactive = sys.stderr.isatty() if interactive is None else interactive
+        self.quiet = quiet
+        self.interactive = not quiet and (sys.stderr.isatty() if interactive is None else interactive)
         self.file_every_s = file_every_s
         self._last_file_write = 0.0
         self._bar = None
@@ -38,6 +40,8 @@ class ProgressReporter:
             self._bar = tqdm(total=total_steps, desc="training", unit="step", dynamic_ncols=True)
 
     def step(self, progress: TrainerProgress) -> None:
+        if self.quiet:
+            return
         if self._bar is not None:
             self._bar.update(progress.step - self._bar.n)
             self._bar.set_postfix(loss=f"{progress.loss:.3f}", tok_s=f"{progress.tokens_per_second:.0f}")

@@ -44,15 +44,80 @@ class BaseModelRef(WireModel):
         return self.name or self.uri or ""
 
 
+PiiKind = Literal["email", "phone", "ip", "card", "iban", "national-id"]
+PII_KINDS: tuple[str, ...] = ("email", "phone", "ip", "card", "iban", "national-id")
+
+
+class NearDuplicateSpec(WireModel):
+    """MinHash/LSH near-duplicate removal (datasketch): of rows at least this similar, the first stays."""
+
+    enabled: bool = True
+    threshold: float = Field(0.9, gt=0, le=1, description="Estimated Jaccard similarity of word 3-grams.")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations (more: slower, more exact).")
+
+
+class PiiSpec(WireModel):
+    redact: bool = Field(False, description="Replace personal data with a placeholder per kind, e.g. [EMAIL].")
+    kinds: list[PiiKind] = Field(default_factory=lambda: list(PII_KINDS))
+
+
+class CleaningSpec(WireModel):
+    """Steps applied to every row before the split, in this order; each reports its counts."""
+
+    normalize: bool = Field(True, description="Unicode NFC, unified line ends and spaces, no trailing blanks.")
+    deduplicate: bool = Field(True, description="Drop rows identical to an earlier row (after normalisation).")
+    near_duplicates: NearDuplicateSpec = Field(default_factory=NearDuplicateSpec)
+    min_tokens: int = Field(0, ge=0, description="Drop rows with fewer tokens than this.")
+    max_tokens: int | None = Field(None, ge=1, description="Drop rows with more tokens than this.")
+    pii: PiiSpec = Field(default_factory=PiiSpec)
+
+    @model_validator(mode="after")
+    def _range(self) -> "CleaningSpec":
+        if self.max_tokens is not None and self.max_tokens < self.min_tokens:
+            raise ValueError("maxTokens must be >= minTokens")
+        return self
+
+
+class CleaningStats(WireModel):
+    """What each cleaning step did to the dataset."""
+
+    rows_in: int
+    normalized: int = Field(0, description="Rows whose text normalisation changed.")
+    exact_duplicates: int = 0
+    near_duplicates: int = 0
+    too_short: int = 0
+    too_long: int = 0
+    pii_redacted: dict[str, int] = Field(default_factory=dict, description="Replacements per kind.")
+    rows_out: int
+
+
+DataFormat = Literal["auto", "alpaca", "messages", "text"]
+
+
+class ReplaySpec(WireModel):
+    """General-purpose rows mixed into training against catastrophic forgetting (never into the hold-out)."""
+
+    uri: str = Field(description="JSONL or Parquet file of general instruction data.")
+    format: DataFormat = "auto"
+    fraction: float = Field(0.05, gt=0, lt=0.5, description="Share of the training mix that is replay rows.")
+
+    @model_validator(mode="after")
+    def _uri(self) -> "ReplaySpec":
+        check_storage_uri(self.uri)
+        return self
+
+
 class DatasetSpec(WireModel):
-    uri: str = Field(description="JSONL file: pvc://, s3://, file:// or (local mode) a path relative to the manifest.")
-    format: Literal["auto", "alpaca", "messages", "text"] = Field(
-        "auto", description="Row shape; auto detects it from the first row.")
+    uri: str = Field(description="JSONL or Parquet file: pvc://, s3://, file:// or (local mode) a path "
+                                 "relative to the manifest.")
+    format: DataFormat = Field("auto", description="Row shape; auto detects it from the first row.")
     hold_out_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of rows kept out of training for evaluation.")
     seed: int = Field(42, ge=0, description="Seed of the train/hold-out split.")
     system_prompt: str | None = Field(
         None, description="System message put before every example (and used when serving); "
                           "when unset the chat template's default applies.")
+    cleaning: CleaningSpec = Field(default_factory=CleaningSpec)
+    replay: ReplaySpec | None = None
 
     @model_validator(mode="after")
     def _uri(self) -> "DatasetSpec":
@@ -88,6 +153,18 @@ class MethodSpec(WireModel):
     quantization: QuantizationSpec = Field(default_factory=QuantizationSpec)
 
 
+class CheckpointSpec(WireModel):
+    every_steps: int = Field(50, ge=0, description="Save every N optimizer steps (0: only on SIGTERM).")
+    keep_last: int = Field(2, ge=1, le=100, description="Complete checkpoints kept; older ones are deleted.")
+
+
+class EarlyStoppingSpec(WireModel):
+    enabled: bool = False
+    eval_every_steps: int = Field(50, ge=1, description="Hold-out loss is measured every N steps.")
+    patience: int = Field(3, ge=1, description="Evaluations without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest decrease of hold-out loss that counts.")
+
+
 class TrainingSpec(WireModel):
     epochs: int = Field(3, ge=1, le=100)
     learning_rate: float = Field(2e-4, gt=0, le=1)
@@ -102,6 +179,12 @@ class TrainingSpec(WireModel):
     gradient_checkpointing: bool = False
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 base weights where the hardware has bf16 (adapters stay fp32).")
+    optimizer: Literal["auto", "adamw", "paged-adamw-8bit"] = Field(
+        "auto", description="auto: paged 8-bit AdamW (bitsandbytes) on CUDA, AdamW elsewhere.")
+    loss_spike_factor: float = Field(
+        10.0, gt=1, description="Stop (LossDiverged) when a step's loss exceeds this multiple of the lowest so far.")
+    checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     seed: int = Field(42, ge=0)
 
 
@@ -118,6 +201,7 @@ class ResourcesSpec(WireModel):
 class OutputSpec(WireModel):
     uri: str | None = Field(None, description="Where the adapter is written; local mode defaults to the work folder.")
     preview_examples: int = Field(3, ge=0, le=50, description="Hold-out examples answered by base and tuned model.")
+    merge_adapter: bool = Field(False, description="Also write base + adapter merged into one safetensors model.")
 
     @model_validator(mode="after")
     def _uri(self) -> "OutputSpec":

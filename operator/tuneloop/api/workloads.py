@@ -12,18 +12,29 @@ from typing import Literal
 from pydantic import Field
 
 from tuneloop.api.common import WireModel
-from tuneloop.api.finetunejob import DatasetSpec, DatasetStats, MethodSpec, TrainingSpec
+from tuneloop.api.finetunejob import CleaningStats, DatasetSpec, DatasetStats, MethodSpec, TrainingSpec
+
+
+class Tracking(WireModel):
+    """Where the trainer logs metrics and parameters (MLflow); absent: no tracking."""
+
+    tracking_uri: str
+    experiment: str = "tuneloop"
+    run_name: str | None = None
 
 
 class TrainerWorkload(WireModel):
     job: str = Field(description="namespace/name of the FineTuneJob, for logs.")
     model_path: str = Field(description="Local folder of the base model (Hugging Face format).")
-    dataset_path: str = Field(description="Local path of the JSONL dataset.")
+    dataset_path: str = Field(description="Local path of the JSONL or Parquet dataset.")
+    replay_path: str | None = Field(None, description="Local path of the replay dataset, when the spec has one.")
     dataset: DatasetSpec
     method: MethodSpec
     training: TrainingSpec
     output_dir: str = Field(description="Adapter, tokenizer and hold-out split are written here.")
     preview_examples: int = 3
+    merge_adapter: bool = False
+    tracking: Tracking | None = None
 
 
 class TrainerProgress(WireModel):
@@ -43,11 +54,18 @@ class Preview(WireModel):
     tuned: str
 
 
+class Evaluation(WireModel):
+    step: int
+    hold_out_loss: float
+
+
 class TrainerResult(WireModel):
     succeeded: bool
     reason: str | None = Field(None, description="CamelCase reason when the run failed, e.g. InvalidData.")
     message: str | None = None
     dataset: DatasetStats | None = None
+    cleaning: CleaningStats | None = None
+    replay_rows: int | None = None
     hold_out_loss_before: float | None = None
     hold_out_loss_after: float | None = None
     train_loss: float | None = None
@@ -55,6 +73,12 @@ class TrainerResult(WireModel):
     tokens_trained: int | None = None
     tokens_per_second: float | None = None
     seconds: float | None = None
+    resumed_from_step: int | None = None
+    stopped_early: bool = False
+    best_step: int | None = None
+    evaluations: list[Evaluation] = Field(default_factory=list)
     adapter_path: str | None = None
+    merged_path: str | None = None
+    mlflow_run_id: str | None = None
     hold_out_path: str | None = None
     previews: list[Preview] = Field(default_factory=list)

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from typing import Callable
 
 from tuneloop import catalog
 from tuneloop.api.finetunejob import TERMINAL_PHASES, FineTuneJob, FineTuneJobStatus
-from tuneloop.api.workloads import TrainerWorkload
+from tuneloop.api.workloads import Tracking, TrainerWorkload
 from tuneloop.reconcile.finetunejob import (
     EmitEvent,
     LaunchWorkload,
@@ -52,6 +51,7 @@ class LocalRuntime:
     workdir: Path
     manifest_dir: Path
     model_cache: Path | None = None
+    tracking_uri: str | None = None
     on_event: Callable[[EmitEvent], None] = lambda event: None
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -61,13 +61,16 @@ class LocalRuntime:
     # -- status ---------------------------------------------------------------------------
 
     def load_status(self, job: FineTuneJob) -> FineTuneJobStatus:
-        """The saved status of an earlier run of the same spec; a failed run starts over."""
+        """The saved status of an earlier run of the same spec.
+
+        A failed run starts over from Pending, but its workload folders stay: the trainer resumes
+        from its newest complete checkpoint when the data is unchanged.
+        """
         status_file = self.job_dir(job) / "status.json"
         if status_file.is_file():
             status = FineTuneJobStatus.model_validate_json(status_file.read_text(encoding="utf-8"))
             if status.phase != "Failed":
                 return status
-            shutil.rmtree(self.job_dir(job))
         return FineTuneJobStatus()
 
     def save_status(self, job: FineTuneJob, status: FineTuneJobStatus) -> None:
@@ -142,6 +145,9 @@ class LocalRuntime:
             training=spec.training,
             output_dir=str(output),
             preview_examples=spec.output.preview_examples,
+            merge_adapter=spec.output.merge_adapter,
+            replay_path=str(resolve_path(spec.dataset.replay.uri, self.manifest_dir)) if spec.dataset.replay else None,
+            tracking=Tracking(tracking_uri=self.tracking_uri, run_name=job.metadata.name) if self.tracking_uri else None,
         )
 
     def stop_all(self) -> None:

@@ -1,0 +1,246 @@
+"""Training that survives: checkpoints, SIGTERM/SIGKILL and resume, early stopping, divergence,
+MLflow metrics and torchrun data parallelism, on a tiny random Llama."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tiny_model import build_tiny_model
+from tuneloop.api.finetunejob import parse_spec
+from tuneloop.api.workloads import TrainerResult, TrainerWorkload, Tracking
+from tuneloop_trainer.checkpoints import COMPLETE, CheckpointStore
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "examples"))
+from generate_tickets import generate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "tickets.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in generate(48, seed=5)), encoding="utf-8")
+    return path
+
+
+def workload(model_dir: Path, dataset: Path, output: Path, training: dict | None = None, **extra) -> TrainerWorkload:
+    spec = parse_spec({
+        "baseModel": {"uri": f"file://{model_dir}"},
+        "dataset": {"uri": str(dataset), "holdOutFraction": 0.25, "seed": 1},
+        "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+        "training": {"epochs": 3, "learningRate": 3e-3, "microBatchSize": 4, "precision": "fp32",
+                     **(training or {})},
+    })
+    return TrainerWorkload(job="default/tiny", model_path=str(model_dir), dataset_path=str(dataset),
+                           dataset=spec.dataset, method=spec.method, training=spec.training,
+                           output_dir=str(output), preview_examples=0, **extra)
+
+
+def start(work: TrainerWorkload, folder: Path, *prefix: str) -> subprocess.Popen:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spec.json").write_text(work.model_dump_json(by_alias=True), encoding="utf-8")
+    (folder / "result.json").unlink(missing_ok=True)
+    command = [*prefix, "-m", "tuneloop_trainer", "--spec", str(folder / "spec.json"),
+               "--result", str(folder / "result.json"), "--progress", str(folder / "progress.json")]
+    log = open(folder / "log.txt", "a")
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+
+def run_to_end(work: TrainerWorkload, folder: Path, *prefix: str) -> tuple[int, TrainerResult]:
+    process = start(work, folder, *(prefix or (sys.executable,)))
+    code = process.wait(timeout=300)
+    return code, TrainerResult.model_validate_json((folder / "result.json").read_text())
+
+
+def wait_for_step(folder: Path, step: int, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, (folder / "log.txt").read_text()[-2000:]
+        try:
+            if json.loads((folder / "progress.json").read_text()).get("step", 0) >= step:
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"step {step} not reached")
+
+
+def adapter_weights(result: TrainerResult) -> dict[str, torch.Tensor]:
+    return load_file(Path(result.adapter_path) / "adapter_model.safetensors")
+
+
+def test_sigterm_then_sigkill_resume_continues_the_step_count_and_matches_an_uninterrupted_run(
+        model_dir, dataset, tmp_path):
+    # Long enough (36 training rows / 4 per micro-batch = 9 steps an epoch, 540 in all) to stop it midway.
+    training = {"epochs": 60, "checkpoints": {"everySteps": 3, "keepLast": 2}}
+    code, reference = run_to_end(workload(model_dir, dataset, tmp_path / "ref", training), tmp_path / "ref-run")
+    assert code == 0 and reference.steps == 540
+
+    work, folder = workload(model_dir, dataset, tmp_path / "out", training), tmp_path / "run"
+    process = start(work, folder, sys.executable)
+    wait_for_step(folder, 5, process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    preempted = TrainerResult.model_validate_json((folder / "result.json").read_text())
+    assert preempted.reason == "Preempted"
+    store = CheckpointStore(tmp_path / "out", keep_last=2)
+    stopped_at = int(store.latest().name.split("-")[1])
+    assert 5 <= stopped_at < 540
+
+    process = start(work, folder, sys.executable)
+    wait_for_step(folder, stopped_at + 4, process)
+    process.send_signal(signal.SIGKILL)  # no chance to save: the last periodic checkpoint must do
+    process.wait(timeout=30)
+    (store.root / ".step-999999.partial").mkdir()  # a write cut short: never to be used
+    killed_after = int(store.latest().name.split("-")[1])
+    assert stopped_at < killed_after < 540
+    assert len(store.complete_steps()) <= 2
+
+    code, result = run_to_end(work, folder)
+
+    assert code == 0, result.message
+    assert result.resumed_from_step == killed_after
+    assert result.steps == 540
+    log = (folder / "log.txt").read_text()
+    assert f"resuming from {store.root}/step-{stopped_at:06d}" in log
+    assert f"resuming from {store.root}/step-{killed_after:06d}" in log
+    # Same data order, same schedule, same optimizer state: the same adapter as without interruptions.
+    ours, theirs = adapter_weights(result), adapter_weights(reference)
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-5)
+    assert result.hold_out_loss_before == pytest.approx(reference.hold_out_loss_before)
+
+
+def test_incomplete_checkpoints_are_never_used(tmp_path):
+    store = CheckpointStore(tmp_path, keep_last=2)
+    (store.root / "step-000004").mkdir(parents=True)
+    (store.root / "step-000004" / COMPLETE).write_text("ok")
+    (store.root / "step-000008").mkdir()  # no COMPLETE marker: cut short
+    assert store.latest().name == "step-000004"
+
+
+def test_early_stopping_outputs_the_best_checkpoint(model_dir, dataset, tmp_path):
+    # min_delta this large means nothing after the first evaluation counts as an improvement.
+    training = {"epochs": 5, "earlyStopping": {"enabled": True, "evalEverySteps": 3, "patience": 2, "minDelta": 5.0}}
+    code, result = run_to_end(workload(model_dir, dataset, tmp_path / "out", training), tmp_path / "run")
+
+    assert code == 0, result.message
+    assert result.stopped_early
+    assert [e.step for e in result.evaluations] == [3, 6, 9]
+    assert result.steps == 9 and result.best_step == 3
+    assert result.hold_out_loss_after == pytest.approx(result.evaluations[0].hold_out_loss, rel=1e-4)
+    best = load_file(tmp_path / "out" / "checkpoints" / "best" / "trainable.safetensors")
+    saved = adapter_weights(result)
+    for name, tensor in best.items():
+        key = name.replace(".default.weight", ".weight")
+        torch.testing.assert_close(saved[key], tensor)
+
+
+def test_exploding_loss_stops_with_a_named_reason_and_keeps_the_last_good_checkpoint(model_dir, dataset, tmp_path):
+    # A random tiny model cannot really explode, so the threshold is set just above the lowest loss:
+    # the first step whose loss rises trips it.
+    training = {"learningRate": 1.0, "lossSpikeFactor": 1.001, "checkpoints": {"everySteps": 1, "keepLast": 1}}
+    code, result = run_to_end(workload(model_dir, dataset, tmp_path / "out", training), tmp_path / "run")
+
+    assert code == 1
+    assert result.reason == "LossDiverged"
+    assert "exploded" in result.message and "learningRate" in result.message
+    failed_at = int(result.message.split(" at step ")[1].split()[0])
+    store = CheckpointStore(tmp_path / "out", keep_last=1)
+    assert int(store.latest().name.split("-")[1]) == failed_at - 1  # the last good step is kept
+    assert not (tmp_path / "out" / "adapter").exists()
+
+
+@pytest.mark.parametrize("loss", [float("nan"), float("inf")])
+def test_a_non_finite_loss_is_divergence(loss, model_dir, dataset, tmp_path):
+    from tuneloop_trainer.checkpoints import LoopState
+    from tuneloop_trainer.distributed import World
+    from tuneloop_trainer.progress import ProgressReporter
+    from tuneloop_trainer.train import LossDiverged, Training
+
+    training = Training(workload(model_dir, dataset, tmp_path), ProgressReporter(None, interactive=False), World())
+    with pytest.raises(LossDiverged, match="became"):
+        training.check_divergence(loss, LoopState(step=7, lowest_loss=1.0))
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "linear", "constant", "warmup-stable-decay"])
+def test_learning_rate_schedules(scheduler, model_dir, dataset, tmp_path):
+    from tuneloop_trainer.train import make_scheduler
+
+    work = workload(model_dir, dataset, tmp_path, {"lrScheduler": scheduler, "warmupRatio": 0.1, "learningRate": 1e-3})
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    schedule = make_scheduler(optimizer, work, total_steps=100)
+    rates = []
+    for _ in range(100):
+        rates.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == 0.0 and rates[10] == pytest.approx(1e-3)  # linear warmup over 10 steps
+    if scheduler == "constant":
+        assert rates[99] == pytest.approx(1e-3)
+    elif scheduler == "warmup-stable-decay":
+        assert rates[50] == pytest.approx(1e-3) and rates[99] < 1e-4  # stable, then decays in the last 20
+    else:
+        assert rates[99] < 1e-4 and rates[50] < 1e-3
+
+
+def test_metrics_and_parameters_reach_a_real_mlflow(model_dir, dataset, tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    work = workload(model_dir, dataset, tmp_path / "out", {"epochs": 1},
+                    tracking=Tracking(tracking_uri=uri, experiment="tests", run_name="tiny"))
+    code, result = run_to_end(work, tmp_path / "run")
+
+    assert code == 0, result.message
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["lora.r"] == "4" and run.data.params["method"] == "lora"
+    losses = client.get_metric_history(result.mlflow_run_id, "loss")
+    assert [m.step for m in sorted(losses, key=lambda m: m.step)] == list(range(1, result.steps + 1))
+    assert {"learning_rate", "tokens_per_second", "hold_out_loss_final"} <= set(run.data.metrics)
+
+
+def test_unreachable_mlflow_does_not_stop_training(model_dir, dataset, tmp_path):
+    work = workload(model_dir, dataset, tmp_path / "out", {"epochs": 1},
+                    tracking=Tracking(tracking_uri="http://127.0.0.1:9", experiment="tests"))
+    env_timeout = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        code, result = run_to_end(work, tmp_path / "run")
+    finally:
+        if env_timeout is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    assert code == 0, result.message
+    assert result.mlflow_run_id is None
+    assert "MLflow at http://127.0.0.1:9 is not usable" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_two_process_torchrun_produces_one_adapter(model_dir, dataset, tmp_path):
+    single_code, single = run_to_end(workload(model_dir, dataset, tmp_path / "one", {"epochs": 2}), tmp_path / "run1")
+    code, result = run_to_end(
+        workload(model_dir, dataset, tmp_path / "two", {"epochs": 2}), tmp_path / "run2",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+    )
+
+    assert single_code == 0 and code == 0, result.message
+    assert result.steps == 10  # 9 micro-batches an epoch shared by 2 processes: 5 steps an epoch
+    assert single.steps == 18
+    adapters = list((tmp_path / "two").glob("**/adapter_model.safetensors"))
+    assert len(adapters) == 1
+    assert result.hold_out_loss_after < result.hold_out_loss_before

@@ -1,0 +1,80 @@
+"""Data preparation: read and check, clean, split, mix in replay rows, tokenize."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneloop.api.finetunejob import CleaningStats, DatasetStats
+from tuneloop.api.workloads import TrainerWorkload
+from tuneloop_trainer.cleaning import clean
+from tuneloop_trainer.data import DataError, Example, TokenizedExample, load_dataset, split_hold_out, tokenize
+
+log = logging.getLogger("tuneloop_trainer")
+
+
+@dataclass
+class PreparedData:
+    train: list[TokenizedExample]
+    hold_out: list[TokenizedExample]
+    hold_out_rows: list[Example]
+    stats: DatasetStats
+    cleaning: CleaningStats
+    replay_rows: int
+
+
+def replay_count(train_rows: int, fraction: float) -> int:
+    """Replay rows needed so that they are `fraction` of the training mix."""
+    return round(fraction / (1 - fraction) * train_rows)
+
+
+def load_replay(workload: TrainerWorkload, tokenizer: Any, wanted: int) -> list[Example]:
+    replay = workload.dataset.replay
+    dataset = load_dataset(Path(workload.replay_path or ""), replay.format, workload.dataset.system_prompt)
+    rows, _ = clean(dataset.examples, workload.dataset.cleaning, lambda row: len(tokenize(tokenizer, row, 10**9).input_ids))
+    if len(rows) < wanted:
+        log.warning("replay set %s has %d usable rows, fewer than the %d wanted for fraction %.2f",
+                    dataset.path, len(rows), wanted, replay.fraction)
+    return random.Random(workload.dataset.seed).sample(rows, min(wanted, len(rows)))
+
+
+def prepare(workload: TrainerWorkload, tokenizer: Any) -> PreparedData:
+    spec, max_length = workload.dataset, workload.training.max_seq_length
+    dataset = load_dataset(Path(workload.dataset_path), spec.format, spec.system_prompt)
+    rows, cleaning = clean(dataset.examples, spec.cleaning, lambda row: len(tokenize(tokenizer, row, 10**9).input_ids))
+    log.info("cleaning %s: %s", dataset.path, cleaning.to_wire())
+    if len(rows) < 2:
+        raise DataError(f"{dataset.path}: {len(rows)} rows left after cleaning ({cleaning.to_wire()}); "
+                        "at least 2 are needed to train and hold one out")
+    train_rows, hold_out_rows = split_hold_out(rows, spec.hold_out_fraction, spec.seed)
+
+    replay_rows: list[Example] = []
+    if spec.replay is not None:
+        replay_rows = load_replay(workload, tokenizer, replay_count(len(train_rows), spec.replay.fraction))
+    train = [tokenize(tokenizer, row, max_length) for row in train_rows + replay_rows]
+    for row, tokenized in zip(train_rows, train):
+        if tokenized.trained_tokens == 0:
+            raise DataError(f"{dataset.path}:{row.line}: no answer tokens left within maxSeqLength "
+                            f"{max_length}; raise spec.training.maxSeqLength or shorten the row")
+    truncated = sum(example.truncated for example in train)
+    if truncated:
+        log.warning("%d training rows were longer than maxSeqLength %d and were truncated", truncated, max_length)
+    stats = DatasetStats(
+        rows=len(dataset.examples), train_rows=len(train_rows), hold_out_rows=len(hold_out_rows),
+        train_tokens=sum(len(example.input_ids) for example in train), format=dataset.format,
+        sha256=dataset.sha256,
+    )
+    log.info("dataset %s: %d rows (%s), %d train + %d replay / %d hold-out, %d train tokens, sha256 %s",
+             dataset.path, stats.rows, stats.format, stats.train_rows, len(replay_rows), stats.hold_out_rows,
+             stats.train_tokens, stats.sha256[:12])
+    return PreparedData(
+        train=train,
+        hold_out=[tokenize(tokenizer, row, max_length) for row in hold_out_rows],
+        hold_out_rows=hold_out_rows,
+        stats=stats,
+        cleaning=cleaning,
+        replay_rows=len(replay_rows),
+    )
