@@ -145,3 +145,17 @@ def test_local_runtime_runs_the_job_and_a_second_run_reuses_it(tiny_model_dir, t
     assert again.phase == "Succeeded"
     assert result_file.stat().st_mtime_ns == written  # nothing was trained twice
     assert len(events) == 3
+
+
+def test_merge_and_unload_writes_a_full_safetensors_model(tiny_model_dir, tickets, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    workload = workload_for(tiny_model_dir, tickets, tmp_path / "out", epochs=1)
+    workload.merge_adapter = True
+    code, result = run_trainer(workload, tmp_path)
+
+    assert code == 0, result.message
+    merged = Path(result.merged_path)
+    assert (merged / "model.safetensors").is_file() and (merged / "tokenizer.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(merged)  # loads as a plain model, no peft needed
+    assert not any("lora" in name for name, _ in model.named_parameters())

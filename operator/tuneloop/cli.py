@@ -97,19 +97,31 @@ def load_job(path: Path) -> FineTuneJob:
 
 
 def print_report(job: FineTuneJob, status: FineTuneJobStatus, result_previews: list[dict[str, Any]]) -> None:
-    training, dataset = status.training, status.dataset
+    training, dataset, cleaning = status.training, status.dataset, status.cleaning
     print()
     print(f"FineTuneJob {job.metadata.name}: {status.phase}")
     if dataset:
         print(f"  data       {dataset.rows} rows ({dataset.format}): {dataset.train_rows} train, "
               f"{dataset.hold_out_rows} hold-out; sha256 {dataset.sha256[:16]}")
+    if cleaning:
+        removed = {"exact duplicates": cleaning.exact_duplicates, "near duplicates": cleaning.near_duplicates,
+                   "too short": cleaning.too_short, "too long": cleaning.too_long}
+        redacted = ", ".join(f"{count} {kind}" for kind, count in cleaning.pii_redacted.items()) or "none"
+        print(f"  cleaning   {cleaning.rows_in} -> {cleaning.rows_out} rows; normalised {cleaning.normalized}; "
+              + ", ".join(f"{label} {count}" for label, count in removed.items()) + f"; PII redacted: {redacted}")
     if training:
         change = (training.hold_out_loss_after - training.hold_out_loss_before) / training.hold_out_loss_before
         print(f"  hold-out   loss {training.hold_out_loss_before:.4f} -> {training.hold_out_loss_after:.4f} "
               f"({change:+.0%})")
         print(f"  training   {training.steps} steps, final train loss {training.train_loss:.4f}, "
               f"{training.tokens_per_second:.0f} tokens/s, {training.seconds:.0f}s in all")
+        if training.resumed_from_step:
+            print(f"  resumed    from the checkpoint at step {training.resumed_from_step}")
+        if training.stopped_early:
+            print(f"  stopped    early; the output is the best checkpoint, step {training.best_step}")
         print(f"  adapter    {training.adapter_uri}")
+        if training.merged_model_uri:
+            print(f"  merged     {training.merged_model_uri}")
     for number, preview in enumerate(result_previews, start=1):
         print(f"\n  hold-out example {number}")
         prompt = textwrap.fill(preview["prompt"], 96, subsequent_indent=" " * 13)

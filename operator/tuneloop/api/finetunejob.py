@@ -250,6 +250,11 @@ class TrainingResults(WireModel):
     seconds: float
     adapter_uri: str
     hold_out_uri: str
+    merged_model_uri: str | None = None
+    resumed_from_step: int | None = None
+    stopped_early: bool = False
+    best_step: int | None = None
+    mlflow_run_id: str | None = None
 
 
 class FineTuneJobStatus(WireModel):
@@ -258,6 +263,7 @@ class FineTuneJobStatus(WireModel):
     conditions: list[Condition] = Field(default_factory=list)
     progress: Progress | None = None
     dataset: DatasetStats | None = None
+    cleaning: CleaningStats | None = None
     training: TrainingResults | None = None
     observed_generation: int | None = None
     start_time: str | None = None

@@ -219,6 +219,7 @@ def _summary(result: TrainerResult) -> str:
 
 def _record_result(status: FineTuneJobStatus, result: TrainerResult) -> None:
     status.dataset = result.dataset
+    status.cleaning = result.cleaning
     status.training = TrainingResults(
         hold_out_loss_before=result.hold_out_loss_before,
         hold_out_loss_after=result.hold_out_loss_after,
@@ -228,6 +229,11 @@ def _record_result(status: FineTuneJobStatus, result: TrainerResult) -> None:
         seconds=round(result.seconds or 0.0, 1),
         adapter_uri=result.adapter_path,
         hold_out_uri=result.hold_out_path,
+        merged_model_uri=result.merged_path,
+        resumed_from_step=result.resumed_from_step,
+        stopped_early=result.stopped_early,
+        best_step=result.best_step,
+        mlflow_run_id=result.mlflow_run_id,
     )
     if status.progress:
         status.progress.step = status.progress.total_steps = result.steps
