@@ -2,6 +2,7 @@
 
     tuneloop run FILE --local     run a FineTuneJob manifest to the end on this machine
     tuneloop validate FILE...     check manifests; say what is wrong and where
+    tuneloop crds                 print the CustomResourceDefinitions
 """
 
 from __future__ import annotations
@@ -172,6 +173,19 @@ def command_run(args: argparse.Namespace) -> int:
     return 0 if status.phase == "Succeeded" else 1
 
 
+def command_crds(args: argparse.Namespace) -> int:
+    from tuneloop.api.crd import render
+
+    print(render(all_crds()), end="")
+    return 0
+
+
+def all_crds() -> list:
+    from tuneloop.api.finetunejob import CRD as FINETUNEJOB_CRD
+
+    return [FINETUNEJOB_CRD]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tuneloop", description="Fine-tune and ship private LLMs on Kubernetes.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -189,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("files", type=Path, nargs="+")
     validate.add_argument("--local", action="store_true", help="also check that the job can run locally")
     validate.set_defaults(handler=command_validate)
+
+    crds = commands.add_parser("crds", help="print the CustomResourceDefinitions (generated from the API models)")
+    crds.set_defaults(handler=command_crds)
     return parser
 
 

@@ -78,7 +78,7 @@ def load_model(model_path: str, method: MethodSpec, training: TrainingSpec) -> t
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
+        target_modules=lora.peft_target_modules(),
         bias="none",
         task_type="CAUSAL_LM",
     )

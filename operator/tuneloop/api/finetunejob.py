@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from tuneloop.api.common import API_VERSION, Condition, SpecError, WireModel, describe_validation_error
+from tuneloop.api.crd import Kind, Printer
 
 KIND = "FineTuneJob"
 PLURAL = "finetunejobs"
@@ -26,8 +27,17 @@ def check_storage_uri(uri: str) -> str:
     return uri
 
 
+def cel(*rules: tuple[str, str]) -> dict:
+    """CEL rules the API server enforces (x-kubernetes-validations), next to the model they guard."""
+    return WireModel.model_config | {"json_schema_extra": {
+        "x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in rules]}}
+
+
 class BaseModelRef(WireModel):
     """The model to adapt: a catalog entry by name, or a Hugging Face-format folder by URI."""
+
+    model_config = cel(("has(self.name) != has(self.uri)",
+                        "give exactly one of name (a catalog entry) or uri (a model folder)"))
 
     name: str | None = Field(None, description="Model catalog entry, e.g. smollm2-135m-instruct.")
     uri: str | None = Field(None, description="Folder with config.json, tokenizer and safetensors weights.")
@@ -51,25 +61,29 @@ PII_KINDS: tuple[str, ...] = ("email", "phone", "ip", "card", "iban", "national-
 class NearDuplicateSpec(WireModel):
     """MinHash/LSH near-duplicate removal (datasketch): of rows at least this similar, the first stays."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="Remove near duplicates.")
     threshold: float = Field(0.9, gt=0, le=1, description="Estimated Jaccard similarity of word 3-grams.")
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations (more: slower, more exact).")
 
 
 class PiiSpec(WireModel):
     redact: bool = Field(False, description="Replace personal data with a placeholder per kind, e.g. [EMAIL].")
-    kinds: list[PiiKind] = Field(default_factory=lambda: list(PII_KINDS))
+    kinds: list[PiiKind] = Field(default_factory=lambda: list(PII_KINDS), json_schema_extra={"default": list(PII_KINDS)},
+                                 description="Kinds to redact: email, phone, ip, card, iban, national-id.")
 
 
 class CleaningSpec(WireModel):
     """Steps applied to every row before the split, in this order; each reports its counts."""
+
+    model_config = cel(("!has(self.maxTokens) || self.maxTokens >= self.minTokens",
+                        "maxTokens must be >= minTokens"))
 
     normalize: bool = Field(True, description="Unicode NFC, unified line ends and spaces, no trailing blanks.")
     deduplicate: bool = Field(True, description="Drop rows identical to an earlier row (after normalisation).")
     near_duplicates: NearDuplicateSpec = Field(default_factory=NearDuplicateSpec)
     min_tokens: int = Field(0, ge=0, description="Drop rows with fewer tokens than this.")
     max_tokens: int | None = Field(None, ge=1, description="Drop rows with more tokens than this.")
-    pii: PiiSpec = Field(default_factory=PiiSpec)
+    pii: PiiSpec = Field(default_factory=PiiSpec, description="Personal data redaction.")
 
     @model_validator(mode="after")
     def _range(self) -> "CleaningSpec":
@@ -98,7 +112,7 @@ class ReplaySpec(WireModel):
     """General-purpose rows mixed into training against catastrophic forgetting (never into the hold-out)."""
 
     uri: str = Field(description="JSONL or Parquet file of general instruction data.")
-    format: DataFormat = "auto"
+    format: DataFormat = Field("auto", description="Row shape; auto detects it from the first row.")
     fraction: float = Field(0.05, gt=0, lt=0.5, description="Share of the training mix that is replay rows.")
 
     @model_validator(mode="after")
@@ -126,31 +140,40 @@ class DatasetSpec(WireModel):
 
 
 class LoraSpec(WireModel):
+    model_config = cel(("!('all-linear' in self.targetModules) || size(self.targetModules) == 1",
+                        "targetModules: all-linear stands alone"))
+
     r: int = Field(16, ge=1, le=512, description="Rank of the LoRA update matrices.")
     alpha: float = Field(32, gt=0, description="Scaling numerator; the update is scaled by alpha / r.")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="Module names to adapt, or all-linear for every linear layer but the output head.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["all-linear"], min_length=1, json_schema_extra={"default": ["all-linear"]},
+        description="Module names to adapt (e.g. q_proj, v_proj), or [all-linear] for every linear layer "
+                    "but the output head.")
 
     @model_validator(mode="after")
     def _targets(self) -> "LoraSpec":
-        if isinstance(self.target_modules, list) and not self.target_modules:
-            raise ValueError("targetModules must name at least one module, or be all-linear")
+        if "all-linear" in self.target_modules and len(self.target_modules) > 1:
+            raise ValueError("targetModules: all-linear stands alone; list module names or give [all-linear]")
         return self
+
+    def peft_target_modules(self) -> list[str] | str:
+        return "all-linear" if self.target_modules == ["all-linear"] else self.target_modules
 
 
 class QuantizationSpec(WireModel):
     """bitsandbytes 4-bit loading of the frozen base model (QLoRA)."""
 
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = True
-    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type; NF4 suits normally distributed weights.")
+    double_quant: bool = Field(True, description="Quantise the quantisation constants too (saves ~0.4 bit/parameter).")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="dtype the 4-bit weights are dequantised to for matrix products.")
 
 
 class MethodSpec(WireModel):
     type: Literal["lora", "qlora", "full"] = Field("lora", description="lora, qlora (4-bit base, needs CUDA) or full.")
-    lora: LoraSpec = Field(default_factory=LoraSpec)
-    quantization: QuantizationSpec = Field(default_factory=QuantizationSpec)
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA adapter shape (lora and qlora).")
+    quantization: QuantizationSpec = Field(default_factory=QuantizationSpec, description="Base model quantisation (qlora).")
 
 
 class CheckpointSpec(WireModel):
@@ -159,43 +182,47 @@ class CheckpointSpec(WireModel):
 
 
 class EarlyStoppingSpec(WireModel):
-    enabled: bool = False
+    enabled: bool = Field(False, description="Evaluate hold-out loss during training and stop early.")
     eval_every_steps: int = Field(50, ge=1, description="Hold-out loss is measured every N steps.")
     patience: int = Field(3, ge=1, description="Evaluations without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0, description="Smallest decrease of hold-out loss that counts.")
 
 
 class TrainingSpec(WireModel):
-    epochs: int = Field(3, ge=1, le=100)
-    learning_rate: float = Field(2e-4, gt=0, le=1)
-    lr_scheduler: Literal["cosine", "linear", "constant", "warmup-stable-decay"] = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    epochs: int = Field(3, ge=1, le=100, description="Passes over the training rows.")
+    learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak learning rate.")
+    lr_scheduler: Literal["cosine", "linear", "constant", "warmup-stable-decay"] = Field(
+        "cosine", description="Shape of the learning rate after warmup.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of the steps spent warming up linearly.")
     micro_batch_size: int = Field(8, ge=1, le=4096, description="Examples per forward pass (packed into one row).")
-    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
     max_seq_length: int = Field(1024, ge=16, le=262144, description="Longer examples are truncated.")
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradients are clipped to this global norm.")
     packing: bool = Field(True, description="Concatenate examples without padding; attention stays within each example.")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~30% slower.")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 base weights where the hardware has bf16 (adapters stay fp32).")
     optimizer: Literal["auto", "adamw", "paged-adamw-8bit"] = Field(
         "auto", description="auto: paged 8-bit AdamW (bitsandbytes) on CUDA, AdamW elsewhere.")
     loss_spike_factor: float = Field(
         10.0, gt=1, description="Stop (LossDiverged) when a step's loss exceeds this multiple of the lowest so far.")
-    checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
-    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
-    seed: int = Field(42, ge=0)
+    checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Resumable checkpoints.")
+    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec,
+                                              description="Stop when hold-out loss stops improving; keep the best.")
+    seed: int = Field(42, ge=0, description="Seed of initialisation, dropout and data order.")
 
 
 class ResourcesSpec(WireModel):
     gpus: int = Field(0, ge=0, le=64, description="GPUs per node (nvidia.com/gpu).")
-    nodes: int = Field(1, ge=1, le=128)
-    cpu: str | None = None
-    memory: str | None = None
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = Field(default_factory=list)
-    priority_class_name: str | None = None
+    nodes: int = Field(1, ge=1, le=128, description="Nodes for multi-node training (Indexed Job + torchrun).")
+    cpu: str | None = Field(None, description="CPU request and limit of each training pod, e.g. '8'.")
+    memory: str | None = Field(None, description="Memory request and limit of each training pod, e.g. 64Gi.")
+    node_selector: dict[str, str] = Field(default_factory=dict, json_schema_extra={"default": {}},
+                                          description="Node labels the training pods require.")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, json_schema_extra={"default": []},
+                                              description="Tolerations of the training pods (Kubernetes shape).")
+    priority_class_name: str | None = Field(None, description="PriorityClass of the training pods.")
 
 
 class OutputSpec(WireModel):
@@ -211,12 +238,12 @@ class OutputSpec(WireModel):
 
 
 class FineTuneJobSpec(WireModel):
-    base_model: BaseModelRef
-    dataset: DatasetSpec
-    method: MethodSpec = Field(default_factory=MethodSpec)
-    training: TrainingSpec = Field(default_factory=TrainingSpec)
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    output: OutputSpec = Field(default_factory=OutputSpec)
+    base_model: BaseModelRef = Field(description="The model to adapt.")
+    dataset: DatasetSpec = Field(description="Training data and how it is prepared.")
+    method: MethodSpec = Field(default_factory=MethodSpec, description="lora, qlora or full fine-tuning.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation hyperparameters.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="GPUs, nodes and scheduling.")
+    output: OutputSpec = Field(default_factory=OutputSpec, description="Where results go.")
 
 
 Phase = Literal["Pending", "Validating", "Training", "Evaluating", "Registering", "Succeeded", "Failed"]
@@ -229,7 +256,7 @@ class Progress(WireModel):
     epoch: float = 0
     loss: float | None = None
     tokens_per_second: float | None = None
-    eta_seconds: float | None = None
+    eta_seconds: int | None = None
 
 
 class DatasetStats(WireModel):
@@ -305,3 +332,24 @@ def parse_manifest(raw: Any) -> FineTuneJob:
         return FineTuneJob.model_validate(raw)
     except ValidationError as error:
         raise SpecError(describe_validation_error(error, "")) from None
+
+
+CRD = Kind(
+    kind=KIND,
+    plural=PLURAL,
+    short_names=("ftj",),
+    spec=FineTuneJobSpec,
+    status=FineTuneJobStatus,
+    description="A fine-tuning run: data preparation, LoRA/QLoRA/full training, evaluation and registration.",
+    printers=(
+        Printer("Phase", "string", ".status.phase"),
+        Printer("Model", "string", ".spec.baseModel.name", "Catalog name of the base model"),
+        Printer("Step", "integer", ".status.progress.step"),
+        Printer("Steps", "integer", ".status.progress.totalSteps"),
+        Printer("Loss", "number", ".status.progress.loss", "Latest training loss"),
+        Printer("Hold-out", "number", ".status.training.holdOutLossAfter", "Hold-out loss after training"),
+        Printer("ETA", "integer", ".status.progress.etaSeconds", "Seconds of training left", priority=1),
+        Printer("Message", "string", ".status.message", priority=1),
+        Printer("Age", "date", ".metadata.creationTimestamp"),
+    ),
+)

@@ -183,7 +183,7 @@ def reconcile(
                 status.progress = Progress(
                     step=progress.step, total_steps=progress.total_steps, epoch=round(progress.epoch, 3),
                     loss=progress.loss, tokens_per_second=progress.tokens_per_second,
-                    eta_seconds=progress.eta_seconds,
+                    eta_seconds=None if progress.eta_seconds is None else round(progress.eta_seconds),
                 )
         return decision
 
