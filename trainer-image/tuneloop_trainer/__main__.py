@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from tuneloop.api.workloads import TrainerResult, TrainerWorkload
+from tuneloop.api.workloads import TrainerResult, TrainerWorkload, compact_result
 
 log = logging.getLogger("tuneloop_trainer")
 PREEMPTED_EXIT = 143  # 128 + SIGTERM, what a pod stopped by its kubelet reports
@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", type=Path, required=True, help="TrainerWorkload JSON")
     parser.add_argument("--result", type=Path, required=True, help="where the TrainerResult JSON goes")
     parser.add_argument("--progress", type=Path, help="progress JSON, rewritten every few seconds")
+    parser.add_argument("--termination-log", type=Path,
+                        help="also write the result, compacted to 4 KiB, here (a pod's /dev/termination-log)")
     args = parser.parse_args(argv)
     # Under torchrun only the first process reports; the others log warnings and errors only.
     is_main = os.environ.get("RANK", "0") == "0"
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     if is_main:
         args.result.parent.mkdir(parents=True, exist_ok=True)
         args.result.write_text(result.model_dump_json(by_alias=True, exclude_none=True), encoding="utf-8")
+        if args.termination_log:
+            args.termination_log.write_text(compact_result(result), encoding="utf-8")
     if result.succeeded:
         return 0
     return PREEMPTED_EXIT if result.reason == "Preempted" else 1

@@ -7,6 +7,7 @@ models as the contract.
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import Field
@@ -82,3 +83,20 @@ class TrainerResult(WireModel):
     mlflow_run_id: str | None = None
     hold_out_path: str | None = None
     previews: list[Preview] = Field(default_factory=list)
+
+
+TERMINATION_MESSAGE_LIMIT = 4096
+
+
+def compact_result(result: TrainerResult, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
+    """The result as it fits a container termination message: previews and evaluations go first."""
+    wire = result.model_dump(by_alias=True, exclude_none=True, mode="json")
+    for key in ("previews", "evaluations"):
+        if len(json.dumps(wire, separators=(",", ":"))) > limit:
+            wire.pop(key, None)
+    text = json.dumps(wire, separators=(",", ":"))
+    if len(text) > limit and wire.get("message"):
+        keep = max(0, len(wire["message"]) - (len(text) - limit) - 3)
+        wire["message"] = wire["message"][:keep] + "..."
+        text = json.dumps(wire, separators=(",", ":"))
+    return text

@@ -1,0 +1,47 @@
+"""The operator's configuration: what the Helm chart decides for every workload it launches.
+
+Read from a YAML file (`TUNELOOP_CONFIG`, mounted from a ConfigMap by the chart); every field has
+a default that works in a plain cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+
+from tuneloop.api.common import WireModel
+
+
+class Images(WireModel):
+    trainer: str = Field("ghcr.io/tuneloop/trainer:0.1.0", description="Trainer image (CUDA).")
+    evaluator: str = Field("ghcr.io/tuneloop/evaluator:0.1.0", description="Evaluator image (CUDA).")
+    pull_policy: str = "IfNotPresent"
+
+
+class OperatorConfig(WireModel):
+    images: Images = Field(default_factory=Images)
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    catalog: dict[str, str] = Field(
+        default_factory=dict, description="Model names -> pvc:// or s3:// Hugging Face-format folders.")
+    mlflow_tracking_uri: str | None = None
+    default_node_selector: dict[str, str] = Field(default_factory=dict)
+    default_tolerations: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    scratch_size: str = "50Gi"
+    shared_memory_size: str = "16Gi"
+    backoff_limit: int = 3
+    active_deadline_seconds: int = 7 * 24 * 3600
+    ttl_seconds_after_finished: int | None = None
+    s3_secret_name: str | None = Field(None, description="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.")
+    s3_endpoint: str | None = None
+
+
+def load_config(path: str | Path | None = None) -> OperatorConfig:
+    path = path or os.environ.get("TUNELOOP_CONFIG")
+    if not path:
+        return OperatorConfig()
+    return OperatorConfig.model_validate(yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})

@@ -1,0 +1,133 @@
+"""The Kubernetes objects a FineTuneJob turns into: valid against the real schemas, secure, and shaped
+for one GPU, several GPUs (torchrun) and several nodes (Indexed Job + rendezvous Service)."""
+
+from __future__ import annotations
+
+import json
+
+import kubernetes_validate
+import pytest
+
+from tuneloop.api.finetunejob import parse_manifest
+from tuneloop.api.workloads import Preview, TrainerResult, compact_result
+from tuneloop.config import OperatorConfig
+from tuneloop.runtime.manifests import UnsupportedStorage, training_objects
+
+K8S_VERSION = "1.33.0"
+CONFIG = OperatorConfig.model_validate({
+    "catalog": {"llama-3.1-8b": "pvc://models/llama-3.1-8b"},
+    "mlflowTrackingUri": "http://mlflow.tuneloop:5000",
+    "imagePullSecrets": ["registry-creds"],
+})
+
+
+def job(**resources):
+    return parse_manifest({
+        "apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneJob",
+        "metadata": {"name": "support-bot", "namespace": "ml", "uid": "0b5c6a2e-1111-4c3b-9d5e-2a0f6c1d7e90"},
+        "spec": {
+            "baseModel": {"name": "llama-3.1-8b"},
+            "dataset": {"uri": "pvc://datasets/support/train.jsonl"},
+            "method": {"type": "qlora"},
+            "output": {"uri": "pvc://adapters/support-bot"},
+            "resources": {"gpus": 1, "memory": "64Gi", "nodeSelector": {"gpu": "h100"},
+                          "priorityClassName": "training", **resources},
+        },
+    })
+
+
+def by_kind(objects):
+    return {obj["kind"]: obj for obj in objects}
+
+
+@pytest.mark.parametrize("resources", [{}, {"gpus": 2}, {"gpus": 8, "nodes": 2}])
+def test_every_object_validates_against_the_kubernetes_schemas(resources):
+    for obj in training_objects(job(**resources), "support-bot-train", CONFIG):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_one_gpu_job_shape():
+    objects = by_kind(training_objects(job(), "support-bot-train", CONFIG))
+    assert set(objects) == {"ConfigMap", "Job"}
+    workload = json.loads(objects["ConfigMap"]["data"]["workload.json"])
+    assert workload["modelPath"] == "/mnt/pvc/models/llama-3.1-8b"
+    assert workload["datasetPath"] == "/mnt/pvc/datasets/support/train.jsonl"
+    assert workload["outputDir"] == "/mnt/pvc/adapters/support-bot"
+    assert workload["tracking"]["trackingUri"] == "http://mlflow.tuneloop:5000"
+
+    job_obj = objects["Job"]
+    for obj in objects.values():
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == "0b5c6a2e-1111-4c3b-9d5e-2a0f6c1d7e90"
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "tuneloop"
+        assert obj["metadata"]["labels"]["tuneloop.dev/finetunejob"] == "support-bot"
+    pod = job_obj["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][:3] == ["python", "-m", "tuneloop_trainer"]
+    assert "/dev/termination-log" in container["command"]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "1", "memory": "64Gi"}
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["HF_HUB_OFFLINE"] == "1" and env["TRANSFORMERS_OFFLINE"] == "1"
+    assert pod["nodeSelector"] == {"gpu": "h100"} and pod["priorityClassName"] == "training"
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert pod["imagePullSecrets"] == [{"name": "registry-creds"}]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/mnt/pvc/adapters"]["readOnly"] is False  # checkpoints and the adapter go here
+    assert mounts["/mnt/pvc/datasets"]["readOnly"] is True and mounts["/mnt/pvc/models"]["readOnly"] is True
+    assert job_obj["spec"]["podFailurePolicy"]["rules"][0]["onPodConditions"][0]["type"] == "DisruptionTarget"
+    assert job_obj["spec"]["backoffLimit"] >= 1 and job_obj["spec"]["activeDeadlineSeconds"] > 0
+
+
+def test_pods_meet_pod_security_restricted():
+    pod = by_kind(training_objects(job(), "support-bot-train", CONFIG))["Job"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    for container in pod["containers"]:
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False and context["readOnlyRootFilesystem"] is True
+        assert context["capabilities"] == {"drop": ["ALL"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["shm"]["emptyDir"]["medium"] == "Memory" and "emptyDir" in volumes["scratch"]
+
+
+def test_several_gpus_run_torchrun_on_one_node():
+    container = by_kind(training_objects(job(gpus=4), "t", CONFIG))["Job"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:3] == ["torchrun", "--standalone", "--nproc-per-node=4"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+
+
+def test_several_nodes_run_an_indexed_job_with_a_rendezvous_service():
+    objects = by_kind(training_objects(job(gpus=8, nodes=2), "support-bot-train", CONFIG))
+    spec = objects["Job"]["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == 2 and spec["parallelism"] == 2
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == "support-bot-train"
+    command = pod["containers"][0]["command"]
+    assert command[:3] == ["torchrun", "--nnodes=2", "--nproc-per-node=8"]
+    assert "--rdzv-endpoint=support-bot-train-0.support-bot-train:29500" in command
+    service = objects["Service"]
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {"tuneloop.dev/workload": "support-bot-train"}
+    assert spec["template"]["metadata"]["labels"]["tuneloop.dev/workload"] == "support-bot-train"
+
+
+def test_storage_that_cannot_be_mounted_is_refused_with_the_field_named():
+    manifest = job().to_wire()
+    manifest["spec"]["dataset"]["uri"] = "s3://bucket/train.jsonl"
+    with pytest.raises(UnsupportedStorage, match="s3 storage"):
+        training_objects(parse_manifest(manifest), "t", CONFIG)
+    manifest = job().to_wire()
+    manifest["spec"]["baseModel"] = {"name": "mistral-7b"}
+    with pytest.raises(UnsupportedStorage, match="spec.baseModel.name: 'mistral-7b' is not in the cluster's"):
+        training_objects(parse_manifest(manifest), "t", CONFIG)
+
+
+def test_the_result_fits_a_termination_message():
+    previews = [Preview(prompt="p" * 500, reference="r" * 500, base="b" * 500, tuned="t" * 500)] * 5
+    result = TrainerResult(succeeded=True, steps=10, hold_out_loss_before=2.0, hold_out_loss_after=1.0,
+                           adapter_path="/mnt/pvc/adapters/x/adapter", previews=previews)
+    text = compact_result(result)
+    assert len(text) <= 4096
+    assert json.loads(text)["holdOutLossAfter"] == 1.0 and "previews" not in json.loads(text)
+    failed = compact_result(TrainerResult(succeeded=False, reason="InvalidData", message="x" * 10000))
+    assert len(failed) <= 4096 and json.loads(failed)["reason"] == "InvalidData"
