@@ -3,6 +3,7 @@
     tuneloop run FILE --local     run a FineTuneJob manifest to the end on this machine
     tuneloop validate FILE...     check manifests; say what is wrong and where
     tuneloop crds                 print the CustomResourceDefinitions
+    tuneloop operator             run the Kubernetes operator (kopf)
 """
 
 from __future__ import annotations
@@ -186,6 +187,28 @@ def all_crds() -> list:
     return [FINETUNEJOB_CRD]
 
 
+def command_operator(args: argparse.Namespace) -> int:
+    """Run the operator (kopf) until stopped; handlers live in tuneloop.handlers."""
+    import kopf
+    from prometheus_client import start_http_server
+
+    from tuneloop import handlers  # noqa: F401  (registers the handlers)
+
+    kopf.configure(log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
+                   verbose=args.verbose)
+    if args.metrics_port:
+        start_http_server(args.metrics_port)
+    kopf.run(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        standalone=args.standalone,
+        peering_name=args.peering_name,
+        priority=args.priority,
+        liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tuneloop", description="Fine-tune and ship private LLMs on Kubernetes.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -203,6 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("files", type=Path, nargs="+")
     validate.add_argument("--local", action="store_true", help="also check that the job can run locally")
     validate.set_defaults(handler=command_validate)
+
+    operator = commands.add_parser("operator", help="run the Kubernetes operator")
+    operator.add_argument("--namespace", action="append", default=[],
+                          help="watch only this namespace (repeatable); default: the whole cluster")
+    operator.add_argument("--standalone", action="store_true",
+                          help="no leader election (one replica); default: kopf peering elects one active replica")
+    operator.add_argument("--peering-name", default="tuneloop", help="kopf peering object shared by the replicas")
+    operator.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
+    operator.add_argument("--health-port", type=int, default=8080, help="liveness endpoint /healthz (0: off)")
+    operator.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics (0: off)")
+    operator.add_argument("--log-format", choices=("json", "text"), default="json")
+    operator.add_argument("--verbose", action="store_true")
+    operator.set_defaults(handler=command_operator)
 
     crds = commands.add_parser("crds", help="print the CustomResourceDefinitions (generated from the API models)")
     crds.set_defaults(handler=command_crds)

@@ -109,8 +109,10 @@ def check_context(spec: FineTuneJobSpec, context: ReconcileContext) -> list[str]
             continue
         if context.mode == "local" and uri.startswith(("pvc://", "s3://")):
             problems.append(f"{path}: {uri.split('://')[0]}:// storage needs a cluster; in local mode use a file path")
-        if context.mode == "cluster" and not uri.startswith(("pvc://", "s3://")):
-            problems.append(f"{path}: {uri!r} is a local path; in a cluster use pvc:// or s3://")
+        if context.mode == "cluster" and not uri.startswith("pvc://"):
+            problems.append(f"{path}: {uri!r} cannot be mounted in a cluster by this version; use pvc://claim/path")
+    if context.mode == "cluster" and spec.output.uri is None:
+        problems.append("spec.output.uri: a cluster run needs a pvc:// folder for checkpoints and the adapter")
     return problems
 
 
@@ -165,6 +167,7 @@ def reconcile(
         return decision
 
     decision = Decision(status)
+    _note_spec_change(status, generation, now, decision)
     # Validating is how the first stage shows while its workload checks the data.
     stage_index = next((i for i, stage in enumerate(STAGES) if stage.phase == status.phase), 0)
     stage = STAGES[stage_index]
@@ -176,6 +179,9 @@ def reconcile(
         return decision
 
     if workload.phase == "Running":
+        if workload.message and workload.message != status.message:
+            status.message = workload.message
+            decision.actions.append(EmitEvent("Warning", "WorkloadProblem", workload.message))
         if workload.progress:
             progress = TrainerProgress.model_validate(workload.progress)
             status.phase = "Validating" if progress.stage == "validating-data" else stage.phase
@@ -210,6 +216,23 @@ def reconcile(
                                       observed_generation=generation, now=now)
     decision.actions.append(EmitEvent("Normal", "Succeeded", status.message))
     return decision
+
+
+def _note_spec_change(status: FineTuneJobStatus, generation: int | None, now: str, decision: Decision) -> None:
+    """A spec changed after the job started is not applied: the job finishes with the spec it accepted.
+
+    Restarting training silently would throw work away; to train with the new spec, create a new
+    FineTuneJob (or delete and re-create this one).
+    """
+    if generation is None or status.observed_generation is None or generation <= status.observed_generation:
+        return
+    message = (f"spec changed (generation {generation}) after the job started with generation "
+               f"{status.observed_generation}; the change is not applied: create a new FineTuneJob to use it")
+    previous = next((c for c in status.conditions if c.type == "SpecChangeIgnored"), None)
+    if previous is None or previous.message != message:
+        decision.actions.append(EmitEvent("Warning", "SpecChangeIgnored", message))
+    status.conditions = set_condition(status.conditions, "SpecChangeIgnored", "True", "StartedWithEarlierSpec",
+                                      message, observed_generation=generation, now=now)
 
 
 def _summary(result: TrainerResult) -> str:

@@ -1,0 +1,126 @@
+"""kopf wiring only: events and timers -> observe -> reconcile -> act -> status.
+
+Every FineTuneJob is reconciled when it appears (create/resume), when its spec changes, and on a
+timer while it is not finished. Each pass is idempotent: deterministic names, create-if-absent,
+status written last, so an operator killed at any instant and restarted picks up where it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import kopf
+
+from tuneloop import metrics
+from tuneloop.api.common import GROUP, VERSION
+from tuneloop.api.finetunejob import PLURAL, TERMINAL_PHASES, FineTuneJob, FineTuneJobStatus
+from tuneloop.config import OperatorConfig, load_config
+from tuneloop.reconcile.finetunejob import EmitEvent, LaunchWorkload, Observed, ReconcileContext, reconcile
+from tuneloop.runtime.kube_client import KubeClient
+from tuneloop.runtime.kubernetes import KubernetesRuntime
+
+log = logging.getLogger("tuneloop.operator")
+RECONCILE_INTERVAL = 10.0
+STATUS_FIELDS = {field.alias or name for name, field in FineTuneJobStatus.model_fields.items()}
+
+
+class State:
+    """What the handlers share in one operator process (set up at startup)."""
+
+    config: OperatorConfig = OperatorConfig()
+    runtime: KubernetesRuntime | None = None
+    connection: Any = None
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> Any:
+    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    State.connection = info
+    return info
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    State.config = load_config()
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    if State.connection is not None:
+        State.runtime = KubernetesRuntime(KubeClient.from_connection_info(State.connection), State.config)
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    if State.runtime is not None:
+        await State.runtime.client.close()
+
+
+def context() -> ReconcileContext:
+    return ReconcileContext(mode="cluster", catalog=frozenset(State.config.catalog))
+
+
+async def reconcile_finetunejob(body: kopf.Body, patch: kopf.Patch) -> None:
+    started = time.monotonic()
+    # kopf keeps its own bookkeeping in status too; only our fields go into the model.
+    status = FineTuneJobStatus.model_validate(
+        {k: v for k, v in (body.get("status") or {}).items() if k in STATUS_FIELDS})
+    if status.phase in TERMINAL_PHASES:
+        return
+    meta = body["metadata"]
+    name, generation = meta["name"], meta.get("generation")
+    runtime = State.runtime
+    assert runtime is not None, "the operator has no Kubernetes connection"
+    job = _parse_if_valid(body)
+    observed = await runtime.observe(job) if job is not None else Observed()
+    decision = reconcile(name, dict(body.get("spec") or {}), status, observed, context(), generation)
+    try:
+        for action in decision.actions:
+            if isinstance(action, LaunchWorkload):
+                await runtime.launch(job, action)
+            elif isinstance(action, EmitEvent):
+                kopf.event(body, type=action.type, reason=action.reason, message=action.message[:1024])
+    finally:
+        metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+    metrics.record_phase(meta.get("uid") or name, decision.status.phase)
+    patch.status.update(decision.status.to_wire())
+
+
+def _parse_if_valid(body: kopf.Body) -> FineTuneJob | None:
+    try:
+        return FineTuneJob.model_validate({
+            "apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+            "metadata": {k: body["metadata"].get(k) for k in ("name", "namespace", "uid", "generation")},
+            "spec": dict(body.get("spec") or {}),
+        })
+    except ValueError:
+        return None
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+async def on_change(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    try:
+        await reconcile_finetunejob(body, patch)
+    except Exception:
+        metrics.RECONCILE_ERRORS.inc()
+        raise
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def on_delete(body: kopf.Body, **_: Any) -> None:
+    """Owned ConfigMaps, Services and Jobs go with the FineTuneJob (ownerReferences); only metrics remain."""
+    metrics.forget(body["metadata"].get("uid") or body["metadata"]["name"])
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL, initial_delay=RECONCILE_INTERVAL,
+            when=lambda status, **_: (status or {}).get("phase") not in TERMINAL_PHASES)
+async def on_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    try:
+        await reconcile_finetunejob(body, patch)
+    except Exception:
+        metrics.RECONCILE_ERRORS.inc()
+        raise

@@ -1,0 +1,95 @@
+"""A small async Kubernetes REST client (aiohttp) for the few calls the runtime makes.
+
+It reuses the credentials kopf logged in with (`kopf.ConnectionInfo`), so the operator has one
+identity and one place that reads kubeconfigs and service-account tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+PLURALS = {"ConfigMap": "configmaps", "Job": "jobs", "Service": "services", "Pod": "pods", "Event": "events",
+           "Deployment": "deployments", "PodDisruptionBudget": "poddisruptionbudgets"}
+
+
+class KubeError(RuntimeError):
+    def __init__(self, status: int, reason: str, message: str):
+        self.status, self.reason = status, reason
+        super().__init__(f"{status} {reason}: {message}")
+
+
+def collection_path(api_version: str, kind: str, namespace: str) -> str:
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    return f"{prefix}/namespaces/{namespace}/{PLURALS[kind]}"
+
+
+@dataclass
+class KubeClient:
+    server: str
+    token: str | None = None
+    ca_path: str | None = None
+    insecure: bool = False
+    retries: int = 5
+
+    def __post_init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_connection_info(cls, info: Any) -> "KubeClient":
+        return cls(server=info.server.rstrip("/"), token=info.token, ca_path=info.ca_path,
+                   insecure=bool(info.insecure))
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        if self._session is None:
+            context: ssl.SSLContext | bool = False if self.insecure else ssl.create_default_context(cafile=self.ca_path)
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            self._session = aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(ssl=context),
+                                                  timeout=aiohttp.ClientTimeout(total=30))
+        for attempt in range(self.retries):
+            try:
+                async with self._session.request(method, self.server + path, **kwargs) as response:
+                    body = await response.json(content_type=None)
+                    if response.status < 400:
+                        return body
+                    body = body or {}
+                    error = KubeError(response.status, body.get("reason", response.reason or ""), body.get("message", ""))
+                    if response.status < 500 and response.status != 429:
+                        raise error
+            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as failure:
+                error = KubeError(0, "Unreachable", str(failure))
+            await asyncio.sleep(min(0.2 * 2 ** attempt, 5))
+        raise error
+
+    async def create_if_absent(self, obj: dict[str, Any]) -> bool:
+        """True when created; False when an object of that name already exists (a repeated reconcile)."""
+        path = collection_path(obj["apiVersion"], obj["kind"], obj["metadata"]["namespace"])
+        try:
+            await self._request("POST", path, json=obj)
+        except KubeError as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._request("GET", f"{collection_path(api_version, kind, namespace)}/{name}")
+        except KubeError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        body = await self._request("GET", collection_path(api_version, kind, namespace),
+                                   params={"labelSelector": label_selector})
+        return body.get("items", [])
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

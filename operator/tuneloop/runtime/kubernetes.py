@@ -1,0 +1,107 @@
+"""Carry out reconcile decisions on a cluster and report what the cluster shows.
+
+Workloads are batch/v1 Jobs (see manifests.py). A Job that completed hands over the trainer's
+result from its pod's termination message; a failed one, the trainer's own reason when it wrote
+one, else what Kubernetes knows (OOMKilled, image pull errors, deadline exceeded).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from tuneloop.api.finetunejob import FineTuneJob
+from tuneloop.config import OperatorConfig
+from tuneloop.reconcile.finetunejob import STAGES, LaunchWorkload, Observed, WorkloadState, workload_name
+from tuneloop.runtime.kube_client import KubeClient
+from tuneloop.runtime.manifests import Storage, training_objects
+
+WAITING_PROBLEMS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
+                    "CreateContainerError", "CrashLoopBackOff"}
+
+
+def condition(obj: dict[str, Any], type: str) -> dict[str, Any] | None:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c.get("type") == type and c.get("status") == "True"), None)
+
+
+def termination(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == "trainer":
+            return (status.get("state") or {}).get("terminated") or (status.get("lastState") or {}).get("terminated")
+    return None
+
+
+def result_from_pods(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The trainer's result JSON from the newest terminated pod that wrote one."""
+    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True):
+        terminated = termination(pod)
+        if terminated and terminated.get("message"):
+            try:
+                return json.loads(terminated["message"])
+            except ValueError:
+                continue
+    return None
+
+
+def pod_problem(pods: list[dict[str, Any]]) -> str:
+    """Why pods do not run or died, in Kubernetes' words."""
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        terminated = termination(pod)
+        if terminated and terminated.get("reason") not in (None, "Completed"):
+            return f"pod {name}: {terminated['reason']} (exit code {terminated.get('exitCode')})"
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (status.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in WAITING_PROBLEMS:
+                return f"pod {name}: {waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+        for cond in (pod.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                return f"pod {name}: {cond.get('reason', 'Unschedulable')}: {cond.get('message', '')}"
+    return ""
+
+
+@dataclass
+class KubernetesRuntime:
+    client: KubeClient
+    config: OperatorConfig
+
+    async def observe(self, job: FineTuneJob) -> Observed:
+        workloads = {}
+        for stage in STAGES:
+            name = workload_name(job.metadata.name, stage.name)
+            workloads[name] = await self.observe_workload(job.metadata.namespace, name)
+        return Observed(workloads=workloads)
+
+    async def observe_workload(self, namespace: str, name: str) -> WorkloadState:
+        batch_job = await self.client.get("batch/v1", "Job", namespace, name)
+        if batch_job is None:
+            return WorkloadState("Absent")
+        pods = await self.client.list("v1", "Pod", namespace, f"tuneloop.dev/workload={name}")
+        if condition(batch_job, "Complete"):
+            result = result_from_pods(pods)
+            if result is None:
+                return WorkloadState("Failed", message=f"Job {name} completed but no pod left the trainer's result")
+            return WorkloadState("Succeeded" if result.get("succeeded") else "Failed", result=_as_uris(result))
+        failed = condition(batch_job, "Failed")
+        if failed:
+            result = result_from_pods(pods)
+            message = (f"Job {name} failed: {failed.get('reason', '')}: {failed.get('message', '')}. "
+                       f"{pod_problem(pods)}").strip()
+            return WorkloadState("Failed", result=_as_uris(result) if result else None, message=message)
+        return WorkloadState("Running", message=pod_problem(pods))
+
+    async def launch(self, job: FineTuneJob, action: LaunchWorkload) -> None:
+        if action.stage != "train":
+            raise NotImplementedError(f"stage {action.stage!r} has no cluster workload yet")
+        for obj in training_objects(job, action.name, self.config):
+            await self.client.create_if_absent(obj)
+
+
+def _as_uris(result: dict[str, Any]) -> dict[str, Any]:
+    storage = Storage()
+    for key in ("adapterPath", "holdOutPath", "mergedPath"):
+        if result.get(key):
+            result[key] = storage.uri(result[key])
+    return result
