@@ -1,0 +1,49 @@
+"""How the Kubernetes runtime reads Jobs and pods: results from termination messages, and the
+reasons a person needs when a pod cannot run or dies."""
+
+from __future__ import annotations
+
+import json
+
+from tuneloop.runtime.kubernetes import pod_problem, result_from_pods
+
+
+def pod(name: str, created: str = "2026-11-23T10:00:00Z", **status) -> dict:
+    return {"metadata": {"name": name, "creationTimestamp": created}, "status": status}
+
+
+def terminated(**state) -> list[dict]:
+    return [{"name": "trainer", "state": {"terminated": state}}]
+
+
+def test_the_newest_pod_with_a_result_wins():
+    old = pod("a", "2026-11-23T10:00:00Z", containerStatuses=terminated(exitCode=143, message=json.dumps(
+        {"succeeded": False, "reason": "Preempted"})))
+    new = pod("b", "2026-11-23T11:00:00Z", containerStatuses=terminated(exitCode=0, reason="Completed",
+                                                                        message=json.dumps({"succeeded": True})))
+    assert result_from_pods([old, new]) == {"succeeded": True}
+    assert result_from_pods([pod("c", containerStatuses=terminated(exitCode=1, message="Traceback ..."))]) is None
+
+
+def test_oom_kill_is_named():
+    dead = pod("t-abc", containerStatuses=terminated(exitCode=137, reason="OOMKilled"))
+    assert pod_problem([dead]) == "pod t-abc: OOMKilled (exit code 137)"
+
+
+def test_image_pull_errors_are_named():
+    waiting = pod("t-abc", containerStatuses=[{"name": "trainer", "state": {"waiting": {
+        "reason": "ImagePullBackOff", "message": 'Back-off pulling image "registry.local/trainer:0.1.0"'}}}])
+    assert pod_problem([waiting]).startswith("pod t-abc: ImagePullBackOff: Back-off pulling image")
+
+
+def test_missing_gpus_are_named():
+    pending = pod("t-abc", conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                        "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."}])
+    assert pod_problem([pending]) == ("pod t-abc: Unschedulable: 0/4 nodes are available: "
+                                      "4 Insufficient nvidia.com/gpu.")
+
+
+def test_a_healthy_pod_has_no_problem():
+    running = pod("t-abc", containerStatuses=[{"name": "trainer", "state": {"running": {}}}],
+                  conditions=[{"type": "PodScheduled", "status": "True"}])
+    assert pod_problem([running]) == ""
