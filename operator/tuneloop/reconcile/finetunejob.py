@@ -194,6 +194,12 @@ def reconcile(
         return decision
 
     result = TrainerResult.model_validate(workload.result) if workload.result else None
+    if result is not None and result.reason == "Preempted":
+        # Stopped by a signal after saving a checkpoint: run it again and it resumes.
+        status.message = f"{result.message}; relaunched"
+        decision.actions.append(LaunchWorkload(stage.name, workload_name(name, stage.name)))
+        decision.actions.append(EmitEvent("Warning", "Preempted", status.message))
+        return decision
     if workload.phase == "Failed" or result is None or not result.succeeded:
         reason = (result.reason if result and result.reason else f"{stage.phase}Failed")
         message = (result.message if result and result.message else workload.message) or "the workload failed"
