@@ -49,7 +49,8 @@ def load_documents(path: Path) -> list[dict[str, Any]]:
 
 
 def describe(document: dict[str, Any]) -> str:
-    name = (document.get("metadata") or {}).get("name", "<no name>")
+    metadata = document.get("metadata")
+    name = metadata.get("name", "<no name>") if isinstance(metadata, dict) else "<no name>"
     return f"{document.get('kind', '<no kind>')}/{name}"
 
 

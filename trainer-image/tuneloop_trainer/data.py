@@ -108,6 +108,8 @@ def _messages(row: dict[str, Any], system_prompt: str | None) -> list[dict[str, 
             raise ValueError(f"messages[{index}].content must be a non-empty string")
         messages.append({"role": role, "content": content})
     turns = messages[1:] if messages[0]["role"] == "system" else messages
+    if not turns:
+        raise ValueError("messages has only a system message; a user message and the assistant's answer must follow")
     for index, message in enumerate(turns):
         expected = "user" if index % 2 == 0 else "assistant"
         if message["role"] != expected:
@@ -154,7 +156,7 @@ def _read_bytes(path: Path) -> bytes:
 def load_jsonl(path: Path, declared_format: str = "auto", system_prompt: str | None = None) -> Dataset:
     raw = _read_bytes(path)
     dataset = Dataset(path=path, format=declared_format, sha256=hashlib.sha256(raw).hexdigest())
-    for number, line_bytes in enumerate(raw.split(b"\n"), start=1):
+    for number, line_bytes in enumerate(raw.removeprefix(b"\xef\xbb\xbf").split(b"\n"), start=1):
         if not line_bytes.strip():
             continue
         where = f"{path}:{number}"
@@ -170,8 +172,6 @@ def load_jsonl(path: Path, declared_format: str = "auto", system_prompt: str | N
             dataset.examples.append(parse_row(row, dataset, number, system_prompt))
         except ValueError as error:
             raise DataError(f"{where}: {error}") from None
-    if not dataset.examples:
-        raise DataError(f"{path}: no rows (only blank lines)")
     return dataset
 
 

@@ -91,14 +91,13 @@ def describe_validation_error(error: ValidationError, prefix: str) -> list[str]:
 
 def humanize(item: dict[str, Any]) -> str:
     kind, ctx = item["type"], item.get("ctx") or {}
-    if kind == "greater_than_equal":
-        return f"must be >= {ctx['ge']}"
-    if kind == "greater_than":
-        return f"must be > {ctx['gt']}"
-    if kind == "less_than_equal":
-        return f"must be <= {ctx['le']}"
-    if kind == "less_than":
-        return f"must be < {ctx['lt']}"
+    bounds = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
+              "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}
+    if kind in bounds:
+        operator, key = bounds[kind]
+        return f"must be {operator} {ctx[key]:g}"
+    if kind == "too_short":
+        return f"must have at least {ctx['min_length']} item(s)"
     if kind == "missing":
         return "is required"
     if kind == "extra_forbidden":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tuneloop.api.common import API_VERSION, Condition, SpecError, WireModel, describe_validation_error
 from tuneloop.api.crd import Kind, Printer
@@ -42,12 +42,12 @@ class BaseModelRef(WireModel):
     name: str | None = Field(None, description="Model catalog entry, e.g. smollm2-135m-instruct.")
     uri: str | None = Field(None, description="Folder with config.json, tokenizer and safetensors weights.")
 
+    _uri = field_validator("uri")(lambda uri: uri if uri is None else check_storage_uri(uri))
+
     @model_validator(mode="after")
     def _exactly_one(self) -> "BaseModelRef":
         if (self.name is None) == (self.uri is None):
             raise ValueError("give exactly one of name (a catalog entry) or uri (a model folder)")
-        if self.uri is not None:
-            check_storage_uri(self.uri)
         return self
 
     def display(self) -> str:
@@ -115,10 +115,7 @@ class ReplaySpec(WireModel):
     format: DataFormat = Field("auto", description="Row shape; auto detects it from the first row.")
     fraction: float = Field(0.05, gt=0, lt=0.5, description="Share of the training mix that is replay rows.")
 
-    @model_validator(mode="after")
-    def _uri(self) -> "ReplaySpec":
-        check_storage_uri(self.uri)
-        return self
+    _uri = field_validator("uri")(check_storage_uri)
 
 
 class DatasetSpec(WireModel):
@@ -133,10 +130,7 @@ class DatasetSpec(WireModel):
     cleaning: CleaningSpec = Field(default_factory=CleaningSpec)
     replay: ReplaySpec | None = None
 
-    @model_validator(mode="after")
-    def _uri(self) -> "DatasetSpec":
-        check_storage_uri(self.uri)
-        return self
+    _uri = field_validator("uri")(check_storage_uri)
 
 
 class LoraSpec(WireModel):
@@ -230,11 +224,7 @@ class OutputSpec(WireModel):
     preview_examples: int = Field(3, ge=0, le=50, description="Hold-out examples answered by base and tuned model.")
     merge_adapter: bool = Field(False, description="Also write base + adapter merged into one safetensors model.")
 
-    @model_validator(mode="after")
-    def _uri(self) -> "OutputSpec":
-        if self.uri is not None:
-            check_storage_uri(self.uri)
-        return self
+    _uri = field_validator("uri")(lambda uri: uri if uri is None else check_storage_uri(uri))
 
 
 class FineTuneJobSpec(WireModel):
@@ -319,7 +309,7 @@ class FineTuneJob(WireModel):
 def parse_spec(raw: Any) -> FineTuneJobSpec:
     """Validate a raw spec; SpecError lists every problem with its field path (`spec.x.y: ...`)."""
     try:
-        return FineTuneJobSpec.model_validate(raw)
+        return FineTuneJobSpec.model_validate(raw, by_alias=True, by_name=False)
     except ValidationError as error:
         raise SpecError(describe_validation_error(error, "spec")) from None
 
@@ -329,7 +319,7 @@ def parse_manifest(raw: Any) -> FineTuneJob:
     if not isinstance(raw, dict):
         raise SpecError(["manifest: must be a mapping with apiVersion, kind, metadata and spec"])
     try:
-        return FineTuneJob.model_validate(raw)
+        return FineTuneJob.model_validate(raw, by_alias=True, by_name=False)
     except ValidationError as error:
         raise SpecError(describe_validation_error(error, "")) from None
 

@@ -1,0 +1,12 @@
+"""Shared test fixtures. Everything is built locally: no test downloads a model or a tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+
+from tiny_model import build_tiny_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tiny_tokenizer()

@@ -1,0 +1,188 @@
+"""`tuneloop validate` and the early checks of `tuneloop run`: what a user sees for good and bad manifests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tuneloop.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "finetunejob.yaml"
+
+VALID = """\
+apiVersion: tuneloop.dev/v1alpha1
+kind: FineTuneJob
+metadata:
+  name: {name}
+spec:
+  baseModel:
+    name: smollm2-135m-instruct
+  dataset:
+    uri: {uri}
+  method:
+    lora:
+      r: {r}
+"""
+
+
+def manifest(tmp_path: Path, name: str = "acme-tickets", uri: str = "data/tickets.jsonl", r: int = 16,
+             file: str = "job.yaml") -> Path:
+    path = tmp_path / file
+    path.write_text(VALID.format(name=name, uri=uri, r=r), encoding="utf-8")
+    return path
+
+
+def test_the_bundled_example_is_valid(capsys):
+    code = main(["validate", str(EXAMPLE)])
+
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert out == f"{EXAMPLE}: FineTuneJob/acme-tickets: valid\n"
+    assert err == ""
+
+
+def test_the_bundled_example_can_run_locally(capsys):
+    code = main(["validate", "--local", str(EXAMPLE)])
+
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert out == f"{EXAMPLE}: FineTuneJob/acme-tickets: valid\n"
+    assert err == ""
+
+
+def test_the_bundled_example_names_a_dataset_that_exists():
+    import yaml
+
+    uri = yaml.safe_load(EXAMPLE.read_text())["spec"]["dataset"]["uri"]
+
+    assert (EXAMPLE.parent / uri).is_file()
+
+
+def test_an_invalid_manifest_names_the_file_the_job_and_the_field(tmp_path, capsys):
+    path = manifest(tmp_path, name="bad-job", r=0)
+
+    code = main(["validate", str(path)])
+
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert err == f"{path}: FineTuneJob/bad-job: spec.method.lora.r: must be >= 1\n"
+    assert out == ""
+
+
+def test_broken_yaml_is_reported_with_file_line_and_column(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("apiVersion: tuneloop.dev/v1alpha1\nkind: FineTuneJob\nmetadata:\n  name: bad: value\n")
+
+    code = main(["validate", str(path)])
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith(f"{path}:4:12: not valid YAML: ")
+    assert "mapping values are not allowed here" in err
+
+
+def test_a_wrong_kind_is_reported(tmp_path, capsys):
+    path = tmp_path / "cm.yaml"
+    path.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n")
+
+    code = main(["validate", str(path)])
+
+    assert code == 1
+    assert capsys.readouterr().err == (
+        f"{path}: ConfigMap/settings: kind: 'ConfigMap' is not a Tuneloop kind (known: FineTuneJob)\n")
+
+
+def test_local_checks_are_only_made_with_local(tmp_path, capsys):
+    path = manifest(tmp_path, uri="pvc://datasets/tickets.jsonl")
+
+    assert main(["validate", str(path)]) == 0
+    capsys.readouterr()
+    code = main(["validate", "--local", str(path)])
+
+    assert code == 1
+    assert capsys.readouterr().err == (f"{path}: FineTuneJob/acme-tickets: spec.dataset.uri: pvc:// storage needs "
+                                       "a cluster; in local mode use a file path\n")
+
+
+def test_every_file_and_document_is_checked(tmp_path, capsys):
+    good = manifest(tmp_path, file="good.yaml")
+    multi = tmp_path / "multi.yaml"
+    multi.write_text(VALID.format(name="one", uri="a.jsonl", r=8) + "---\n"
+                     + VALID.format(name="two", uri="b.jsonl", r=0))
+    missing = tmp_path / "missing.yaml"
+
+    code = main(["validate", str(missing), str(good), str(multi)])
+
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert out.splitlines() == [f"{good}: FineTuneJob/acme-tickets: valid", f"{multi}: FineTuneJob/one: valid"]
+    assert err.splitlines()[0].startswith(f"{missing}: cannot read")
+    assert err.splitlines()[1] == f"{multi}: FineTuneJob/two: spec.method.lora.r: must be >= 1"
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    pytest.param("", "no manifests in the file", id="empty"),
+    pytest.param("- a\n- b\n", "document 1 is not a mapping", id="a-list"),
+])
+def test_files_without_a_manifest_are_reported(tmp_path, capsys, content, problem):
+    path = tmp_path / "job.yaml"
+    path.write_text(content)
+
+    assert main(["validate", str(path)]) == 1
+    assert capsys.readouterr().err == f"{path}: {problem}\n"
+
+
+def test_run_local_with_an_invalid_manifest_launches_nothing(tmp_path, capsys):
+    path = manifest(tmp_path, name="bad-job", r=0)
+    workdir = tmp_path / "work"
+
+    code = main(["run", str(path), "--local", "--workdir", str(workdir)])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "spec.method.lora.r: must be >= 1" in err
+    assert err.startswith(f"{path}: FineTuneJob/bad-job: ")
+    assert not workdir.exists()
+
+
+def test_run_local_rejects_cluster_storage_before_starting(tmp_path, capsys):
+    path = manifest(tmp_path, uri="pvc://datasets/tickets.jsonl")
+    workdir = tmp_path / "work"
+
+    code = main(["run", str(path), "--local", "--workdir", str(workdir)])
+
+    assert code == 2
+    assert "spec.dataset.uri: pvc:// storage needs a cluster" in capsys.readouterr().err
+    assert not workdir.exists()
+
+
+def test_run_without_local_points_to_kubectl(tmp_path, capsys):
+    path = manifest(tmp_path)
+
+    assert main(["run", str(path), "--workdir", str(tmp_path / "work")]) == 2
+    assert "kubectl apply" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
+
+
+def test_the_example_dataset_is_reproduced_byte_for_byte(tmp_path):
+    out = tmp_path / "tickets.jsonl"
+
+    completed = subprocess.run([sys.executable, str(ROOT / "examples" / "generate_tickets.py"), "--out", str(out)],
+                               capture_output=True, text=True, timeout=60, check=False)
+
+    assert completed.returncode == 0, completed.stderr
+    assert out.read_bytes() == (ROOT / "examples" / "data" / "tickets.jsonl").read_bytes()
+
+
+def test_metadata_that_is_not_a_mapping_is_reported_not_a_crash(tmp_path, capsys):
+    path = tmp_path / "job.yaml"
+    path.write_text("apiVersion: tuneloop.dev/v1alpha1\nkind: FineTuneJob\nmetadata: acme-tickets\nspec: {}\n")
+
+    code = main(["validate", str(path)])
+
+    assert code == 1
+    assert "metadata: input should be a valid dictionary" in capsys.readouterr().err

@@ -1,0 +1,401 @@
+"""The FineTuneJob state machine as a pure function: same inputs, same decision; no I/O."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from tuneloop.api.common import get_condition
+from tuneloop.api.finetunejob import FineTuneJobStatus
+from tuneloop.reconcile.finetunejob import (
+    MAX_NAME,
+    EmitEvent,
+    LaunchWorkload,
+    Observed,
+    ReconcileContext,
+    WorkloadState,
+    reconcile,
+    workload_name,
+)
+
+NOW = "2026-03-01T12:00:00Z"
+LATER = "2026-03-01T12:30:00Z"
+JOB = "acme-tickets"
+TRAIN = f"{JOB}-train"
+
+LOCAL = ReconcileContext(mode="local", catalog=frozenset({"smollm2-135m-instruct"}))
+CLUSTER = ReconcileContext(mode="cluster", catalog=frozenset({"llama-3.1-8b"}))
+
+LOCAL_SPEC = {
+    "baseModel": {"name": "smollm2-135m-instruct"},
+    "dataset": {"uri": "data/tickets.jsonl", "format": "alpaca", "holdOutFraction": 0.1},
+    "training": {"epochs": 2},
+}
+CLUSTER_SPEC = {
+    "baseModel": {"name": "llama-3.1-8b"},
+    "dataset": {"uri": "pvc://datasets/tickets.jsonl"},
+    "output": {"uri": "pvc://adapters/acme-tickets"},
+}
+
+RESULT = {
+    "succeeded": True,
+    "dataset": {"rows": 300, "trainRows": 270, "holdOutRows": 30, "trainTokens": 41234,
+                "format": "alpaca", "sha256": "ab" * 32},
+    "holdOutLossBefore": 2.5,
+    "holdOutLossAfter": 0.75,
+    "trainLoss": 0.5,
+    "steps": 68,
+    "tokensPerSecond": 1234.56,
+    "seconds": 95.04,
+    "adapterPath": "/work/acme-tickets/train/adapter",
+    "holdOutPath": "/work/acme-tickets/train/hold_out.jsonl",
+}
+
+
+def observed(phase: str = "Absent", name: str = TRAIN, now: str = NOW, **state) -> Observed:
+    return Observed(workloads={name: WorkloadState(phase=phase, **state)}, now=now)
+
+
+def launches(decision) -> list[LaunchWorkload]:
+    return [action for action in decision.actions if isinstance(action, LaunchWorkload)]
+
+
+def events(decision) -> list[EmitEvent]:
+    return [action for action in decision.actions if isinstance(action, EmitEvent)]
+
+
+def training_status() -> FineTuneJobStatus:
+    """The status right after the job was accepted and its training workload launched."""
+    return reconcile(JOB, LOCAL_SPEC, FineTuneJobStatus(), Observed(now=NOW), LOCAL, generation=1).status
+
+
+# --- Pending -> Training / Failed -----------------------------------------------------------------
+
+
+def test_a_valid_spec_launches_exactly_one_training_workload():
+    decision = reconcile(JOB, LOCAL_SPEC, FineTuneJobStatus(), Observed(now=NOW), LOCAL, generation=1)
+
+    assert decision.status.phase == "Training"
+    assert launches(decision) == [LaunchWorkload(stage="train", name="acme-tickets-train")]
+    assert [(event.type, event.reason) for event in events(decision)] == [("Normal", "TrainingStarted")]
+    assert "acme-tickets-train" in events(decision)[0].message
+    assert decision.status.start_time == NOW
+    assert decision.status.observed_generation == 1
+    spec_valid = get_condition(decision.status.conditions, "SpecValid")
+    assert (spec_valid.status, spec_valid.reason, spec_valid.observed_generation) == ("True", "Valid", 1)
+
+
+def test_a_valid_cluster_spec_launches_in_a_cluster_context():
+    decision = reconcile(JOB, CLUSTER_SPEC, FineTuneJobStatus(), Observed(now=NOW), CLUSTER)
+
+    assert decision.status.phase == "Training"
+    assert launches(decision) == [LaunchWorkload("train", TRAIN)]
+
+
+def test_reconcile_does_not_change_the_status_it_is_given():
+    status = FineTuneJobStatus()
+
+    reconcile(JOB, LOCAL_SPEC, status, Observed(now=NOW), LOCAL)
+
+    assert status == FineTuneJobStatus()
+
+
+def test_an_invalid_spec_fails_the_job_and_names_the_field():
+    spec = copy.deepcopy(LOCAL_SPEC)
+    spec["method"] = {"lora": {"r": 0}}
+
+    decision = reconcile(JOB, spec, FineTuneJobStatus(), Observed(now=NOW), LOCAL, generation=1)
+
+    assert decision.status.phase == "Failed"
+    assert decision.status.message == "spec.method.lora.r: must be >= 1"
+    assert decision.status.completion_time == NOW
+    failed = get_condition(decision.status.conditions, "Failed")
+    assert (failed.status, failed.reason, failed.message) == ("True", "InvalidSpec", "spec.method.lora.r: must be >= 1")
+    assert launches(decision) == []
+    assert events(decision) == [EmitEvent("Warning", "InvalidSpec", "spec.method.lora.r: must be >= 1")]
+
+
+@pytest.mark.parametrize(("context", "spec", "problem"), [
+    pytest.param(LOCAL, {**LOCAL_SPEC, "dataset": {"uri": "pvc://datasets/tickets.jsonl"}},
+                 "spec.dataset.uri: pvc:// storage needs a cluster; in local mode use a file path",
+                 id="local-rejects-pvc"),
+    pytest.param(LOCAL, {**LOCAL_SPEC, "output": {"uri": "s3://bucket/adapters"}},
+                 "spec.output.uri: s3:// storage needs a cluster; in local mode use a file path",
+                 id="local-rejects-s3"),
+    pytest.param(LOCAL, {**LOCAL_SPEC, "baseModel": {"name": "gpt-5"}},
+                 "spec.baseModel.name: 'gpt-5' is not in the model catalog (known: smollm2-135m-instruct)",
+                 id="local-unknown-catalog-name"),
+    pytest.param(CLUSTER, {**CLUSTER_SPEC, "dataset": {"uri": "data/tickets.jsonl"}},
+                 "spec.dataset.uri: 'data/tickets.jsonl' cannot be mounted in a cluster by this version; "
+                 "use pvc://claim/path",
+                 id="cluster-rejects-relative-path"),
+    pytest.param(CLUSTER, {k: v for k, v in CLUSTER_SPEC.items() if k != "output"},
+                 "spec.output.uri: a cluster run needs a pvc:// folder for checkpoints and the adapter",
+                 id="cluster-needs-output"),
+])
+def test_the_context_rejects_what_cannot_run_there(context, spec, problem):
+    decision = reconcile(JOB, spec, FineTuneJobStatus(), Observed(now=NOW), context)
+
+    assert decision.status.phase == "Failed"
+    assert decision.status.message == problem
+    assert get_condition(decision.status.conditions, "Failed").reason == "InvalidSpec"
+    assert launches(decision) == []
+
+
+def test_all_context_problems_are_reported_together():
+    spec = {"baseModel": {"name": "gpt-5"}, "dataset": {"uri": "pvc://datasets/tickets.jsonl"}}
+
+    decision = reconcile(JOB, spec, FineTuneJobStatus(), Observed(now=NOW), LOCAL)
+
+    assert "spec.baseModel.name: 'gpt-5' is not in the model catalog" in decision.status.message
+    assert "spec.dataset.uri: pvc:// storage needs a cluster" in decision.status.message
+
+
+# --- Training: progress ---------------------------------------------------------------------------
+
+
+def test_a_workload_validating_its_data_shows_as_validating():
+    decision = reconcile(JOB, LOCAL_SPEC, training_status(),
+                         observed("Running", progress={"stage": "validating-data"}), LOCAL, generation=1)
+
+    assert decision.status.phase == "Validating"
+    assert decision.status.progress is None
+    assert decision.actions == []
+
+
+def test_a_validating_job_goes_back_to_training_when_training_starts():
+    validating = reconcile(JOB, LOCAL_SPEC, training_status(),
+                           observed("Running", progress={"stage": "validating-data"}), LOCAL, generation=1).status
+    progress = {"stage": "training", "step": 10, "totalSteps": 68, "epoch": 0.2941176, "loss": 1.234,
+                "tokensPerSecond": 950.5, "etaSeconds": 41.6}
+
+    decision = reconcile(JOB, LOCAL_SPEC, validating, observed("Running", progress=progress), LOCAL, generation=1)
+
+    assert decision.status.phase == "Training"
+    assert decision.status.progress.to_wire() == {
+        "step": 10, "totalSteps": 68, "epoch": 0.294, "loss": 1.234, "tokensPerSecond": 950.5, "etaSeconds": 42}
+    assert decision.actions == []
+
+
+def test_a_running_workload_with_a_problem_message_warns_once():
+    state = observed("Running", message="pod pending: 0/3 nodes have a free GPU")
+
+    first = reconcile(JOB, LOCAL_SPEC, training_status(), state, LOCAL, generation=1)
+    second = reconcile(JOB, LOCAL_SPEC, first.status, state, LOCAL, generation=1)
+
+    assert first.status.message == "pod pending: 0/3 nodes have a free GPU"
+    assert events(first) == [EmitEvent("Warning", "WorkloadProblem", "pod pending: 0/3 nodes have a free GPU")]
+    assert second.actions == []
+
+
+def test_an_absent_workload_while_training_is_launched_again_under_the_same_name():
+    status = training_status()
+
+    decision = reconcile(JOB, LOCAL_SPEC, status, observed("Absent"), LOCAL, generation=1)
+
+    assert decision.status.phase == "Training"
+    assert launches(decision) == [LaunchWorkload("train", TRAIN)]
+    # Another job's workload does not count as this one's.
+    other = reconcile(JOB, LOCAL_SPEC, status, observed("Running", name="other-job-train"), LOCAL, generation=1)
+    assert launches(other) == [LaunchWorkload("train", TRAIN)]
+
+
+def test_an_absent_workload_while_validating_is_launched_again():
+    validating = reconcile(JOB, LOCAL_SPEC, training_status(),
+                           observed("Running", progress={"stage": "validating-data"}), LOCAL, generation=1).status
+
+    decision = reconcile(JOB, LOCAL_SPEC, validating, observed("Absent"), LOCAL, generation=1)
+
+    assert launches(decision) == [LaunchWorkload("train", TRAIN)]
+
+
+# --- Training: results ----------------------------------------------------------------------------
+
+
+def test_a_succeeded_workload_completes_the_job_with_its_results():
+    decision = reconcile(JOB, LOCAL_SPEC, training_status(), observed("Succeeded", result=RESULT, now=LATER),
+                         LOCAL, generation=1)
+    status = decision.status
+
+    assert status.phase == "Succeeded"
+    assert status.completion_time == LATER
+    assert status.message == "hold-out loss 2.5000 -> 0.7500 in 68 steps"
+    assert status.training.to_wire() == {
+        "holdOutLossBefore": 2.5, "holdOutLossAfter": 0.75, "trainLoss": 0.5, "steps": 68,
+        "tokensPerSecond": 1234.6, "seconds": 95.0,
+        "adapterUri": "/work/acme-tickets/train/adapter", "holdOutUri": "/work/acme-tickets/train/hold_out.jsonl",
+        "stoppedEarly": False,
+    }
+    assert status.dataset.to_wire() == RESULT["dataset"]
+    trained, complete = get_condition(status.conditions, "Trained"), get_condition(status.conditions, "Complete")
+    assert (trained.status, trained.reason) == ("True", "Succeeded")
+    assert (complete.status, complete.reason) == ("True", "Succeeded")
+    assert get_condition(status.conditions, "Failed") is None
+    assert launches(decision) == []
+    assert [(e.type, e.reason) for e in events(decision)] == [("Normal", "Trained"), ("Normal", "Succeeded")]
+
+
+def test_progress_shows_all_steps_done_after_success():
+    running = reconcile(JOB, LOCAL_SPEC, training_status(),
+                        observed("Running", progress={"stage": "training", "step": 60, "totalSteps": 70,
+                                                      "etaSeconds": 9}), LOCAL, generation=1).status
+
+    status = reconcile(JOB, LOCAL_SPEC, running, observed("Succeeded", result=RESULT), LOCAL, generation=1).status
+
+    assert (status.progress.step, status.progress.total_steps, status.progress.eta_seconds) == (68, 68, 0)
+
+
+def test_a_failed_result_fails_the_job_with_its_reason_and_message():
+    result = {"succeeded": False, "reason": "InvalidData",
+              "message": "/data/tickets.jsonl:17: missing required field 'output'"}
+
+    decision = reconcile(JOB, LOCAL_SPEC, training_status(), observed("Failed", result=result, now=LATER),
+                         LOCAL, generation=1)
+    status = decision.status
+
+    assert status.phase == "Failed"
+    assert status.message == "/data/tickets.jsonl:17: missing required field 'output'"
+    assert status.completion_time == LATER
+    failed, trained = get_condition(status.conditions, "Failed"), get_condition(status.conditions, "Trained")
+    assert (failed.status, failed.reason, failed.message) == ("True", "InvalidData", result["message"])
+    assert (trained.status, trained.reason) == ("False", "InvalidData")
+    assert status.training is None
+    assert launches(decision) == []
+    assert events(decision) == [EmitEvent("Warning", "InvalidData", result["message"])]
+
+
+def test_a_workload_that_succeeded_with_an_unsuccessful_result_fails_the_job():
+    result = {"succeeded": False, "reason": "LossDiverged", "message": "loss 80.1 at step 12"}
+
+    status = reconcile(JOB, LOCAL_SPEC, training_status(), observed("Succeeded", result=result),
+                       LOCAL, generation=1).status
+
+    assert status.phase == "Failed"
+    assert get_condition(status.conditions, "Failed").reason == "LossDiverged"
+
+
+def test_a_failed_workload_without_a_result_fails_with_the_workload_message():
+    status = reconcile(JOB, LOCAL_SPEC, training_status(), observed("Failed", message="OOMKilled (exit 137)"),
+                       LOCAL, generation=1).status
+
+    assert status.phase == "Failed"
+    assert status.message == "OOMKilled (exit 137)"
+    assert get_condition(status.conditions, "Failed").reason == "TrainingFailed"
+
+
+def test_a_failed_workload_with_nothing_to_say_still_gets_a_message():
+    status = reconcile(JOB, LOCAL_SPEC, training_status(), observed("Failed"), LOCAL, generation=1).status
+
+    assert status.phase == "Failed"
+    assert status.message == "the workload failed"
+
+
+# --- idempotence and terminal phases --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", [
+    pytest.param(Observed(now=NOW), id="pending"),
+    pytest.param(observed("Running", progress={"stage": "training", "step": 3, "totalSteps": 9}), id="running"),
+    pytest.param(observed("Succeeded", result=RESULT), id="succeeded"),
+    pytest.param(observed("Failed", result={"succeeded": False, "reason": "InvalidData", "message": "x:1: bad"}),
+                 id="failed"),
+    pytest.param(observed("Absent"), id="absent"),
+])
+def test_the_same_inputs_give_the_same_decision(state):
+    status = FineTuneJobStatus() if not state.workloads else training_status()
+
+    first = reconcile(JOB, LOCAL_SPEC, status, state, LOCAL, generation=1)
+    second = reconcile(JOB, LOCAL_SPEC, status, state, LOCAL, generation=1)
+
+    assert first.status == second.status
+    assert first.actions == second.actions
+
+
+@pytest.mark.parametrize("result", [
+    pytest.param(RESULT, id="after-success"),
+    pytest.param({"succeeded": False, "reason": "InvalidData", "message": "x:1: bad"}, id="after-failure"),
+])
+def test_a_finished_job_takes_no_further_action(result):
+    finished = reconcile(JOB, LOCAL_SPEC, training_status(), observed("Succeeded", result=result),
+                         LOCAL, generation=1).status
+    assert finished.phase in ("Succeeded", "Failed")
+
+    # Whatever the world looks like now (workload gone, or a new spec), nothing is launched again.
+    for state in (observed("Absent", now=LATER), observed("Running", now=LATER), Observed(now=LATER)):
+        decision = reconcile(JOB, {"broken": True}, finished, state, LOCAL, generation=2)
+        assert decision.actions == []
+        assert decision.status == finished
+
+
+def test_a_spec_changed_after_start_is_not_applied_and_warned_about_once():
+    spec = {**LOCAL_SPEC, "training": {"epochs": 5}}
+
+    first = reconcile(JOB, spec, training_status(), observed("Running"), LOCAL, generation=2)
+    second = reconcile(JOB, spec, first.status, observed("Running"), LOCAL, generation=2)
+
+    assert first.status.phase == "Training"
+    assert [(e.type, e.reason) for e in events(first)] == [("Warning", "SpecChangeIgnored")]
+    assert get_condition(first.status.conditions, "SpecChangeIgnored").status == "True"
+    assert launches(first) == []
+    assert second.actions == []
+
+
+# --- workload names -------------------------------------------------------------------------------
+
+
+def test_short_job_names_give_readable_workload_names():
+    assert workload_name("acme-tickets", "train") == "acme-tickets-train"
+
+
+@pytest.mark.parametrize("length", [57, 58, 63, 64, 100, 253])
+def test_long_job_names_give_deterministic_names_within_63_characters(length):
+    job = ("support-bot-" * 30)[:length]
+
+    name = workload_name(job, "train")
+
+    assert len(name) <= MAX_NAME == 63
+    assert name == workload_name(job, "train")
+    assert name.endswith("-train")
+    assert name.startswith(job[:40])
+
+
+def test_long_job_names_sharing_a_prefix_get_different_workload_names():
+    prefix = "a" * 70
+
+    assert workload_name(prefix + "-one", "train") != workload_name(prefix + "-two", "train")
+
+
+def test_a_long_job_name_is_relaunched_under_the_same_name():
+    job = "x" * 80
+    status = reconcile(job, LOCAL_SPEC, FineTuneJobStatus(), Observed(now=NOW), LOCAL).status
+    first_launch = reconcile(job, LOCAL_SPEC, FineTuneJobStatus(), Observed(now=NOW), LOCAL).actions[0]
+
+    again = reconcile(job, LOCAL_SPEC, status, Observed(now=NOW), LOCAL)
+
+    assert launches(again) == [first_launch]
+    assert len(first_launch.name) <= 63
+
+
+def test_a_preempted_workload_is_relaunched_to_resume_not_failed():
+    preempted = {"succeeded": False, "reason": "Preempted",
+                 "message": "stopped by a signal at step 11; the next run resumes from its checkpoint"}
+    decision = reconcile(JOB, LOCAL_SPEC, training_status(), observed("Failed", result=preempted, now=LATER),
+                         LOCAL, generation=1)
+
+    assert decision.status.phase == "Training"
+    assert launches(decision) == [LaunchWorkload("train", TRAIN)]
+    assert [event.reason for event in events(decision)] == ["Preempted"]
+
+
+def test_a_spec_changed_after_the_start_is_not_applied_and_said_so():
+    changed = {**LOCAL_SPEC, "training": {"epochs": 5}}
+    first = reconcile(JOB, changed, training_status(), observed("Running", now=LATER), LOCAL, generation=2)
+
+    condition = get_condition(first.status.conditions, "SpecChangeIgnored")
+    assert condition is not None and condition.status == "True"
+    assert "generation 2" in condition.message and "create a new FineTuneJob" in condition.message
+    assert launches(first) == [] and first.status.phase == "Training"
+    assert [event.reason for event in events(first)] == ["SpecChangeIgnored"]
+    again = reconcile(JOB, changed, first.status, observed("Running", now=LATER), LOCAL, generation=2)
+    assert events(again) == []  # said once, not on every pass
