@@ -37,6 +37,7 @@ import random
 import re
 import time
 import uuid
+import warnings
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
@@ -57,6 +58,8 @@ NAMESPACES = kmock.resource(group='', version='v1', plural='namespaces')
 CRDS = kmock.resource(group='apiextensions.k8s.io', version='v1', plural='customresourcedefinitions')
 _NAMESPACE_PATH = re.compile(r'/api/v1/namespaces(?:/([^/]+)(?:/(status|finalize))?)?')
 _NAME_ALPHABET = 'bcdfghjklmnpqrstvwxz2456789'  # what the API server draws generateName suffixes from
+_SERVER_FIELDS = ('uid', 'name', 'namespace', 'generation', 'creationTimestamp', 'resourceVersion',
+                  'deletionTimestamp', 'deletionGracePeriodSeconds')  # clients cannot write these
 
 
 def _error(code: int, reason: str, message: str, **details: Any) -> kmock.KubernetesError:
@@ -112,6 +115,13 @@ def _selector_matches(selector: str | None, values: dict[str, str]) -> bool:
     return True
 
 
+def _set_or_drop(mapping: dict[str, Any], key: str, value: Any) -> None:
+    if value is None:
+        mapping.pop(key, None)
+    else:
+        mapping[key] = value
+
+
 def _spec_part(obj: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in obj.items() if key not in ('metadata', 'status')}
 
@@ -129,13 +139,15 @@ class HardenedEmulator(kmock.KubernetesEmulator):
     _rv: int = attrs.field(default=0, init=False)
     _uids: dict[str, tuple[Any, ...]] = attrs.field(factory=dict, init=False)
     _crds: dict[kmock.resource, dict[str, Any]] = attrs.field(factory=dict, init=False)
-    _log: dict[kmock.resource, list[tuple[int, dict[str, Any]]]] = attrs.field(factory=lambda: defaultdict(list), init=False)
+    _log: dict[kmock.resource, list[tuple[int, dict]]] = attrs.field(factory=lambda: defaultdict(list), init=False)
     _wakeup: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
     _closing: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()  # registers the fallbacks that call our _serve_* below
-        self.resources.load_bundled()  # the built-in resources of a recent K3s: v1, apps/v1, batch/v1...
+        with warnings.catch_warnings():  # kmock uses the deprecated importlib.resources.read_binary
+            warnings.simplefilter('ignore', DeprecationWarning)
+            self.resources.load_bundled()  # the built-in resources of a recent K3s: v1, apps/v1, batch/v1...
 
     # --- the public, in-process API (the HTTP handlers below call the same methods) ---
 
@@ -178,7 +190,8 @@ class HardenedEmulator(kmock.KubernetesEmulator):
         if info.namespaced:
             namespace = namespace or meta.get('namespace')
             if not namespace or meta.get('namespace', namespace) != namespace:
-                raise _error(400, 'BadRequest', 'the namespace of the provided object does not match the namespace sent on the request')
+                raise _error(400, 'BadRequest', 'the namespace of the provided object does not match '
+                                                'the namespace sent on the request')
             if self._live((NAMESPACES, None, namespace)) is None:
                 raise _error(404, 'NotFound', f'namespaces "{namespace}" not found', name=namespace, kind='namespaces')
             meta['namespace'] = namespace
@@ -197,7 +210,7 @@ class HardenedEmulator(kmock.KubernetesEmulator):
         obj['apiVersion'], obj['kind'] = api_version_of(resource), info.kind
         if 'status' in info.subresources:
             obj.pop('status', None)  # set only through /status
-        for field in ('deletionTimestamp', 'deletionGracePeriodSeconds', 'resourceVersion'):
+        for field in set(_SERVER_FIELDS) - {'name', 'namespace'}:
             meta.pop(field, None)
         meta.update(uid=str(uuid.uuid4()), generation=1, creationTimestamp=_now())
         obj = self._admit(resource, obj)
@@ -224,19 +237,20 @@ class HardenedEmulator(kmock.KubernetesEmulator):
         else:
             raise _error(400, 'BadRequest', f'the body of the request was in an unknown format: {body!r}')
         if wanted_rv is not None and str(wanted_rv) != current['metadata']['resourceVersion']:
-            raise _error(409, 'Conflict', f'Operation cannot be fulfilled on {self._title(resource)} "{name}": the object has '
-                         'been modified; please apply your changes to the latest version and try again',
+            raise _error(409, 'Conflict', f'Operation cannot be fulfilled on {self._title(resource)} "{name}": '
+                         'the object has been modified; please apply your changes to the latest version and try again',
                          name=name, group=resource.group, kind=resource.plural)
         if subresource == 'status':  # /status changes the status and nothing else
-            new, status = copy.deepcopy(current), new.get('status')
-            new.pop('status', None) if status is None else new.update(status=status)
+            status, new = new.get('status'), copy.deepcopy(current)
+            _set_or_drop(new, 'status', status)
         elif 'status' in info.subresources:  # the main resource ignores the status
-            new.pop('status', None) if 'status' not in current else new.update(status=current['status'])
+            _set_or_drop(new, 'status', current.get('status'))
         meta = new['metadata'] = dict(new.get('metadata') or {})
-        for field in ('uid', 'name', 'namespace', 'generation', 'creationTimestamp', 'deletionTimestamp', 'resourceVersion'):
-            meta.pop(field, None) if field not in current['metadata'] else meta.update({field: current['metadata'][field]})
+        for field in _SERVER_FIELDS:
+            _set_or_drop(meta, field, current['metadata'].get(field))
         new['apiVersion'], new['kind'] = current['apiVersion'], current['kind']
         new = self._admit(resource, new)
+        meta = new['metadata']
         if new == current:
             return current  # a no-op write: no new resourceVersion, no watch event
         if _spec_part(new) != _spec_part(current):
@@ -271,7 +285,8 @@ class HardenedEmulator(kmock.KubernetesEmulator):
         obj = self.objects._objects.get(key)  # a plain dict lookup (the public view re-parses keys)
         return None if obj is None or obj.deleted else obj.last.raw
 
-    def _existing(self, resource: kmock.resource, namespace: str | None, name: str) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    def _existing(self, resource: kmock.resource, namespace: str | None,
+                  name: str) -> tuple[kmock.ResourceInfo, tuple[Any, ...], dict[str, Any]]:
         info = self._info(resource)
         key = (resource, namespace if info.namespaced else None, name)
         current = self._live(key)
@@ -343,7 +358,8 @@ class HardenedEmulator(kmock.KubernetesEmulator):
         listed = errors[0] if len(errors) == 1 else f"[{', '.join(errors)}]"
         return _error(422, 'Invalid', f'{title} "{name}" is invalid: {listed}',
                       name=name, group=resource.group, kind=kind,
-                      causes=[{'reason': 'FieldValueInvalid', 'field': error.split(':')[0], 'message': error} for error in errors])
+                      causes=[{'reason': 'FieldValueInvalid', 'field': error.split(':')[0], 'message': error}
+                              for error in errors])
 
     def _title(self, resource: kmock.resource) -> str:
         return f'{resource.plural}.{resource.group}' if resource.group else str(resource.plural)
@@ -353,7 +369,8 @@ class HardenedEmulator(kmock.KubernetesEmulator):
         meta = obj.get('metadata', {})
         return ((namespace is None or meta.get('namespace') == namespace)
                 and _selector_matches(labels, meta.get('labels') or {})
-                and _selector_matches(fields, {'metadata.name': meta.get('name'), 'metadata.namespace': meta.get('namespace')}))
+                and _selector_matches(fields, {'metadata.name': meta.get('name'),
+                                               'metadata.namespace': meta.get('namespace')}))
 
     # --- HTTP: parsing, dispatching, and the handlers kmock's fallbacks call ---
 
@@ -385,7 +402,10 @@ class HardenedEmulator(kmock.KubernetesEmulator):
             data = None
         method, params = enums.method(raw_request.method), dict(raw_request.query)
         match = _NAMESPACE_PATH.fullmatch(raw_request.path)
-        k8s = parsing.ParsedPath('', 'v1', 'namespaces', None, match[1], match[2]) if match else parsing.parse_path(raw_request.path)
+        if match:
+            k8s = parsing.ParsedPath('', 'v1', 'namespaces', None, match[1], match[2])
+        else:
+            k8s = parsing.parse_path(raw_request.path)
         action = parsing.guess_k8s(k8s, method, params)
         if method == enums.method.PUT and k8s.name is not None:
             action = enums.action.UPDATE
@@ -430,6 +450,11 @@ class HardenedEmulator(kmock.KubernetesEmulator):
             case _:
                 return request in view  # slices and the like depend on history: kmock's own check
 
+    async def _serve_version(self, request: rendering.Request) -> dict[str, Any]:
+        discovery = await super()._serve_version(request)
+        discovery['groupVersion'] = api_version_of(request.resource)  # kmock says '/v1' for the core group
+        return discovery
+
     async def _serve_list(self, request: rendering.Request) -> dict[str, Any]:
         info = self._info(request.resource)
         items = self.list_objects(request.resource, request.namespace,
@@ -466,7 +491,8 @@ class HardenedEmulator(kmock.KubernetesEmulator):
         # The snapshot and the position in the event log are taken together: no event falls in between.
         if since in (None, '', '0') or initial:
             position = len(log)
-            events = [{'type': 'ADDED', 'object': obj} for obj in self.list_objects(resource, request.namespace, labels, fields)]
+            objects = self.list_objects(resource, request.namespace, labels, fields)
+            events = [{'type': 'ADDED', 'object': obj} for obj in objects]
             if initial:
                 events.append({'type': 'BOOKMARK', 'object': {
                     'apiVersion': api_version_of(resource), 'kind': info.kind, 'metadata': {
@@ -511,14 +537,20 @@ class Harness:
             'apiVersion': 'v1', 'kind': 'Config', 'current-context': 'emulator',
             'clusters': [{'name': 'emulator', 'cluster': {'server': self.url, 'insecure-skip-tls-verify': True}}],
             'users': [{'name': 'emulator', 'user': {'token': self.token}}],
-            'contexts': [{'name': 'emulator', 'context': {'cluster': 'emulator', 'user': 'emulator', 'namespace': 'default'}}],
+            'contexts': [{'name': 'emulator',
+                          'context': {'cluster': 'emulator', 'user': 'emulator', 'namespace': 'default'}}],
         }))
         return path
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Create from a manifest (apiVersion/kind/metadata), with the same admission as over HTTP."""
+        """Create from a manifest (namespace "default" if it names none), with the same admission as over HTTP."""
         resource = self.emulator.resolve((obj['apiVersion'], obj['kind']))
-        return copy.deepcopy(self.emulator.create_object(resource, obj.get('metadata', {}).get('namespace'), obj))
+        namespaced = self.emulator.resources[resource].namespaced
+        namespace = obj.get('metadata', {}).get('namespace') or ('default' if namespaced else None)
+        return copy.deepcopy(self.emulator.create_object(resource, namespace, obj))
+
+    def add_namespace(self, name: str) -> dict[str, Any]:
+        return copy.deepcopy(self.emulator.add_namespace(name))
 
     def get(self, ref: Ref, namespace: str | None, name: str) -> dict[str, Any] | None:
         """The current object, or None when there is none."""
@@ -531,10 +563,11 @@ class Harness:
         return copy.deepcopy(self.emulator.update_object(self.emulator.resolve(ref), namespace, name, patch))
 
     def patch_status(self, ref: Ref, namespace: str | None, name: str, status: dict[str, Any]) -> dict[str, Any]:
-        """Merge-patch the status, as a controller does: e.g. a Job's {'succeeded': 1}, a Deployment's {'readyReplicas': 1}."""
+        """Merge-patch the status as a controller does: a Job's {'succeeded': 1}, a Deployment's {'readyReplicas': 1}."""
         resource = self.emulator.resolve(ref)
         subresource = 'status' if 'status' in self.emulator.resources[resource].subresources else None
-        return copy.deepcopy(self.emulator.update_object(resource, namespace, name, {'status': status}, subresource=subresource))
+        patched = self.emulator.update_object(resource, namespace, name, {'status': status}, subresource=subresource)
+        return copy.deepcopy(patched)
 
     def delete(self, ref: Ref, namespace: str | None, name: str) -> dict[str, Any]:
         return copy.deepcopy(self.emulator.delete_object(self.emulator.resolve(ref), namespace, name))
@@ -545,7 +578,8 @@ class Harness:
         resource = self.emulator.resolve(ref)
         if not include_deleted:
             return copy.deepcopy(self.emulator.list_objects(resource, namespace, label_selector))
-        lasts = [obj.last.raw for (res, ns, _), obj in self.emulator.objects.items() if res == resource and namespace in (None, ns)]
+        lasts = [obj.last.raw for (res, ns, _), obj in self.emulator.objects.items()
+                 if res == resource and namespace in (None, ns)]
         return [copy.deepcopy(last) for last in lasts
                 if _selector_matches(label_selector, last.get('metadata', {}).get('labels') or {})]
 

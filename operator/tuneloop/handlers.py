@@ -8,6 +8,7 @@ status written last, so an operator killed at any instant and restarted picks up
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -22,7 +23,7 @@ from tuneloop.runtime.kube_client import KubeClient
 from tuneloop.runtime.kubernetes import KubernetesRuntime
 
 log = logging.getLogger("tuneloop.operator")
-RECONCILE_INTERVAL = 10.0
+RECONCILE_INTERVAL = float(os.environ.get("TUNELOOP_RECONCILE_INTERVAL", "10"))
 STATUS_FIELDS = {field.alias or name for name, field in FineTuneJobStatus.model_fields.items()}
 
 
@@ -45,17 +46,24 @@ def login(**kwargs: Any) -> Any:
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     State.config = load_config()
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
     settings.posting.level = logging.INFO
-    settings.watching.server_timeout = 300
-    if State.connection is not None:
+
+
+def runtime() -> KubernetesRuntime:
+    """Built on first use: kopf logs in after the startup handlers have run."""
+    if State.runtime is None:
+        if State.connection is None:
+            raise kopf.TemporaryError("not logged in to the Kubernetes API yet", delay=1)
         State.runtime = KubernetesRuntime(KubeClient.from_connection_info(State.connection), State.config)
+    return State.runtime
 
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
     if State.runtime is not None:
         await State.runtime.client.close()
+        State.runtime = None
 
 
 def context() -> ReconcileContext:
@@ -71,15 +79,13 @@ async def reconcile_finetunejob(body: kopf.Body, patch: kopf.Patch) -> None:
         return
     meta = body["metadata"]
     name, generation = meta["name"], meta.get("generation")
-    runtime = State.runtime
-    assert runtime is not None, "the operator has no Kubernetes connection"
     job = _parse_if_valid(body)
-    observed = await runtime.observe(job) if job is not None else Observed()
+    observed = await runtime().observe(job) if job is not None else Observed()
     decision = reconcile(name, dict(body.get("spec") or {}), status, observed, context(), generation)
     try:
         for action in decision.actions:
             if isinstance(action, LaunchWorkload):
-                await runtime.launch(job, action)
+                await runtime().launch(job, action)
             elif isinstance(action, EmitEvent):
                 kopf.event(body, type=action.type, reason=action.reason, message=action.message[:1024])
     finally:
