@@ -184,6 +184,7 @@ class Training:
         self.training = workload.training
         self.output_dir = Path(workload.output_dir)
         self.started = time.monotonic()
+        self.loop_seconds, self.loop_tokens = 0.0, 0  # optimisation steps run by this process, for tokens/s
 
     def run(self) -> TrainerResult:
         workload, training, world = self.workload, self.training, self.world
@@ -233,7 +234,6 @@ class Training:
             raise
         finally:
             self.reporter.close()
-        train_seconds = time.monotonic() - self.started
 
         if training.early_stopping.enabled:
             best = store.restore_best(model)
@@ -248,7 +248,7 @@ class Training:
             hold_out_loss_before=state.hold_out_loss_before, hold_out_loss_after=loss_after,
             train_loss=sum(state.recent_losses) / max(len(state.recent_losses), 1),
             steps=state.step, tokens_trained=state.tokens_seen,
-            tokens_per_second=state.tokens_seen / max(train_seconds, 1e-9),
+            tokens_per_second=self.loop_tokens / max(self.loop_seconds, 1e-9),
             resumed_from_step=resumed_from, stopped_early=stopped_early, best_step=state.best_step,
             evaluations=[Evaluation.model_validate(e) for e in state.evaluations],
             mlflow_run_id=metrics.run_id,
@@ -332,7 +332,8 @@ class Training:
                     state.lowest_loss = step_loss if state.lowest_loss is None else min(state.lowest_loss, step_loss)
                     state.recent_losses = (state.recent_losses + [step_loss])[-per_epoch:]
                     elapsed = time.monotonic() - loop_started
-                    speed = (state.tokens_seen - tokens_at_start) / max(elapsed, 1e-9)
+                    self.loop_seconds, self.loop_tokens = elapsed, state.tokens_seen - tokens_at_start
+                    speed = self.loop_tokens / max(elapsed, 1e-9)
                     self.reporter.step(TrainerProgress(
                         stage="training", step=state.step, total_steps=total_steps, epoch=state.step / per_epoch,
                         loss=step_loss, tokens_per_second=speed,
