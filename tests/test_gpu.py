@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,13 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny_model import build_tiny_model
+from tiny_model import build_tiny_model, write_tickets
 from tuneloop.api.finetunejob import parse_spec
 from tuneloop.api.workloads import TrainerResult, TrainerWorkload
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "examples"))
-from generate_tickets import generate  # noqa: E402
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -25,8 +20,7 @@ pytestmark = [pytest.mark.gpu,
 def test_qlora_with_paged_8bit_adamw_trains_and_saves_an_adapter(tmp_path):
     pytest.importorskip("bitsandbytes")
     model = build_tiny_model(tmp_path / "model")
-    dataset = tmp_path / "data.jsonl"
-    dataset.write_text("".join(json.dumps(row) + "\n" for row in generate(40, seed=2)))
+    dataset = write_tickets(tmp_path / "data.jsonl", rows=40, seed=2)
     spec = parse_spec({"baseModel": {"uri": f"file://{model}"}, "dataset": {"uri": str(dataset)},
                        "method": {"type": "qlora", "lora": {"r": 4, "alpha": 8}},
                        "training": {"epochs": 2, "learningRate": 3e-3, "microBatchSize": 4,

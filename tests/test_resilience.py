@@ -15,37 +15,27 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiny_model import build_tiny_model
+from tiny_model import write_tickets
 from tuneloop.api.finetunejob import parse_spec
 from tuneloop.api.workloads import TrainerResult, TrainerWorkload, Tracking
 from tuneloop_trainer.checkpoints import COMPLETE, CheckpointStore
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "examples"))
-from generate_tickets import generate  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "tickets.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in generate(48, seed=5)), encoding="utf-8")
-    return path
+    return write_tickets(tmp_path_factory.mktemp("data") / "tickets.jsonl", rows=48, seed=5)
 
 
-def workload(model_dir: Path, dataset: Path, output: Path, training: dict | None = None, **extra) -> TrainerWorkload:
+def workload(tiny_model_dir: Path, dataset: Path, output: Path, training: dict | None = None, **extra) -> TrainerWorkload:
     spec = parse_spec({
-        "baseModel": {"uri": f"file://{model_dir}"},
+        "baseModel": {"uri": f"file://{tiny_model_dir}"},
         "dataset": {"uri": str(dataset), "holdOutFraction": 0.25, "seed": 1},
         "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
         "training": {"epochs": 3, "learningRate": 3e-3, "microBatchSize": 4, "precision": "fp32",
                      **(training or {})},
     })
-    return TrainerWorkload(job="default/tiny", model_path=str(model_dir), dataset_path=str(dataset),
+    return TrainerWorkload(job="default/tiny", model_path=str(tiny_model_dir), dataset_path=str(dataset),
                            dataset=spec.dataset, method=spec.method, training=spec.training,
                            output_dir=str(output), preview_examples=0, **extra)
 
@@ -84,13 +74,13 @@ def adapter_weights(result: TrainerResult) -> dict[str, torch.Tensor]:
 
 
 def test_sigterm_then_sigkill_resume_continues_the_step_count_and_matches_an_uninterrupted_run(
-        model_dir, dataset, tmp_path):
+        tiny_model_dir, dataset, tmp_path):
     # Long enough (36 training rows / 4 per micro-batch = 9 steps an epoch, 540 in all) to stop it midway.
     training = {"epochs": 60, "checkpoints": {"everySteps": 3, "keepLast": 2}}
-    code, reference = run_to_end(workload(model_dir, dataset, tmp_path / "ref", training), tmp_path / "ref-run")
+    code, reference = run_to_end(workload(tiny_model_dir, dataset, tmp_path / "ref", training), tmp_path / "ref-run")
     assert code == 0 and reference.steps == 540
 
-    work, folder = workload(model_dir, dataset, tmp_path / "out", training), tmp_path / "run"
+    work, folder = workload(tiny_model_dir, dataset, tmp_path / "out", training), tmp_path / "run"
     process = start(work, folder, sys.executable)
     wait_for_step(folder, 5, process)
     process.send_signal(signal.SIGTERM)
@@ -134,10 +124,10 @@ def test_incomplete_checkpoints_are_never_used(tmp_path):
     assert store.latest().name == "step-000004"
 
 
-def test_early_stopping_outputs_the_best_checkpoint(model_dir, dataset, tmp_path):
+def test_early_stopping_outputs_the_best_checkpoint(tiny_model_dir, dataset, tmp_path):
     # min_delta this large means nothing after the first evaluation counts as an improvement.
     training = {"epochs": 5, "earlyStopping": {"enabled": True, "evalEverySteps": 3, "patience": 2, "minDelta": 5.0}}
-    code, result = run_to_end(workload(model_dir, dataset, tmp_path / "out", training), tmp_path / "run")
+    code, result = run_to_end(workload(tiny_model_dir, dataset, tmp_path / "out", training), tmp_path / "run")
 
     assert code == 0, result.message
     assert result.stopped_early
@@ -151,11 +141,11 @@ def test_early_stopping_outputs_the_best_checkpoint(model_dir, dataset, tmp_path
         torch.testing.assert_close(saved[key], tensor)
 
 
-def test_exploding_loss_stops_with_a_named_reason_and_keeps_the_last_good_checkpoint(model_dir, dataset, tmp_path):
+def test_exploding_loss_stops_with_a_named_reason_and_keeps_the_last_good_checkpoint(tiny_model_dir, dataset, tmp_path):
     # A random tiny model cannot really explode, so the threshold is set just above the lowest loss:
     # the first step whose loss rises trips it.
     training = {"learningRate": 1.0, "lossSpikeFactor": 1.001, "checkpoints": {"everySteps": 1, "keepLast": 1}}
-    code, result = run_to_end(workload(model_dir, dataset, tmp_path / "out", training), tmp_path / "run")
+    code, result = run_to_end(workload(tiny_model_dir, dataset, tmp_path / "out", training), tmp_path / "run")
 
     assert code == 1
     assert result.reason == "LossDiverged"
@@ -167,22 +157,22 @@ def test_exploding_loss_stops_with_a_named_reason_and_keeps_the_last_good_checkp
 
 
 @pytest.mark.parametrize("loss", [float("nan"), float("inf")])
-def test_a_non_finite_loss_is_divergence(loss, model_dir, dataset, tmp_path):
+def test_a_non_finite_loss_is_divergence(loss, tiny_model_dir, dataset, tmp_path):
     from tuneloop_trainer.checkpoints import LoopState
     from tuneloop_trainer.distributed import World
     from tuneloop_trainer.progress import ProgressReporter
     from tuneloop_trainer.train import LossDiverged, Training
 
-    training = Training(workload(model_dir, dataset, tmp_path), ProgressReporter(None, interactive=False), World())
+    training = Training(workload(tiny_model_dir, dataset, tmp_path), ProgressReporter(None, interactive=False), World())
     with pytest.raises(LossDiverged, match="became"):
         training.check_divergence(loss, LoopState(step=7, lowest_loss=1.0))
 
 
 @pytest.mark.parametrize("scheduler", ["cosine", "linear", "constant", "warmup-stable-decay"])
-def test_learning_rate_schedules(scheduler, model_dir, dataset, tmp_path):
+def test_learning_rate_schedules(scheduler, tiny_model_dir, dataset, tmp_path):
     from tuneloop_trainer.train import make_scheduler
 
-    work = workload(model_dir, dataset, tmp_path, {"lrScheduler": scheduler, "warmupRatio": 0.1, "learningRate": 1e-3})
+    work = workload(tiny_model_dir, dataset, tmp_path, {"lrScheduler": scheduler, "warmupRatio": 0.1, "learningRate": 1e-3})
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
     schedule = make_scheduler(optimizer, work, total_steps=100)
     rates = []
@@ -199,10 +189,10 @@ def test_learning_rate_schedules(scheduler, model_dir, dataset, tmp_path):
         assert rates[99] < 1e-4 and rates[50] < 1e-3
 
 
-def test_metrics_and_parameters_reach_a_real_mlflow(model_dir, dataset, tmp_path):
+def test_metrics_and_parameters_reach_a_real_mlflow(tiny_model_dir, dataset, tmp_path):
     mlflow = pytest.importorskip("mlflow")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    work = workload(model_dir, dataset, tmp_path / "out", {"epochs": 1},
+    work = workload(tiny_model_dir, dataset, tmp_path / "out", {"epochs": 1},
                     tracking=Tracking(tracking_uri=uri, experiment="tests", run_name="tiny"))
     code, result = run_to_end(work, tmp_path / "run")
 
@@ -216,8 +206,8 @@ def test_metrics_and_parameters_reach_a_real_mlflow(model_dir, dataset, tmp_path
     assert {"learning_rate", "tokens_per_second", "hold_out_loss_final"} <= set(run.data.metrics)
 
 
-def test_unreachable_mlflow_does_not_stop_training(model_dir, dataset, tmp_path):
-    work = workload(model_dir, dataset, tmp_path / "out", {"epochs": 1},
+def test_unreachable_mlflow_does_not_stop_training(tiny_model_dir, dataset, tmp_path):
+    work = workload(tiny_model_dir, dataset, tmp_path / "out", {"epochs": 1},
                     tracking=Tracking(tracking_uri="http://127.0.0.1:9", experiment="tests"))
     env_timeout = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
@@ -231,10 +221,10 @@ def test_unreachable_mlflow_does_not_stop_training(model_dir, dataset, tmp_path)
     assert "MLflow at http://127.0.0.1:9 is not usable" in (tmp_path / "run" / "log.txt").read_text()
 
 
-def test_two_process_torchrun_produces_one_adapter(model_dir, dataset, tmp_path):
-    single_code, single = run_to_end(workload(model_dir, dataset, tmp_path / "one", {"epochs": 2}), tmp_path / "run1")
+def test_two_process_torchrun_produces_one_adapter(tiny_model_dir, dataset, tmp_path):
+    single_code, single = run_to_end(workload(tiny_model_dir, dataset, tmp_path / "one", {"epochs": 2}), tmp_path / "run1")
     code, result = run_to_end(
-        workload(model_dir, dataset, tmp_path / "two", {"epochs": 2}), tmp_path / "run2",
+        workload(tiny_model_dir, dataset, tmp_path / "two", {"epochs": 2}), tmp_path / "run2",
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
     )
 

@@ -10,26 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny_model import build_tiny_model, build_tiny_tokenizer
+from tiny_model import build_tiny_tokenizer, write_tickets
 from tuneloop.api.finetunejob import parse_manifest
 from tuneloop.api.workloads import TrainerResult, TrainerWorkload
 from tuneloop.runtime.local import LocalRuntime
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "examples"))
-from generate_tickets import generate  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="module")
 def tickets(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "tickets.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in generate(40, seed=1)), encoding="utf-8")
-    return path
+    return write_tickets(tmp_path_factory.mktemp("data") / "tickets.jsonl", rows=40, seed=1)
 
 
 def manifest(model: Path, dataset: Path, **training) -> dict:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from generate_tickets import generate  # noqa: E402
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
@@ -53,3 +58,9 @@ def build_tiny_model(folder: Path) -> Path:
     )
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def write_tickets(path: Path, rows: int, seed: int) -> Path:
+    """A JSONL file of the bundled example's task (support message -> ticket record)."""
+    path.write_text("".join(json.dumps(row) + "\n" for row in generate(rows, seed=seed)), encoding="utf-8")
+    return path

@@ -94,6 +94,14 @@ async def reconcile_finetunejob(body: kopf.Body, patch: kopf.Patch) -> None:
     patch.status.update(decision.status.to_wire())
 
 
+async def counted_reconcile(body: kopf.Body, patch: kopf.Patch) -> None:
+    try:
+        await reconcile_finetunejob(body, patch)
+    except Exception:
+        metrics.RECONCILE_ERRORS.inc()
+        raise
+
+
 def _parse_if_valid(body: kopf.Body) -> FineTuneJob | None:
     try:
         return FineTuneJob.model_validate({
@@ -109,11 +117,7 @@ def _parse_if_valid(body: kopf.Body) -> FineTuneJob | None:
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 async def on_change(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    try:
-        await reconcile_finetunejob(body, patch)
-    except Exception:
-        metrics.RECONCILE_ERRORS.inc()
-        raise
+    await counted_reconcile(body, patch)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
@@ -125,8 +129,4 @@ def on_delete(body: kopf.Body, **_: Any) -> None:
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL, initial_delay=RECONCILE_INTERVAL,
             when=lambda status, **_: (status or {}).get("phase") not in TERMINAL_PHASES)
 async def on_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    try:
-        await reconcile_finetunejob(body, patch)
-    except Exception:
-        metrics.RECONCILE_ERRORS.inc()
-        raise
+    await counted_reconcile(body, patch)
