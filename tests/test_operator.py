@@ -185,3 +185,19 @@ def test_an_operator_restarted_mid_training_creates_nothing_twice(operator_env):
                                             label_selector="app.kubernetes.io/managed-by=tuneloop")) == 1
 
     asyncio.run(scenario())
+
+
+def test_deleting_a_finetunejob_removes_what_it_owns(operator_env):
+    async def scenario():
+        async with running_emulator(CRDS) as harness:
+            async def body():
+                harness.create(EXAMPLE)
+                await harness.wait_for(lambda: harness.get(JOB, "default", WORKLOAD))
+                harness.delete(FTJ, "default", "acme-tickets")
+                await harness.wait_for(lambda: harness.get(FTJ, "default", "acme-tickets") is None)
+
+            await run_operator(harness, body, kubeconfig_dir=operator_env)
+            assert harness.get(JOB, "default", WORKLOAD) is None
+            assert harness.get(CONFIGMAP, "default", WORKLOAD) is None
+
+    asyncio.run(scenario())
