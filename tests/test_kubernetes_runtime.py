@@ -47,3 +47,32 @@ def test_a_healthy_pod_has_no_problem():
     running = pod("t-abc", containerStatuses=[{"name": "trainer", "state": {"running": {}}}],
                   conditions=[{"type": "PodScheduled", "status": "True"}])
     assert pod_problem([running]) == ""
+
+
+def test_live_progress_comes_from_the_trainers_mlflow_run(tmp_path):
+    import mlflow
+    from mlflow.entities import Metric, Param
+
+    from tuneloop.runtime.progress import mlflow_progress
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert mlflow_progress(uri, "tuneloop", "ml/support-bot") is None  # nothing logged yet
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.create_experiment("tuneloop"), run_name="ml/support-bot")
+    client.log_batch(run.info.run_id, params=[Param("total_steps", "100")], metrics=[
+        Metric("loss", loss, 0, step) for step, loss in ((1, 2.0), (2, 1.5), (25, 0.7))
+    ] + [Metric("tokens_per_second", 900.0, 0, 25), Metric("epoch", 0.75, 0, 25)])
+
+    progress = mlflow_progress(uri, "tuneloop", "ml/support-bot")
+
+    assert progress["stage"] == "training" and progress["step"] == 25 and progress["totalSteps"] == 100
+    assert progress["loss"] == 0.7 and progress["tokensPerSecond"] == 900.0
+    assert progress["etaSeconds"] is not None and progress["etaSeconds"] >= 0
+
+
+def test_an_unreachable_mlflow_gives_no_progress_and_no_error(monkeypatch):
+    from tuneloop.runtime.progress import mlflow_progress
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+
+    assert mlflow_progress("http://127.0.0.1:9", "tuneloop", "ml/x") is None

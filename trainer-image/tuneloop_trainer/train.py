@@ -223,7 +223,8 @@ class Training:
             state.hold_out_loss_before = self.evaluate(model, data, pad_id, device)
         log.info("hold-out loss before training: %.4f", state.hold_out_loss_before)
 
-        metrics = MetricsLogger(workload.tracking if world.is_main else None, self.params_to_log(data))
+        metrics = MetricsLogger(workload.tracking if world.is_main else None,
+                                {**self.params_to_log(data), "total_steps": total_steps})
         self.reporter.stage("training")
         stopped_early = False
         try:

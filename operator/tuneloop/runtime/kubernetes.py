@@ -7,6 +7,7 @@ one, else what Kubernetes knows (OOMKilled, image pull errors, deadline exceeded
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from tuneloop.config import OperatorConfig
 from tuneloop.reconcile.finetunejob import STAGES, LaunchWorkload, Observed, WorkloadState, workload_name
 from tuneloop.runtime.kube_client import KubeClient
 from tuneloop.runtime.manifests import Storage, training_objects
+from tuneloop.runtime.progress import mlflow_progress
 
 WAITING_PROBLEMS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                     "CreateContainerError", "CrashLoopBackOff"}
@@ -71,10 +73,11 @@ class KubernetesRuntime:
         workloads = {}
         for stage in STAGES:
             name = workload_name(job.metadata.name, stage.name)
-            workloads[name] = await self.observe_workload(job.metadata.namespace, name)
+            workloads[name] = await self.observe_workload(job, name)
         return Observed(workloads=workloads)
 
-    async def observe_workload(self, namespace: str, name: str) -> WorkloadState:
+    async def observe_workload(self, job: FineTuneJob, name: str) -> WorkloadState:
+        namespace = job.metadata.namespace
         batch_job = await self.client.get("batch/v1", "Job", namespace, name)
         if batch_job is None:
             return WorkloadState("Absent")
@@ -90,7 +93,14 @@ class KubernetesRuntime:
             message = (f"Job {name} failed: {failed.get('reason', '')}: {failed.get('message', '')}. "
                        f"{pod_problem(pods)}").strip()
             return WorkloadState("Failed", result=_as_uris(result) if result else None, message=message)
-        return WorkloadState("Running", message=pod_problem(pods))
+        return WorkloadState("Running", message=pod_problem(pods), progress=await self.progress(job))
+
+    async def progress(self, job: FineTuneJob) -> dict[str, Any] | None:
+        """Live progress from the MLflow run the trainer names after the job (see manifests.trainer_workload)."""
+        if not self.config.mlflow_tracking_uri:
+            return None
+        return await asyncio.to_thread(mlflow_progress, self.config.mlflow_tracking_uri, "tuneloop",
+                                       f"{job.metadata.namespace}/{job.metadata.name}")
 
     async def launch(self, job: FineTuneJob, action: LaunchWorkload) -> None:
         if action.stage != "train":

@@ -1,0 +1,438 @@
+"""Scale benchmark of the Tuneloop operator: a burst of FineTuneJobs against the API emulator.
+
+The real kopf handlers (tuneloop.handlers, re-imported into a fresh kopf registry, as
+tests/test_operator.py does) run in this process against tests/k8s_emulator.py's hardened
+in-memory API server, also in this process. A separate aiohttp client session POSTs N copies of
+examples/cluster/finetunejob.yaml (ftj-00000, ftj-00001, ...) over HTTP, at most --concurrency in
+flight, as fast as it can, and the script waits until every FineTuneJob has its batch/v1 Job.
+
+Timing is exact: the emulator's `_store` (every object version it stores goes through it) is
+wrapped in this process, so the moment each Job, ConfigMap and FineTuneJob status is stored is
+taken on the same monotonic clock as the client's timestamp just before each POST.
+
+    python benchmarks/operator_scale.py                 # 1000 FineTuneJobs
+    python benchmarks/operator_scale.py --jobs 50       # a quick smoke run
+    python benchmarks/operator_scale.py --profile /tmp/operator.pstats   # where the CPU time goes
+
+Targets (from the issue): create->Job p99 under 2 s, no reconcile errors, peak RSS under 200 MiB.
+The RSS is the whole process, so it includes the emulator (every object version it ever stored,
+every request it ever served) and the client as well as the operator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import collections
+import copy
+import io
+import json
+import logging
+import os
+import pstats
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # k8s_emulator.py and the crd_schema.py it imports
+sys.path.insert(0, str(REPO / "operator"))  # tuneloop, also when the package is not installed
+
+import aiohttp  # noqa: E402
+import yaml  # noqa: E402
+
+import k8s_emulator  # noqa: E402
+
+CRDS = list(yaml.safe_load_all((REPO / "crds" / "tuneloop.dev_crds.yaml").read_text()))
+EXAMPLE = yaml.safe_load((REPO / "examples" / "cluster" / "finetunejob.yaml").read_text())
+FTJ_PATH = "/apis/tuneloop.dev/v1alpha1/namespaces/{namespace}/finetunejobs"
+CATALOG = {"smollm2-135m-instruct": "pvc://models/smollm2-135m-instruct"}
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(1, -(-len(ordered) * q // 100))  # ceil
+    return ordered[int(rank) - 1]
+
+
+def spread(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    return (f"p50 {percentile(values, 50):.3f} s  p90 {percentile(values, 90):.3f} s  "
+            f"p99 {percentile(values, 99):.3f} s  max {max(values):.3f} s  (n={len(values)})")
+
+
+class Recorder:
+    """What the emulator stored and when (time.monotonic), hooked into HardenedEmulator."""
+
+    def __init__(self) -> None:
+        self.ftj_stored: dict[str, float] = {}
+        self.job_stored: dict[str, float] = {}  # FineTuneJob name (the Job's owner) -> first Job ADDED
+        self.status_training: dict[str, float] = {}  # FineTuneJob name -> first status with phase Training
+        self.creations: collections.Counter[str] = collections.Counter()  # kind -> objects ADDED
+        self.conflicts: collections.Counter[str] = collections.Counter()  # kind -> 409 AlreadyExists answers
+        self.all_jobs = asyncio.Event()
+        self.expected = 0
+
+    def install(self) -> None:
+        emulator_cls = k8s_emulator.HardenedEmulator  # attrs slots class: hook the class, in this process only
+        original_store, original_create = emulator_cls._store, emulator_cls.create_object
+        recorder = self
+
+        def _store(emulator: Any, key: tuple[Any, ...], obj: dict[str, Any], event: str) -> dict[str, Any]:
+            stored = original_store(emulator, key, obj, event)
+            recorder.stored(obj, event)
+            return stored
+
+        def create_object(emulator: Any, resource_: Any, namespace: Any, body: Any) -> dict[str, Any]:
+            try:
+                return original_create(emulator, resource_, namespace, body)
+            except Exception as failure:
+                if getattr(failure, "status", None) == 409:
+                    recorder.conflicts[(body or {}).get("kind", "?")] += 1
+                raise
+
+        emulator_cls._store, emulator_cls.create_object = _store, create_object
+
+    def stored(self, obj: dict[str, Any], event: str) -> None:
+        now = time.monotonic()
+        kind, meta = obj.get("kind"), obj["metadata"]
+        if event == "ADDED":
+            self.creations[kind] += 1
+        if kind == "FineTuneJob":
+            if event == "ADDED":
+                self.ftj_stored.setdefault(meta["name"], now)
+            elif (obj.get("status") or {}).get("phase") == "Training":
+                self.status_training.setdefault(meta["name"], now)
+        elif kind == "Job" and event == "ADDED":
+            owners = [ref["name"] for ref in meta.get("ownerReferences") or [] if ref.get("kind") == "FineTuneJob"]
+            for owner in owners:
+                self.job_stored.setdefault(owner, now)
+            if self.expected and len(self.job_stored) >= self.expected:
+                self.all_jobs.set()
+
+
+class LogCounter(logging.Handler):
+    """Counts log records by level and logger; keeps the first few ERROR messages."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.by_level: collections.Counter[str] = collections.Counter()
+        self.errors_by_logger: collections.Counter[str] = collections.Counter()
+        self.error_samples: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.by_level[record.levelname] += 1
+        if record.levelno >= logging.ERROR:
+            self.errors_by_logger[record.name] += 1
+            if len(self.error_samples) < 5:
+                self.error_samples.append(f"{record.name}: {record.getMessage()[:300]}")
+
+
+def fresh_registry() -> Any:
+    """A kopf registry holding the operator's real handlers (the interval is read from the env at import)."""
+    import importlib
+
+    import kopf
+
+    fresh, previous = kopf.OperatorRegistry(), kopf.get_default_registry()
+    kopf.set_default_registry(fresh)
+    try:
+        if "tuneloop.handlers" in sys.modules:
+            importlib.reload(sys.modules["tuneloop.handlers"])
+        else:
+            importlib.import_module("tuneloop.handlers")
+    finally:
+        kopf.set_default_registry(previous)
+    return fresh
+
+
+def burst_settings(args: argparse.Namespace) -> Any:
+    """The harness's kopf settings, with timeouts that a burst of requests does not trip."""
+    settings = k8s_emulator.kopf_test_settings()
+    settings.watching.server_timeout = 120  # fewer watch reconnects; kopf resumes from the last resourceVersion
+    settings.watching.client_timeout = 150
+    settings.networking.request_timeout = 30  # the harness's 5 s is for tests with a handful of objects
+    settings.networking.error_backoffs = [0.1, 0.2, 0.5, 1, 2]
+    settings.queueing.worker_limit = args.worker_limit
+    settings.posting.worker_limit = args.posting_worker_limit
+    return settings
+
+
+def metric(name: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+def manifest(index: int, namespace: str) -> dict[str, Any]:
+    body = copy.deepcopy(EXAMPLE)
+    body["metadata"] = {"name": f"ftj-{index:05d}", "namespace": namespace}
+    return body
+
+
+async def create_all(url: str, token: str | None, namespace: str, count: int,
+                     concurrency: int) -> tuple[dict[str, float], list[float], list[str]]:
+    """POST count FineTuneJobs, at most `concurrency` in flight; returns the pre-POST timestamps."""
+    sent: dict[str, float] = {}
+    answered: list[float] = []
+    failures: list[str] = []
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(count):
+        queue.put_nowait(index)
+    bodies = {index: json.dumps(manifest(index, namespace)).encode() for index in range(count)}
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    path = url + FTJ_PATH.format(namespace=namespace)
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency), headers=headers,
+                                     timeout=aiohttp.ClientTimeout(total=60)) as session:
+        async def worker() -> None:
+            while True:
+                try:
+                    index = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                name = f"ftj-{index:05d}"
+                started = time.monotonic()
+                sent[name] = started
+                try:
+                    async with session.post(path, data=bodies[index]) as response:
+                        await response.read()
+                        if response.status != 201 and response.status != 200:
+                            failures.append(f"{name}: HTTP {response.status}")
+                except (aiohttp.ClientError, asyncio.TimeoutError) as failure:
+                    failures.append(f"{name}: {failure!r}")
+                answered.append(time.monotonic() - started)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return sent, answered, failures
+
+
+async def loop_lag(samples: list[float], stop: asyncio.Event, period: float = 0.05) -> None:
+    """How late the event loop wakes a 50 ms sleeper: a direct view of CPU saturation."""
+    while not stop.is_set():
+        started = time.monotonic()
+        await asyncio.sleep(period)
+        samples.append(time.monotonic() - started - period)
+
+
+async def benchmark(args: argparse.Namespace, workdir: Path, logs: LogCounter) -> dict[str, Any]:
+    import kopf
+
+    recorder = Recorder()
+    recorder.expected = args.jobs
+    recorder.install()
+    result: dict[str, Any] = {"recorder": recorder}
+
+    async with k8s_emulator.running_emulator(CRDS, namespaces=(args.namespace,)) as harness:
+        os.environ["KUBECONFIG"] = str(harness.write_kubeconfig(workdir / "kubeconfig"))
+        registry = fresh_registry()
+        async with harness.kopf_operator(registry, settings=burst_settings(args), namespaces=(args.namespace,),
+                                         timeout=30):
+            await asyncio.sleep(0.5)  # let the watchers finish their initial (empty) listing
+            errors_before = metric("tuneloop_reconcile_errors_total")
+            seconds_before = (metric("tuneloop_reconcile_duration_seconds_sum"),
+                              metric("tuneloop_reconcile_duration_seconds_count"))
+            result["rss_before"], result["rss_now_before"] = peak_rss_mib(), current_rss_mib()
+            lag: list[float] = []
+            stop_lag = asyncio.Event()
+            lag_task = asyncio.create_task(loop_lag(lag, stop_lag))
+
+            cpu0, wall0 = cpu_seconds(), time.monotonic()
+            sent, answered, failures = await create_all(harness.url, harness.token, args.namespace, args.jobs,
+                                                        args.concurrency)
+            result["posted_in"] = time.monotonic() - wall0
+            try:
+                await asyncio.wait_for(recorder.all_jobs.wait(), args.timeout)
+            except asyncio.TimeoutError:
+                result["timed_out"] = True
+            result["wall"], result["cpu"] = time.monotonic() - wall0, cpu_seconds() - cpu0
+            result["rss_after_burst"] = peak_rss_mib()
+            # Status writes follow the Job; give them (and any stray repeat create) time to land.
+            deadline = time.monotonic() + args.settle
+            while time.monotonic() < deadline and len(recorder.status_training) < args.jobs:
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(min(2.0, args.settle))
+            result["status_wall"] = (max(recorder.status_training.values()) - wall0
+                                     if recorder.status_training else float("nan"))
+            stop_lag.set()
+            await lag_task
+
+            result.update(sent=sent, answered=answered, failures=failures, lag=lag)
+            result["reconcile_errors"] = metric("tuneloop_reconcile_errors_total") - errors_before
+            result["reconciles"] = metric("tuneloop_reconcile_duration_seconds_count") - seconds_before[1]
+            result["reconcile_seconds"] = metric("tuneloop_reconcile_duration_seconds_sum") - seconds_before[0]
+            result["jobs"] = len(harness.list_objects(("batch/v1", "Job"), args.namespace, include_deleted=True))
+            result["configmaps"] = len(harness.list_objects(
+                ("v1", "ConfigMap"), args.namespace, include_deleted=True,
+                label_selector="app.kubernetes.io/managed-by=tuneloop"))
+            result["job_deletions"] = sum(
+                None in versions for versions in
+                (harness.history(("batch/v1", "Job"), args.namespace, f"ftj-{i:05d}-train") for i in range(args.jobs)))
+            result["events"] = len(harness.list_objects(("v1", "Event"), args.namespace))
+            emulator = harness.emulator
+            result["requests_served"] = len(emulator._requests)
+            result["object_versions"] = sum(len(obj.history) for obj in emulator.objects.values())
+            result["emulator_errors"] = len(emulator.errors)
+        result["rss_after"] = peak_rss_mib()
+    del kopf
+    return result
+
+
+def report(args: argparse.Namespace, result: dict[str, Any], logs: LogCounter, log_file: Path) -> bool:
+    recorder: Recorder = result["recorder"]
+    sent = result["sent"]
+    n = args.jobs
+    client = [recorder.job_stored[name] - sent[name] for name in sent if name in recorder.job_stored]
+    server = [recorder.job_stored[name] - recorder.ftj_stored[name]
+              for name in recorder.ftj_stored if name in recorder.job_stored]
+    status = [recorder.status_training[name] - sent[name] for name in sent if name in recorder.status_training]
+    p99 = percentile(client, 99) if client else float("inf")
+    errors = int(result["reconcile_errors"]) + logs.errors_by_logger.total()
+    peak = result["rss_after"]
+    lag = result["lag"]
+
+    print(f"command:      python benchmarks/operator_scale.py --jobs {n} --concurrency {args.concurrency}"
+          + (f" --worker-limit {args.worker_limit}" if args.worker_limit else "")
+          + (" (under cProfile)" if args.profile else ""))
+    print(f"machine:      {os.cpu_count()} CPU(s), load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
+          f"python {sys.version.split()[0]}, kopf {version('kopf')}, kmock {version('kmock')}, "
+          f"aiohttp {version('aiohttp')}")
+    print(f"settings:     TUNELOOP_RECONCILE_INTERVAL={os.environ['TUNELOOP_RECONCILE_INTERVAL']}, "
+          f"queueing.worker_limit={args.worker_limit}, posting.worker_limit={args.posting_worker_limit}, "
+          f"request_timeout 30 s, kopf log level INFO (kopf.configure, as `tuneloop operator`) -> {log_file}")
+    print()
+    print(f"FineTuneJobs:             {n} (POSTed in {result['posted_in']:.2f} s, "
+          f"POST answered {spread(result['answered'])})")
+    if result["failures"]:
+        print(f"  POST failures:          {len(result['failures'])}, e.g. {result['failures'][:3]}")
+    print(f"wall time to last Job:    {result['wall']:.2f} s"
+          + ("  (TIMED OUT: not every FineTuneJob got its Job)" if result.get("timed_out") else "")
+          + f"; last status phase=Training at {result['status_wall']:.2f} s")
+    print(f"process CPU in that time: {result['cpu']:.2f} s ({100 * result['cpu'] / result['wall']:.0f}% of one core)")
+    print(f"event-loop lag:           p50 {percentile(lag, 50) * 1000:.0f} ms, p99 {percentile(lag, 99) * 1000:.0f} ms, "
+          f"max {max(lag, default=0) * 1000:.0f} ms")
+    print(f"create->Job latency:      {spread(client)}")
+    print("  (from the client's timestamp just before the POST to the Job being stored)")
+    print(f"stored FTJ->Job latency:  {spread(server)}")
+    print(f"create->status Training:  {spread(status)}")
+    reconciles, seconds = result["reconciles"], result["reconcile_seconds"]
+    print(f"reconciles:               {reconciles:.0f}, mean {seconds / reconciles * 1000 if reconciles else 0:.1f} ms "
+          "each (tuneloop_reconcile_duration_seconds; wall time incl. waiting on the loop)")
+    print(f"reconcile errors:         {result['reconcile_errors']:.0f} (tuneloop_reconcile_errors_total)")
+    print(f"ERROR log records:        {logs.errors_by_logger.total()}"
+          + (f" by logger {dict(logs.errors_by_logger)}" if logs.errors_by_logger else "")
+          + f"; all records by level {dict(logs.by_level)}")
+    for sample in logs.error_samples:
+        print(f"  e.g. {sample}")
+    print(f"emulator unexpected errs: {result['emulator_errors']}")
+    print(f"Jobs:                     {result['jobs']} (incl. deleted; creations {recorder.creations['Job']}, "
+          f"deleted {result['job_deletions']}, 409 AlreadyExists answers {recorder.conflicts['Job']})")
+    print(f"ConfigMaps:               {result['configmaps']} (incl. deleted; creations {recorder.creations['ConfigMap']}, "
+          f"409 AlreadyExists answers {recorder.conflicts['ConfigMap']})")
+    print(f"k8s Events posted:        {result['events']}")
+    print(f"emulator:                 {result['requests_served']} requests served, "
+          f"{result['object_versions']} object versions stored")
+    print(f"peak RSS:                 {result['rss_before']:.1f} MiB before the burst "
+          f"(current {result['rss_now_before']:.1f}), {result['rss_after_burst']:.1f} MiB when the last Job appeared, "
+          f"{peak:.1f} MiB at the end")
+    print("  (one process: the operator AND the in-memory API emulator AND the client)")
+    print()
+    checks = {
+        "p99 create->Job < 2 s": p99 < 2.0,
+        "no reconcile errors / ERROR logs": errors == 0,
+        "peak RSS < 200 MiB": peak < 200,
+        f"Jobs == ConfigMaps == {n}": result["jobs"] == n == result["configmaps"]
+        and recorder.creations["Job"] == n == recorder.creations["ConfigMap"],
+        "every FineTuneJob got its Job": len(recorder.job_stored) == n,
+    }
+    for name, ok in checks.items():
+        print(f"{'PASS' if ok else 'MISS'}  {name}")
+    return all(checks.values())
+
+
+def version(package: str) -> str:
+    from importlib.metadata import version as metadata_version
+
+    return metadata_version(package)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=1000, help="FineTuneJobs to create (default: %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=50, help="POSTs in flight (default: %(default)s)")
+    parser.add_argument("--worker-limit", type=int, default=None,
+                        help="kopf settings.queueing.worker_limit (default: kopf's, unlimited)")
+    parser.add_argument("--posting-worker-limit", type=int, default=None,
+                        help="kopf settings.posting.worker_limit (default: kopf's, unlimited)")
+    parser.add_argument("--interval", default="600",
+                        help="TUNELOOP_RECONCILE_INTERVAL: timers stay out of the burst (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=600, help="give up waiting for the Jobs after this (s)")
+    parser.add_argument("--settle", type=float, default=30,
+                        help="after the last Job, wait up to this for the status writes (s) (default: %(default)s)")
+    parser.add_argument("--namespace", default="default")
+    parser.add_argument("--profile", type=Path, help="run under cProfile; write pstats here and print the top")
+    parser.add_argument("--log-file", type=Path, help="where the operator's log goes (default: a temp file)")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="operator-scale-"))
+    config = workdir / "config.yaml"
+    config.write_text(yaml.safe_dump({"catalog": CATALOG}))
+    os.environ["TUNELOOP_CONFIG"] = str(config)
+    os.environ["TUNELOOP_RECONCILE_INTERVAL"] = str(args.interval)
+
+    # Log as `tuneloop operator` does (kopf.configure: root at INFO, JSON lines), into a file, and count.
+    import kopf
+
+    log_file = args.log_file or workdir / "operator.log"
+    kopf.configure(log_format=kopf.LogFormat.JSON, verbose=False)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is sys.stderr:
+            handler.setStream(open(log_file, "w"))
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # the emulator's access log is no operator cost
+    logs = LogCounter()
+    logging.getLogger().addHandler(logs)
+
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler:
+        profiler.enable()
+    result = asyncio.run(benchmark(args, workdir, logs))
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(args.profile)
+    ok = report(args, result, logs, log_file)
+    if profiler:
+        for order in ("tottime", "cumulative"):
+            text = io.StringIO()
+            pstats.Stats(profiler, stream=text).strip_dirs().sort_stats(order).print_stats(30)
+            print(f"\n--- cProfile, top 30 by {order} (whole run, incl. setup) ---")
+            print(text.getvalue().split("\n", 6)[-1] if order == "tottime" else text.getvalue())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
