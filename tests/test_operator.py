@@ -201,3 +201,4 @@ def test_deleting_a_finetunejob_removes_what_it_owns(operator_env):
             assert harness.get(CONFIGMAP, "default", WORKLOAD) is None
 
     asyncio.run(scenario())
+

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import sys
 import textwrap
 from pathlib import Path
@@ -207,7 +208,7 @@ def command_operator(args: argparse.Namespace) -> int:
         namespaces=args.namespace,
         standalone=args.standalone,
         peering_name=args.peering_name,
-        priority=args.priority,
+        priority=args.priority if args.priority is not None else random.randint(1, 1_000_000),
         liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
     )
     return 0
@@ -237,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument("--standalone", action="store_true",
                           help="no leader election (one replica); default: kopf peering elects one active replica")
     operator.add_argument("--peering-name", default="tuneloop", help="kopf peering object shared by the replicas")
-    operator.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
+    operator.add_argument("--priority", type=int, default=None,
+                          help="peering priority of this replica (default: random, so that replicas differ and "
+                               "exactly one is active: kopf pauses all but the highest)")
     operator.add_argument("--health-port", type=int, default=8080, help="liveness endpoint /healthz (0: off)")
     operator.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics (0: off)")
     operator.add_argument("--log-format", choices=("json", "text"), default="json")
@@ -250,8 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if args.command != "operator":  # the operator's logging is kopf's (text or JSON)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return args.handler(args)
 
 
