@@ -2,37 +2,39 @@
 
 The real kopf handlers (tuneloop.handlers, re-imported into a fresh kopf registry, as
 tests/test_operator.py does) run in this process against tests/k8s_emulator.py's hardened
-in-memory API server, also in this process. A separate aiohttp client session POSTs N copies of
+in-memory API server. A separate aiohttp client session POSTs N copies of
 examples/cluster/finetunejob.yaml (ftj-00000, ftj-00001, ...) over HTTP, at most --concurrency in
-flight, as fast as it can, and the script waits until every FineTuneJob has its batch/v1 Job.
+flight, as fast as it can. The script then waits until every FineTuneJob has its batch/v1 Job.
 
-Timing is exact: the emulator's `_store` (every object version it stores goes through it) is
-wrapped in this process, so the moment each Job, ConfigMap and FineTuneJob status is stored is
-taken on the same monotonic clock as the client's timestamp just before each POST.
+Timing is exact. The emulator's `_store` is wrapped in the process that runs the emulator (every
+object version it stores goes through it). So the moment each Job, ConfigMap and FineTuneJob status
+is stored is taken on the same monotonic clock as the client's timestamp just before each POST.
 
-    python benchmarks/operator_scale.py                 # 1000 FineTuneJobs
+    python benchmarks/operator_scale.py                 # 1000 FineTuneJobs, all in one process
     python benchmarks/operator_scale.py --jobs 50       # a quick smoke run
+    python benchmarks/operator_scale.py --split         # emulator + client in a child process
     python benchmarks/operator_scale.py --profile /tmp/operator.pstats   # where the CPU time goes
 
 Targets (from the issue): create->Job p99 under 2 s, no reconcile errors, peak RSS under 200 MiB.
-The RSS is the whole process, so it includes the emulator (every object version it ever stored,
-every request it ever served) and the client as well as the operator.
+By default the RSS is the whole process, so it includes the emulator (every object version it ever
+stored, every request it ever served) and the client as well as the operator. With --split the
+emulator and the client run in a child process (its own core, as an API server would have), and the
+measured process holds the operator only.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
 import collections
 import copy
+import cProfile
 import io
 import json
 import logging
 import os
 import pstats
 import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -52,7 +54,10 @@ CRDS = list(yaml.safe_load_all((REPO / "crds" / "tuneloop.dev_crds.yaml").read_t
 EXAMPLE = yaml.safe_load((REPO / "examples" / "cluster" / "finetunejob.yaml").read_text())
 FTJ_PATH = "/apis/tuneloop.dev/v1alpha1/namespaces/{namespace}/finetunejobs"
 CATALOG = {"smollm2-135m-instruct": "pvc://models/smollm2-135m-instruct"}
+TOKEN = "bench"
 
+
+# --- measuring helpers ---
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -84,20 +89,36 @@ def spread(values: list[float]) -> str:
             f"p99 {percentile(values, 99):.3f} s  max {max(values):.3f} s  (n={len(values)})")
 
 
+def version(package: str) -> str:
+    from importlib.metadata import version as metadata_version
+
+    return metadata_version(package)
+
+
+async def loop_lag(samples: list[float], stop: asyncio.Event, period: float = 0.05) -> None:
+    """How late the event loop wakes a 50 ms sleeper: a direct view of CPU saturation."""
+    while not stop.is_set():
+        started = time.monotonic()
+        await asyncio.sleep(period)
+        samples.append(time.monotonic() - started - period)
+
+
+# --- the cluster side: emulator, recorder, client ---
+
 class Recorder:
     """What the emulator stored and when (time.monotonic), hooked into HardenedEmulator."""
 
-    def __init__(self) -> None:
+    def __init__(self, expected: int) -> None:
         self.ftj_stored: dict[str, float] = {}
         self.job_stored: dict[str, float] = {}  # FineTuneJob name (the Job's owner) -> first Job ADDED
         self.status_training: dict[str, float] = {}  # FineTuneJob name -> first status with phase Training
         self.creations: collections.Counter[str] = collections.Counter()  # kind -> objects ADDED
         self.conflicts: collections.Counter[str] = collections.Counter()  # kind -> 409 AlreadyExists answers
         self.all_jobs = asyncio.Event()
-        self.expected = 0
+        self.expected = expected
 
     def install(self) -> None:
-        emulator_cls = k8s_emulator.HardenedEmulator  # attrs slots class: hook the class, in this process only
+        emulator_cls = k8s_emulator.HardenedEmulator  # an attrs slots class: hook the class, in this process
         original_store, original_create = emulator_cls._store, emulator_cls.create_object
         recorder = self
 
@@ -127,12 +148,105 @@ class Recorder:
             elif (obj.get("status") or {}).get("phase") == "Training":
                 self.status_training.setdefault(meta["name"], now)
         elif kind == "Job" and event == "ADDED":
-            owners = [ref["name"] for ref in meta.get("ownerReferences") or [] if ref.get("kind") == "FineTuneJob"]
-            for owner in owners:
-                self.job_stored.setdefault(owner, now)
-            if self.expected and len(self.job_stored) >= self.expected:
+            for ref in meta.get("ownerReferences") or []:
+                if ref.get("kind") == "FineTuneJob":
+                    self.job_stored.setdefault(ref["name"], now)
+            if len(self.job_stored) >= self.expected:
                 self.all_jobs.set()
 
+
+def manifest(index: int, namespace: str) -> dict[str, Any]:
+    body = copy.deepcopy(EXAMPLE)
+    body["metadata"] = {"name": f"ftj-{index:05d}", "namespace": namespace}
+    return body
+
+
+async def create_all(url: str, token: str | None, namespace: str, count: int,
+                     concurrency: int) -> tuple[dict[str, float], list[float], list[str]]:
+    """POST count FineTuneJobs, at most `concurrency` in flight; returns the pre-POST timestamps."""
+    sent: dict[str, float] = {}
+    answered: list[float] = []
+    failures: list[str] = []
+    pending = iter(range(count))
+    bodies = {index: json.dumps(manifest(index, namespace)).encode() for index in range(count)}
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    path = url + FTJ_PATH.format(namespace=namespace)
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency), headers=headers,
+                                     timeout=aiohttp.ClientTimeout(total=120)) as session:
+        async def worker() -> None:
+            for index in pending:
+                name = f"ftj-{index:05d}"
+                sent[name] = started = time.monotonic()
+                try:
+                    async with session.post(path, data=bodies[index]) as response:
+                        await response.read()
+                        if response.status not in (200, 201):
+                            failures.append(f"{name}: HTTP {response.status}")
+                except (aiohttp.ClientError, asyncio.TimeoutError) as failure:
+                    failures.append(f"{name}: {failure!r}")
+                answered.append(time.monotonic() - started)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return sent, answered, failures
+
+
+async def burst(args: argparse.Namespace, harness: k8s_emulator.Harness, recorder: Recorder) -> dict[str, Any]:
+    """Create the FineTuneJobs, wait for their Jobs and statuses; what the cluster saw, as plain data."""
+    cpu0, wall0 = cpu_seconds(), time.monotonic()
+    sent, answered, failures = await create_all(harness.url, harness.token, args.namespace, args.jobs,
+                                                args.concurrency)
+    out: dict[str, Any] = {"posted_in": time.monotonic() - wall0, "answered": answered, "failures": failures}
+    try:
+        await asyncio.wait_for(recorder.all_jobs.wait(), args.timeout)
+    except asyncio.TimeoutError:
+        out["timed_out"] = True
+    out["wall"], out["cluster_cpu"] = time.monotonic() - wall0, cpu_seconds() - cpu0
+    out["rss_after_burst"] = peak_rss_mib()
+    # Status writes follow the Job; give them (and any stray repeated create) time to land.
+    deadline = time.monotonic() + args.settle
+    while time.monotonic() < deadline and len(recorder.status_training) < args.jobs:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(min(2.0, args.settle))
+    job, ftj, status = recorder.job_stored, recorder.ftj_stored, recorder.status_training
+    out["status_wall"] = max(status.values()) - wall0 if status else float("nan")
+    out["client_latency"] = [job[name] - sent[name] for name in sent if name in job]
+    out["server_latency"] = [job[name] - ftj[name] for name in ftj if name in job]
+    out["status_latency"] = [status[name] - sent[name] for name in sent if name in status]
+    out["jobs_seen"] = len(job)
+    out["jobs"] = len(harness.list_objects(("batch/v1", "Job"), args.namespace, include_deleted=True))
+    out["configmaps"] = len(harness.list_objects(("v1", "ConfigMap"), args.namespace, include_deleted=True,
+                                                 label_selector="app.kubernetes.io/managed-by=tuneloop"))
+    out["job_deletions"] = sum(None in harness.history(("batch/v1", "Job"), args.namespace, f"ftj-{i:05d}-train")
+                               for i in range(args.jobs))
+    out["creations"], out["conflicts"] = dict(recorder.creations), dict(recorder.conflicts)
+    out["events"] = len(harness.list_objects(("v1", "Event"), args.namespace))
+    emulator = harness.emulator
+    out["requests_served"] = len(emulator._requests)
+    out["object_versions"] = sum(len(obj.history) for obj in emulator.objects.values())
+    out["emulator_errors"] = len(emulator.errors)
+    return out
+
+
+async def serve_cluster(args: argparse.Namespace) -> None:
+    """--serve-cluster (the child of --split): emulator + client; JSON lines on stdin/stdout."""
+    recorder = Recorder(args.jobs)
+    recorder.install()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    async with k8s_emulator.running_emulator(CRDS, namespaces=(args.namespace,), token=TOKEN) as harness:
+        print(json.dumps({"url": harness.url, "token": harness.token, "rss": peak_rss_mib()}), flush=True)
+        await reader.readline()  # "go": the operator is ready
+        out = await burst(args, harness, recorder)
+        out["cluster_rss"] = peak_rss_mib()
+        print(json.dumps(out), flush=True)
+        await reader.readline()  # "stop": the operator has stopped; end the watches
+
+
+# --- the operator side ---
 
 class LogCounter(logging.Handler):
     """Counts log records by level and logger; keeps the first few ERROR messages."""
@@ -187,162 +301,131 @@ def metric(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
 
 
-def manifest(index: int, namespace: str) -> dict[str, Any]:
-    body = copy.deepcopy(EXAMPLE)
-    body["metadata"] = {"name": f"ftj-{index:05d}", "namespace": namespace}
-    return body
+class Operator:
+    """Runs the operator against a harness; measures this process around the burst."""
 
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args, self.workdir, self.figures = args, workdir, {}
 
-async def create_all(url: str, token: str | None, namespace: str, count: int,
-                     concurrency: int) -> tuple[dict[str, float], list[float], list[str]]:
-    """POST count FineTuneJobs, at most `concurrency` in flight; returns the pre-POST timestamps."""
-    sent: dict[str, float] = {}
-    answered: list[float] = []
-    failures: list[str] = []
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for index in range(count):
-        queue.put_nowait(index)
-    bodies = {index: json.dumps(manifest(index, namespace)).encode() for index in range(count)}
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    path = url + FTJ_PATH.format(namespace=namespace)
-
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency), headers=headers,
-                                     timeout=aiohttp.ClientTimeout(total=60)) as session:
-        async def worker() -> None:
-            while True:
-                try:
-                    index = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                name = f"ftj-{index:05d}"
-                started = time.monotonic()
-                sent[name] = started
-                try:
-                    async with session.post(path, data=bodies[index]) as response:
-                        await response.read()
-                        if response.status != 201 and response.status != 200:
-                            failures.append(f"{name}: HTTP {response.status}")
-                except (aiohttp.ClientError, asyncio.TimeoutError) as failure:
-                    failures.append(f"{name}: {failure!r}")
-                answered.append(time.monotonic() - started)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return sent, answered, failures
-
-
-async def loop_lag(samples: list[float], stop: asyncio.Event, period: float = 0.05) -> None:
-    """How late the event loop wakes a 50 ms sleeper: a direct view of CPU saturation."""
-    while not stop.is_set():
-        started = time.monotonic()
-        await asyncio.sleep(period)
-        samples.append(time.monotonic() - started - period)
-
-
-async def benchmark(args: argparse.Namespace, workdir: Path, logs: LogCounter) -> dict[str, Any]:
-    import kopf
-
-    recorder = Recorder()
-    recorder.expected = args.jobs
-    recorder.install()
-    result: dict[str, Any] = {"recorder": recorder}
-
-    async with k8s_emulator.running_emulator(CRDS, namespaces=(args.namespace,)) as harness:
-        os.environ["KUBECONFIG"] = str(harness.write_kubeconfig(workdir / "kubeconfig"))
-        registry = fresh_registry()
-        async with harness.kopf_operator(registry, settings=burst_settings(args), namespaces=(args.namespace,),
-                                         timeout=30):
+    async def run(self, harness: k8s_emulator.Harness, run_burst: Any) -> dict[str, Any]:
+        args, figures = self.args, self.figures
+        os.environ["KUBECONFIG"] = str(harness.write_kubeconfig(self.workdir / "kubeconfig"))
+        async with harness.kopf_operator(fresh_registry(), settings=burst_settings(args),
+                                         namespaces=(args.namespace,), timeout=30):
             await asyncio.sleep(0.5)  # let the watchers finish their initial (empty) listing
-            errors_before = metric("tuneloop_reconcile_errors_total")
-            seconds_before = (metric("tuneloop_reconcile_duration_seconds_sum"),
-                              metric("tuneloop_reconcile_duration_seconds_count"))
-            result["rss_before"], result["rss_now_before"] = peak_rss_mib(), current_rss_mib()
+            errors0 = metric("tuneloop_reconcile_errors_total")
+            seconds0 = metric("tuneloop_reconcile_duration_seconds_sum")
+            count0 = metric("tuneloop_reconcile_duration_seconds_count")
+            figures["rss_before"], figures["rss_now_before"] = peak_rss_mib(), current_rss_mib()
             lag: list[float] = []
             stop_lag = asyncio.Event()
             lag_task = asyncio.create_task(loop_lag(lag, stop_lag))
-
-            cpu0, wall0 = cpu_seconds(), time.monotonic()
-            sent, answered, failures = await create_all(harness.url, harness.token, args.namespace, args.jobs,
-                                                        args.concurrency)
-            result["posted_in"] = time.monotonic() - wall0
-            try:
-                await asyncio.wait_for(recorder.all_jobs.wait(), args.timeout)
-            except asyncio.TimeoutError:
-                result["timed_out"] = True
-            result["wall"], result["cpu"] = time.monotonic() - wall0, cpu_seconds() - cpu0
-            result["rss_after_burst"] = peak_rss_mib()
-            # Status writes follow the Job; give them (and any stray repeat create) time to land.
-            deadline = time.monotonic() + args.settle
-            while time.monotonic() < deadline and len(recorder.status_training) < args.jobs:
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(min(2.0, args.settle))
-            result["status_wall"] = (max(recorder.status_training.values()) - wall0
-                                     if recorder.status_training else float("nan"))
+            cpu0 = cpu_seconds()
+            cluster = await run_burst()
+            figures["operator_cpu"] = cpu_seconds() - cpu0  # all of it, also when the cluster is in here too
             stop_lag.set()
             await lag_task
+            figures["lag"] = lag
+            figures["reconcile_errors"] = metric("tuneloop_reconcile_errors_total") - errors0
+            figures["reconciles"] = metric("tuneloop_reconcile_duration_seconds_count") - count0
+            figures["reconcile_seconds"] = metric("tuneloop_reconcile_duration_seconds_sum") - seconds0
+            figures["rss_end"], figures["rss_now_end"] = peak_rss_mib(), current_rss_mib()
+            if args.tracemalloc:
+                figures["tracemalloc"] = tracemalloc_top()
+        return cluster
 
-            result.update(sent=sent, answered=answered, failures=failures, lag=lag)
-            result["reconcile_errors"] = metric("tuneloop_reconcile_errors_total") - errors_before
-            result["reconciles"] = metric("tuneloop_reconcile_duration_seconds_count") - seconds_before[1]
-            result["reconcile_seconds"] = metric("tuneloop_reconcile_duration_seconds_sum") - seconds_before[0]
-            result["jobs"] = len(harness.list_objects(("batch/v1", "Job"), args.namespace, include_deleted=True))
-            result["configmaps"] = len(harness.list_objects(
-                ("v1", "ConfigMap"), args.namespace, include_deleted=True,
-                label_selector="app.kubernetes.io/managed-by=tuneloop"))
-            result["job_deletions"] = sum(
-                None in versions for versions in
-                (harness.history(("batch/v1", "Job"), args.namespace, f"ftj-{i:05d}-train") for i in range(args.jobs)))
-            result["events"] = len(harness.list_objects(("v1", "Event"), args.namespace))
-            emulator = harness.emulator
-            result["requests_served"] = len(emulator._requests)
-            result["object_versions"] = sum(len(obj.history) for obj in emulator.objects.values())
-            result["emulator_errors"] = len(emulator.errors)
-        result["rss_after"] = peak_rss_mib()
-    del kopf
-    return result
 
+def tracemalloc_top(limit: int = 15) -> str:
+    import tracemalloc
+
+    snapshot = tracemalloc.take_snapshot()
+    stats = snapshot.statistics("filename")
+    total = sum(stat.size for stat in stats)
+    lines = [f"traced Python memory: {total / 2**20:.1f} MiB, by file:"]
+    for stat in stats[:limit]:
+        lines.append(f"  {stat.size / 2**20:7.1f} MiB  {stat.count:8d} blocks  {stat.traceback[0].filename}")
+    return "\n".join(lines)
+
+
+async def in_process(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    recorder = Recorder(args.jobs)
+    recorder.install()
+    operator = Operator(args, workdir)
+    async with k8s_emulator.running_emulator(CRDS, namespaces=(args.namespace,), token=TOKEN) as harness:
+        cluster = await operator.run(harness, lambda: burst(args, harness, recorder))
+    return {**cluster, **operator.figures}
+
+
+async def split(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    child_args = [sys.executable, str(Path(__file__).resolve()), "--serve-cluster", "--jobs", str(args.jobs),
+                  "--concurrency", str(args.concurrency), "--namespace", args.namespace,
+                  "--timeout", str(args.timeout), "--settle", str(args.settle)]
+    child = await asyncio.create_subprocess_exec(*child_args, stdin=asyncio.subprocess.PIPE,
+                                                 stdout=asyncio.subprocess.PIPE, limit=2**26)
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        hello = json.loads(await child.stdout.readline())
+        harness = k8s_emulator.Harness(None, hello["url"], hello["token"])  # type: ignore[arg-type]
+
+        async def run_burst() -> dict[str, Any]:
+            child.stdin.write(b"go\n")
+            await child.stdin.drain()
+            return json.loads(await child.stdout.readline())
+
+        operator = Operator(args, workdir)
+        cluster = await operator.run(harness, run_burst)
+        child.stdin.write(b"stop\n")
+        await child.stdin.drain()
+        await asyncio.wait_for(child.wait(), 30)
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    return {**cluster, **operator.figures}
+
+
+# --- the report ---
 
 def report(args: argparse.Namespace, result: dict[str, Any], logs: LogCounter, log_file: Path) -> bool:
-    recorder: Recorder = result["recorder"]
-    sent = result["sent"]
     n = args.jobs
-    client = [recorder.job_stored[name] - sent[name] for name in sent if name in recorder.job_stored]
-    server = [recorder.job_stored[name] - recorder.ftj_stored[name]
-              for name in recorder.ftj_stored if name in recorder.job_stored]
-    status = [recorder.status_training[name] - sent[name] for name in sent if name in recorder.status_training]
-    p99 = percentile(client, 99) if client else float("inf")
+    client = result["client_latency"]
+    p99 = percentile(client, 99) if len(client) == n else float("inf")
     errors = int(result["reconcile_errors"]) + logs.errors_by_logger.total()
-    peak = result["rss_after"]
-    lag = result["lag"]
+    lag, creations, conflicts = result["lag"], result["creations"], result["conflicts"]
+    where = ("split: emulator + client in a child process, operator alone in this one" if args.split
+             else "one process: operator, emulator and client share one event loop")
+    flags = (f" --concurrency {args.concurrency}" * (args.concurrency != 50)
+             + f" --worker-limit {args.worker_limit}" * bool(args.worker_limit)
+             + " --split" * args.split + " --profile ..." * bool(args.profile))
 
-    print(f"command:      python benchmarks/operator_scale.py --jobs {n} --concurrency {args.concurrency}"
-          + (f" --worker-limit {args.worker_limit}" if args.worker_limit else "")
-          + (" (under cProfile)" if args.profile else ""))
+    print(f"command:      python benchmarks/operator_scale.py --jobs {n}{flags}")
     print(f"machine:      {os.cpu_count()} CPU(s), load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
           f"python {sys.version.split()[0]}, kopf {version('kopf')}, kmock {version('kmock')}, "
           f"aiohttp {version('aiohttp')}")
+    print(f"setup:        {where}")
     print(f"settings:     TUNELOOP_RECONCILE_INTERVAL={os.environ['TUNELOOP_RECONCILE_INTERVAL']}, "
           f"queueing.worker_limit={args.worker_limit}, posting.worker_limit={args.posting_worker_limit}, "
-          f"request_timeout 30 s, kopf log level INFO (kopf.configure, as `tuneloop operator`) -> {log_file}")
+          f"{args.concurrency} POSTs in flight, kopf logging as `tuneloop operator` (JSON, INFO) -> {log_file}")
     print()
-    print(f"FineTuneJobs:             {n} (POSTed in {result['posted_in']:.2f} s, "
-          f"POST answered {spread(result['answered'])})")
+    print(f"FineTuneJobs:             {n}, all POSTed after {result['posted_in']:.2f} s "
+          f"(POST answered in {spread(result['answered'])})")
     if result["failures"]:
         print(f"  POST failures:          {len(result['failures'])}, e.g. {result['failures'][:3]}")
     print(f"wall time to last Job:    {result['wall']:.2f} s"
           + ("  (TIMED OUT: not every FineTuneJob got its Job)" if result.get("timed_out") else "")
           + f"; last status phase=Training at {result['status_wall']:.2f} s")
-    print(f"process CPU in that time: {result['cpu']:.2f} s ({100 * result['cpu'] / result['wall']:.0f}% of one core)")
-    print(f"event-loop lag:           p50 {percentile(lag, 50) * 1000:.0f} ms, p99 {percentile(lag, 99) * 1000:.0f} ms, "
-          f"max {max(lag, default=0) * 1000:.0f} ms")
     print(f"create->Job latency:      {spread(client)}")
-    print("  (from the client's timestamp just before the POST to the Job being stored)")
-    print(f"stored FTJ->Job latency:  {spread(server)}")
-    print(f"create->status Training:  {spread(status)}")
+    print("  (client's timestamp just before the POST -> the Job stored by the emulator)")
+    print(f"stored FTJ->Job latency:  {spread(result['server_latency'])}")
+    print(f"create->status Training:  {spread(result['status_latency'])}")
+    print(f"operator process CPU:     {result['operator_cpu']:.2f} s during the burst and settling"
+          + (" (includes the emulator and the client)" if not args.split else
+             f"; cluster process {result['cluster_cpu']:.2f} s up to the last Job"))
+    print(f"event-loop lag:           p50 {percentile(lag, 50) * 1000:.0f} ms, p99 {percentile(lag, 99) * 1000:.0f} ms, "
+          f"max {max(lag, default=0) * 1000:.0f} ms (operator's loop)")
     reconciles, seconds = result["reconciles"], result["reconcile_seconds"]
-    print(f"reconciles:               {reconciles:.0f}, mean {seconds / reconciles * 1000 if reconciles else 0:.1f} ms "
-          "each (tuneloop_reconcile_duration_seconds; wall time incl. waiting on the loop)")
+    print(f"reconciles:               {reconciles:.0f}, mean {seconds / reconciles * 1000 if reconciles else 0:.0f} ms "
+          "wall each (tuneloop_reconcile_duration_seconds, incl. waiting for the API and the loop)")
     print(f"reconcile errors:         {result['reconcile_errors']:.0f} (tuneloop_reconcile_errors_total)")
     print(f"ERROR log records:        {logs.errors_by_logger.total()}"
           + (f" by logger {dict(logs.errors_by_logger)}" if logs.errors_by_logger else "")
@@ -350,35 +433,36 @@ def report(args: argparse.Namespace, result: dict[str, Any], logs: LogCounter, l
     for sample in logs.error_samples:
         print(f"  e.g. {sample}")
     print(f"emulator unexpected errs: {result['emulator_errors']}")
-    print(f"Jobs:                     {result['jobs']} (incl. deleted; creations {recorder.creations['Job']}, "
-          f"deleted {result['job_deletions']}, 409 AlreadyExists answers {recorder.conflicts['Job']})")
-    print(f"ConfigMaps:               {result['configmaps']} (incl. deleted; creations {recorder.creations['ConfigMap']}, "
-          f"409 AlreadyExists answers {recorder.conflicts['ConfigMap']})")
-    print(f"k8s Events posted:        {result['events']}")
+    print(f"Jobs:                     {result['jobs']} (incl. deleted; {creations.get('Job', 0)} created, "
+          f"{result['job_deletions']} deleted, {conflicts.get('Job', 0)} answered 409 AlreadyExists)")
+    print(f"ConfigMaps:               {result['configmaps']} (incl. deleted; {creations.get('ConfigMap', 0)} created, "
+          f"{conflicts.get('ConfigMap', 0)} answered 409 AlreadyExists)")
+    print(f"k8s Events:               {result['events']}")
     print(f"emulator:                 {result['requests_served']} requests served, "
           f"{result['object_versions']} object versions stored")
-    print(f"peak RSS:                 {result['rss_before']:.1f} MiB before the burst "
-          f"(current {result['rss_now_before']:.1f}), {result['rss_after_burst']:.1f} MiB when the last Job appeared, "
-          f"{peak:.1f} MiB at the end")
-    print("  (one process: the operator AND the in-memory API emulator AND the client)")
+    rss = f"{result['rss_before']:.1f} MiB before the burst, "
+    if not args.split:
+        rss += f"{result['rss_after_burst']:.1f} MiB when the last Job appeared, "
+    rss += f"{result['rss_end']:.1f} MiB at the end (current RSS {result['rss_now_end']:.1f} MiB)"
+    print(f"peak RSS (ru_maxrss):     {rss}")
+    if args.split:
+        print(f"  (the operator alone; the emulator + client child peaked at {result['cluster_rss']:.1f} MiB)")
+    else:
+        print("  (one process: the operator AND the in-memory API emulator AND the client)")
+    if result.get("tracemalloc"):
+        print(result["tracemalloc"])
     print()
     checks = {
         "p99 create->Job < 2 s": p99 < 2.0,
-        "no reconcile errors / ERROR logs": errors == 0,
-        "peak RSS < 200 MiB": peak < 200,
-        f"Jobs == ConfigMaps == {n}": result["jobs"] == n == result["configmaps"]
-        and recorder.creations["Job"] == n == recorder.creations["ConfigMap"],
-        "every FineTuneJob got its Job": len(recorder.job_stored) == n,
+        "no reconcile errors, no ERROR log records": errors == 0,
+        "peak RSS < 200 MiB": result["rss_end"] < 200,
+        f"Jobs == ConfigMaps == {n}, each created once": result["jobs"] == n == result["configmaps"]
+        and creations.get("Job") == n == creations.get("ConfigMap"),
+        "every FineTuneJob got its Job": result["jobs_seen"] == n,
     }
     for name, ok in checks.items():
         print(f"{'PASS' if ok else 'MISS'}  {name}")
     return all(checks.values())
-
-
-def version(package: str) -> str:
-    from importlib.metadata import version as metadata_version
-
-    return metadata_version(package)
 
 
 def main() -> int:
@@ -390,14 +474,22 @@ def main() -> int:
     parser.add_argument("--posting-worker-limit", type=int, default=None,
                         help="kopf settings.posting.worker_limit (default: kopf's, unlimited)")
     parser.add_argument("--interval", default="600",
-                        help="TUNELOOP_RECONCILE_INTERVAL: timers stay out of the burst (default: %(default)s)")
+                        help="TUNELOOP_RECONCILE_INTERVAL: keeps timers out of the burst (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=600, help="give up waiting for the Jobs after this (s)")
     parser.add_argument("--settle", type=float, default=30,
                         help="after the last Job, wait up to this for the status writes (s) (default: %(default)s)")
     parser.add_argument("--namespace", default="default")
+    parser.add_argument("--split", action="store_true",
+                        help="run the emulator and the client in a child process; measure the operator alone")
     parser.add_argument("--profile", type=Path, help="run under cProfile; write pstats here and print the top")
+    parser.add_argument("--tracemalloc", action="store_true", help="show where the Python memory is (slow)")
     parser.add_argument("--log-file", type=Path, help="where the operator's log goes (default: a temp file)")
+    parser.add_argument("--serve-cluster", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+
+    if args.serve_cluster:
+        asyncio.run(serve_cluster(args))
+        return 0
 
     workdir = Path(tempfile.mkdtemp(prefix="operator-scale-"))
     config = workdir / "config.yaml"
@@ -405,7 +497,7 @@ def main() -> int:
     os.environ["TUNELOOP_CONFIG"] = str(config)
     os.environ["TUNELOOP_RECONCILE_INTERVAL"] = str(args.interval)
 
-    # Log as `tuneloop operator` does (kopf.configure: root at INFO, JSON lines), into a file, and count.
+    # Log as `tuneloop operator` does (kopf.configure: root logger at INFO, JSON lines), into a file; count.
     import kopf
 
     log_file = args.log_file or workdir / "operator.log"
@@ -413,24 +505,26 @@ def main() -> int:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is sys.stderr:
             handler.setStream(open(log_file, "w"))
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # the emulator's access log is no operator cost
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # the emulator's access log: no operator cost
     logs = LogCounter()
     logging.getLogger().addHandler(logs)
+    if args.tracemalloc:
+        import tracemalloc
+
+        tracemalloc.start()
 
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()
-    result = asyncio.run(benchmark(args, workdir, logs))
+    result = asyncio.run((split if args.split else in_process)(args, workdir))
     if profiler:
         profiler.disable()
         profiler.dump_stats(args.profile)
     ok = report(args, result, logs, log_file)
     if profiler:
-        for order in ("tottime", "cumulative"):
-            text = io.StringIO()
-            pstats.Stats(profiler, stream=text).strip_dirs().sort_stats(order).print_stats(30)
-            print(f"\n--- cProfile, top 30 by {order} (whole run, incl. setup) ---")
-            print(text.getvalue().split("\n", 6)[-1] if order == "tottime" else text.getvalue())
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).strip_dirs().sort_stats("tottime").print_stats(25)
+        print(f"\n--- cProfile of this process, top 25 by own time (whole run, incl. setup) ---\n{text.getvalue()}")
     return 0 if ok else 1
 
 

@@ -186,6 +186,8 @@ def reconcile(
             progress = TrainerProgress.model_validate(workload.progress)
             status.phase = "Validating" if progress.stage == "validating-data" else stage.phase
             if progress.total_steps:
+                if not workload.message:
+                    status.message = f"{stage.phase.lower()}: step {progress.step} of {progress.total_steps}"
                 status.progress = Progress(
                     step=progress.step, total_steps=progress.total_steps, epoch=round(progress.epoch, 3),
                     loss=progress.loss, tokens_per_second=progress.tokens_per_second,
@@ -203,10 +205,11 @@ def reconcile(
     if workload.phase == "Failed" or result is None or not result.succeeded:
         reason = (result.reason if result and result.reason else f"{stage.phase}Failed")
         message = (result.message if result and result.message else workload.message) or "the workload failed"
-        decision = _fail(status, reason, message, now, generation)
-        decision.status.conditions = set_condition(decision.status.conditions, stage.done_condition, "False",
-                                                   reason, message, observed_generation=generation, now=now)
-        return decision
+        failed = _fail(status, reason, message, now, generation)
+        failed.actions[:0] = decision.actions
+        failed.status.conditions = set_condition(failed.status.conditions, stage.done_condition, "False",
+                                                 reason, message, observed_generation=generation, now=now)
+        return failed
 
     _record_result(status, result)
     status.conditions = set_condition(status.conditions, stage.done_condition, "True", "Succeeded",
