@@ -27,8 +27,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import copy
 import cProfile
+import gc
 import io
 import json
 import logging
@@ -39,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,8 +50,6 @@ sys.path.insert(0, str(REPO / "operator"))  # tuneloop, also when the package is
 
 import aiohttp  # noqa: E402
 import yaml  # noqa: E402
-
-import k8s_emulator  # noqa: E402
 
 CRDS = list(yaml.safe_load_all((REPO / "crds" / "tuneloop.dev_crds.yaml").read_text()))
 EXAMPLE = yaml.safe_load((REPO / "examples" / "cluster" / "finetunejob.yaml").read_text())
@@ -95,6 +96,32 @@ def version(package: str) -> str:
     return metadata_version(package)
 
 
+class GcTimer:
+    """Time spent in Python's cyclic garbage collector (gc.callbacks), by generation."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.collections = [0, 0, 0]
+        self._started = 0.0
+        gc.callbacks.append(self)
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds[info["generation"]] += time.perf_counter() - self._started
+            self.collections[info["generation"]] += 1
+
+    def since(self, before: tuple[list[float], list[int]]) -> str:
+        seconds = [now - then for now, then in zip(self.seconds, before[0])]
+        counts = [now - then for now, then in zip(self.collections, before[1])]
+        return (f"{sum(seconds):.2f} s in {sum(counts)} collections "
+                f"(gen2: {counts[2]} taking {seconds[2]:.2f} s)")
+
+    def mark(self) -> tuple[list[float], list[int]]:
+        return list(self.seconds), list(self.collections)
+
+
 async def loop_lag(samples: list[float], stop: asyncio.Event, period: float = 0.05) -> None:
     """How late the event loop wakes a 50 ms sleeper: a direct view of CPU saturation."""
     while not stop.is_set():
@@ -118,6 +145,8 @@ class Recorder:
         self.expected = expected
 
     def install(self) -> None:
+        import k8s_emulator
+
         emulator_cls = k8s_emulator.HardenedEmulator  # an attrs slots class: hook the class, in this process
         original_store, original_create = emulator_cls._store, emulator_cls.create_object
         recorder = self
@@ -193,7 +222,7 @@ async def create_all(url: str, token: str | None, namespace: str, count: int,
     return sent, answered, failures
 
 
-async def burst(args: argparse.Namespace, harness: k8s_emulator.Harness, recorder: Recorder) -> dict[str, Any]:
+async def burst(args: argparse.Namespace, harness: Any, recorder: Recorder) -> dict[str, Any]:
     """Create the FineTuneJobs, wait for their Jobs and statuses; what the cluster saw, as plain data."""
     cpu0, wall0 = cpu_seconds(), time.monotonic()
     sent, answered, failures = await create_all(harness.url, harness.token, args.namespace, args.jobs,
@@ -232,6 +261,8 @@ async def burst(args: argparse.Namespace, harness: k8s_emulator.Harness, recorde
 
 async def serve_cluster(args: argparse.Namespace) -> None:
     """--serve-cluster (the child of --split): emulator + client; JSON lines on stdin/stdout."""
+    import k8s_emulator
+
     recorder = Recorder(args.jobs)
     recorder.install()
     loop = asyncio.get_running_loop()
@@ -284,15 +315,27 @@ def fresh_registry() -> Any:
 
 
 def burst_settings(args: argparse.Namespace) -> Any:
-    """The harness's kopf settings, with timeouts that a burst of requests does not trip."""
-    settings = k8s_emulator.kopf_test_settings()
-    settings.watching.server_timeout = 120  # fewer watch reconnects; kopf resumes from the last resourceVersion
-    settings.watching.client_timeout = 150
+    """tests/k8s_emulator.py's kopf_test_settings(), with timeouts that a burst of requests does not trip.
+
+    Spelled out here so that --split's operator process need not import the emulator. The operator's
+    own startup handler then sets the status-based progress/diffbase storages and posting.level INFO.
+    """
+    import kopf
+
+    settings = kopf.OperatorSettings()
+    settings.watching.server_timeout = 120  # the harness: 10; kopf resumes from the last resourceVersion
+    settings.watching.client_timeout = 150  # the harness: 15
+    settings.watching.connect_timeout = 2
     settings.networking.request_timeout = 30  # the harness's 5 s is for tests with a handful of objects
-    settings.networking.error_backoffs = [0.1, 0.2, 0.5, 1, 2]
+    settings.networking.error_backoffs = [0.1, 0.2, 0.5, 1, 2]  # the harness: [0.1, 0.2, 0.5]
+    settings.queueing.exit_timeout = 1
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.queueing.worker_limit = args.worker_limit
     settings.posting.worker_limit = args.posting_worker_limit
     return settings
+
+
+GC = GcTimer()
 
 
 def metric(name: str) -> float:
@@ -301,58 +344,112 @@ def metric(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
 
 
+def write_kubeconfig(path: Path, url: str, token: str | None) -> Path:
+    """As Harness.write_kubeconfig: token auth, plain http to 127.0.0.1."""
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+        "clusters": [{"name": "emulator", "cluster": {"server": url, "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "emulator", "user": {"token": token}}],
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "emulator",
+                                                       "namespace": "default"}}],
+    }))
+    return path
+
+
+@contextlib.asynccontextmanager
+async def kopf_operator(registry: Any, settings: Any, namespace: str, timeout: float = 30) -> AsyncIterator[None]:
+    """As Harness.kopf_operator, but the operator logs in with its own login handler (KUBECONFIG)."""
+    import kopf
+
+    stop_flag, ready_flag = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(kopf.operator(registry=registry, settings=settings, standalone=True,
+                                             namespaces=[namespace], stop_flag=stop_flag, ready_flag=ready_flag))
+    try:
+        ready = asyncio.create_task(ready_flag.wait())
+        await asyncio.wait([ready, task], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if task.done():
+            task.result()
+            raise RuntimeError("The operator exited at its start.")
+        if not ready_flag.is_set():
+            raise TimeoutError(f"The operator was not ready within {timeout}s.")
+        yield
+    finally:
+        stop_flag.set()
+        await asyncio.wait_for(task, timeout)
+
+
 class Operator:
-    """Runs the operator against a harness; measures this process around the burst."""
+    """Runs the operator against the API at url; measures this process around the burst."""
 
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args, self.workdir, self.figures = args, workdir, {}
 
-    async def run(self, harness: k8s_emulator.Harness, run_burst: Any) -> dict[str, Any]:
+    async def run(self, url: str, token: str | None, run_burst: Any) -> dict[str, Any]:
         args, figures = self.args, self.figures
-        os.environ["KUBECONFIG"] = str(harness.write_kubeconfig(self.workdir / "kubeconfig"))
-        async with harness.kopf_operator(fresh_registry(), settings=burst_settings(args),
-                                         namespaces=(args.namespace,), timeout=30):
+        os.environ["KUBECONFIG"] = str(write_kubeconfig(self.workdir / "kubeconfig", url, token))
+        async with kopf_operator(fresh_registry(), burst_settings(args), args.namespace):
             await asyncio.sleep(0.5)  # let the watchers finish their initial (empty) listing
             errors0 = metric("tuneloop_reconcile_errors_total")
             seconds0 = metric("tuneloop_reconcile_duration_seconds_sum")
             count0 = metric("tuneloop_reconcile_duration_seconds_count")
             figures["rss_before"], figures["rss_now_before"] = peak_rss_mib(), current_rss_mib()
+            baseline = tracemalloc_snapshot() if args.tracemalloc else None
             lag: list[float] = []
             stop_lag = asyncio.Event()
             lag_task = asyncio.create_task(loop_lag(lag, stop_lag))
-            cpu0 = cpu_seconds()
+            cpu0, gc0 = cpu_seconds(), GC.mark()
             cluster = await run_burst()
-            figures["operator_cpu"] = cpu_seconds() - cpu0  # all of it, also when the cluster is in here too
+            figures["operator_cpu"], figures["gc"] = cpu_seconds() - cpu0, GC.since(gc0)  # all of it, also when the cluster is in here too
             stop_lag.set()
             await lag_task
             figures["lag"] = lag
             figures["reconcile_errors"] = metric("tuneloop_reconcile_errors_total") - errors0
             figures["reconciles"] = metric("tuneloop_reconcile_duration_seconds_count") - count0
             figures["reconcile_seconds"] = metric("tuneloop_reconcile_duration_seconds_sum") - seconds0
+            if args.steady:  # the timers' load once they are due: FineTuneJobs just sit in Training
+                cpu1, count1 = cpu_seconds(), metric("tuneloop_reconcile_duration_seconds_count")
+                await asyncio.sleep(args.steady)
+                figures["steady_cpu"] = cpu_seconds() - cpu1
+                figures["steady_reconciles"] = metric("tuneloop_reconcile_duration_seconds_count") - count1
+                figures["reconcile_errors"] = metric("tuneloop_reconcile_errors_total") - errors0
             figures["rss_end"], figures["rss_now_end"] = peak_rss_mib(), current_rss_mib()
-            if args.tracemalloc:
-                figures["tracemalloc"] = tracemalloc_top()
+            if baseline is not None:
+                figures["tracemalloc"] = tracemalloc_growth(baseline)
         return cluster
 
 
-def tracemalloc_top(limit: int = 15) -> str:
+def tracemalloc_snapshot() -> Any:
     import tracemalloc
 
-    snapshot = tracemalloc.take_snapshot()
-    stats = snapshot.statistics("filename")
-    total = sum(stat.size for stat in stats)
-    lines = [f"traced Python memory: {total / 2**20:.1f} MiB, by file:"]
-    for stat in stats[:limit]:
-        lines.append(f"  {stat.size / 2**20:7.1f} MiB  {stat.count:8d} blocks  {stat.traceback[0].filename}")
+    tracemalloc.reset_peak()
+    return tracemalloc.take_snapshot()
+
+
+def tracemalloc_growth(baseline: Any, limit: int = 15) -> str:
+    """The Python memory still held after the burst that was not held before it, by allocating line."""
+    import tracemalloc
+
+    current, peak = tracemalloc.get_traced_memory()
+    stats = tracemalloc.take_snapshot().compare_to(baseline, "lineno")
+    growth = sum(stat.size_diff for stat in stats)
+    lines = [f"tracemalloc: Python memory traced now {current / 2**20:.1f} MiB (peak during the burst "
+             f"{peak / 2**20:.1f} MiB); {growth / 2**20:+.1f} MiB since before the burst, by allocating line:"]
+    for stat in sorted(stats, key=lambda stat: -stat.size_diff)[:limit]:
+        frame = stat.traceback[0]
+        where = "/".join(Path(frame.filename).parts[-2:])
+        lines.append(f"  {stat.size_diff / 2**20:+7.2f} MiB {stat.count_diff:+8d} blocks  {where}:{frame.lineno}")
     return "\n".join(lines)
 
 
 async def in_process(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    import k8s_emulator
+
     recorder = Recorder(args.jobs)
     recorder.install()
     operator = Operator(args, workdir)
     async with k8s_emulator.running_emulator(CRDS, namespaces=(args.namespace,), token=TOKEN) as harness:
-        cluster = await operator.run(harness, lambda: burst(args, harness, recorder))
+        cluster = await operator.run(harness.url, harness.token, lambda: burst(args, harness, recorder))
     return {**cluster, **operator.figures}
 
 
@@ -365,7 +462,6 @@ async def split(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     assert child.stdin is not None and child.stdout is not None
     try:
         hello = json.loads(await child.stdout.readline())
-        harness = k8s_emulator.Harness(None, hello["url"], hello["token"])  # type: ignore[arg-type]
 
         async def run_burst() -> dict[str, Any]:
             child.stdin.write(b"go\n")
@@ -373,7 +469,7 @@ async def split(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             return json.loads(await child.stdout.readline())
 
         operator = Operator(args, workdir)
-        cluster = await operator.run(harness, run_burst)
+        cluster = await operator.run(hello["url"], hello["token"], run_burst)
         child.stdin.write(b"stop\n")
         await child.stdin.drain()
         await asyncio.wait_for(child.wait(), 30)
@@ -421,6 +517,7 @@ def report(args: argparse.Namespace, result: dict[str, Any], logs: LogCounter, l
     print(f"operator process CPU:     {result['operator_cpu']:.2f} s during the burst and settling"
           + (" (includes the emulator and the client)" if not args.split else
              f"; cluster process {result['cluster_cpu']:.2f} s up to the last Job"))
+    print(f"garbage collector:        {result['gc']} (operator process, same span)")
     print(f"event-loop lag:           p50 {percentile(lag, 50) * 1000:.0f} ms, p99 {percentile(lag, 99) * 1000:.0f} ms, "
           f"max {max(lag, default=0) * 1000:.0f} ms (operator's loop)")
     reconciles, seconds = result["reconciles"], result["reconcile_seconds"]
@@ -449,6 +546,11 @@ def report(args: argparse.Namespace, result: dict[str, Any], logs: LogCounter, l
         print(f"  (the operator alone; the emulator + client child peaked at {result['cluster_rss']:.1f} MiB)")
     else:
         print("  (one process: the operator AND the in-memory API emulator AND the client)")
+    if args.steady:
+        print(f"steady state:             {args.steady:.0f} s after the burst, interval {args.interval} s: "
+              f"{result['steady_reconciles']:.0f} timer reconciles ({result['steady_reconciles'] / args.steady:.1f}/s), "
+              f"operator process CPU {result['steady_cpu']:.2f} s ({100 * result['steady_cpu'] / args.steady:.0f}% "
+              "of one core" + (", incl. the emulator)" if not args.split else ")"))
     if result.get("tracemalloc"):
         print(result["tracemalloc"])
     print()
@@ -478,6 +580,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600, help="give up waiting for the Jobs after this (s)")
     parser.add_argument("--settle", type=float, default=30,
                         help="after the last Job, wait up to this for the status writes (s) (default: %(default)s)")
+    parser.add_argument("--steady", type=float, default=0,
+                        help="then keep running this long (s) and measure the timers' load (use with --interval)")
     parser.add_argument("--namespace", default="default")
     parser.add_argument("--split", action="store_true",
                         help="run the emulator and the client in a child process; measure the operator alone")
