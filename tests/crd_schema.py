@@ -4,6 +4,7 @@ OpenAPI v3 schema, evaluate the CEL rules. Used by the CRD tests and by the hard
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 import celpy
@@ -23,12 +24,16 @@ def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=None)
+def cel_program(rule: str):
+    environment = celpy.Environment()
+    return environment.program(environment.compile(rule))
+
+
 def cel_errors(schema: dict[str, Any], value: Any, path: str) -> list[str]:
     errors = []
     for rule in schema.get("x-kubernetes-validations", []):
-        environment = celpy.Environment()
-        program = environment.program(environment.compile(rule["rule"]))
-        if not bool(program.evaluate({"self": celpy.json_to_cel(value)})):
+        if not bool(cel_program(rule["rule"]).evaluate({"self": celpy.json_to_cel(value)})):
             errors.append(f"{path}: Invalid value: {rule.get('message', rule['rule'])}")
     if isinstance(value, dict):
         for name, sub in schema.get("properties", {}).items():

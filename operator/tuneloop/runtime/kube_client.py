@@ -50,9 +50,10 @@ class KubeClient:
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
             self._session = aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(ssl=context),
                                                   timeout=aiohttp.ClientTimeout(total=30))
+        session = self._session  # close() may drop the attribute while this request waits between retries
         for attempt in range(self.retries):
             try:
-                async with self._session.request(method, self.server + path, **kwargs) as response:
+                async with session.request(method, self.server + path, **kwargs) as response:
                     body = await response.json(content_type=None)
                     if response.status < 400:
                         return body
