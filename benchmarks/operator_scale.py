@@ -308,24 +308,6 @@ class LogCounter(logging.Handler):
                 + "".join(f"\n  e.g. {sample}" for sample in self.error_samples[phase]))
 
 
-def fresh_registry() -> Any:
-    """A kopf registry holding the operator's real handlers (the interval is read from the env at import)."""
-    import importlib
-
-    import kopf
-
-    fresh, previous = kopf.OperatorRegistry(), kopf.get_default_registry()
-    kopf.set_default_registry(fresh)
-    try:
-        if "tuneloop.handlers" in sys.modules:
-            importlib.reload(sys.modules["tuneloop.handlers"])
-        else:
-            importlib.import_module("tuneloop.handlers")
-    finally:
-        kopf.set_default_registry(previous)
-    return fresh
-
-
 def burst_settings(args: argparse.Namespace) -> Any:
     """tests/k8s_emulator.py's kopf_test_settings(), with timeouts that a burst of requests does not trip.
 
@@ -399,9 +381,11 @@ class Operator:
         self.args, self.workdir, self.figures = args, workdir, {}
 
     async def run(self, url: str, token: str | None, run_burst: Any) -> dict[str, Any]:
+        from k8s_emulator import handlers_registry
+
         args, figures = self.args, self.figures
         os.environ["KUBECONFIG"] = str(write_kubeconfig(self.workdir / "kubeconfig", url, token))
-        async with kopf_operator(fresh_registry(), burst_settings(args), args.namespace):
+        async with kopf_operator(handlers_registry("tuneloop.handlers"), burst_settings(args), args.namespace):
             await asyncio.sleep(0.5)  # let the watchers finish their initial (empty) listing
             errors0 = metric("tuneloop_reconcile_errors_total")
             seconds0 = metric("tuneloop_reconcile_duration_seconds_sum")

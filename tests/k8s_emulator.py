@@ -624,6 +624,24 @@ class Harness:
             await asyncio.wait_for(task, timeout)
 
 
+def handlers_registry(module: str) -> Any:
+    """A fresh kopf registry holding the handlers a module registers at import (it is (re)imported into it)."""
+    import importlib
+    import sys
+
+    import kopf
+    fresh, previous = kopf.OperatorRegistry(), kopf.get_default_registry()
+    kopf.set_default_registry(fresh)
+    try:
+        if module in sys.modules:
+            importlib.reload(sys.modules[module])
+        else:
+            importlib.import_module(module)
+    finally:
+        kopf.set_default_registry(previous)
+    return fresh
+
+
 def kopf_test_settings() -> Any:
     """kopf settings that suit tests: short timeouts and backoffs, server-side watch timeouts."""
     import kopf

@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from k8s_emulator import running_emulator
+from k8s_emulator import handlers_registry, running_emulator
 
 REPO = Path(__file__).resolve().parents[1]
 CRDS = list(yaml.safe_load_all((REPO / "crds" / "tuneloop.dev_crds.yaml").read_text()))
@@ -33,29 +33,9 @@ def operator_env(tmp_path, monkeypatch):
     return tmp_path
 
 
-def registry():
-    import importlib
-    import sys
-
-    import kopf
-
-    # A fresh registry per test with the operator's real handlers (the interval comes from the env).
-    fresh = kopf.OperatorRegistry()
-    previous = kopf.get_default_registry()
-    kopf.set_default_registry(fresh)
-    try:
-        if "tuneloop.handlers" in sys.modules:
-            importlib.reload(sys.modules["tuneloop.handlers"])
-        else:
-            importlib.import_module("tuneloop.handlers")
-    finally:
-        kopf.set_default_registry(previous)
-    return fresh
-
-
 async def run_operator(harness, body, *, kubeconfig_dir: Path):
     os.environ["KUBECONFIG"] = str(harness.write_kubeconfig(kubeconfig_dir / "kubeconfig"))
-    async with harness.kopf_operator(registry()):
+    async with harness.kopf_operator(handlers_registry("tuneloop.handlers")):
         await body()
 
 
