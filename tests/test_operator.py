@@ -39,15 +39,30 @@ async def run_operator(harness, body, *, kubeconfig_dir: Path):
         await body()
 
 
-def finish_pod(harness, result: dict, *, exit_code: int = 0, reason: str = "Completed") -> None:
+def terminated_pod(harness, name: str, terminated: dict) -> None:
+    """Play the kubelet: a trainer pod of the workload that ended as `terminated` says."""
     harness.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
-        "name": f"{WORKLOAD}-x1", "namespace": "default",
-        "labels": {"tuneloop.dev/workload": WORKLOAD, "job-name": WORKLOAD}},
+        "name": name, "namespace": "default", "labels": {"tuneloop.dev/workload": WORKLOAD, "job-name": WORKLOAD}},
         "spec": {"containers": [{"name": "trainer", "image": "trainer"}]}})
-    harness.patch_status(POD, "default", f"{WORKLOAD}-x1", {"phase": "Succeeded" if exit_code == 0 else "Failed",
+    harness.patch_status(POD, "default", name, {
+        "phase": "Succeeded" if terminated["exitCode"] == 0 else "Failed",
         "containerStatuses": [{"name": "trainer", "ready": False, "restartCount": 0, "image": "trainer",
-                               "imageID": "", "state": {"terminated": {
-                                   "exitCode": exit_code, "reason": reason, "message": json.dumps(result)}}}]})
+                               "imageID": "", "state": {"terminated": terminated}}]})
+
+
+def finish_job(harness, result: dict) -> None:
+    """Play the kubelet and the Job controller: the trainer wrote its result and the Job completed."""
+    terminated_pod(harness, f"{WORKLOAD}-x1", {"exitCode": 0, "reason": "Completed", "message": json.dumps(result)})
+    harness.patch_status(JOB, "default", WORKLOAD, {"succeeded": 1, "conditions": [
+        {"type": "Complete", "status": "True", "lastTransitionTime": "2026-11-23T10:00:00Z"}]})
+
+
+async def job_in_phase(harness, phase: str) -> dict:
+    """Wait until the example FineTuneJob reaches `phase`; return it."""
+    def current():
+        ftj = harness.get(FTJ, "default", "acme-tickets") or {}
+        return ftj if ftj.get("status", {}).get("phase") == phase else None
+    return await harness.wait_for(current)
 
 
 RESULT = {"succeeded": True, "steps": 68, "holdOutLossBefore": 4.08, "holdOutLossAfter": 0.05, "trainLoss": 0.05,
@@ -63,9 +78,7 @@ def test_applying_the_example_creates_one_configmap_and_one_job_and_success_flow
             async def body():
                 harness.create(EXAMPLE)
                 job = await harness.wait_for(lambda: harness.get(JOB, "default", WORKLOAD))
-                ftj = await harness.wait_for(lambda: (harness.get(FTJ, "default", "acme-tickets") or {})
-                                             .get("status", {}).get("phase") == "Training" and
-                                             harness.get(FTJ, "default", "acme-tickets"))
+                ftj = await job_in_phase(harness, "Training")
                 assert ftj["status"]["conditions"][0]["type"] == "SpecValid"
                 kubernetes_validate.validate(job, "1.33.0", strict=True)
                 configmap = harness.get(CONFIGMAP, "default", WORKLOAD)
@@ -73,12 +86,8 @@ def test_applying_the_example_creates_one_configmap_and_one_job_and_success_flow
                 assert json.loads(configmap["data"]["workload.json"])["modelPath"] == "/mnt/pvc/models/smollm2-135m-instruct"
                 assert job["metadata"]["ownerReferences"][0]["uid"] == ftj["metadata"]["uid"]
 
-                finish_pod(harness, RESULT)
-                harness.patch_status(JOB, "default", WORKLOAD, {"succeeded": 1, "conditions": [
-                    {"type": "Complete", "status": "True", "lastTransitionTime": "2026-11-23T10:00:00Z"}]})
-                done = await harness.wait_for(lambda: (harness.get(FTJ, "default", "acme-tickets") or {})
-                                              .get("status", {}).get("phase") == "Succeeded" and
-                                              harness.get(FTJ, "default", "acme-tickets"))
+                finish_job(harness, RESULT)
+                done = await job_in_phase(harness, "Succeeded")
                 assert done["status"]["training"]["adapterUri"] == "pvc://adapters/acme-tickets/adapter"
                 assert done["status"]["training"]["holdOutLossAfter"] == 0.05
                 await asyncio.sleep(1.5)  # a few more timer periods: nothing more may happen
@@ -102,9 +111,7 @@ def test_a_spec_the_cluster_cannot_run_fails_with_invalid_spec_and_launches_noth
         async with running_emulator(CRDS) as harness:
             async def body():
                 harness.create(manifest)
-                failed = await harness.wait_for(lambda: (harness.get(FTJ, "default", "acme-tickets") or {})
-                                                .get("status", {}).get("phase") == "Failed" and
-                                                harness.get(FTJ, "default", "acme-tickets"))
+                failed = await job_in_phase(harness, "Failed")
                 condition = next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")
                 assert condition["reason"] == "InvalidSpec"
                 assert "spec.baseModel.name: 'llama-70b' is not in the model catalog" in condition["message"]
@@ -122,19 +129,12 @@ def test_a_pod_killed_for_memory_fails_the_job_with_that_reason(operator_env):
             async def body():
                 harness.create(EXAMPLE)
                 await harness.wait_for(lambda: harness.get(JOB, "default", WORKLOAD))
-                harness.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
-                    "name": f"{WORKLOAD}-oom", "namespace": "default", "labels": {"tuneloop.dev/workload": WORKLOAD}},
-                    "spec": {"containers": [{"name": "trainer", "image": "trainer"}]}})
-                harness.patch_status(POD, "default", f"{WORKLOAD}-oom", {"phase": "Failed", "containerStatuses": [
-                    {"name": "trainer", "ready": False, "restartCount": 0, "image": "t", "imageID": "",
-                     "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]})
+                terminated_pod(harness, f"{WORKLOAD}-oom", {"exitCode": 137, "reason": "OOMKilled"})
                 harness.patch_status(JOB, "default", WORKLOAD, {"failed": 4, "conditions": [
                     {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
                      "message": "Job has reached the specified backoff limit",
                      "lastTransitionTime": "2026-11-23T10:00:00Z"}]})
-                failed = await harness.wait_for(lambda: (harness.get(FTJ, "default", "acme-tickets") or {})
-                                                .get("status", {}).get("phase") == "Failed" and
-                                                harness.get(FTJ, "default", "acme-tickets"))
+                failed = await job_in_phase(harness, "Failed")
                 assert "OOMKilled (exit code 137)" in failed["status"]["message"]
                 assert "BackoffLimitExceeded" in failed["status"]["message"]
 
@@ -152,11 +152,8 @@ def test_an_operator_restarted_mid_training_creates_nothing_twice(operator_env):
 
             async def second():
                 await asyncio.sleep(1.5)  # resume handlers and timers run against the existing objects
-                finish_pod(harness, RESULT)
-                harness.patch_status(JOB, "default", WORKLOAD, {"succeeded": 1, "conditions": [
-                    {"type": "Complete", "status": "True", "lastTransitionTime": "2026-11-23T10:00:00Z"}]})
-                await harness.wait_for(lambda: (harness.get(FTJ, "default", "acme-tickets") or {})
-                                       .get("status", {}).get("phase") == "Succeeded")
+                finish_job(harness, RESULT)
+                await job_in_phase(harness, "Succeeded")
 
             await run_operator(harness, first, kubeconfig_dir=operator_env)
             await run_operator(harness, second, kubeconfig_dir=operator_env)

@@ -35,20 +35,20 @@ def init_world() -> World:
     return World(rank=dist.get_rank(), size=dist.get_world_size())
 
 
-def sum_int(world: World, value: int, device: torch.device) -> int:
+def _sum(world: World, value: float, dtype: torch.dtype, device: torch.device) -> float:
     if world.size == 1:
         return value
-    tensor = torch.tensor([value], dtype=torch.long, device=device)
+    tensor = torch.tensor([value], dtype=dtype, device=device)
     dist.all_reduce(tensor)
-    return int(tensor.item())
+    return tensor.item()
+
+
+def sum_int(world: World, value: int, device: torch.device) -> int:
+    return int(_sum(world, value, torch.long, device))
 
 
 def sum_float(world: World, value: float, device: torch.device) -> float:
-    if world.size == 1:
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return float(tensor.item())
+    return float(_sum(world, value, torch.float64, device))
 
 
 def sum_gradients(world: World, params: list[torch.nn.Parameter]) -> None:
