@@ -61,7 +61,8 @@ def test_live_progress_comes_from_the_trainers_mlflow_run(tmp_path):
     run = client.create_run(client.create_experiment("tuneloop"), run_name="ml/support-bot")
     client.log_batch(run.info.run_id, params=[Param("total_steps", "100")], metrics=[
         Metric("loss", loss, 0, step) for step, loss in ((1, 2.0), (2, 1.5), (25, 0.7))
-    ] + [Metric("tokens_per_second", 900.0, 0, 25), Metric("epoch", 0.75, 0, 25)])
+    ] + [Metric("step", float(step), 0, step) for step in (1, 2, 25)]
+      + [Metric("tokens_per_second", 900.0, 0, 25), Metric("epoch", 0.75, 0, 25)])
 
     progress = mlflow_progress(uri, "tuneloop", "ml/support-bot")
 

@@ -204,6 +204,7 @@ def test_metrics_and_parameters_reach_a_real_mlflow(tiny_model_dir, dataset, tmp
     losses = client.get_metric_history(result.mlflow_run_id, "loss")
     assert [m.step for m in sorted(losses, key=lambda m: m.step)] == list(range(1, result.steps + 1))
     assert {"learning_rate", "tokens_per_second", "hold_out_loss_final"} <= set(run.data.metrics)
+    assert run.data.metrics["step"] == result.steps  # what the operator reads for live progress
 
 
 def test_unreachable_mlflow_does_not_stop_training(tiny_model_dir, dataset, tmp_path):

@@ -14,7 +14,7 @@ log = logging.getLogger("tuneloop_trainer")
 
 
 class MetricsLogger:
-    """`log(step, **metrics)` only queues; a thread sends batches every `flush_seconds`.
+    """`log(at_step, **metrics)` only queues; a thread sends batches every `flush_seconds`.
 
     An MLflow that cannot be reached costs a warning, never the training run.
     """
@@ -48,12 +48,12 @@ class MetricsLogger:
         self._thread = threading.Thread(target=self._run, name="mlflow-logger", daemon=True)
         self._thread.start()
 
-    def log(self, step: int, **metrics: float | None) -> None:
+    def log(self, at_step: int, /, **metrics: float | None) -> None:
         if self._client is not None:
             timestamp = int(time.time() * 1000)
             for key, value in metrics.items():
                 if value is not None:
-                    self._queue.put((key, float(value), timestamp, step))
+                    self._queue.put((key, float(value), timestamp, at_step))
 
     def _send(self) -> None:
         from mlflow.entities import Metric

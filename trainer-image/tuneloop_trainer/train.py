@@ -340,7 +340,7 @@ class Training:
                         loss=step_loss, tokens_per_second=speed,
                         eta_seconds=elapsed / (state.step - step_at_start) * (total_steps - state.step),
                     ))
-                    metrics.log(state.step, loss=step_loss, learning_rate=scheduler.get_last_lr()[0],
+                    metrics.log(state.step, step=state.step, loss=step_loss, learning_rate=scheduler.get_last_lr()[0],
                                 tokens_per_second=speed, epoch=state.step / per_epoch)
 
                     if training.early_stopping.enabled and state.step % training.early_stopping.eval_every_steps == 0:

@@ -31,7 +31,7 @@ def mlflow_progress(tracking_uri: str, experiment: str, run_name: str) -> dict[s
         return None
     run = runs[0]
     metrics, params = run.data.metrics, run.data.params
-    step = int(client.get_metric_history(run.info.run_id, "loss")[-1].step) if "loss" in metrics else 0
+    step = int(metrics.get("step", 0))  # the trainer logs its step as a metric: no history to fetch
     total = int(params.get("total_steps", 0))
     elapsed = time.time() - run.info.start_time / 1000
     return {
