@@ -19,6 +19,10 @@ CONFIG = OperatorConfig.model_validate({
     "mlflowTrackingUri": "http://mlflow.tuneloop:5000",
     "imagePullSecrets": ["registry-creds"],
 })
+S3_CONFIG = CONFIG.model_copy(update={
+    "catalog": {"llama-3.1-8b": "s3://models/llama-3.1-8b"},
+    "s3_secret_name": "minio-credentials", "s3_endpoint": "http://minio.storage:9000", "inputs_size": "40Gi",
+})
 
 
 def job(**resources):
@@ -113,12 +117,92 @@ def test_several_nodes_run_an_indexed_job_with_a_rendezvous_service():
 
 def test_storage_that_cannot_be_mounted_is_refused_with_the_field_named():
     manifest = job().to_wire()
-    manifest["spec"]["dataset"]["uri"] = "s3://bucket/train.jsonl"
-    with pytest.raises(UnsupportedStorage, match="s3 storage"):
+    manifest["spec"]["output"]["uri"] = "s3://bucket/adapters"
+    with pytest.raises(UnsupportedStorage, match="the output must be a pvc:// folder .* s3:// serves inputs only"):
         training_objects(parse_manifest(manifest), "t", CONFIG)
     manifest = job().to_wire()
     manifest["spec"]["baseModel"] = {"name": "mistral-7b"}
     with pytest.raises(UnsupportedStorage, match="spec.baseModel.name: 'mistral-7b' is not in the cluster's"):
+        training_objects(parse_manifest(manifest), "t", CONFIG)
+
+
+def s3_job(**resources):
+    manifest = job(**resources).to_wire()
+    manifest["spec"]["dataset"] = {"uri": "s3://datasets/support/train.jsonl",
+                                   "replay": {"uri": "s3://datasets/general/replay.parquet"}}
+    return parse_manifest(manifest)
+
+
+@pytest.mark.parametrize("resources", [{}, {"gpus": 8, "nodes": 2}])
+def test_s3_inputs_validate_against_the_kubernetes_schemas(resources):
+    for obj in training_objects(s3_job(**resources), "support-bot-train", S3_CONFIG):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_s3_inputs_are_fetched_by_init_containers_before_the_trainer():
+    objects = by_kind(training_objects(s3_job(), "support-bot-train", S3_CONFIG))
+    workload = json.loads(objects["ConfigMap"]["data"]["workload.json"])
+    assert workload["modelPath"] == "/inputs/model"
+    assert workload["datasetPath"] == "/inputs/dataset/train.jsonl"
+    assert workload["dataset"]["replay"]["uri"] == "s3://datasets/general/replay.parquet"
+    assert workload["replayPath"] == "/inputs/replay/replay.parquet"
+    assert workload["outputDir"] == "/mnt/pvc/adapters/support-bot"
+
+    job_spec = objects["Job"]["spec"]
+    pod = job_spec["template"]["spec"]
+    fetches = {container["name"]: container for container in pod["initContainers"]}
+    assert list(fetches) == ["fetch-model", "fetch-dataset", "fetch-replay"]
+    assert fetches["fetch-model"]["command"] == [
+        "python", "-m", "tuneloop_trainer.fetch", "s3://models/llama-3.1-8b", "/inputs/model"]
+    assert fetches["fetch-dataset"]["command"][-2:] == ["s3://datasets/support/train.jsonl", "/inputs/dataset"]
+    for fetch in fetches.values():
+        assert fetch["image"] == pod["containers"][0]["image"]
+        assert fetch["securityContext"] == pod["containers"][0]["securityContext"]
+        assert "nvidia.com/gpu" not in fetch["resources"]["limits"]
+        assert fetch["volumeMounts"] == [{"name": "inputs", "mountPath": "/inputs"}]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["inputs"] == {"name": "inputs", "emptyDir": {"sizeLimit": "40Gi"}}
+    trainer_mounts = {mount["name"]: mount for mount in pod["containers"][0]["volumeMounts"]}
+    assert trainer_mounts["inputs"] == {"name": "inputs", "mountPath": "/inputs", "readOnly": True}
+    assert "pvc-models" not in volumes and "pvc-datasets" not in volumes
+    failing_fast = [rule["onExitCodes"]["containerName"] for rule in job_spec["podFailurePolicy"]["rules"]
+                    if rule["action"] == "FailJob"]
+    assert failing_fast == ["trainer", "fetch-model", "fetch-dataset", "fetch-replay"]
+
+
+def test_s3_credentials_come_from_the_secret_by_reference_only():
+    pod = by_kind(training_objects(s3_job(), "t", S3_CONFIG))["Job"]["spec"]["template"]["spec"]
+    env = {item["name"]: item for item in pod["initContainers"][0]["env"]}
+    assert env["AWS_ACCESS_KEY_ID"] == {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {
+        "name": "minio-credentials", "key": "AWS_ACCESS_KEY_ID"}}}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "minio-credentials", "key": "AWS_SECRET_ACCESS_KEY"}
+    assert env["AWS_ENDPOINT_URL"] == {"name": "AWS_ENDPOINT_URL", "value": "http://minio.storage:9000"}
+    trainer_env = {item["name"] for item in pod["containers"][0]["env"]}
+    assert not trainer_env & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}  # only the fetch holds them
+
+    renamed_keys = S3_CONFIG.model_copy(update={"s3_access_key_id_key": "accesskey",
+                                                "s3_secret_access_key_key": "secretkey"})
+    pod = by_kind(training_objects(s3_job(), "t", renamed_keys))["Job"]["spec"]["template"]["spec"]
+    keys = [item["valueFrom"]["secretKeyRef"]["key"] for item in pod["initContainers"][0]["env"] if "valueFrom" in item]
+    assert keys == ["accesskey", "secretkey"]
+
+
+def test_s3_inputs_without_a_secret_use_the_pods_own_identity():
+    ambient = S3_CONFIG.model_copy(update={"s3_secret_name": None, "s3_endpoint": None})
+    pod = by_kind(training_objects(s3_job(), "t", ambient))["Job"]["spec"]["template"]["spec"]
+    assert all(container["env"] == [] for container in pod["initContainers"])
+
+
+def test_pvc_inputs_need_no_init_containers():
+    pod = by_kind(training_objects(job(), "t", CONFIG))["Job"]["spec"]["template"]["spec"]
+    assert "initContainers" not in pod and "inputs" not in {volume["name"] for volume in pod["volumes"]}
+
+
+def test_an_s3_dataset_must_name_one_object():
+    manifest = job().to_wire()
+    manifest["spec"]["dataset"]["uri"] = "s3://datasets/support/"
+    with pytest.raises(UnsupportedStorage, match="names a folder; the dataset must be one object"):
         training_objects(parse_manifest(manifest), "t", CONFIG)
 
 

@@ -27,7 +27,8 @@ WORKLOAD = "acme-tickets-train"
 @pytest.fixture
 def operator_env(tmp_path, monkeypatch):
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"catalog": {"smollm2-135m-instruct": "pvc://models/smollm2-135m-instruct"}}))
+    config.write_text(yaml.safe_dump({"catalog": {"smollm2-135m-instruct": "pvc://models/smollm2-135m-instruct"},
+                                      "mlflowTrackingUri": f"sqlite:///{tmp_path / 'mlflow.db'}"}))
     monkeypatch.setenv("TUNELOOP_CONFIG", str(config))
     monkeypatch.setenv("TUNELOOP_RECONCILE_INTERVAL", "0.5")
     return tmp_path
@@ -39,22 +40,33 @@ async def run_operator(harness, body, *, kubeconfig_dir: Path):
         await body()
 
 
-def terminated_pod(harness, name: str, terminated: dict) -> None:
-    """Play the kubelet: a trainer pod of the workload that ended as `terminated` says."""
+def terminated_pod(harness, name: str, terminated: dict, workload: str = WORKLOAD) -> None:
+    """Play the kubelet: a pod of the workload whose main container ended as `terminated` says."""
+    container = harness.get(JOB, "default", workload)["spec"]["template"]["spec"]["containers"][0]["name"]
     harness.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
-        "name": name, "namespace": "default", "labels": {"tuneloop.dev/workload": WORKLOAD, "job-name": WORKLOAD}},
-        "spec": {"containers": [{"name": "trainer", "image": "trainer"}]}})
+        "name": name, "namespace": "default", "labels": {"tuneloop.dev/workload": workload, "job-name": workload}},
+        "spec": {"containers": [{"name": container, "image": "image"}]}})
     harness.patch_status(POD, "default", name, {
         "phase": "Succeeded" if terminated["exitCode"] == 0 else "Failed",
-        "containerStatuses": [{"name": "trainer", "ready": False, "restartCount": 0, "image": "trainer",
+        "containerStatuses": [{"name": container, "ready": False, "restartCount": 0, "image": "image",
                                "imageID": "", "state": {"terminated": terminated}}]})
 
 
-def finish_job(harness, result: dict) -> None:
-    """Play the kubelet and the Job controller: the trainer wrote its result and the Job completed."""
-    terminated_pod(harness, f"{WORKLOAD}-x1", {"exitCode": 0, "reason": "Completed", "message": json.dumps(result)})
-    harness.patch_status(JOB, "default", WORKLOAD, {"succeeded": 1, "conditions": [
+def finish_job(harness, result: dict, workload: str = WORKLOAD) -> None:
+    """Play the kubelet and the Job controller: the workload wrote its result and the Job completed."""
+    terminated_pod(harness, f"{workload}-x1", {"exitCode": 0, "reason": "Completed", "message": json.dumps(result)},
+                   workload)
+    harness.patch_status(JOB, "default", workload, {"succeeded": 1, "conditions": [
         {"type": "Complete", "status": "True", "lastTransitionTime": "2026-11-23T10:00:00Z"}]})
+
+
+def fail_job(harness, result: dict, workload: str) -> None:
+    """The workload exited 1 with its result: the pod failure policy fails the Job at once."""
+    terminated_pod(harness, f"{workload}-x1", {"exitCode": 1, "reason": "Error", "message": json.dumps(result)},
+                   workload)
+    harness.patch_status(JOB, "default", workload, {"failed": 1, "conditions": [
+        {"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": "exit code 1",
+         "lastTransitionTime": "2026-11-23T10:00:00Z"}]})
 
 
 async def job_in_phase(harness, phase: str) -> dict:
@@ -72,7 +84,112 @@ RESULT = {"succeeded": True, "steps": 68, "holdOutLossBefore": 4.08, "holdOutLos
                       "format": "alpaca", "sha256": "ab" * 32}}
 
 
-def test_applying_the_example_creates_one_configmap_and_one_job_and_success_flows_back(operator_env):
+SCORE = {"value": 0.6, "low": 0.43, "high": 0.77}
+EVALUATED = {"succeeded": True, "baseline": "base", "judge": {"configured": False},
+             "recordsPath": "/mnt/pvc/adapters/acme-tickets/evaluation/evaluation-records.jsonl",
+             "holdOut": {"examples": 30, "candidate": {"exactMatch": SCORE},
+                         "baseline": {"exactMatch": {"value": 0.0, "low": 0.0, "high": 0.0}},
+                         "difference": {"exactMatch": SCORE}}}
+REGISTERED = {"succeeded": True, "modelName": "acme-tickets", "version": "1", "uri": "models:/acme-tickets/1",
+              "aliases": ["challenger", "champion"], "runId": "r1"}
+
+
+def validated(obj: dict) -> dict:
+    kubernetes_validate.validate(obj, "1.33.0", strict=True)
+    return obj
+
+
+def test_the_example_runs_through_training_evaluation_and_registration(operator_env):
+    async def scenario():
+        async with running_emulator(CRDS) as harness:
+            async def body():
+                harness.create(EXAMPLE)
+                finish_job(harness, RESULT, await job_named(harness, WORKLOAD))
+                evaluate = validated(await harness.wait_for(lambda: harness.get(JOB, "default", "acme-tickets-evaluate")))
+                await job_in_phase(harness, "Evaluating")
+                pod = evaluate["spec"]["template"]["spec"]
+                assert pod["containers"][0]["command"][:3] == ["python", "-m", "tuneloop_evaluator"]
+                spec = json.loads(validated(harness.get(CONFIGMAP, "default", "acme-tickets-evaluate"))
+                                  ["data"]["workload.json"])
+                assert spec["adapterPath"] == "/mnt/pvc/adapters/acme-tickets/adapter"
+                assert spec["holdOutPath"] == "/mnt/pvc/adapters/acme-tickets/hold-out.jsonl"
+
+                finish_job(harness, EVALUATED, "acme-tickets-evaluate")
+                register = validated(await harness.wait_for(lambda: harness.get(JOB, "default", "acme-tickets-register")))
+                assert "nvidia.com/gpu" not in register["spec"]["template"]["spec"]["containers"][0]["resources"].get(
+                    "limits", {})
+                spec = json.loads(harness.get(CONFIGMAP, "default", "acme-tickets-register")["data"]["workload.json"])
+                assert spec["setChampion"] and spec["tags"]["tuneloop.dev/gate"] == "passed"
+                assert spec["jobUid"] == harness.get(FTJ, "default", "acme-tickets")["metadata"]["uid"]
+
+                finish_job(harness, REGISTERED, "acme-tickets-register")
+                done = await job_in_phase(harness, "Succeeded")
+                assert done["status"]["evaluation"]["score"] == 0.6
+                assert done["status"]["evaluation"]["gate"]["passed"] is True
+                assert done["status"]["registry"]["uri"] == "models:/acme-tickets/1"
+                await asyncio.sleep(1.0)
+
+            await run_operator(harness, body, kubeconfig_dir=operator_env)
+            assert len(harness.list_objects(JOB, include_deleted=True)) == 3
+            reasons = {e.get("reason") for e in harness.list_objects(("v1", "Event"), "default")}
+            assert {"Trained", "GatePassed", "Evaluated", "Registered", "Succeeded"} <= reasons
+
+    asyncio.run(scenario())
+
+
+def test_an_unreachable_registry_is_retried_with_a_new_job_and_nothing_is_lost(operator_env):
+    async def scenario():
+        async with running_emulator(CRDS) as harness:
+            async def body():
+                harness.create(EXAMPLE)
+                finish_job(harness, RESULT, await job_named(harness, WORKLOAD))
+                finish_job(harness, EVALUATED, await job_named(harness, "acme-tickets-evaluate"))
+                first = await job_named(harness, "acme-tickets-register")
+                uid = harness.get(JOB, "default", first)["metadata"]["uid"]
+                fail_job(harness, {"succeeded": False, "reason": "RegistryUnavailable",
+                                   "message": "MLflow at http://mlflow:5000 unreachable for 120 s"}, first)
+                retry = await harness.wait_for(lambda: (job := harness.get(JOB, "default", first))
+                                               and job["metadata"]["uid"] != uid and job)
+                ftj = harness.get(FTJ, "default", "acme-tickets")
+                condition = next(c for c in ftj["status"]["conditions"] if c["type"] == "RegistryUnavailable")
+                assert condition["status"] == "True" and "unreachable" in condition["message"]
+                assert "conditions" not in retry.get("status", {})
+                harness.delete(POD, "default", f"{first}-x1")  # the garbage collector follows the old Job
+                finish_job(harness, REGISTERED, first)
+                await job_in_phase(harness, "Succeeded")
+
+            await run_operator(harness, body, kubeconfig_dir=operator_env)
+
+    asyncio.run(scenario())
+
+
+def test_an_unavailable_judge_fails_the_job_with_that_reason(operator_env):
+    async def scenario():
+        async with running_emulator(CRDS) as harness:
+            async def body():
+                harness.create(EXAMPLE)
+                finish_job(harness, RESULT, await job_named(harness, WORKLOAD))
+                fail_job(harness, {"succeeded": False, "reason": "JudgeUnavailable",
+                                   "message": "judge at http://judge:8000/v1 unreachable after 4 retries"},
+                         await job_named(harness, "acme-tickets-evaluate"))
+                failed = await job_in_phase(harness, "Failed")
+                condition = next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")
+                assert condition["reason"] == "JudgeUnavailable"
+                assert "unreachable after 4 retries" in condition["message"]
+
+            await run_operator(harness, body, kubeconfig_dir=operator_env)
+            assert harness.get(JOB, "default", "acme-tickets-register") is None
+
+    asyncio.run(scenario())
+
+
+async def job_named(harness, name: str) -> str:
+    """Wait until the operator has created the Job; return its name."""
+    await harness.wait_for(lambda: harness.get(JOB, "default", name))
+    return name
+
+
+def test_applying_the_example_creates_one_configmap_and_one_job_and_results_flow_back(operator_env):
     async def scenario():
         async with running_emulator(CRDS) as harness:
             async def body():
@@ -87,18 +204,18 @@ def test_applying_the_example_creates_one_configmap_and_one_job_and_success_flow
                 assert job["metadata"]["ownerReferences"][0]["uid"] == ftj["metadata"]["uid"]
 
                 finish_job(harness, RESULT)
-                done = await job_in_phase(harness, "Succeeded")
+                done = await job_in_phase(harness, "Evaluating")
                 assert done["status"]["training"]["adapterUri"] == "pvc://adapters/acme-tickets/adapter"
                 assert done["status"]["training"]["holdOutLossAfter"] == 0.05
                 await asyncio.sleep(1.5)  # a few more timer periods: nothing more may happen
 
             await run_operator(harness, body, kubeconfig_dir=operator_env)
-            assert len(harness.list_objects(JOB, include_deleted=True)) == 1
+            assert len(harness.list_objects(JOB, include_deleted=True, label_selector="tuneloop.dev/stage=train")) == 1
             assert len(harness.list_objects(CONFIGMAP, "default", include_deleted=True,
-                                            label_selector="app.kubernetes.io/managed-by=tuneloop")) == 1
+                                            label_selector="tuneloop.dev/stage=train")) == 1
             assert None not in harness.history(JOB, "default", WORKLOAD)  # never deleted and re-created
             reasons = {e.get("reason") for e in harness.list_objects(("v1", "Event"), "default")}
-            assert {"TrainingStarted", "Trained", "Succeeded"} <= reasons
+            assert {"TrainingStarted", "Trained", "EvaluatingStarted"} <= reasons
 
     asyncio.run(scenario())
 
@@ -143,23 +260,60 @@ def test_a_pod_killed_for_memory_fails_the_job_with_that_reason(operator_env):
     asyncio.run(scenario())
 
 
-def test_an_operator_restarted_mid_training_creates_nothing_twice(operator_env):
+def test_an_operator_restarted_in_every_phase_creates_nothing_twice(operator_env):
+    """Stop the operator in Training, Evaluating and Registering and start a new one each time."""
+    stages = ("train", "evaluate", "register")
+    results = {"train": RESULT, "evaluate": EVALUATED, "register": REGISTERED}
+
     async def scenario():
         async with running_emulator(CRDS) as harness:
-            async def first():
+            async def start():
                 harness.create(EXAMPLE)
-                await harness.wait_for(lambda: harness.get(JOB, "default", WORKLOAD))
+                await job_named(harness, WORKLOAD)
 
-            async def second():
-                await asyncio.sleep(1.5)  # resume handlers and timers run against the existing objects
-                finish_job(harness, RESULT)
-                await job_in_phase(harness, "Succeeded")
+            def finish(stage: str, then: str | None):
+                async def body():
+                    await asyncio.sleep(1.0)  # resume handlers and timers run against the existing objects
+                    finish_job(harness, results[stage], f"acme-tickets-{stage}")
+                    if then:
+                        await job_named(harness, f"acme-tickets-{then}")
+                    else:
+                        await job_in_phase(harness, "Succeeded")
+                return body
 
-            await run_operator(harness, first, kubeconfig_dir=operator_env)
-            await run_operator(harness, second, kubeconfig_dir=operator_env)
+            await run_operator(harness, start, kubeconfig_dir=operator_env)
+            for stage, then in zip(stages, (*stages[1:], None)):
+                await run_operator(harness, finish(stage, then), kubeconfig_dir=operator_env)
+            for stage in stages:
+                selector = f"tuneloop.dev/stage={stage}"
+                assert len(harness.list_objects(JOB, include_deleted=True, label_selector=selector)) == 1
+                assert len(harness.list_objects(CONFIGMAP, "default", include_deleted=True,
+                                                label_selector=selector)) == 1
+
+    asyncio.run(scenario())
+
+
+def test_an_operator_killed_between_the_configmap_and_the_job_finishes_the_launch(operator_env):
+    """Status is written last: a crash after the ConfigMap leaves the job Pending with its ConfigMap."""
+    from tuneloop.api.finetunejob import FineTuneJob
+    from tuneloop.config import load_config
+    from tuneloop.runtime.manifests import training_objects
+
+    async def scenario():
+        async with running_emulator(CRDS) as harness:
+            ftj = harness.create(EXAMPLE)
+            configmap = training_objects(FineTuneJob.model_validate(ftj), WORKLOAD, load_config())[0]
+            left_behind = harness.create(configmap)
+
+            async def body():
+                await job_named(harness, WORKLOAD)
+                await job_in_phase(harness, "Training")
+
+            await run_operator(harness, body, kubeconfig_dir=operator_env)
+            configmaps = harness.list_objects(CONFIGMAP, "default", include_deleted=True,
+                                              label_selector="tuneloop.dev/stage=train")
+            assert [c["metadata"]["uid"] for c in configmaps] == [left_behind["metadata"]["uid"]]
             assert len(harness.list_objects(JOB, include_deleted=True)) == 1
-            assert len(harness.list_objects(CONFIGMAP, "default", include_deleted=True,
-                                            label_selector="app.kubernetes.io/managed-by=tuneloop")) == 1
 
     asyncio.run(scenario())
 

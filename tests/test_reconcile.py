@@ -32,6 +32,8 @@ LOCAL_SPEC = {
     "dataset": {"uri": "data/tickets.jsonl", "format": "alpaca", "holdOutFraction": 0.1},
     "training": {"epochs": 2},
 }
+# Training only: the evaluation and registry stages are covered in test_reconcile_evaluation.py.
+TRAIN_ONLY_SPEC = {**LOCAL_SPEC, "evaluation": {"enabled": False}, "registry": {"enabled": False}}
 CLUSTER_SPEC = {
     "baseModel": {"name": "llama-3.1-8b"},
     "dataset": {"uri": "pvc://datasets/tickets.jsonl"},
@@ -128,8 +130,20 @@ def test_an_invalid_spec_fails_the_job_and_names_the_field():
                  id="local-unknown-catalog-name"),
     pytest.param(CLUSTER, {**CLUSTER_SPEC, "dataset": {"uri": "data/tickets.jsonl"}},
                  "spec.dataset.uri: 'data/tickets.jsonl' cannot be mounted in a cluster by this version; "
-                 "use pvc://claim/path",
+                 "use pvc://claim/path or s3://bucket/path",
                  id="cluster-rejects-relative-path"),
+    pytest.param(CLUSTER, {**CLUSTER_SPEC, "output": {"uri": "s3://adapters/acme-tickets"}},
+                 "spec.output.uri: 's3://adapters/acme-tickets': the output must be a pvc:// folder (checkpoints "
+                 "must survive a pod restart on a filesystem); s3:// serves inputs only",
+                 id="cluster-rejects-s3-output"),
+    pytest.param(CLUSTER, {**CLUSTER_SPEC, "dataset": {"uri": "s3://datasets/tickets/"}},
+                 "spec.dataset.uri: 's3://datasets/tickets/' names a folder; give one object, "
+                 "e.g. s3://bucket/path/train.jsonl",
+                 id="cluster-s3-dataset-is-one-object"),
+    pytest.param(LOCAL, {**LOCAL_SPEC, "dataset": {"uri": "data/tickets.jsonl",
+                                                   "replay": {"uri": "s3://datasets/general.jsonl"}}},
+                 "spec.dataset.replay.uri: s3:// storage needs a cluster; in local mode use a file path",
+                 id="local-rejects-s3-replay"),
     pytest.param(CLUSTER, {k: v for k, v in CLUSTER_SPEC.items() if k != "output"},
                  "spec.output.uri: a cluster run needs a pvc:// folder for checkpoints and the adapter",
                  id="cluster-needs-output"),
@@ -141,6 +155,17 @@ def test_the_context_rejects_what_cannot_run_there(context, spec, problem):
     assert decision.status.message == problem
     assert get_condition(decision.status.conditions, "Failed").reason == "InvalidSpec"
     assert launches(decision) == []
+
+
+def test_s3_inputs_launch_in_a_cluster_context():
+    spec = {"baseModel": {"uri": "s3://models/llama-3.1-8b"},
+            "dataset": {"uri": "s3://datasets/tickets.jsonl", "replay": {"uri": "s3://datasets/general.parquet"}},
+            "output": {"uri": "pvc://adapters/acme-tickets"}}
+
+    decision = reconcile(JOB, spec, FineTuneJobStatus(), Observed(now=NOW), CLUSTER)
+
+    assert decision.status.phase == "Training", decision.status.message
+    assert launches(decision) == [LaunchWorkload("train", TRAIN)]
 
 
 def test_all_context_problems_are_reported_together():
@@ -214,13 +239,13 @@ def test_an_absent_workload_while_validating_is_launched_again():
 
 
 def test_a_succeeded_workload_completes_the_job_with_its_results():
-    decision = reconcile(JOB, LOCAL_SPEC, training_status(), observed("Succeeded", result=RESULT, now=LATER),
+    decision = reconcile(JOB, TRAIN_ONLY_SPEC, training_status(), observed("Succeeded", result=RESULT, now=LATER),
                          LOCAL, generation=1)
     status = decision.status
 
     assert status.phase == "Succeeded"
     assert status.completion_time == LATER
-    assert status.message == "hold-out loss 2.5000 -> 0.7500 in 68 steps"
+    assert status.message == "hold-out loss 2.5000 -> 0.7500"
     assert status.training.to_wire() == {
         "holdOutLossBefore": 2.5, "holdOutLossAfter": 0.75, "trainLoss": 0.5, "steps": 68,
         "tokensPerSecond": 1234.6, "seconds": 95.0,
@@ -317,7 +342,7 @@ def test_the_same_inputs_give_the_same_decision(state):
     pytest.param({"succeeded": False, "reason": "InvalidData", "message": "x:1: bad"}, id="after-failure"),
 ])
 def test_a_finished_job_takes_no_further_action(result):
-    finished = reconcile(JOB, LOCAL_SPEC, training_status(), observed("Succeeded", result=result),
+    finished = reconcile(JOB, TRAIN_ONLY_SPEC, training_status(), observed("Succeeded", result=result),
                          LOCAL, generation=1).status
     assert finished.phase in ("Succeeded", "Failed")
 
@@ -384,7 +409,7 @@ def test_a_preempted_workload_is_relaunched_to_resume_not_failed():
                          LOCAL, generation=1)
 
     assert decision.status.phase == "Training"
-    assert launches(decision) == [LaunchWorkload("train", TRAIN)]
+    assert launches(decision) == [LaunchWorkload("train", TRAIN, replace=True)]
     assert [event.reason for event in events(decision)] == ["Preempted"]
 
 

@@ -139,13 +139,54 @@ def print_report(job: FineTuneJob, status: FineTuneJobStatus, result_previews: l
         print(f"  reason     {status.message}")
 
 
+def print_evaluation(job: FineTuneJob, status: FineTuneJobStatus) -> None:
+    evaluation, registry = status.evaluation, status.registry
+    if evaluation:
+        baseline = evaluation.baseline + (f" v{evaluation.baseline_version}" if evaluation.baseline_version else "")
+        hold_out = evaluation.hold_out
+        confidence = job.spec.evaluation.bootstrap.confidence
+        print(f"\n  evaluation on {hold_out.examples} hold-out examples, {confidence:.0%} bootstrap intervals; "
+              f"baseline: {baseline}")
+        print(f"    {'metric':<15}{'baseline':<24}{'candidate':<24}{'candidate - baseline'}")
+        for metric, candidate in hold_out.candidate.items():
+            base, difference = hold_out.baseline.get(metric), hold_out.difference.get(metric)
+            print(f"    {metric:<15}{_interval(base):<24}{_interval(candidate):<24}{_interval(difference, signed=True)}")
+        judge = evaluation.judge
+        if not judge.configured:
+            print("    judge          not configured (spec.evaluation.judge): gated on the other metrics")
+        else:
+            print(f"    judge          {judge.model}: {judge.judged} judged, {judge.unparseable} unparseable; "
+                  f"pairwise {judge.wins} wins, {judge.ties} ties, {judge.losses} losses")
+        if evaluation.general:
+            general = evaluation.general
+            print(f"    general set    {general.examples} examples, rougeL candidate - baseline "
+                  f"{_interval(general.difference.get('rougeL'), signed=True)}")
+        if evaluation.gate:
+            print(f"  gate       {'PASSED' if evaluation.gate.passed else 'FAILED'}")
+            for check in evaluation.gate.checks:
+                print(f"    {check}")
+        if evaluation.records_uri:
+            print(f"  records    {evaluation.records_uri}")
+    if registry:
+        aliases = ", ".join(registry.aliases) or "none (nothing promoted)"
+        print(f"  registered {registry.uri} (model {registry.model_name}, version {registry.version}; "
+              f"aliases: {aliases})")
+
+
+def _interval(score: Any, signed: bool = False) -> str:
+    if score is None:
+        return "-"
+    form = "+.3f" if signed else ".3f"
+    return f"{score.value:{form}} [{score.low:{form}}, {score.high:{form}}]"
+
+
 def command_run(args: argparse.Namespace) -> int:
     if not args.local:
         print("tuneloop run: only --local is supported here; on a cluster, kubectl apply the manifest",
               file=sys.stderr)
         return 2
     from tuneloop.catalog import CatalogError
-    from tuneloop.runtime.local import LocalRuntime
+    from tuneloop.runtime.local import LocalRuntime, local_mlflow, prepare_tracking
 
     try:
         job = load_job(args.file)
@@ -156,12 +197,22 @@ def command_run(args: argparse.Namespace) -> int:
     def on_event(event: Any) -> None:
         print(f"[{event.type}] {event.reason}: {event.message}", flush=True)
 
-    runtime = LocalRuntime(workdir=args.workdir.resolve(), manifest_dir=args.file.resolve().parent,
-                           on_event=on_event, tracking_uri=args.tracking_uri)
+    workdir = args.workdir.resolve()
+    tracking_uri, artifact_uri = args.tracking_uri, None
+    if not tracking_uri:
+        tracking_uri, artifact_uri = local_mlflow(workdir)
+        (workdir / "mlflow").mkdir(parents=True, exist_ok=True)
+    runtime = LocalRuntime(workdir=workdir, manifest_dir=args.file.resolve().parent,
+                           on_event=on_event, tracking_uri=tracking_uri)
     if args.fresh:
         import shutil
 
         shutil.rmtree(runtime.job_dir(job), ignore_errors=True)
+    try:
+        prepare_tracking(tracking_uri, artifact_uri)
+    except Exception as error:  # MLflow's errors have no common base worth naming here
+        print(f"MLflow at {tracking_uri} cannot be used: {error}", file=sys.stderr)
+        return 1
     try:
         status = runtime.run(job)
     except CatalogError as error:
@@ -172,7 +223,10 @@ def command_run(args: argparse.Namespace) -> int:
         return 130
     result = runtime.read_result(job, "train") or {}
     print_report(job, status, result.get("previews", []))
+    print_evaluation(job, status)
     print(f"\n  work folder {runtime.job_dir(job)}")
+    if artifact_uri:
+        print(f"  MLflow UI   mlflow ui --backend-store-uri {tracking_uri} --default-artifact-root {artifact_uri}")
     return 0 if status.phase == "Succeeded" else 1
 
 

@@ -36,8 +36,15 @@ class OperatorConfig(WireModel):
     backoff_limit: int = 3
     active_deadline_seconds: int = 7 * 24 * 3600
     ttl_seconds_after_finished: int | None = None
-    s3_secret_name: str | None = Field(None, description="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.")
-    s3_endpoint: str | None = None
+    s3_secret_name: str | None = Field(
+        None, description="Secret (in the job's namespace) with the S3 credentials for s3:// inputs; "
+                          "unset: the pod's own identity (IRSA and the like) is used.")
+    s3_access_key_id_key: str = Field("AWS_ACCESS_KEY_ID", description="Key of the access key id in that Secret.")
+    s3_secret_access_key_key: str = Field("AWS_SECRET_ACCESS_KEY", description="Key of the secret key in that Secret.")
+    s3_endpoint: str | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph RGW); unset: AWS S3.")
+    s3_region: str | None = None
+    inputs_size: str = Field("200Gi", description="Size limit of the emptyDir that s3:// inputs are fetched into "
+                                                 "(the base model's weights plus the data).")
 
 
 def load_config(path: str | Path | None = None) -> OperatorConfig:

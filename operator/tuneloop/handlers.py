@@ -67,7 +67,8 @@ async def cleanup(**_: Any) -> None:
 
 
 def context() -> ReconcileContext:
-    return ReconcileContext(mode="cluster", catalog=frozenset(State.config.catalog))
+    return ReconcileContext(mode="cluster", catalog=frozenset(State.config.catalog),
+                            registry_configured=bool(State.config.mlflow_tracking_uri))
 
 
 async def reconcile_finetunejob(body: kopf.Body, patch: kopf.Patch) -> None:
@@ -80,7 +81,7 @@ async def reconcile_finetunejob(body: kopf.Body, patch: kopf.Patch) -> None:
     meta = body["metadata"]
     name, generation = meta["name"], meta.get("generation")
     job = _parse_if_valid(body)
-    observed = await runtime().observe(job) if job is not None else Observed()
+    observed = await runtime().observe(job, status.phase) if job is not None else Observed()
     decision = reconcile(name, dict(body.get("spec") or {}), status, observed, context(), generation)
     try:
         for action in decision.actions:

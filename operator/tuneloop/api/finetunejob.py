@@ -8,6 +8,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tuneloop.api.common import API_VERSION, Condition, SpecError, WireModel, describe_validation_error
 from tuneloop.api.crd import Kind, Printer
+from tuneloop.api.evaluation import EvaluationResults, EvaluationSpec, RegistryResults, RegistrySpec
 
 KIND = "FineTuneJob"
 PLURAL = "finetunejobs"
@@ -234,6 +235,9 @@ class FineTuneJobSpec(WireModel):
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation hyperparameters.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="GPUs, nodes and scheduling.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where results go.")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec,
+                                       description="How the adapter is compared with its baseline, and the gate.")
+    registry: RegistrySpec = Field(default_factory=RegistrySpec, description="MLflow model registration.")
 
 
 Phase = Literal["Pending", "Validating", "Training", "Evaluating", "Registering", "Succeeded", "Failed"]
@@ -282,6 +286,8 @@ class FineTuneJobStatus(WireModel):
     dataset: DatasetStats | None = None
     cleaning: CleaningStats | None = None
     training: TrainingResults | None = None
+    evaluation: EvaluationResults | None = None
+    registry: RegistryResults | None = None
     observed_generation: int | None = None
     start_time: str | None = None
     completion_time: str | None = None
@@ -337,7 +343,14 @@ CRD = Kind(
         Printer("Step", "integer", ".status.progress.step"),
         Printer("Steps", "integer", ".status.progress.totalSteps"),
         Printer("Loss", "number", ".status.progress.loss", "Latest training loss"),
-        Printer("Hold-out", "number", ".status.training.holdOutLossAfter", "Hold-out loss after training"),
+        Printer("Hold-out", "number", ".status.training.holdOutLossAfter", "Hold-out loss after training",
+                priority=1),
+        Printer("Baseline", "number", ".status.evaluation.baselineScore",
+                "Baseline's primary metric on the hold-out set"),
+        Printer("Score", "number", ".status.evaluation.score", "Candidate's primary metric on the hold-out set"),
+        Printer("Gate", "string", ".status.evaluation.gate.passed", "Did the adapter pass the gate"),
+        Printer("Version", "string", ".status.registry.version", "Registered model version"),
+        Printer("Registered", "string", ".status.registry.uri", "models:/name/version", priority=1),
         Printer("ETA", "integer", ".status.progress.etaSeconds", "Seconds of training left", priority=1),
         Printer("Message", "string", ".status.message", priority=1),
         Printer("Age", "date", ".metadata.creationTimestamp"),

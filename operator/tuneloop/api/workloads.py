@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field
 
 from tuneloop.api.common import WireModel
+from tuneloop.api.evaluation import Comparison, EvaluationSpec, JudgeStats
 from tuneloop.api.finetunejob import CleaningStats, DatasetSpec, DatasetStats, MethodSpec, TrainingSpec
 
 
@@ -85,10 +86,74 @@ class TrainerResult(WireModel):
     previews: list[Preview] = Field(default_factory=list)
 
 
+JUDGE_API_KEY_ENV = "TUNELOOP_JUDGE_API_KEY"
+
+
+class EvaluatorWorkload(WireModel):
+    """Generate and score hold-out answers for the candidate and its baseline."""
+
+    job: str = Field(description="namespace/name of the FineTuneJob, for logs.")
+    model_path: str = Field(description="Local folder of the base model.")
+    adapter_path: str = Field(description="Local folder of the candidate adapter.")
+    hold_out_path: str = Field(description="JSONL hold-out split the trainer wrote.")
+    dataset: DatasetSpec = Field(description="Format and system prompt, so prompts match training.")
+    evaluation: EvaluationSpec
+    general_set_path: str | None = None
+    output_dir: str = Field(description="Per-example records and the fetched champion go here.")
+    tracking: Tracking | None = Field(None, description="MLflow: where the champion is looked up and the "
+                                                        "evaluation table is logged.")
+    registered_model: str | None = Field(None, description="Registered model whose champion is the baseline.")
+    training_run_id: str | None = Field(None, description="The trainer's MLflow run; the evaluation joins it.")
+
+
+class EvaluatorResult(WireModel):
+    succeeded: bool
+    reason: str | None = Field(None, description="e.g. JudgeUnavailable, InvalidData, ChampionUnavailable.")
+    message: str | None = None
+    baseline: str = "base"
+    baseline_version: str | None = None
+    hold_out: Comparison | None = None
+    general: Comparison | None = None
+    judge: JudgeStats = Field(default_factory=lambda: JudgeStats(configured=False))
+    records_path: str | None = None
+    seconds: float | None = None
+
+
+class RegisterWorkload(WireModel):
+    """Register the adapter as a new MLflow model version, idempotently (looked up by job uid first)."""
+
+    job: str
+    job_uid: str
+    tracking: Tracking
+    model_name: str
+    adapter_path: str
+    training_run_id: str | None = None
+    records_path: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    set_challenger: bool = False
+    set_champion: bool = False
+    expected_champion: str | None = Field(None, description=(
+        "Version that was champion when the candidate was evaluated; champion moves only if it still is."))
+    retry_seconds: float = Field(120, description="Keep retrying an unreachable MLflow this long.")
+
+
+class RegisterResult(WireModel):
+    succeeded: bool
+    reason: str | None = Field(None, description="e.g. RegistryUnavailable.")
+    message: str | None = None
+    model_name: str | None = None
+    version: str | None = None
+    uri: str | None = None
+    aliases: list[str] = Field(default_factory=list)
+    run_id: str | None = None
+    already_registered: bool = False
+
+
 TERMINATION_MESSAGE_LIMIT = 4096
 
 
-def compact_result(result: TrainerResult, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
+def compact_result(result: WireModel, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
     """The result as it fits a container termination message: previews and evaluations go first."""
     wire = result.model_dump(by_alias=True, exclude_none=True, mode="json")
     for key in ("previews", "evaluations"):

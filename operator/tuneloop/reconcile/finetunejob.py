@@ -1,6 +1,6 @@
 r"""The FineTuneJob state machine as a pure function: (spec, status, observed world) -> (actions, status).
 
-    Pending -> Training -> [Evaluating] -> [Registering] -> Succeeded
+    Pending -> Training -> Evaluating -> Registering -> Succeeded
         \________\______________\______________\_________-> Failed (reason, message)
 
 Training shows as Validating while the trainer checks the data. Each stage runs one workload
@@ -24,7 +24,9 @@ from tuneloop.api.finetunejob import (
     TrainingResults,
     parse_spec,
 )
-from tuneloop.api.workloads import TrainerProgress, TrainerResult
+from tuneloop.api.evaluation import EvaluationResults, RegistryResults
+from tuneloop.api.workloads import EvaluatorResult, RegisterResult, TrainerProgress, TrainerResult
+from tuneloop.reconcile import gate
 
 WorkloadPhase = Literal["Absent", "Running", "Succeeded", "Failed"]
 MAX_NAME = 63
@@ -52,12 +54,19 @@ class ReconcileContext:
 
     mode: Literal["local", "cluster"]
     catalog: frozenset[str]
+    registry_configured: bool = True
 
 
 @dataclass(frozen=True)
 class LaunchWorkload:
+    """Start a stage's workload. `inputs` carries what the stage needs from earlier stages and the
+    decisions taken here (e.g. which aliases the registry moves); `replace` starts it over even if a
+    finished one of the same name is still there."""
+
     stage: str
     name: str
+    inputs: dict[str, Any] = field(default_factory=dict)
+    replace: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,8 +92,17 @@ class Stage:
     done_condition: str
 
 
-# Evaluating and Registering join this list with the evaluator and the registry.
-STAGES = (Stage(name="train", phase="Training", done_condition="Trained"),)
+TRAIN = Stage(name="train", phase="Training", done_condition="Trained")
+EVALUATE = Stage(name="evaluate", phase="Evaluating", done_condition="Evaluated")
+REGISTER = Stage(name="register", phase="Registering", done_condition="Registered")
+STAGES = (TRAIN, EVALUATE, REGISTER)
+
+
+def stages_for(spec: FineTuneJobSpec) -> list[Stage]:
+    """The stages this spec asks for, in order; training always runs."""
+    return [stage for stage in STAGES
+            if stage is TRAIN or (stage is EVALUATE and spec.evaluation.enabled)
+            or (stage is REGISTER and spec.registry.enabled)]
 
 
 def workload_name(job_name: str, stage: str) -> str:
@@ -96,23 +114,49 @@ def workload_name(job_name: str, stage: str) -> str:
     return f"{job_name[: MAX_NAME - len(stage) - 10]}-{digest}-{stage}"
 
 
+def _cluster_storage_problem(path: str, uri: str) -> str | None:
+    """pvc:// serves everything; s3:// serves inputs only (fetched into the pod before training)."""
+    if uri.startswith("pvc://"):
+        return None
+    if not uri.startswith("s3://"):
+        return (f"{path}: {uri!r} cannot be mounted in a cluster by this version; "
+                "use pvc://claim/path or s3://bucket/path")
+    if path == "spec.output.uri":
+        return (f"{path}: {uri!r}: the output must be a pvc:// folder (checkpoints must survive a pod restart "
+                "on a filesystem); s3:// serves inputs only")
+    key = uri[len("s3://"):].partition("/")[2]
+    if path != "spec.baseModel.uri" and (not key or key.endswith("/")):
+        return f"{path}: {uri!r} names a folder; give one object, e.g. s3://bucket/path/train.jsonl"
+    return None
+
+
 def check_context(spec: FineTuneJobSpec, context: ReconcileContext) -> list[str]:
     """Spec problems that depend on where the job runs (pydantic has checked the rest)."""
     problems = []
     if spec.base_model.name is not None and spec.base_model.name not in context.catalog:
         known = ", ".join(sorted(context.catalog)) or "none"
         problems.append(f"spec.baseModel.name: {spec.base_model.name!r} is not in the model catalog (known: {known})")
-    uris = {"spec.dataset.uri": spec.dataset.uri, "spec.baseModel.uri": spec.base_model.uri,
-            "spec.output.uri": spec.output.uri}
+    uris = {"spec.dataset.uri": spec.dataset.uri,
+            "spec.dataset.replay.uri": spec.dataset.replay.uri if spec.dataset.replay else None,
+            "spec.baseModel.uri": spec.base_model.uri, "spec.output.uri": spec.output.uri}
     for path, uri in uris.items():
         if uri is None:
             continue
         if context.mode == "local" and uri.startswith(("pvc://", "s3://")):
             problems.append(f"{path}: {uri.split('://')[0]}:// storage needs a cluster; in local mode use a file path")
-        if context.mode == "cluster" and not uri.startswith("pvc://"):
-            problems.append(f"{path}: {uri!r} cannot be mounted in a cluster by this version; use pvc://claim/path")
+        if context.mode == "cluster" and (problem := _cluster_storage_problem(path, uri)):
+            problems.append(problem)
     if context.mode == "cluster" and spec.output.uri is None:
         problems.append("spec.output.uri: a cluster run needs a pvc:// folder for checkpoints and the adapter")
+    if spec.registry.enabled and not context.registry_configured:
+        problems.append("spec.registry.enabled: the operator has no MLflow tracking URI to register with "
+                        "(set mlflowTrackingUri in the operator's configuration) - or set it to false")
+    judge = spec.evaluation.judge
+    if judge is not None and context.mode == "cluster" and judge.api_key_env:
+        problems.append("spec.evaluation.judge.apiKeyEnv: in a cluster the key comes from apiKeySecret")
+    if judge is not None and context.mode == "local" and judge.api_key_secret:
+        problems.append("spec.evaluation.judge.apiKeySecret: a local run reads the key from the "
+                        "environment variable named by apiKeyEnv")
     return problems
 
 
@@ -133,10 +177,11 @@ def _fail(status: FineTuneJobStatus, reason: str, message: str, now: str, genera
     return Decision(status, [EmitEvent("Warning", reason, message)])
 
 
-def _enter(status: FineTuneJobStatus, stage: Stage, job_name: str, decision: Decision) -> None:
+def _enter(status: FineTuneJobStatus, stage: Stage, job_name: str, decision: Decision,
+           inputs: dict[str, Any] | None = None) -> None:
     status.phase = stage.phase
     status.message = f"{stage.name} workload {workload_name(job_name, stage.name)} launched"
-    decision.actions.append(LaunchWorkload(stage.name, workload_name(job_name, stage.name)))
+    decision.actions.append(LaunchWorkload(stage.name, workload_name(job_name, stage.name), inputs or {}))
     decision.actions.append(EmitEvent("Normal", f"{stage.phase}Started", status.message))
 
 
@@ -155,7 +200,7 @@ def reconcile(
 
     if status.phase == "Pending":
         try:
-            validate(raw_spec, context)
+            spec = validate(raw_spec, context)
         except SpecError as error:
             return _fail(status, "InvalidSpec", str(error), now, generation)
         status.start_time = now
@@ -163,68 +208,193 @@ def reconcile(
         status.conditions = set_condition(status.conditions, "SpecValid", "True", "Valid",
                                           observed_generation=generation, now=now)
         decision = Decision(status)
-        _enter(status, STAGES[0], name, decision)
+        _enter(status, TRAIN, name, decision)
         return decision
 
+    try:
+        spec = parse_spec(raw_spec)
+    except SpecError as error:
+        return _fail(status, "InvalidSpec", f"the spec was changed to an invalid one after the job started: {error}",
+                     now, generation)
     decision = Decision(status)
     _note_spec_change(status, generation, now, decision)
+    stages = stages_for(spec)
     # Validating is how the first stage shows while its workload checks the data.
-    stage_index = next((i for i, stage in enumerate(STAGES) if stage.phase == status.phase), 0)
-    stage = STAGES[stage_index]
+    stage_index = next((i for i, stage in enumerate(stages) if stage.phase == status.phase), 0)
+    stage = stages[stage_index]
     workload = observed.workloads.get(workload_name(name, stage.name), WorkloadState())
 
     if workload.phase == "Absent":
         # Launched before but gone (deleted, or lost with a restart): launch again; the trainer resumes.
-        decision.actions.append(LaunchWorkload(stage.name, workload_name(name, stage.name)))
+        decision.actions.append(LaunchWorkload(stage.name, workload_name(name, stage.name),
+                                               stage_inputs(stage, spec, status)))
         return decision
 
     if workload.phase == "Running":
-        if workload.message and workload.message != status.message:
-            status.message = workload.message
-            decision.actions.append(EmitEvent("Warning", "WorkloadProblem", workload.message))
-        if workload.progress:
-            progress = TrainerProgress.model_validate(workload.progress)
-            status.phase = "Validating" if progress.stage == "validating-data" else stage.phase
-            if progress.total_steps:
-                if not workload.message:
-                    status.message = f"{stage.phase.lower()}: step {progress.step} of {progress.total_steps}"
-                status.progress = Progress(
-                    step=progress.step, total_steps=progress.total_steps, epoch=round(progress.epoch, 3),
-                    loss=progress.loss, tokens_per_second=progress.tokens_per_second,
-                    eta_seconds=None if progress.eta_seconds is None else round(progress.eta_seconds),
-                )
+        _report_running(status, stage, workload, decision)
         return decision
 
-    result = TrainerResult.model_validate(workload.result) if workload.result else None
-    if result is not None and result.reason == "Preempted":
-        # Stopped by a signal after saving a checkpoint: run it again and it resumes.
-        status.message = f"{result.message}; relaunched"
-        decision.actions.append(LaunchWorkload(stage.name, workload_name(name, stage.name)))
-        decision.actions.append(EmitEvent("Warning", "Preempted", status.message))
+    reason = (workload.result or {}).get("reason")
+    if reason in RETRIED_REASONS:
+        # Stopped after saving a checkpoint (Preempted), or the registry was down: run it again.
+        message = f"{(workload.result or {}).get('message') or reason}; relaunched"
+        status.message = message
+        if reason == "RegistryUnavailable":
+            status.conditions = set_condition(status.conditions, "RegistryUnavailable", "True", reason, message,
+                                              observed_generation=generation, now=now)
+        decision.actions.append(LaunchWorkload(stage.name, workload_name(name, stage.name),
+                                               stage_inputs(stage, spec, status), replace=True))
+        decision.actions.append(EmitEvent("Warning", reason, message))
         return decision
-    if workload.phase == "Failed" or result is None or not result.succeeded:
-        reason = (result.reason if result and result.reason else f"{stage.phase}Failed")
-        message = (result.message if result and result.message else workload.message) or "the workload failed"
+    if workload.phase == "Failed" or not (workload.result or {}).get("succeeded"):
+        reason = reason or f"{stage.phase}Failed"
+        message = (workload.result or {}).get("message") or workload.message or "the workload failed"
         failed = _fail(status, reason, message, now, generation)
         failed.actions[:0] = decision.actions
         failed.status.conditions = set_condition(failed.status.conditions, stage.done_condition, "False",
                                                  reason, message, observed_generation=generation, now=now)
         return failed
 
-    _record_result(status, result)
+    try:
+        summary = RECORDERS[stage.name](status, spec, workload.result or {}, decision, generation, now)
+    except ValueError as error:  # pydantic's ValidationError included
+        failed = _fail(status, f"{stage.phase}Failed", f"the {stage.name} workload's result is unreadable: {error}",
+                       now, generation)
+        failed.actions[:0] = decision.actions
+        return failed
     status.conditions = set_condition(status.conditions, stage.done_condition, "True", "Succeeded",
-                                      _summary(result), observed_generation=generation, now=now)
-    decision.actions.append(EmitEvent("Normal", f"{stage.done_condition}", _summary(result)))
-    if stage_index + 1 < len(STAGES):
-        _enter(status, STAGES[stage_index + 1], name, decision)
+                                      summary, observed_generation=generation, now=now)
+    decision.actions.append(EmitEvent("Normal", stage.done_condition, summary))
+    if stage_index + 1 < len(stages):
+        following = stages[stage_index + 1]
+        _enter(status, following, name, decision, stage_inputs(following, spec, status))
         return decision
     status.phase = "Succeeded"
-    status.message = _summary(result)
+    status.message = _final_summary(status)
     status.completion_time = now
     status.conditions = set_condition(status.conditions, "Complete", "True", "Succeeded", status.message,
                                       observed_generation=generation, now=now)
     decision.actions.append(EmitEvent("Normal", "Succeeded", status.message))
     return decision
+
+
+RETRIED_REASONS = ("Preempted", "RegistryUnavailable")
+
+
+def _report_running(status: FineTuneJobStatus, stage: Stage, workload: WorkloadState, decision: Decision) -> None:
+    if workload.message and workload.message != status.message:
+        status.message = workload.message
+        decision.actions.append(EmitEvent("Warning", "WorkloadProblem", workload.message))
+    if not workload.progress or stage is not TRAIN:
+        return
+    progress = TrainerProgress.model_validate(workload.progress)
+    status.phase = "Validating" if progress.stage == "validating-data" else stage.phase
+    if progress.total_steps:
+        if not workload.message:
+            status.message = f"{stage.phase.lower()}: step {progress.step} of {progress.total_steps}"
+        status.progress = Progress(
+            step=progress.step, total_steps=progress.total_steps, epoch=round(progress.epoch, 3),
+            loss=progress.loss, tokens_per_second=progress.tokens_per_second,
+            eta_seconds=None if progress.eta_seconds is None else round(progress.eta_seconds),
+        )
+
+
+# --- what each stage needs, and what it leaves in status ---
+
+def stage_inputs(stage: Stage, spec: FineTuneJobSpec, status: FineTuneJobStatus) -> dict[str, Any]:
+    """What a stage's workload needs from the earlier stages and from the decisions taken here."""
+    training = status.training
+    if stage is EVALUATE and training is not None:
+        return {"adapter_uri": training.adapter_uri, "hold_out_uri": training.hold_out_uri,
+                "training_run_id": training.mlflow_run_id}
+    if stage is REGISTER and training is not None:
+        return registration_inputs(spec, status)
+    return {}
+
+
+def registration_inputs(spec: FineTuneJobSpec, status: FineTuneJobStatus) -> dict[str, Any]:
+    """Which aliases move: challenger when the gate passed; champion too when promotion is automatic
+    and the candidate beat the champion (or there was none to beat)."""
+    training, evaluation = status.training, status.evaluation
+    assert training is not None
+    passed = bool(evaluation and evaluation.gate and evaluation.gate.passed)
+    beat_champion = evaluation is not None and (
+        evaluation.baseline == "champion" or spec.evaluation.baseline == "auto")
+    tags = {
+        "tuneloop.dev/base-model": spec.base_model.display(),
+        "tuneloop.dev/dataset-sha256": status.dataset.sha256 if status.dataset else "",
+        "tuneloop.dev/method": spec.method.type,
+        "tuneloop.dev/gate": "not-evaluated" if evaluation is None else ("passed" if passed else "failed"),
+    }
+    metrics = {"hold_out_loss_before": training.hold_out_loss_before,
+               "hold_out_loss_after": training.hold_out_loss_after}
+    if evaluation is not None:
+        tags["tuneloop.dev/baseline"] = evaluation.baseline + (
+            f" v{evaluation.baseline_version}" if evaluation.baseline_version else "")
+        if evaluation.gate:
+            tags["tuneloop.dev/gate-message"] = evaluation.gate.message[:5000]
+        for metric, score in evaluation.hold_out.candidate.items():
+            metrics[f"eval_{metric}"] = score.value
+            tags[f"tuneloop.dev/eval-{metric}"] = f"{score.value:.4f} [{score.low:.4f}, {score.high:.4f}]"
+        for metric, score in evaluation.hold_out.baseline.items():
+            metrics[f"eval_{metric}_baseline"] = score.value
+    return {
+        "adapter_uri": training.adapter_uri, "training_run_id": training.mlflow_run_id,
+        "records_uri": evaluation.records_uri if evaluation else None,
+        "tags": tags, "metrics": metrics,
+        "set_challenger": passed,
+        "set_champion": passed and spec.registry.promotion == "auto" and beat_champion,
+        "expected_champion": evaluation.baseline_version if evaluation else None,
+    }
+
+
+def _record_training(status: FineTuneJobStatus, spec: FineTuneJobSpec, raw: dict[str, Any],
+                     decision: Decision, generation: int | None, now: str) -> str:
+    result = TrainerResult.model_validate(raw)
+    _record_result(status, result)
+    return _summary(result)
+
+
+def _record_evaluation(status: FineTuneJobStatus, spec: FineTuneJobSpec, raw: dict[str, Any],
+                       decision: Decision, generation: int | None, now: str) -> str:
+    result = EvaluatorResult.model_validate(raw)
+    if result.hold_out is None:
+        raise ValueError("the evaluator reported success without hold-out scores")
+    primary = spec.evaluation.gate.primary_metric
+    gate_result = gate.decide(spec.evaluation.gate, result.hold_out, result.general)
+    candidate, baseline = result.hold_out.candidate.get(primary), result.hold_out.baseline.get(primary)
+    status.evaluation = EvaluationResults(
+        baseline=result.baseline, baseline_version=result.baseline_version, primary_metric=primary,
+        score=round(candidate.value, 4) if candidate else None,
+        baseline_score=round(baseline.value, 4) if baseline else None,
+        hold_out=result.hold_out, general=result.general, judge=result.judge,
+        records_uri=result.records_path, gate=gate_result,
+    )
+    status.conditions = set_condition(status.conditions, "GatePassed", "True" if gate_result.passed else "False",
+                                      "Passed" if gate_result.passed else "BelowThreshold", gate_result.message,
+                                      observed_generation=generation, now=now)
+    decision.actions.append(EmitEvent("Normal" if gate_result.passed else "Warning",
+                                      "GatePassed" if gate_result.passed else "GateFailed", gate_result.message))
+    return _evaluation_summary(status.evaluation)
+
+
+def _record_registration(status: FineTuneJobStatus, spec: FineTuneJobSpec, raw: dict[str, Any],
+                         decision: Decision, generation: int | None, now: str) -> str:
+    result = RegisterResult.model_validate(raw)
+    if not (result.model_name and result.version and result.uri):
+        raise ValueError("the registry reported success without a model version")
+    status.registry = RegistryResults(model_name=result.model_name, version=result.version, uri=result.uri,
+                                      aliases=result.aliases, run_id=result.run_id)
+    if any(c.type == "RegistryUnavailable" for c in status.conditions):
+        status.conditions = set_condition(status.conditions, "RegistryUnavailable", "False", "Reachable",
+                                          "registered once MLflow was reachable again",
+                                          observed_generation=generation, now=now)
+    aliases = f" (aliases: {', '.join(result.aliases)})" if result.aliases else " (no alias moved)"
+    note = f"; {result.message}" if result.message else ""
+    return f"registered {result.uri}{aliases}{note}"
+
+
+RECORDERS = {TRAIN.name: _record_training, EVALUATE.name: _record_evaluation, REGISTER.name: _record_registration}
 
 
 def _note_spec_change(status: FineTuneJobStatus, generation: int | None, now: str, decision: Decision) -> None:
@@ -236,12 +406,38 @@ def _note_spec_change(status: FineTuneJobStatus, generation: int | None, now: st
     if generation is None or status.observed_generation is None or generation <= status.observed_generation:
         return
     message = (f"spec changed (generation {generation}) after the job started with generation "
-               f"{status.observed_generation}; the change is not applied: create a new FineTuneJob to use it")
+               f"{status.observed_generation}; nothing is restarted and workloads already launched keep the spec "
+               f"they started with: create a new FineTuneJob to train with the new spec")
     previous = next((c for c in status.conditions if c.type == "SpecChangeIgnored"), None)
     if previous is None or previous.message != message:
         decision.actions.append(EmitEvent("Warning", "SpecChangeIgnored", message))
     status.conditions = set_condition(status.conditions, "SpecChangeIgnored", "True", "StartedWithEarlierSpec",
                                       message, observed_generation=generation, now=now)
+
+
+def _evaluation_summary(evaluation: EvaluationResults) -> str:
+    metric = evaluation.primary_metric
+    candidate = evaluation.hold_out.candidate.get(metric)
+    baseline = evaluation.hold_out.baseline.get(metric)
+    parts = [f"{metric} on {evaluation.hold_out.examples} hold-out examples:"]
+    if candidate:
+        parts.append(f"candidate {candidate.value:.3f} [{candidate.low:.3f}, {candidate.high:.3f}]")
+    if baseline:
+        parts.append(f"vs {evaluation.baseline} {baseline.value:.3f} [{baseline.low:.3f}, {baseline.high:.3f}]")
+    return " ".join(parts) + ("; gate passed" if evaluation.gate and evaluation.gate.passed else "; gate failed")
+
+
+def _final_summary(status: FineTuneJobStatus) -> str:
+    parts = []
+    if status.training:
+        parts.append(f"hold-out loss {status.training.hold_out_loss_before:.4f} -> "
+                     f"{status.training.hold_out_loss_after:.4f}")
+    if status.evaluation:
+        parts.append(_evaluation_summary(status.evaluation))
+    if status.registry:
+        parts.append(f"registered {status.registry.uri}"
+                     + (f" ({', '.join(status.registry.aliases)})" if status.registry.aliases else ""))
+    return "; ".join(parts)
 
 
 def _summary(result: TrainerResult) -> str:

@@ -44,14 +44,18 @@ class KubeClient:
         return cls(server=info.server.rstrip("/"), token=info.token, ca_path=info.ca_path,
                    insecure=bool(info.insecure))
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        if self._session is None:
+    def _open_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
             context: ssl.SSLContext | bool = False if self.insecure else ssl.create_default_context(cafile=self.ca_path)
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
             self._session = aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(ssl=context),
                                                   timeout=aiohttp.ClientTimeout(total=30))
-        session = self._session  # close() may drop the attribute while this request waits between retries
+        return self._session
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         for attempt in range(self.retries):
+            # A new session when the last one was closed (by a cleanup) while this request waited.
+            session = self._open_session()
             try:
                 async with session.request(method, self.server + path, **kwargs) as response:
                     body = await response.json(content_type=None)
@@ -84,6 +88,17 @@ class KubeClient:
             if error.status == 404:
                 return None
             raise
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """True when deleted; False when it was not there. Dependents (a Job's pods) go in the background."""
+        try:
+            await self._request("DELETE", f"{collection_path(api_version, kind, namespace)}/{name}",
+                                json={"propagationPolicy": "Background"})
+        except KubeError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
 
     async def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         body = await self._request("GET", collection_path(api_version, kind, namespace),

@@ -14,9 +14,9 @@ from typing import Any
 
 from tuneloop.api.finetunejob import FineTuneJob
 from tuneloop.config import OperatorConfig
-from tuneloop.reconcile.finetunejob import STAGES, LaunchWorkload, Observed, WorkloadState, workload_name
+from tuneloop.reconcile.finetunejob import STAGES, TRAIN, LaunchWorkload, Observed, WorkloadState, workload_name
 from tuneloop.runtime.kube_client import KubeClient
-from tuneloop.runtime.manifests import Storage, training_objects
+from tuneloop.runtime.manifests import WORKLOAD_CONTAINERS, Storage, workload_objects
 from tuneloop.runtime.progress import mlflow_progress
 
 WAITING_PROBLEMS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
@@ -30,7 +30,7 @@ def condition(obj: dict[str, Any], type: str) -> dict[str, Any] | None:
 
 def termination(pod: dict[str, Any]) -> dict[str, Any] | None:
     for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        if status.get("name") == "trainer":
+        if status.get("name") in WORKLOAD_CONTAINERS.values():
             return (status.get("state") or {}).get("terminated") or (status.get("lastState") or {}).get("terminated")
     return None
 
@@ -69,14 +69,15 @@ class KubernetesRuntime:
     client: KubeClient
     config: OperatorConfig
 
-    async def observe(self, job: FineTuneJob) -> Observed:
-        workloads = {}
-        for stage in STAGES:
-            name = workload_name(job.metadata.name, stage.name)
-            workloads[name] = await self.observe_workload(job, name)
-        return Observed(workloads=workloads)
+    async def observe(self, job: FineTuneJob, phase: str) -> Observed:
+        """The workload of the stage the job is in (the reconciler looks at no other)."""
+        stage = next((stage for stage in STAGES if stage.phase == phase), TRAIN if phase == "Validating" else None)
+        if stage is None:
+            return Observed()
+        name = workload_name(job.metadata.name, stage.name)
+        return Observed(workloads={name: await self.observe_workload(job, name, with_progress=stage is TRAIN)})
 
-    async def observe_workload(self, job: FineTuneJob, name: str) -> WorkloadState:
+    async def observe_workload(self, job: FineTuneJob, name: str, with_progress: bool = False) -> WorkloadState:
         namespace = job.metadata.namespace
         batch_job = await self.client.get("batch/v1", "Job", namespace, name)
         if batch_job is None:
@@ -93,7 +94,8 @@ class KubernetesRuntime:
             message = (f"Job {name} failed: {failed.get('reason', '')}: {failed.get('message', '')}. "
                        f"{pod_problem(pods)}").strip()
             return WorkloadState("Failed", result=_as_uris(result) if result else None, message=message)
-        return WorkloadState("Running", message=pod_problem(pods), progress=await self.progress(job))
+        progress = await self.progress(job) if with_progress else None
+        return WorkloadState("Running", message=pod_problem(pods), progress=progress)
 
     async def progress(self, job: FineTuneJob) -> dict[str, Any] | None:
         """Live progress from the MLflow run the trainer names after the job (see manifests.trainer_workload)."""
@@ -103,15 +105,18 @@ class KubernetesRuntime:
                                        f"{job.metadata.namespace}/{job.metadata.name}")
 
     async def launch(self, job: FineTuneJob, action: LaunchWorkload) -> None:
-        if action.stage != "train":
-            raise NotImplementedError(f"stage {action.stage!r} has no cluster workload yet")
-        for obj in training_objects(job, action.name, self.config):
+        objects = workload_objects(job, action, self.config)  # a spec it cannot render raises before any change
+        if action.replace:
+            # The finished Job of the same name goes first; its ConfigMap stays and is re-rendered.
+            await self.client.delete("batch/v1", "Job", job.metadata.namespace, action.name)
+            await self.client.delete("v1", "ConfigMap", job.metadata.namespace, action.name)
+        for obj in objects:
             await self.client.create_if_absent(obj)
 
 
 def _as_uris(result: dict[str, Any]) -> dict[str, Any]:
     storage = Storage()
-    for key in ("adapterPath", "holdOutPath", "mergedPath"):
+    for key in ("adapterPath", "holdOutPath", "mergedPath", "recordsPath"):
         if result.get(key):
             result[key] = storage.uri(result[key])
     return result

@@ -7,6 +7,7 @@ where the last run stopped: a finished workload is not run twice, a succeeded jo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ from typing import Callable
 from tuneloop import catalog
 from tuneloop.api.finetunejob import TERMINAL_PHASES, FineTuneJob, FineTuneJobStatus
 from tuneloop.api.workloads import Tracking, TrainerWorkload
+from tuneloop.runtime import stage_workloads
 from tuneloop.reconcile.finetunejob import (
     EmitEvent,
     LaunchWorkload,
@@ -32,6 +34,10 @@ from tuneloop.reconcile.finetunejob import (
 )
 
 log = logging.getLogger("tuneloop.local")
+
+WORKLOAD_PROGRAMS = {"train": "tuneloop_trainer", "evaluate": "tuneloop_evaluator",
+                     "register": "tuneloop_evaluator.register"}
+EXPERIMENT = "tuneloop"
 
 LOCAL_CONTEXT = ReconcileContext(mode="local", catalog=frozenset(catalog.LOCAL_CATALOG))
 
@@ -46,6 +52,22 @@ def resolve_path(uri: str, base: Path) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
+def local_mlflow(workdir: Path) -> tuple[str, str]:
+    """The local run's MLflow: a SQLite store and an artifact folder in the work folder."""
+    folder = workdir / "mlflow"
+    return f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri()
+
+
+def prepare_tracking(tracking_uri: str, artifact_uri: str | None) -> None:
+    """Create the experiment with its artifact folder up front: a SQLite store would otherwise
+    put artifacts in ./mlruns under whatever folder a workload runs in."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    if client.get_experiment_by_name(EXPERIMENT) is None:
+        client.create_experiment(EXPERIMENT, artifact_location=artifact_uri)
+
+
 @dataclass
 class LocalRuntime:
     workdir: Path
@@ -54,6 +76,7 @@ class LocalRuntime:
     tracking_uri: str | None = None
     on_event: Callable[[EmitEvent], None] = lambda event: None
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    registry_retry_seconds: float = 30
 
     def job_dir(self, job: FineTuneJob) -> Path:
         return self.workdir / job.metadata.name / spec_hash(job)
@@ -104,7 +127,7 @@ class LocalRuntime:
             return WorkloadState("Running", progress=progress)
         result = _read_json(folder / "result.json")
         if result is not None:
-            for key in ("adapterPath", "holdOutPath", "mergedPath"):
+            for key in ("adapterPath", "holdOutPath", "mergedPath", "recordsPath"):
                 if result.get(key):
                     result[key] = Path(result[key]).resolve().as_uri()
             return WorkloadState("Succeeded" if result.get("succeeded") else "Failed", result=result)
@@ -120,25 +143,54 @@ class LocalRuntime:
         folder.mkdir(parents=True, exist_ok=True)
         for stale in ("result.json", "progress.json"):
             (folder / stale).unlink(missing_ok=True)
-        if action.stage != "train":
-            raise NotImplementedError(f"stage {action.stage!r} has no local workload yet")
-        workload = self.trainer_workload(job, folder)
+        workload = self.workload(job, action, folder)
         (folder / "workload.json").write_text(workload.model_dump_json(by_alias=True, indent=2), encoding="utf-8")
-        command = [sys.executable, "-m", "tuneloop_trainer", "--spec", str(folder / "workload.json"),
-                   "--result", str(folder / "result.json"), "--progress", str(folder / "progress.json")]
+        command = [sys.executable, "-m", WORKLOAD_PROGRAMS[action.stage], "--spec", str(folder / "workload.json"),
+                   "--result", str(folder / "result.json")]
+        if action.stage == "train":
+            command += ["--progress", str(folder / "progress.json")]
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
         self.processes[action.name] = subprocess.Popen(command, env=env)
 
-    def trainer_workload(self, job: FineTuneJob, folder: Path) -> TrainerWorkload:
+    def workload(self, job: FineTuneJob, action: LaunchWorkload, folder: Path):
+        def resolve(uri: str) -> str:
+            return str(resolve_path(uri, self.manifest_dir))
+
+        if action.stage == "train":
+            return self.trainer_workload(job, folder)
+        if action.stage == "evaluate":
+            general = job.spec.evaluation.general_set
+            return stage_workloads.evaluator_workload(
+                job, action.inputs, model_path=str(self.model_path(job)), resolve=resolve,
+                output_dir=str(folder / "output"), tracking=self.tracking(job),
+                general_set_path=resolve(general.uri) if general else None)
+        if action.stage == "register":
+            tracking = self.tracking(job)
+            if tracking is None:
+                raise RuntimeError("registration needs an MLflow tracking URI")
+            return stage_workloads.register_workload(
+                job, action.inputs, resolve=resolve, tracking=tracking,
+                job_uid=job.metadata.uid or f"local-{job.metadata.name}-{spec_hash(job)}",
+                retry_seconds=self.registry_retry_seconds)
+        raise ValueError(f"unknown stage {action.stage!r}")
+
+    def model_path(self, job: FineTuneJob) -> Path:
         spec = job.spec
         if spec.base_model.name is not None:
-            model_path = catalog.materialize(catalog.lookup(spec.base_model.name), self.model_cache)
-        else:
-            model_path = resolve_path(spec.base_model.uri or "", self.manifest_dir)
+            return catalog.materialize(catalog.lookup(spec.base_model.name), self.model_cache)
+        return resolve_path(spec.base_model.uri or "", self.manifest_dir)
+
+    def tracking(self, job: FineTuneJob) -> Tracking | None:
+        if not self.tracking_uri:
+            return None
+        return Tracking(tracking_uri=self.tracking_uri, experiment=EXPERIMENT, run_name=job.metadata.name)
+
+    def trainer_workload(self, job: FineTuneJob, folder: Path) -> TrainerWorkload:
+        spec = job.spec
         output = resolve_path(spec.output.uri, self.manifest_dir) if spec.output.uri else folder / "output"
         return TrainerWorkload(
             job=f"{job.metadata.namespace}/{job.metadata.name}",
-            model_path=str(model_path),
+            model_path=str(self.model_path(job)),
             dataset_path=str(resolve_path(spec.dataset.uri, self.manifest_dir)),
             dataset=spec.dataset,
             method=spec.method,
@@ -147,7 +199,7 @@ class LocalRuntime:
             preview_examples=spec.output.preview_examples,
             merge_adapter=spec.output.merge_adapter,
             replay_path=str(resolve_path(spec.dataset.replay.uri, self.manifest_dir)) if spec.dataset.replay else None,
-            tracking=Tracking(tracking_uri=self.tracking_uri, run_name=job.metadata.name) if self.tracking_uri else None,
+            tracking=self.tracking(job),
         )
 
     def stop_all(self) -> None:
@@ -164,10 +216,11 @@ class LocalRuntime:
     def run(self, job: FineTuneJob, poll_seconds: float = 1.0) -> FineTuneJobStatus:
         """Reconcile until the job reaches Succeeded or Failed."""
         status = self.load_status(job)
+        context = dataclasses.replace(LOCAL_CONTEXT, registry_configured=bool(self.tracking_uri))
         try:
             while True:
                 decision = reconcile(job.metadata.name, job.spec.to_wire(), status, self.observe(job),
-                                     LOCAL_CONTEXT, job.metadata.generation)
+                                     context, job.metadata.generation)
                 for action in decision.actions:
                     if isinstance(action, LaunchWorkload):
                         self.launch(job, action)

@@ -5,28 +5,41 @@ GPU: torchrun on one node. More than one node: an Indexed Job plus a headless Se
 with c10d rendezvous on the pod of index 0. The trainer reads its spec from the ConfigMap, writes
 checkpoints and outputs to the output volume (so a retried pod resumes) and its compact result
 to the termination message, which the operator reads; it needs no Kubernetes credentials.
+s3:// inputs (base model, dataset, replay) are downloaded by init containers into an emptyDir
+before the trainer starts; the output is always a PVC, where checkpoints survive a pod restart.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 from tuneloop.api.common import API_VERSION
 from tuneloop.api.finetunejob import KIND, FineTuneJob
-from tuneloop.api.workloads import Tracking, TrainerWorkload
+from tuneloop.api.workloads import JUDGE_API_KEY_ENV, Tracking, TrainerWorkload
 from tuneloop.config import OperatorConfig
+from tuneloop.reconcile.finetunejob import LaunchWorkload
+from tuneloop.runtime import stage_workloads
 
 MANAGED_BY = "tuneloop"
 SPEC_DIR = "/etc/tuneloop"
 SCRATCH = "/scratch"
 PVC_ROOT = "/mnt/pvc"
+INPUTS = "/inputs"
+# The fetch streams objects to disk: a little CPU and memory, no GPU (init containers' requests do
+# not add to the trainer's: the pod reserves the larger of the two).
+FETCH_RESOURCES = {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
 RENDEZVOUS_PORT = 29500
 TERMINATION_LOG = "/dev/termination-log"
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "MLFLOW_ENABLE_TELEMETRY": "false",
 }
+
+
+# The container whose termination message carries each stage's result.
+WORKLOAD_CONTAINERS = {"train": "trainer", "evaluate": "evaluator", "register": "register"}
 
 
 class UnsupportedStorage(ValueError):
@@ -52,12 +65,33 @@ def metadata(job: FineTuneJob, name: str, stage: str) -> dict[str, Any]:
             "ownerReferences": [owner_reference(job)]}
 
 
+def restricted_security_context() -> dict[str, Any]:
+    """A container's share of Pod Security Standards 'restricted'."""
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
 @dataclass
 class Storage:
-    """pvc:// URIs become volumes mounted under /mnt/pvc/<claim>; the trainer sees plain paths."""
+    """pvc:// URIs become volumes mounted under /mnt/pvc/<claim>; s3:// inputs are fetched by init
+    containers into /inputs/<name> (fetches: name -> URI). The trainer sees plain paths."""
 
     writable_claims: set[str] = field(default_factory=set)
     claims: set[str] = field(default_factory=set)
+    fetches: dict[str, str] = field(default_factory=dict)
+
+    def input_path(self, uri: str, name: str, *, is_file: bool = False) -> str:
+        """Where the trainer reads an input; a fetched file keeps its name: /inputs/<name>/<file>."""
+        if not uri.startswith("s3://"):
+            return self.path(uri)
+        self.fetches[name] = uri
+        key = uri[len("s3://"):].partition("/")[2]
+        if not is_file:
+            return f"{INPUTS}/{name}"
+        if not key or key.endswith("/"):
+            raise UnsupportedStorage(f"{uri!r} names a folder; the {name} must be one object, "
+                                     "e.g. s3://bucket/path/train.jsonl")
+        return f"{INPUTS}/{name}/{PurePosixPath(key).name}"
 
     def path(self, uri: str, *, writable: bool = False) -> str:
         if uri.startswith("pvc://"):
@@ -66,6 +100,9 @@ class Storage:
             if writable:
                 self.writable_claims.add(claim)
             return f"{PVC_ROOT}/{claim}/{rest}".rstrip("/")
+        if uri.startswith("s3://") and writable:
+            raise UnsupportedStorage(f"{uri!r}: the output must be a pvc:// folder (checkpoints must survive "
+                                     "a pod restart on a filesystem); s3:// serves inputs only")
         scheme = uri.split("://", 1)[0] if "://" in uri else "a local path"
         raise UnsupportedStorage(f"{uri!r}: {scheme} storage cannot be mounted in a cluster by this version; "
                                  "use pvc://claim/path")
@@ -76,14 +113,23 @@ class Storage:
             return "pvc://" + path[len(PVC_ROOT) + 1:]
         return path
 
-    def volumes(self) -> list[dict[str, Any]]:
-        return [{"name": f"pvc-{claim}", "persistentVolumeClaim": {"claimName": claim,
-                                                                   "readOnly": claim not in self.writable_claims}}
-                for claim in sorted(self.claims)]
+    def volumes(self, inputs_size: str) -> list[dict[str, Any]]:
+        volumes = [{"name": f"pvc-{claim}", "persistentVolumeClaim": {"claimName": claim,
+                                                                      "readOnly": claim not in self.writable_claims}}
+                   for claim in sorted(self.claims)]
+        if self.fetches:
+            volumes.append({"name": "inputs", "emptyDir": {"sizeLimit": inputs_size}})
+        return volumes
 
     def mounts(self) -> list[dict[str, Any]]:
-        return [{"name": f"pvc-{claim}", "mountPath": f"{PVC_ROOT}/{claim}",
-                 "readOnly": claim not in self.writable_claims} for claim in sorted(self.claims)]
+        mounts = [{"name": f"pvc-{claim}", "mountPath": f"{PVC_ROOT}/{claim}",
+                   "readOnly": claim not in self.writable_claims} for claim in sorted(self.claims)]
+        if self.fetches:
+            mounts.append({"name": "inputs", "mountPath": INPUTS, "readOnly": True})
+        return mounts
+
+    def fetch_container_names(self) -> list[str]:
+        return [f"fetch-{name}" for name in self.fetches]
 
 
 def trainer_workload(job: FineTuneJob, config: OperatorConfig, storage: Storage) -> TrainerWorkload:
@@ -103,9 +149,10 @@ def trainer_workload(job: FineTuneJob, config: OperatorConfig, storage: Storage)
                             run_name=f"{job.metadata.namespace}/{job.metadata.name}")
     return TrainerWorkload(
         job=f"{job.metadata.namespace}/{job.metadata.name}",
-        model_path=storage.path(model_uri),
-        dataset_path=storage.path(spec.dataset.uri),
-        replay_path=storage.path(spec.dataset.replay.uri) if spec.dataset.replay else None,
+        model_path=storage.input_path(model_uri, "model"),
+        dataset_path=storage.input_path(spec.dataset.uri, "dataset", is_file=True),
+        replay_path=(storage.input_path(spec.dataset.replay.uri, "replay", is_file=True)
+                     if spec.dataset.replay else None),
         dataset=spec.dataset,
         method=spec.method,
         training=spec.training,
@@ -116,8 +163,8 @@ def trainer_workload(job: FineTuneJob, config: OperatorConfig, storage: Storage)
     )
 
 
-def config_map(job: FineTuneJob, name: str, workload: TrainerWorkload) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata(job, name, "train"),
+def config_map(job: FineTuneJob, name: str, workload: Any, stage: str = "train") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata(job, name, stage),
             "data": {"workload.json": workload.model_dump_json(by_alias=True, exclude_none=True, indent=2)}}
 
 
@@ -134,24 +181,58 @@ def trainer_command(job: FineTuneJob, name: str, workload: TrainerWorkload) -> l
     return ["python", *program]
 
 
+def s3_env(config: OperatorConfig) -> list[dict[str, Any]]:
+    """Credentials by secretKeyRef only. Without s3SecretName the fetch uses the pod's own identity
+    (IRSA, EKS Pod Identity, instance profile): boto3 finds it in the usual places."""
+    env: list[dict[str, Any]] = []
+    if config.s3_secret_name:
+        env += [{"name": variable, "valueFrom": {"secretKeyRef": {"name": config.s3_secret_name, "key": key}}}
+                for variable, key in (("AWS_ACCESS_KEY_ID", config.s3_access_key_id_key),
+                                      ("AWS_SECRET_ACCESS_KEY", config.s3_secret_access_key_key))]
+    if config.s3_endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": config.s3_endpoint})
+    if config.s3_region:
+        env.append({"name": "AWS_DEFAULT_REGION", "value": config.s3_region})
+    return env
+
+
+def fetch_containers(storage: Storage, config: OperatorConfig) -> list[dict[str, Any]]:
+    """One init container per s3:// input, so a failure names the input in the pod's status."""
+    return [{
+        "name": container_name,
+        "image": config.images.trainer,
+        "imagePullPolicy": config.images.pull_policy,
+        "command": ["python", "-m", "tuneloop_trainer.fetch", uri, f"{INPUTS}/{name}"],
+        "env": s3_env(config),
+        "resources": FETCH_RESOURCES,
+        "volumeMounts": [{"name": "inputs", "mountPath": INPUTS}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": restricted_security_context(),
+    } for container_name, (name, uri) in zip(storage.fetch_container_names(), storage.fetches.items())]
+
+
 def pod_spec(job: FineTuneJob, name: str, workload: TrainerWorkload, config: OperatorConfig,
-             storage: Storage) -> dict[str, Any]:
+             storage: Storage, *, stage: str = "train", command: list[str] | None = None,
+             extra_env: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The pod of a stage's workload: trainer image and trainer command unless told otherwise."""
     resources = job.spec.resources
+    gpus = {"train": resources.gpus, "evaluate": min(resources.gpus, 1), "register": 0}[stage]
     limits: dict[str, str] = {}
-    if resources.gpus:
-        limits["nvidia.com/gpu"] = str(resources.gpus)
+    if gpus:
+        limits["nvidia.com/gpu"] = str(gpus)
     if resources.cpu:
         limits["cpu"] = resources.cpu
     if resources.memory:
         limits["memory"] = resources.memory
     env = [{"name": key, "value": value} for key, value in OFFLINE_ENV.items()]
     env += [{"name": "HOME", "value": SCRATCH}, {"name": "TMPDIR", "value": f"{SCRATCH}"},
-            {"name": "HF_HOME", "value": f"{SCRATCH}/hf"}, {"name": "TRITON_CACHE_DIR", "value": f"{SCRATCH}/triton"}]
+            {"name": "HF_HOME", "value": f"{SCRATCH}/hf"}, {"name": "TRITON_CACHE_DIR", "value": f"{SCRATCH}/triton"},
+            *extra_env]
     container = {
-        "name": "trainer",
-        "image": config.images.trainer,
+        "name": WORKLOAD_CONTAINERS[stage],
+        "image": config.images.trainer if stage == "train" else config.images.evaluator,
         "imagePullPolicy": config.images.pull_policy,
-        "command": trainer_command(job, name, workload),
+        "command": command or trainer_command(job, name, workload),
         "env": env,
         "resources": {"limits": limits, "requests": dict(limits)} if limits else {},
         "volumeMounts": [
@@ -162,14 +243,11 @@ def pod_spec(job: FineTuneJob, name: str, workload: TrainerWorkload, config: Ope
         ],
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_security_context(),
     }
-    if resources.nodes > 1:
+    if resources.nodes > 1 and stage == "train":
         container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
-    tolerations = list(resources.tolerations) or (config.default_tolerations if resources.gpus else [])
+    tolerations = list(resources.tolerations) or (config.default_tolerations if gpus else [])
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [container],
@@ -177,7 +255,7 @@ def pod_spec(job: FineTuneJob, name: str, workload: TrainerWorkload, config: Ope
             {"name": "workload", "configMap": {"name": name}},
             {"name": "scratch", "emptyDir": {"sizeLimit": config.scratch_size}},
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": config.shared_memory_size}},
-            *storage.volumes(),
+            *storage.volumes(config.inputs_size),
         ],
         "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
                             "seccompProfile": {"type": "RuntimeDefault"}},
@@ -186,35 +264,42 @@ def pod_spec(job: FineTuneJob, name: str, workload: TrainerWorkload, config: Ope
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
     }
+    if storage.fetches:
+        spec["initContainers"] = fetch_containers(storage, config)
     if resources.priority_class_name:
         spec["priorityClassName"] = resources.priority_class_name
     if config.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": secret} for secret in config.image_pull_secrets]
-    if resources.nodes > 1:
+    if resources.nodes > 1 and stage == "train":
         spec["subdomain"] = name
     return spec
 
 
 def training_job(job: FineTuneJob, name: str, workload: TrainerWorkload, config: OperatorConfig,
-                 storage: Storage) -> dict[str, Any]:
-    nodes = job.spec.resources.nodes
-    pod_labels = {**labels(job, "train"), "tuneloop.dev/workload": name}
+                 storage: Storage, *, stage: str = "train", pod: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The batch/v1 Job of a stage (by default training, with the trainer's pod)."""
+    nodes = job.spec.resources.nodes if stage == "train" else 1
+    container = WORKLOAD_CONTAINERS[stage]
+    pod_labels = {**labels(job, stage), "tuneloop.dev/workload": name}
     spec: dict[str, Any] = {
         "backoffLimit": config.backoff_limit,
         "activeDeadlineSeconds": config.active_deadline_seconds,
         # Preemption and node drains are not the trainer's fault: retry without counting them.
-        # Exit code 1 is the trainer's own verdict (bad data, bad spec): retrying cannot help.
+        # Exit code 1 is the trainer's own verdict (bad data, bad spec), or a fetch's (no such S3
+        # object, access denied): retrying cannot help. An unreachable S3 endpoint exits 3 and is retried.
         "podFailurePolicy": {"rules": [
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-            {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [1]}},
+            *({"action": "FailJob", "onExitCodes": {"containerName": failing, "operator": "In", "values": [1]}}
+              for failing in [container, *storage.fetch_container_names()]),
         ]},
-        "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec(job, name, workload, config, storage)},
+        "template": {"metadata": {"labels": pod_labels},
+                     "spec": pod or pod_spec(job, name, workload, config, storage)},
     }
     if nodes > 1:
         spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes)
     if config.ttl_seconds_after_finished is not None:
         spec["ttlSecondsAfterFinished"] = config.ttl_seconds_after_finished
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata(job, name, "train"), "spec": spec}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata(job, name, stage), "spec": spec}
 
 
 def rendezvous_service(job: FineTuneJob, name: str) -> dict[str, Any]:
@@ -236,3 +321,56 @@ def training_objects(job: FineTuneJob, name: str, config: OperatorConfig) -> lis
         objects.append(rendezvous_service(job, name))
     objects.append(training_job(job, name, workload, config, storage))
     return objects
+
+
+def _tracking(job: FineTuneJob, config: OperatorConfig) -> Tracking | None:
+    if not config.mlflow_tracking_uri:
+        return None
+    return Tracking(tracking_uri=config.mlflow_tracking_uri, run_name=f"{job.metadata.namespace}/{job.metadata.name}")
+
+
+def _judge_key_env(job: FineTuneJob) -> list[dict[str, Any]]:
+    judge = job.spec.evaluation.judge
+    if judge is None or judge.api_key_secret is None:
+        return []
+    return [{"name": JUDGE_API_KEY_ENV, "valueFrom": {"secretKeyRef": {
+        "name": judge.api_key_secret.name, "key": judge.api_key_secret.key}}}]
+
+
+def stage_objects(job: FineTuneJob, action: LaunchWorkload, config: OperatorConfig) -> list[dict[str, Any]]:
+    """ConfigMap + Job of the evaluate or register stage: the evaluator image, reading the training
+    output from the same volume (read-only), writing its records next to it."""
+    storage = Storage()
+    training = trainer_workload(job, config, storage)  # the same volumes, model path and output folder
+    name, stage = action.name, action.stage
+    resolve = storage.path
+    if stage == "evaluate":
+        general = job.spec.evaluation.general_set
+        workload: Any = stage_workloads.evaluator_workload(
+            job, action.inputs, model_path=training.model_path, resolve=resolve,
+            output_dir=f"{training.output_dir}/evaluation", tracking=_tracking(job, config),
+            general_set_path=storage.path(general.uri) if general else None)
+        program = ["python", "-m", "tuneloop_evaluator"]
+        result = f"{workload.output_dir}/result.json"
+    else:
+        tracking = _tracking(job, config)
+        if tracking is None:
+            raise UnsupportedStorage("registration needs the operator's mlflowTrackingUri")
+        workload = stage_workloads.register_workload(job, action.inputs, resolve=resolve, tracking=tracking,
+                                                     job_uid=job.metadata.uid or "", retry_seconds=120)
+        storage.writable_claims.clear()  # registering only reads the adapter
+        program = ["python", "-m", "tuneloop_evaluator.register"]
+        result = f"{SCRATCH}/result.json"
+    command = [*program, "--spec", f"{SPEC_DIR}/workload.json", "--result", result,
+               "--termination-log", TERMINATION_LOG]
+    pod = pod_spec(job, name, training, config, storage, stage=stage, command=command,
+                   extra_env=_judge_key_env(job) if stage == "evaluate" else [])
+    return [config_map(job, name, workload, stage),
+            training_job(job, name, training, config, storage, stage=stage, pod=pod)]
+
+
+def workload_objects(job: FineTuneJob, action: LaunchWorkload, config: OperatorConfig) -> list[dict[str, Any]]:
+    """Everything a stage's workload needs, in creation order (the Job last)."""
+    if action.stage == "train":
+        return training_objects(job, action.name, config)
+    return stage_objects(job, action, config)

@@ -1,0 +1,238 @@
+"""One evaluation: answers from candidate and baseline on the hold-out (and general) set, scored,
+judged, bootstrapped, written out per example, and logged to the training run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneloop.api.evaluation import PAIRED_ONLY, BootstrapSpec, Comparison, JudgeSpec, JudgeStats
+from tuneloop.api.workloads import EvaluatorResult, EvaluatorWorkload
+from tuneloop_evaluator.bootstrap import bootstrap_difference, bootstrap_mean
+from tuneloop_evaluator.champion import Baseline, resolve_baseline
+from tuneloop_evaluator.judge import (
+    ItemJudgment, JudgeItem, JudgeNotConfigured, JudgeRun, check_judge, judge_answers, resolve_api_key,
+)
+from tuneloop_evaluator.metrics import TaskShape, rouge_l, score_answer, task_shape
+from tuneloop_evaluator.tracking import log_to_training_run
+from tuneloop_trainer.data import DataError, Example, load_dataset, render_prompt
+
+log = logging.getLogger("tuneloop_evaluator")
+RECORDS_FILE = "evaluation-records.jsonl"
+CANDIDATE = "candidate"
+CHAMPION = "champion"
+
+
+class InvalidWorkload(ValueError):
+    """The workload points at inputs that are not there."""
+
+
+@dataclass
+class EvalSet:
+    """One set of examples with both sides' answers and per-example scores (metric -> value)."""
+
+    name: str
+    examples: list[Example]
+    candidate_answers: list[str] = field(default_factory=list)
+    baseline_answers: list[str] = field(default_factory=list)
+    candidate_scores: list[dict[str, float]] = field(default_factory=list)
+    baseline_scores: list[dict[str, float]] = field(default_factory=list)
+    judgments: list[ItemJudgment] | None = None
+
+
+def check_inputs(workload: EvaluatorWorkload) -> None:
+    for name, path in (("modelPath", workload.model_path), ("adapterPath", workload.adapter_path)):
+        if not Path(path).is_dir():
+            raise InvalidWorkload(f"{name}: {path} is not a folder")
+    if workload.evaluation.general_set is not None and not workload.general_set_path:
+        raise InvalidWorkload("evaluation.generalSet is set but the workload has no generalSetPath")
+
+
+def load_examples(path: str, system_prompt: str | None, limit: int | None) -> list[Example]:
+    """Prompt/answer rows of a JSONL or Parquet file (the trainer's hold-out is `messages` rows)."""
+    examples = load_dataset(Path(path), "auto", system_prompt).examples
+    text_rows = [example.line for example in examples if not example.messages]
+    if text_rows:
+        raise DataError(f"{path}:{text_rows[0]}: a text row has no prompt to answer; evaluation needs "
+                        "alpaca or messages rows")
+    return examples[:limit]
+
+
+def judge_question(example: Example) -> str:
+    messages = example.prompt_messages
+    if len(messages) == 1:
+        return messages[0]["content"]
+    return "\n\n".join(f"[{message['role']}]\n{message['content']}" for message in messages)
+
+
+def judge_key(spec: JudgeSpec | None, warnings: list[str]) -> str | None:
+    """The API key to judge with; None when there is no judge for this run (and it is not required)."""
+    if spec is None:
+        return None
+    try:
+        return resolve_api_key(spec)
+    except JudgeNotConfigured as error:
+        if spec.required:
+            raise
+        warnings.append(f"judge skipped: {error}")
+        log.warning("judge skipped (evaluation.judge.required is false): %s", error)
+        return None
+
+
+def generate(workload: EvaluatorWorkload, baseline: Baseline, sets: list[EvalSet]) -> None:
+    from tuneloop_evaluator.generation import AnswerModels
+
+    evaluation = workload.evaluation
+    models = AnswerModels(workload.model_path)
+    models.add(CANDIDATE, Path(workload.adapter_path))
+    if baseline.folder is not None:
+        models.add(CHAMPION, baseline.folder)
+    baseline_name = CHAMPION if baseline.folder is not None else None
+    for eval_set in sets:
+        prompts = [render_prompt(models.tokenizer, example) for example in eval_set.examples]
+        started = time.monotonic()
+        eval_set.candidate_answers = models.answers(CANDIDATE, prompts, evaluation.max_new_tokens,
+                                                    evaluation.batch_size)
+        eval_set.baseline_answers = models.answers(baseline_name, prompts, evaluation.max_new_tokens,
+                                                   evaluation.batch_size)
+        log.info("%s: %d prompts answered by candidate and %s in %.1fs", eval_set.name, len(prompts),
+                 baseline.kind, time.monotonic() - started)
+
+
+def score_sets(hold_out: EvalSet, general: EvalSet | None, shape: TaskShape) -> None:
+    for example, candidate, baseline in zip(hold_out.examples, hold_out.candidate_answers, hold_out.baseline_answers):
+        hold_out.candidate_scores.append(score_answer(candidate, example.reference, shape))
+        hold_out.baseline_scores.append(score_answer(baseline, example.reference, shape))
+    if general is not None:
+        for example, candidate, baseline in zip(general.examples, general.candidate_answers,
+                                                general.baseline_answers):
+            general.candidate_scores.append({"rougeL": rouge_l(candidate, example.reference)})
+            general.baseline_scores.append({"rougeL": rouge_l(baseline, example.reference)})
+
+
+def judge_items(eval_set: EvalSet) -> list[JudgeItem]:
+    return [JudgeItem(question=judge_question(example), reference=example.reference, candidate=candidate,
+                      baseline=baseline)
+            for example, candidate, baseline in zip(eval_set.examples, eval_set.candidate_answers,
+                                                    eval_set.baseline_answers)]
+
+
+def add_judgments(eval_set: EvalSet, judgments: list[ItemJudgment]) -> None:
+    """Readable judgments become per-example scores; unreadable ones are left out, never counted as passes."""
+    eval_set.judgments = judgments
+    for candidate, baseline, judgment in zip(eval_set.candidate_scores, eval_set.baseline_scores, judgments):
+        if judgment.candidate.score is not None:
+            candidate["judgeScore"] = float(judgment.candidate.score)
+        if judgment.baseline.score is not None:
+            baseline["judgeScore"] = float(judgment.baseline.score)
+        if judgment.pair is not None and judgment.pair.win_value is not None:
+            candidate["judgeWinRate"] = judgment.pair.win_value
+
+
+def compare(eval_set: EvalSet, spec: BootstrapSpec) -> Comparison:
+    """Every metric any example has: candidate and baseline means over the examples that have it, and the
+    paired difference over the examples where both sides have it."""
+    comparison = Comparison(examples=len(eval_set.examples))
+    metrics = dict.fromkeys(name for scores in eval_set.candidate_scores + eval_set.baseline_scores for name in scores)
+    for metric in metrics:
+        candidate = [scores[metric] for scores in eval_set.candidate_scores if metric in scores]
+        baseline = [scores[metric] for scores in eval_set.baseline_scores if metric in scores]
+        pairs = [(c[metric], b[metric]) for c, b in zip(eval_set.candidate_scores, eval_set.baseline_scores)
+                 if metric in c and metric in b]
+        if candidate:
+            comparison.candidate[metric] = bootstrap_mean(candidate, spec)
+        if metric in PAIRED_ONLY:
+            continue
+        if baseline:
+            comparison.baseline[metric] = bootstrap_mean(baseline, spec)
+        if pairs:
+            comparison.difference[metric] = bootstrap_difference([c for c, _ in pairs], [b for _, b in pairs], spec)
+    return comparison
+
+
+def _point(judgment: Any) -> dict[str, Any]:
+    return {"score": judgment.score, "rationale": judgment.rationale}
+
+
+def records(eval_set: EvalSet) -> list[dict[str, Any]]:
+    rows = []
+    for index, example in enumerate(eval_set.examples):
+        judgment = eval_set.judgments[index] if eval_set.judgments else None
+        candidate = {"answer": eval_set.candidate_answers[index], "scores": eval_set.candidate_scores[index]}
+        baseline = {"answer": eval_set.baseline_answers[index], "scores": eval_set.baseline_scores[index]}
+        row: dict[str, Any] = {"set": eval_set.name, "index": index, "line": example.line,
+                               "prompt": example.prompt_messages, "reference": example.reference,
+                               "candidate": candidate, "baseline": baseline}
+        if judgment is not None:
+            candidate["judge"], baseline["judge"] = _point(judgment.candidate), _point(judgment.baseline)
+            if judgment.pair is not None:
+                row["pairwise"] = {"verdict": judgment.pair.verdict, "inconsistent": judgment.pair.inconsistent,
+                                   "candidateFirst": judgment.pair.first, "baselineFirst": judgment.pair.second,
+                                   "rationales": judgment.pair.rationales}
+        rows.append(row)
+    return rows
+
+
+def write_records(path: Path, rows: list[dict[str, Any]]) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    partial.replace(path)
+
+
+def run(workload: EvaluatorWorkload) -> EvaluatorResult:
+    started = time.monotonic()
+    evaluation = workload.evaluation
+    output_dir = Path(workload.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    warnings: list[str] = []
+    check_inputs(workload)
+    api_key = judge_key(evaluation.judge, warnings)
+
+    hold_out = EvalSet("holdOut", load_examples(workload.hold_out_path, workload.dataset.system_prompt,
+                                                evaluation.max_examples))
+    general = None
+    if evaluation.general_set is not None:
+        # General ability is asked without the task's system prompt.
+        general = EvalSet("general", load_examples(workload.general_set_path, None,
+                                                   evaluation.general_set.max_examples))
+    try:
+        shape = task_shape([example.reference for example in hold_out.examples], evaluation.structured.label_fields)
+    except ValueError as error:
+        raise DataError(f"{workload.hold_out_path}: {error}") from None
+    if evaluation.structured.label_fields and not shape.structured:
+        warnings.append("labelAccuracy not measured: the references are not all JSON objects")
+    if api_key is not None:
+        check_judge(evaluation.judge, api_key)  # fail before generation when the judge is down
+
+    baseline = resolve_baseline(workload)
+    sets = [hold_out] + ([general] if general else [])
+    generate(workload, baseline, sets)
+    score_sets(hold_out, general, shape)
+
+    judge_stats = JudgeStats(configured=False)
+    if api_key is not None:
+        judged: JudgeRun = judge_answers(evaluation.judge, api_key, judge_items(hold_out),
+                                         judge_items(general) if general else [])
+        add_judgments(hold_out, judged.hold_out)
+        if general is not None:
+            add_judgments(general, judged.general)
+        judge_stats = judged.stats
+
+    records_path = output_dir / RECORDS_FILE
+    write_records(records_path, records(hold_out) + (records(general) if general else []))
+    result = EvaluatorResult(
+        succeeded=True, message="; ".join(warnings) or None, baseline=baseline.kind,
+        baseline_version=baseline.version, hold_out=compare(hold_out, evaluation.bootstrap),
+        general=compare(general, evaluation.bootstrap) if general else None, judge=judge_stats,
+        records_path=str(records_path),
+    )
+    if workload.tracking is not None and workload.training_run_id:
+        log_to_training_run(workload.tracking, workload.training_run_id, result, records_path)
+    result.seconds = time.monotonic() - started
+    return result

@@ -1,0 +1,181 @@
+"""How a FineTuneJob proves its adapter is better (spec.evaluation) and where it is registered (spec.registry).
+
+Metric names used across spec, status and the evaluator's result:
+
+    exactMatch     answer == reference after normalisation (case, spaces, JSON key order)
+    rougeL         ROUGE-L F1 (rouge-score)
+    jsonValid      the answer parses as JSON               (structured tasks: references are JSON)
+    fieldAccuracy  share of the reference's fields the answer gets right          (structured)
+    labelAccuracy  all of evaluation.structured.labelFields right                 (structured)
+    judgeScore     LLM judge's 1-10 pointwise score                               (judge configured)
+    judgeWinRate   pairwise candidate-vs-baseline verdicts, both orders: win 1, tie 0.5, loss 0
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from tuneloop.api.common import WireModel
+
+METRICS = ("exactMatch", "rougeL", "jsonValid", "fieldAccuracy", "labelAccuracy", "judgeScore", "judgeWinRate")
+# judgeWinRate already compares candidate with baseline: it has no baseline value of its own.
+PAIRED_ONLY = ("judgeWinRate",)
+
+
+def _known_metrics(values: dict[str, float]) -> dict[str, float]:
+    unknown = sorted(set(values) - set(METRICS))
+    if unknown:
+        raise ValueError(f"unknown metric {', '.join(unknown)}; known: {', '.join(METRICS)}")
+    return values
+
+
+class SecretKeyRef(WireModel):
+    name: str = Field(min_length=1, description="Secret in the FineTuneJob's namespace.")
+    key: str = Field(min_length=1, description="Key in that Secret.")
+
+
+class JudgeSpec(WireModel):
+    """An LLM judge behind any OpenAI-compatible endpoint (in a cluster, a vLLM-served model)."""
+
+    url: str = Field(description="Base URL of the OpenAI-compatible API, e.g. http://judge.llm.svc:8000/v1.")
+    model: str = Field(min_length=1, description="Model name the endpoint serves.")
+    api_key_secret: SecretKeyRef | None = Field(
+        None, description="Secret holding the API key (cluster). Never put a key in the spec.")
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the API key (local runs).")
+    rubric: str | None = Field(None, description="What a good answer is; the default rubric judges "
+                                                 "correctness and faithfulness to the reference.")
+    pairwise: bool = Field(True, description="Also ask candidate-vs-baseline, in both orders.")
+    concurrency: int = Field(4, ge=1, le=64, description="Judge requests in flight.")
+    timeout_seconds: float = Field(60, gt=0, le=600, description="Per request.")
+    max_retries: int = Field(4, ge=0, le=10, description="Retries per request, with exponential backoff.")
+    required: bool = Field(False, description="Fail the evaluation instead of skipping the judge when "
+                                              "it is not configured for this run.")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} is not an http(s) URL")
+        return url.rstrip("/")
+
+
+class StructuredSpec(WireModel):
+    label_fields: list[str] = Field(default_factory=list, description=(
+        "JSON fields that are labels (e.g. priority, category): labelAccuracy counts answers that get all right."))
+
+
+class GeneralSetSpec(WireModel):
+    uri: str = Field(description="General-ability prompts with reference answers (alpaca, messages).")
+    max_examples: int = Field(50, ge=1, le=10000)
+
+
+class BootstrapSpec(WireModel):
+    samples: int = Field(1000, ge=100, le=100000, description="Bootstrap resamples.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of every interval.")
+    seed: int = 0
+
+
+class GateSpec(WireModel):
+    """The gate decides on the confidence interval's lower bound, never on the mean."""
+
+    primary_metric: Literal["exactMatch", "rougeL", "jsonValid", "fieldAccuracy", "labelAccuracy", "judgeScore"] = (
+        Field("exactMatch", description="The score shown, compared with the champion; it must improve on the "
+                                        "baseline (lower bound of the difference above minImprovement, default 0)."))
+    min_score: dict[str, float] = Field(default_factory=dict, description=(
+        "Metric -> minimum lower bound of the candidate's score, e.g. {exactMatch: 0.5}."))
+    min_improvement: dict[str, float] = Field(default_factory=dict, description=(
+        "Metric -> the lower bound of candidate minus baseline must be above this."))
+    max_regression: float = Field(0.05, ge=0, le=1, description=(
+        "General set: the lower bound of candidate minus baseline ROUGE-L may not go below -maxRegression."))
+
+    _min_score = field_validator("min_score")(_known_metrics)
+    _min_improvement = field_validator("min_improvement")(_known_metrics)
+
+
+class EvaluationSpec(WireModel):
+    enabled: bool = Field(True, description="Evaluate after training (and gate the registration).")
+    baseline: Literal["auto", "base", "champion"] = Field("auto", description=(
+        "Compare with the base model, the registered champion, or (auto) the champion when there is one."))
+    max_examples: int | None = Field(None, ge=1, description="Evaluate at most this many hold-out rows.")
+    max_new_tokens: int = Field(256, ge=1, le=8192, description="Token limit per generated answer.")
+    batch_size: int = Field(8, ge=1, le=512, description="Prompts generated together.")
+    structured: StructuredSpec = Field(default_factory=StructuredSpec, description=(
+        "Structured-output metrics; they apply when the references are JSON objects."))
+    judge: JudgeSpec | None = Field(None, description="LLM-as-a-judge; absent: not configured.")
+    general_set: GeneralSetSpec | None = Field(None, description="Measures regression on general ability.")
+    bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec)
+    gate: GateSpec = Field(default_factory=GateSpec)
+
+
+class RegistrySpec(WireModel):
+    enabled: bool = Field(True, description="Register the adapter as a new MLflow model version.")
+    model_name: str | None = Field(None, max_length=256, description="Registered model; default: the job's name.")
+    promotion: Literal["auto", "manual"] = Field("auto", description=(
+        "auto: alias champion moves to a version that passed the gate against the champion; "
+        "manual: only challenger is set, a person moves champion."))
+
+
+# --- results ---
+
+class Score(WireModel):
+    """A mean with its bootstrap confidence interval."""
+
+    value: float
+    low: float
+    high: float
+
+
+class JudgeStats(WireModel):
+    configured: bool
+    model: str | None = None
+    judged: int = 0
+    unparseable: int = Field(0, description="Judgments that could not be read; never counted as passes.")
+    wins: int = 0
+    ties: int = 0
+    losses: int = 0
+    inconsistent: int = Field(0, description="Pairs whose verdict flipped with the order (counted as ties).")
+
+
+class Comparison(WireModel):
+    """Candidate and baseline on the same examples, and their paired difference."""
+
+    examples: int
+    candidate: dict[str, Score] = Field(default_factory=dict)
+    baseline: dict[str, Score] = Field(default_factory=dict)
+    difference: dict[str, Score] = Field(default_factory=dict, description="candidate minus baseline, paired.")
+
+
+class GateResult(WireModel):
+    passed: bool
+    message: str
+    checks: list[str] = Field(default_factory=list)
+
+
+class EvaluationResults(WireModel):
+    baseline: str = Field(description="What the candidate was compared with: base, or champion version N.")
+    baseline_version: str | None = None
+    primary_metric: str
+    score: float | None = Field(None, description="The candidate's primary metric on the hold-out set.")
+    baseline_score: float | None = Field(None, description="The baseline's primary metric on the hold-out set.")
+    hold_out: Comparison
+    general: Comparison | None = None
+    judge: JudgeStats
+    records_uri: str | None = Field(None, description="Per-example answers and scores (JSONL).")
+    gate: GateResult | None = None
+
+    @model_validator(mode="after")
+    def _primary_known(self) -> "EvaluationResults":
+        if self.primary_metric not in METRICS:
+            raise ValueError(f"unknown metric {self.primary_metric}")
+        return self
+
+
+class RegistryResults(WireModel):
+    model_name: str
+    version: str
+    uri: str = Field(description="models:/<name>/<version>")
+    aliases: list[str] = Field(default_factory=list)
+    run_id: str | None = None

@@ -1,0 +1,66 @@
+"""The evaluator's and the registry's workload specs, shared by the local and the Kubernetes runtime.
+
+The runtimes differ only in where things are: `resolve` turns a storage URI from an earlier stage's
+result (file://, pvc://) into the path the workload sees.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from tuneloop.api.finetunejob import FineTuneJob
+from tuneloop.api.workloads import EvaluatorWorkload, RegisterWorkload, Tracking
+
+Resolve = Callable[[str], str]
+
+
+def registered_model_name(job: FineTuneJob) -> str:
+    return job.spec.registry.model_name or job.metadata.name
+
+
+def _required(inputs: dict[str, Any], key: str, stage: str) -> str:
+    value = inputs.get(key)
+    if not value:
+        raise ValueError(f"the {stage} stage needs {key} from the training result, and it is missing")
+    return value
+
+
+def evaluator_workload(job: FineTuneJob, inputs: dict[str, Any], *, model_path: str, resolve: Resolve,
+                       output_dir: str, tracking: Tracking | None,
+                       general_set_path: str | None = None) -> EvaluatorWorkload:
+    spec = job.spec
+    return EvaluatorWorkload(
+        job=f"{job.metadata.namespace}/{job.metadata.name}",
+        model_path=model_path,
+        adapter_path=resolve(_required(inputs, "adapter_uri", "evaluate")),
+        hold_out_path=resolve(_required(inputs, "hold_out_uri", "evaluate")),
+        dataset=spec.dataset,
+        evaluation=spec.evaluation,
+        general_set_path=general_set_path,
+        output_dir=output_dir,
+        tracking=tracking,
+        registered_model=registered_model_name(job) if spec.registry.enabled and tracking else None,
+        training_run_id=inputs.get("training_run_id"),
+    )
+
+
+def register_workload(job: FineTuneJob, inputs: dict[str, Any], *, resolve: Resolve, tracking: Tracking,
+                      job_uid: str, retry_seconds: float) -> RegisterWorkload:
+    tags = {**inputs.get("tags", {}), "tuneloop.dev/namespace": job.metadata.namespace,
+            "tuneloop.dev/finetunejob": job.metadata.name, "tuneloop.dev/job-uid": job_uid}
+    records = inputs.get("records_uri")
+    return RegisterWorkload(
+        job=f"{job.metadata.namespace}/{job.metadata.name}",
+        job_uid=job_uid,
+        tracking=tracking,
+        model_name=registered_model_name(job),
+        adapter_path=resolve(_required(inputs, "adapter_uri", "register")),
+        training_run_id=inputs.get("training_run_id"),
+        records_path=resolve(records) if records else None,
+        tags=tags,
+        metrics={key: value for key, value in inputs.get("metrics", {}).items() if value is not None},
+        set_challenger=bool(inputs.get("set_challenger")),
+        set_champion=bool(inputs.get("set_champion")),
+        expected_champion=inputs.get("expected_champion"),
+        retry_seconds=retry_seconds,
+    )

@@ -1,0 +1,226 @@
+"""Training -> Evaluating -> Registering -> Succeeded in the pure reconciler, and the gate."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuneloop.api.common import get_condition
+from tuneloop.api.evaluation import Comparison, GateSpec, Score
+from tuneloop.api.finetunejob import FineTuneJobStatus
+from tuneloop.reconcile import gate
+from tuneloop.reconcile.finetunejob import (
+    EmitEvent, LaunchWorkload, Observed, ReconcileContext, WorkloadState, reconcile,
+)
+
+NOW, LATER = "2026-03-01T12:00:00Z", "2026-03-01T13:00:00Z"
+JOB = "acme-tickets"
+LOCAL = ReconcileContext(mode="local", catalog=frozenset({"smollm2-135m-instruct"}))
+SPEC = {
+    "baseModel": {"name": "smollm2-135m-instruct"},
+    "dataset": {"uri": "data/tickets.jsonl"},
+    "evaluation": {"gate": {"primaryMetric": "exactMatch", "minScore": {"rougeL": 0.5}}},
+    "registry": {"modelName": "acme-tickets"},
+}
+TRAINED = {
+    "succeeded": True, "holdOutLossBefore": 4.0, "holdOutLossAfter": 0.05, "trainLoss": 0.04, "steps": 68,
+    "tokensPerSecond": 240.0, "seconds": 250.0, "adapterPath": "/w/train/output/adapter",
+    "holdOutPath": "/w/train/output/hold-out.jsonl", "mlflowRunId": "run-1",
+    "dataset": {"rows": 300, "trainRows": 270, "holdOutRows": 30, "trainTokens": 50000, "format": "alpaca",
+                "sha256": "cd" * 32},
+}
+
+
+def score(value: float, low: float, high: float) -> dict:
+    return {"value": value, "low": low, "high": high}
+
+
+def evaluated(em_diff_low: float = 0.2, baseline: str = "base", baseline_version: str | None = None) -> dict:
+    return {
+        "succeeded": True, "baseline": baseline, "baselineVersion": baseline_version,
+        "holdOut": {
+            "examples": 30,
+            "candidate": {"exactMatch": score(0.6, 0.43, 0.77), "rougeL": score(0.9, 0.85, 0.94)},
+            "baseline": {"exactMatch": score(0.1, 0.0, 0.2), "rougeL": score(0.3, 0.25, 0.35)},
+            "difference": {"exactMatch": score(0.5, em_diff_low, 0.7), "rougeL": score(0.6, 0.5, 0.7)},
+        },
+        "judge": {"configured": False},
+        "recordsPath": "/w/evaluate/records.jsonl",
+    }
+
+
+REGISTERED = {"succeeded": True, "modelName": "acme-tickets", "version": "3", "uri": "models:/acme-tickets/3",
+              "aliases": ["challenger", "champion"], "runId": "run-1"}
+
+
+def step(status: FineTuneJobStatus, stage: str, phase: str, result: dict | None = None, spec: dict = SPEC):
+    state = WorkloadState(phase=phase, result=result)
+    return reconcile(JOB, spec, status, Observed(workloads={f"{JOB}-{stage}": state}, now=LATER), LOCAL, 1)
+
+
+def launches(decision) -> list[LaunchWorkload]:
+    return [a for a in decision.actions if isinstance(a, LaunchWorkload)]
+
+
+def reasons(decision) -> list[str]:
+    return [a.reason for a in decision.actions if isinstance(a, EmitEvent)]
+
+
+def trained_status() -> FineTuneJobStatus:
+    started = reconcile(JOB, SPEC, FineTuneJobStatus(), Observed(now=NOW), LOCAL, 1).status
+    return step(started, "train", "Succeeded", TRAINED).status
+
+
+def test_training_hands_the_adapter_and_hold_out_split_to_the_evaluator():
+    started = reconcile(JOB, SPEC, FineTuneJobStatus(), Observed(now=NOW), LOCAL, 1).status
+    decision = step(started, "train", "Succeeded", TRAINED)
+
+    assert decision.status.phase == "Evaluating"
+    assert launches(decision) == [LaunchWorkload("evaluate", f"{JOB}-evaluate", {
+        "adapter_uri": "/w/train/output/adapter", "hold_out_uri": "/w/train/output/hold-out.jsonl",
+        "training_run_id": "run-1"})]
+    assert reasons(decision) == ["Trained", "EvaluatingStarted"]
+
+
+def test_a_passed_gate_registers_with_challenger_and_champion():
+    decision = step(trained_status(), "evaluate", "Succeeded", evaluated())
+    status = decision.status
+
+    assert status.phase == "Registering"
+    assert (status.evaluation.score, status.evaluation.baseline_score) == (0.6, 0.1)
+    gate_condition = get_condition(status.conditions, "GatePassed")
+    assert gate_condition.status == "True"
+    assert "exactMatch candidate-baseline +0.500 [+0.200, +0.700]: lower bound > 0" in gate_condition.message
+    assert "rougeL 0.900 [0.850, 0.940]: lower bound >= 0.5" in gate_condition.message
+    (launch,) = launches(decision)
+    assert launch.stage == "register"
+    assert launch.inputs["set_challenger"] and launch.inputs["set_champion"]
+    assert launch.inputs["expected_champion"] is None
+    assert launch.inputs["tags"]["tuneloop.dev/gate"] == "passed"
+    assert launch.inputs["tags"]["tuneloop.dev/dataset-sha256"] == "cd" * 32
+    assert launch.inputs["metrics"]["eval_exactMatch"] == 0.6
+    assert reasons(decision) == ["GatePassed", "Evaluated", "RegisteringStarted"]
+
+
+def test_an_improvement_inside_the_noise_fails_the_gate_and_promotes_nothing():
+    decision = step(trained_status(), "evaluate", "Succeeded", evaluated(em_diff_low=-0.05))
+    gate_condition = get_condition(decision.status.conditions, "GatePassed")
+
+    assert gate_condition.status == "False" and gate_condition.reason == "BelowThreshold"
+    assert "exactMatch candidate-baseline +0.500 [-0.050, +0.700]: lower bound <= 0" in gate_condition.message
+    (launch,) = launches(decision)
+    assert not launch.inputs["set_challenger"] and not launch.inputs["set_champion"]
+    assert "GateFailed" in reasons(decision)
+
+    done = step(decision.status, "register", "Succeeded", {**REGISTERED, "aliases": []}).status
+    assert done.phase == "Succeeded"  # a failed gate is an outcome, not an error
+    assert done.registry.aliases == []
+
+
+def test_manual_promotion_sets_only_challenger():
+    spec = {**SPEC, "registry": {"modelName": "acme-tickets", "promotion": "manual"}}
+    decision = step(trained_status(), "evaluate", "Succeeded", evaluated(), spec=spec)
+    (launch,) = launches(decision)
+    assert launch.inputs["set_challenger"] and not launch.inputs["set_champion"]
+
+
+def test_champion_moves_only_if_it_was_the_baseline_beaten():
+    champion = step(trained_status(), "evaluate", "Succeeded", evaluated(baseline="champion", baseline_version="2"))
+    (launch,) = launches(champion)
+    assert launch.inputs["set_champion"] and launch.inputs["expected_champion"] == "2"
+
+    spec = {**SPEC, "evaluation": {**SPEC["evaluation"], "baseline": "base"}}
+    base_only = step(trained_status(), "evaluate", "Succeeded", evaluated(), spec=spec)
+    (launch,) = launches(base_only)
+    assert launch.inputs["set_challenger"] and not launch.inputs["set_champion"]
+
+
+def test_registration_completes_the_job_with_scores_gate_and_version():
+    evaluating = step(trained_status(), "evaluate", "Succeeded", evaluated()).status
+    decision = step(evaluating, "register", "Succeeded", REGISTERED)
+    status = decision.status
+
+    assert status.phase == "Succeeded"
+    assert status.registry.to_wire() == {"modelName": "acme-tickets", "version": "3", "uri": "models:/acme-tickets/3",
+                                         "aliases": ["challenger", "champion"], "runId": "run-1"}
+    assert get_condition(status.conditions, "Registered").status == "True"
+    assert "registered models:/acme-tickets/3 (challenger, champion)" in status.message
+    assert "exactMatch on 30 hold-out examples: candidate 0.600 [0.430, 0.770] vs base 0.100" in status.message
+
+
+def test_an_unreachable_registry_is_retried_and_the_condition_clears_when_it_is_back():
+    evaluating = step(trained_status(), "evaluate", "Succeeded", evaluated()).status
+    down = {"succeeded": False, "reason": "RegistryUnavailable",
+            "message": "MLflow at http://mlflow:5000 unreachable for 120 s: connection refused"}
+    retry = step(evaluating, "register", "Failed", down)
+
+    assert retry.status.phase == "Registering"
+    condition = get_condition(retry.status.conditions, "RegistryUnavailable")
+    assert condition.status == "True" and "connection refused" in condition.message
+    (launch,) = launches(retry)
+    assert launch.replace and launch.inputs["set_champion"]
+
+    done = step(retry.status, "register", "Succeeded", REGISTERED).status
+    assert done.phase == "Succeeded"
+    assert get_condition(done.conditions, "RegistryUnavailable").status == "False"
+
+
+@pytest.mark.parametrize("reason", ["JudgeUnavailable", "ChampionUnavailable"])
+def test_an_evaluation_failure_fails_the_job_with_its_reason(reason):
+    result = {"succeeded": False, "reason": reason, "message": "judge at http://judge:8000/v1: 5 retries failed"}
+    decision = step(trained_status(), "evaluate", "Failed", result)
+
+    assert decision.status.phase == "Failed"
+    failed = get_condition(decision.status.conditions, "Failed")
+    assert (failed.reason, failed.message) == (reason, result["message"])
+    assert get_condition(decision.status.conditions, "Evaluated").status == "False"
+    assert launches(decision) == []
+
+
+def test_an_unreadable_result_fails_the_stage_instead_of_crashing_the_operator():
+    decision = step(trained_status(), "evaluate", "Succeeded", {"succeeded": True, "holdOut": {"examples": "x"}})
+    assert decision.status.phase == "Failed"
+    assert get_condition(decision.status.conditions, "Failed").reason == "EvaluatingFailed"
+
+
+def test_disabled_evaluation_and_registry_skip_their_stages():
+    spec = {**SPEC, "evaluation": {"enabled": False}}
+    decision = step(reconcile(JOB, spec, FineTuneJobStatus(), Observed(now=NOW), LOCAL, 1).status,
+                    "train", "Succeeded", TRAINED, spec=spec)
+    (launch,) = launches(decision)
+    assert launch.stage == "register" and launch.inputs["tags"]["tuneloop.dev/gate"] == "not-evaluated"
+    assert not launch.inputs["set_challenger"]
+
+
+def test_a_cluster_without_mlflow_refuses_a_spec_that_registers():
+    cluster = ReconcileContext(mode="cluster", catalog=frozenset({"m"}), registry_configured=False)
+    spec = {"baseModel": {"name": "m"}, "dataset": {"uri": "pvc://d/t.jsonl"}, "output": {"uri": "pvc://o/a"}}
+    decision = reconcile(JOB, spec, FineTuneJobStatus(), Observed(now=NOW), cluster, 1)
+    assert decision.status.phase == "Failed"
+    assert "spec.registry.enabled: the operator has no MLflow tracking URI" in decision.status.message
+
+
+# --- the gate on its own ---
+
+def comparison(**differences: tuple[float, float, float]) -> Comparison:
+    return Comparison(examples=30, difference={m: Score(value=v, low=lo, high=hi)
+                                               for m, (v, lo, hi) in differences.items()})
+
+
+def test_the_gate_decides_on_the_lower_bound_not_the_mean():
+    noisy = comparison(exactMatch=(0.3, -0.01, 0.6))
+    assert not gate.decide(GateSpec(), noisy, None).passed
+    assert gate.decide(GateSpec(), comparison(exactMatch=(0.3, 0.01, 0.6)), None).passed
+
+
+def test_the_gate_names_a_metric_it_could_not_check():
+    result = gate.decide(GateSpec(primary_metric="judgeScore"), comparison(exactMatch=(0.3, 0.1, 0.5)), None)
+    assert not result.passed and "judgeScore improvement not measured" in result.message
+
+
+def test_general_ability_regression_beyond_the_limit_fails_the_gate():
+    hold_out = comparison(exactMatch=(0.3, 0.1, 0.5))
+    general_ok = comparison(rougeL=(-0.01, -0.04, 0.02))
+    general_bad = comparison(rougeL=(-0.05, -0.09, -0.01))
+    assert gate.decide(GateSpec(max_regression=0.05), hold_out, general_ok).passed
+    result = gate.decide(GateSpec(max_regression=0.05), hold_out, general_bad)
+    assert not result.passed and "general-set rougeL" in result.message

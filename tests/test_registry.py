@@ -1,0 +1,269 @@
+"""Registration of an adapter in a real MLflow: SQLite in process, and an `mlflow server` through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from safetensors.torch import save_file
+
+from tuneloop.api.workloads import RegisterResult, RegisterWorkload, Tracking
+from tuneloop_evaluator.register import JOB_UID_TAG, register
+
+MODEL = "support-tickets"
+ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"}
+MLFLOW_CLI = Path(sys.executable).with_name("mlflow")
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory) -> Path:
+    """A trainer output folder: what must be registered, plus checkpoints and pickles that must not."""
+    folder = tmp_path_factory.mktemp("output") / "adapter"
+    (folder / "checkpoints" / "step-10").mkdir(parents=True)
+    (folder / "checkpoints" / "step-10" / "optimizer.pt").write_bytes(b"junk optimizer state")
+    (folder / "adapter_model.bin").write_bytes(b"a pickle, never uploaded")
+    (folder / "README.md").write_text("model card\n", encoding="utf-8")
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}), encoding="utf-8")
+    (folder / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE"}}), encoding="utf-8")
+    save_file({"base_model.model.lora_A.weight": torch.arange(8, dtype=torch.float32).reshape(2, 4)},
+              str(folder / "adapter_model.safetensors"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("evaluation") / "records.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "answer": "a", "exactMatch": 1.0}) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def sqlite_uri(tmp_path, monkeypatch) -> str:
+    """A fresh SQLite store whose experiment keeps its artifacts under tmp_path (not ./mlruns)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).create_experiment("tuneloop", artifact_location=(tmp_path / "artifacts").as_uri())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # models:/ downloads look the version up here
+    return uri
+
+
+def workload(tracking_uri: str, adapter: Path, uid: str, **fields) -> RegisterWorkload:
+    defaults = dict(
+        job=f"team-a/{uid}", job_uid=uid, tracking=Tracking(tracking_uri=tracking_uri), model_name=MODEL,
+        adapter_path=str(adapter), tags={"tuneloop.dev/base-model": "tiny-llama", "tuneloop.dev/dataset-sha256": "ab12"},
+        metrics={"exactMatch": 0.75, "rougeL": 0.8}, set_challenger=True)
+    return RegisterWorkload(**{**defaults, **fields})
+
+
+def artifact_names(client: MlflowClient, run_id: str, path: str) -> set[str]:
+    return {Path(item.path).name for item in client.list_artifacts(run_id, path)}
+
+
+def test_registers_adapter_with_tags_metrics_and_aliases(sqlite_uri, adapter, records, tmp_path):
+    result = register(workload(sqlite_uri, adapter, "uid-1", set_champion=True, records_path=str(records)))
+
+    assert result.succeeded, result.message
+    assert (result.version, result.uri, result.aliases) == ("1", f"models:/{MODEL}/1", ["challenger", "champion"])
+    client = MlflowClient(tracking_uri=sqlite_uri)
+    version = client.get_model_version(MODEL, "1")
+    assert version.source == f"runs:/{result.run_id}/adapter"
+    assert version.tags == {"tuneloop.dev/base-model": "tiny-llama", "tuneloop.dev/dataset-sha256": "ab12",
+                            JOB_UID_TAG: "uid-1"}
+    assert artifact_names(client, result.run_id, "adapter") == ADAPTER_FILES
+    assert artifact_names(client, result.run_id, "evaluation") == {"records.jsonl"}
+    run = client.get_run(result.run_id)
+    assert run.data.metrics == {"exactMatch": 0.75, "rougeL": 0.8}
+    assert run.info.status == "FINISHED"
+    downloaded = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}@champion", dst_path=str(tmp_path / "dl")))
+    assert {path.name for path in downloaded.iterdir()} == ADAPTER_FILES
+    assert (downloaded / "adapter_model.safetensors").read_bytes() == (adapter / "adapter_model.safetensors").read_bytes()
+
+
+def test_same_job_uid_returns_the_version_it_registered(sqlite_uri, adapter):
+    first = register(workload(sqlite_uri, adapter, "uid-1"))
+    client = MlflowClient(tracking_uri=sqlite_uri)
+    client.delete_model_version_tag(MODEL, "1", "tuneloop.dev/base-model")
+
+    again = register(workload(sqlite_uri, adapter, "uid-1"))
+
+    assert again.succeeded and again.already_registered and not first.already_registered
+    assert (again.version, again.run_id, again.aliases) == ("1", first.run_id, ["challenger"])
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == 1
+    assert client.get_model_version(MODEL, "1").tags["tuneloop.dev/base-model"] == "tiny-llama"
+
+
+def test_champion_moves_only_from_the_version_the_candidate_beat(sqlite_uri, adapter):
+    register(workload(sqlite_uri, adapter, "uid-1", set_champion=True))
+    second = register(workload(sqlite_uri, adapter, "uid-2", set_champion=True, expected_champion="1"))
+    stale = register(workload(sqlite_uri, adapter, "uid-3", set_champion=True, expected_champion="1"))
+
+    client = MlflowClient(tracking_uri=sqlite_uri)
+    assert (second.version, second.aliases) == ("2", ["challenger", "champion"])
+    assert stale.succeeded and (stale.version, stale.aliases) == ("3", ["challenger"])
+    assert "champion not moved" in stale.message and "evaluated against version 1" in stale.message
+    assert "now version 2" in stale.message
+    late_retry = register(workload(sqlite_uri, adapter, "uid-2", set_champion=True, expected_champion="1"))
+    assert late_retry.already_registered and "challenger stays on the newer version 3" in late_retry.message
+    aliases = client.get_registered_model(MODEL).aliases  # versions are int from SQLite, str over REST
+    assert {alias: str(version) for alias, version in aliases.items()} == {"champion": "2", "challenger": "3"}
+    assert client.get_model_version(MODEL, "1").tags[JOB_UID_TAG] == "uid-1"
+
+
+def test_expected_no_champion_does_not_replace_one(sqlite_uri, adapter):
+    register(workload(sqlite_uri, adapter, "uid-1", set_champion=True))
+    late = register(workload(sqlite_uri, adapter, "uid-2", set_champion=True, expected_champion=None))
+
+    assert late.succeeded and late.aliases == ["challenger"]
+    assert "evaluated against no champion, but the champion is now version 1" in late.message
+
+
+def test_adapter_joins_the_training_run(sqlite_uri, adapter):
+    client = MlflowClient(tracking_uri=sqlite_uri)
+    training = client.create_run(client.get_experiment_by_name("tuneloop").experiment_id, run_name="train")
+    client.set_terminated(training.info.run_id)
+
+    result = register(workload(sqlite_uri, adapter, "uid-1", training_run_id=training.info.run_id))
+
+    assert result.run_id == training.info.run_id
+    assert artifact_names(client, training.info.run_id, "adapter") == ADAPTER_FILES
+    assert client.get_run(training.info.run_id).data.metrics["exactMatch"] == 0.75
+
+
+def test_a_run_left_by_a_crashed_attempt_is_reused(sqlite_uri, adapter):
+    client = MlflowClient(tracking_uri=sqlite_uri)
+    experiment = client.get_experiment_by_name("tuneloop").experiment_id
+    earlier = client.create_run(experiment, tags={JOB_UID_TAG: "uid-1"})
+
+    result = register(workload(sqlite_uri, adapter, "uid-1", training_run_id="0" * 32))
+
+    assert result.succeeded and result.run_id == earlier.info.run_id
+    assert client.get_run(earlier.info.run_id).info.status == "FINISHED"
+    assert len(client.search_runs([experiment])) == 1
+
+
+def test_a_rejected_request_fails_at_once_without_retrying(sqlite_uri, adapter):
+    started = time.monotonic()
+    result = register(workload(sqlite_uri, adapter, "uid-1", tags={"k" * 300: "too long a key"}, retry_seconds=60))
+
+    assert (result.succeeded, result.reason) == (False, "RegistrationFailed")
+    assert MODEL in result.message and time.monotonic() - started < 30
+
+
+def test_missing_or_pickled_adapter_is_not_registered(tmp_path):
+    missing = register(workload("sqlite:///unused.db", tmp_path / "nowhere", "uid-1"))
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "adapter_model.bin").write_bytes(b"pickle")
+    only_pickles = register(workload("sqlite:///unused.db", pickled, "uid-1"))
+
+    assert (missing.succeeded, missing.reason) == (False, "AdapterMissing")
+    assert str(tmp_path / "nowhere") in missing.message
+    assert only_pickles.reason == "AdapterMissing" and "adapter_model.bin" in only_pickles.message
+
+
+# --- through an `mlflow server`, with the program as a pod runs it ---
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_healthy(url: str, server: subprocess.Popen, log_path: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"mlflow server exited with {server.returncode}:\n{log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.25)
+    pytest.fail(f"mlflow server at {url} not healthy after {timeout}s:\n{log_path.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def server_url() -> str:
+    """Where the server will listen; nothing does until `mlflow_server` is requested."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(server_url, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    log_path = folder / "server.log"
+    port = server_url.rsplit(":", 1)[1]
+    with log_path.open("w") as log_file:
+        server = subprocess.Popen(
+            [str(MLFLOW_CLI), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+             "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts",
+             "--host", "127.0.0.1", "--port", port, "--workers", "1"],
+            cwd=folder, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until_healthy(server_url, server, log_path)
+        yield server_url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def registration_command(spec: RegisterWorkload, folder: Path) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spec.json").write_text(spec.model_dump_json(by_alias=True), encoding="utf-8")
+    return [sys.executable, "-m", "tuneloop_evaluator.register", "--spec", str(folder / "spec.json"),
+            "--result", str(folder / "result.json"), "--termination-log", str(folder / "termination-log")]
+
+
+def read_result(folder: Path) -> RegisterResult:
+    return RegisterResult.model_validate_json((folder / "result.json").read_text(encoding="utf-8"))
+
+
+def test_unreachable_mlflow_fails_then_registration_waits_for_it(server_url, adapter, tmp_path, request):
+    started = time.monotonic()
+    down = subprocess.run(registration_command(workload(server_url, adapter, "uid-down", retry_seconds=3),
+                                               tmp_path / "down"), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=30)
+    unavailable = read_result(tmp_path / "down")
+    assert down.returncode == 1 and unavailable.reason == "RegistryUnavailable"
+    assert server_url in unavailable.message and time.monotonic() - started < 30
+    assert "retry 1" in down.stderr
+
+    waiting = subprocess.Popen(registration_command(workload(server_url, adapter, "uid-up", retry_seconds=60),
+                                                    tmp_path / "up"), cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    request.getfixturevalue("mlflow_server")
+    _, stderr = waiting.communicate(timeout=60)
+
+    assert waiting.returncode == 0, stderr
+    assert read_result(tmp_path / "up").version is not None
+    assert "is unavailable" in stderr
+
+
+def test_registers_through_the_mlflow_server(mlflow_server, adapter, records, tmp_path, monkeypatch):
+    spec = workload(mlflow_server, adapter, "uid-http", model_name="served-over-http", set_champion=True,
+                    records_path=str(records))
+    done = subprocess.run(registration_command(spec, tmp_path / "run"), cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    result = read_result(tmp_path / "run")
+    assert result.aliases == ["challenger", "champion"]
+    assert json.loads((tmp_path / "run" / "termination-log").read_text())["uri"] == result.uri
+    client = MlflowClient(tracking_uri=mlflow_server)
+    assert artifact_names(client, result.run_id, "adapter") == ADAPTER_FILES
+    assert artifact_names(client, result.run_id, "evaluation") == {"records.jsonl"}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    downloaded = Path(mlflow.artifacts.download_artifacts("models:/served-over-http@champion",
+                                                          dst_path=str(tmp_path / "dl")))
+    assert {path.name for path in downloaded.iterdir()} == ADAPTER_FILES
