@@ -159,6 +159,33 @@ def test_text_rows_cannot_be_evaluated(tiny_model_dir, trained, tmp_path):
     assert code == 1 and result.reason == "InvalidData" and f"{hold_out}:1: a text row" in result.message
 
 
+def test_a_whole_model_candidate_is_loaded_on_its_own(tiny_model_dir, trained, tmp_path, monkeypatch):
+    # A full fine-tune hands over a model folder, not an adapter; here, the base model itself.
+    monkeypatch.delenv("EVAL_TEST_JUDGE_KEY", raising=False)
+    judge = {"url": "http://judge:8000/v1", "model": "m", "apiKeyEnv": "EVAL_TEST_JUDGE_KEY"}
+    workload = evaluator_workload(tiny_model_dir, trained, tmp_path / "out", maxExamples=2, judge=judge)
+    workload.adapter_path = str(tiny_model_dir)
+    code, result = run_in_process(workload, tmp_path)
+    assert code == 0, result.message
+    assert result.hold_out.examples == 2
+    # The judge is not required, so a missing key skips it, and the result says so.
+    assert result.judge.configured is False and "judge skipped" in result.message
+    assert all(score.model_dump() == {"value": 0, "low": 0, "high": 0} for score in result.hold_out.difference.values())
+
+
+def test_answers_do_not_depend_on_batching(tiny_model_dir, trained):
+    from tuneloop_evaluator.generation import AnswerModels
+    from tuneloop_trainer.data import load_dataset, render_prompt
+
+    models = AnswerModels(str(tiny_model_dir))
+    models.add("candidate", Path(trained[1].adapter_path))
+    prompts = [render_prompt(models.tokenizer, example)
+               for example in load_dataset(Path(trained[1].hold_out_path)).examples]
+    batched = models.answers("candidate", prompts, max_new_tokens=16, batch_size=4)
+    assert batched == models.answers("candidate", prompts, max_new_tokens=16, batch_size=1)
+    assert batched != models.answers(None, prompts, max_new_tokens=16, batch_size=4)  # the adapter is on
+
+
 @pytest.fixture
 def registry(tmp_path) -> Tracking:
     from mlflow.tracking import MlflowClient

@@ -77,3 +77,11 @@ def test_an_unreachable_mlflow_gives_no_progress_and_no_error(monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 
     assert mlflow_progress("http://127.0.0.1:9", "tuneloop", "ml/x") is None
+
+
+def test_a_failed_input_fetch_names_the_init_container_and_its_message():
+    failing = pod("p", "2026-11-23T10:00:00Z", initContainerStatuses=[{"name": "fetch-dataset", "state": {
+        "terminated": {"exitCode": 1, "reason": "Error",
+                       "message": "s3://datasets/tickets.jsonl: no such object (NoSuchKey)\n"}}}])
+    assert pod_problem([failing]) == ("pod p: init container fetch-dataset failed (exit code 1): "
+                                      "s3://datasets/tickets.jsonl: no such object (NoSuchKey)")

@@ -215,3 +215,54 @@ def test_the_result_fits_a_termination_message():
     assert json.loads(text)["holdOutLossAfter"] == 1.0 and "previews" not in json.loads(text)
     failed = compact_result(TrainerResult(succeeded=False, reason="InvalidData", message="x" * 10000))
     assert len(failed) <= 4096 and json.loads(failed)["reason"] == "InvalidData"
+
+
+# --- the evaluate and register stages ---
+
+def stage_job(stage: str, inputs: dict, config=CONFIG, **spec):
+    from tuneloop.reconcile.finetunejob import LaunchWorkload
+    from tuneloop.runtime.manifests import workload_objects
+
+    manifest = job(gpus=2)
+    if spec:
+        manifest = parse_manifest({**manifest.model_dump(by_alias=True, exclude_none=True, mode="json"),
+                                   "spec": {**manifest.spec.to_wire(), **spec}})
+    return by_kind(workload_objects(manifest, LaunchWorkload(stage, f"support-bot-{stage}", inputs), config))
+
+
+EVALUATE_INPUTS = {"adapter_uri": "pvc://adapters/support-bot/adapter",
+                   "hold_out_uri": "pvc://adapters/support-bot/hold-out.jsonl", "training_run_id": "r1"}
+
+
+def test_the_evaluation_job_runs_the_evaluator_on_one_gpu_with_the_judge_key_from_its_secret():
+    judge = {"url": "http://judge.llm:8000/v1", "model": "judge", "apiKeySecret": {"name": "judge", "key": "token"}}
+    objects = stage_job("evaluate", EVALUATE_INPUTS, evaluation={"judge": judge})
+    for obj in objects.values():
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    container = objects["Job"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["name"] == "evaluator" and container["image"] == CONFIG.images.evaluator
+    assert container["command"][:3] == ["python", "-m", "tuneloop_evaluator"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    key = next(env for env in container["env"] if env["name"] == "TUNELOOP_JUDGE_API_KEY")
+    assert key == {"name": "TUNELOOP_JUDGE_API_KEY", "valueFrom": {"secretKeyRef": {"name": "judge", "key": "token"}}}
+    workload = json.loads(objects["ConfigMap"]["data"]["workload.json"])
+    assert workload["adapterPath"] == "/mnt/pvc/adapters/support-bot/adapter"
+    assert workload["registeredModel"] == "support-bot"
+    assert "apiKey" not in json.dumps(workload).replace("apiKeySecret", "")
+
+
+def test_the_registration_job_reads_the_adapter_without_a_gpu_and_fetches_nothing():
+    inputs = {"adapter_uri": "pvc://adapters/support-bot/adapter", "set_challenger": True, "set_champion": True,
+              "tags": {"tuneloop.dev/gate": "passed"}, "metrics": {"eval_exactMatch": 0.6}}
+    objects = stage_job("register", inputs, config=S3_CONFIG)
+    for obj in objects.values():
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    pod = objects["Job"]["spec"]["template"]["spec"]
+    assert "initContainers" not in pod  # the s3:// base model is not needed to register an adapter
+    assert "nvidia.com/gpu" not in pod["containers"][0]["resources"].get("limits", {})
+    assert all(mount.get("readOnly") for mount in pod["containers"][0]["volumeMounts"]
+               if mount["name"].startswith("pvc-"))
+    workload = json.loads(objects["ConfigMap"]["data"]["workload.json"])
+    assert workload["jobUid"] == "0b5c6a2e-1111-4c3b-9d5e-2a0f6c1d7e90"
+    assert workload["tags"]["tuneloop.dev/job-uid"] == workload["jobUid"]
+    assert workload["setChampion"] is True

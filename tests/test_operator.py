@@ -35,9 +35,17 @@ def operator_env(tmp_path, monkeypatch):
 
 
 async def run_operator(harness, body, *, kubeconfig_dir: Path):
+    """Run the operator against the emulator while body() plays the cluster; KUBECONFIG is restored after."""
+    previous = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(harness.write_kubeconfig(kubeconfig_dir / "kubeconfig"))
-    async with harness.kopf_operator(handlers_registry("tuneloop.handlers")):
-        await body()
+    try:
+        async with harness.kopf_operator(handlers_registry("tuneloop.handlers")):
+            await body()
+    finally:
+        if previous is None:
+            del os.environ["KUBECONFIG"]
+        else:
+            os.environ["KUBECONFIG"] = previous
 
 
 def terminated_pod(harness, name: str, terminated: dict, workload: str = WORKLOAD) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 
 import kopf
 import pytest
@@ -27,7 +26,7 @@ def replica_settings(priority: int) -> kopf.OperatorSettings:
     return settings
 
 
-def test_two_replicas_never_both_act(operator_env, caplog):
+def test_two_replicas_never_both_act(operator_env, caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="kopf")
 
     def logged(text: str) -> bool:
@@ -37,7 +36,7 @@ def test_two_replicas_never_both_act(operator_env, caplog):
         async with running_emulator([*CRDS, PEERING_CRD]) as harness:
             harness.create({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
                             "metadata": {"name": PEERING, "namespace": "default"}})
-            os.environ["KUBECONFIG"] = str(harness.write_kubeconfig(operator_env / "kubeconfig"))
+            monkeypatch.setenv("KUBECONFIG", str(harness.write_kubeconfig(operator_env / "kubeconfig")))
             leader = harness.kopf_operator(handlers_registry("tuneloop.handlers"),
                                            settings=replica_settings(100), standalone=False, timeout=30)
             follower = harness.kopf_operator(handlers_registry("tuneloop.handlers"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,9 @@ from tuneloop.api.workloads import EvaluatorResult, EvaluatorWorkload
 from tuneloop_evaluator.bootstrap import bootstrap_difference, bootstrap_mean
 from tuneloop_evaluator.champion import Baseline, resolve_baseline
 from tuneloop_evaluator.judge import (
-    ItemJudgment, JudgeItem, JudgeNotConfigured, JudgeRun, check_judge, judge_answers, resolve_api_key,
+    ItemJudgment, JudgeItem, JudgeNotConfigured, PointJudgment, check_judge, judge_answers, resolve_api_key,
 )
-from tuneloop_evaluator.metrics import TaskShape, rouge_l, score_answer, task_shape
+from tuneloop_evaluator.metrics import rouge_l, score_answer, task_shape
 from tuneloop_evaluator.tracking import log_to_training_run
 from tuneloop_trainer.data import DataError, Example, load_dataset, render_prompt
 
@@ -103,28 +104,28 @@ def generate(workload: EvaluatorWorkload, baseline: Baseline, sets: list[EvalSet
                  baseline.kind, time.monotonic() - started)
 
 
-def score_sets(hold_out: EvalSet, general: EvalSet | None, shape: TaskShape) -> None:
-    for example, candidate, baseline in zip(hold_out.examples, hold_out.candidate_answers, hold_out.baseline_answers):
-        hold_out.candidate_scores.append(score_answer(candidate, example.reference, shape))
-        hold_out.baseline_scores.append(score_answer(baseline, example.reference, shape))
-    if general is not None:
-        for example, candidate, baseline in zip(general.examples, general.candidate_answers,
-                                                general.baseline_answers):
-            general.candidate_scores.append({"rougeL": rouge_l(candidate, example.reference)})
-            general.baseline_scores.append({"rougeL": rouge_l(baseline, example.reference)})
+def answered(eval_set: EvalSet) -> Iterator[tuple[Example, str, str]]:
+    """(example, candidate answer, baseline answer) for every example of the set."""
+    return zip(eval_set.examples, eval_set.candidate_answers, eval_set.baseline_answers, strict=True)
+
+
+def score_set(eval_set: EvalSet, score: Callable[[str, str], dict[str, float]]) -> None:
+    for example, candidate, baseline in answered(eval_set):
+        eval_set.candidate_scores.append(score(candidate, example.reference))
+        eval_set.baseline_scores.append(score(baseline, example.reference))
 
 
 def judge_items(eval_set: EvalSet) -> list[JudgeItem]:
     return [JudgeItem(question=judge_question(example), reference=example.reference, candidate=candidate,
                       baseline=baseline)
-            for example, candidate, baseline in zip(eval_set.examples, eval_set.candidate_answers,
-                                                    eval_set.baseline_answers)]
+            for example, candidate, baseline in answered(eval_set)]
 
 
 def add_judgments(eval_set: EvalSet, judgments: list[ItemJudgment]) -> None:
     """Readable judgments become per-example scores; unreadable ones are left out, never counted as passes."""
     eval_set.judgments = judgments
-    for candidate, baseline, judgment in zip(eval_set.candidate_scores, eval_set.baseline_scores, judgments):
+    for candidate, baseline, judgment in zip(eval_set.candidate_scores, eval_set.baseline_scores, judgments,
+                                             strict=True):
         if judgment.candidate.score is not None:
             candidate["judgeScore"] = float(judgment.candidate.score)
         if judgment.baseline.score is not None:
@@ -141,7 +142,8 @@ def compare(eval_set: EvalSet, spec: BootstrapSpec) -> Comparison:
     for metric in metrics:
         candidate = [scores[metric] for scores in eval_set.candidate_scores if metric in scores]
         baseline = [scores[metric] for scores in eval_set.baseline_scores if metric in scores]
-        pairs = [(c[metric], b[metric]) for c, b in zip(eval_set.candidate_scores, eval_set.baseline_scores)
+        pairs = [(c[metric], b[metric])
+                 for c, b in zip(eval_set.candidate_scores, eval_set.baseline_scores, strict=True)
                  if metric in c and metric in b]
         if candidate:
             comparison.candidate[metric] = bootstrap_mean(candidate, spec)
@@ -154,7 +156,7 @@ def compare(eval_set: EvalSet, spec: BootstrapSpec) -> Comparison:
     return comparison
 
 
-def _point(judgment: Any) -> dict[str, Any]:
+def _point(judgment: PointJudgment) -> dict[str, Any]:
     return {"score": judgment.score, "rationale": judgment.rationale}
 
 
@@ -213,12 +215,14 @@ def run(workload: EvaluatorWorkload) -> EvaluatorResult:
     baseline = resolve_baseline(workload)
     sets = [hold_out] + ([general] if general else [])
     generate(workload, baseline, sets)
-    score_sets(hold_out, general, shape)
+    score_set(hold_out, lambda answer, reference: score_answer(answer, reference, shape))
+    if general is not None:
+        score_set(general, lambda answer, reference: {"rougeL": rouge_l(answer, reference)})
 
     judge_stats = JudgeStats(configured=False)
     if api_key is not None:
-        judged: JudgeRun = judge_answers(evaluation.judge, api_key, judge_items(hold_out),
-                                         judge_items(general) if general else [])
+        judged = judge_answers(evaluation.judge, api_key, judge_items(hold_out),
+                               judge_items(general) if general else [])
         add_judgments(hold_out, judged.hold_out)
         if general is not None:
             add_judgments(general, judged.general)

@@ -15,15 +15,21 @@ from typing import Any
 
 import torch
 
-from tuneloop_trainer.model import cpu_has_bf16, load_tokenizer
+from tuneloop_trainer.model import load_tokenizer
 
 log = logging.getLogger("tuneloop_evaluator")
 
 
 def inference_dtype() -> torch.dtype:
+    """bf16 (fp16) on a GPU; fp32 on a CPU.
+
+    Measured with SmolLM2-135M on CPU: in bf16, a left-padded prompt's greedy answer often differs
+    from the same prompt's answer alone (3 of 6 equal), so scores would depend on which prompts
+    share a batch; in fp32 all 6 were equal, and batched generation was only ~15% slower.
+    """
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_bf16() else torch.float32
+    return torch.float32
 
 
 def is_adapter(folder: Path) -> bool:

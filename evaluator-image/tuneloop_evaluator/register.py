@@ -31,7 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
-from tuneloop.api.workloads import RegisterResult, RegisterWorkload, compact_result
+from tuneloop.api.workloads import RegisterResult, RegisterWorkload, write_result
 
 log = logging.getLogger("tuneloop_evaluator.register")
 
@@ -344,10 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s", result.message)
     else:
         log.error("%s: %s", result.reason, result.message)
-    args.result.parent.mkdir(parents=True, exist_ok=True)
-    args.result.write_text(result.model_dump_json(by_alias=True, exclude_none=True), encoding="utf-8")
-    if args.termination_log:
-        args.termination_log.write_text(compact_result(result), encoding="utf-8")
+    write_result(result, args.result, args.termination_log)
     return 0 if result.succeeded else 1
 
 

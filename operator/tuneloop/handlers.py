@@ -47,7 +47,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     State.config = load_config()
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
-    settings.posting.level = logging.INFO
+    # kopf.event() (phase changes, failures) always posts; kopf's own log lines only from WARNING,
+    # or every timer tick ("Timer succeeded") would become an Event: one API write per job per period.
+    settings.posting.level = logging.WARNING
 
 
 def runtime() -> KubernetesRuntime:

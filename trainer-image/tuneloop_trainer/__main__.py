@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from tuneloop.api.workloads import TrainerResult, TrainerWorkload, compact_result
+from tuneloop.api.workloads import TrainerResult, TrainerWorkload, write_result
 
 log = logging.getLogger("tuneloop_trainer")
 PREEMPTED_EXIT = 143  # 128 + SIGTERM, what a pod stopped by its kubelet reports
@@ -69,10 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if not result.succeeded:
         log.error("%s: %s", result.reason, result.message)
     if is_main:
-        args.result.parent.mkdir(parents=True, exist_ok=True)
-        args.result.write_text(result.model_dump_json(by_alias=True, exclude_none=True), encoding="utf-8")
-        if args.termination_log:
-            args.termination_log.write_text(compact_result(result), encoding="utf-8")
+        write_result(result, args.result, args.termination_log)
     if result.succeeded:
         return 0
     return PREEMPTED_EXIT if result.reason == "Preempted" else 1

@@ -109,8 +109,10 @@ def make_optimizer(params: list[torch.nn.Parameter], workload: TrainerWorkload) 
             raise ValueError("spec.training.optimizer: paged-adamw-8bit needs CUDA; use adamw or auto")
         import bitsandbytes
 
-        return bitsandbytes.optim.PagedAdamW8bit(params, lr=training.learning_rate, weight_decay=training.weight_decay)
-    return torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=training.weight_decay)
+        return bitsandbytes.optim.PagedAdamW8bit(params, lr=training.learning_rate, weight_decay=training.weight_decay,
+                                                 betas=(0.9, training.adam_beta2))
+    return torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=training.weight_decay,
+                             betas=(0.9, training.adam_beta2))
 
 
 def _has_bitsandbytes() -> bool:

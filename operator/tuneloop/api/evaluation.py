@@ -2,7 +2,8 @@
 
 Metric names used across spec, status and the evaluator's result:
 
-    exactMatch     answer == reference after normalisation (case, spaces, JSON key order)
+    exactMatch     answer == reference after normalisation: plain text ignores case and spacing;
+                   JSON compares values strictly ("P1" != "p1") whatever the key order or spacing
     rougeL         ROUGE-L F1 (rouge-score)
     jsonValid      the answer parses as JSON               (structured tasks: references are JSON)
     fieldAccuracy  share of the reference's fields the answer gets right          (structured)
@@ -63,19 +64,21 @@ class JudgeSpec(WireModel):
 
 
 class StructuredSpec(WireModel):
-    label_fields: list[str] = Field(default_factory=list, description=(
+    """Structured-output metrics (jsonValid, fieldAccuracy, labelAccuracy)."""
+
+    label_fields: list[str] = Field(default_factory=list, json_schema_extra={"default": []}, description=(
         "JSON fields that are labels (e.g. priority, category): labelAccuracy counts answers that get all right."))
 
 
 class GeneralSetSpec(WireModel):
     uri: str = Field(description="General-ability prompts with reference answers (alpaca, messages).")
-    max_examples: int = Field(50, ge=1, le=10000)
+    max_examples: int = Field(50, ge=1, le=10000, description="Use at most this many rows of the set.")
 
 
 class BootstrapSpec(WireModel):
     samples: int = Field(1000, ge=100, le=100000, description="Bootstrap resamples.")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of every interval.")
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="Seed of the resampling, so intervals are reproducible.")
 
 
 class GateSpec(WireModel):
@@ -84,15 +87,24 @@ class GateSpec(WireModel):
     primary_metric: Literal["exactMatch", "rougeL", "jsonValid", "fieldAccuracy", "labelAccuracy", "judgeScore"] = (
         Field("exactMatch", description="The score shown, compared with the champion; it must improve on the "
                                         "baseline (lower bound of the difference above minImprovement, default 0)."))
-    min_score: dict[str, float] = Field(default_factory=dict, description=(
+    min_score: dict[str, float] = Field(default_factory=dict, json_schema_extra={"default": {}}, description=(
         "Metric -> minimum lower bound of the candidate's score, e.g. {exactMatch: 0.5}."))
-    min_improvement: dict[str, float] = Field(default_factory=dict, description=(
+    min_improvement: dict[str, float] = Field(default_factory=dict, json_schema_extra={"default": {}}, description=(
         "Metric -> the lower bound of candidate minus baseline must be above this."))
     max_regression: float = Field(0.05, ge=0, le=1, description=(
         "General set: the lower bound of candidate minus baseline ROUGE-L may not go below -maxRegression."))
 
     _min_score = field_validator("min_score")(_known_metrics)
-    _min_improvement = field_validator("min_improvement")(_known_metrics)
+
+    @field_validator("min_improvement")
+    @classmethod
+    def _improvable(cls, values: dict[str, float]) -> dict[str, float]:
+        _known_metrics(values)
+        paired = sorted(set(values) & set(PAIRED_ONLY))
+        if paired:
+            raise ValueError(f"{', '.join(paired)} already compares candidate with baseline: "
+                             "use minScore (e.g. judgeWinRate: 0.5)")
+        return values
 
 
 class EvaluationSpec(WireModel):
@@ -106,8 +118,8 @@ class EvaluationSpec(WireModel):
         "Structured-output metrics; they apply when the references are JSON objects."))
     judge: JudgeSpec | None = Field(None, description="LLM-as-a-judge; absent: not configured.")
     general_set: GeneralSetSpec | None = Field(None, description="Measures regression on general ability.")
-    bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec)
-    gate: GateSpec = Field(default_factory=GateSpec)
+    bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec, description="Confidence intervals.")
+    gate: GateSpec = Field(default_factory=GateSpec, description="What the adapter must show to be promoted.")
 
 
 class RegistrySpec(WireModel):
@@ -131,8 +143,9 @@ class Score(WireModel):
 class JudgeStats(WireModel):
     configured: bool
     model: str | None = None
-    judged: int = 0
-    unparseable: int = Field(0, description="Judgments that could not be read; never counted as passes.")
+    judged: int = Field(0, description="Judge requests made: one per pointwise score, one per pairwise order.")
+    unparseable: int = Field(0, description="Of those, judgments that could not be read or were refused; "
+                                            "never counted as passes.")
     wins: int = 0
     ties: int = 0
     losses: int = 0

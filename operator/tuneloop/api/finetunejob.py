@@ -193,6 +193,9 @@ class TrainingSpec(WireModel):
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
     max_seq_length: int = Field(1024, ge=16, le=262144, description="Longer examples are truncated.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    adam_beta2: float = Field(0.999, gt=0, lt=1, description=(
+        "AdamW's second-moment decay. Short runs learn late, small signals better with 0.95: the "
+        "default remembers the large early gradients for ~1000 steps and shrinks later updates."))
     max_grad_norm: float = Field(1.0, gt=0, description="Gradients are clipped to this global norm.")
     packing: bool = Field(True, description="Concatenate examples without padding; attention stays within each example.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~30% slower.")

@@ -8,6 +8,7 @@ models as the contract.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -140,7 +141,8 @@ class RegisterWorkload(WireModel):
 
 class RegisterResult(WireModel):
     succeeded: bool
-    reason: str | None = Field(None, description="e.g. RegistryUnavailable.")
+    reason: str | None = Field(None, description="RegistryUnavailable (retried), AdapterMissing, "
+                                                 "RegistrationFailed or InvalidWorkload.")
     message: str | None = None
     model_name: str | None = None
     version: str | None = None
@@ -165,3 +167,11 @@ def compact_result(result: WireModel, limit: int = TERMINATION_MESSAGE_LIMIT) ->
         wire["message"] = wire["message"][:keep] + "..."
         text = json.dumps(wire, separators=(",", ":"))
     return text
+
+
+def write_result(result: WireModel, path: Path, termination_log: Path | None = None) -> None:
+    """A workload's last act: the full result to `path`, the compact one to the termination log."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(result.model_dump_json(by_alias=True, exclude_none=True), encoding="utf-8")
+    if termination_log:
+        termination_log.write_text(compact_result(result), encoding="utf-8")

@@ -51,6 +51,11 @@ def pod_problem(pods: list[dict[str, Any]]) -> str:
     """Why pods do not run or died, in Kubernetes' words."""
     for pod in pods:
         name = pod["metadata"]["name"]
+        for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
+            failed = (status.get("state") or {}).get("terminated") or {}
+            if failed.get("exitCode"):
+                detail = f": {failed['message'].strip()[-500:]}" if failed.get("message") else ""
+                return f"pod {name}: init container {status.get('name')} failed (exit code {failed['exitCode']}){detail}"
         terminated = termination(pod)
         if terminated and terminated.get("reason") not in (None, "Completed"):
             return f"pod {name}: {terminated['reason']} (exit code {terminated.get('exitCode')})"

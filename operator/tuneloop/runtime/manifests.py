@@ -349,7 +349,7 @@ def stage_objects(job: FineTuneJob, action: LaunchWorkload, config: OperatorConf
         workload: Any = stage_workloads.evaluator_workload(
             job, action.inputs, model_path=training.model_path, resolve=resolve,
             output_dir=f"{training.output_dir}/evaluation", tracking=_tracking(job, config),
-            general_set_path=storage.path(general.uri) if general else None)
+            general_set_path=storage.input_path(general.uri, "general", is_file=True) if general else None)
         program = ["python", "-m", "tuneloop_evaluator"]
         result = f"{workload.output_dir}/result.json"
     else:
@@ -358,7 +358,8 @@ def stage_objects(job: FineTuneJob, action: LaunchWorkload, config: OperatorConf
             raise UnsupportedStorage("registration needs the operator's mlflowTrackingUri")
         workload = stage_workloads.register_workload(job, action.inputs, resolve=resolve, tracking=tracking,
                                                      job_uid=job.metadata.uid or "", retry_seconds=120)
-        storage.writable_claims.clear()  # registering only reads the adapter
+        storage.writable_claims.clear()  # registering only reads the adapter:
+        storage.fetches.clear()          # no base model or data to fetch
         program = ["python", "-m", "tuneloop_evaluator.register"]
         result = f"{SCRATCH}/result.json"
     command = [*program, "--spec", f"{SPEC_DIR}/workload.json", "--result", result,
