@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -138,7 +139,12 @@ def test_a_bad_spec_is_an_invalid_workload(tmp_path):
 def run_in_process(workload: EvaluatorWorkload, folder: Path) -> tuple[int, EvaluatorResult]:
     spec, result = folder / "evaluator.json", folder / "result.json"
     spec.write_text(workload.model_dump_json(by_alias=True), encoding="utf-8")
-    code = evaluator_main(["--spec", str(spec), "--result", str(result)])
+    saved = dict(os.environ)  # main() sets defaults (offline mode, MLflow retries) for its process
+    try:
+        code = evaluator_main(["--spec", str(spec), "--result", str(result)])
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     return code, EvaluatorResult.model_validate_json(result.read_text())
 
 

@@ -31,6 +31,7 @@ def manifest(model: Path, dataset: Path, **training) -> dict:
             "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
             "training": {"epochs": 3, "learningRate": 5e-3, "microBatchSize": 4, "precision": "fp32", **training},
             "output": {"previewExamples": 2},
+            "evaluation": {"maxNewTokens": 16, "bootstrap": {"samples": 200}},
         },
     }
 
@@ -114,27 +115,45 @@ def test_packed_and_padded_batches_give_the_same_loss(tiny_model_dir, tickets):
         assert float(summed_loss(model, packed)) == pytest.approx(alone + without_last, rel=1e-4)
 
 
-def test_local_runtime_runs_the_job_and_a_second_run_reuses_it(tiny_model_dir, tickets, tmp_path):
+def test_local_runtime_trains_evaluates_registers_and_a_second_run_reuses_it(tiny_model_dir, tickets, tmp_path):
+    from tuneloop.runtime.local import local_mlflow, prepare_tracking
+
     job = parse_manifest(manifest(tiny_model_dir, tickets, epochs=1))
     events = []
-    runtime = LocalRuntime(workdir=tmp_path / "work", manifest_dir=tmp_path, on_event=events.append)
+    tracking_uri, artifacts = local_mlflow(tmp_path / "work")
+    (tmp_path / "work" / "mlflow").mkdir(parents=True)
+    prepare_tracking(tracking_uri, artifacts)
+    runtime = LocalRuntime(workdir=tmp_path / "work", manifest_dir=tmp_path, on_event=events.append,
+                           tracking_uri=tracking_uri)
 
     status = runtime.run(job, poll_seconds=0.2)
 
     assert status.phase == "Succeeded", status.message
     assert status.training.hold_out_loss_after < status.training.hold_out_loss_before
     assert status.training.adapter_uri.startswith("file://")
-    assert [event.reason for event in events] == ["TrainingStarted", "Trained", "Succeeded"]
+    reasons = [event.reason for event in events]
+    assert reasons[:3] == ["TrainingStarted", "Trained", "EvaluatingStarted"]
+    assert reasons[-3:] == ["RegisteringStarted", "Registered", "Succeeded"]
     conditions = {condition.type: condition.status for condition in status.conditions}
-    assert conditions == {"SpecValid": "True", "Trained": "True", "Complete": "True"}
+    assert {"SpecValid", "Trained", "Evaluated", "GatePassed", "Registered", "Complete"} <= set(conditions)
+    assert status.evaluation.hold_out.examples == status.dataset.hold_out_rows
+    assert (status.registry.model_name, status.registry.version) == ("tiny", "1")
     result_file = runtime.workload_dir(job, "tiny-train") / "result.json"
     written = result_file.stat().st_mtime_ns
 
-    again = LocalRuntime(workdir=tmp_path / "work", manifest_dir=tmp_path, on_event=events.append).run(job)
+    again = LocalRuntime(workdir=tmp_path / "work", manifest_dir=tmp_path, on_event=events.append,
+                         tracking_uri=tracking_uri).run(job)
 
     assert again.phase == "Succeeded"
     assert result_file.stat().st_mtime_ns == written  # nothing was trained twice
-    assert len(events) == 3
+    assert len(events) == len(reasons)
+
+
+def test_a_local_run_without_mlflow_refuses_to_register(tiny_model_dir, tickets, tmp_path):
+    job = parse_manifest(manifest(tiny_model_dir, tickets, epochs=1))
+    status = LocalRuntime(workdir=tmp_path / "work", manifest_dir=tmp_path).run(job)
+    assert status.phase == "Failed"
+    assert "spec.registry.enabled: this run has no MLflow tracking URI" in status.message
 
 
 def test_merge_and_unload_writes_a_full_safetensors_model(tiny_model_dir, tickets, tmp_path):

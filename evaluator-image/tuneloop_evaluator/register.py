@@ -315,8 +315,9 @@ def register(workload: RegisterWorkload) -> RegisterResult:
 
 
 def limit_mlflow_http_retries() -> None:
-    for name, value in MLFLOW_HTTP_SETTINGS.items():
-        os.environ.setdefault(name, value)
+    """MLflow's client must not retry on its own (our loop does); its request timeout may be set by the user."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = MLFLOW_HTTP_SETTINGS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", MLFLOW_HTTP_SETTINGS["MLFLOW_HTTP_REQUEST_TIMEOUT"])
 
 
 def main(argv: list[str] | None = None) -> int:

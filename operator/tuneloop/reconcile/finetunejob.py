@@ -149,8 +149,9 @@ def check_context(spec: FineTuneJobSpec, context: ReconcileContext) -> list[str]
     if context.mode == "cluster" and spec.output.uri is None:
         problems.append("spec.output.uri: a cluster run needs a pvc:// folder for checkpoints and the adapter")
     if spec.registry.enabled and not context.registry_configured:
-        problems.append("spec.registry.enabled: the operator has no MLflow tracking URI to register with "
-                        "(set mlflowTrackingUri in the operator's configuration) - or set it to false")
+        where = ("the operator has no MLflow tracking URI to register with (set mlflowTrackingUri in its "
+                 "configuration)" if context.mode == "cluster" else "this run has no MLflow tracking URI")
+        problems.append(f"spec.registry.enabled: {where} - or set it to false")
     judge = spec.evaluation.judge
     if judge is not None and context.mode == "cluster" and judge.api_key_env:
         problems.append("spec.evaluation.judge.apiKeyEnv: in a cluster the key comes from apiKeySecret")
