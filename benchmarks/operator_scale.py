@@ -603,7 +603,8 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="operator-scale-"))
     config = workdir / "config.yaml"
-    config.write_text(yaml.safe_dump({"catalog": CATALOG}))
+    # Registering needs an MLflow URI in the config; nothing contacts it during the burst (no timer fires).
+    config.write_text(yaml.safe_dump({"catalog": CATALOG, "mlflowTrackingUri": "http://mlflow.invalid:5000"}))
     os.environ["TUNELOOP_CONFIG"] = str(config)
     os.environ["TUNELOOP_RECONCILE_INTERVAL"] = str(args.interval)
 

@@ -3,8 +3,13 @@ reasons a person needs when a pod cannot run or dies."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
 
+import pytest
+
+from test_registry import mlflow_server, server_url  # noqa: F401  (fixtures: a real `mlflow server`)
 from tuneloop.runtime.kubernetes import pod_problem, result_from_pods
 
 
@@ -49,34 +54,60 @@ def test_a_healthy_pod_has_no_problem():
     assert pod_problem([running]) == ""
 
 
-def test_live_progress_comes_from_the_trainers_mlflow_run(tmp_path):
+@pytest.fixture(params=["sqlite", "server"])
+def tracking_uri(request, tmp_path):
+    """A SQLite store (MlflowClient path) and a real `mlflow server` (the REST path a cluster uses)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return request.getfixturevalue("mlflow_server")
+
+
+def test_live_progress_comes_from_the_trainers_mlflow_run(tracking_uri):
     import mlflow
     from mlflow.entities import Metric, Param
 
     from tuneloop.runtime.progress import mlflow_progress
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert mlflow_progress(uri, "tuneloop", "ml/support-bot") is None  # nothing logged yet
-    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
-    run = client.create_run(client.create_experiment("tuneloop"), run_name="ml/support-bot")
+    name = f"ml/support-bot-{uuid.uuid4().hex[:6]}"
+    assert asyncio.run(mlflow_progress(tracking_uri, "progress-test", name)) is None  # nothing logged yet
+    client = mlflow.tracking.MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name("progress-test")
+    run = client.create_run(experiment.experiment_id if experiment else client.create_experiment("progress-test"),
+                            run_name=name)
+    assert asyncio.run(mlflow_progress(tracking_uri, "progress-test", name))["stage"] == "validating-data"
     client.log_batch(run.info.run_id, params=[Param("total_steps", "100")], metrics=[
         Metric("loss", loss, 0, step) for step, loss in ((1, 2.0), (2, 1.5), (25, 0.7))
     ] + [Metric("step", float(step), 0, step) for step in (1, 2, 25)]
       + [Metric("tokens_per_second", 900.0, 0, 25), Metric("epoch", 0.75, 0, 25)])
 
-    progress = mlflow_progress(uri, "tuneloop", "ml/support-bot")
+    progress = asyncio.run(mlflow_progress(tracking_uri, "progress-test", name))
 
     assert progress["stage"] == "training" and progress["step"] == 25 and progress["totalSteps"] == 100
     assert progress["loss"] == 0.7 and progress["tokensPerSecond"] == 900.0
     assert progress["etaSeconds"] is not None and progress["etaSeconds"] >= 0
 
 
-def test_an_unreachable_mlflow_gives_no_progress_and_no_error(monkeypatch):
-    from tuneloop.runtime.progress import mlflow_progress
+def test_an_unreachable_mlflow_gives_no_progress_and_is_not_asked_again_for_a_while(monkeypatch):
+    from tuneloop.api.finetunejob import parse_manifest
+    from tuneloop.config import OperatorConfig
+    from tuneloop.runtime import progress
+    from tuneloop.runtime.kubernetes import KubernetesRuntime
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    calls = []
 
-    assert mlflow_progress("http://127.0.0.1:9", "tuneloop", "ml/x") is None
+    async def counted(*args):
+        calls.append(args)
+        return await progress.mlflow_progress(*args)
+
+    monkeypatch.setattr("tuneloop.runtime.kubernetes.mlflow_progress", counted)
+    runtime = KubernetesRuntime(client=None, config=OperatorConfig(mlflow_tracking_uri="http://127.0.0.1:9"))
+    job = parse_manifest({"apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "x"},
+                          "spec": {"baseModel": {"name": "m"}, "dataset": {"uri": "pvc://d/t.jsonl"}}})
+
+    assert asyncio.run(runtime.progress(job)) is None
+    assert asyncio.run(runtime.progress(job)) is None
+    assert len(calls) == 1  # the second job's reconcile did not wait for a dead server
 
 
 def test_a_failed_input_fetch_names_the_init_container_and_its_message():

@@ -250,9 +250,6 @@ def command_operator(args: argparse.Namespace) -> int:
 
     from tuneloop import handlers  # noqa: F401  (registers the handlers)
 
-    # Progress reads from MLflow must not hold a reconcile for minutes when it is down.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     kopf.configure(log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
                    verbose=args.verbose)
     if args.metrics_port:

@@ -7,8 +7,8 @@ one, else what Kubernetes knows (OOMKilled, image pull errors, deadline exceeded
 
 from __future__ import annotations
 
-import asyncio
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ from tuneloop.config import OperatorConfig
 from tuneloop.reconcile.finetunejob import STAGES, TRAIN, LaunchWorkload, Observed, WorkloadState, workload_name
 from tuneloop.runtime.kube_client import KubeClient
 from tuneloop.runtime.manifests import WORKLOAD_CONTAINERS, Storage, workload_objects
-from tuneloop.runtime.progress import mlflow_progress
+from tuneloop.runtime.progress import MlflowUnavailable, mlflow_progress
 
 WAITING_PROBLEMS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                     "CreateContainerError", "CrashLoopBackOff"}
@@ -69,10 +69,16 @@ def pod_problem(pods: list[dict[str, Any]]) -> str:
     return ""
 
 
+MLFLOW_BACKOFF_SECONDS = 30.0
+
+
 @dataclass
 class KubernetesRuntime:
     client: KubeClient
     config: OperatorConfig
+    # After a failed progress read, no reads for a while: with MLflow down, every running job's
+    # reconcile would otherwise wait for its own timeout.
+    mlflow_quiet_until: float = 0.0
 
     async def observe(self, job: FineTuneJob, phase: str) -> Observed:
         """The workload of the stage the job is in (the reconciler looks at no other)."""
@@ -104,10 +110,14 @@ class KubernetesRuntime:
 
     async def progress(self, job: FineTuneJob) -> dict[str, Any] | None:
         """Live progress from the MLflow run the trainer names after the job (see manifests.trainer_workload)."""
-        if not self.config.mlflow_tracking_uri:
+        if not self.config.mlflow_tracking_uri or time.monotonic() < self.mlflow_quiet_until:
             return None
-        return await asyncio.to_thread(mlflow_progress, self.config.mlflow_tracking_uri, "tuneloop",
-                                       f"{job.metadata.namespace}/{job.metadata.name}")
+        try:
+            return await mlflow_progress(self.config.mlflow_tracking_uri, "tuneloop",
+                                         f"{job.metadata.namespace}/{job.metadata.name}")
+        except MlflowUnavailable:
+            self.mlflow_quiet_until = time.monotonic() + MLFLOW_BACKOFF_SECONDS
+            return None
 
     async def launch(self, job: FineTuneJob, action: LaunchWorkload) -> None:
         objects = workload_objects(job, action, self.config)  # a spec it cannot render raises before any change
