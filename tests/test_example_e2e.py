@@ -4,6 +4,7 @@ beats the base model on the hold-out set beyond the noise, and is registered in 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ def test_readme_example_fine_tunes_evaluates_and_registers_smollm2(tmp_path):
 
     report = process.stdout
     assert "FineTuneJob acme-tickets: Succeeded" in report
-    assert report.count("hold-out example") == 3
+    assert len(re.findall(r"^  hold-out example \d+$", report, re.MULTILINE)) == 3
     assert "expected" in report and "base" in report and "tuned" in report
     adapter = Path(training["adapterUri"].removeprefix("file://"))
     assert (adapter / "adapter_model.safetensors").is_file()
