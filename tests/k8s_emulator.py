@@ -601,18 +601,13 @@ class Harness:
 
     @contextlib.asynccontextmanager
     async def kopf_operator(self, registry: Any, *, settings: Any = None, namespaces: Iterable[str] = ('default',),
-                            clusterwide: bool = False, timeout: float = 10.0,
-                            standalone: bool = True) -> AsyncIterator[asyncio.Task[None]]:
-        """Run kopf.operator() with this registry against the emulator in a task; stop it cleanly on exit.
-
-        standalone=False takes part in kopf's peering (settings.peering: name, priority); the emulator
-        must then serve the KopfPeering resource (PEERING_CRD) and hold the peering object."""
+                            clusterwide: bool = False, timeout: float = 10.0) -> AsyncIterator[asyncio.Task[None]]:
+        """Run kopf.operator() with this registry against the emulator in a task; stop it cleanly on exit."""
         import kopf
         kopf.on.login(registry=registry)(lambda **_: self.connection_info())
         stop_flag, ready_flag = asyncio.Event(), asyncio.Event()
         task = asyncio.create_task(kopf.operator(
-            registry=registry, settings=settings or kopf_test_settings(), standalone=standalone,
-            clusterwide=clusterwide,
+            registry=registry, settings=settings or kopf_test_settings(), standalone=True, clusterwide=clusterwide,
             namespaces=() if clusterwide else list(namespaces), stop_flag=stop_flag, ready_flag=ready_flag))
         try:
             ready = asyncio.create_task(ready_flag.wait())
@@ -629,7 +624,8 @@ class Harness:
             await asyncio.wait_for(task, timeout)
 
 
-# kopf's own peering resource, as its docs (peering.yaml) define it: status without a subresource.
+# kopf's own peering resource (for operators run with peering), as kopf's peering.yaml defines it:
+# status without a subresource.
 PEERING_CRD = {
     "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
     "metadata": {"name": "kopfpeerings.kopf.dev"},

@@ -1,54 +1,65 @@
-"""Two operator replicas with kopf peering: the lower-priority one pauses and only one acts.
-
-Both replicas run in this process (each with its own kopf registry); in a cluster they are two pods.
-"""
+"""Two operator replicas (two `tuneloop operator` processes, as two pods would be) with kopf peering:
+only the higher-priority one acts, and the other takes over when it stops."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
-import kopf
-import pytest
+from k8s_emulator import PEERING_CRD, running_emulator
+from test_operator import CRDS, EXAMPLE, JOB, RESULT, finish_job, operator_env  # noqa: F401  (a fixture)
 
-from k8s_emulator import PEERING_CRD, handlers_registry, kopf_test_settings, running_emulator
-from test_operator import CRDS, EXAMPLE, JOB, operator_env  # noqa: F401  (a fixture)
-
-PEERING = "tuneloop"
-
-
-def replica_settings(priority: int) -> kopf.OperatorSettings:
-    settings = kopf_test_settings()
-    settings.peering.name = PEERING
-    settings.peering.priority = priority
-    settings.peering.lifetime = 5
-    settings.peering.mandatory = True
-    return settings
+PEERING = ("kopf.dev/v1", "KopfPeering")
 
 
-def test_two_replicas_never_both_act(operator_env, caplog, monkeypatch):
-    caplog.set_level(logging.INFO, logger="kopf")
+def start_replica(priority: int, env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tuneloop.cli", "operator", "--namespace", "default", "--priority", str(priority),
+         "--peering-name", "tuneloop", "--health-port", "0", "--metrics-port", "0", "--log-format", "text"],
+        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
-    def logged(text: str) -> bool:
-        return any(text in message for message in caplog.messages)
+
+async def stop(replica: subprocess.Popen) -> None:
+    """SIGTERM, as the kubelet does; the emulator shares this event loop, so wait without blocking it."""
+    replica.send_signal(signal.SIGTERM)
+    for _ in range(300):
+        if replica.poll() is not None:
+            return
+        await asyncio.sleep(0.1)
+    replica.kill()
+
+
+def test_two_replicas_never_both_act_and_the_second_takes_over(operator_env):
+    logs = {priority: operator_env / f"replica-{priority}.log" for priority in (100, 50)}
 
     async def scenario():
         async with running_emulator([*CRDS, PEERING_CRD]) as harness:
             harness.create({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
-                            "metadata": {"name": PEERING, "namespace": "default"}})
-            monkeypatch.setenv("KUBECONFIG", str(harness.write_kubeconfig(operator_env / "kubeconfig")))
-            leader = harness.kopf_operator(handlers_registry("tuneloop.handlers"),
-                                           settings=replica_settings(100), standalone=False, timeout=30)
-            follower = harness.kopf_operator(handlers_registry("tuneloop.handlers"),
-                                             settings=replica_settings(50), standalone=False, timeout=30)
-            async with follower:
-                async with leader:
-                    await harness.wait_for(lambda: logged("Pausing operations in favour of"), 15)
-                    harness.create(EXAMPLE)
-                    await harness.wait_for(lambda: harness.get(JOB, "default", "acme-tickets-train"))
-                    await asyncio.sleep(3)  # both replicas had time to act on it (and their timers to fire)
-                    # Create-if-absent would hide a second actor's Job, so count the handlings too.
-                    assert sum("Creation is processed" in m for m in caplog.messages) == 1
-                    assert len(harness.list_objects(JOB, include_deleted=True)) == 1
+                            "metadata": {"name": "tuneloop", "namespace": "default"}})
+            env = {**os.environ, "KUBECONFIG": str(harness.write_kubeconfig(operator_env / "kubeconfig"))}
+            replicas = {priority: start_replica(priority, env, log) for priority, log in logs.items()}
+            try:
+                # Both replicas have announced themselves in the peering object.
+                await harness.wait_for(
+                    lambda: len((harness.get(PEERING, "default", "tuneloop") or {}).get("status") or {}) == 2, 60)
+                harness.create(EXAMPLE)
+                await harness.wait_for(lambda: harness.get(JOB, "default", "acme-tickets-train"), 30)
+                await asyncio.sleep(3)  # time for a second actor to show itself
+                assert len(harness.list_objects(JOB, include_deleted=True)) == 1
+
+                await stop(replicas[100])
+                finish_job(harness, RESULT)
+                await harness.wait_for(lambda: harness.get(JOB, "default", "acme-tickets-evaluate"), 30)
+            finally:
+                for replica in replicas.values():
+                    await stop(replica)
 
     asyncio.run(scenario())
+    leader, follower = logs[100].read_text(), logs[50].read_text()
+    assert "Creation is processed" in leader and "Creation is processed" not in follower
+    assert "Resuming is processed" in follower  # it took the running job over after the leader left
+    assert "Traceback" not in leader + follower
