@@ -93,7 +93,7 @@ def test_a_wrong_kind_is_reported(tmp_path, capsys):
 
     assert code == 1
     assert capsys.readouterr().err == (
-        f"{path}: ConfigMap/settings: kind: 'ConfigMap' is not a Tuneloop kind (known: FineTuneJob)\n")
+        f"{path}: ConfigMap/settings: kind: 'ConfigMap' is not a Tuneloop kind (known: FineTuneJob, ModelDeployment)\n")
 
 
 def test_local_checks_are_only_made_with_local(tmp_path, capsys):
@@ -186,3 +186,11 @@ def test_metadata_that_is_not_a_mapping_is_reported_not_a_crash(tmp_path, capsys
 
     assert code == 1
     assert "metadata: input should be a valid dictionary" in capsys.readouterr().err
+
+
+def test_the_example_manifests_validate(capsys):
+    from tuneloop.cli import main
+
+    examples = sorted(str(path) for path in (Path(__file__).resolve().parents[1] / "examples").rglob("*.yaml"))
+    assert main(["validate", *examples]) == 0
+    assert capsys.readouterr().out.count(": valid") == len(examples)

@@ -20,10 +20,11 @@ from typing import Any
 import yaml
 
 from tuneloop.api.common import SpecError
+from tuneloop.api import modeldeployment
 from tuneloop.api.finetunejob import KIND as FINETUNEJOB, FineTuneJob, FineTuneJobStatus, parse_manifest
 from tuneloop.reconcile.finetunejob import check_context
 
-KNOWN_KINDS = (FINETUNEJOB,)
+KNOWN_KINDS = (FINETUNEJOB, modeldeployment.KIND)
 
 
 class ManifestError(Exception):
@@ -59,6 +60,12 @@ def validate_document(document: dict[str, Any], local: bool) -> list[str]:
     kind = document.get("kind")
     if kind not in KNOWN_KINDS:
         return [f"kind: {kind!r} is not a Tuneloop kind (known: {', '.join(KNOWN_KINDS)})"]
+    if kind == modeldeployment.KIND:
+        try:
+            modeldeployment.parse_manifest(document)
+        except SpecError as error:
+            return error.problems
+        return []
     try:
         job = parse_manifest(document)
     except SpecError as error:
@@ -239,8 +246,9 @@ def command_crds(args: argparse.Namespace) -> int:
 
 def all_crds() -> list:
     from tuneloop.api.finetunejob import CRD as FINETUNEJOB_CRD
+    from tuneloop.api.modeldeployment import CRD as MODELDEPLOYMENT_CRD
 
-    return [FINETUNEJOB_CRD]
+    return [FINETUNEJOB_CRD, MODELDEPLOYMENT_CRD]
 
 
 def command_operator(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from tuneloop.api.common import WireModel
 class Images(WireModel):
     trainer: str = Field("ghcr.io/tuneloop/trainer:0.1.0", description="Trainer image (CUDA).")
     evaluator: str = Field("ghcr.io/tuneloop/evaluator:0.1.0", description="Evaluator image (CUDA).")
+    vllm: str = Field("docker.io/vllm/vllm-openai:v0.10.1.1", description="vLLM OpenAI server for ModelDeployments.")
     pull_policy: str = "IfNotPresent"
 
 

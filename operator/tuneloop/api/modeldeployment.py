@@ -1,0 +1,256 @@
+"""The ModelDeployment resource: a base model + adapter served by vLLM, rolled out blue-green.
+
+Field names follow Argo Rollouts' blue-green strategy (activeService, previewService,
+autoPromotionEnabled, prePromotionAnalysis, scaleDownDelaySeconds, ...; status phase, message,
+abort, activeSelector, previewSelector) so that people who know Argo Rollouts know this too.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from tuneloop.api.common import API_VERSION, Condition, SpecError, WireModel, describe_validation_error
+from tuneloop.api.crd import Kind, Printer
+from tuneloop.api.finetunejob import BaseModelRef, ObjectMeta, cel, check_storage_uri
+
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+
+Colour = Literal["blue", "green"]
+COLOURS: tuple[Colour, Colour] = ("blue", "green")
+# The ranks vLLM's --max-lora-rank accepts.
+LoraRank = Literal[8, 16, 32, 64, 128, 256, 320, 512]
+
+ADAPTER_RULE = "give uri, or name with exactly one of version (pinned) or alias (followed, e.g. champion)"
+EXPECT_RULE = "give exactly one of contains, regex or json"
+
+
+class AdapterRef(WireModel):
+    """The LoRA adapter (or merged model) to serve: an MLflow registered model version, or a folder by URI."""
+
+    model_config = cel((
+        "has(self.uri) ? !has(self.name) && !has(self.version) && !has(self.alias)"
+        " : has(self.name) && has(self.version) != has(self.alias)", ADAPTER_RULE))
+
+    name: str | None = Field(None, min_length=1, description="MLflow registered model name.")
+    version: str | None = Field(None, pattern=r"^[0-9]+$",
+                                description="Pinned MLflow model version, e.g. '7' (GitOps promotion writes this).")
+    alias: str | None = Field(None, min_length=1,
+                              description="MLflow alias to follow, e.g. champion: moving it starts a rollout.")
+    uri: str | None = Field(None, description="Adapter folder: pvc://claim/path or s3://bucket/path.")
+
+    _uri = field_validator("uri")(lambda uri: uri if uri is None else check_storage_uri(uri))
+
+    @model_validator(mode="after")
+    def _exactly_one_form(self) -> "AdapterRef":
+        if self.uri is not None:
+            valid = self.name is None and self.version is None and self.alias is None
+        else:
+            valid = self.name is not None and (self.version is None) != (self.alias is None)
+        if not valid:
+            raise ValueError(ADAPTER_RULE)
+        return self
+
+    def display(self) -> str:
+        if self.uri is not None:
+            return self.uri
+        return f"{self.name}@{self.alias}" if self.alias else f"{self.name}/{self.version}"
+
+
+class ServingSpec(WireModel):
+    """How each colour's vLLM OpenAI server runs."""
+
+    image: str | None = Field(None, description="vLLM image; unset: the operator's configured vLLM image.")
+    extra_args: list[str] = Field(default_factory=list, json_schema_extra={"default": []},
+                                  description="Extra vLLM arguments appended to the command line.")
+    replicas: int = Field(1, ge=1, le=64, description="Pods of the active colour.")
+    gpus: int = Field(1, ge=0, le=8, description="GPUs per pod (nvidia.com/gpu); more than one: tensor parallel.")
+    cpu: str | None = Field(None, description="CPU request and limit of each serving pod, e.g. '8'.")
+    memory: str | None = Field(None, description="Memory request and limit of each serving pod, e.g. 48Gi.")
+    max_loras: int = Field(1, ge=1, le=64, description="LoRA adapters vLLM keeps in one batch (--max-loras).")
+    max_lora_rank: LoraRank = Field(16, description="Largest adapter rank served (--max-lora-rank): "
+                                                    "8, 16, 32, 64, 128, 256, 320 or 512.")
+    max_model_len: int | None = Field(None, ge=16, description="Context length (--max-model-len); unset: the model's.")
+    merged: bool = Field(False, description="The adapter reference is a merged model: serve it without LoRA.")
+
+
+class Expectation(WireModel):
+    """What a smoke prompt's answer must satisfy; exactly one check."""
+
+    model_config = cel(("(has(self.contains) ? 1 : 0) + (has(self.regex) ? 1 : 0) + (has(self.json) ? 1 : 0) == 1",
+                        EXPECT_RULE))
+
+    contains: str | None = Field(None, min_length=1, description="The answer contains this text.")
+    regex: str | None = Field(None, min_length=1, description="The answer matches this Python regular expression.")
+    json_valid: bool | None = Field(None, alias="json", description="The answer parses as JSON.")
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, regex: str | None) -> str | None:
+        if regex is not None:
+            try:
+                re.compile(regex)
+            except re.error as error:
+                raise ValueError(f"not a regular expression: {error}") from None
+        return regex
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Expectation":
+        if sum(check is not None for check in (self.contains, self.regex, self.json_valid)) != 1:
+            raise ValueError(EXPECT_RULE)
+        return self
+
+
+class SmokePrompt(WireModel):
+    prompt: str = Field(min_length=1, description="User message sent to the preview's chat completions API.")
+    expect: Expectation = Field(description="What the answer must satisfy.")
+
+
+class AnalysisSpec(WireModel):
+    """Real requests against a colour's OpenAI API; every threshold set must hold for the analysis to pass."""
+
+    smoke_prompts: list[SmokePrompt] = Field(default_factory=list, json_schema_extra={"default": []},
+                                             description="Prompts whose answers must meet their expectation.")
+    requests: int = Field(20, ge=1, le=10000, description="Requests sent to measure latency and errors.")
+    max_p95_latency_ms: float | None = Field(None, gt=0, description="Highest acceptable p95 latency in milliseconds.")
+    max_error_rate: float = Field(0.0, ge=0, le=1, description="Highest acceptable share of failed requests.")
+    min_judge_score: float | None = Field(None, ge=1, le=10,
+                                          description="Lowest acceptable LLM judge score (1-10) of the answers.")
+
+
+class BlueGreenStrategy(WireModel):
+    active_service: str | None = Field(None, description="Service taking the traffic; unset: the resource's name.")
+    preview_service: str | None = Field(None, description="Service selecting the colour under test; "
+                                                          "unset: <name>-preview.")
+    auto_promotion_enabled: bool = Field(True, description="Promote when the analysis passes; false: wait for "
+                                                           "`tuneloop rollout promote` or the promote annotation.")
+    auto_promotion_seconds: int | None = Field(None, ge=0, description="Wait this long after the analysis "
+                                                                       "passed before promoting automatically.")
+    preview_replica_count: int | None = Field(None, ge=1, description="Pods of the preview colour while it is "
+                                                                      "analysed; unset: spec.serving.replicas.")
+    scale_down_delay_seconds: int = Field(30, ge=0, description="Seconds the old colour keeps running after the "
+                                                                "switch (clients finish their requests).")
+    abort_scale_down_delay_seconds: int = Field(30, ge=0, description="Seconds a failed preview keeps running "
+                                                                      "after an abort (for debugging).")
+    readiness_timeout_seconds: int = Field(900, ge=1, description="The preview must be ready within this; "
+                                                                   "else the rollout aborts.")
+    pre_promotion_analysis: AnalysisSpec | None = Field(
+        None, description="Analysis of the preview before it takes traffic; unset: readiness is enough.")
+    post_promotion_analysis: AnalysisSpec | None = Field(
+        None, description="Analysis after the switch; failing it switches back while the old colour still runs.")
+
+    def active_service_name(self, name: str) -> str:
+        return self.active_service or name
+
+    def preview_service_name(self, name: str) -> str:
+        return self.preview_service or f"{name}-preview"
+
+
+class StrategySpec(WireModel):
+    blue_green: BlueGreenStrategy = Field(default_factory=BlueGreenStrategy, description="Blue-green rollout.")
+
+
+class ModelDeploymentSpec(WireModel):
+    base_model: BaseModelRef = Field(description="The base model the adapter was trained on.")
+    adapter: AdapterRef = Field(description="The adapter (or merged model) to serve.")
+    serving: ServingSpec = Field(default_factory=ServingSpec, description="vLLM server settings.")
+    strategy: StrategySpec = Field(default_factory=StrategySpec, description="How a new revision rolls out.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the OpenAI API (container and Services).")
+
+
+Phase = Literal["Pending", "Progressing", "Paused", "Healthy", "Degraded", "Aborted"]
+Outcome = Literal["Promoted", "Failed", "Aborted", "Superseded", "RolledBack"]
+
+
+class RevisionStatus(WireModel):
+    colour: Colour
+    revision: str = Field(description="Hash of everything that shapes the pods (adapter version included).")
+    adapter_version: str | None = None
+    score: float | None = Field(None, description="Judge score of the latest analysis of this revision.")
+
+
+class RolloutRecord(WireModel):
+    revision: str
+    adapter_version: str | None = None
+    outcome: Outcome
+    reason: str
+    time: str
+
+
+class RolloutStep(WireModel):
+    """Where the rollout in progress is, so that a restarted operator carries on from there."""
+
+    step: Literal["Preview", "Analysis", "Paused", "ScalingUp", "PostPromotion"]
+    since: str = Field(description="When this step started (the readiness deadline counts from here).")
+    started: str = Field(description="When this rollout attempt started (names its analysis runs).")
+    previous_active: RevisionStatus | None = Field(None, description="The colour to switch back to (post-promotion).")
+
+
+class ScaleDown(WireModel):
+    colour: Colour
+    at: str
+
+
+class ModelDeploymentStatus(WireModel):
+    phase: Phase = "Pending"
+    message: str = ""
+    abort: bool = False
+    active_selector: Colour | None = None
+    preview_selector: Colour | None = None
+    active: RevisionStatus | None = None
+    preview: RevisionStatus | None = None
+    rollout: RolloutStep | None = None
+    scale_down: ScaleDown | None = None
+    failed_revision: str | None = Field(None, description="Not rolled out again until a retry or a new revision.")
+    conditions: list[Condition] = Field(default_factory=list)
+    history: list[RolloutRecord] = Field(default_factory=list, description="The last rollouts, newest last.")
+    observed_generation: int | None = None
+
+
+class ModelDeployment(WireModel):
+    api_version: Literal["tuneloop.dev/v1alpha1"] = API_VERSION
+    kind: Literal["ModelDeployment"] = KIND
+    metadata: ObjectMeta
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus = Field(default_factory=ModelDeploymentStatus)
+
+
+def _validated(model: type[WireModel], raw: Any, prefix: str) -> Any:
+    try:
+        return model.model_validate(raw, by_alias=True, by_name=False)
+    except ValidationError as error:
+        raise SpecError(describe_validation_error(error, prefix)) from None
+
+
+def parse_spec(raw: Any) -> ModelDeploymentSpec:
+    """Validate a raw spec; SpecError lists every problem with its field path (`spec.adapter: ...`)."""
+    return _validated(ModelDeploymentSpec, raw, "spec")
+
+
+def parse_manifest(raw: Any) -> ModelDeployment:
+    if not isinstance(raw, dict):
+        raise SpecError(["manifest: must be a mapping with apiVersion, kind, metadata and spec"])
+    return _validated(ModelDeployment, raw, "")
+
+
+CRD = Kind(
+    kind=KIND,
+    plural=PLURAL,
+    short_names=("mdep",),
+    spec=ModelDeploymentSpec,
+    status=ModelDeploymentStatus,
+    description="A base model + adapter served by vLLM, rolled out blue-green with analysis before traffic.",
+    printers=(
+        Printer("Phase", "string", ".status.phase"),
+        Printer("Active", "string", ".status.active.revision", "Revision taking the traffic"),
+        Printer("Preview", "string", ".status.preview.revision", "Revision under test"),
+        Printer("Score", "number", ".status.active.score", "Analysis score of the active revision"),
+        Printer("Version", "string", ".status.active.adapterVersion", "Adapter version of the active revision",
+                priority=1),
+        Printer("Message", "string", ".status.message", priority=1),
+        Printer("Age", "date", ".metadata.creationTimestamp"),
+    ),
+)

@@ -1,0 +1,156 @@
+"""The objects serving a ModelDeployment: valid Kubernetes, vLLM's LoRA options, probes, hardening."""
+
+from __future__ import annotations
+
+import kubernetes_validate
+import pytest
+
+from tuneloop.api.modeldeployment import parse_manifest
+from tuneloop.config import OperatorConfig
+from tuneloop.reconcile.modeldeployment import target_for
+from tuneloop.runtime.serving_manifests import (
+    DEFAULT_VLLM_IMAGE,
+    active_service,
+    deployment,
+    disruption_budget,
+    preview_service,
+)
+
+K8S_VERSION = "1.33.0"
+CONFIG = OperatorConfig.model_validate({
+    "catalog": {"llama-3.1-8b": "pvc://models/llama-3.1-8b", "qwen": "s3://models/qwen"},
+    "mlflowTrackingUri": "http://mlflow.tuneloop:5000", "imagePullSecrets": ["registry-creds"],
+})
+
+
+def model_deployment(adapter=None, **spec):
+    return parse_manifest({
+        "apiVersion": "tuneloop.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": "support-bot", "namespace": "ml", "uid": "7d1f0c52-2222-4b7e-9a55-0c3e5d9f1a20"},
+        "spec": {"baseModel": {"name": "llama-3.1-8b"}, "adapter": adapter or {"name": "support-bot", "version": "7"},
+                 "serving": {"replicas": 2, "gpus": 1, "memory": "48Gi", "maxLoraRank": 32, "maxModelLen": 4096},
+                 **spec},
+    })
+
+
+def objects(md, colour="green"):
+    target = target_for(md.spec, None)
+    return [deployment(md, colour, target, 2, CONFIG), active_service(md, "blue"), preview_service(md, colour),
+            disruption_budget(md, "blue")]
+
+
+def server(obj):
+    return obj["spec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize("md", [
+    model_deployment(),
+    model_deployment(serving={"merged": True, "gpus": 2, "extraArgs": ["--enforce-eager"]}),
+    model_deployment(adapter={"uri": "pvc://adapters/support-bot/run-3"}),
+    model_deployment(adapter={"uri": "s3://adapters/support-bot/"}, baseModel={"name": "qwen"}),
+])
+def test_every_object_validates_against_the_kubernetes_schemas(md):
+    for obj in objects(md):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_lora_serving_passes_the_adapter_as_a_lora_module():
+    md = model_deployment()
+    obj = deployment(md, "green", target_for(md.spec, None), 2, CONFIG)
+    container = server(obj)
+    assert container["image"] == DEFAULT_VLLM_IMAGE and container["command"] == ["vllm", "serve"]
+    args = container["args"]
+    assert args[0] == "/mnt/pvc/models/llama-3.1-8b"
+    for flag, value in (("--lora-modules", "support-bot=/adapter"), ("--max-loras", "1"), ("--max-lora-rank", "32"),
+                        ("--max-model-len", "4096"), ("--port", "8000"), ("--served-model-name", "support-bot-base")):
+        assert args[args.index(flag) + 1] == value, flag
+    assert "--enable-lora" in args
+    fetch = obj["spec"]["template"]["spec"]["initContainers"][-1]
+    assert fetch["command"][-2:] == ["models:/support-bot/7", "/adapter"]
+    assert {"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow.tuneloop:5000"} in fetch["env"]
+    assert container["resources"]["limits"] == {"memory": "48Gi", "nvidia.com/gpu": "1"}
+
+
+def test_merged_serving_has_no_lora_flags_and_serves_under_the_resource_name():
+    md = model_deployment(serving={"merged": True, "gpus": 2, "extraArgs": ["--enforce-eager"]})
+    args = server(deployment(md, "blue", target_for(md.spec, None), 1, CONFIG))["args"]
+    assert not {"--enable-lora", "--lora-modules", "--max-loras", "--max-lora-rank"} & set(args)
+    assert args[:3] == ["/adapter", "--served-model-name", "support-bot"]
+    assert args[args.index("--tensor-parallel-size") + 1] == "2" and args[-1] == "--enforce-eager"
+
+
+def test_pvc_adapters_are_mounted_not_fetched():
+    md = model_deployment(adapter={"uri": "pvc://adapters/support-bot/run-3"})
+    pod = deployment(md, "blue", target_for(md.spec, None), 1, CONFIG)["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+    assert "support-bot=/mnt/pvc/adapters/support-bot/run-3" in pod["containers"][0]["args"]
+
+
+def test_readiness_checks_the_adapter_is_listed_and_liveness_is_health():
+    container = server(objects(model_deployment())[0])
+    readiness = container["readinessProbe"]["exec"]["command"]
+    assert readiness[:2] == ["python3", "-c"] and "/v1/models" in readiness[2]
+    assert readiness[3:] == ["8000", "support-bot"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": 8000}
+    assert container["startupProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_the_readiness_check_runs(tmp_path):
+    """The probe's program against a fake /v1/models: listed -> 0, not listed -> 1."""
+    import http.server
+    import json
+    import subprocess
+    import sys
+    import threading
+
+    class Models(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"data": [{"id": "support-bot-base"}, {"id": "support-bot"}]}).encode()
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Models)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        command = server(objects(model_deployment())[0])["readinessProbe"]["exec"]["command"]
+        port = str(httpd.server_address[1])
+        assert subprocess.run([sys.executable, "-c", command[2], port, "support-bot"]).returncode == 0
+        assert subprocess.run([sys.executable, "-c", command[2], port, "other"]).returncode == 1
+    finally:
+        httpd.shutdown()
+
+
+def test_pods_are_hardened_offline_and_labelled():
+    md = model_deployment()
+    obj = objects(md)[0]
+    pod = obj["spec"]["template"]["spec"]
+    for container in [*pod["containers"], *pod.get("initContainers", [])]:
+        context = container["securityContext"]
+        assert context["runAsNonRoot"] and not context["allowPrivilegeEscalation"]
+        assert context["readOnlyRootFilesystem"] and context["capabilities"] == {"drop": ["ALL"]}
+    env = {item["name"]: item.get("value") for item in pod["containers"][0]["env"]}
+    assert env["HF_HUB_OFFLINE"] == env["TRANSFORMERS_OFFLINE"] == env["VLLM_NO_USAGE_STATS"] == "1"
+    assert env["DO_NOT_TRACK"] == "1"
+    assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in pod["volumes"]
+    pod_labels = obj["spec"]["template"]["metadata"]["labels"]
+    assert pod_labels["app.kubernetes.io/managed-by"] == "tuneloop"
+    assert pod_labels["tuneloop.dev/modeldeployment"] == "support-bot" and pod_labels["tuneloop.dev/colour"] == "green"
+    assert pod_labels["tuneloop.dev/revision"] == target_for(md.spec, None).revision
+    assert "tuneloop.dev/revision" not in obj["spec"]["selector"]["matchLabels"]
+    assert obj["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_services_and_budget_select_a_colour():
+    deployment_obj, active, preview, budget = objects(model_deployment(), colour="green")
+    assert active["metadata"]["name"] == "support-bot" and active["spec"]["selector"]["tuneloop.dev/colour"] == "blue"
+    assert preview["metadata"]["name"] == "support-bot-preview"
+    assert preview["spec"]["selector"]["tuneloop.dev/colour"] == "green"
+    assert budget["spec"]["selector"]["matchLabels"] == active["spec"]["selector"]
+    assert budget["spec"]["maxUnavailable"] == 1
+    for obj in (active, preview, budget):
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == "7d1f0c52-2222-4b7e-9a55-0c3e5d9f1a20"
