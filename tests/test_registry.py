@@ -267,3 +267,19 @@ def test_registers_through_the_mlflow_server(mlflow_server, adapter, records, tm
     downloaded = Path(mlflow.artifacts.download_artifacts("models:/served-over-http@champion",
                                                           dst_path=str(tmp_path / "dl")))
     assert {path.name for path in downloaded.iterdir()} == ADAPTER_FILES
+
+
+def test_a_registered_version_is_fetched_with_the_adapter_files_at_the_root(sqlite_uri, adapter, tmp_path):
+    result = register(workload(sqlite_uri, adapter, "uid-fetch"))
+    destination = tmp_path / "served" / "adapter"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": sqlite_uri}
+
+    fetched = subprocess.run([sys.executable, "-m", "tuneloop_evaluator.fetch_adapter", result.uri, str(destination)],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+    assert fetched.returncode == 0, fetched.stderr
+    assert {path.name for path in destination.iterdir()} == ADAPTER_FILES
+    missing = subprocess.run([sys.executable, "-m", "tuneloop_evaluator.fetch_adapter", f"models:/{MODEL}/99",
+                              str(tmp_path / "none")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert missing.returncode == 1 and f"models:/{MODEL}/99" in missing.stderr

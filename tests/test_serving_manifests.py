@@ -9,7 +9,6 @@ from tuneloop.api.modeldeployment import parse_manifest
 from tuneloop.config import OperatorConfig
 from tuneloop.reconcile.modeldeployment import target_for
 from tuneloop.runtime.serving_manifests import (
-    DEFAULT_VLLM_IMAGE,
     active_service,
     deployment,
     disruption_budget,
@@ -58,7 +57,7 @@ def test_lora_serving_passes_the_adapter_as_a_lora_module():
     md = model_deployment()
     obj = deployment(md, "green", target_for(md.spec, None), 2, CONFIG)
     container = server(obj)
-    assert container["image"] == DEFAULT_VLLM_IMAGE and container["command"] == ["vllm", "serve"]
+    assert container["image"] == OperatorConfig().images.vllm and container["command"] == ["vllm", "serve"]
     args = container["args"]
     assert args[0] == "/mnt/pvc/models/llama-3.1-8b"
     for flag, value in (("--lora-modules", "support-bot=/adapter"), ("--max-loras", "1"), ("--max-lora-rank", "32"),

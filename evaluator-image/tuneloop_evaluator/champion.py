@@ -54,30 +54,35 @@ def _champion_version(workload: EvaluatorWorkload) -> tuple[str, str] | None:
         raise ChampionUnavailable(f"{name} version {version} (alias {CHAMPION_ALIAS}): {error}") from None
 
 
-def _model_folder(root: Path) -> Path | None:
+def model_folder(root: Path) -> Path | None:
+    """Where the adapter (or full model) files are in a downloaded version: at the root or in adapter/."""
     for folder in (root, root / "adapter"):
         if (folder / "adapter_config.json").is_file() or (folder / "config.json").is_file():
             return folder
     return None
 
 
-def _download(workload: EvaluatorWorkload, version: str, source: str) -> Path:
+def download_version(tracking_uri: str, source: str, target: Path) -> Path:
+    """A model version's artifacts (its source URI) into a fresh `target`; the folder holding the
+    adapter files. Raises whatever MLflow raises, or FileNotFoundError when no adapter is there."""
     import mlflow.artifacts
 
-    target = Path(workload.output_dir) / "champion"
     shutil.rmtree(target, ignore_errors=True)  # a restarted pod must not mix two downloads
     target.mkdir(parents=True)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(target),
+                                                     tracking_uri=tracking_uri))
+    folder = model_folder(local) or model_folder(target)
+    if folder is None:
+        raise FileNotFoundError(f"{source} holds no adapter_config.json (or config.json) at its root or in adapter/")
+    return folder
+
+
+def _download(workload: EvaluatorWorkload, version: str, source: str) -> Path:
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(target),
-                                                         tracking_uri=workload.tracking.tracking_uri))
+        return download_version(workload.tracking.tracking_uri, source, Path(workload.output_dir) / "champion")
     except Exception as error:
         raise ChampionUnavailable(f"{workload.registered_model} version {version}: artifacts at {source} "
                                   f"could not be downloaded: {error}") from None
-    folder = _model_folder(local) or _model_folder(target)
-    if folder is None:
-        raise ChampionUnavailable(f"{workload.registered_model} version {version}: {source} holds no "
-                                  "adapter_config.json (or config.json) at its root or in adapter/")
-    return folder
 
 
 def resolve_baseline(workload: EvaluatorWorkload) -> Baseline:

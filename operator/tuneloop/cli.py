@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from tuneloop.api.common import SpecError
 from tuneloop.api import modeldeployment
+from tuneloop.api.common import SpecError
 from tuneloop.api.finetunejob import KIND as FINETUNEJOB, FineTuneJob, FineTuneJobStatus, parse_manifest
 from tuneloop.reconcile.finetunejob import check_context
 

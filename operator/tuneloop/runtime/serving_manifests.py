@@ -12,7 +12,7 @@ from typing import Any
 
 from tuneloop.api.common import API_VERSION
 from tuneloop.api.modeldeployment import KIND, Colour, ModelDeployment
-from tuneloop.config import Images, OperatorConfig
+from tuneloop.config import OperatorConfig
 from tuneloop.reconcile.modeldeployment import Target
 from tuneloop.runtime.manifests import (
     FETCH_RESOURCES,
@@ -27,7 +27,6 @@ from tuneloop.runtime.manifests import (
 )
 
 # TODO(lead): becomes config.images.vllm once OperatorConfig has it.
-DEFAULT_VLLM_IMAGE = Images.model_fields["vllm"].default
 ADAPTER_DIR = "/adapter"
 SERVING_ENV = {**OFFLINE_ENV, "VLLM_NO_USAGE_STATS": "1"}
 # vLLM answers /health with 200 even when the engine cannot serve; /v1/models listing the adapter
@@ -76,9 +75,8 @@ def base_model_uri(md: ModelDeployment, config: OperatorConfig) -> str:
 
 
 def adapter_fetch_container(target: Target, config: OperatorConfig) -> dict[str, Any]:
-    """Downloads the MLflow model version's artifacts (the adapter folder) into /adapter.
-    TODO(lead): tuneloop_evaluator.fetch_adapter does not exist yet: `SOURCE DEST`, where SOURCE is
-    models:/<name>/<version> (mlflow.artifacts.download_artifacts, as champion.py does)."""
+    """Downloads the MLflow model version's artifacts (the adapter folder) into /adapter
+    (`python -m tuneloop_evaluator.fetch_adapter models:/<name>/<version> /adapter`)."""
     env = [{"name": "MLFLOW_TRACKING_URI", "value": config.mlflow_tracking_uri or ""}, *s3_env(config)]
     env += [{"name": "HOME", "value": SCRATCH}, {"name": "MLFLOW_ENABLE_TELEMETRY", "value": "false"}]
     return {
@@ -126,8 +124,8 @@ def probes(md: ModelDeployment) -> dict[str, Any]:
     }
 
 
-def deployment(md: ModelDeployment, colour: Colour, target: Target, replicas: int, config: OperatorConfig,
-               image: str = DEFAULT_VLLM_IMAGE) -> dict[str, Any]:
+def deployment(md: ModelDeployment, colour: Colour, target: Target, replicas: int,
+               config: OperatorConfig) -> dict[str, Any]:
     """The colour's apps/v1 Deployment running `target`; Recreate, as a colour is only changed while idle."""
     storage = Storage()
     model_path = storage.input_path(base_model_uri(md, config), "model")
@@ -148,7 +146,8 @@ def deployment(md: ModelDeployment, colour: Colour, target: Target, replicas: in
         volumes.append({"name": "adapter", "emptyDir": {"sizeLimit": config.inputs_size}})
         init.append(adapter_fetch_container(target, config))
     server = {
-        "name": "vllm", "image": md.spec.serving.image or image, "imagePullPolicy": config.images.pull_policy,
+        "name": "vllm", "image": md.spec.serving.image or config.images.vllm,
+        "imagePullPolicy": config.images.pull_policy,
         "command": ["vllm", "serve"], "args": vllm_args(md, model_path, adapter_path), "env": env,
         "ports": [{"name": "http", "containerPort": md.spec.port}],
         "resources": container_resources(md), "volumeMounts": mounts, **probes(md),
