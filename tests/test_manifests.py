@@ -266,3 +266,25 @@ def test_the_registration_job_reads_the_adapter_without_a_gpu_and_fetches_nothin
     assert workload["jobUid"] == "0b5c6a2e-1111-4c3b-9d5e-2a0f6c1d7e90"
     assert workload["tags"]["tuneloop.dev/job-uid"] == workload["jobUid"]
     assert workload["setChampion"] is True
+
+
+def test_a_full_evaluation_result_fits_the_termination_message():
+    from tuneloop.api.evaluation import METRICS, PAIRED_ONLY
+    from tuneloop.api.workloads import EvaluatorResult
+
+    score = {"value": 0.23333333333333334, "low": 0.06666666666666667, "high": 0.4000000000000001}
+    comparison = {"examples": 200, "candidate": {metric: score for metric in METRICS},
+                  "baseline": {m: score for m in METRICS if m not in PAIRED_ONLY},
+                  "difference": {m: score for m in METRICS if m not in PAIRED_ONLY}}
+    result = EvaluatorResult.model_validate({
+        "succeeded": True, "baseline": "champion", "baselineVersion": "12", "holdOut": comparison,
+        "general": comparison, "judge": {"configured": True, "model": "qwen2.5-7b-instruct", "judged": 800},
+        "recordsPath": "/mnt/pvc/adapters/support-bot/evaluation/evaluation-records.jsonl",
+        "message": "judge skipped nothing; " * 20})
+
+    text = compact_result(result)
+
+    assert len(text) <= 4096
+    compacted = EvaluatorResult.model_validate_json(text)
+    assert compacted.hold_out.candidate["exactMatch"].value == 0.2333
+    assert compacted.hold_out.difference["rougeL"].low == 0.0667

@@ -155,12 +155,31 @@ class RegisterResult(WireModel):
 TERMINATION_MESSAGE_LIMIT = 4096
 
 
+def _rounded(value: object, digits: int = 4) -> object:
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {key: _rounded(item, digits) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_rounded(item, digits) for item in value]
+    return value
+
+
 def compact_result(result: WireModel, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
-    """The result as it fits a container termination message: previews and evaluations go first."""
+    """The result as it fits a container termination message (the full one stays on the volume):
+    previews and per-evaluation losses go first, then float precision, then the general-set scores."""
     wire = result.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+    def size() -> int:
+        return len(json.dumps(wire, separators=(",", ":")))
+
     for key in ("previews", "evaluations"):
-        if len(json.dumps(wire, separators=(",", ":"))) > limit:
+        if size() > limit:
             wire.pop(key, None)
+    if size() > limit:
+        wire = _rounded(wire)
+    if size() > limit:
+        wire.pop("general", None)
     text = json.dumps(wire, separators=(",", ":"))
     if len(text) > limit and wire.get("message"):
         keep = max(0, len(wire["message"]) - (len(text) - limit) - 3)
