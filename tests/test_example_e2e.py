@@ -58,7 +58,7 @@ def test_readme_example_fine_tunes_evaluates_and_registers_smollm2(tmp_path):
 
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow' / 'mlflow.db'}")
     version = client.get_model_version_by_alias("acme-tickets", "champion")
-    assert version.version == "1" and version.tags["tuneloop.dev/gate"] == "passed"
+    assert str(version.version) == "1" and version.tags["tuneloop.dev/gate"] == "passed"  # int from SQLite
     assert version.tags["tuneloop.dev/dataset-sha256"] == status["dataset"]["sha256"]
     run = client.get_run(version.run_id)
     assert "hold_out_loss_final" in run.data.metrics and "eval_exactMatch_candidate" in run.data.metrics
