@@ -1,0 +1,93 @@
+-- Argo CD health check for tuneloop.dev/FineTuneJob (Lua 5.1, as Argo CD's gopher-lua runs it).
+--
+-- A FineTuneJob is a run-to-completion resource, like a batch Job:
+--   no status yet                        -> Progressing  the operator has not picked it up
+--   (observedGeneration is the generation the job started with: a spec changed later is not
+--    applied, by design, and condition SpecChangeIgnored says so; so it is not a health signal here)
+--   Pending, Validating, Training,
+--   Evaluating, Registering              -> Progressing  work under way (status.message)
+--   Succeeded                            -> Healthy      the run finished; a failed evaluation gate
+--                                                        is still Healthy (the job did its work: the
+--                                                        adapter is registered, just not promoted),
+--                                                        and the message says so with the gate's reason
+--   Failed                               -> Degraded     status.message says why
+--   any other phase                      -> Unknown      (a phase this script does not know yet)
+local hs = {}
+
+local function str(value)
+  if value == nil then
+    return ""
+  end
+  return tostring(value)
+end
+
+local status = obj.status
+if status == nil or status.phase == nil or status.phase == "" then
+  hs.status = "Progressing"
+  hs.message = "waiting for the operator"
+  return hs
+end
+
+local phase = status.phase
+local message = str(status.message)
+
+if phase == "Pending" or phase == "Validating" or phase == "Training" or phase == "Evaluating"
+    or phase == "Registering" then
+  hs.status = "Progressing"
+  if message ~= "" then
+    hs.message = phase .. ": " .. message
+  else
+    hs.message = phase
+  end
+  return hs
+end
+
+if phase == "Succeeded" then
+  -- The gate's verdict: the GatePassed condition, else status.evaluation.gate.
+  local passed = nil
+  local gateMessage = ""
+  if status.conditions ~= nil then
+    for _, condition in ipairs(status.conditions) do
+      if condition.type == "GatePassed" then
+        if condition.status == "True" then
+          passed = true
+        elseif condition.status == "False" then
+          passed = false
+        end
+        gateMessage = str(condition.message)
+      end
+    end
+  end
+  if passed == nil and status.evaluation ~= nil and status.evaluation.gate ~= nil then
+    passed = status.evaluation.gate.passed == true
+    gateMessage = str(status.evaluation.gate.message)
+  end
+  hs.status = "Healthy"
+  if passed == true then
+    hs.message = "succeeded; gate passed"
+  elseif passed == false then
+    hs.message = "succeeded; gate failed"
+  else
+    hs.message = "succeeded; not evaluated"
+  end
+  if gateMessage ~= "" then
+    hs.message = hs.message .. ": " .. gateMessage
+  elseif message ~= "" then
+    hs.message = hs.message .. " (" .. message .. ")"
+  end
+  return hs
+end
+
+if phase == "Failed" then
+  hs.status = "Degraded"
+  if message ~= "" then
+    hs.message = message
+  else
+    hs.message = "failed"
+  end
+  return hs
+end
+
+hs.status = "Unknown"
+hs.message = "unrecognised phase " .. str(phase) .. ": " .. message
+return hs
