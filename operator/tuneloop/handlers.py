@@ -45,9 +45,6 @@ def login(**kwargs: Any) -> Any:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     State.config = load_config()
-    # Progress reads from MLflow must not hold a reconcile for minutes when it is down.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
     # kopf.event() (phase changes, failures) always posts; kopf's own log lines only from WARNING,
