@@ -40,7 +40,8 @@ def test_a_full_manifest_round_trips_through_the_wire_form():
                                     "smokePrompts": [{"prompt": "Reset my password", "expect": {"contains": "link"}},
                                                      {"prompt": "As JSON", "expect": {"json": True}}],
                                     "requests": 50, "maxP95LatencyMs": 800, "maxErrorRate": 0.01,
-                                    "minJudgeScore": 7}}}))
+                                    "minJudgeScore": 7,
+                                    "judge": {"url": "http://judge.llm.svc:8000/v1", "model": "judge"}}}}))
     wire = md.spec.to_wire()
     assert wire["strategy"]["blueGreen"]["prePromotionAnalysis"]["smokePrompts"][1]["expect"] == {"json": True}
     assert parse_spec(wire) == md.spec

@@ -44,6 +44,12 @@ class OperatorConfig(WireModel):
     s3_secret_access_key_key: str = Field("AWS_SECRET_ACCESS_KEY", description="Key of the secret key in that Secret.")
     s3_endpoint: str | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph RGW); unset: AWS S3.")
     s3_region: str | None = None
+    service_url_template: str = Field(
+        "http://{service}.{namespace}.svc:{port}",
+        description="How the operator reaches a ModelDeployment's Services to analyse them; outside the "
+                    "cluster, e.g. the API server's proxy: "
+                    "https://api:6443/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy")
+    alias_poll_seconds: float = Field(30, gt=0, description="How often a followed MLflow alias is looked up.")
     inputs_size: str = Field("200Gi", description="Size limit of the emptyDir that s3:// inputs are fetched into "
                                                  "(the base model's weights plus the data).")
 

@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tuneloop.api.common import API_VERSION, Condition, SpecError, WireModel, describe_validation_error
 from tuneloop.api.crd import Kind, Printer
+from tuneloop.api.evaluation import JudgeSpec
 from tuneloop.api.finetunejob import BaseModelRef, ObjectMeta, cel, check_storage_uri
 
 KIND = "ModelDeployment"
@@ -107,10 +108,16 @@ class Expectation(WireModel):
 class SmokePrompt(WireModel):
     prompt: str = Field(min_length=1, description="User message sent to the preview's chat completions API.")
     expect: Expectation = Field(description="What the answer must satisfy.")
+    reference: str | None = Field(None, description="A good answer, shown to the judge (minJudgeScore).")
+
+
+JUDGE_RULE = "minJudgeScore needs a judge"
 
 
 class AnalysisSpec(WireModel):
     """Real requests against a colour's OpenAI API; every threshold set must hold for the analysis to pass."""
+
+    model_config = cel(("!has(self.minJudgeScore) || has(self.judge)", JUDGE_RULE))
 
     smoke_prompts: list[SmokePrompt] = Field(default_factory=list, json_schema_extra={"default": []},
                                              description="Prompts whose answers must meet their expectation.")
@@ -118,7 +125,20 @@ class AnalysisSpec(WireModel):
     max_p95_latency_ms: float | None = Field(None, gt=0, description="Highest acceptable p95 latency in milliseconds.")
     max_error_rate: float = Field(0.0, ge=0, le=1, description="Highest acceptable share of failed requests.")
     min_judge_score: float | None = Field(None, ge=1, le=10,
-                                          description="Lowest acceptable LLM judge score (1-10) of the answers.")
+                                          description="Lowest acceptable mean LLM judge score (1-10) of the "
+                                                      "smoke prompts' answers.")
+    judge: JudgeSpec | None = Field(None, description="The LLM judge (an OpenAI-compatible endpoint) that scores "
+                                                      "the answers; its apiKeySecret is read in this namespace.")
+    max_tokens: int = Field(64, ge=1, le=4096, description="max_tokens of every request.")
+    concurrency: int = Field(4, ge=1, le=64, description="Requests in flight against the preview.")
+    timeout_seconds: float = Field(30, gt=0, le=600, description="Per request; a request that takes longer "
+                                                                 "counts as an error.")
+
+    @model_validator(mode="after")
+    def _judge_for_score(self) -> "AnalysisSpec":
+        if self.min_judge_score is not None and self.judge is None:
+            raise ValueError(JUDGE_RULE)
+        return self
 
 
 class BlueGreenStrategy(WireModel):
