@@ -7,17 +7,16 @@ Every request is recorded, for assertions on the protocol and on retries.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import socket
-import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from openai_server import CountsInFlight, ServerThread, closed_port, completion, error, model_list
 
 
 @dataclass
@@ -67,24 +66,19 @@ def reference_judge(seen: Seen, repeat: int) -> Reply:
 
 def closed_port_url() -> str:
     """An http URL on 127.0.0.1 where nothing listens."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
+    return f"http://127.0.0.1:{closed_port()}/v1"
 
 
-class ScriptedJudge:
+class ScriptedJudge(ServerThread, CountsInFlight):
     def __init__(self, script: Script = reference_judge, models: tuple[str, ...] = ("judge-model",)):
         self.script = script
         self.models = models
         self.requests: list[Seen] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
         self._repeats: Counter[str] = Counter()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="scripted-judge", daemon=True)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.port = 0
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._list_models)
+        super().__init__(app, "scripted-judge")
 
     @property
     def url(self) -> str:
@@ -94,34 +88,9 @@ class ScriptedJudge:
     def chat_requests(self) -> list[Seen]:
         return [seen for seen in self.requests if seen.path.endswith("/chat/completions")]
 
-    def __enter__(self) -> "ScriptedJudge":
-        self._thread.start()
-        assert self._ready.wait(10), "the scripted judge did not start"
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    def _serve(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_get("/v1/models", self._list_models)
-        runner = web.AppRunner(app, handler_cancellation=True)
-        self._loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(runner.cleanup())
-        self._loop.close()
-
     async def _list_models(self, request: web.Request) -> web.Response:
         self.requests.append(Seen(request.path, dict(request.headers), {}))
-        return web.json_response({"object": "list", "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": "tests"} for name in self.models]})
+        return model_list(self.models)
 
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -131,19 +100,7 @@ class ScriptedJudge:
         repeat = self._repeats[key]
         self._repeats[key] += 1
         reply = self.script(seen, repeat)
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            await asyncio.sleep(reply.delay)
-        finally:
-            self.in_flight -= 1
+        await self.answer_after(reply.delay)
         if reply.status != 200:
-            return web.json_response({"error": {"message": f"scripted {reply.status}", "type": "scripted",
-                                                "code": reply.status}}, status=reply.status, headers=reply.headers)
-        return web.json_response({
-            "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "created": 0,
-            "model": body.get("model"),
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": reply.content}}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-        })
+            return error(reply.status, f"scripted {reply.status}", reply.headers)
+        return completion(body.get("model"), reply.content)

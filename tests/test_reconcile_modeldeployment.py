@@ -141,6 +141,8 @@ def test_the_first_revision_is_analysed_before_it_takes_traffic():
     assert world.status["phase"] == "Progressing" and world.active is None
     assert world.replicas("blue") == 2  # the first revision comes up at full size
     world.step()
+    assert not any(isinstance(a, RunAnalysis) for a in world.actions[-1]), "ready, but initialDelaySeconds not over"
+    world.step()
     assert any(isinstance(a, RunAnalysis) for a in world.actions[-1]) and world.active is None
     world.run(2)
     assert world.active == "blue" and world.status["activeSelector"] == "blue"

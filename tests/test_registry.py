@@ -209,7 +209,10 @@ def mlflow_server(server_url, tmp_path_factory):
             [str(MLFLOW_CLI), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
              "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts",
              "--host", "127.0.0.1", "--port", port, "--workers", "1"],
-            cwd=folder, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=folder, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            # so that it may deliver registry webhooks to a receiver on 127.0.0.1 (tests/test_model_aliases.py)
+            env={**os.environ, "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true", "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http",
+                 "MLFLOW_WEBHOOK_CACHE_TTL": "1"})
     try:
         wait_until_healthy(server_url, server, log_path)
         yield server_url

@@ -1,20 +1,6 @@
-"""LLM-as-a-judge over any OpenAI-compatible endpoint (`POST {url}/chat/completions`), e.g. vLLM.
-
-The prompts follow MLflow's GenAI judges (mlflow.genai.judges.prompts): inputs in XML-like tags,
-a rubric, the rationale asked before the verdict, and "only the following JSON format, no
-markdown"; replies are read as MLflow reads them, tolerating a ```json fence around the object.
-We do not call mlflow.genai itself because:
-  - it reaches models through LiteLLM or an MLflow gateway, provider URIs and all; an air-gapped
-    cluster has one in-cluster vLLM and the image should need only an HTTP client;
-  - we need the request discipline under our control: a bounded number in flight (the judge is
-    a shared GPU), a per-request deadline, retries with backoff that a test can count, and a hard
-    JudgeUnavailable instead of an evaluation that quietly scores nothing;
-  - pairwise judging asked in both orders (to cancel position bias) is not one of its judges.
-
-Client: the `openai` SDK (AsyncOpenAI), the reference client of the API vLLM imitates: it owns
-URL joining, bearer auth and error bodies, and its typed errors (APIConnectionError,
-APITimeoutError, APIStatusError with status_code) are exactly the distinctions the retry policy
-needs. Its own retries are off (max_retries=0) so every attempt goes through our loop.
+"""The evaluator's LLM judge: pointwise scores of candidate and baseline answers, and pairwise
+verdicts asked in both orders, through the shared client in `tuneloop.judge_client` (prompts,
+reply parsing, retries, JudgeUnavailable are there, where the operator's analysis uses them too).
 
 Unparseable judgments are never passes: they are left out of judgeScore and are not wins.
 """
@@ -22,81 +8,30 @@ Unparseable judgments are never passes: they are left out of judgeScore and are 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-import random
-import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
 from tuneloop.api.evaluation import JudgeSpec, JudgeStats
 from tuneloop.api.workloads import JUDGE_API_KEY_ENV
+from tuneloop.judge_client import (
+    SYSTEM_PROMPT, Judge, JudgeUnavailable, PointJudgment, parse_score, parse_winner,
+)
+
+# The shared client's names stay importable from here: the evaluator's callers and tests use them.
+__all__ = [
+    "SYSTEM_PROMPT", "ItemJudgment", "JudgeItem", "JudgeNotConfigured", "JudgeRun", "JudgeUnavailable",
+    "PairJudgment", "PointJudgment", "check_judge", "judge_answers", "parse_score", "parse_winner",
+    "resolve_api_key", "summarise",
+]
 
 log = logging.getLogger("tuneloop_evaluator")
-T = TypeVar("T")
-
-MIN_SCORE, MAX_SCORE = 1, 10
-JUDGE_MAX_TOKENS = 512
-RETRYABLE_STATUS = (408, 409, 429)  # and every 5xx
-FATAL_STATUS = {401: "rejected the API key", 403: "refused access", 404: "does not serve that model or path"}
-
-DEFAULT_RUBRIC = (
-    "A good answer is correct and faithful to the reference answer: it contains the same facts, values "
-    "and decisions, in the form the question asks for, and adds nothing that contradicts the reference. "
-    "Wording may differ; missing, wrong or invented content may not.")
-
-SYSTEM_PROMPT = (
-    "You are an expert judge tasked with evaluating the answers of an AI assistant to a question. "
-    "You are given the question, a reference answer written by a person, and the criteria to apply.")
-
-POINTWISE_PROMPT = """\
-Consider the following question, reference answer and answer. Rate how well the answer meets the criteria. \
-Do not make assumptions or bring in external knowledge.
-
-<question>{question}</question>
-<reference>{reference}</reference>
-<answer>{answer}</answer>
-
-<criteria>{rubric}</criteria>
-
-Rate the answer from 1 (wrong or useless) to 10 (fully meets the criteria) using only the following json \
-format. Do not use any markdown formatting or output additional lines.
-{{
-  "rationale": "Reason for the score, in one or two sentences.",
-  "score": <integer from 1 to 10>
-}}"""
-
-PAIRWISE_PROMPT = """\
-Consider the following question, reference answer and two answers, A and B. Decide which answer meets the \
-criteria better. The order of the answers says nothing about their quality. Do not make assumptions or bring \
-in external knowledge.
-
-<question>{question}</question>
-<reference>{reference}</reference>
-<answer_a>{answer_a}</answer_a>
-<answer_b>{answer_b}</answer_b>
-
-<criteria>{rubric}</criteria>
-
-Answer using only the following json format. Do not use any markdown formatting or output additional lines.
-{{
-  "rationale": "Reason for the verdict, in one or two sentences.",
-  "winner": "A|B|tie"
-}}"""
-
-
-class JudgeUnavailable(RuntimeError):
-    """The judge could not be reached or refused the work; the evaluation must not pass without it."""
 
 
 class JudgeNotConfigured(ValueError):
     """The spec names an API key that this run does not have."""
-
-
-class RequestRejected(RuntimeError):
-    """The endpoint answered this one request with a status that retrying cannot fix (e.g. 400)."""
 
 
 @dataclass
@@ -105,12 +40,6 @@ class JudgeItem:
     reference: str
     candidate: str
     baseline: str
-
-
-@dataclass
-class PointJudgment:
-    score: int | None  # None: the reply could not be read (or the request was rejected)
-    rationale: str = ""
 
 
 Verdict = Literal["win", "tie", "loss"]
@@ -170,78 +99,6 @@ def resolve_api_key(spec: JudgeSpec, environ: Mapping[str, str] = os.environ) ->
     return "EMPTY"
 
 
-# --- reading replies ---
-
-_FENCED = re.compile(r"```[\w-]*\s*(.*?)\s*```", re.DOTALL)
-_SCORE_TEXT = re.compile(r"\b(?:score|rating)\b\W{0,4}(\d+(?:\.\d+)?)", re.IGNORECASE)
-_WINNER_TEXT = re.compile(r"\bwinner\b\W{0,4}(answer[ _]?a|answer[ _]?b|a|b|tie)\b", re.IGNORECASE)
-_WINNER_BRACKETS = re.compile(r"\[\[(A|B|C|tie)\]\]", re.IGNORECASE)
-_WINNER_WORDS = {"a": "A", "answer a": "A", "answer_a": "A", "answera": "A",
-                 "b": "B", "answer b": "B", "answer_b": "B", "answerb": "B",
-                 "tie": "tie", "c": "tie", "draw": "tie", "equal": "tie", "both": "tie"}
-
-
-def _json_object(reply: str) -> dict[str, Any] | None:
-    """The reply's JSON object: the whole reply, a fenced block, or the outermost {...} span."""
-    fenced = _FENCED.search(reply)
-    candidates = [reply.strip()] + ([fenced.group(1)] if fenced else [])
-    start, end = reply.find("{"), reply.rfind("}")
-    if 0 <= start < end:
-        candidates.append(reply[start:end + 1])
-    for text in candidates:
-        try:
-            value = json.loads(text, strict=False)
-        except (json.JSONDecodeError, RecursionError):
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
-
-
-def _rationale(obj: dict[str, Any] | None) -> str:
-    if not obj:
-        return ""
-    text = obj.get("rationale", obj.get("reason", obj.get("explanation", "")))
-    return str(text).replace("Let's think step by step. ", "").strip()
-
-
-def _as_score(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return None
-    if isinstance(value, (int, float)) and float(value).is_integer() and MIN_SCORE <= value <= MAX_SCORE:
-        return int(value)
-    return None
-
-
-def parse_score(reply: str) -> PointJudgment:
-    """A 1-10 integer score; anything else (out of range, fractional, absent) is unparseable."""
-    obj = _json_object(reply)
-    if obj is not None:
-        for key in ("score", "rating", "result"):
-            if key in obj:
-                return PointJudgment(_as_score(obj[key]), _rationale(obj))
-        return PointJudgment(None, _rationale(obj))
-    matches = _SCORE_TEXT.findall(reply)
-    return PointJudgment(_as_score(matches[-1]) if matches else None, reply.strip()[:500])
-
-
-def parse_winner(reply: str) -> tuple[str | None, str]:
-    """"A", "B" or "tie" (None when unreadable), and the rationale."""
-    obj = _json_object(reply)
-    if obj is not None:
-        raw = obj.get("winner", obj.get("result", obj.get("verdict")))
-        word = _WINNER_WORDS.get(str(raw).strip().casefold()) if raw is not None else None
-        return word, _rationale(obj)
-    matches = _WINNER_TEXT.findall(reply) or _WINNER_BRACKETS.findall(reply)
-    word = _WINNER_WORDS.get(matches[-1].strip().casefold()) if matches else None
-    return word, reply.strip()[:500]
-
-
 def _first_order(winner: str | None) -> Verdict | None:
     return {"A": "win", "B": "loss", "tie": "tie"}.get(winner) if winner else None
 
@@ -250,155 +107,20 @@ def _second_order(winner: str | None) -> Verdict | None:
     return {"A": "loss", "B": "win", "tie": "tie"}.get(winner) if winner else None
 
 
-# --- talking to the endpoint ---
-
-def _describe(error: BaseException) -> str:
-    import openai
-
-    if isinstance(error, openai.APIStatusError):
-        return f"HTTP {error.status_code}: {error.message}"
-    if isinstance(error, (TimeoutError, openai.APITimeoutError)):
-        return "timed out"
-    return f"{type(error).__name__}: {error}"
+async def compare(judge: Judge, item: JudgeItem, what: str) -> PairJudgment:
+    (first, why_first), (second, why_second) = await asyncio.gather(
+        judge.winner(item.question, item.reference, item.candidate, item.baseline, f"{what} pairwise candidate-first"),
+        judge.winner(item.question, item.reference, item.baseline, item.candidate, f"{what} pairwise baseline-first"))
+    return PairJudgment(_first_order(first), _second_order(second), [why_first, why_second])
 
 
-class Judge:
-    """`async with Judge(spec, key) as judge:` then check_reachable(), judge_item(); one event loop."""
-
-    def __init__(self, spec: JudgeSpec, api_key: str, *, backoff_seconds: float = 0.5,
-                 max_backoff_seconds: float = 8.0):
-        self.spec = spec
-        self.api_key = api_key
-        self.backoff_seconds = backoff_seconds
-        self.max_backoff_seconds = max_backoff_seconds
-        self.requests = 0  # logical requests (a judgment, or the reachability check)
-        self.attempts = 0  # HTTP attempts, retries included
-        self.retries = 0
-        self.rejected = 0
-        self._random = random.Random()
-        self._client: Any = None
-        self._slots: asyncio.Semaphore | None = None
-
-    async def __aenter__(self) -> "Judge":
-        from openai import AsyncOpenAI
-
-        self._client = AsyncOpenAI(base_url=self.spec.url, api_key=self.api_key,
-                                   timeout=self.spec.timeout_seconds, max_retries=0)
-        self._slots = asyncio.Semaphore(self.spec.concurrency)
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._client.close()
-
-    def _delay(self, attempt: int, error: BaseException | None) -> float:
-        """Exponential backoff with jitter; a 429's Retry-After (up to 60 s) is a floor."""
-        delay = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (attempt - 1))
-        delay *= self._random.uniform(0.5, 1.5)
-        response = getattr(error, "response", None)
-        retry_after = response.headers.get("retry-after") if response is not None else None
-        if retry_after:
-            try:
-                delay = max(delay, min(float(retry_after), 60.0))
-            except ValueError:
-                pass
-        return delay
-
-    async def _call(self, what: str, request: Callable[[], Awaitable[T]]) -> T:
-        """One logical request with retries; JudgeUnavailable when they run out or the endpoint refuses us."""
-        import openai
-
-        self.requests += 1
-        tries = self.spec.max_retries + 1
-        last_error: BaseException | None = None
-        for attempt in range(tries):
-            if attempt:
-                delay = self._delay(attempt, last_error)
-                log.warning("judge %s: %s (attempt %d of %d); retrying in %.2fs",
-                            what, _describe(last_error), attempt, tries, delay)
-                self.retries += 1
-                await asyncio.sleep(delay)
-            self.attempts += 1
-            try:
-                async with self._slots, asyncio.timeout(self.spec.timeout_seconds):
-                    return await request()
-            except (openai.APIConnectionError, TimeoutError) as error:
-                last_error = error
-            except openai.APIStatusError as error:
-                if error.status_code in RETRYABLE_STATUS or error.status_code >= 500:
-                    last_error = error
-                    continue
-                if error.status_code in FATAL_STATUS:
-                    raise JudgeUnavailable(
-                        f"judge {self.spec.url} (model {self.spec.model}) {FATAL_STATUS[error.status_code]}: "
-                        f"{_describe(error)}") from None
-                raise RequestRejected(_describe(error)) from None
-        raise JudgeUnavailable(f"judge {self.spec.url} (model {self.spec.model}) did not answer {what} after "
-                               f"{tries} attempt(s): {_describe(last_error)}")
-
-    async def check_reachable(self) -> None:
-        """Fail before any GPU time is spent when the endpoint is down; warn when it lists other models."""
-        try:
-            page = await self._call("GET /models", lambda: self._client.models.list())
-        except RequestRejected as error:  # some OpenAI-compatible gateways do not implement /models
-            log.info("judge %s has no usable /models (%s); skipping the model check", self.spec.url, error)
-            return
-        served = [model.id for model in getattr(page, "data", None) or []]
-        if served and self.spec.model not in served:
-            log.warning("judge %s lists models %s, not %s", self.spec.url, ", ".join(served), self.spec.model)
-
-    async def _ask(self, what: str, prompt: str) -> str | None:
-        """The judge's reply text; None when the endpoint rejected this request."""
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
-
-        async def request() -> Any:
-            return await self._client.chat.completions.create(
-                model=self.spec.model, messages=messages, temperature=0, max_tokens=JUDGE_MAX_TOKENS)
-
-        try:
-            response = await self._call(what, request)
-        except RequestRejected as error:
-            self.rejected += 1
-            log.warning("judge rejected %s: %s", what, error)
-            return None
-        choices = getattr(response, "choices", None) or []
-        message = getattr(choices[0], "message", None) if choices else None
-        return getattr(message, "content", None) or ""
-
-    @property
-    def rubric(self) -> str:
-        return self.spec.rubric or DEFAULT_RUBRIC
-
-    async def score(self, item: JudgeItem, answer: str, what: str) -> PointJudgment:
-        prompt = POINTWISE_PROMPT.format(question=item.question, reference=item.reference, answer=answer,
-                                         rubric=self.rubric)
-        reply = await self._ask(what, prompt)
-        return parse_score(reply) if reply is not None else PointJudgment(None, "request rejected")
-
-    async def _winner(self, item: JudgeItem, answer_a: str, answer_b: str, what: str) -> tuple[str | None, str]:
-        prompt = PAIRWISE_PROMPT.format(question=item.question, reference=item.reference, answer_a=answer_a,
-                                        answer_b=answer_b, rubric=self.rubric)
-        reply = await self._ask(what, prompt)
-        return parse_winner(reply) if reply is not None else (None, "request rejected")
-
-    async def compare(self, item: JudgeItem, what: str) -> PairJudgment:
-        (first, why_first), (second, why_second) = await asyncio.gather(
-            self._winner(item, item.candidate, item.baseline, f"{what} pairwise candidate-first"),
-            self._winner(item, item.baseline, item.candidate, f"{what} pairwise baseline-first"))
-        return PairJudgment(_first_order(first), _second_order(second), [why_first, why_second])
-
-    async def judge_item(self, item: JudgeItem, what: str, pairwise: bool) -> ItemJudgment:
-        jobs = [self.score(item, item.candidate, f"{what} candidate"),
-                self.score(item, item.baseline, f"{what} baseline")]
-        if pairwise:
-            jobs.append(self.compare(item, what))
-        results = await asyncio.gather(*jobs)
-        return ItemJudgment(candidate=results[0], baseline=results[1], pair=results[2] if pairwise else None)
-
-    def check_rejections(self) -> None:
-        """More than half the requests rejected: the judge is not doing the job, whatever it answered."""
-        if self.requests and self.rejected * 2 > self.requests:
-            raise JudgeUnavailable(f"judge {self.spec.url} (model {self.spec.model}) rejected {self.rejected} "
-                                   f"of {self.requests} requests")
+async def judge_item(judge: Judge, item: JudgeItem, what: str, pairwise: bool) -> ItemJudgment:
+    jobs = [judge.score(item.question, item.reference, item.candidate, f"{what} candidate"),
+            judge.score(item.question, item.reference, item.baseline, f"{what} baseline")]
+    if pairwise:
+        jobs.append(compare(judge, item, what))
+    results = await asyncio.gather(*jobs)
+    return ItemJudgment(candidate=results[0], baseline=results[1], pair=results[2] if pairwise else None)
 
 
 def summarise(spec: JudgeSpec, judgments: list[ItemJudgment]) -> JudgeStats:
@@ -442,9 +164,9 @@ def judge_answers(spec: JudgeSpec, api_key: str, hold_out: list[JudgeItem], gene
             # One task group for both sets: the first JudgeUnavailable cancels everything in flight.
             try:
                 async with asyncio.TaskGroup() as group:
-                    held = [group.create_task(judge.judge_item(item, f"hold-out example {index + 1}", spec.pairwise))
+                    held = [group.create_task(judge_item(judge, item, f"hold-out example {index + 1}", spec.pairwise))
                             for index, item in enumerate(hold_out)]
-                    wide = [group.create_task(judge.judge_item(item, f"general example {index + 1}", False))
+                    wide = [group.create_task(judge_item(judge, item, f"general example {index + 1}", False))
                             for index, item in enumerate(general)]
             except* JudgeUnavailable as errors:
                 raise errors.exceptions[0] from None

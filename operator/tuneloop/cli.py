@@ -5,6 +5,8 @@
     tuneloop crds                 print the CustomResourceDefinitions
     tuneloop promote FILE --version V | --from-alias A [--commit]
                                   pin a ModelDeployment's adapter version in a Git working tree
+    tuneloop rollout promote|abort|retry|status NAME [-n NS]
+                                  manual control of a ModelDeployment's blue-green rollout
     tuneloop operator             run the Kubernetes operator (kopf)
 """
 
@@ -304,6 +306,17 @@ def command_operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_rollout(args: argparse.Namespace) -> int:
+    from tuneloop.rollout_control import RolloutControlError, run
+
+    try:
+        print(run(args.verb, args.name, args.namespace))
+    except RolloutControlError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tuneloop", description="Fine-tune and ship private LLMs on Kubernetes.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -351,6 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--branch", help="branch for --commit (default: promote/<name>-<version>)")
     promote.add_argument("--message", help="commit message (default: Promote <name> to adapter version <v>)")
     promote.set_defaults(handler=command_promote)
+
+    rollout = commands.add_parser("rollout", help="promote, abort or retry a ModelDeployment's rollout, "
+                                                  "or show its status")
+    rollout.add_argument("verb", choices=("promote", "abort", "retry", "status"))
+    rollout.add_argument("name", help="the ModelDeployment")
+    rollout.add_argument("-n", "--namespace", help="default: the kubeconfig context's namespace")
+    rollout.set_defaults(handler=command_rollout)
 
     crds = commands.add_parser("crds", help="print the CustomResourceDefinitions (generated from the API models)")
     crds.set_defaults(handler=command_crds)

@@ -50,6 +50,8 @@ class OperatorConfig(WireModel):
                     "cluster, e.g. the API server's proxy: "
                     "https://api:6443/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy")
     alias_poll_seconds: float = Field(30, gt=0, description="How often a followed MLflow alias is looked up.")
+    webhook_port: int = Field(0, ge=0, le=65535, description="Port of the MLflow registry webhook receiver "
+                                                             "(POST /mlflow/webhook); 0: off, aliases are polled.")
     inputs_size: str = Field("200Gi", description="Size limit of the emptyDir that s3:// inputs are fetched into "
                                                  "(the base model's weights plus the data).")
 

@@ -1,7 +1,9 @@
 """kopf wiring only: events and timers -> observe -> reconcile -> act -> status.
 
 Every FineTuneJob is reconciled when it appears (create/resume), when its spec changes, and on a
-timer while it is not finished. Each pass is idempotent: deterministic names, create-if-absent,
+timer while it is not finished. Every ModelDeployment is reconciled when it appears, when its spec
+or annotations (promote/abort/retry) change, and on a timer for as long as it exists (a followed
+MLflow alias can move at any time). Each pass is idempotent: deterministic names, create-if-absent,
 status written last, so an operator killed at any instant and restarted picks up where it was.
 """
 
@@ -10,21 +12,29 @@ from __future__ import annotations
 import logging
 import os
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import kopf
 
 from tuneloop import metrics
-from tuneloop.api.common import GROUP, VERSION
+from tuneloop.api import modeldeployment as mdep
+from tuneloop.api.common import GROUP, VERSION, merge_patch_between
 from tuneloop.api.finetunejob import PLURAL, TERMINAL_PHASES, FineTuneJob, FineTuneJobStatus
 from tuneloop.config import OperatorConfig, load_config
+from tuneloop.reconcile import modeldeployment as rollout
 from tuneloop.reconcile.finetunejob import EmitEvent, LaunchWorkload, Observed, ReconcileContext, reconcile
 from tuneloop.runtime.kube_client import KubeClient
 from tuneloop.runtime.kubernetes import KubernetesRuntime
+from tuneloop.runtime import mlflow_webhooks
+from tuneloop.runtime.model_aliases import AliasResolver
+from tuneloop.runtime.serving import ServingRuntime
 
 log = logging.getLogger("tuneloop.operator")
+WEBHOOK_SECRET_ENV = "TUNELOOP_MLFLOW_WEBHOOK_SECRET"
 RECONCILE_INTERVAL = float(os.environ.get("TUNELOOP_RECONCILE_INTERVAL", "10"))
 STATUS_FIELDS = {field.alias or name for name, field in FineTuneJobStatus.model_fields.items()}
+MDEP_STATUS_FIELDS = {field.alias or name for name, field in mdep.ModelDeploymentStatus.model_fields.items()}
 
 
 class State:
@@ -32,6 +42,9 @@ class State:
 
     config: OperatorConfig = OperatorConfig()
     runtime: KubernetesRuntime | None = None
+    serving: ServingRuntime | None = None
+    aliases: AliasResolver = AliasResolver(None)
+    webhooks: Any = None  # the MLflow webhook receiver's aiohttp runner, when configured
     connection: Any = None
 
 
@@ -45,6 +58,13 @@ def login(**kwargs: Any) -> Any:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     State.config = load_config()
+    State.aliases = AliasResolver(State.config.mlflow_tracking_uri, State.config.alias_poll_seconds)
+    if State.config.webhook_port:
+        secret = os.environ.get(WEBHOOK_SECRET_ENV, "")
+        if not secret:
+            raise kopf.PermanentError(f"webhookPort is set but {WEBHOOK_SECRET_ENV} is empty: MLflow webhooks "
+                                      "must be signed")
+        State.webhooks = await mlflow_webhooks.serve(State.aliases, secret, State.config.webhook_port)
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
     # kopf.event() (phase changes, failures) always posts; kopf's own log lines only from WARNING,
@@ -61,8 +81,20 @@ def runtime() -> KubernetesRuntime:
     return State.runtime
 
 
+def serving() -> ServingRuntime:
+    if State.serving is None:
+        State.serving = ServingRuntime(runtime().client, State.config, State.aliases)
+    return State.serving
+
+
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
+    if State.serving is not None:
+        await State.serving.analyses.close()
+        State.serving = None
+    if State.webhooks is not None:
+        await State.webhooks.cleanup()
+        State.webhooks = None
     if State.runtime is not None:
         await State.runtime.client.close()
         State.runtime = None
@@ -133,3 +165,71 @@ def on_delete(body: kopf.Body, **_: Any) -> None:
             when=lambda status, **_: (status or {}).get("phase") not in TERMINAL_PHASES)
 async def on_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     await counted_reconcile(body, patch)
+
+
+# --- ModelDeployment ---------------------------------------------------------------------------------
+
+def _parse_deployment(body: kopf.Body) -> mdep.ModelDeployment | None:
+    try:
+        return mdep.ModelDeployment.model_validate({
+            "apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+            "metadata": {k: body["metadata"].get(k) for k in ("name", "namespace", "uid", "generation")},
+            "spec": dict(body.get("spec") or {}),
+        })
+    except ValueError:
+        return None
+
+
+async def reconcile_modeldeployment(body: kopf.Body, patch: kopf.Patch) -> None:
+    meta = body["metadata"]
+    stored = {k: v for k, v in (body.get("status") or {}).items() if k in MDEP_STATUS_FIELDS}
+    status = mdep.ModelDeploymentStatus.model_validate(stored)
+    annotations, generation = dict(meta.get("annotations") or {}), meta.get("generation")
+    md = _parse_deployment(body)
+    if md is not None:
+        observed = await serving().observe(md, annotations, generation)
+    else:
+        observed = rollout.Observed(annotations=annotations, generation=generation)
+    decision = rollout.reconcile(meta["name"], dict(body.get("spec") or {}), status, observed,
+                                 datetime.now(timezone.utc))
+    target = rollout.target_for(md.spec, observed.resolved_version) if md is not None else None
+    for action in decision.actions:
+        if isinstance(action, rollout.EmitEvent):
+            kopf.event(body, type=action.type, reason=action.reason, message=action.message[:1024])
+        elif isinstance(action, rollout.ClearAnnotation):
+            patch.metadata.setdefault("annotations", {})[action.key] = None
+        elif md is not None:
+            await serving().act(md, target, decision.status, action)
+    # A merge patch keeps whatever it does not mention: fields the pass cleared are sent as null.
+    patch.status.update(merge_patch_between(stored, decision.status.to_wire()))
+
+
+async def counted_deployment_reconcile(body: kopf.Body, patch: kopf.Patch) -> None:
+    started = time.monotonic()
+    try:
+        await reconcile_modeldeployment(body, patch)
+    except Exception:
+        metrics.RECONCILE_ERRORS.inc()
+        raise
+    finally:
+        metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+
+
+@kopf.on.resume(GROUP, VERSION, mdep.PLURAL)
+@kopf.on.create(GROUP, VERSION, mdep.PLURAL)
+@kopf.on.update(GROUP, VERSION, mdep.PLURAL, field="spec")
+@kopf.on.update(GROUP, VERSION, mdep.PLURAL, field="metadata.annotations")
+async def on_deployment_change(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    await counted_deployment_reconcile(body, patch)
+
+
+@kopf.timer(GROUP, VERSION, mdep.PLURAL, interval=RECONCILE_INTERVAL, initial_delay=RECONCILE_INTERVAL)
+async def on_deployment_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    await counted_deployment_reconcile(body, patch)
+
+
+@kopf.on.delete(GROUP, VERSION, mdep.PLURAL, optional=True)
+def on_deployment_delete(body: kopf.Body, **_: Any) -> None:
+    """Deployments, Services and the PodDisruptionBudget go with it (ownerReferences); analyses stop."""
+    if State.serving is not None:
+        State.serving.forget((body["metadata"].get("namespace"), body["metadata"]["name"]))

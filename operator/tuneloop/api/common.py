@@ -107,3 +107,17 @@ def humanize(item: dict[str, Any]) -> str:
     if kind == "value_error":
         return str(ctx.get("error", item["msg"]))
     return item["msg"][0].lower() + item["msg"][1:]
+
+
+def merge_patch_between(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns `old` into `new`: keys gone from `new` become null."""
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            nested = merge_patch_between(before, value)
+            if nested:
+                patch[key] = nested
+        elif value != before:
+            patch[key] = value
+    return patch

@@ -121,6 +121,9 @@ class AnalysisSpec(WireModel):
 
     smoke_prompts: list[SmokePrompt] = Field(default_factory=list, json_schema_extra={"default": []},
                                              description="Prompts whose answers must meet their expectation.")
+    initial_delay_seconds: int = Field(5, ge=0, le=3600, description=(
+        "Wait this long after the colour is ready (pre-promotion) or has taken the traffic (post-promotion) "
+        "before the first request: the Service's new endpoints take a moment to reach every node."))
     requests: int = Field(20, ge=1, le=10000, description="Requests sent to measure latency and errors.")
     max_p95_latency_ms: float | None = Field(None, gt=0, description="Highest acceptable p95 latency in milliseconds.")
     max_error_rate: float = Field(0.0, ge=0, le=1, description="Highest acceptable share of failed requests.")

@@ -75,6 +75,7 @@ class AnalysisResult:
 @dataclass(frozen=True)
 class Observed:
     resolved_version: str | None = None  # the MLflow version the adapter's alias points at; None: unknown
+    resolve_problem: str | None = None  # why the alias could not be looked up (MLflow unreachable, ...)
     deployments: dict[Colour, DeploymentState] = field(default_factory=dict)  # absent colour: no Deployment
     analysis: AnalysisResult | None = None  # the latest analysis result the runtime holds
     annotations: dict[str, str] = field(default_factory=dict)
@@ -240,6 +241,11 @@ class Rollout:
         result = self.observed.analysis
         if result is not None and result.run_id == run_id:
             return result
+        analysis = self.strategy.post_promotion_analysis if post_promotion else self.strategy.pre_promotion_analysis
+        delay = (analysis.initial_delay_seconds if analysis else 0) - self.seconds_since(self.status.rollout.since)
+        if delay > 0:  # the Service's endpoints are still being programmed on the nodes
+            self.wake_in(delay)
+            return None
         self.act(RunAnalysis(revision.colour, revision.revision, run_id, post_promotion))
         return None
 
@@ -272,10 +278,11 @@ class Rollout:
                 self.abort("Aborted", "RolloutAborted", "aborted by the abort annotation")
 
     def waiting_for_version(self) -> None:
+        why = f": {self.observed.resolve_problem}" if self.observed.resolve_problem else ""
         if self.status.active is None:
-            self.set_phase("Pending", f"waiting for MLflow to resolve {self.spec.adapter.display()}")
+            self.set_phase("Pending", f"waiting for MLflow to resolve {self.spec.adapter.display()}{why}")
         else:
-            self.status.message = (f"{self.spec.adapter.display()} is not resolved; revision "
+            self.status.message = (f"{self.spec.adapter.display()} is not resolved{why}; revision "
                                    f"{self.status.active.revision} keeps serving")
 
     def maybe_start(self, target: Target, serving: bool) -> None:

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 PLURALS = {"ConfigMap": "configmaps", "Job": "jobs", "Service": "services", "Pod": "pods", "Event": "events",
-           "Deployment": "deployments", "PodDisruptionBudget": "poddisruptionbudgets"}
+           "Deployment": "deployments", "PodDisruptionBudget": "poddisruptionbudgets", "Secret": "secrets",
+           "FineTuneJob": "finetunejobs", "ModelDeployment": "modeldeployments"}
+MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
 
 
 class KubeError(RuntimeError):
@@ -31,9 +33,8 @@ def collection_path(api_version: str, kind: str, namespace: str) -> str:
 @dataclass
 class KubeClient:
     server: str
-    token: str | None = None
-    ca_path: str | None = None
-    insecure: bool = False
+    headers: dict[str, str] = field(default_factory=dict)  # Authorization
+    ssl_context: ssl.SSLContext | bool = True  # True: the system's CAs
     retries: int = 5
 
     def __post_init__(self) -> None:
@@ -41,14 +42,13 @@ class KubeClient:
 
     @classmethod
     def from_connection_info(cls, info: Any) -> "KubeClient":
-        return cls(server=info.server.rstrip("/"), token=info.token, ca_path=info.ca_path,
-                   insecure=bool(info.insecure))
+        """kopf's login (service account or kubeconfig; token, basic or client-certificate auth)."""
+        return cls(server=info.server.rstrip("/"), headers=info.as_http_headers(), ssl_context=info.as_ssl_context())
 
     def _open_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            context: ssl.SSLContext | bool = False if self.insecure else ssl.create_default_context(cafile=self.ca_path)
-            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-            self._session = aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(ssl=context),
+            self._session = aiohttp.ClientSession(headers=self.headers,
+                                                  connector=aiohttp.TCPConnector(ssl=self.ssl_context),
                                                   timeout=aiohttp.ClientTimeout(total=30))
         return self._session
 
@@ -88,6 +88,18 @@ class KubeClient:
             if error.status == 404:
                 return None
             raise
+
+    async def patch(self, api_version: str, kind: str, namespace: str, name: str,
+                    patch: dict[str, Any]) -> dict[str, Any]:
+        """JSON merge patch (RFC 7386): dicts merge, null deletes, lists are replaced."""
+        path = f"{collection_path(api_version, kind, namespace)}/{name}"
+        return await self._request("PATCH", path, json=patch, headers=MERGE_PATCH)
+
+    async def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """PUT the whole object; with metadata.resourceVersion it fails (409) if the object changed meanwhile."""
+        meta = obj["metadata"]
+        path = f"{collection_path(obj['apiVersion'], obj['kind'], meta['namespace'])}/{meta['name']}"
+        return await self._request("PUT", path, json=obj)
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         """True when deleted; False when it was not there. Dependents (a Job's pods) go in the background."""

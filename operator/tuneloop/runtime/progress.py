@@ -45,7 +45,7 @@ def _run_filter(run_name: str) -> str:
     return f"tags.mlflow.runName = '{run_name}'"
 
 
-def _auth_headers() -> dict[str, str]:
+def auth_headers() -> dict[str, str]:
     """MLflow's own client variables: a bearer token, or basic auth."""
     if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
         return {"Authorization": f"Bearer {token}"}
@@ -58,7 +58,7 @@ def _auth_headers() -> dict[str, str]:
 async def _rest_progress(tracking_uri: str, experiment: str, run_name: str) -> dict[str, Any] | None:
     api = tracking_uri.rstrip("/") + "/api/2.0/mlflow"
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
-    async with aiohttp.ClientSession(headers=_auth_headers(), timeout=timeout) as session:
+    async with aiohttp.ClientSession(headers=auth_headers(), timeout=timeout) as session:
         async with session.get(f"{api}/experiments/get-by-name", params={"experiment_name": experiment}) as response:
             if response.status == 404:
                 return None  # no experiment yet: the trainer has not started logging

@@ -26,7 +26,7 @@ from tuneloop.runtime.manifests import (
     s3_env,
 )
 
-# TODO(lead): becomes config.images.vllm once OperatorConfig has it.
+REVISION_LABEL = "tuneloop.dev/revision"
 ADAPTER_DIR = "/adapter"
 SERVING_ENV = {**OFFLINE_ENV, "VLLM_NO_USAGE_STATS": "1"}
 # vLLM answers /health with 200 even when the engine cannot serve; /v1/models listing the adapter
@@ -53,7 +53,7 @@ def labels(md: ModelDeployment, colour: Colour | None = None, revision: str | No
     if colour:
         result["tuneloop.dev/colour"] = colour
     if revision:
-        result["tuneloop.dev/revision"] = revision
+        result[REVISION_LABEL] = revision
     return result
 
 

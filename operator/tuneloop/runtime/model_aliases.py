@@ -1,0 +1,104 @@
+"""Which MLflow model version an alias (e.g. `champion`) points at, for ModelDeployments that follow one.
+
+Aliases are polled: every lookup older than `poll_seconds` asks MLflow again (REST for a tracking
+server, MlflowClient for a SQLite file, as in progress.py). MLflow's registry webhooks
+(model_version_alias.created/deleted, see mlflow_webhooks.py) mark a cached alias stale at once,
+so a moved alias does not wait for the poll period. While MLflow cannot be asked, the last known version is
+kept: a registry outage must not stop or change what serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from tuneloop.runtime.progress import REQUEST_TIMEOUT_SECONDS, auth_headers
+
+log = logging.getLogger("tuneloop.aliases")
+
+
+class AliasLookupFailed(RuntimeError):
+    """MLflow could not be asked (unreachable, refused, or answered nonsense)."""
+
+
+async def _rest_alias(tracking_uri: str, model: str, alias: str) -> str | None:
+    url = tracking_uri.rstrip("/") + "/api/2.0/mlflow/registered-models/alias"
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
+    async with aiohttp.ClientSession(headers=auth_headers(), timeout=timeout) as session:
+        async with session.get(url, params={"name": model, "alias": alias}) as response:
+            if response.status == 404:
+                return None  # no such model, or the alias is not set
+            if response.status >= 400:
+                raise AliasLookupFailed(f"HTTP {response.status}: {(await response.text())[:200]}")
+            return str((await response.json())["model_version"]["version"])
+
+
+def _client_alias(tracking_uri: str, model: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return str(MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(model, alias).version)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
+@dataclass
+class Lookup:
+    version: str | None
+    at: float
+
+
+@dataclass
+class AliasResolver:
+    tracking_uri: str | None
+    poll_seconds: float = 30.0
+    clock: Callable[[], float] = time.monotonic
+    known: dict[tuple[str, str], Lookup] = field(default_factory=dict)
+    problems: dict[tuple[str, str], str] = field(default_factory=dict)  # the last failed lookup's reason
+
+    async def resolve(self, model: str, alias: str) -> str | None:
+        """The version `alias` points at; None while it is unset (or MLflow was never reachable)."""
+        key = (model, alias)
+        cached = self.known.get(key)
+        if cached is not None and self.clock() - cached.at < self.poll_seconds:
+            return cached.version
+        if not self.tracking_uri:
+            self.problems[key] = "the operator has no mlflowTrackingUri"
+            return None
+        try:
+            if self.tracking_uri.startswith(("http://", "https://")):
+                version = await _rest_alias(self.tracking_uri, model, alias)
+            else:
+                version = await asyncio.to_thread(_client_alias, self.tracking_uri, model, alias)
+        except Exception as error:  # keep what serves; say why nothing new arrives
+            self.problems[key] = f"MLflow at {self.tracking_uri} could not be asked: {error}"
+            log.warning("alias %s@%s: %s", model, alias, self.problems[key])
+            if cached is not None:
+                cached.at = self.clock()  # ask again after a poll period, not on every pass
+            else:
+                self.known[key] = Lookup(None, self.clock())
+            return cached.version if cached is not None else None
+        self.problems.pop(key, None)
+        self.learn(model, alias, version)
+        return version
+
+    def learn(self, model: str, alias: str, version: str | None) -> None:
+        """What MLflow said; None: the alias is not set."""
+        self.known[(model, alias)] = Lookup(version, self.clock())
+
+    def forget(self, model: str, alias: str) -> None:
+        """The alias changed (a webhook said so): the next resolve() asks MLflow, whatever the poll period."""
+        cached = self.known.get((model, alias))
+        if cached is not None:
+            cached.at = float("-inf")
+
+    def problem(self, model: str, alias: str) -> str | None:
+        return self.problems.get((model, alias))

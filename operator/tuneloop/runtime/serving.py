@@ -1,0 +1,174 @@
+"""Carry out ModelDeployment rollout decisions on a cluster and report what the cluster shows.
+
+observe(): the followed alias's version (model_aliases), each colour's Deployment (ready pods of
+its current revision only), the latest analysis result. act(): Deployments created, replaced or
+scaled; the active and preview Services and the PodDisruptionBudget pointed at a colour;
+analyses started. Every action is idempotent: a pass repeated after a crash changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuneloop.api.modeldeployment import COLOURS, AnalysisSpec, Colour, ModelDeployment, ModelDeploymentStatus
+from tuneloop.config import OperatorConfig
+from tuneloop.reconcile.modeldeployment import (
+    Action,
+    AnalysisResult,
+    ApplyDeployment,
+    DeploymentState,
+    Observed,
+    RunAnalysis,
+    ScaleDeployment,
+    SetPreview,
+    SwitchActive,
+    Target,
+)
+from tuneloop.runtime.analysis import analyse
+from tuneloop.runtime.analysis_runs import AnalysisRuns
+from tuneloop.runtime.kube_client import KubeClient
+from tuneloop.runtime.model_aliases import AliasResolver
+from tuneloop.runtime.serving_manifests import (
+    REVISION_LABEL,
+    active_service,
+    deployment,
+    deployment_name,
+    disruption_budget,
+    preview_service,
+)
+
+log = logging.getLogger("tuneloop.serving")
+DEPLOYMENT = ("apps/v1", "Deployment")
+
+
+def deployment_state(obj: dict[str, Any]) -> DeploymentState:
+    """Ready pods count only once the Deployment controller has seen the current spec: right after a
+    change of revision, status.readyReplicas still counts the old pods."""
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    revision = (((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}).get(REVISION_LABEL, "")
+    caught_up = status.get("observedGeneration", 0) >= obj["metadata"].get("generation", 1)
+    ready = min(status.get("readyReplicas", 0), status.get("updatedReplicas", 0)) if caught_up else 0
+    return DeploymentState(replicas=spec.get("replicas", 1), ready_replicas=ready, revision=revision)
+
+
+class CannotRender(RuntimeError):
+    """A Deployment of an older revision is gone and the spec now describes another one."""
+
+
+@dataclass
+class ServingRuntime:
+    client: KubeClient
+    config: OperatorConfig
+    aliases: AliasResolver
+    analyses: AnalysisRuns = field(default_factory=AnalysisRuns)
+
+    # --- observing ---------------------------------------------------------------------------------
+    async def observe(self, md: ModelDeployment, annotations: dict[str, str], generation: int | None) -> Observed:
+        namespace, name = md.metadata.namespace, md.metadata.name
+        adapter, resolved, problem = md.spec.adapter, None, None
+        if adapter.alias is not None and adapter.name is not None:
+            resolved = await self.aliases.resolve(adapter.name, adapter.alias)
+            problem = self.aliases.problem(adapter.name, adapter.alias)
+        deployments: dict[Colour, DeploymentState] = {}
+        for colour in COLOURS:
+            obj = await self.client.get(*DEPLOYMENT, namespace, deployment_name(name, colour))
+            if obj is not None:
+                deployments[colour] = deployment_state(obj)
+        return Observed(resolved_version=resolved, resolve_problem=problem, deployments=deployments,
+                        analysis=self.analyses.result((namespace, name)), annotations=dict(annotations),
+                        generation=generation)
+
+    # --- acting ------------------------------------------------------------------------------------
+    async def act(self, md: ModelDeployment, target: Target | None, status: ModelDeploymentStatus,
+                  action: Action) -> None:
+        if isinstance(action, ApplyDeployment):
+            await self.apply_deployment(md, target, action)
+        elif isinstance(action, ScaleDeployment):
+            if action.after_seconds <= 0:
+                await self.scale(md, action.colour, action.replicas)
+        elif isinstance(action, SwitchActive):
+            await self.point(active_service(md, action.colour))
+            await self.point(disruption_budget(md, action.colour))
+        elif isinstance(action, SetPreview):
+            colour = action.colour or status.active_selector
+            if colour is not None:
+                await self.point(preview_service(md, colour))
+        elif isinstance(action, RunAnalysis):
+            self.start_analysis(md, action)
+        else:
+            raise TypeError(f"not a runtime action: {action!r}")
+
+    async def apply_deployment(self, md: ModelDeployment, target: Target | None, action: ApplyDeployment) -> None:
+        namespace, name = md.metadata.namespace, deployment_name(md.metadata.name, action.colour)
+        existing = await self.client.get(*DEPLOYMENT, namespace, name)
+        if existing is not None and deployment_state(existing).revision == action.revision:
+            if (existing.get("spec") or {}).get("replicas") != action.replicas:
+                await self.client.patch(*DEPLOYMENT, namespace, name, {"spec": {"replicas": action.replicas}})
+            return
+        if target is None or target.revision != action.revision:
+            raise CannotRender(f"Deployment {name} should run revision {action.revision}, which the spec no longer "
+                               f"describes (it now asks for {target.revision if target else 'an unresolved alias'})")
+        desired = deployment(md, action.colour, target, action.replicas, self.config)
+        if existing is None:
+            await self.client.create_if_absent(desired)
+        else:  # an idle colour taking a new revision: the whole pod template changes
+            desired["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
+            await self.client.replace(desired)
+        log.info("Deployment %s/%s: revision %s, %d replicas", namespace, name, action.revision, action.replicas)
+
+    async def scale(self, md: ModelDeployment, colour: Colour, replicas: int) -> None:
+        namespace, name = md.metadata.namespace, deployment_name(md.metadata.name, colour)
+        existing = await self.client.get(*DEPLOYMENT, namespace, name)
+        if existing is not None and (existing.get("spec") or {}).get("replicas") != replicas:
+            await self.client.patch(*DEPLOYMENT, namespace, name, {"spec": {"replicas": replicas}})
+            log.info("Deployment %s/%s scaled to %d", namespace, name, replicas)
+
+    async def point(self, desired: dict[str, Any]) -> None:
+        """Create the Service or PodDisruptionBudget, or move its selector to the desired colour."""
+        meta = desired["metadata"]
+        existing = await self.client.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
+        if existing is None:
+            await self.client.create_if_absent(desired)
+        elif (existing.get("spec") or {}).get("selector") != desired["spec"]["selector"]:
+            await self.client.patch(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"],
+                                    {"spec": {"selector": desired["spec"]["selector"]}})
+
+    # --- analysis ----------------------------------------------------------------------------------
+    def start_analysis(self, md: ModelDeployment, action: RunAnalysis) -> None:
+        strategy = md.spec.strategy.blue_green
+        spec = strategy.post_promotion_analysis if action.post_promotion else strategy.pre_promotion_analysis
+        if spec is None:
+            return
+        service = (strategy.active_service_name if action.post_promotion else strategy.preview_service_name)(
+            md.metadata.name)
+        base_url = self.config.service_url_template.format(service=service, namespace=md.metadata.namespace,
+                                                           port=md.spec.port)
+
+        async def run() -> AnalysisResult:
+            try:
+                key = await self.judge_key(md, spec)
+            except LookupError as error:
+                return AnalysisResult(action.run_id, passed=False, reason=str(error))
+            return await analyse(spec, base_url, md.metadata.name, action.run_id, key)
+
+        if self.analyses.start((md.metadata.namespace, md.metadata.name), action.run_id, run):
+            log.info("analysis %s of %s/%s started against %s", action.run_id, md.metadata.namespace,
+                     md.metadata.name, base_url)
+
+    async def judge_key(self, md: ModelDeployment, spec: AnalysisSpec) -> str | None:
+        """The judge's API key from its Secret in the ModelDeployment's namespace."""
+        reference = spec.judge.api_key_secret if spec.judge else None
+        if reference is None:
+            return None
+        secret = await self.client.get("v1", "Secret", md.metadata.namespace, reference.name)
+        value = ((secret or {}).get("data") or {}).get(reference.key)
+        if value is None:
+            raise LookupError(f"judge.apiKeySecret: Secret {md.metadata.namespace}/{reference.name} "
+                              f"{'has no key ' + reference.key if secret else 'does not exist'}")
+        return base64.b64decode(value).decode().strip()
+
+    def forget(self, md_key: tuple[str, str]) -> None:
+        self.analyses.forget(md_key)
