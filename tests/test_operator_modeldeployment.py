@@ -389,3 +389,20 @@ def test_the_judge_key_comes_from_a_secret_and_a_missing_secret_fails_the_analys
     run(play(operator_env, {"1": v1, "judge": judge_bot}, body))
 
 
+
+
+def test_a_model_missing_from_the_catalog_is_reported_and_nothing_is_created(operator_env):
+    async def body(s: Scenario, operator):
+        async with operator():
+            md = manifest({"name": NAME, "version": "1"})
+            md["spec"]["baseModel"] = {"name": "llama-3.1-8b"}
+            s.harness.create(md)
+            degraded = await s.phase("Degraded")
+            assert "'llama-3.1-8b' is not in the cluster's model catalog" in degraded["message"]
+            assert s.events("InvalidSpec") and s.harness.list_objects(DEPLOYMENT, "default") == []
+            missing = await tuneloop("rollout", "status", "no-such-deployment")
+            assert missing.returncode == 1 and "default/no-such-deployment does not exist" in missing.stderr
+            status = await tuneloop("rollout", "status", NAME)
+            assert "Phase:    Degraded" in status.stdout and "SpecValid=False" in status.stdout
+
+    run(play(operator_env, {}, body))

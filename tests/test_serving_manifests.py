@@ -153,3 +153,49 @@ def test_services_and_budget_select_a_colour():
     assert budget["spec"]["maxUnavailable"] == 1
     for obj in (active, preview, budget):
         assert obj["metadata"]["ownerReferences"][0]["uid"] == "7d1f0c52-2222-4b7e-9a55-0c3e5d9f1a20"
+
+
+def vllm_serve_parser():
+    """`vllm serve`'s options that the Deployment uses, as vLLM 0.10 documents them (docs.vllm.ai,
+    "Engine Arguments" and "LoRA Adapters"): vLLM itself needs a GPU and a 300 MB wheel, so the
+    command line is checked against its documented types and choices instead."""
+    import argparse
+
+    def lora_module(text):
+        name, sep, path = text.partition("=")
+        if not (name and sep and path) and not text.lstrip().startswith("{"):
+            raise argparse.ArgumentTypeError(f"{text!r} is neither name=path nor JSON")
+        return text
+
+    parser = argparse.ArgumentParser(prog="vllm serve", exit_on_error=False)
+    parser.add_argument("model_tag")
+    parser.add_argument("--served-model-name", nargs="+")
+    parser.add_argument("--enable-lora", action=argparse.BooleanOptionalAction)
+    parser.add_argument("--lora-modules", nargs="+", type=lora_module)
+    parser.add_argument("--max-loras", type=int)
+    parser.add_argument("--max-lora-rank", type=int, choices=[1, 8, 16, 32, 64, 128, 256, 320, 512])
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--max-model-len", type=int)
+    parser.add_argument("--tensor-parallel-size", "-tp", type=int)
+    parser.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction)
+    return parser
+
+
+@pytest.mark.parametrize("serving", [
+    {"maxLoraRank": 64, "maxLoras": 2, "maxModelLen": 2048},
+    {"merged": True, "gpus": 2, "extraArgs": ["--enforce-eager"]},
+])
+def test_the_vllm_command_line_uses_only_documented_options_with_valid_values(serving):
+    md = model_deployment(serving=serving)
+    container = server(deployment(md, "blue", target_for(md.spec, None), 1, CONFIG))
+    assert container["command"] == ["vllm", "serve"]
+    args = vllm_serve_parser().parse_args(container["args"])
+    assert args.port == md.spec.port and args.host == "0.0.0.0"
+    if md.spec.serving.merged:
+        assert args.enable_lora is None and args.served_model_name == ["support-bot"]
+        assert args.tensor_parallel_size == 2 and args.enforce_eager
+    else:
+        assert args.enable_lora and args.lora_modules == ["support-bot=/adapter"]
+        assert (args.max_lora_rank, args.max_loras, args.max_model_len) == (64, 2, 2048)
+        assert "support-bot" not in args.served_model_name, "the adapter, not the base model, answers to the name"

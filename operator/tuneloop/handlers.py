@@ -28,7 +28,7 @@ from tuneloop.runtime.kube_client import KubeClient
 from tuneloop.runtime.kubernetes import KubernetesRuntime
 from tuneloop.runtime import mlflow_webhooks
 from tuneloop.runtime.model_aliases import AliasResolver
-from tuneloop.runtime.serving import ServingRuntime
+from tuneloop.runtime.serving import CannotRender, ServingRuntime
 
 log = logging.getLogger("tuneloop.operator")
 WEBHOOK_SECRET_ENV = "TUNELOOP_MLFLOW_WEBHOOK_SECRET"
@@ -199,7 +199,10 @@ async def reconcile_modeldeployment(body: kopf.Body, patch: kopf.Patch) -> None:
         elif isinstance(action, rollout.ClearAnnotation):
             patch.metadata.setdefault("annotations", {})[action.key] = None
         elif md is not None:
-            await serving().act(md, target, decision.status, action)
+            try:
+                await serving().act(md, target, decision.status, action)
+            except CannotRender as error:
+                kopf.event(body, type="Warning", reason="CannotRender", message=str(error)[:1024])
     # A merge patch keeps whatever it does not mention: fields the pass cleared are sent as null.
     patch.status.update(merge_patch_between(stored, decision.status.to_wire()))
 

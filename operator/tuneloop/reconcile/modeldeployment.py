@@ -76,6 +76,7 @@ class AnalysisResult:
 class Observed:
     resolved_version: str | None = None  # the MLflow version the adapter's alias points at; None: unknown
     resolve_problem: str | None = None  # why the alias could not be looked up (MLflow unreachable, ...)
+    spec_problem: str | None = None  # what makes a valid spec impossible here (a model not in the catalog)
     deployments: dict[Colour, DeploymentState] = field(default_factory=dict)  # absent colour: no Deployment
     analysis: AnalysisResult | None = None  # the latest analysis result the runtime holds
     annotations: dict[str, str] = field(default_factory=dict)
@@ -501,6 +502,8 @@ def reconcile(name: str, raw_spec: Any, status: ModelDeploymentStatus, observed:
     status = status.model_copy(deep=True)
     try:
         spec = parse_spec(raw_spec)
+        if observed.spec_problem:
+            raise SpecError([observed.spec_problem])
     except SpecError as error:
         message = f"invalid spec (whatever serves keeps serving): {error}"
         status.conditions = set_condition(status.conditions, "SpecValid", "False", "InvalidSpec", str(error),

@@ -26,14 +26,17 @@ from tuneloop.reconcile.modeldeployment import (
     SetPreview,
     SwitchActive,
     Target,
+    target_for,
 )
 from tuneloop.runtime.analysis import analyse
 from tuneloop.runtime.analysis_runs import AnalysisRuns
 from tuneloop.runtime.kube_client import KubeClient
+from tuneloop.runtime.manifests import UnsupportedStorage
 from tuneloop.runtime.model_aliases import AliasResolver
 from tuneloop.runtime.serving_manifests import (
     REVISION_LABEL,
     active_service,
+    base_model_uri,
     deployment,
     deployment_name,
     disruption_budget,
@@ -72,12 +75,21 @@ class ServingRuntime:
         if adapter.alias is not None and adapter.name is not None:
             resolved = await self.aliases.resolve(adapter.name, adapter.alias)
             problem = self.aliases.problem(adapter.name, adapter.alias)
+        target = target_for(md.spec, resolved)
+        try:  # what cannot be rendered is a spec problem, said in the status, not a crash on every pass
+            base_model_uri(md, self.config)
+            if target is not None:
+                deployment(md, "blue", target, 1, self.config)
+            spec_problem = None
+        except UnsupportedStorage as error:
+            spec_problem = str(error)
         deployments: dict[Colour, DeploymentState] = {}
         for colour in COLOURS:
             obj = await self.client.get(*DEPLOYMENT, namespace, deployment_name(name, colour))
             if obj is not None:
                 deployments[colour] = deployment_state(obj)
-        return Observed(resolved_version=resolved, resolve_problem=problem, deployments=deployments,
+        return Observed(resolved_version=resolved, resolve_problem=problem, spec_problem=spec_problem,
+                        deployments=deployments,
                         analysis=self.analyses.result((namespace, name)), annotations=dict(annotations),
                         generation=generation)
 
