@@ -406,3 +406,26 @@ def test_a_model_missing_from_the_catalog_is_reported_and_nothing_is_created(ope
             assert "Phase:    Degraded" in status.stdout and "SpecValid=False" in status.stdout
 
     run(play(operator_env, {}, body))
+
+
+def test_an_operator_stopped_mid_analysis_runs_the_analysis_again_and_promotes(operator_env):
+    v1, v2 = ticket_bot(), Backend(default_answer=TICKET, latency=0.3)
+
+    async def body(s: Scenario, operator):
+        async with operator():
+            md = manifest({"name": NAME, "version": "1"})
+            md["spec"]["strategy"]["blueGreen"]["prePromotionAnalysis"]["concurrency"] = 1
+            s.harness.create(md)
+            await s.phase("Healthy")
+            s.set_adapter({"name": NAME, "version": "2"})
+            await s.until(lambda: len(v2.requests) >= 2)  # the analysis is under way (6 requests, 0.3 s each)
+        assert s.status()["rollout"]["step"] == "Analysis" and s.active_colour() == "blue"
+        interrupted = len(v2.requests)
+        await asyncio.sleep(1.0)
+        assert len(v2.requests) == interrupted < 6, "a stopped operator's analysis stops with it"
+        async with operator():
+            await s.until(lambda: s.active_colour() == "green")
+            assert len(v2.requests) >= interrupted + 6, "the lost analysis ran again in full"
+            assert s.status()["history"][-1]["outcome"] == "Promoted"
+
+    run(play(operator_env, {"1": v1, "2": v2}, body))

@@ -24,9 +24,9 @@ from tuneloop.api.finetunejob import PLURAL, TERMINAL_PHASES, FineTuneJob, FineT
 from tuneloop.config import OperatorConfig, load_config
 from tuneloop.reconcile import modeldeployment as rollout
 from tuneloop.reconcile.finetunejob import EmitEvent, LaunchWorkload, Observed, ReconcileContext, reconcile
+from tuneloop.runtime import mlflow_webhooks
 from tuneloop.runtime.kube_client import KubeClient
 from tuneloop.runtime.kubernetes import KubernetesRuntime
-from tuneloop.runtime import mlflow_webhooks
 from tuneloop.runtime.model_aliases import AliasResolver
 from tuneloop.runtime.serving import CannotRender, ServingRuntime
 
