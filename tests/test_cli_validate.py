@@ -93,7 +93,7 @@ def test_a_wrong_kind_is_reported(tmp_path, capsys):
 
     assert code == 1
     assert capsys.readouterr().err == (
-        f"{path}: ConfigMap/settings: kind: 'ConfigMap' is not a Tuneloop kind (known: FineTuneJob, ModelDeployment)\n")
+        f"{path}: ConfigMap/settings: kind: 'ConfigMap' is not a Tuneloop kind (known: FineTuneJob, ModelDeployment, FineTuneSchedule)\n")
 
 
 def test_local_checks_are_only_made_with_local(tmp_path, capsys):

@@ -23,12 +23,12 @@ from typing import Any
 
 import yaml
 
-from tuneloop.api import modeldeployment
+from tuneloop.api import finetuneschedule, modeldeployment
 from tuneloop.api.common import SpecError
 from tuneloop.api.finetunejob import KIND as FINETUNEJOB, FineTuneJob, FineTuneJobStatus, parse_manifest
 from tuneloop.reconcile.finetunejob import check_context
 
-KNOWN_KINDS = (FINETUNEJOB, modeldeployment.KIND)
+KNOWN_KINDS = (FINETUNEJOB, modeldeployment.KIND, finetuneschedule.KIND)
 
 
 class ManifestError(Exception):
@@ -64,9 +64,9 @@ def validate_document(document: dict[str, Any], local: bool) -> list[str]:
     kind = document.get("kind")
     if kind not in KNOWN_KINDS:
         return [f"kind: {kind!r} is not a Tuneloop kind (known: {', '.join(KNOWN_KINDS)})"]
-    if kind == modeldeployment.KIND:
+    if kind in (modeldeployment.KIND, finetuneschedule.KIND):
         try:
-            modeldeployment.parse_manifest(document)
+            (modeldeployment if kind == modeldeployment.KIND else finetuneschedule).parse_manifest(document)
         except SpecError as error:
             return error.problems
         return []
@@ -279,9 +279,10 @@ def command_crds(args: argparse.Namespace) -> int:
 
 def all_crds() -> list:
     from tuneloop.api.finetunejob import CRD as FINETUNEJOB_CRD
+    from tuneloop.api.finetuneschedule import CRD as FINETUNESCHEDULE_CRD
     from tuneloop.api.modeldeployment import CRD as MODELDEPLOYMENT_CRD
 
-    return [FINETUNEJOB_CRD, MODELDEPLOYMENT_CRD]
+    return [FINETUNEJOB_CRD, MODELDEPLOYMENT_CRD, FINETUNESCHEDULE_CRD]
 
 
 def command_operator(args: argparse.Namespace) -> int:

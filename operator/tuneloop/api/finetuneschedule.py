@@ -1,0 +1,198 @@
+"""The FineTuneSchedule resource: reviewers' corrections become a new FineTuneJob on a schedule.
+
+Shaped like a batch/v1 CronJob (schedule, timeZone, suspend, concurrencyPolicy,
+startingDeadlineSeconds, history limits, a job template; status lastScheduleTime,
+lastSuccessfulTime, active). Each due run takes the corrections the feedback service holds since
+the last promoted run, snapshots them into a hashed JSONL file, and creates a FineTuneJob from the
+template that trains on them with the template's own dataset replayed against forgetting. The
+existing chain does the rest: evaluation against champion, gate, registration, alias move, and
+the ModelDeployment following champion rolls the better adapter out.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from tuneloop.api.common import API_VERSION, Condition, SpecError, WireModel, describe_validation_error
+from tuneloop.api.crd import Kind, Printer
+from tuneloop.api.evaluation import SecretKeyRef
+from tuneloop.api.finetunejob import FineTuneJobSpec, ObjectMeta, check_storage_uri
+
+KIND = "FineTuneSchedule"
+PLURAL = "finetuneschedules"
+TOKEN_RULE = "give at most one of tokenSecret (cluster) or tokenEnv (local)"
+
+
+class FeedbackSource(WireModel):
+    """Where the corrections come from: the feedback service (`tuneloop feedback serve`)."""
+
+    url: str = Field(description="Base URL of the feedback service, e.g. http://tuneloop-feedback.tuneloop:8080.")
+    model: str = Field(min_length=1, description="Served model name whose corrections are used (the "
+                                                 "ModelDeployment's name, as clients send it).")
+    token_secret: SecretKeyRef | None = Field(None, description="Secret holding the service's bearer token.")
+    token_env: str | None = Field(None, description="Environment variable holding the token (local runs).")
+    min_new_corrections: int = Field(50, ge=1, description="Skip a run with fewer new corrections than this.")
+    snapshot_uri: str = Field(description="Folder the snapshots are written to (pvc://, or a local path); "
+                                          "each file is named by its content hash.")
+
+    _uri = field_validator("snapshot_uri")(check_storage_uri)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} is not an http(s) URL")
+        return url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_token(self) -> "FeedbackSource":
+        if self.token_secret is not None and self.token_env is not None:
+            raise ValueError(TOKEN_RULE)
+        return self
+
+
+class JobTemplateMeta(WireModel):
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class JobTemplate(WireModel):
+    metadata: JobTemplateMeta = Field(default_factory=JobTemplateMeta)
+    spec: FineTuneJobSpec = Field(description="The FineTuneJob each run creates. Its dataset is the base "
+                                              "dataset: the run trains on the new corrections and replays "
+                                              "this dataset at replayFraction.")
+
+
+class FineTuneScheduleSpec(WireModel):
+    schedule: str = Field(description="Cron expression (5 fields), e.g. '0 2 * * *' for 02:00 every day.")
+    time_zone: str | None = Field(None, description="IANA time zone of the schedule, e.g. Europe/Amsterdam; "
+                                                    "unset: UTC.")
+    suspend: bool = Field(False, description="No new runs while true; a running one carries on.")
+    concurrency_policy: Literal["Forbid", "Replace"] = Field(
+        "Forbid", description="Forbid: a due run is skipped while the last one still runs. Replace: the "
+                              "running FineTuneJob is deleted and the new run starts.")
+    starting_deadline_seconds: int | None = Field(
+        None, ge=1, description="A run missed (operator down) by more than this is skipped; unset: the most "
+                                "recent missed run starts on return, once.")
+    successful_jobs_history_limit: int = Field(3, ge=0, le=100, description="Succeeded FineTuneJobs kept.")
+    failed_jobs_history_limit: int = Field(1, ge=0, le=100, description="Failed FineTuneJobs kept.")
+    feedback: FeedbackSource
+    replay_fraction: float = Field(0.2, gt=0, lt=0.5, description="Share of the training mix taken from the "
+                                                                  "template's dataset.")
+    job_template: JobTemplate
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, schedule: str) -> str:
+        if len(schedule.split()) != 5 or not croniter.is_valid(schedule):
+            raise ValueError(f"{schedule!r} is not a 5-field cron expression (minute hour day month weekday)")
+        return schedule
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, zone: str | None) -> str | None:
+        if zone is not None:
+            try:
+                ZoneInfo(zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"{zone!r} is not an IANA time zone") from None
+        return zone
+
+
+class SnapshotInfo(WireModel):
+    uri: str | None = Field(None, description="The JSONL file; unset when there were no rows.")
+    sha256: str | None = None
+    rows: int = 0
+    after_id: int = 0
+    up_to_id: int = 0
+
+
+RunOutcome = Literal["Running", "Promoted", "NotPromoted", "Failed", "Skipped", "Replaced"]
+
+
+class ScheduleRun(WireModel):
+    scheduled_time: str
+    job_name: str | None = None
+    outcome: RunOutcome
+    message: str = ""
+    snapshot: SnapshotInfo | None = None
+    gate_passed: bool | None = None
+    version: str | None = Field(None, description="Registered model version of the run's adapter.")
+    score: float | None = None
+    baseline_score: float | None = None
+
+
+class RunStep(WireModel):
+    """The run in progress: which step, so that a restarted operator carries on from there."""
+
+    step: Literal["Snapshot", "Training"]
+    scheduled_time: str
+    job_name: str
+    new_corrections: int = 0
+    up_to_id: int | None = None
+    snapshot: SnapshotInfo | None = None
+
+
+class FineTuneScheduleStatus(WireModel):
+    last_schedule_time: str | None = Field(None, description="The latest slot the schedule acted on (run or skip).")
+    last_successful_time: str | None = Field(None, description="When a run last ended with a FineTuneJob "
+                                                               "that succeeded.")
+    active: list[str] = Field(default_factory=list, description="FineTuneJobs of runs in progress.")
+    run: RunStep | None = None
+    trained_up_to_id: int = Field(0, description="Feedback rows up to this id reached a promoted adapter: the "
+                                                 "next snapshot starts after it.")
+    last_run: ScheduleRun | None = None
+    history: list[ScheduleRun] = Field(default_factory=list, description="The last runs, newest last.")
+    next_schedule_time: str | None = None
+    message: str = ""
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+
+
+class FineTuneSchedule(WireModel):
+    api_version: Literal["tuneloop.dev/v1alpha1"] = API_VERSION
+    kind: Literal["FineTuneSchedule"] = KIND
+    metadata: ObjectMeta
+    spec: FineTuneScheduleSpec
+    status: FineTuneScheduleStatus = Field(default_factory=FineTuneScheduleStatus)
+
+
+def _validated(model: type[WireModel], raw: Any, prefix: str) -> Any:
+    try:
+        return model.model_validate(raw, by_alias=True, by_name=False)
+    except ValidationError as error:
+        raise SpecError(describe_validation_error(error, prefix)) from None
+
+
+def parse_spec(raw: Any) -> FineTuneScheduleSpec:
+    return _validated(FineTuneScheduleSpec, raw, "spec")
+
+
+def parse_manifest(raw: Any) -> FineTuneSchedule:
+    if not isinstance(raw, dict):
+        raise SpecError(["manifest: must be a mapping with apiVersion, kind, metadata and spec"])
+    return _validated(FineTuneSchedule, raw, "")
+
+
+CRD = Kind(
+    kind=KIND,
+    plural=PLURAL,
+    short_names=("ftsched",),
+    spec=FineTuneScheduleSpec,
+    status=FineTuneScheduleStatus,
+    description="Retrains on reviewers' corrections on a schedule, CronJob-shaped; each run is a FineTuneJob.",
+    printers=(
+        Printer("Schedule", "string", ".spec.schedule"),
+        Printer("Suspend", "boolean", ".spec.suspend"),
+        Printer("Active", "string", ".status.active[0]", "FineTuneJob of the run in progress"),
+        Printer("Last", "string", ".status.lastRun.outcome", "Outcome of the last run"),
+        Printer("Version", "string", ".status.lastRun.version", "Model version of the last run"),
+        Printer("Last Schedule", "date", ".status.lastScheduleTime"),
+        Printer("Message", "string", ".status.message", priority=1),
+        Printer("Age", "date", ".metadata.creationTimestamp"),
+    ),
+)

@@ -1,0 +1,169 @@
+"""The FineTuneSchedule's decisions, without a server: slots, skips, concurrency, the run's steps."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from tuneloop.api.common import SpecError
+from tuneloop.api.finetuneschedule import FineTuneScheduleStatus, parse_spec
+from tuneloop.reconcile.finetuneschedule import (
+    CreateJob,
+    DeleteJob,
+    JobView,
+    LaunchSnapshot,
+    Observed,
+    SnapshotState,
+    due_slot,
+    needs_feedback_count,
+    reconcile,
+)
+
+CREATED = "2026-11-20T12:00:00Z"
+TEMPLATE = {"baseModel": {"name": "smollm2-135m-instruct"},
+            "dataset": {"uri": "pvc://datasets/tickets.jsonl", "format": "alpaca", "holdOutFraction": 0.2},
+            "output": {"uri": "pvc://adapters/acme-tickets"}, "registry": {"modelName": "acme-tickets"}}
+
+
+def spec(**fields):
+    return {"schedule": "0 2 * * *", "timeZone": "Europe/Amsterdam",
+            "feedback": {"url": "http://feedback.tuneloop:8080", "model": "acme-tickets", "minNewCorrections": 20,
+                         "snapshotUri": "pvc://datasets/feedback"},
+            "replayFraction": 0.3, "jobTemplate": {"metadata": {"labels": {"team": "support"}}, "spec": TEMPLATE},
+            **fields}
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+
+
+def step(raw_spec, status=None, now="2026-11-23T01:30:00", **observed):
+    decision = reconcile("nightly", "ml", "uid-1", raw_spec, status or FineTuneScheduleStatus(),
+                         Observed(created=CREATED, generation=1, **observed), at(now))
+    return decision, decision.status
+
+
+def test_slots_follow_the_time_zone_and_missed_slots_run_once():
+    parsed = parse_spec(spec())
+    # 02:00 in Amsterdam (winter, UTC+1) is 01:00 UTC
+    assert due_slot(parsed, FineTuneScheduleStatus(), CREATED, at("2026-11-23T00:59:00")) == at("2026-11-22T01:00:00")
+    last = FineTuneScheduleStatus(last_schedule_time="2026-11-22T01:00:00Z")
+    assert due_slot(parsed, last, CREATED, at("2026-11-23T00:59:00")) is None
+    assert due_slot(parsed, last, CREATED, at("2026-11-23T01:00:00")) == at("2026-11-23T01:00:00")
+    # down for three nights: one run, for the latest slot
+    assert due_slot(parsed, last, CREATED, at("2026-11-25T09:00:00")) == at("2026-11-25T01:00:00")
+
+
+def test_a_due_slot_with_enough_corrections_starts_with_a_snapshot_of_the_new_rows():
+    decision, status = step(spec(), new_corrections=35, last_feedback_id=140)
+    name = "nightly-" + str(int(at("2026-11-23T01:00:00").timestamp()) // 60)
+    assert decision.actions[0] == LaunchSnapshot(f"{name}-snapshot", 0, 140)
+    assert status.run.step == "Snapshot" and status.run.job_name == name and status.run.up_to_id == 140
+    assert status.last_schedule_time == "2026-11-23T01:00:00Z"
+
+
+def test_too_few_corrections_skip_the_slot_and_say_so():
+    decision, status = step(spec(), new_corrections=12, last_feedback_id=140)
+    assert status.run is None and status.last_run.outcome == "Skipped"
+    assert "12 new corrections, fewer than minNewCorrections 20" in status.message
+    assert not [a for a in decision.actions if isinstance(a, LaunchSnapshot)]
+    _, again = step(spec(), status, now="2026-11-23T01:31:00", new_corrections=12, last_feedback_id=140)
+    assert len(again.history) == 1, "a skipped slot is not retried"
+
+
+def test_an_unreachable_feedback_service_leaves_the_slot_due():
+    decision, status = step(spec(), feedback_problem="connection refused")
+    assert status.run is None and status.last_schedule_time is None
+    assert "waits for the feedback service: connection refused" in status.message
+    assert needs_feedback_count(spec(), status, CREATED, at("2026-11-23T01:31:00"))
+
+
+def run_to_training(snapshot_rows=30):
+    _, status = step(spec(), new_corrections=35, last_feedback_id=140)
+    result = {"succeeded": True, "rows": snapshot_rows, "sha256": "ab" * 32, "afterId": 0, "upToId": 140,
+              "uri": "pvc://datasets/feedback/corrections-abababababab.jsonl"}
+    return step(spec(), status, now="2026-11-23T01:32:00", snapshot=SnapshotState("Succeeded", result))
+
+
+def test_the_run_creates_a_finetunejob_training_on_the_snapshot_and_replaying_the_template_data():
+    decision, status = run_to_training()
+    create = next(a for a in decision.actions if isinstance(a, CreateJob))
+    manifest = create.manifest
+    assert manifest["metadata"]["ownerReferences"][0]["kind"] == "FineTuneSchedule"
+    assert manifest["metadata"]["labels"] == {"team": "support", "tuneloop.dev/schedule": "nightly"}
+    dataset = manifest["spec"]["dataset"]
+    assert dataset["uri"] == "pvc://datasets/feedback/corrections-abababababab.jsonl" and dataset["format"] == "messages"
+    assert dataset["replay"] == {"uri": "pvc://datasets/tickets.jsonl", "format": "alpaca", "fraction": 0.3}
+    assert dataset["holdOutFraction"] == 0.2, "the template's other dataset settings carry over"
+    assert status.run.step == "Training" and status.active == [create.name]
+
+
+def test_a_promoted_run_moves_the_watermark_and_a_not_promoted_one_does_not():
+    _, training = run_to_training()
+    name = training.run.job_name
+    promoted = JobView("Succeeded", gate_passed=True, version="4", aliases=("challenger", "champion"), score=0.6,
+                       baseline_score=0.4)
+    _, done = step(spec(), training, now="2026-11-23T03:00:00", jobs={name: promoted})
+    assert done.last_run.outcome == "Promoted" and done.trained_up_to_id == 140 and done.active == []
+    assert (done.last_run.version, done.last_run.score, done.last_run.baseline_score) == ("4", 0.6, 0.4)
+
+    not_better = JobView("Succeeded", gate_passed=False, version=None)
+    _, kept = step(spec(), training, now="2026-11-23T03:00:00", jobs={name: not_better})
+    assert kept.last_run.outcome == "NotPromoted" and kept.trained_up_to_id == 0
+    assert "gate failed" in kept.last_run.message
+
+
+def test_forbid_skips_a_slot_while_a_run_is_going_and_replace_deletes_it():
+    _, training = run_to_training()
+    name = training.run.job_name
+    running = {name: JobView("Training")}
+    decision, status = step(spec(), training, now="2026-11-24T01:05:00", jobs=running)
+    assert status.run.job_name == name, "the running run carries on"
+    assert status.last_run.outcome == "Skipped" and "still going (Forbid)" in status.last_run.message
+    assert not [a for a in decision.actions if isinstance(a, (LaunchSnapshot, DeleteJob))]
+
+    decision, status = step(spec(concurrencyPolicy="Replace"), training, now="2026-11-24T01:05:00", jobs=running,
+                            new_corrections=50, last_feedback_id=200)
+    assert DeleteJob(name) in decision.actions and status.history[-1].outcome == "Replaced"
+    assert status.run.job_name != name and status.run.step == "Snapshot"
+
+
+def test_a_suspended_schedule_starts_nothing():
+    decision, status = step(spec(suspend=True), new_corrections=99, last_feedback_id=140)
+    assert status.run is None and status.message == "suspended" and decision.actions == []
+    assert not needs_feedback_count(spec(suspend=True), FineTuneScheduleStatus(), CREATED, at("2026-11-23T01:30:00"))
+
+
+def test_a_slot_missed_beyond_the_starting_deadline_is_skipped():
+    last = FineTuneScheduleStatus(last_schedule_time="2026-11-22T01:00:00Z")
+    decision, status = step(spec(startingDeadlineSeconds=600), last, now="2026-11-23T05:00:00",
+                            new_corrections=99, last_feedback_id=140)
+    assert status.run is None and "startingDeadlineSeconds 600" in status.last_run.message
+
+
+def test_history_limits_delete_the_oldest_finished_jobs():
+    jobs = {f"nightly-{i}": JobView("Succeeded", created=f"2026-11-0{i}T00:00:00Z") for i in range(1, 6)}
+    jobs["nightly-9"] = JobView("Failed", created="2026-11-09T00:00:00Z")
+    jobs["nightly-8"] = JobView("Failed", created="2026-11-08T00:00:00Z")
+    decision, _ = step(spec(successfulJobsHistoryLimit=2, failedJobsHistoryLimit=1), now="2026-11-23T00:30:00",
+                       jobs=jobs, new_corrections=0, last_feedback_id=0)
+    deleted = {a.name for a in decision.actions if isinstance(a, DeleteJob)}
+    assert deleted == {"nightly-1", "nightly-2", "nightly-3", "nightly-8"}
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("schedule", "every night", "is not a 5-field cron expression"),
+    ("timeZone", "Mars/Olympus", "is not an IANA time zone"),
+    ("replayFraction", 0.7, "replayFraction"),
+])
+def test_bad_specs_name_the_field(field, value, problem):
+    with pytest.raises(SpecError) as error:
+        parse_spec(spec(**{field: value}))
+    assert any(problem in p and (field in p) for p in error.value.problems), error.value.problems
+
+
+def test_an_empty_snapshot_after_cleaning_is_a_skip_not_a_training():
+    decision, status = run_to_training(snapshot_rows=3)
+    assert status.run is None and status.last_run.outcome == "Skipped"
+    assert not [a for a in decision.actions if isinstance(a, CreateJob)]
