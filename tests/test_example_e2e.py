@@ -1,26 +1,38 @@
-"""The README's main command on the real model: SmolLM2-135M-Instruct learns the bundled example,
-beats the base model on the hold-out set beyond the noise, and is registered in MLflow."""
+"""The README's commands on the real model. The main one: SmolLM2-135M-Instruct learns the bundled
+example, beats the base model on the hold-out set beyond the noise, and is registered in MLflow as
+champion. Then the loop: the champion answers fresh messages, the wrong answers come back as
+corrections through the feedback service, and one cycle of the example FineTuneSchedule trains on
+them and judges the new version against the champion on the corrected cases."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.example
-def test_readme_example_fine_tunes_evaluates_and_registers_smollm2(tmp_path):
-    workdir = tmp_path / "work"
+@pytest.fixture(scope="module")
+def example_run(tmp_path_factory):
+    """The README's main command, once for this module: (work folder, the finished process)."""
+    workdir = tmp_path_factory.mktemp("example") / "work"
     process = subprocess.run(
         [sys.executable, "-m", "tuneloop.cli", "run", "examples/finetunejob.yaml", "--local", "--workdir", str(workdir)],
         cwd=REPO, capture_output=True, text=True, timeout=1200,
     )
+    return workdir, process
+
+
+@pytest.mark.example
+def test_readme_example_fine_tunes_evaluates_and_registers_smollm2(example_run):
+    workdir, process = example_run
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
 
     (status_file,) = workdir.glob("acme-tickets/*/status.json")
@@ -62,3 +74,47 @@ def test_readme_example_fine_tunes_evaluates_and_registers_smollm2(tmp_path):
     assert version.tags["tuneloop.dev/dataset-sha256"] == status["dataset"]["sha256"]
     run = client.get_run(version.run_id)
     assert "hold_out_loss_final" in run.data.metrics and "eval_exactMatch_candidate" in run.data.metrics
+
+
+@pytest.mark.example
+def test_one_cycle_of_the_schedule_trains_on_the_champions_corrections(example_run, tmp_path):
+    from feedback_server import serving
+    from mlflow.tracking import MlflowClient
+
+    from tuneloop.feedback.app import create_app
+
+    workdir, example = example_run
+    assert example.returncode == 0, "the loop starts from the example's champion"
+    token = "e2e-feedback-token-0123456789"
+    env = {**os.environ, "TUNELOOP_FEEDBACK_TOKEN": token}
+    with serving(create_app(f"sqlite:///{tmp_path / 'feedback.db'}", token)) as url:
+        review = subprocess.run([sys.executable, "examples/review_champion.py", "--workdir", str(workdir),
+                                 "--url", url], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        assert review.returncode == 0, review.stdout[-3000:] + review.stderr[-3000:]
+        corrected = int(re.search(r"answered 60 messages; (\d+) corrected", review.stdout).group(1))
+        assert corrected >= 10, review.stdout  # the example's champion gets the priority wrong often
+
+        manifest = yaml.safe_load((REPO / "examples" / "finetuneschedule.yaml").read_text())
+        manifest["spec"]["feedback"]["url"] = url
+        dataset = manifest["spec"]["jobTemplate"]["spec"]["dataset"]
+        dataset["uri"] = str(REPO / "examples" / dataset["uri"])
+        schedule = tmp_path / "finetuneschedule.yaml"
+        schedule.write_text(yaml.safe_dump(manifest))
+        cycle = subprocess.run([sys.executable, "-m", "tuneloop.cli", "run", str(schedule), "--local", "--once",
+                                "--workdir", str(workdir)], cwd=REPO, env=env, capture_output=True, text=True,
+                               timeout=1500)
+    report = cycle.stdout
+    assert cycle.returncode == 0, report[-4000:] + cycle.stderr[-3000:]
+    snapshot = re.search(rf"snapshot   (\d+) corrections, rows 1\.\.{corrected}, sha256", report)
+    assert snapshot and 10 <= int(snapshot.group(1)) <= corrected, report[-3000:]  # after cleaning
+    assert "baseline" in report and "candidate" in report and re.search(r"gate {7}(PASSED|FAILED)", report)
+    outcome = re.search(r"FineTuneSchedule acme-tickets-nightly: (Promoted|NotPromoted): (.*)", report)
+    assert outcome, report[-3000:]
+    assert re.search(r"on the corrected cases: new version \d\.\d{3} vs champion \d\.\d{3}", report)
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow' / 'mlflow.db'}")
+    champion = str(client.get_model_version_by_alias("acme-tickets", "champion").version)
+    assert champion == ("2" if outcome.group(1) == "Promoted" else "1")
+    status = json.loads((workdir / "schedules" / "acme-tickets-nightly" / "status.json").read_text())
+    assert status["lastRun"]["snapshot"]["rows"] == int(snapshot.group(1))
+    assert status["trainedUpToId"] == (corrected if outcome.group(1) == "Promoted" else 0)

@@ -96,6 +96,7 @@ def test_the_run_creates_a_finetunejob_training_on_the_snapshot_and_replaying_th
     assert dataset["uri"] == "pvc://datasets/feedback/corrections-abababababab.jsonl" and dataset["format"] == "messages"
     assert dataset["replay"] == {"uri": "pvc://datasets/tickets.jsonl", "format": "alpaca", "fraction": 0.3}
     assert dataset["holdOutFraction"] == 0.2, "the template's other dataset settings carry over"
+    assert manifest["spec"]["output"]["uri"] == f"pvc://adapters/acme-tickets/{create.name}"
     assert status.run.step == "Training" and status.active == [create.name]
 
 

@@ -1,12 +1,14 @@
 """The `tuneloop` command.
 
     tuneloop run FILE --local     run a FineTuneJob manifest to the end on this machine
+                                  (a FineTuneSchedule: --once, one cycle now)
     tuneloop validate FILE...     check manifests; say what is wrong and where
     tuneloop crds                 print the CustomResourceDefinitions
     tuneloop promote FILE --version V | --from-alias A [--commit]
                                   pin a ModelDeployment's adapter version in a Git working tree
     tuneloop rollout promote|abort|retry|status NAME [-n NS]
                                   manual control of a ModelDeployment's blue-green rollout
+    tuneloop feedback serve       the feedback service (corrections in, snapshots out)
     tuneloop operator             run the Kubernetes operator (kopf)
 """
 
@@ -200,6 +202,9 @@ def command_run(args: argparse.Namespace) -> int:
     from tuneloop.runtime.local import LocalRuntime, local_mlflow, prepare_tracking
 
     try:
+        kinds = {document.get("kind") for document in load_documents(args.file)}
+        if finetuneschedule.KIND in kinds:
+            return run_schedule_once(args)
         job = load_job(args.file)
     except ManifestError as error:
         print(error, file=sys.stderr)
@@ -239,6 +244,54 @@ def command_run(args: argparse.Namespace) -> int:
     if artifact_uri:
         print(f"  MLflow UI   mlflow ui --backend-store-uri {tracking_uri} --default-artifact-root {artifact_uri}")
     return 0 if status.phase == "Succeeded" else 1
+
+
+def run_schedule_once(args: argparse.Namespace) -> int:
+    """One cycle of a FineTuneSchedule, now: snapshot the new corrections, train, judge, register."""
+    from tuneloop.runtime.local import LocalRuntime, local_mlflow, prepare_tracking
+    from tuneloop.runtime.local_schedule import LocalSchedule
+
+    if not args.once:
+        print(f"{args.file}: a FineTuneSchedule runs locally one cycle at a time: add --once "
+              "(on a cluster the operator keeps its schedule)", file=sys.stderr)
+        return 2
+    schedules = [doc for doc in load_documents(args.file) if doc.get("kind") == finetuneschedule.KIND]
+    problems = validate_document(schedules[0], local=False) if len(schedules) == 1 else [
+        f"expected exactly one FineTuneSchedule, found {len(schedules)}"]
+    if problems:
+        for problem in problems:
+            print(f"{args.file}: {problem}", file=sys.stderr)
+        return 2
+    schedule = finetuneschedule.parse_manifest(schedules[0])
+    workdir = args.workdir.resolve()
+    tracking_uri, artifact_uri = args.tracking_uri, None
+    if not tracking_uri:
+        tracking_uri, artifact_uri = local_mlflow(workdir)
+        (workdir / "mlflow").mkdir(parents=True, exist_ok=True)
+    prepare_tracking(tracking_uri, artifact_uri)
+    runtime = LocalRuntime(workdir=workdir, manifest_dir=args.file.resolve().parent,
+                           on_event=lambda event: print(f"[{event.type}] {event.reason}: {event.message}", flush=True),
+                           tracking_uri=tracking_uri)
+    cycle = LocalSchedule(schedule, runtime, runtime.on_event)
+    try:
+        outcome = cycle.run_once()
+    except RuntimeError as error:
+        print(f"{args.file}: {error}", file=sys.stderr)
+        return 1
+    if outcome.job is not None and outcome.job_status is not None:
+        result = runtime.read_result(outcome.job, "train") or {}
+        print_report(outcome.job, outcome.job_status, result.get("previews", []))
+        print_evaluation(outcome.job, outcome.job_status)
+    run = outcome.run
+    print(f"\nFineTuneSchedule {schedule.metadata.name}: {run.outcome}: {run.message}")
+    if run.snapshot and run.snapshot.sha256:
+        print(f"  snapshot   {run.snapshot.rows} corrections, rows {run.snapshot.after_id + 1}..{run.snapshot.up_to_id},"
+              f" sha256 {run.snapshot.sha256[:16]} ({run.snapshot.uri})")
+    if run.score is not None:
+        print(f"  on the corrected cases: new version {run.score:.3f} vs champion {run.baseline_score:.3f}"
+              if run.baseline_score is not None else f"  on the corrected cases: new version {run.score:.3f}")
+    print(f"  schedule status {cycle.status_path}")
+    return 1 if run.outcome == "Failed" else 0
 
 
 def command_promote(args: argparse.Namespace) -> int:
@@ -327,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--local", action="store_true", help="run on this machine with subprocesses")
     run.add_argument("--workdir", type=Path, default=Path("tuneloop-work"), help="work folder (default: %(default)s)")
     run.add_argument("--fresh", action="store_true", help="discard an earlier run of the same spec")
+    run.add_argument("--once", action="store_true",
+                     help="a FineTuneSchedule: run one cycle now (snapshot, train, evaluate, register)")
     run.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
                      help="MLflow tracking URI for training metrics (default: $MLFLOW_TRACKING_URI)")
     run.set_defaults(handler=command_run)
@@ -373,12 +428,22 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_argument("-n", "--namespace", help="default: the kubeconfig context's namespace")
     rollout.set_defaults(handler=command_rollout)
 
+    feedback = commands.add_parser("feedback", help="the feedback service: reviewers' corrections come in here")
+    feedback_commands = feedback.add_subparsers(dest="feedback_command", required=True)
+    # `tuneloop feedback serve ARGS` is handed to the service's own parser whole (see main).
+    feedback_commands.add_parser("serve", help="serve POST /v1/feedback (`tuneloop feedback serve --help`)")
+
     crds = commands.add_parser("crds", help="print the CustomResourceDefinitions (generated from the API models)")
     crds.set_defaults(handler=command_crds)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["feedback", "serve"]:
+        from tuneloop.feedback.server import main as feedback_main
+
+        return feedback_main(argv[2:])
     args = build_parser().parse_args(argv)
     if args.command != "operator":  # the operator's logging is kopf's (text or JSON)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -3,8 +3,9 @@
 Every FineTuneJob is reconciled when it appears (create/resume), when its spec changes, and on a
 timer while it is not finished. Every ModelDeployment is reconciled when it appears, when its spec
 or annotations (promote/abort/retry) change, and on a timer for as long as it exists (a followed
-MLflow alias can move at any time). Each pass is idempotent: deterministic names, create-if-absent,
-status written last, so an operator killed at any instant and restarted picks up where it was.
+MLflow alias can move at any time); every FineTuneSchedule likewise (its slots come due on the
+clock). Each pass is idempotent: deterministic names, create-if-absent, status written last, so
+an operator killed at any instant and restarted picks up where it was.
 """
 
 from __future__ import annotations
@@ -12,28 +13,31 @@ from __future__ import annotations
 import logging
 import os
 import time
-from datetime import datetime, timezone
 from typing import Any
 
 import kopf
 
-from tuneloop import metrics
+from tuneloop import clock, metrics
+from tuneloop.api import finetuneschedule as ftsched
 from tuneloop.api import modeldeployment as mdep
 from tuneloop.api.common import GROUP, VERSION, merge_patch_between
 from tuneloop.api.finetunejob import PLURAL, TERMINAL_PHASES, FineTuneJob, FineTuneJobStatus
 from tuneloop.config import OperatorConfig, load_config
+from tuneloop.reconcile import finetuneschedule as cron
 from tuneloop.reconcile import modeldeployment as rollout
 from tuneloop.reconcile.finetunejob import EmitEvent, LaunchWorkload, Observed, ReconcileContext, reconcile
 from tuneloop.runtime import mlflow_webhooks
 from tuneloop.runtime.kube_client import KubeClient
 from tuneloop.runtime.kubernetes import KubernetesRuntime
 from tuneloop.runtime.model_aliases import AliasResolver
+from tuneloop.runtime.schedules import ScheduleRuntime
 from tuneloop.runtime.serving import CannotRender, ServingRuntime
 
 log = logging.getLogger("tuneloop.operator")
 WEBHOOK_SECRET_ENV = "TUNELOOP_MLFLOW_WEBHOOK_SECRET"
 RECONCILE_INTERVAL = float(os.environ.get("TUNELOOP_RECONCILE_INTERVAL", "10"))
 STATUS_FIELDS = {field.alias or name for name, field in FineTuneJobStatus.model_fields.items()}
+SCHEDULE_STATUS_FIELDS = {field.alias or name for name, field in ftsched.FineTuneScheduleStatus.model_fields.items()}
 MDEP_STATUS_FIELDS = {field.alias or name for name, field in mdep.ModelDeploymentStatus.model_fields.items()}
 
 
@@ -43,6 +47,7 @@ class State:
     config: OperatorConfig = OperatorConfig()
     runtime: KubernetesRuntime | None = None
     serving: ServingRuntime | None = None
+    schedules: ScheduleRuntime | None = None
     aliases: AliasResolver = AliasResolver(None)
     webhooks: Any = None  # the MLflow webhook receiver's aiohttp runner, when configured
     connection: Any = None
@@ -92,6 +97,7 @@ async def cleanup(**_: Any) -> None:
     if State.serving is not None:
         await State.serving.analyses.close()
         State.serving = None
+    State.schedules = None
     if State.webhooks is not None:
         await State.webhooks.cleanup()
         State.webhooks = None
@@ -191,7 +197,7 @@ async def reconcile_modeldeployment(body: kopf.Body, patch: kopf.Patch) -> None:
     else:
         observed = rollout.Observed(annotations=annotations, generation=generation)
     decision = rollout.reconcile(meta["name"], dict(body.get("spec") or {}), status, observed,
-                                 datetime.now(timezone.utc))
+                                 clock.now())
     target = rollout.target_for(md.spec, observed.resolved_version) if md is not None else None
     for action in decision.actions:
         if isinstance(action, rollout.EmitEvent):
@@ -207,10 +213,11 @@ async def reconcile_modeldeployment(body: kopf.Body, patch: kopf.Patch) -> None:
     patch.status.update(merge_patch_between(stored, decision.status.to_wire()))
 
 
-async def counted_deployment_reconcile(body: kopf.Body, patch: kopf.Patch) -> None:
+async def counted(reconcile_pass: Any, body: kopf.Body, patch: kopf.Patch) -> None:
+    """One pass, measured: its duration and, when it raises, an error in the metrics."""
     started = time.monotonic()
     try:
-        await reconcile_modeldeployment(body, patch)
+        await reconcile_pass(body, patch)
     except Exception:
         metrics.RECONCILE_ERRORS.inc()
         raise
@@ -223,12 +230,12 @@ async def counted_deployment_reconcile(body: kopf.Body, patch: kopf.Patch) -> No
 @kopf.on.update(GROUP, VERSION, mdep.PLURAL, field="spec")
 @kopf.on.update(GROUP, VERSION, mdep.PLURAL, field="metadata.annotations")
 async def on_deployment_change(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    await counted_deployment_reconcile(body, patch)
+    await counted(reconcile_modeldeployment, body, patch)
 
 
 @kopf.timer(GROUP, VERSION, mdep.PLURAL, interval=RECONCILE_INTERVAL, initial_delay=RECONCILE_INTERVAL)
 async def on_deployment_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    await counted_deployment_reconcile(body, patch)
+    await counted(reconcile_modeldeployment, body, patch)
 
 
 @kopf.on.delete(GROUP, VERSION, mdep.PLURAL, optional=True)
@@ -236,3 +243,49 @@ def on_deployment_delete(body: kopf.Body, **_: Any) -> None:
     """Deployments, Services and the PodDisruptionBudget go with it (ownerReferences); analyses stop."""
     if State.serving is not None:
         State.serving.forget((body["metadata"].get("namespace"), body["metadata"]["name"]))
+
+
+# --- FineTuneSchedule --------------------------------------------------------------------------------
+
+def schedules() -> ScheduleRuntime:
+    if State.schedules is None:
+        State.schedules = ScheduleRuntime(runtime().client, State.config)
+    return State.schedules
+
+
+async def reconcile_schedule(body: kopf.Body, patch: kopf.Patch) -> None:
+    meta = body["metadata"]
+    stored = {k: v for k, v in (body.get("status") or {}).items() if k in SCHEDULE_STATUS_FIELDS}
+    status = ftsched.FineTuneScheduleStatus.model_validate(stored)
+    raw_spec, now = dict(body.get("spec") or {}), clock.now()
+    created, generation = meta.get("creationTimestamp"), meta.get("generation")
+    try:
+        schedule = ftsched.FineTuneSchedule.model_validate({
+            "apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+            "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation")}, "spec": raw_spec})
+    except ValueError:
+        schedule = None
+    if schedule is not None:
+        observed = await schedules().observe(schedule, raw_spec, status, created, now)
+    else:
+        observed = cron.Observed(generation=generation, created=created)
+    decision = cron.reconcile(meta["name"], meta.get("namespace", "default"), meta.get("uid"), raw_spec, status,
+                              observed, now)
+    for action in decision.actions:
+        if isinstance(action, cron.EmitEvent):
+            kopf.event(body, type=action.type, reason=action.reason, message=action.message[:1024])
+        elif schedule is not None:
+            await schedules().act(schedule, action)
+    patch.status.update(merge_patch_between(stored, decision.status.to_wire()))
+
+
+@kopf.on.resume(GROUP, VERSION, ftsched.PLURAL)
+@kopf.on.create(GROUP, VERSION, ftsched.PLURAL)
+@kopf.on.update(GROUP, VERSION, ftsched.PLURAL, field="spec")
+async def on_schedule_change(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    await counted(reconcile_schedule, body, patch)
+
+
+@kopf.timer(GROUP, VERSION, ftsched.PLURAL, interval=RECONCILE_INTERVAL, initial_delay=RECONCILE_INTERVAL)
+async def on_schedule_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    await counted(reconcile_schedule, body, patch)

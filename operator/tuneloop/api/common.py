@@ -61,6 +61,13 @@ def get_condition(conditions: list[Condition], type: str) -> Condition | None:
     return next((c for c in conditions if c.type == type), None)
 
 
+def check_http_url(url: str) -> str:
+    """A service's base URL: http(s), without the trailing slash (paths are appended to it)."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"{url!r} is not an http(s) URL")
+    return url.rstrip("/")
+
+
 class SpecError(ValueError):
     """A manifest that cannot be accepted; each problem names its field path."""
 

@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tuneloop.api.common import WireModel
+from tuneloop.api.common import WireModel, check_http_url
 
 METRICS = ("exactMatch", "rougeL", "jsonValid", "fieldAccuracy", "labelAccuracy", "judgeScore", "judgeWinRate")
 # judgeWinRate already compares candidate with baseline: it has no baseline value of its own.
@@ -55,12 +55,7 @@ class JudgeSpec(WireModel):
     required: bool = Field(False, description="Fail the evaluation instead of skipping the judge when "
                                               "it is not configured for this run.")
 
-    @field_validator("url")
-    @classmethod
-    def _http(cls, url: str) -> str:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"{url!r} is not an http(s) URL")
-        return url.rstrip("/")
+    _url = field_validator("url")(check_http_url)
 
 
 class StructuredSpec(WireModel):

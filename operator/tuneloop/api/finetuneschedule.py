@@ -17,7 +17,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from tuneloop.api.common import API_VERSION, Condition, SpecError, WireModel, describe_validation_error
+from tuneloop.api.common import (
+    API_VERSION,
+    Condition,
+    SpecError,
+    WireModel,
+    check_http_url,
+    describe_validation_error,
+)
 from tuneloop.api.crd import Kind, Printer
 from tuneloop.api.evaluation import SecretKeyRef
 from tuneloop.api.finetunejob import FineTuneJobSpec, ObjectMeta, check_storage_uri
@@ -36,17 +43,12 @@ class FeedbackSource(WireModel):
     token_secret: SecretKeyRef | None = Field(None, description="Secret holding the service's bearer token.")
     token_env: str | None = Field(None, description="Environment variable holding the token (local runs).")
     min_new_corrections: int = Field(50, ge=1, description="Skip a run with fewer new corrections than this.")
-    snapshot_uri: str = Field(description="Folder the snapshots are written to (pvc://, or a local path); "
-                                          "each file is named by its content hash.")
+    snapshot_uri: str | None = Field(None, description="Folder the snapshots are written to, each file named by "
+                                                       "its content hash: pvc://claim/path on a cluster; unset in "
+                                                       "a local run: the work folder.")
 
-    _uri = field_validator("snapshot_uri")(check_storage_uri)
-
-    @field_validator("url")
-    @classmethod
-    def _http(cls, url: str) -> str:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"{url!r} is not an http(s) URL")
-        return url.rstrip("/")
+    _uri = field_validator("snapshot_uri")(lambda uri: uri if uri is None else check_storage_uri(uri))
+    _url = field_validator("url")(check_http_url)
 
     @model_validator(mode="after")
     def _one_token(self) -> "FeedbackSource":

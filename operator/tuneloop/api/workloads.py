@@ -11,11 +11,19 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
-from tuneloop.api.common import WireModel
+from tuneloop.api.common import WireModel, check_http_url
 from tuneloop.api.evaluation import Comparison, EvaluationSpec, JudgeStats
-from tuneloop.api.finetunejob import CleaningStats, DatasetSpec, DatasetStats, MethodSpec, TrainingSpec
+from tuneloop.api.finetunejob import (
+    CleaningSpec,
+    CleaningStats,
+    DatasetSpec,
+    DatasetStats,
+    MethodSpec,
+    TrainingSpec,
+)
+from tuneloop.feedback.limits import MAX_PAGE_SIZE
 
 
 class Tracking(WireModel):
@@ -150,6 +158,52 @@ class RegisterResult(WireModel):
     aliases: list[str] = Field(default_factory=list)
     run_id: str | None = None
     already_registered: bool = False
+
+
+FEEDBACK_TOKEN_ENV = "TUNELOOP_FEEDBACK_TOKEN"
+
+
+class SnapshotWorkload(WireModel):
+    """Turn one model's feedback rows with afterId < id <= upToId into a cleaned JSONL training set."""
+
+    feedback_url: str = Field(description="Base URL of the feedback service, e.g. http://tuneloop-feedback:8080.")
+    token_env: str = Field(FEEDBACK_TOKEN_ENV, description="Environment variable that holds the service's token.")
+    model: str = Field(description="Served model name whose corrections are taken.")
+    after_id: int = Field(0, ge=0, description="Last id of the previous snapshot; 0: from the first row.")
+    up_to_id: int | None = Field(None, ge=0, description=(
+        "Last id to take; unset: the last id the service reports when the snapshot starts. Never beyond that "
+        "id, so that the next snapshot, starting after it, misses nothing."))
+    output_dir: str = Field(description="The JSONL file goes here as corrections-<sha256 prefix>.jsonl.")
+    cleaning: CleaningSpec = Field(default_factory=CleaningSpec, description=(
+        "The FineTuneJob's cleaning settings; the length filter is left to training (it needs the tokenizer)."))
+    system_prompt: str | None = Field(None, description="Put first in every row that has no system message.")
+    page_size: int = Field(500, ge=1, le=MAX_PAGE_SIZE)
+    timeout_seconds: float = Field(30, gt=0, description="Per HTTP request.")
+    retry_seconds: float = Field(120, ge=0, description="Keep retrying an unreachable or failing service this long.")
+
+    _url = field_validator("feedback_url")(check_http_url)
+
+    @model_validator(mode="after")
+    def _range(self) -> "SnapshotWorkload":
+        if self.up_to_id is not None and self.up_to_id < self.after_id:
+            raise ValueError(f"upToId {self.up_to_id} is below afterId {self.after_id}")
+        return self
+
+
+class SnapshotResult(WireModel):
+    succeeded: bool
+    reason: str | None = Field(None, description="InvalidWorkload, TokenMissing, Unauthorized, FeedbackUnavailable "
+                                                 "(retried), InvalidRange or SnapshotFailed.")
+    message: str | None = None
+    rows: int = Field(0, description="Rows written.")
+    fetched: int = Field(0, description="Feedback rows read from the service.")
+    dropped_duplicates: int = Field(0, description="Exact and near duplicates removed by cleaning.")
+    redactions: dict[str, int] = Field(default_factory=dict, description="Personal data replaced, per kind.")
+    cleaning: CleaningStats | None = None
+    sha256: str | None = Field(None, description="Of the file's bytes; unset when no file was written.")
+    path: str | None = None
+    after_id: int | None = None
+    up_to_id: int | None = Field(None, description="Where this snapshot ended: the next one's afterId.")
 
 
 TERMINATION_MESSAGE_LIMIT = 4096

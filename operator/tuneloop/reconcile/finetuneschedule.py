@@ -70,6 +70,7 @@ class Observed:
     snapshot: SnapshotState | None = None
     generation: int | None = None
     created: str | None = None  # the schedule's creationTimestamp: no slot before it is due
+    spec_problem: str | None = None  # what makes a valid spec impossible here (no snapshot folder on a cluster)
 
 
 @dataclass(frozen=True)
@@ -153,13 +154,16 @@ def due_slot(spec: FineTuneScheduleSpec, status: FineTuneScheduleStatus, created
 
 def job_manifest(name: str, namespace: str, schedule_name: str, schedule_uid: str | None,
                  spec: FineTuneScheduleSpec, snapshot_uri: str, slot: datetime) -> dict[str, Any]:
-    """The run's FineTuneJob: the template, training on the snapshot with the template's dataset replayed."""
+    """The run's FineTuneJob: the template, training on the snapshot with the template's dataset replayed,
+    writing to a folder of its own under the template's output."""
     job_spec = copy.deepcopy(spec.job_template.spec.to_wire())
     base = job_spec["dataset"]
     job_spec["dataset"] = {**{k: v for k, v in base.items() if k not in ("uri", "format", "replay")},
                            "uri": snapshot_uri, "format": "messages",
                            "replay": {"uri": base["uri"], "format": base.get("format", "auto"),
                                       "fraction": spec.replay_fraction}}
+    if (job_spec.get("output") or {}).get("uri"):  # every run its own folder: checkpoints must not mix
+        job_spec["output"]["uri"] = f"{job_spec['output']['uri'].rstrip('/')}/{name}"
     metadata: dict[str, Any] = {
         "name": name, "namespace": namespace,
         "labels": {**spec.job_template.metadata.labels, SCHEDULE_LABEL: schedule_name},
@@ -335,6 +339,8 @@ def reconcile(name: str, namespace: str, uid: str | None, raw_spec: Any, status:
     status = status.model_copy(deep=True)
     try:
         spec = parse_spec(raw_spec)
+        if observed.spec_problem:
+            raise SpecError([observed.spec_problem])
     except SpecError as error:
         message = f"invalid spec: {error}"
         events = [] if status.message == message else [EmitEvent("Warning", "InvalidSpec", str(error))]
@@ -359,3 +365,13 @@ def needs_feedback_count(raw_spec: Any, status: FineTuneScheduleStatus, created:
         return False
     return status.run is None or spec.concurrency_policy == "Replace"
 
+
+
+def advance_run(name: str, namespace: str, uid: str | None, spec: FineTuneScheduleSpec,
+                status: FineTuneScheduleStatus, observed: Observed, now: datetime) -> Decision:
+    """Only the run in progress, no slots: what `tuneloop run SCHEDULE --local --once` steps through."""
+    status = status.model_copy(deep=True)
+    step = Pass(name, namespace, uid, spec, status, observed, now)
+    if status.run is not None:
+        step.continue_run()
+    return step.decision

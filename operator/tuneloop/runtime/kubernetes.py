@@ -72,6 +72,27 @@ def pod_problem(pods: list[dict[str, Any]]) -> str:
 MLFLOW_BACKOFF_SECONDS = 30.0
 
 
+async def observe_batch_job(client: KubeClient, namespace: str, name: str) -> WorkloadState:
+    """A workload's Job: absent, running (with what keeps its pods from running), or finished with
+    the result its pod left in the termination message."""
+    batch_job = await client.get("batch/v1", "Job", namespace, name)
+    if batch_job is None:
+        return WorkloadState("Absent")
+    pods = await client.list("v1", "Pod", namespace, f"tuneloop.dev/workload={name}")
+    if condition(batch_job, "Complete"):
+        result = result_from_pods(pods)
+        if result is None:
+            return WorkloadState("Failed", message=f"Job {name} completed but no pod left the workload's result")
+        return WorkloadState("Succeeded" if result.get("succeeded") else "Failed", result=_as_uris(result))
+    failed = condition(batch_job, "Failed")
+    if failed:
+        result = result_from_pods(pods)
+        message = (f"Job {name} failed: {failed.get('reason', '')}: {failed.get('message', '')}. "
+                   f"{pod_problem(pods)}").strip()
+        return WorkloadState("Failed", result=_as_uris(result) if result else None, message=message)
+    return WorkloadState("Running", message=pod_problem(pods))
+
+
 @dataclass
 class KubernetesRuntime:
     client: KubeClient
@@ -89,24 +110,10 @@ class KubernetesRuntime:
         return Observed(workloads={name: await self.observe_workload(job, name, with_progress=stage is TRAIN)})
 
     async def observe_workload(self, job: FineTuneJob, name: str, with_progress: bool = False) -> WorkloadState:
-        namespace = job.metadata.namespace
-        batch_job = await self.client.get("batch/v1", "Job", namespace, name)
-        if batch_job is None:
-            return WorkloadState("Absent")
-        pods = await self.client.list("v1", "Pod", namespace, f"tuneloop.dev/workload={name}")
-        if condition(batch_job, "Complete"):
-            result = result_from_pods(pods)
-            if result is None:
-                return WorkloadState("Failed", message=f"Job {name} completed but no pod left the trainer's result")
-            return WorkloadState("Succeeded" if result.get("succeeded") else "Failed", result=_as_uris(result))
-        failed = condition(batch_job, "Failed")
-        if failed:
-            result = result_from_pods(pods)
-            message = (f"Job {name} failed: {failed.get('reason', '')}: {failed.get('message', '')}. "
-                       f"{pod_problem(pods)}").strip()
-            return WorkloadState("Failed", result=_as_uris(result) if result else None, message=message)
-        progress = await self.progress(job) if with_progress else None
-        return WorkloadState("Running", message=pod_problem(pods), progress=progress)
+        state = await observe_batch_job(self.client, job.metadata.namespace, name)
+        if state.phase == "Running" and with_progress:
+            return WorkloadState("Running", message=state.message, progress=await self.progress(job))
+        return state
 
     async def progress(self, job: FineTuneJob) -> dict[str, Any] | None:
         """Live progress from the MLflow run the trainer names after the job (see manifests.trainer_workload)."""
@@ -131,7 +138,7 @@ class KubernetesRuntime:
 
 def _as_uris(result: dict[str, Any]) -> dict[str, Any]:
     storage = Storage()
-    for key in ("adapterPath", "holdOutPath", "mergedPath", "recordsPath"):
+    for key in ("adapterPath", "holdOutPath", "mergedPath", "recordsPath", "path"):
         if result.get(key):
             result[key] = storage.uri(result[key])
     return result

@@ -39,7 +39,7 @@ OFFLINE_ENV = {
 
 
 # The container whose termination message carries each stage's result.
-WORKLOAD_CONTAINERS = {"train": "trainer", "evaluate": "evaluator", "register": "register"}
+WORKLOAD_CONTAINERS = {"train": "trainer", "evaluate": "evaluator", "register": "register", "snapshot": "snapshot"}
 
 
 class UnsupportedStorage(ValueError):

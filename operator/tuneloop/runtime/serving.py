@@ -8,7 +8,6 @@ analyses started. Every action is idempotent: a pass repeated after a crash chan
 
 from __future__ import annotations
 
-import base64
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -175,12 +174,8 @@ class ServingRuntime:
         reference = spec.judge.api_key_secret if spec.judge else None
         if reference is None:
             return None
-        secret = await self.client.get("v1", "Secret", md.metadata.namespace, reference.name)
-        value = ((secret or {}).get("data") or {}).get(reference.key)
-        if value is None:
-            raise LookupError(f"judge.apiKeySecret: Secret {md.metadata.namespace}/{reference.name} "
-                              f"{'has no key ' + reference.key if secret else 'does not exist'}")
-        return base64.b64decode(value).decode().strip()
+        return await self.client.secret_value(md.metadata.namespace, reference.name, reference.key,
+                                              "judge.apiKeySecret")
 
     def forget(self, md_key: tuple[str, str]) -> None:
         self.analyses.forget(md_key)

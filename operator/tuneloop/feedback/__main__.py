@@ -1,0 +1,5 @@
+import sys
+
+from tuneloop.feedback.server import main
+
+sys.exit(main())

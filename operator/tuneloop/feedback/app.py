@@ -1,0 +1,120 @@
+"""The feedback service's HTTP API (FastAPI). OpenAPI at /openapi.json, browsable at /docs.
+
+  POST /v1/feedback          store one correction (201; a repeated idempotency key: 200, duplicate)
+  GET  /v1/feedback          rows in id order, afterId < id <= upToId, paginated (for snapshots)
+  GET  /v1/feedback/stats    counts, the last id, what is new since a snapshot
+  GET  /healthz              the process is up (no token needed)
+  GET  /readyz               the database answers (no token needed)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+import tuneloop
+from tuneloop.feedback.auth import TOKEN_ENV, TOKEN_FILE_ENV, TokenError, token_guard
+from tuneloop.feedback.body_limit import BodySizeLimit
+from tuneloop.feedback.database import make_engine, printable_url
+from tuneloop.feedback.errors import error_response, install_error_handlers
+from tuneloop.feedback.limits import DEFAULT_PAGE_SIZE, MAX_BODY_BYTES, MAX_NAME_CHARS, MAX_PAGE_SIZE
+from tuneloop.feedback.migrate import upgrade_database
+from tuneloop.feedback.schemas import ErrorBody, FeedbackCreated, FeedbackIn, FeedbackPage, FeedbackStats
+from tuneloop.feedback.store import add_feedback, feedback_page, feedback_stats
+
+log = logging.getLogger("tuneloop.feedback")
+
+ModelFilter = Annotated[str | None, Query(max_length=MAX_NAME_CHARS, description="Only this served model's rows.")]
+AfterId = Annotated[int, Query(alias="afterId", ge=0, description="Only rows with a larger id.")]
+ERROR_RESPONSES = {status: {"model": ErrorBody, "description": description} for status, description in {
+    400: "The body is not valid UTF-8 JSON.", 401: "Missing or wrong bearer token.",
+    413: f"The body is larger than {MAX_BODY_BYTES} bytes.", 422: "A field is missing or invalid.",
+}.items()}
+
+
+class Utf8JsonRoute(APIRoute):
+    """Bodies that are not UTF-8 are refused with their byte position (FastAPI would say only that
+    parsing failed)."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handle = super().get_route_handler()
+
+        async def checked(request: Request) -> Response:
+            try:
+                (await request.body()).decode("utf-8")
+            except UnicodeDecodeError as error:
+                return error_response(400, f"the request body is not valid UTF-8 (byte {error.start})", "body")
+            return await handle(request)
+
+        return checked
+
+
+def create_app(database_url: str, token: str | None, *, allow_no_auth: bool = False) -> FastAPI:
+    """The service on `database_url`; migrations run when it starts. Without a token it refuses to
+    exist unless `allow_no_auth` (local play only: anyone who reaches the port may write)."""
+    if token is None and not allow_no_auth:
+        raise TokenError(f"no token: set {TOKEN_ENV} or {TOKEN_FILE_ENV} "
+                         "(or allow unauthenticated access explicitly, for local use only)")
+    engine = make_engine(database_url)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(upgrade_database, engine)
+        log.info("feedback service on %s (schema up to date), %s", printable_url(engine),
+                 "bearer token required" if token is not None else "NO AUTHENTICATION")
+        yield
+        engine.dispose()
+
+    app = FastAPI(title="Tuneloop feedback", version=tuneloop.__version__, lifespan=lifespan,
+                  description=__doc__)
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    install_error_handlers(app)
+    v1 = APIRouter(prefix="/v1", tags=["feedback"], dependencies=[Depends(token_guard(token))],
+                   route_class=Utf8JsonRoute, responses=ERROR_RESPONSES)
+
+    @v1.post("/feedback", status_code=201, response_model=FeedbackCreated,
+             responses={200: {"model": FeedbackCreated, "description": "The key was seen before; nothing stored."},
+                        409: {"model": ErrorBody, "description": "The key was used for different content."}})
+    def post_feedback(item: FeedbackIn, response: Response) -> FeedbackCreated:
+        stored = add_feedback(engine, item)
+        if stored.duplicate:
+            response.status_code = 200
+        return FeedbackCreated(id=stored.id, duplicate=stored.duplicate)
+
+    @v1.get("/feedback", response_model=FeedbackPage)
+    def list_feedback(
+        after_id: AfterId = 0,
+        model: ModelFilter = None,
+        up_to_id: Annotated[int | None, Query(alias="upToId", ge=0, description="Only rows up to this id.")] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+    ) -> FeedbackPage:
+        return feedback_page(engine, model, after_id, up_to_id, limit)
+
+    @v1.get("/feedback/stats", response_model=FeedbackStats)
+    def stats(model: ModelFilter = None, after_id: AfterId = 0) -> FeedbackStats:
+        return feedback_stats(engine, model, after_id)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"model": ErrorBody}})
+    def readyz() -> Response:
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError as error:
+            return error_response(503, f"the database does not answer: {type(error).__name__}")
+        return JSONResponse({"status": "ready"})
+
+    app.include_router(v1)
+    return app

@@ -1,0 +1,45 @@
+"""The one table of the feedback service. The migrations in `migrations/versions` create it; a test
+checks that they and this declaration agree."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from tuneloop.feedback.limits import MAX_LABEL_CHARS, MAX_NAME_CHARS
+
+metadata = MetaData()
+
+feedback = Table(
+    "feedback",
+    metadata,
+    # SQLite only auto-increments an INTEGER key; with sqlite_autoincrement an id is never reused
+    # (ids mark how far a snapshot got).
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("idempotency_key", String(MAX_NAME_CHARS), nullable=False),
+    Column("model", String(MAX_NAME_CHARS), nullable=False),
+    Column("adapter_version", String(MAX_NAME_CHARS)),
+    Column("label", String(MAX_LABEL_CHARS)),
+    Column("prompt", Text),
+    # none_as_null: a missing conversation is SQL NULL, not the JSON value null
+    Column("messages", JSON(none_as_null=True)),
+    Column("answer", Text, nullable=False),
+    Column("correction", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("(prompt IS NULL) <> (messages IS NULL)", name="ck_feedback_prompt_or_messages"),
+    UniqueConstraint("idempotency_key", name="uq_feedback_idempotency_key"),
+    Index("ix_feedback_model_id", "model", "id"),
+    sqlite_autoincrement=True,
+)

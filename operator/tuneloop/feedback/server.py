@@ -1,0 +1,53 @@
+"""Run the feedback service with uvicorn: `serve(...)` for the `tuneloop` command line,
+`python -m tuneloop.feedback` on its own."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import uvicorn
+
+from tuneloop.feedback.app import create_app
+from tuneloop.feedback.auth import TOKEN_ENV, TOKEN_FILE_ENV, TokenError, token_from_environment
+from tuneloop.feedback.database import (
+    DATABASE_URL_ENV,
+    DEFAULT_DATABASE_URL,
+    DatabaseUrlError,
+    database_url_from_environment,
+)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+
+
+def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, database_url: str | None = None,
+          token: str | None = None, *, allow_no_auth: bool = False, log_level: str = "info") -> None:
+    """Serve until interrupted. database_url None: TUNELOOP_FEEDBACK_DATABASE_URL, else a SQLite file
+    in the working folder; token None: TUNELOOP_FEEDBACK_TOKEN or the file in TUNELOOP_FEEDBACK_TOKEN_FILE.
+    Raises TokenError without a token unless allow_no_auth, DatabaseUrlError for a URL it cannot use."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if token is None:
+        token = token_from_environment()
+    app = create_app(database_url or database_url_from_environment(), token, allow_no_auth=allow_no_auth)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tuneloop.feedback", description="Run the Tuneloop feedback service.",
+        epilog=f"The bearer token comes from {TOKEN_ENV} or the file named by {TOKEN_FILE_ENV}.")
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}; "
+                                                             "0.0.0.0 in a pod)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument("--database-url", help=f"postgresql://user:password@host/db or sqlite:///file.db "
+                                               f"(default: {DATABASE_URL_ENV}, else {DEFAULT_DATABASE_URL})")
+    parser.add_argument("--insecure-no-auth", action="store_true",
+                        help="serve without a token: anyone who reaches the port may read and write; local play only")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    try:
+        serve(args.host, args.port, args.database_url, allow_no_auth=args.insecure_no_auth, log_level=args.log_level)
+    except (TokenError, DatabaseUrlError) as error:
+        parser.error(str(error))
+    return 0

@@ -1,0 +1,96 @@
+"""Carry out FineTuneSchedule decisions on a cluster and report what the cluster shows.
+
+observe(): the FineTuneJobs the schedule created (label tuneloop.dev/schedule), the snapshot
+workload of the run in progress, and, only when a slot may start a run, the feedback service's
+count of new corrections. act(): snapshot ConfigMap + Job, the run's FineTuneJob, deletions
+(history limits, Replace).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from tuneloop.api.finetunejob import KIND as FINETUNEJOB_KIND
+from tuneloop.api.finetuneschedule import FineTuneSchedule, FineTuneScheduleStatus
+from tuneloop.config import OperatorConfig
+from tuneloop.reconcile.finetuneschedule import (
+    SCHEDULE_LABEL,
+    Action,
+    CreateJob,
+    DeleteJob,
+    JobView,
+    LaunchSnapshot,
+    Observed,
+    SnapshotState,
+    needs_feedback_count,
+    snapshot_name,
+)
+from tuneloop.runtime.feedback_client import FeedbackUnavailable, feedback_stats
+from tuneloop.runtime.kube_client import KubeClient
+from tuneloop.runtime.kubernetes import observe_batch_job
+from tuneloop.runtime.schedule_manifests import snapshot_objects
+
+FTJ = ("tuneloop.dev/v1alpha1", FINETUNEJOB_KIND)
+
+
+def job_view(obj: dict[str, Any]) -> JobView:
+    status = obj.get("status") or {}
+    evaluation, registry = status.get("evaluation") or {}, status.get("registry") or {}
+    return JobView(phase=status.get("phase", "Pending"), created=obj["metadata"].get("creationTimestamp", ""),
+                   message=status.get("message", ""), gate_passed=(evaluation.get("gate") or {}).get("passed"),
+                   version=registry.get("version"), aliases=tuple(registry.get("aliases") or ()),
+                   score=evaluation.get("score"), baseline_score=evaluation.get("baselineScore"))
+
+
+@dataclass
+class ScheduleRuntime:
+    client: KubeClient
+    config: OperatorConfig
+
+    async def observe(self, schedule: FineTuneSchedule, raw_spec: dict[str, Any], status: FineTuneScheduleStatus,
+                      created: str | None, now: datetime) -> Observed:
+        namespace, name = schedule.metadata.namespace, schedule.metadata.name
+        if not (schedule.spec.feedback.snapshot_uri or "").startswith("pvc://"):
+            return Observed(generation=schedule.metadata.generation, created=created,
+                            spec_problem="spec.feedback.snapshotUri: a cluster needs a pvc://claim/path folder "
+                                         "for the snapshots")
+        jobs = {obj["metadata"]["name"]: job_view(obj)
+                for obj in await self.client.list(*FTJ, namespace, f"{SCHEDULE_LABEL}={name}")}
+        snapshot = None
+        if status.run is not None and status.run.step == "Snapshot":
+            state = await observe_batch_job(self.client, namespace, snapshot_name(status.run.job_name))
+            snapshot = SnapshotState(state.phase, state.result, state.message)
+        new = last = problem = None
+        if needs_feedback_count(raw_spec, status, created, now):
+            try:
+                stats = await feedback_stats(schedule.spec.feedback.url, await self.token(schedule),
+                                             schedule.spec.feedback.model, status.trained_up_to_id)
+                new, last = stats.new_rows, stats.last_id
+            except FeedbackUnavailable as error:
+                problem = str(error)
+        return Observed(jobs=jobs, new_corrections=new, last_feedback_id=last, feedback_problem=problem,
+                        snapshot=snapshot, generation=schedule.metadata.generation, created=created)
+
+    async def token(self, schedule: FineTuneSchedule) -> str | None:
+        reference = schedule.spec.feedback.token_secret
+        if reference is None:
+            return None
+        try:
+            return await self.client.secret_value(schedule.metadata.namespace, reference.name, reference.key,
+                                                  "feedback.tokenSecret")
+        except LookupError as error:
+            raise FeedbackUnavailable(str(error)) from None
+
+    async def act(self, schedule: FineTuneSchedule, action: Action) -> None:
+        namespace = schedule.metadata.namespace
+        if isinstance(action, LaunchSnapshot):
+            for obj in snapshot_objects(schedule, action.name, action.after_id, action.up_to_id, self.config):
+                await self.client.create_if_absent(obj)
+        elif isinstance(action, CreateJob):
+            await self.client.create_if_absent(action.manifest)
+        elif isinstance(action, DeleteJob):
+            await self.client.delete(*FTJ, namespace, action.name)
+        else:
+            raise TypeError(f"not a runtime action: {action!r}")
