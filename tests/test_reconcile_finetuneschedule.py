@@ -156,7 +156,7 @@ def test_history_limits_delete_the_oldest_finished_jobs():
 @pytest.mark.parametrize("field, value, problem", [
     ("schedule", "every night", "is not a 5-field cron expression"),
     ("timeZone", "Mars/Olympus", "is not an IANA time zone"),
-    ("replayFraction", 0.7, "replayFraction"),
+    ("replayFraction", 0.99, "replayFraction"),
 ])
 def test_bad_specs_name_the_field(field, value, problem):
     with pytest.raises(SpecError) as error:

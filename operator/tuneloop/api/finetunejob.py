@@ -114,7 +114,9 @@ class ReplaySpec(WireModel):
 
     uri: str = Field(description="JSONL or Parquet file of general instruction data.")
     format: DataFormat = Field("auto", description="Row shape; auto detects it from the first row.")
-    fraction: float = Field(0.05, gt=0, lt=0.5, description="Share of the training mix that is replay rows.")
+    fraction: float = Field(0.05, gt=0, le=0.95, description="Share of the training mix that is replay rows (a "
+                                                            "FineTuneSchedule's run replays its whole base dataset "
+                                                            "this way, so up to 0.95).")
 
     _uri = field_validator("uri")(check_storage_uri)
 

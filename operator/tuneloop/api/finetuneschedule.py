@@ -83,8 +83,9 @@ class FineTuneScheduleSpec(WireModel):
     successful_jobs_history_limit: int = Field(3, ge=0, le=100, description="Succeeded FineTuneJobs kept.")
     failed_jobs_history_limit: int = Field(1, ge=0, le=100, description="Failed FineTuneJobs kept.")
     feedback: FeedbackSource
-    replay_fraction: float = Field(0.2, gt=0, lt=0.5, description="Share of the training mix taken from the "
-                                                                  "template's dataset.")
+    replay_fraction: float = Field(0.8, gt=0, le=0.95, description=(
+        "Share of the training mix taken from the template's dataset: each run trains a new adapter from the "
+        "base model, so the base data must be there as well as the corrections."))
     job_template: JobTemplate
 
     @field_validator("schedule")
