@@ -9,6 +9,8 @@
     tuneloop rollout promote|abort|retry|status NAME [-n NS]
                                   manual control of a ModelDeployment's blue-green rollout
     tuneloop feedback serve       the feedback service (corrections in, snapshots out)
+    tuneloop images [--config FILE] [--registry REG]
+                                  the images to mirror for an air-gapped cluster, one a line
     tuneloop operator             run the Kubernetes operator (kopf)
 """
 
@@ -371,6 +373,28 @@ def command_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_images(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from tuneloop.config import load_config
+    from tuneloop.images import check_registry, image_list
+
+    registry = None
+    if args.registry is not None:
+        try:
+            registry = check_registry(args.registry)
+        except ValueError as error:
+            print(error, file=sys.stderr)
+            return 2
+    try:
+        config = load_config(args.config)
+    except (OSError, yaml.YAMLError, ValidationError) as error:
+        print(f"{args.config or os.environ.get('TUNELOOP_CONFIG')}: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(image_list(config, registry)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tuneloop", description="Fine-tune and ship private LLMs on Kubernetes.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -432,6 +456,14 @@ def build_parser() -> argparse.ArgumentParser:
     feedback_commands = feedback.add_subparsers(dest="feedback_command", required=True)
     # `tuneloop feedback serve ARGS` is handed to the service's own parser whole (see main).
     feedback_commands.add_parser("serve", help="serve POST /v1/feedback (`tuneloop feedback serve --help`)")
+
+    images = commands.add_parser("images", help="list the container images the operator runs and launches")
+    images.add_argument("--config", type=Path,
+                        help="operator configuration file (default: $TUNELOOP_CONFIG, else the defaults)")
+    images.add_argument("--registry", metavar="REG",
+                        help="rewrite each reference to this private registry (HOST[:PORT][/PATH]), "
+                             "keeping repository path, tag and digest")
+    images.set_defaults(handler=command_images)
 
     crds = commands.add_parser("crds", help="print the CustomResourceDefinitions (generated from the API models)")
     crds.set_defaults(handler=command_crds)

@@ -17,6 +17,8 @@ from tuneloop.api.common import WireModel
 
 
 class Images(WireModel):
+    operator: str = Field("ghcr.io/tuneloop/operator:0.1.0",
+                          description="The operator's own image; the feedback service runs it too.")
     trainer: str = Field("ghcr.io/tuneloop/trainer:0.1.0", description="Trainer image (CUDA).")
     evaluator: str = Field("ghcr.io/tuneloop/evaluator:0.1.0", description="Evaluator image (CUDA).")
     vllm: str = Field("docker.io/vllm/vllm-openai:v0.10.1.1", description="vLLM OpenAI server for ModelDeployments.")
