@@ -39,11 +39,17 @@ TOKEN = "feedback-test-token"
 
 
 class FakeClock:
+    """Behind real time until start_at(): no slot is due before the schedule exists."""
+
     def __init__(self):
-        self.moment = datetime.now(timezone.utc).replace(second=30, microsecond=0)
+        self.moment = datetime.now(timezone.utc) - timedelta(seconds=5)
 
     def now(self) -> datetime:
         return self.moment
+
+    def start_at(self, created: str) -> None:
+        """Just after the schedule's creationTimestamp (whole seconds): the next minute is its first slot."""
+        self.moment = datetime.fromisoformat(created.replace("Z", "+00:00")) + timedelta(seconds=1)
 
     def advance(self, minutes: int = 1) -> None:
         self.moment += timedelta(minutes=minutes)
@@ -133,7 +139,7 @@ def test_one_finetunejob_per_due_slot_never_two_at_once_and_too_few_corrections_
 
             async def body():
                 post_corrections(url, 2, 0)
-                harness.create(schedule_manifest(url))
+                fake.start_at(harness.create(schedule_manifest(url))["metadata"]["creationTimestamp"])
                 await harness.wait_for(lambda: status_of(harness).get("nextScheduleTime"))
                 fake.advance()
                 skipped = await harness.wait_for(lambda: (status_of(harness).get("lastRun") or {}).get("outcome"))
@@ -159,7 +165,8 @@ def test_one_finetunejob_per_due_slot_never_two_at_once_and_too_few_corrections_
                 dataset = ftj["spec"]["dataset"]
                 assert dataset["uri"] == "pvc://datasets/acme/feedback/" + Path(result["path"]).name
                 assert dataset["replay"]["uri"] == "pvc://datasets/acme/tickets.jsonl"
-                assert status_of(harness)["active"] == [run_name]
+                # the FineTuneJob is created first, the status written last: wait for it
+                await harness.wait_for(lambda: status_of(harness).get("active") == [run_name])
 
                 fake.advance()  # the next slot comes while the run trains: Forbid
                 await harness.wait_for(lambda: "still going (Forbid)" in status_of(harness)["lastRun"]["message"])
@@ -197,7 +204,7 @@ def test_a_restarted_operator_continues_the_run_and_missed_slots_run_once(scene)
             post_corrections(url, 6, 0)
 
             async def first():
-                harness.create(schedule_manifest(url))
+                fake.start_at(harness.create(schedule_manifest(url))["metadata"]["creationTimestamp"])
                 await harness.wait_for(lambda: status_of(harness).get("nextScheduleTime"))
                 fake.advance()
                 await harness.wait_for(lambda: snapshot_jobs(harness))

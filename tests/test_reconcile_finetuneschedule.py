@@ -168,3 +168,16 @@ def test_an_empty_snapshot_after_cleaning_is_a_skip_not_a_training():
     decision, status = run_to_training(snapshot_rows=3)
     assert status.run is None and status.last_run.outcome == "Skipped"
     assert not [a for a in decision.actions if isinstance(a, CreateJob)]
+
+
+def test_a_run_started_by_hand_skips_or_snapshots_like_a_scheduled_one():
+    from tuneloop.reconcile.finetuneschedule import start_run
+
+    slot = at("2026-11-23T15:07:00")  # not a cron slot: `--once` runs now
+    few = start_run("nightly", "ml", None, parse_spec(spec()), FineTuneScheduleStatus(),
+                    Observed(new_corrections=3, last_feedback_id=3), slot)
+    assert few.status.run is None and few.status.last_run.outcome == "Skipped"
+    enough = start_run("nightly", "ml", None, parse_spec(spec()), FineTuneScheduleStatus(trained_up_to_id=10),
+                       Observed(new_corrections=30, last_feedback_id=40), slot)
+    assert enough.status.run.step == "Snapshot" and enough.status.last_schedule_time == "2026-11-23T15:07:00Z"
+    assert LaunchSnapshot(f"nightly-{int(slot.timestamp()) // 60}-snapshot", 10, 40) in enough.actions

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
@@ -22,6 +22,9 @@ class WireModel(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
+M = TypeVar("M", bound=WireModel)
+
+
 class Condition(WireModel):
     """A Kubernetes-shaped status condition."""
 
@@ -33,8 +36,17 @@ class Condition(WireModel):
     observed_generation: int | None = None
 
 
+def rfc3339(moment: datetime) -> str:
+    """A Kubernetes timestamp: UTC, whole seconds, `Z`."""
+    return moment.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return rfc3339(datetime.now(timezone.utc))
 
 
 def set_condition(
@@ -128,3 +140,18 @@ def merge_patch_between(old: dict[str, Any], new: dict[str, Any]) -> dict[str, A
         elif value != before:
             patch[key] = value
     return patch
+
+
+def validated(model: type[M], raw: Any, prefix: str) -> M:
+    """`raw` as `model` (wire names only); SpecError lists every problem with its path under `prefix`."""
+    try:
+        return model.model_validate(raw, by_alias=True, by_name=False)
+    except ValidationError as error:
+        raise SpecError(describe_validation_error(error, prefix)) from None
+
+
+def validated_manifest(model: type[M], raw: Any) -> M:
+    """A whole manifest (apiVersion, kind, metadata, spec) as `model`."""
+    if not isinstance(raw, dict):
+        raise SpecError(["manifest: must be a mapping with apiVersion, kind, metadata and spec"])
+    return validated(model, raw, "")

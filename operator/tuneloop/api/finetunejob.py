@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from tuneloop.api.common import API_VERSION, Condition, SpecError, WireModel, describe_validation_error
+from tuneloop.api.common import API_VERSION, Condition, WireModel, validated, validated_manifest
 from tuneloop.api.crd import Kind, Printer
 from tuneloop.api.evaluation import EvaluationResults, EvaluationSpec, RegistryResults, RegistrySpec
 
@@ -319,20 +319,12 @@ class FineTuneJob(WireModel):
 
 def parse_spec(raw: Any) -> FineTuneJobSpec:
     """Validate a raw spec; SpecError lists every problem with its field path (`spec.x.y: ...`)."""
-    try:
-        return FineTuneJobSpec.model_validate(raw, by_alias=True, by_name=False)
-    except ValidationError as error:
-        raise SpecError(describe_validation_error(error, "spec")) from None
+    return validated(FineTuneJobSpec, raw, "spec")
 
 
 def parse_manifest(raw: Any) -> FineTuneJob:
     """Validate a whole FineTuneJob manifest (apiVersion, kind, metadata, spec)."""
-    if not isinstance(raw, dict):
-        raise SpecError(["manifest: must be a mapping with apiVersion, kind, metadata and spec"])
-    try:
-        return FineTuneJob.model_validate(raw, by_alias=True, by_name=False)
-    except ValidationError as error:
-        raise SpecError(describe_validation_error(error, "")) from None
+    return validated_manifest(FineTuneJob, raw)
 
 
 CRD = Kind(

@@ -15,15 +15,15 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tuneloop.api.common import (
     API_VERSION,
     Condition,
-    SpecError,
     WireModel,
     check_http_url,
-    describe_validation_error,
+    validated,
+    validated_manifest,
 )
 from tuneloop.api.crd import Kind, Printer
 from tuneloop.api.evaluation import SecretKeyRef
@@ -164,21 +164,13 @@ class FineTuneSchedule(WireModel):
     status: FineTuneScheduleStatus = Field(default_factory=FineTuneScheduleStatus)
 
 
-def _validated(model: type[WireModel], raw: Any, prefix: str) -> Any:
-    try:
-        return model.model_validate(raw, by_alias=True, by_name=False)
-    except ValidationError as error:
-        raise SpecError(describe_validation_error(error, prefix)) from None
-
-
 def parse_spec(raw: Any) -> FineTuneScheduleSpec:
-    return _validated(FineTuneScheduleSpec, raw, "spec")
+    """Validate a raw spec; SpecError lists every problem with its field path (`spec.x.y: ...`)."""
+    return validated(FineTuneScheduleSpec, raw, "spec")
 
 
 def parse_manifest(raw: Any) -> FineTuneSchedule:
-    if not isinstance(raw, dict):
-        raise SpecError(["manifest: must be a mapping with apiVersion, kind, metadata and spec"])
-    return _validated(FineTuneSchedule, raw, "")
+    return validated_manifest(FineTuneSchedule, raw)
 
 
 CRD = Kind(

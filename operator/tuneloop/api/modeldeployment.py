@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from tuneloop.api.common import API_VERSION, Condition, SpecError, WireModel, describe_validation_error
+from tuneloop.api.common import API_VERSION, Condition, WireModel, validated, validated_manifest
 from tuneloop.api.crd import Kind, Printer
 from tuneloop.api.evaluation import JudgeSpec
 from tuneloop.api.finetunejob import BaseModelRef, ObjectMeta, cel, check_storage_uri
@@ -241,22 +241,13 @@ class ModelDeployment(WireModel):
     status: ModelDeploymentStatus = Field(default_factory=ModelDeploymentStatus)
 
 
-def _validated(model: type[WireModel], raw: Any, prefix: str) -> Any:
-    try:
-        return model.model_validate(raw, by_alias=True, by_name=False)
-    except ValidationError as error:
-        raise SpecError(describe_validation_error(error, prefix)) from None
-
-
 def parse_spec(raw: Any) -> ModelDeploymentSpec:
-    """Validate a raw spec; SpecError lists every problem with its field path (`spec.adapter: ...`)."""
-    return _validated(ModelDeploymentSpec, raw, "spec")
+    """Validate a raw spec; SpecError lists every problem with its field path (`spec.x.y: ...`)."""
+    return validated(ModelDeploymentSpec, raw, "spec")
 
 
 def parse_manifest(raw: Any) -> ModelDeployment:
-    if not isinstance(raw, dict):
-        raise SpecError(["manifest: must be a mapping with apiVersion, kind, metadata and spec"])
-    return _validated(ModelDeployment, raw, "")
+    return validated_manifest(ModelDeployment, raw)
 
 
 CRD = Kind(

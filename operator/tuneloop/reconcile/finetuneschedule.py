@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from tuneloop.api.common import API_VERSION, SpecError, set_condition
+from tuneloop.api.common import API_VERSION, SpecError, parse_time, rfc3339, set_condition
 from tuneloop.api.finetuneschedule import (
     FineTuneScheduleSpec,
     FineTuneScheduleStatus,
@@ -106,14 +106,6 @@ class Decision:
     status: FineTuneScheduleStatus
     actions: list[Action] = field(default_factory=list)
     requeue_after: float | None = None
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def job_name(schedule: str, slot: datetime) -> str:
@@ -374,4 +366,14 @@ def advance_run(name: str, namespace: str, uid: str | None, spec: FineTuneSchedu
     step = Pass(name, namespace, uid, spec, status, observed, now)
     if status.run is not None:
         step.continue_run()
+    return step.decision
+
+
+def start_run(name: str, namespace: str, uid: str | None, spec: FineTuneScheduleSpec,
+              status: FineTuneScheduleStatus, observed: Observed, slot: datetime) -> Decision:
+    """A run for `slot` now, whatever the cron says (`--once`): Skipped with too few corrections,
+    else its snapshot is launched."""
+    status = status.model_copy(deep=True)
+    step = Pass(name, namespace, uid, spec, status, observed, slot)
+    step.maybe_start(slot)
     return step.decision

@@ -20,10 +20,10 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from tuneloop.api.common import SpecError, get_condition, set_condition
+from tuneloop.api.common import SpecError, get_condition, parse_time, rfc3339, set_condition
 from tuneloop.api.modeldeployment import (
     Colour,
     ModelDeploymentSpec,
@@ -145,14 +145,6 @@ class Decision:
     status: ModelDeploymentStatus
     actions: list[Action] = field(default_factory=list)
     requeue_after: float | None = None
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def other(colour: Colour) -> Colour:

@@ -16,24 +16,23 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tuneloop import clock
 from tuneloop.api.finetunejob import FineTuneJob, FineTuneJobStatus
 from tuneloop.api.finetunejob import parse_manifest as parse_job
-from tuneloop.api.finetuneschedule import FineTuneSchedule, FineTuneScheduleStatus, RunStep, ScheduleRun
+from tuneloop.api.finetuneschedule import FineTuneSchedule, FineTuneScheduleStatus, ScheduleRun
 from tuneloop.api.workloads import SnapshotWorkload
 from tuneloop.reconcile.finetuneschedule import (
     CreateJob,
+    Decision,
     EmitEvent,
     JobView,
     Observed,
     SnapshotState,
     advance_run,
-    job_name,
-    rfc3339,
     snapshot_name,
+    start_run,
 )
 from tuneloop.runtime.feedback_client import FeedbackUnavailable, feedback_stats
 from tuneloop.runtime.local import LocalRuntime, resolve_path
@@ -66,35 +65,33 @@ class LocalSchedule:
         feedback = self.schedule.spec.feedback
         return os.environ.get(feedback.token_env or TOKEN_ENV) or None
 
-    def step(self, status: FineTuneScheduleStatus, observed: Observed) -> tuple[FineTuneScheduleStatus, list]:
-        meta = self.schedule.metadata
-        decision = advance_run(meta.name, meta.namespace, None, self.schedule.spec, status, observed, clock.now())
+    def carry_out(self, decision: Decision) -> tuple[FineTuneScheduleStatus, list]:
         for action in decision.actions:
             if isinstance(action, EmitEvent):
                 self.on_event(action)
         self.save_status(decision.status)
         return decision.status, decision.actions
 
+    def step(self, status: FineTuneScheduleStatus, observed: Observed) -> tuple[FineTuneScheduleStatus, list]:
+        meta = self.schedule.metadata
+        return self.carry_out(advance_run(meta.name, meta.namespace, None, self.schedule.spec, status, observed,
+                                          clock.now()))
+
     def run_once(self) -> CycleOutcome:
-        spec, status = self.schedule.spec, self.load_status()
+        spec, meta = self.schedule.spec, self.schedule.metadata
         slot = clock.now().replace(second=0, microsecond=0)
+        status = self.load_status()
         try:
             stats = asyncio.run(feedback_stats(spec.feedback.url, self.token(), spec.feedback.model,
                                                status.trained_up_to_id))
         except FeedbackUnavailable as error:
             raise RuntimeError(f"spec.feedback.url: {error}") from None
-        if stats.new_rows < spec.feedback.min_new_corrections:
-            run = ScheduleRun(scheduled_time=rfc3339(slot), outcome="Skipped",
-                              message=f"{stats.new_rows} new corrections, fewer than minNewCorrections "
-                                      f"{spec.feedback.min_new_corrections}")
-            status.last_run, status.history = run, [*status.history, run][-10:]
-            status.last_schedule_time = rfc3339(slot)
-            self.save_status(status)
-            return CycleOutcome(run)
-        name = job_name(self.schedule.metadata.name, slot)
-        status.last_schedule_time = rfc3339(slot)
-        status.run = RunStep(step="Snapshot", scheduled_time=rfc3339(slot), job_name=name,
-                             new_corrections=stats.new_rows, up_to_id=stats.last_id)
+        status, _ = self.carry_out(start_run(meta.name, meta.namespace, None, spec, status, Observed(
+            new_corrections=stats.new_rows, last_feedback_id=stats.last_id), slot))
+        if status.run is None:  # too few corrections
+            assert status.last_run is not None
+            return CycleOutcome(status.last_run)
+        name = status.run.job_name
         status, actions = self.step(status, Observed(snapshot=self.snapshot(name, status)))
         create = next((action for action in actions if isinstance(action, CreateJob)), None)
         if create is None:  # skipped or failed at the snapshot
@@ -102,8 +99,7 @@ class LocalSchedule:
             return CycleOutcome(status.last_run)
         job = parse_job(create.manifest)
         job_status = self.runtime.run(job)
-        view = job_view(job_status)
-        status, _ = self.step(status, Observed(jobs={name: view}))
+        status, _ = self.step(status, Observed(jobs={name: job_view(job_status)}))
         assert status.last_run is not None
         return CycleOutcome(status.last_run, job, job_status)
 
