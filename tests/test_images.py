@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -148,7 +149,8 @@ def test_every_pip_install_is_held_to_the_constraints(image):
                  if not word.startswith("-") and word != "constraints.txt"]
         for package in named:
             if not package.startswith("."):
-                assert package.lower() in CONSTRAINTS, f"{package} has no pinned version in constraints.txt"
+                name = Requirement(package).name.lower()
+                assert name in CONSTRAINTS, f"{package} has no pinned version in constraints.txt"
 
 
 @pytest.mark.parametrize("extra", ["operator", "feedback", "trainer", "evaluator"])
@@ -172,9 +174,12 @@ def test_every_module_the_operator_runs_exists_in_its_image():
 
 
 def test_the_entrypoints_are_real():
-    assert targets(OPERATOR_DOCKERFILE) == ["operator"]
+    assert targets(OPERATOR_DOCKERFILE) == ["operator", "mlflow"]
     assert exec_form(in_effect(OPERATOR_DOCKERFILE, "operator", "ENTRYPOINT")[0]) == ["tuneloop"]
     assert "tuneloop" in PYPROJECT["project"]["scripts"]
+    assert exec_form(in_effect(OPERATOR_DOCKERFILE, "mlflow", "ENTRYPOINT")[0]) == ["mlflow"]
+    assert "mlflow" in {script.name for script in metadata.distribution("mlflow").entry_points
+                        if script.group == "console_scripts"}
     assert sorted(targets(GPU_DOCKERFILE)) == sorted(GPU_IMAGES)
     for image in GPU_IMAGES:
         python, flag, module = exec_form(in_effect(GPU_DOCKERFILE, image, "ENTRYPOINT")[0])
@@ -215,11 +220,28 @@ def test_a_registry_that_is_not_host_port_path_is_refused(registry):
         check_registry(registry)
 
 
-def test_images_lists_operator_trainer_evaluator_and_vllm_once_each(capsys):
+def test_images_lists_operator_trainer_evaluator_vllm_and_mlflow_once_each(capsys):
     assert main(["images"]) == 0
     defaults = Images()
+    # the adapter fetcher is the evaluator image unless configured apart
     assert capsys.readouterr().out.splitlines() == [defaults.operator, defaults.trainer, defaults.evaluator,
-                                                    defaults.vllm]
+                                                    defaults.vllm, defaults.mlflow]
+
+
+def test_an_image_registry_in_the_config_moves_every_launched_image_under_it():
+    config = OperatorConfig.model_validate({"imageRegistry": "registry.corp:5000/mirror/",
+                                            "images": {"fetcher": "ghcr.io/tuneloop/fetcher:1"}})
+    assert config.image_registry == "registry.corp:5000/mirror"
+    assert image_list(config) == ["registry.corp:5000/mirror/tuneloop/operator:0.1.0",
+                                  "registry.corp:5000/mirror/tuneloop/trainer:0.1.0",
+                                  "registry.corp:5000/mirror/tuneloop/evaluator:0.1.0",
+                                  "registry.corp:5000/mirror/vllm/vllm-openai:v0.10.1.1",
+                                  "registry.corp:5000/mirror/tuneloop/fetcher:1",
+                                  "registry.corp:5000/mirror/tuneloop/mlflow:3.17.2"]
+    assert config.image("vllm/vllm-openai:v0.11.0") == "registry.corp:5000/mirror/vllm/vllm-openai:v0.11.0"
+    assert config.image("registry.corp:5000/mirror/team/vllm:1") == "registry.corp:5000/mirror/team/vllm:1"
+    with pytest.raises(ValueError, match="image registry 'https://registry.corp': give HOST"):
+        OperatorConfig.model_validate({"imageRegistry": "https://registry.corp"})
 
 
 def test_images_reads_the_operator_config_and_deduplicates(tmp_path, capsys):
@@ -233,6 +255,7 @@ def test_images_reads_the_operator_config_and_deduplicates(tmp_path, capsys):
         "harbor.corp/mirror/acme/tuneloop:1.2",
         "harbor.corp/mirror/acme/gpu@sha256:" + "c" * 64,
         "harbor.corp/mirror/vllm/vllm-openai:v0.10.1.1",
+        "harbor.corp/mirror/tuneloop/mlflow:3.17.2",
     ]
 
 

@@ -351,7 +351,12 @@ def command_operator(args: argparse.Namespace) -> int:
                    verbose=args.verbose)
     if args.metrics_port:
         start_http_server(args.metrics_port)
+    settings = kopf.OperatorSettings()
+    # Watching named namespaces needs no cluster-wide reads: kopf then neither lists namespaces
+    # nor watches CustomResourceDefinitions, so namespaced Roles are all the operator is granted.
+    settings.scanning.disabled = bool(args.namespace)
     kopf.run(
+        settings=settings,
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         standalone=args.standalone,

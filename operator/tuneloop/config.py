@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from tuneloop.api.common import WireModel
+from tuneloop.images import check_registry, mirrored
 
 
 class Images(WireModel):
@@ -22,11 +23,23 @@ class Images(WireModel):
     trainer: str = Field("ghcr.io/tuneloop/trainer:0.1.0", description="Trainer image (CUDA).")
     evaluator: str = Field("ghcr.io/tuneloop/evaluator:0.1.0", description="Evaluator image (CUDA).")
     vllm: str = Field("docker.io/vllm/vllm-openai:v0.10.1.1", description="vLLM OpenAI server for ModelDeployments.")
+    fetcher: str | None = Field(None, description="Init container of vLLM pods that fetches an MLflow adapter; "
+                                                  "unset: the evaluator image, which holds the fetch code.")
+    mlflow: str = Field("ghcr.io/tuneloop/mlflow:3.17.2",
+                        description="The MLflow tracking server the Helm chart can bundle (listed for mirroring; "
+                                    "the operator itself does not launch it).")
     pull_policy: str = "IfNotPresent"
+
+    @property
+    def adapter_fetcher(self) -> str:
+        return self.fetcher or self.evaluator
 
 
 class OperatorConfig(WireModel):
     images: Images = Field(default_factory=Images)
+    image_registry: str | None = Field(
+        None, description="Private registry (HOST[:PORT][/PATH]) every launched image is pulled from: the same "
+                          "repository path, tag and digest under it. A ModelDeployment's own image too.")
     image_pull_secrets: list[str] = Field(default_factory=list)
     catalog: dict[str, str] = Field(
         default_factory=dict, description="Model names -> pvc:// or s3:// Hugging Face-format folders.")
@@ -56,6 +69,25 @@ class OperatorConfig(WireModel):
                                                              "(POST /mlflow/webhook); 0: off, aliases are polled.")
     inputs_size: str = Field("200Gi", description="Size limit of the emptyDir that s3:// inputs are fetched into "
                                                  "(the base model's weights plus the data).")
+
+
+    @field_validator("image_registry")
+    @classmethod
+    def _registry_form(cls, registry: str | None) -> str | None:
+        return check_registry(registry) if registry else None
+
+    @model_validator(mode="after")
+    def _images_under_the_registry(self) -> OperatorConfig:
+        if self.image_registry:
+            for name in ("operator", "trainer", "evaluator", "vllm", "fetcher", "mlflow"):
+                reference = getattr(self.images, name)
+                if reference:
+                    setattr(self.images, name, mirrored(reference, self.image_registry))
+        return self
+
+    def image(self, reference: str) -> str:
+        """An image named outside this configuration (a ModelDeployment's spec), as it is pulled."""
+        return mirrored(reference, self.image_registry) if self.image_registry else reference
 
 
 def load_config(path: str | Path | None = None) -> OperatorConfig:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -21,6 +22,7 @@ from tuneloop import clock, metrics
 from tuneloop.api import finetuneschedule as ftsched
 from tuneloop.api import modeldeployment as mdep
 from tuneloop.api.common import GROUP, VERSION, merge_patch_between
+from tuneloop.api.finetunejob import KIND as FTJ_KIND
 from tuneloop.api.finetunejob import PLURAL, TERMINAL_PHASES, FineTuneJob, FineTuneJobStatus
 from tuneloop.config import OperatorConfig, load_config
 from tuneloop.reconcile import finetuneschedule as cron
@@ -35,9 +37,12 @@ from tuneloop.runtime.serving import CannotRender, ServingRuntime
 
 log = logging.getLogger("tuneloop.operator")
 WEBHOOK_SECRET_ENV = "TUNELOOP_MLFLOW_WEBHOOK_SECRET"
+WEBHOOK_SECRET_FILE_ENV = "TUNELOOP_MLFLOW_WEBHOOK_SECRET_FILE"
 RECONCILE_INTERVAL = float(os.environ.get("TUNELOOP_RECONCILE_INTERVAL", "10"))
 STATUS_FIELDS = {field.alias or name for name, field in FineTuneJobStatus.model_fields.items()}
 SCHEDULE_STATUS_FIELDS = {field.alias or name for name, field in ftsched.FineTuneScheduleStatus.model_fields.items()}
+# Phases that may rightly last for ever: not timed by the stuck-phase alert.
+MDEP_SETTLED_PHASES = ("Healthy", "Degraded", "Aborted")
 MDEP_STATUS_FIELDS = {field.alias or name for name, field in mdep.ModelDeploymentStatus.model_fields.items()}
 
 
@@ -65,16 +70,27 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     State.config = load_config()
     State.aliases = AliasResolver(State.config.mlflow_tracking_uri, State.config.alias_poll_seconds)
     if State.config.webhook_port:
-        secret = os.environ.get(WEBHOOK_SECRET_ENV, "")
+        secret = webhook_secret()
         if not secret:
-            raise kopf.PermanentError(f"webhookPort is set but {WEBHOOK_SECRET_ENV} is empty: MLflow webhooks "
-                                      "must be signed")
+            raise kopf.PermanentError(f"webhookPort is set but neither {WEBHOOK_SECRET_ENV} nor the file named by "
+                                      f"{WEBHOOK_SECRET_FILE_ENV} holds a secret: MLflow webhooks must be signed")
         State.webhooks = await mlflow_webhooks.serve(State.aliases, secret, State.config.webhook_port)
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
     # kopf.event() (phase changes, failures) always posts; kopf's own log lines only from WARNING,
     # or every timer tick ("Timer succeeded") would become an Event: one API write per job per period.
     settings.posting.level = logging.WARNING
+
+
+def webhook_secret() -> str:
+    """The MLflow webhooks' signing secret: from a mounted Secret file (the chart), or the environment."""
+    path = os.environ.get(WEBHOOK_SECRET_FILE_ENV)
+    if path:
+        try:
+            return Path(path).read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise kopf.PermanentError(f"{WEBHOOK_SECRET_FILE_ENV}={path}: {error.strerror}") from None
+    return os.environ.get(WEBHOOK_SECRET_ENV, "")
 
 
 def runtime() -> KubernetesRuntime:
@@ -132,6 +148,8 @@ async def reconcile_finetunejob(body: kopf.Body, patch: kopf.Patch) -> None:
     finally:
         metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
     metrics.record_phase(meta.get("uid") or name, decision.status.phase)
+    metrics.phase_entered(FTJ_KIND, meta.get("namespace", ""), name, decision.status.phase,
+                          settled=decision.status.phase in TERMINAL_PHASES)
     patch.status.update(decision.status.to_wire())
 
 
@@ -165,6 +183,7 @@ async def on_change(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
 def on_delete(body: kopf.Body, **_: Any) -> None:
     """Owned ConfigMaps, Services and Jobs go with the FineTuneJob (ownerReferences); only metrics remain."""
     metrics.forget(body["metadata"].get("uid") or body["metadata"]["name"])
+    metrics.phase_forgotten(FTJ_KIND, body["metadata"].get("namespace", ""), body["metadata"]["name"])
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL, initial_delay=RECONCILE_INTERVAL,
@@ -209,6 +228,10 @@ async def reconcile_modeldeployment(body: kopf.Body, patch: kopf.Patch) -> None:
                 await serving().act(md, target, decision.status, action)
             except CannotRender as error:
                 kopf.event(body, type="Warning", reason="CannotRender", message=str(error)[:1024])
+    namespace = meta.get("namespace", "")
+    metrics.rollouts_ended(namespace, meta["name"], status.history, decision.status.history)
+    metrics.phase_entered(mdep.KIND, namespace, meta["name"], decision.status.phase,
+                          settled=decision.status.phase in MDEP_SETTLED_PHASES)
     # A merge patch keeps whatever it does not mention: fields the pass cleared are sent as null.
     patch.status.update(merge_patch_between(stored, decision.status.to_wire()))
 
@@ -243,6 +266,7 @@ def on_deployment_delete(body: kopf.Body, **_: Any) -> None:
     """Deployments, Services and the PodDisruptionBudget go with it (ownerReferences); analyses stop."""
     if State.serving is not None:
         State.serving.forget((body["metadata"].get("namespace"), body["metadata"]["name"]))
+    metrics.phase_forgotten(mdep.KIND, body["metadata"].get("namespace", ""), body["metadata"]["name"])
 
 
 # --- FineTuneSchedule --------------------------------------------------------------------------------

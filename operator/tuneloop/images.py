@@ -8,16 +8,21 @@ is not here: it is named by the manifest, not by the operator's configuration.
 
 from __future__ import annotations
 
-from tuneloop.config import OperatorConfig
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tuneloop.config import OperatorConfig
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}
 
 
 def launched_images(config: OperatorConfig) -> list[str]:
-    """The operator's image (the feedback service runs it too), trainer, evaluator, vLLM; each once."""
+    """The operator's image (the feedback service runs it too), trainer, evaluator, vLLM, the adapter
+    fetcher and the chart's MLflow server; each once."""
     images = config.images
-    return list(dict.fromkeys((images.operator, images.trainer, images.evaluator, images.vllm)))
+    return list(dict.fromkeys((images.operator, images.trainer, images.evaluator, images.vllm,
+                               images.adapter_fetcher, images.mlflow)))
 
 
 def split_reference(reference: str) -> tuple[str, str, str]:
@@ -45,14 +50,18 @@ def split_reference(reference: str) -> tuple[str, str, str]:
 
 
 def mirrored(reference: str, registry: str) -> str:
-    """The same repository path, tag and digest under another registry (host, port, optional path)."""
+    """The same repository path, tag and digest under another registry (host, port, optional path);
+    a reference already under it stays as it is."""
+    registry = registry.rstrip("/")
+    if reference.startswith(f"{registry}/"):
+        return reference
     _, path, suffix = split_reference(reference)
     return f"{registry.rstrip('/')}/{path}{suffix}"
 
 
 def check_registry(registry: str) -> str:
     if "://" in registry or not registry.strip("/") or any(char.isspace() for char in registry):
-        raise ValueError(f"--registry {registry!r}: give HOST[:PORT][/PATH], without a scheme")
+        raise ValueError(f"image registry {registry!r}: give HOST[:PORT][/PATH], without a scheme")
     return registry.rstrip("/")
 
 

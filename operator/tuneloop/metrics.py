@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -34,3 +35,41 @@ def forget(uid: str) -> None:
     previous = _phases.pop(uid, None)
     if previous is not None:
         JOBS_BY_PHASE.labels(phase=previous[0]).dec()
+
+
+ROLLOUTS = Counter("tuneloop_rollouts_total",
+                   "ModelDeployment rollouts that ended, by outcome (Promoted, Failed, Aborted, Superseded, RolledBack).",
+                   ["namespace", "modeldeployment", "outcome"])
+PHASE_SINCE = Gauge("tuneloop_phase_since_timestamp_seconds",
+                    "When a resource entered the phase it is in (Unix time); only phases that should end.",
+                    ["kind", "namespace", "name", "phase"])
+
+_since: dict[tuple[str, str, str], str] = {}
+
+
+def phase_entered(kind: str, namespace: str, name: str, phase: str, settled: bool) -> None:
+    """Time a resource's phase from when this operator first sees it; a settled phase (one that
+    may last for ever: Succeeded, Healthy, Active, ...) is not timed."""
+    key = (kind, namespace, name)
+    previous = _since.get(key)
+    if previous == phase:
+        return
+    if previous is not None:
+        PHASE_SINCE.remove(kind, namespace, name, previous)
+        del _since[key]
+    if not settled:
+        PHASE_SINCE.labels(kind=kind, namespace=namespace, name=name, phase=phase).set(time.time())
+        _since[key] = phase
+
+
+def phase_forgotten(kind: str, namespace: str, name: str) -> None:
+    phase = _since.pop((kind, namespace, name), None)
+    if phase is not None:
+        PHASE_SINCE.remove(kind, namespace, name, phase)
+
+
+def rollouts_ended(namespace: str, name: str, before: list[Any], after: list[Any]) -> None:
+    """Count the rollout records a pass added to a ModelDeployment's history."""
+    for record in after:
+        if record not in before:
+            ROLLOUTS.labels(namespace=namespace, modeldeployment=name, outcome=record.outcome).inc()

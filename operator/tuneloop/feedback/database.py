@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -16,6 +17,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 DATABASE_URL_ENV = "TUNELOOP_FEEDBACK_DATABASE_URL"
+DATABASE_URL_FILE_ENV = "TUNELOOP_FEEDBACK_DATABASE_URL_FILE"  # a mounted Secret: no password in the environment
 DEFAULT_DATABASE_URL = "sqlite:///tuneloop-feedback.db"
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 IMMEDIATE_OPTION = "tuneloop_immediate"
@@ -27,7 +29,16 @@ class DatabaseUrlError(ValueError):
 
 def database_url_from_environment(environ: dict[str, str] | None = None) -> str:
     environ = os.environ if environ is None else environ
-    return environ.get(DATABASE_URL_ENV) or DEFAULT_DATABASE_URL
+    value, file = environ.get(DATABASE_URL_ENV), environ.get(DATABASE_URL_FILE_ENV)
+    if value and file:
+        raise DatabaseUrlError(f"both {DATABASE_URL_ENV} and {DATABASE_URL_FILE_ENV} are set; set one")
+    if file:
+        try:
+            return Path(file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise DatabaseUrlError(f"cannot read the database URL file {file} ({DATABASE_URL_FILE_ENV}): "
+                                   f"{getattr(error, 'strerror', None) or type(error).__name__}") from None
+    return value or DEFAULT_DATABASE_URL
 
 
 def parse_database_url(url: str) -> URL:

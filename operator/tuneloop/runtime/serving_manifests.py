@@ -80,7 +80,7 @@ def adapter_fetch_container(target: Target, config: OperatorConfig) -> dict[str,
     env = [{"name": "MLFLOW_TRACKING_URI", "value": config.mlflow_tracking_uri or ""}, *s3_env(config)]
     env += [{"name": "HOME", "value": SCRATCH}, {"name": "MLFLOW_ENABLE_TELEMETRY", "value": "false"}]
     return {
-        "name": "fetch-adapter", "image": config.images.evaluator, "imagePullPolicy": config.images.pull_policy,
+        "name": "fetch-adapter", "image": config.images.adapter_fetcher, "imagePullPolicy": config.images.pull_policy,
         "command": ["python", "-m", "tuneloop_evaluator.fetch_adapter", target.adapter_source, ADAPTER_DIR],
         "env": env, "resources": FETCH_RESOURCES,
         "volumeMounts": [{"name": "adapter", "mountPath": ADAPTER_DIR}, {"name": "scratch", "mountPath": SCRATCH}],
@@ -145,8 +145,9 @@ def deployment(md: ModelDeployment, colour: Colour, target: Target, replicas: in
         mounts.append({"name": "adapter", "mountPath": ADAPTER_DIR, "readOnly": True})
         volumes.append({"name": "adapter", "emptyDir": {"sizeLimit": config.inputs_size}})
         init.append(adapter_fetch_container(target, config))
+    image = config.image(md.spec.serving.image) if md.spec.serving.image else config.images.vllm
     server = {
-        "name": "vllm", "image": md.spec.serving.image or config.images.vllm,
+        "name": "vllm", "image": image,
         "imagePullPolicy": config.images.pull_policy,
         "command": ["vllm", "serve"], "args": vllm_args(md, model_path, adapter_path), "env": env,
         "ports": [{"name": "http", "containerPort": md.spec.port}],

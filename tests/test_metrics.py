@@ -1,0 +1,49 @@
+"""The operator's metrics the chart's alerts read: time in a phase that should end, rollouts by outcome."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import REGISTRY
+
+from tuneloop import metrics
+from tuneloop.api.modeldeployment import RolloutRecord
+
+
+def since(kind, name, phase):
+    return REGISTRY.get_sample_value("tuneloop_phase_since_timestamp_seconds",
+                                     {"kind": kind, "namespace": "ml", "name": name, "phase": phase})
+
+
+def test_a_phase_is_timed_from_when_it_is_entered_until_it_ends_or_settles():
+    before = time.time()
+    metrics.phase_entered("FineTuneJob", "ml", "ftj-metrics", "Training", settled=False)
+    entered = since("FineTuneJob", "ftj-metrics", "Training")
+    assert before <= entered <= time.time()
+    metrics.phase_entered("FineTuneJob", "ml", "ftj-metrics", "Training", settled=False)
+    assert since("FineTuneJob", "ftj-metrics", "Training") == entered      # the same phase: the clock runs on
+    metrics.phase_entered("FineTuneJob", "ml", "ftj-metrics", "Evaluating", settled=False)
+    assert since("FineTuneJob", "ftj-metrics", "Training") is None
+    assert since("FineTuneJob", "ftj-metrics", "Evaluating") is not None
+    metrics.phase_entered("FineTuneJob", "ml", "ftj-metrics", "Succeeded", settled=True)
+    assert since("FineTuneJob", "ftj-metrics", "Evaluating") is None
+    assert since("FineTuneJob", "ftj-metrics", "Succeeded") is None
+
+
+def test_a_deleted_resource_leaves_no_series():
+    metrics.phase_entered("ModelDeployment", "ml", "md-metrics", "Progressing", settled=False)
+    metrics.phase_forgotten("ModelDeployment", "ml", "md-metrics")
+    assert since("ModelDeployment", "md-metrics", "Progressing") is None
+    metrics.phase_forgotten("ModelDeployment", "ml", "md-metrics")   # twice is harmless
+
+
+def test_only_the_records_a_pass_added_are_counted():
+    def count(outcome):
+        return REGISTRY.get_sample_value("tuneloop_rollouts_total",
+                                         {"namespace": "ml", "modeldeployment": "md-count", "outcome": outcome}) or 0
+    old = RolloutRecord(revision="a1", outcome="Promoted", reason="analysis passed", time="2026-11-23T10:00:00Z")
+    aborted = RolloutRecord(revision="b2", outcome="Aborted", reason="aborted by kubectl annotate",
+                            time="2026-11-23T11:00:00Z")
+    metrics.rollouts_ended("ml", "md-count", [old], [old, aborted])
+    metrics.rollouts_ended("ml", "md-count", [old, aborted], [old, aborted])
+    assert count("Aborted") == 1 and count("Promoted") == 0
