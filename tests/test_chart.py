@@ -4,9 +4,12 @@ every image from the private registry, values checked by the schema, and checkov
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +18,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from test_registry import free_port, wait_until_healthy
 
 from tuneloop.api import finetunejob, modeldeployment
 from tuneloop.cli import build_parser, main
@@ -111,6 +115,18 @@ def test_the_charts_crds_are_the_repositorys():
     assert chart_crds == repository_crds, "copy crds/*.yaml into charts/tuneloop/crds/"
     kinds = {document["spec"]["names"]["kind"] for text in chart_crds.values() for document in yaml.safe_load_all(text)}
     assert kinds == {"FineTuneJob", "ModelDeployment", "FineTuneSchedule", "ClusterKopfPeering", "KopfPeering"}
+
+
+def test_the_packaged_chart_installs_from_a_file_with_nothing_to_fetch(tmp_path):
+    assert "dependencies" not in yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
+    packaged = helm("package", str(CHART), "--destination", str(tmp_path))
+    assert packaged.returncode == 0, packaged.stderr
+    archive = tmp_path / "tuneloop-0.1.0.tgz"
+    result = helm("template", "tuneloop", str(archive), "--namespace", NAMESPACE,
+                  "--values", str(SCENARIOS["airgapped"]), "--include-crds")
+    assert result.returncode == 0, result.stderr
+    kinds = [document["kind"] for document in yaml.safe_load_all(result.stdout) if document]
+    assert kinds.count("CustomResourceDefinition") == 5 and "Deployment" in kinds
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
@@ -419,3 +435,40 @@ def test_checkov_finds_nothing_but_the_accepted_findings(scenario, tmp_path):
     failed = {(check["check_id"], check["resource"]) for item in reports for check in item["results"]["failed_checks"]}
     unexpected = sorted(finding for finding in failed if finding[0] not in accepted_checks())
     assert not unexpected, f"checkov findings the chart's README does not accept: {unexpected}"
+
+
+# --- the bundled MLflow takes the chart's arguments -------------------------------------------------------
+
+def test_the_bundled_mlflow_answers_its_service_names_and_refuses_other_hosts(tmp_path):
+    """The real `mlflow server` with the chart's arguments (volume paths moved into tmp_path): the
+    operator's tracking URI's host is allowed; any other Host header is refused (DNS rebinding)."""
+    objects = render(SCENARIOS["bundled-mlflow-on-a-volume"])
+    container = dict(pod_specs(objects))["Deployment/t-tuneloop-mlflow"]["containers"][0]
+    port = free_port()
+    args = [arg.replace("/data/", f"{tmp_path}/").replace("--host=0.0.0.0", "--host=127.0.0.1")
+            .replace("--port=5000", f"--port={port}") for arg in container["args"]]
+    environment = {item["name"]: item["value"] for item in container["env"] if "value" in item}
+    log_path = tmp_path / "server.log"
+    with log_path.open("w") as log_file:
+        server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), *args], cwd=tmp_path,
+                                  stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                  env={**os.environ, **environment, "HOME": str(tmp_path)})
+    try:
+        wait_until_healthy(f"http://127.0.0.1:{port}", server, log_path)
+        tracking_host = operator_config(objects).mlflow_tracking_uri.removeprefix("http://")
+        assert tracking_host == f"t-tuneloop-mlflow.{NAMESPACE}.svc:5000"
+        path = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+        assert http_status(port, path, tracking_host) == 200
+        assert http_status(port, path, "attacker.example.com") == 403
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def http_status(port: int, path: str, host: str) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path, headers={"Host": host})
+        return connection.getresponse().status
+    finally:
+        connection.close()
