@@ -25,9 +25,9 @@ from tuneloop.cli import build_parser, main
 from tuneloop.config import OperatorConfig
 from tuneloop.feedback.auth import TOKEN_FILE_ENV
 from tuneloop.feedback.database import DATABASE_URL_FILE_ENV
-from tuneloop.handlers import WEBHOOK_SECRET_FILE_ENV
 from tuneloop.reconcile.modeldeployment import target_for
 from tuneloop.runtime.manifests import training_objects
+from tuneloop.runtime.mlflow_webhooks import SECRET_FILE_ENV as WEBHOOK_SECRET_FILE_ENV
 from tuneloop.runtime.serving_manifests import deployment
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -119,3 +119,14 @@ def test_mlflow_registry_webhooks_make_a_moved_alias_known_before_the_next_poll(
             await runner.cleanup()
 
     asyncio.run(scenario())
+
+
+def test_the_webhook_secret_comes_from_a_mounted_file_or_the_environment(tmp_path):
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-the-secret-volume\n")
+    assert mlflow_webhooks.secret_from_environment({"TUNELOOP_MLFLOW_WEBHOOK_SECRET_FILE": str(secret_file)}) == \
+        "from-the-secret-volume"
+    assert mlflow_webhooks.secret_from_environment({"TUNELOOP_MLFLOW_WEBHOOK_SECRET": "from-env"}) == "from-env"
+    assert mlflow_webhooks.secret_from_environment({}) == ""
+    with pytest.raises(ValueError, match=f"TUNELOOP_MLFLOW_WEBHOOK_SECRET_FILE={tmp_path / 'missing'}: No such file"):
+        mlflow_webhooks.secret_from_environment({"TUNELOOP_MLFLOW_WEBHOOK_SECRET_FILE": str(tmp_path / "missing")})

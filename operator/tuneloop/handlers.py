@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import kopf
@@ -36,8 +35,6 @@ from tuneloop.runtime.schedules import ScheduleRuntime
 from tuneloop.runtime.serving import CannotRender, ServingRuntime
 
 log = logging.getLogger("tuneloop.operator")
-WEBHOOK_SECRET_ENV = "TUNELOOP_MLFLOW_WEBHOOK_SECRET"
-WEBHOOK_SECRET_FILE_ENV = "TUNELOOP_MLFLOW_WEBHOOK_SECRET_FILE"
 RECONCILE_INTERVAL = float(os.environ.get("TUNELOOP_RECONCILE_INTERVAL", "10"))
 STATUS_FIELDS = {field.alias or name for name, field in FineTuneJobStatus.model_fields.items()}
 SCHEDULE_STATUS_FIELDS = {field.alias or name for name, field in ftsched.FineTuneScheduleStatus.model_fields.items()}
@@ -70,27 +67,20 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     State.config = load_config()
     State.aliases = AliasResolver(State.config.mlflow_tracking_uri, State.config.alias_poll_seconds)
     if State.config.webhook_port:
-        secret = webhook_secret()
+        try:
+            secret = mlflow_webhooks.secret_from_environment()
+        except ValueError as error:
+            raise kopf.PermanentError(str(error)) from None
         if not secret:
-            raise kopf.PermanentError(f"webhookPort is set but neither {WEBHOOK_SECRET_ENV} nor the file named by "
-                                      f"{WEBHOOK_SECRET_FILE_ENV} holds a secret: MLflow webhooks must be signed")
+            raise kopf.PermanentError(f"webhookPort is set but neither {mlflow_webhooks.SECRET_ENV} nor the file "
+                                      f"{mlflow_webhooks.SECRET_FILE_ENV} names holds a secret: MLflow webhooks "
+                                      "must be signed")
         State.webhooks = await mlflow_webhooks.serve(State.aliases, secret, State.config.webhook_port)
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
     # kopf.event() (phase changes, failures) always posts; kopf's own log lines only from WARNING,
     # or every timer tick ("Timer succeeded") would become an Event: one API write per job per period.
     settings.posting.level = logging.WARNING
-
-
-def webhook_secret() -> str:
-    """The MLflow webhooks' signing secret: from a mounted Secret file (the chart), or the environment."""
-    path = os.environ.get(WEBHOOK_SECRET_FILE_ENV)
-    if path:
-        try:
-            return Path(path).read_text(encoding="utf-8").strip()
-        except OSError as error:
-            raise kopf.PermanentError(f"{WEBHOOK_SECRET_FILE_ENV}={path}: {error.strerror}") from None
-    return os.environ.get(WEBHOOK_SECRET_ENV, "")
 
 
 def runtime() -> KubernetesRuntime:

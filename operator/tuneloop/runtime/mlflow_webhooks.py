@@ -9,7 +9,8 @@ MLflow itself. A forged event can at most cause an extra lookup.
 Register it once per MLflow server, e.g.:
     MlflowClient().create_webhook(name="tuneloop", url="http://tuneloop-operator.tuneloop:8081/mlflow/webhook",
                                   events=["model_version_alias.created", "model_version_alias.deleted"],
-                                  secret=<the value of TUNELOOP_MLFLOW_WEBHOOK_SECRET>)
+                                  secret=<the operator's secret: TUNELOOP_MLFLOW_WEBHOOK_SECRET, or the
+                                          file TUNELOOP_MLFLOW_WEBHOOK_SECRET_FILE names>)
 (an in-cluster http:// URL needs MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true and
 MLFLOW_WEBHOOK_ALLOWED_SCHEMES=http,https on the MLflow server: it allows public https URLs only).
 """
@@ -21,7 +22,9 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import time
+from pathlib import Path
 
 from aiohttp import web
 
@@ -31,6 +34,22 @@ log = logging.getLogger("tuneloop.webhooks")
 PATH = "/mlflow/webhook"
 MAX_AGE_SECONDS = 300  # older deliveries are replays
 ALIAS_EVENTS = {("model_version_alias", "created"), ("model_version_alias", "deleted")}
+SECRET_ENV = "TUNELOOP_MLFLOW_WEBHOOK_SECRET"
+SECRET_FILE_ENV = "TUNELOOP_MLFLOW_WEBHOOK_SECRET_FILE"  # a mounted Secret (the Helm chart)
+
+
+def secret_from_environment(environ: dict[str, str] | None = None) -> str:
+    """The signing secret: the file SECRET_FILE_ENV names, or SECRET_ENV; "" when neither is set.
+    Raises ValueError when the file cannot be read."""
+    environ = os.environ if environ is None else environ
+    path = environ.get(SECRET_FILE_ENV)
+    if path:
+        try:
+            return Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"{SECRET_FILE_ENV}={path}: "
+                             f"{getattr(error, 'strerror', None) or type(error).__name__}") from None
+    return environ.get(SECRET_ENV, "")
 
 
 def signature(secret: str, delivery_id: str, timestamp: str, body: str) -> str:
