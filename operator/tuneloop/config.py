@@ -70,7 +70,6 @@ class OperatorConfig(WireModel):
     inputs_size: str = Field("200Gi", description="Size limit of the emptyDir that s3:// inputs are fetched into "
                                                  "(the base model's weights plus the data).")
 
-
     @field_validator("image_registry")
     @classmethod
     def _registry_form(cls, registry: str | None) -> str | None:

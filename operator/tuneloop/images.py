@@ -56,7 +56,7 @@ def mirrored(reference: str, registry: str) -> str:
     if reference.startswith(f"{registry}/"):
         return reference
     _, path, suffix = split_reference(reference)
-    return f"{registry.rstrip('/')}/{path}{suffix}"
+    return f"{registry}/{path}{suffix}"
 
 
 def check_registry(registry: str) -> str:

@@ -13,6 +13,12 @@ PHASE_CHANGES = Counter("tuneloop_finetunejob_phase_changes_total", "FineTuneJob
 JOBS_BY_PHASE = Gauge("tuneloop_finetunejobs", "FineTuneJobs this operator knows, by phase.", ["phase"])
 SECONDS_IN_PHASE = Histogram("tuneloop_finetunejob_phase_seconds", "Time FineTuneJobs spent in a phase.", ["phase"],
                              buckets=(1, 10, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 48 * 3600, float("inf")))
+ROLLOUTS = Counter("tuneloop_rollouts_total",
+                   "ModelDeployment rollouts that ended, by outcome (Promoted, Failed, Aborted, Superseded, "
+                   "RolledBack).", ["namespace", "modeldeployment", "outcome"])
+PHASE_SINCE = Gauge("tuneloop_phase_since_timestamp_seconds",
+                    "When a resource entered the phase it is in (Unix time); only phases that should end.",
+                    ["kind", "namespace", "name", "phase"])
 
 _phases: dict[str, tuple[str, float]] = {}
 
@@ -36,13 +42,6 @@ def forget(uid: str) -> None:
     if previous is not None:
         JOBS_BY_PHASE.labels(phase=previous[0]).dec()
 
-
-ROLLOUTS = Counter("tuneloop_rollouts_total",
-                   "ModelDeployment rollouts that ended, by outcome (Promoted, Failed, Aborted, Superseded, RolledBack).",
-                   ["namespace", "modeldeployment", "outcome"])
-PHASE_SINCE = Gauge("tuneloop_phase_since_timestamp_seconds",
-                    "When a resource entered the phase it is in (Unix time); only phases that should end.",
-                    ["kind", "namespace", "name", "phase"])
 
 _since: dict[tuple[str, str, str], str] = {}
 
