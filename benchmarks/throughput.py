@@ -1,0 +1,866 @@
+"""Training throughput: the plain recipe, Tuneloop's trainer and the fast peers, side by side (issue 16).
+
+    python benchmarks/throughput.py                                   # CPU: SmolLM2-135M LoRA
+    python benchmarks/throughput.py --shape llama-3.1-8b --method qlora   # GPU (CUDA) shapes
+    python benchmarks/throughput.py --shape llama-3.2-1b --method lora --dry-run   # plan only
+    python benchmarks/throughput.py --check-loss                      # speed must not change the maths
+
+One run trains every variant on the same machine, on the same fixed-seed synthetic instruction
+data (lengths log-normal, median about 200 tokens, mean about 250, at most 1024), the same
+examples and so the same number of tokens, one after the other, each in its own child process:
+
+  plain    transformers + peft + TRL SFTTrainer as the guides write it: batch 2 x accumulation 4,
+           gradient checkpointing, padded batches, completion-only loss, TRL's default optimizer;
+           bf16 on CUDA, fp32 on CPU; qlora: bitsandbytes NF4, double quantisation, bf16 compute.
+  tuneloop tuneloop_trainer.train.Training with TrainingSpec's defaults (micro batch 8, packing,
+           precision auto, optimizer auto).
+  liger    the plain recipe with SFTConfig(use_liger_kernel=True)   (CUDA, liger-kernel installed)
+  unsloth  Unsloth's FastLanguageModel + the same SFTTrainer config (CUDA, unsloth installed)
+
+Every variant trains LoRA r16, alpha 32 on q,k,v,o_proj (dropout 0.05; Unsloth 0, its fast path),
+lr 2e-4, max length 1024, `--steps` optimizer steps of 8 examples.
+
+Shapes: smollm2-135m is the real model of the local catalog (CPU or CUDA); llama-3.2-1b and
+llama-3.1-8b are randomly initialised from their published configurations (nothing is
+downloaded; the folder is written once under ~/.cache/tuneloop/bench-models, on the GPU),
+with SmolLM2's tokenizer (its ids are valid in Llama 3's larger vocabulary); llama-tiny is a
+small random Llama that runs the random-init path on a CPU in seconds.
+
+Timed: optimizer steps 2..N (step 1 is warm-up), CUDA synchronised at every step end. Tokens:
+non-padding tokens. Peak memory: torch.cuda.max_memory_allocated on CUDA, peak RSS on CPU.
+MFU: 4 x base parameters x tokens/s over the device's dense bf16 peak (LoRA: forward plus the
+input-gradient half of backward; attention FLOPs not counted).
+
+--check-loss trains the plain recipe and Tuneloop for 3 steps on identical unpacked micro-batches
+(2 x 4, same order, same seeded LoRA init on q,k,v,o, dropout 0, fp32, lr 2e-4 constant) and
+compares the per-step losses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import platform
+import random
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+for folder in ("operator", "trainer-image"):
+    if str(REPO / folder) not in sys.path:
+        sys.path.insert(0, str(REPO / folder))
+
+EXAMPLES_PER_STEP = 8
+PLAIN_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
+LEARNING_RATE = 2e-4
+MAX_LENGTH = 1024
+LENGTH_MEDIAN, LENGTH_SIGMA, LENGTH_MIN = 200, 0.668, 48   # log-normal: mean = median * exp(sigma^2 / 2) = 250
+HOLD_OUT_FRACTION = 0.05
+HOLD_OUT_KEPT = 8          # hold-out examples Tuneloop scores before/after (outside the timed loop)
+CHECK_STEPS = 3
+CHECK_TOLERANCE = 1e-3
+MODEL_CACHE = Path(os.environ.get("TUNELOOP_BENCH_MODELS", Path.home() / ".cache" / "tuneloop" / "bench-models"))
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+               "TOKENIZERS_PARALLELISM": "false", "DISABLE_MLFLOW_INTEGRATION": "TRUE"}
+# Dense bf16 peaks (no sparsity) by a substring of torch.cuda.get_device_name().
+GPU_BF16_PEAK = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
+VARIANTS = ("plain", "tuneloop", "liger", "unsloth")
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    catalog: str | None = None                       # a catalog entry, or a random-init config:
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def random_init(self) -> bool:
+        return self.catalog is None
+
+
+LLAMA3 = {"model_type": "llama", "vocab_size": 128256, "num_key_value_heads": 8, "hidden_act": "silu",
+          "rms_norm_eps": 1e-5, "max_position_embeddings": 131072, "rope_theta": 500000.0}
+SHAPES = {
+    "smollm2-135m": Shape("smollm2-135m", catalog="smollm2-135m-instruct"),
+    "llama-3.2-1b": Shape("llama-3.2-1b", config={
+        **LLAMA3, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+        "head_dim": 64, "tie_word_embeddings": True,
+        "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 8192}}),
+    "llama-3.1-8b": Shape("llama-3.1-8b", config={
+        **LLAMA3, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "head_dim": 128, "tie_word_embeddings": False,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 8192}}),
+    "llama-tiny": Shape("llama-tiny", config={
+        **LLAMA3, "vocab_size": 49152, "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "tie_word_embeddings": True}),
+}
+
+
+# --- models, data, workloads (shared by parent and children) ----------------------------------
+
+def cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def smollm2_path() -> str:
+    from tuneloop.catalog import lookup, materialize
+
+    return str(materialize(lookup(SHAPES["smollm2-135m"].catalog)))
+
+
+def shape_config(shape: Shape):
+    """The transformers config of a shape (read from the catalog model, or built from the table)."""
+    from transformers import AutoConfig, LlamaConfig
+
+    if not shape.random_init:
+        return AutoConfig.from_pretrained(smollm2_path())
+    from tuneloop_trainer.model import load_tokenizer
+
+    tokenizer = load_tokenizer(smollm2_path())
+    settings = {k: v for k, v in shape.config.items() if k != "model_type"}
+    return LlamaConfig(**settings, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id)
+
+
+def base_parameters(shape: Shape) -> int:
+    """Parameters of the base model (tied embeddings once), counted on the meta device: no memory."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(shape_config(shape))
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_path(shape: Shape) -> str:
+    """The catalog model's folder, or a random-init folder written once (bf16 safetensors + tokenizer)."""
+    if not shape.random_init:
+        return smollm2_path()
+    folder = MODEL_CACHE / shape.name
+    if (folder / "config.json").is_file():
+        return str(folder)
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tuneloop_trainer.model import load_tokenizer
+
+    device = "cuda" if cuda() else "cpu"
+    if device == "cpu" and shape.name != "llama-tiny":
+        raise SystemExit(f"{shape.name}: building the random-init model needs CUDA (use --dry-run here)")
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(shape_config(shape), dtype=torch.bfloat16)
+    partial = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial, safe_serialization=True)
+    load_tokenizer(smollm2_path()).save_pretrained(partial)
+    del model
+    partial.rename(folder)
+    return str(folder)
+
+
+def one_token_words(tokenizer, limit: int = 4000) -> list[str]:
+    """Lower-case words that the tokenizer encodes as one token after a space."""
+    words = []
+    for token in tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), 30000)))):
+        text = tokenizer.convert_tokens_to_string([token])
+        if text.startswith(" ") and text[1:].isalpha() and text[1:].islower() and 3 <= len(text) <= 10 \
+                and len(tokenizer(text, add_special_tokens=False)["input_ids"]) == 1:
+            words.append(text[1:])
+            if len(words) == limit:
+                break
+    return words
+
+
+def synthetic_rows(tokenizer, count: int, seed: int) -> list[dict[str, str]]:
+    """Alpaca rows of random words whose chat-templated length is log-normal (median ~200, mean ~250)."""
+    from tuneloop_trainer.data import Example, tokenize
+
+    words = one_token_words(tokenizer)
+    probe = Example(line=0, messages=[{"role": "user", "content": words[0]},
+                                      {"role": "assistant", "content": words[1]}])
+    overhead = len(tokenize(tokenizer, probe, 10**9).input_ids) - 2
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        length = min(MAX_LENGTH - 4, max(LENGTH_MIN, round(rng.lognormvariate(math.log(LENGTH_MEDIAN), LENGTH_SIGMA))))
+        content = max(2, length - overhead)
+        answer = max(1, round(content * rng.uniform(0.2, 0.6)))
+        text = [rng.choice(words) for _ in range(content)]
+        rows.append({"instruction": " ".join(text[answer:]).capitalize() + "?",
+                     "output": " ".join(text[:answer]).capitalize() + "."})
+    return rows
+
+
+def lora_spec(dropout: float | None = None):
+    from tuneloop.api.finetunejob import LoraSpec
+
+    return LoraSpec(r=LORA["r"], alpha=LORA["alpha"], dropout=LORA["dropout"] if dropout is None else dropout,
+                    target_modules=PLAIN_TARGETS)
+
+
+def workload(args, output_dir: str, check: bool):
+    """The TrainerWorkload the local runner would hand Tuneloop's trainer: one epoch, no checkpoints."""
+    from tuneloop.api.finetunejob import CheckpointSpec, DatasetSpec, MethodSpec, TrainingSpec
+    from tuneloop.api.workloads import TrainerWorkload
+
+    dataset = DatasetSpec(uri=args.data, format="alpaca", hold_out_fraction=HOLD_OUT_FRACTION, seed=7)
+    no_checkpoints = CheckpointSpec(every_steps=0)
+    if check:
+        method = MethodSpec(type="lora", lora=lora_spec(dropout=0.0))
+        training = TrainingSpec(
+            epochs=1, learning_rate=LEARNING_RATE, lr_scheduler="constant", warmup_ratio=0.0, micro_batch_size=2,
+            gradient_accumulation_steps=4, max_seq_length=MAX_LENGTH, packing=False, precision="fp32",
+            optimizer="adamw", seed=args.seed, checkpoints=no_checkpoints)
+    else:
+        method = MethodSpec(type=args.method, lora=lora_spec())
+        training = TrainingSpec(epochs=1, learning_rate=LEARNING_RATE, max_seq_length=MAX_LENGTH, seed=args.seed,
+                                checkpoints=no_checkpoints)
+    return TrainerWorkload(job="default/throughput", model_path=args.model_path, dataset_path=args.data,
+                           dataset=dataset, method=method, training=training, output_dir=output_dir,
+                           preview_examples=0, merge_adapter=False)
+
+
+def selected_rows(spec, tokenizer, count: int):
+    """The training rows exactly as Tuneloop's prepare() orders them (cleaned, split), first `count`."""
+    from tuneloop_trainer.cleaning import clean
+    from tuneloop_trainer.data import load_dataset, split_hold_out, tokenize
+
+    dataset = load_dataset(Path(spec.dataset_path), spec.dataset.format, spec.dataset.system_prompt)
+    rows, _ = clean(dataset.examples, spec.dataset.cleaning, lambda row: len(tokenize(tokenizer, row, 10**9).input_ids))
+    train_rows, _ = split_hold_out(rows, spec.dataset.hold_out_fraction, spec.dataset.seed)
+    if len(train_rows) < count:
+        raise SystemExit(f"only {len(train_rows)} training rows after cleaning and the hold-out split; {count} needed")
+    return train_rows[:count]
+
+
+def rows_needed(examples: int) -> int:
+    return math.ceil(examples / (1 - HOLD_OUT_FRACTION)) + 2
+
+
+def peak_memory_mib() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed_summary(step_ends: list[float], step_tokens: list[int], step_positions: list[int],
+                  first_begin: float) -> dict[str, Any]:
+    """Throughput over steps 2..N (step 1 is warm-up); also over all steps for reference."""
+    steps = len(step_ends)
+    summary: dict[str, Any] = {"steps": steps, "step_seconds": [round(b - a, 3) for a, b in
+                                                               zip([first_begin] + step_ends[:-1], step_ends)],
+                               "step_tokens": step_tokens}
+    if steps >= 2:
+        seconds = step_ends[-1] - step_ends[0]
+        tokens, positions, timed = sum(step_tokens[1:]), sum(step_positions[1:]), steps - 1
+    else:
+        seconds = step_ends[-1] - first_begin
+        tokens, positions, timed = sum(step_tokens), sum(step_positions), steps
+    summary.update(timed_steps=timed, timed_seconds=seconds, tokens=tokens, positions=positions,
+                   tokens_per_second=tokens / seconds, seconds_per_step=seconds / timed,
+                   all_steps_tokens_per_second=sum(step_tokens) / (step_ends[-1] - first_begin))
+    return summary
+
+
+# --- the plain recipe and its peers (TRL SFTTrainer) ------------------------------------------
+
+def prompt_completion(rows) -> list[dict[str, Any]]:
+    """Conversational prompt-completion rows for TRL: the prompt messages and the answer."""
+    return [{"prompt": row.messages[:-1], "completion": row.messages[-1:]} for row in rows]
+
+
+def plain_model(path: str, method: str, precision: str):
+    """from_pretrained as the guides write it: bf16 (or fp32 on CPU), NF4 for qlora."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if precision == "bf16" else torch.float32}
+    if method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16)
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def sft_trainer(rows, tokenizer, model, output_dir: str, seed: int, steps: int, *, meter: dict, check: bool = False,
+                precision: str = "fp32", peft_config=None, lora_init: dict | None = None, **config_extra):
+    """SFTTrainer + SFTConfig the way the guides copy it; `check` makes it comparable step for step."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if meter["first_begin"] is None:
+                sync()
+                meter["first_begin"] = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            sync()
+            meter["step_ends"].append(time.perf_counter())
+            for key in ("tokens", "positions", "loss"):
+                meter[f"step_{key}"].append(meter[f"current_{key}"])
+                meter[f"current_{key}"] = 0
+
+    class CountingSFTTrainer(SFTTrainer):
+        """Counts the non-padding tokens (attention_mask) of every micro-batch; in a check, its loss too."""
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            mask = inputs["attention_mask"]
+            meter["current_tokens"] += int(mask.sum())
+            meter["current_positions"] += int(mask.numel())
+            if check:
+                meter["batches"].append({k: inputs[k].clone() for k in ("input_ids", "attention_mask", "labels")})
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if check:
+                meter["current_loss"] += float(loss)
+            return loss
+
+    meter.update(first_begin=None, step_ends=[], step_tokens=[], step_positions=[], step_loss=[], batches=[],
+                 current_tokens=0, current_positions=0, current_loss=0.0)
+    if check:  # identical batches in Tuneloop's order, constant lr, no warmup
+        config_extra.update(train_sampling_strategy="sequential", lr_scheduler_type="constant", warmup_steps=0)
+    config = SFTConfig(
+        output_dir=output_dir, per_device_train_batch_size=2, gradient_accumulation_steps=4,
+        gradient_checkpointing=True, learning_rate=LEARNING_RATE, num_train_epochs=1, max_steps=steps,
+        max_length=MAX_LENGTH, packing=False, completion_only_loss=True,
+        bf16=precision == "bf16",  # SFTConfig's default is bf16=True; the CPU plain recipe is fp32
+        report_to="none", save_strategy="no", disable_tqdm=True, seed=seed, **config_extra)
+    trainer = CountingSFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(prompt_completion(rows)),
+                                 processing_class=tokenizer, peft_config=peft_config, callbacks=[Clock()])
+    if lora_init is not None:
+        copy_lora(trainer.model, lora_init)
+    return trainer
+
+
+def peft_lora(dropout: float):
+    from peft import LoraConfig
+
+    return LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=dropout, target_modules=PLAIN_TARGETS,
+                      task_type="CAUSAL_LM")
+
+
+def same_tokens_as_tuneloop(trainer, rows, tokenizer) -> bool:
+    """Does TRL's tokenization give the ids and loss mask Tuneloop's data.tokenize gives?"""
+    from tuneloop_trainer.data import IGNORE_INDEX, tokenize
+
+    prepared = trainer.train_dataset
+    for index, row in enumerate(rows):
+        ours = tokenize(tokenizer, row, MAX_LENGTH)
+        if prepared[index]["input_ids"] != ours.input_ids:
+            return False
+        if [label != -100 for label in prepared[index]["labels"]] != [l != IGNORE_INDEX for l in ours.labels]:
+            return False
+    return True
+
+
+def worker_sft(args) -> dict[str, Any]:
+    """plain, liger and unsloth: the same SFTTrainer run, with a different model or one flag."""
+    if args.worker == "unsloth":
+        import unsloth  # noqa: F401  (must be imported before transformers and trl to patch them)
+    import torch
+
+    from tuneloop_trainer.model import load_tokenizer
+
+    torch.manual_seed(args.seed)
+    count = args.steps * EXAMPLES_PER_STEP
+    precision = "bf16" if cuda() else "fp32"
+    with tempfile.TemporaryDirectory(prefix=f"bench-{args.worker}-") as output_dir:
+        spec = workload(args, output_dir, check=False)
+        tokenizer = load_tokenizer(args.model_path)
+        rows = selected_rows(spec, tokenizer, count)
+        meter: dict = {}
+        started = time.perf_counter()
+        extra: dict[str, Any] = {}
+        if args.worker == "unsloth":
+            from unsloth import FastLanguageModel
+
+            model, _ = FastLanguageModel.from_pretrained(
+                model_name=args.model_path, max_seq_length=MAX_LENGTH, dtype=None,
+                load_in_4bit=args.method == "qlora", local_files_only=True)
+            model = FastLanguageModel.get_peft_model(
+                model, r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=0, target_modules=PLAIN_TARGETS,
+                use_gradient_checkpointing="unsloth", random_state=args.seed)
+            peft_config, dropout = None, 0.0
+        else:
+            model = plain_model(args.model_path, args.method, precision)
+            peft_config, dropout = peft_lora(LORA["dropout"]), LORA["dropout"]
+            if args.worker == "liger":
+                extra["use_liger_kernel"] = True
+        trainer = sft_trainer(rows, tokenizer, model, output_dir, args.seed, args.steps, meter=meter,
+                              precision=precision, peft_config=peft_config, **extra)
+        trainer.train()
+        wall = time.perf_counter() - started
+        same = same_tokens_as_tuneloop(trainer, rows, tokenizer)
+    summary = timed_summary(meter["step_ends"], meter["step_tokens"], meter["step_positions"], meter["first_begin"])
+    weights = {"qlora": "NF4 base, bf16 compute"}.get(args.method, "bf16" if precision == "bf16" else "fp32")
+    summary.update(name=args.worker, examples=count, wall_seconds=wall, peak_memory_mib=peak_memory_mib(),
+                   same_tokens_as_tuneloop=same, weights=weights,
+                   batches="2 x 4, padded, grad ckpt" + (", liger kernels" if extra else ""),
+                   lora=f"r{LORA['r']} alpha{LORA['alpha']} dropout{dropout:g} {','.join(PLAIN_TARGETS)}")
+    return summary
+
+
+# --- Tuneloop ---------------------------------------------------------------------------------
+
+def clock_reporter(meter: dict):
+    from tuneloop_trainer.progress import ProgressReporter
+
+    class ClockReporter(ProgressReporter):
+        """Records when the loop starts and when each optimizer step has finished."""
+
+        def __init__(self):
+            super().__init__(None, quiet=True)
+
+        def start(self, total_steps: int) -> None:
+            sync()
+            meter["first_begin"] = time.perf_counter()
+
+        def step(self, progress) -> None:
+            sync()
+            meter["step_ends"].append(time.perf_counter())
+            meter["step_loss"].append(progress.loss)
+
+    meter.update(first_begin=None, step_ends=[], step_loss=[])
+    return ClockReporter()
+
+
+def tuneloop_step_tokens(data, training, packing: bool, pad_id: int) -> tuple[list[int], list[int]]:
+    """Non-padding tokens and positions computed per optimizer step, in the loop's own order."""
+    from tuneloop_trainer.batches import make_batch
+    from tuneloop_trainer.train import micro_batches
+
+    batches = micro_batches(data.train, training.micro_batch_size, training.seed, 0)
+    per_step = training.gradient_accumulation_steps
+    tokens, positions = [], []
+    for start in range(0, len(batches), per_step):
+        made = [make_batch(group, packing, pad_id) for group in batches[start:start + per_step]]
+        tokens.append(sum(batch.tokens for batch in made))
+        positions.append(sum(batch.input_ids.numel() for batch in made))
+    return tokens, positions
+
+
+def run_tuneloop(spec, count: int, meter: dict, lora_init: dict | None = None):
+    """Training(...).run() on the first `count` training rows, a short hold-out, optionally a given LoRA init."""
+    import tuneloop_trainer.train as train_module
+    from tuneloop_trainer.distributed import init_world
+
+    record: dict = {}
+    real_prepare, real_load_model = train_module.prepare, train_module.load_model
+
+    def prepare(workload, tokenizer):
+        data = real_prepare(workload, tokenizer)
+        data.train = data.train[:count]
+        data.hold_out = data.hold_out[:HOLD_OUT_KEPT]
+        data.hold_out_rows = data.hold_out_rows[:HOLD_OUT_KEPT]
+        record["data"] = data
+        return data
+
+    def load_model(*a, **k):
+        model = real_load_model(*a, **k)
+        if lora_init is not None:
+            copy_lora(model, lora_init)
+        return model
+
+    train_module.prepare, train_module.load_model = prepare, load_model
+    training = train_module.Training(spec, clock_reporter(meter), init_world())
+    result = training.run()
+    return training, result, record["data"]
+
+
+def worker_tuneloop(args) -> dict[str, Any]:
+    import torch
+
+    from tuneloop_trainer.model import load_tokenizer, weight_dtype
+
+    count = args.steps * EXAMPLES_PER_STEP
+    with tempfile.TemporaryDirectory(prefix="bench-tuneloop-") as output_dir:
+        spec = workload(args, output_dir, check=False)
+        meter: dict = {}
+        started = time.perf_counter()
+        training, result, data = run_tuneloop(spec, count, meter)
+        wall = time.perf_counter() - started
+        pad_id = load_tokenizer(args.model_path).pad_token_id
+    tokens, positions = tuneloop_step_tokens(data, spec.training, training.packing, pad_id)
+    if sum(tokens) != result.tokens_trained:
+        raise SystemExit(f"token count mismatch: {sum(tokens)} counted, {result.tokens_trained} reported")
+    summary = timed_summary(meter["step_ends"], tokens, positions, meter["first_begin"])
+    base = "NF4" if args.method == "qlora" else str(weight_dtype(spec.training, spec.method)).replace("torch.", "")
+    summary.update(
+        name="tuneloop", examples=count, wall_seconds=wall, peak_memory_mib=peak_memory_mib(),
+        packing=training.packing, reported_tokens_trained=result.tokens_trained,
+        reported_tokens_per_second=result.tokens_per_second, weights=f"{base} base + fp32 LoRA",
+        batches=f"{spec.training.micro_batch_size} x {spec.training.gradient_accumulation_steps}, "
+                f"{'packed' if training.packing else 'padded'}",
+        lora=f"r{LORA['r']} alpha{LORA['alpha']} dropout{LORA['dropout']:g} {','.join(PLAIN_TARGETS)}",
+        hold_out_loss=[result.hold_out_loss_before, result.hold_out_loss_after], threads=torch.get_num_threads())
+    return summary
+
+
+# --- --check-loss ------------------------------------------------------------------------------
+
+def reference_lora(path: str, seed: int) -> dict:
+    """A seeded LoRA init (q,k,v,o, r16) both pipelines start from, copied in by parameter name."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    torch.manual_seed(seed)
+    model = get_peft_model(base, peft_lora(0.0))
+    return {name: param.detach().clone() for name, param in model.named_parameters() if "lora_" in name}
+
+
+def copy_lora(model, reference: dict) -> None:
+    import torch
+
+    params = {name: param for name, param in model.named_parameters() if "lora_" in name}
+    if set(params) != set(reference):
+        raise SystemExit(f"LoRA parameters differ: {sorted(set(params) ^ set(reference))[:4]}")
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(reference[name].to(param.device, param.dtype))
+
+
+def rows_of(input_ids, mask, targets) -> list[tuple[list[int], list[int]]]:
+    """Per row of a padded batch: its non-padding ids and next-token targets (-100: no loss)."""
+    lengths = [int(row.sum()) for row in mask]
+    return [(ids[:n].tolist(), t[:n].tolist()) for ids, t, n in zip(input_ids.cpu(), targets.cpu(), lengths)]
+
+
+def trl_targets(labels):
+    """TRL's labels are unshifted; Tuneloop's targets are the labels of the next position."""
+    import torch
+
+    return torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
+
+
+def worker_check(args) -> dict[str, Any]:
+    import torch
+
+    from tuneloop_trainer.batches import make_batch
+    from tuneloop_trainer.model import load_tokenizer
+    from tuneloop_trainer.train import micro_batches
+
+    count = CHECK_STEPS * EXAMPLES_PER_STEP
+    with tempfile.TemporaryDirectory(prefix="bench-check-") as output_dir:
+        spec = workload(args, output_dir, check=True)
+        training = spec.training
+        tokenizer = load_tokenizer(args.model_path)
+        rows = selected_rows(spec, tokenizer, count)
+        init = reference_lora(args.model_path, args.seed)
+
+        # TRL gets the rows in the order Tuneloop's loop visits them, and samples sequentially.
+        order = [i for batch in micro_batches(list(range(count)), training.micro_batch_size, training.seed, 0)
+                 for i in batch]
+        ordered = [rows[i] for i in order]
+        plain_meter: dict = {}
+        trainer = sft_trainer(ordered, tokenizer, plain_model(args.model_path, "lora", "fp32"), output_dir + "/trl",
+                              args.seed, CHECK_STEPS, meter=plain_meter, check=True, peft_config=peft_lora(0.0),
+                              lora_init=init)
+        same_tokens = same_tokens_as_tuneloop(trainer, ordered, tokenizer)
+        trainer.train()
+
+        meter: dict = {}
+        loop, result, data = run_tuneloop(spec, count, meter, lora_init=init)
+        ours = [make_batch(group, False, tokenizer.pad_token_id)
+                for group in micro_batches(data.train, training.micro_batch_size, training.seed, 0)]
+        identical = len(ours) == len(plain_meter["batches"]) and all(
+            rows_of(b["input_ids"], b["attention_mask"], trl_targets(b["labels"]))
+            == rows_of(o.input_ids, o.attention_mask, o.targets)
+            for b, o in zip(plain_meter["batches"], ours))
+
+    trl_losses, our_losses = plain_meter["step_loss"], meter["step_loss"]
+    diffs = [abs(a - b) / max(abs(a), 1e-12) for a, b in zip(trl_losses, our_losses)]
+    return {"trl": trl_losses, "tuneloop": our_losses, "relative_differences": diffs,
+            "max_relative_difference": max(diffs) if diffs else None, "identical_batches": identical,
+            "same_tokens_as_tuneloop": same_tokens, "packing": loop.packing, "examples": count,
+            "threads": torch.get_num_threads()}
+
+
+# --- the parent: header, plan, children, table --------------------------------------------------
+
+def cpu_info() -> tuple[str, float | None, set[str]]:
+    """CPU model name, clock in GHz (as /proc/cpuinfo reports it) and feature flags."""
+    name, mhz, flags = platform.processor() or "unknown", None, set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name":
+                name = value.strip()
+            elif key == "cpu MHz":
+                mhz = max(mhz or 0.0, float(value))
+            elif key == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    return name, (mhz / 1000 if mhz else None), flags
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def device_peak() -> tuple[float | None, str]:
+    """Dense bf16 peak FLOP/s of the device the children use, and where the figure comes from."""
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        for key, peak in GPU_BF16_PEAK.items():
+            if key in name:
+                return peak, f"{name}: dense bf16 peak {peak / 1e12:.0f} TFLOP/s (table)"
+        return None, f"{name}: no bf16 peak in the table, MFU n/a"
+    name, ghz, flags = cpu_info()
+    per_cycle = ((1024, "AMX-BF16 tiles, 1024 bf16 FLOP/cycle/core") if "amx_bf16" in flags else
+                 (128, "AVX512-BF16 dot products, 2 x 64 FLOP/cycle/core") if "avx512_bf16" in flags else None)
+    if ghz is None or per_cycle is None:
+        return None, f"{name}: no bf16 matrix units known (or no clock), MFU n/a"
+    peak = cores() * ghz * 1e9 * per_cycle[0]
+    return peak, (f"{name}: estimated {cores()} cores x {ghz:.2f} GHz x {per_cycle[1]} = {peak / 1e12:.2f} "
+                  "TFLOP/s (an estimate; the VM's reported clock, no turbo)")
+
+
+def header(argv: list[str]) -> None:
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    extras = []
+    for module in ("bitsandbytes", "liger_kernel", "unsloth"):
+        if importlib.util.find_spec(module) is not None:
+            try:
+                from importlib.metadata import version
+
+                extras.append(f"{module} {version(module.replace('_', '-'))}")
+            except Exception:
+                extras.append(f"{module} (version unknown)")
+    print("command:   " + shlex.join([Path(sys.executable).name] + argv))
+    print(f"versions:  torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
+          f"trl {trl.__version__}" + "".join(f", {e}" for e in extras) + f", python {platform.python_version()}")
+    if torch.cuda.is_available():
+        print(f"device:    {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})")
+    else:
+        print(f"device:    CPU {cpu_info()[0]}, {cores()} usable core(s), torch threads {torch.get_num_threads()}, "
+              f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    sys.stdout.flush()
+
+
+def available(variant: str, method: str) -> str | None:
+    """None when the variant can run here, else why not."""
+    if variant in ("liger", "unsloth"):
+        module = {"liger": "liger_kernel", "unsloth": "unsloth"}[variant]
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed"
+        if not cuda():
+            return "needs CUDA"
+    if method == "qlora" and not cuda():
+        return "qlora needs CUDA (bitsandbytes)"
+    if method == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed"
+    return None
+
+
+def run_child(kind: str, args, workdir: Path) -> dict[str, Any]:
+    result, log = workdir / f"{kind}.json", workdir / f"{kind}.log"
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--result", str(result),
+               "--shape", args.shape, "--method", args.method, "--steps", str(args.steps), "--seed", str(args.seed),
+               "--data", args.data, "--model-path", args.model_path]
+    started = time.perf_counter()
+    with log.open("w") as handle:
+        code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT, env=dict(os.environ, **OFFLINE_ENV))
+    if code != 0 or not result.is_file():
+        tail = log.read_text(errors="replace").splitlines()[-40:]
+        raise SystemExit(f"{kind} failed (exit {code}); last lines of its log:\n" + "\n".join(tail))
+    print(f"  {kind}: done in {time.perf_counter() - started:.0f}s", flush=True)
+    return json.loads(result.read_text())
+
+
+def table(rows: list[dict[str, Any]], skipped: dict[str, str], parameters: int, peak: float | None,
+          memory: str) -> str:
+    head = ("variant", "steps timed", "tokens", "tokens/s", "s/step", f"peak {memory} MiB", "MFU", "vs plain")
+    base = next((row["tokens_per_second"] for row in rows if row["name"] == "plain"), None)
+    lines = []
+    for row in rows:
+        speed = row["tokens_per_second"]
+        mfu = f"{4 * parameters * speed / peak:.2%}" if peak else "n/a"
+        lines.append((row["name"], str(row["timed_steps"]), str(row["tokens"]), f"{speed:.1f}",
+                      f"{row['seconds_per_step']:.2f}", f"{row['peak_memory_mib']:.0f}", mfu,
+                      f"{speed / base:.2f}x" if base else "n/a"))
+    for name, reason in skipped.items():
+        lines.append((name, "-", "-", "-", "-", "-", "-", f"skipped: {reason}"))
+    widths = [max(len(cells[i]) for cells in [head] + lines) for i in range(len(head))]
+    fmt = "  ".join("{:<%d}" % widths[0] if i == 0 else "{:>%d}" % w for i, w in enumerate(widths))
+    out = [fmt.format(*head), "  ".join("-" * w for w in widths)]
+    out += [fmt.format(*cells).rstrip() for cells in lines]
+    return "\n".join(out)
+
+
+def length_stats(tokenizer, args, count: int) -> str:
+    from tuneloop_trainer.data import tokenize
+
+    with tempfile.TemporaryDirectory() as output_dir:
+        spec = workload(args, output_dir, check=False)
+        lengths = [len(tokenize(tokenizer, row, MAX_LENGTH).input_ids) for row in selected_rows(spec, tokenizer, count)]
+    return (f"{count} examples, {sum(lengths)} tokens; length median {statistics.median(lengths):.0f}, "
+            f"mean {statistics.mean(lengths):.0f}, max {max(lengths)}")
+
+
+def dry_run(args, shape: Shape, variants: list[str]) -> int:
+    """Everything but training: config, parameter count, LoRA on a meta-device model, data, workloads."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    config = shape_config(shape)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    parameters = sum(p.numel() for p in model.parameters())
+    lora = get_peft_model(model, peft_lora(LORA["dropout"]))
+    trainable = sum(p.numel() for p in lora.parameters() if p.requires_grad)
+    with tempfile.TemporaryDirectory() as output_dir:
+        spec = workload(args, output_dir, check=False)
+    print(f"dry run:   {shape.name} ({'random init' if shape.random_init else 'catalog ' + shape.catalog}), "
+          f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, vocab {config.vocab_size}: "
+          f"{parameters / 1e9:.3f}B parameters, LoRA {trainable / 1e6:.2f}M trainable (built on the meta device)")
+    print(f"           tuneloop workload: method {spec.method.type}, micro batch {spec.training.micro_batch_size} x "
+          f"{spec.training.gradient_accumulation_steps}, packing {spec.training.packing}, "
+          f"max length {spec.training.max_seq_length}")
+    for variant in variants:
+        reason = available(variant, args.method)
+        print(f"           {variant}: {'would run' if reason is None else 'skipped here: ' + reason}")
+    return 0
+
+
+def parent(args, argv: list[str]) -> int:
+    from tuneloop_trainer.model import load_tokenizer
+
+    header(argv)
+    shape = SHAPES[args.shape]
+    variants = [v.strip() for v in args.variants.split(",")]
+    peak, peak_note = device_peak()
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        workdir = Path(tmp)
+        examples = (CHECK_STEPS if args.check_loss else args.steps) * EXAMPLES_PER_STEP
+        tokenizer = load_tokenizer(smollm2_path())
+        args.data = str(workdir / "rows.jsonl")
+        args.model_path = str(MODEL_CACHE / shape.name) if shape.random_init else smollm2_path()
+        rows = synthetic_rows(tokenizer, rows_needed(examples), args.seed)
+        Path(args.data).write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        print(f"data:      synthetic instructions, seed {args.seed}: " + length_stats(tokenizer, args, examples))
+        if args.dry_run:
+            return dry_run(args, shape, variants)
+        args.model_path = model_path(shape)
+        if args.check_loss:
+            print(f"check-loss: {shape.name}, TRL SFTTrainer vs Tuneloop's loop, {CHECK_STEPS} steps x "
+                  f"{EXAMPLES_PER_STEP} examples (2 x 4, unpacked), same batches, same LoRA init, fp32, "
+                  "lr 2e-4 constant, dropout 0", flush=True)
+            return report_check(run_child("check", args, workdir))
+        print(f"shape:     {shape.name}, {args.method}; {args.steps} optimizer steps x {EXAMPLES_PER_STEP} examples "
+              f"per variant; step 1 is warm-up and not timed", flush=True)
+        print(f"MFU peak:  {peak_note}", flush=True)
+        results, skipped = [], {}
+        for variant in variants:
+            reason = available(variant, args.method)
+            if reason is None:
+                results.append(run_child(variant, args, workdir))
+            else:
+                skipped[variant] = reason
+    parameters = base_parameters(shape)
+    print()
+    print(table(results, skipped, parameters, peak, "CUDA alloc" if cuda() else "RSS"))
+    print(f"\nMFU = 4 x {parameters / 1e6:.1f}M base parameters x tokens/s / peak")
+    for row in results:
+        print(f"{row['name']}: {row['weights']}; batches {row['batches']}; LoRA {row['lora']}")
+        print(f"  step seconds {row['step_seconds']}  (all steps incl. warm-up: "
+              f"{row['all_steps_tokens_per_second']:.1f} tokens/s)")
+        print(f"  positions computed / real tokens (padding overhead): {row['positions'] / row['tokens']:.2f}; "
+              f"child wall time {row['wall_seconds']:.0f}s"
+              + (f"; tokenization equals Tuneloop's: {row['same_tokens_as_tuneloop']}"
+                 if "same_tokens_as_tuneloop" in row else ""))
+    return 0
+
+
+def report_check(check: dict) -> int:
+    print()
+    print(f"identical micro-batches (ids and loss positions): {check['identical_batches']}; "
+          f"TRL tokenization equals Tuneloop's: {check['same_tokens_as_tuneloop']}; "
+          f"Tuneloop packing: {check['packing']}")
+    print(f"{'step':>4}  {'TRL SFTTrainer':>16}  {'Tuneloop':>16}  {'rel. diff':>10}")
+    for step, (a, b, d) in enumerate(zip(check["trl"], check["tuneloop"], check["relative_differences"]), 1):
+        print(f"{step:>4}  {a:>16.8f}  {b:>16.8f}  {d:>10.2e}")
+    worst = check["max_relative_difference"]
+    ok = (worst is not None and worst < CHECK_TOLERANCE and check["identical_batches"]
+          and len(check["trl"]) == len(check["tuneloop"]) == CHECK_STEPS)
+    print(f"max relative difference {worst:.2e}: {'PASS' if ok else 'FAIL'} (tolerance {CHECK_TOLERANCE:g})")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="smollm2-135m",
+                        help="model shape (default smollm2-135m; the llama-3.x shapes are for CUDA)")
+    parser.add_argument("--method", choices=("lora", "qlora"), default="lora", help="lora (default) or qlora (CUDA)")
+    parser.add_argument("--steps", type=int, default=6, help="optimizer steps of 8 examples per variant (default 6)")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated subset of {','.join(VARIANTS)} (default all; the unavailable are skipped)")
+    parser.add_argument("--seed", type=int, default=42, help="data and training seed (default 42)")
+    parser.add_argument("--check-loss", action="store_true",
+                        help="compare the first 3 steps' losses of TRL and Tuneloop on identical batches")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build the data, the workloads and the model on the meta device; train nothing")
+    parser.add_argument("--worker", choices=("plain", "liger", "unsloth", "tuneloop", "check"), help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--model-path", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
+    unknown = set(v.strip() for v in args.variants.split(",")) - set(VARIANTS)
+    if unknown:
+        parser.error(f"--variants: unknown {sorted(unknown)}; choose from {','.join(VARIANTS)}")
+    if args.worker is None:
+        return parent(args, [sys.argv[0]] + argv)
+    random.seed(args.seed)
+    worker = {"check": worker_check, "tuneloop": worker_tuneloop}.get(args.worker, worker_sft)
+    summary = worker(args)
+    Path(args.result).write_text(json.dumps(summary), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
