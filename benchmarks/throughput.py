@@ -271,9 +271,14 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def timed_summary(step_ends: list[float], step_tokens: list[int], step_positions: list[int],
-                  first_begin: float) -> dict[str, Any]:
-    """Throughput over steps 2..N (step 1 is warm-up); also over all steps for reference."""
+def timed_summary(meter: dict, step_tokens: list[int], step_positions: list[int]) -> dict[str, Any]:
+    """Throughput over steps 2..N (step 1 is warm-up); also over all steps, and the process's CPU time.
+
+    CPU seconds (all threads of the child, time.process_time) say what a step costs when other work
+    on a shared machine takes turns on the cores: wall-clock seconds then grow, CPU seconds much less.
+    """
+    step_ends, first_begin = meter["step_ends"], meter["first_begin"]
+    cpu = [b - a for a, b in zip([meter["first_cpu"]] + meter["step_cpu"][:-1], meter["step_cpu"])]
     steps = len(step_ends)
     summary: dict[str, Any] = {"steps": steps, "step_seconds": [round(b - a, 3) for a, b in
                                                                zip([first_begin] + step_ends[:-1], step_ends)],
@@ -284,7 +289,9 @@ def timed_summary(step_ends: list[float], step_tokens: list[int], step_positions
     else:
         seconds = step_ends[-1] - first_begin
         tokens, positions, timed = sum(step_tokens), sum(step_positions), steps
-    summary.update(timed_steps=timed, timed_seconds=seconds, tokens=tokens, positions=positions,
+    timed_cpu = sum(cpu[1:]) if steps >= 2 else sum(cpu)
+    summary.update(step_cpu_seconds=[round(c, 3) for c in cpu], tokens_per_cpu_second=tokens / timed_cpu,
+                   timed_steps=timed, timed_seconds=seconds, tokens=tokens, positions=positions,
                    tokens_per_second=tokens / seconds, seconds_per_step=seconds / timed,
                    all_steps_tokens_per_second=sum(step_tokens) / (step_ends[-1] - first_begin))
     return summary
@@ -324,11 +331,12 @@ def sft_trainer(rows, tokenizer, model, output_dir: str, seed: int, steps: int, 
         def on_step_begin(self, args, state, control, **kwargs):
             if meter["first_begin"] is None:
                 sync()
-                meter["first_begin"] = time.perf_counter()
+                meter["first_begin"], meter["first_cpu"] = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kwargs):
             sync()
             meter["step_ends"].append(time.perf_counter())
+            meter["step_cpu"].append(time.process_time())
             for key in ("tokens", "positions", "loss"):
                 meter[f"step_{key}"].append(meter[f"current_{key}"])
                 meter[f"current_{key}"] = 0
@@ -347,7 +355,8 @@ def sft_trainer(rows, tokenizer, model, output_dir: str, seed: int, steps: int, 
                 meter["current_loss"] += float(loss)
             return loss
 
-    meter.update(first_begin=None, step_ends=[], step_tokens=[], step_positions=[], step_loss=[], batches=[],
+    meter.update(first_begin=None, first_cpu=None, step_ends=[], step_cpu=[], step_tokens=[], step_positions=[],
+                 step_loss=[], batches=[],
                  current_tokens=0, current_positions=0, current_loss=0.0)
     if check:  # identical batches in Tuneloop's order, constant lr, no warmup
         config_extra.update(train_sampling_strategy="sequential", lr_scheduler_type="constant", warmup_steps=0)
@@ -423,7 +432,7 @@ def worker_sft(args) -> dict[str, Any]:
         trainer.train()
         wall = time.perf_counter() - started
         same = same_tokens_as_tuneloop(trainer, rows, tokenizer)
-    summary = timed_summary(meter["step_ends"], meter["step_tokens"], meter["step_positions"], meter["first_begin"])
+    summary = timed_summary(meter, meter["step_tokens"], meter["step_positions"])
     weights = {"qlora": "NF4 base, bf16 compute"}.get(args.method, "bf16" if precision == "bf16" else "fp32")
     summary.update(name=args.worker, examples=count, wall_seconds=wall, peak_memory_mib=peak_memory_mib(),
                    same_tokens_as_tuneloop=same, weights=weights,
@@ -445,14 +454,15 @@ def clock_reporter(meter: dict):
 
         def start(self, total_steps: int) -> None:
             sync()
-            meter["first_begin"] = time.perf_counter()
+            meter["first_begin"], meter["first_cpu"] = time.perf_counter(), time.process_time()
 
         def step(self, progress) -> None:
             sync()
             meter["step_ends"].append(time.perf_counter())
+            meter["step_cpu"].append(time.process_time())
             meter["step_loss"].append(progress.loss)
 
-    meter.update(first_begin=None, step_ends=[], step_loss=[])
+    meter.update(first_begin=None, first_cpu=None, step_ends=[], step_cpu=[], step_loss=[])
     return ClockReporter()
 
 
@@ -515,7 +525,7 @@ def worker_tuneloop(args) -> dict[str, Any]:
     tokens, positions = tuneloop_step_tokens(data, spec.training, training.packing, pad_id)
     if sum(tokens) != result.tokens_trained:
         raise SystemExit(f"token count mismatch: {sum(tokens)} counted, {result.tokens_trained} reported")
-    summary = timed_summary(meter["step_ends"], tokens, positions, meter["first_begin"])
+    summary = timed_summary(meter, tokens, positions)
     base = "NF4" if args.method == "qlora" else str(weight_dtype(spec.training, spec.method)).replace("torch.", "")
     summary.update(
         name="tuneloop", examples=count, wall_seconds=wall, peak_memory_mib=peak_memory_mib(),
@@ -803,10 +813,14 @@ def parent(args, argv: list[str]) -> int:
     print()
     print(table(results, skipped, parameters, peak, "CUDA alloc" if cuda() else "RSS"))
     print(f"\nMFU = 4 x {parameters / 1e6:.1f}M base parameters x tokens/s / peak")
+    base = next((row for row in results if row["name"] == "plain"), None)
     for row in results:
         print(f"{row['name']}: {row['weights']}; batches {row['batches']}; LoRA {row['lora']}")
         print(f"  step seconds {row['step_seconds']}  (all steps incl. warm-up: "
               f"{row['all_steps_tokens_per_second']:.1f} tokens/s)")
+        print(f"  step CPU seconds (all threads) {row['step_cpu_seconds']}; timed steps: "
+              f"{row['tokens_per_cpu_second']:.1f} tokens per CPU second"
+              + (f" ({row['tokens_per_cpu_second'] / base['tokens_per_cpu_second']:.2f}x plain)" if base else ""))
         print(f"  positions computed / real tokens (padding overhead): {row['positions'] / row['tokens']:.2f}; "
               f"child wall time {row['wall_seconds']:.0f}s"
               + (f"; tokenization equals Tuneloop's: {row['same_tokens_as_tuneloop']}"

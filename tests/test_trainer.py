@@ -96,14 +96,17 @@ def test_bad_data_fails_before_training_naming_file_and_line(tiny_model_dir, tmp
     assert not (tmp_path / "out" / "adapter").exists()
 
 
-def test_packed_and_padded_batches_give_the_same_loss(tiny_model_dir, tickets):
+@pytest.mark.parametrize("attention", ["sdpa", "tuneloop"])
+def test_packed_and_padded_batches_give_the_same_loss(tiny_model_dir, tickets, attention):
+    from tuneloop_trainer.attention import ATTENTION
     from tuneloop_trainer.batches import packed_batch, padded_batch, summed_loss
     from tuneloop_trainer.data import load_jsonl, tokenize
     from transformers import AutoModelForCausalLM
 
     tokenizer = build_tiny_tokenizer()
     examples = [tokenize(tokenizer, row, 512) for row in load_jsonl(tickets).examples[:5]]
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
+                                                 attn_implementation=ATTENTION if attention == "tuneloop" else attention)
     packed, padded = packed_batch(examples), padded_batch(examples, tokenizer.pad_token_id)
 
     assert packed.target_tokens == padded.target_tokens == sum(e.trained_tokens for e in examples) - 0
@@ -113,6 +116,28 @@ def test_packed_and_padded_batches_give_the_same_loss(tiny_model_dir, tickets):
         alone = float(summed_loss(model, packed_batch(examples[-1:])))
         without_last = float(summed_loss(model, packed_batch(examples[:-1])))
         assert float(summed_loss(model, packed)) == pytest.approx(alone + without_last, rel=1e-4)
+
+
+def test_per_example_attention_gives_the_block_diagonal_masks_loss_and_gradients(tiny_model_dir, tickets):
+    """The packed fast path (attention per example, no row x row mask) changes no sum and no gradient."""
+    from tuneloop_trainer.attention import ATTENTION
+    from tuneloop_trainer.batches import packed_batch, summed_loss
+    from tuneloop_trainer.data import load_jsonl, tokenize
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = build_tiny_tokenizer()
+    batch = packed_batch([tokenize(tokenizer, row, 512) for row in load_jsonl(tickets).examples[:6]])
+    assert batch.lengths is not None and sum(batch.lengths) == batch.input_ids.shape[1]
+    grads = []
+    for attention in ("sdpa", ATTENTION):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attention)
+        loss = summed_loss(model, batch)
+        loss.backward()
+        grads.append((float(loss.detach()), [p.grad.clone() for p in model.parameters()]))
+    (reference, expected), (loss, actual) = grads
+    assert loss == pytest.approx(reference, rel=1e-5)
+    for want, got in zip(expected, actual):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
 def test_local_runtime_trains_evaluates_registers_and_a_second_run_reuses_it(tiny_model_dir, tickets, tmp_path):

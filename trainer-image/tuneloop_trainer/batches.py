@@ -1,8 +1,10 @@
 """Micro-batches and the loss on answer tokens.
 
 Packing concatenates the examples of a micro-batch into one row with position ids that restart
-at 0 for each example; transformers turns restarting position ids into a block-diagonal causal
-mask, so no token attends across an example boundary and no compute is spent on padding.
+at 0 for each example, and keeps the examples' lengths. A model loaded by `model.load_model`
+attends within each example at its own length (`attention.py`); any other model turns the
+restarting position ids into a block-diagonal causal mask. Either way no token attends across an
+example boundary and no compute is spent on padding.
 Targets are shifted inside each example, so no example predicts the next one's first token.
 """
 
@@ -22,6 +24,7 @@ class Batch:
     position_ids: torch.Tensor
     targets: torch.Tensor
     attention_mask: torch.Tensor | None = None
+    lengths: tuple[int, ...] | None = None  # packed: the examples' lengths, in order
 
     @property
     def tokens(self) -> int:
@@ -33,7 +36,8 @@ class Batch:
 
     def to(self, device: torch.device | str) -> "Batch":
         mask = None if self.attention_mask is None else self.attention_mask.to(device)
-        return Batch(self.input_ids.to(device), self.position_ids.to(device), self.targets.to(device), mask)
+        return Batch(self.input_ids.to(device), self.position_ids.to(device), self.targets.to(device), mask,
+                     self.lengths)
 
 
 def shifted_targets(example: TokenizedExample) -> list[int]:
@@ -46,7 +50,8 @@ def packed_batch(examples: list[TokenizedExample]) -> Batch:
         ids.extend(example.input_ids)
         positions.extend(range(len(example.input_ids)))
         targets.extend(shifted_targets(example))
-    return Batch(torch.tensor([ids]), torch.tensor([positions]), torch.tensor([targets]))
+    return Batch(torch.tensor([ids]), torch.tensor([positions]), torch.tensor([targets]),
+                 lengths=tuple(len(example.input_ids) for example in examples))
 
 
 def padded_batch(examples: list[TokenizedExample], pad_token_id: int) -> Batch:
@@ -74,9 +79,10 @@ def summed_loss(causal_lm: torch.nn.Module, batch: Batch) -> torch.Tensor:
     head is a large share of the compute, and prompt tokens need none of it.
     """
     decoder = getattr(causal_lm, causal_lm.base_model_prefix)
+    packed = {} if batch.lengths is None else {"packed_lengths": batch.lengths}
     hidden = decoder(
         input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=batch.attention_mask,
-        use_cache=False,
+        use_cache=False, **packed,
     ).last_hidden_state
     selected = batch.targets != IGNORE_INDEX
     logits = causal_lm.get_output_embeddings()(hidden[selected])

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from tuneloop.api.finetunejob import MethodSpec, TrainingSpec
+from tuneloop_trainer.attention import ATTENTION
 
 
 class UnsupportedHardware(RuntimeError):
@@ -45,7 +46,7 @@ def load_model(model_path: str, method: MethodSpec, training: TrainingSpec) -> t
     from transformers import AutoModelForCausalLM
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    kwargs: dict[str, Any] = {"dtype": weight_dtype(training, method), "attn_implementation": "sdpa"}
+    kwargs: dict[str, Any] = {"dtype": weight_dtype(training, method), "attn_implementation": ATTENTION}
     if method.type == "qlora":
         if not torch.cuda.is_available():
             raise UnsupportedHardware(

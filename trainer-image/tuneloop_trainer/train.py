@@ -316,12 +316,13 @@ class Training:
                     group = batches[state.batch_in_epoch:state.batch_in_epoch + per_step]
                     mine = [make_batch(examples, self.packing, pad_id) for examples in group[world.rank::world.size]]
                     step_targets = sum_int(world, sum(batch.target_tokens for batch in mine), device)
-                    local_loss = 0.0
+                    losses = []  # read once per step: no host synchronisation per micro-batch
                     for batch in mine:
                         loss = summed_loss(causal_lm(model), batch.to(device)) / step_targets
                         loss.backward()
-                        local_loss += float(loss.detach())
+                        losses.append(loss.detach())
                     sum_gradients(world, params)
+                    local_loss = float(torch.stack(losses).double().sum()) if losses else 0.0
                     step_loss = sum_float(world, local_loss, device)
                     self.check_divergence(step_loss, state)
                     torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
