@@ -140,6 +140,22 @@ def test_per_example_attention_gives_the_block_diagonal_masks_loss_and_gradients
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
+def test_bit_dropout_drops_at_rate_p_scales_the_rest_and_follows_the_seed():
+    from tuneloop_trainer.model import BitDropout
+
+    dropout = BitDropout(0.1)
+    x = torch.ones(1000, 1000, requires_grad=True)
+    torch.manual_seed(3)
+    y = dropout(x)
+    assert float((y == 0).float().mean()) == pytest.approx(0.1, abs=2e-3)
+    assert torch.unique(y).tolist() == [0.0, pytest.approx(1 / 0.9)]
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient is the same mask and scale
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x), y)
+    assert dropout.eval()(x) is x
+
+
 def test_local_runtime_trains_evaluates_registers_and_a_second_run_reuses_it(tiny_model_dir, tickets, tmp_path):
     from tuneloop.runtime.local import local_mlflow, prepare_tracking
 
