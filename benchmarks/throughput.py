@@ -33,7 +33,8 @@ input-gradient half of backward; attention FLOPs not counted).
 
 --check-loss trains the plain recipe and Tuneloop for 3 steps on identical unpacked micro-batches
 (2 x 4, same order, same seeded LoRA init on q,k,v,o, dropout 0, fp32, lr 2e-4 constant) and
-compares the per-step losses.
+compares the per-step losses; then Tuneloop once more on the same micro-batches packed (the fast
+path: one row per micro-batch, attention per example).
 """
 
 from __future__ import annotations
@@ -504,8 +505,11 @@ def run_tuneloop(spec, count: int, meter: dict, lora_init: dict | None = None):
         return model
 
     train_module.prepare, train_module.load_model = prepare, load_model
-    training = train_module.Training(spec, clock_reporter(meter), init_world())
-    result = training.run()
+    try:
+        training = train_module.Training(spec, clock_reporter(meter), init_world())
+        result = training.run()
+    finally:
+        train_module.prepare, train_module.load_model = real_prepare, real_load_model
     return training, result, record["data"]
 
 
@@ -611,10 +615,18 @@ def worker_check(args) -> dict[str, Any]:
             == rows_of(o.input_ids, o.attention_mask, o.targets)
             for b, o in zip(plain_meter["batches"], ours))
 
-    trl_losses, our_losses = plain_meter["step_loss"], meter["step_loss"]
+        # The same micro-batches packed (one row each, attention per example): the fast path's maths.
+        packed_spec = spec.model_copy(update={"training": training.model_copy(update={"packing": True})})
+        packed_meter: dict = {}
+        packed_loop, _, _ = run_tuneloop(packed_spec, count, packed_meter, lora_init=init)
+
+    trl_losses, our_losses, packed_losses = plain_meter["step_loss"], meter["step_loss"], packed_meter["step_loss"]
     diffs = [abs(a - b) / max(abs(a), 1e-12) for a, b in zip(trl_losses, our_losses)]
+    packed_diffs = [abs(a - b) / max(abs(a), 1e-12) for a, b in zip(trl_losses, packed_losses)]
     return {"trl": trl_losses, "tuneloop": our_losses, "relative_differences": diffs,
-            "max_relative_difference": max(diffs) if diffs else None, "identical_batches": identical,
+            "tuneloop_packed": packed_losses, "packed_relative_differences": packed_diffs,
+            "packed": packed_loop.packing,
+            "max_relative_difference": max(diffs + packed_diffs) if diffs else None, "identical_batches": identical,
             "same_tokens_as_tuneloop": same_tokens, "packing": loop.packing, "examples": count,
             "threads": torch.get_num_threads()}
 
@@ -833,12 +845,16 @@ def report_check(check: dict) -> int:
     print(f"identical micro-batches (ids and loss positions): {check['identical_batches']}; "
           f"TRL tokenization equals Tuneloop's: {check['same_tokens_as_tuneloop']}; "
           f"Tuneloop packing: {check['packing']}")
-    print(f"{'step':>4}  {'TRL SFTTrainer':>16}  {'Tuneloop':>16}  {'rel. diff':>10}")
-    for step, (a, b, d) in enumerate(zip(check["trl"], check["tuneloop"], check["relative_differences"]), 1):
-        print(f"{step:>4}  {a:>16.8f}  {b:>16.8f}  {d:>10.2e}")
+    print(f"{'step':>4}  {'TRL SFTTrainer':>16}  {'Tuneloop':>16}  {'rel. diff':>10}  {'Tuneloop packed':>16}  "
+          f"{'rel. diff':>10}")
+    for step, row in enumerate(zip(check["trl"], check["tuneloop"], check["relative_differences"],
+                                   check["tuneloop_packed"], check["packed_relative_differences"]), 1):
+        print(f"{step:>4}  {row[0]:>16.8f}  {row[1]:>16.8f}  {row[2]:>10.2e}  {row[3]:>16.8f}  {row[4]:>10.2e}")
+    print(f"(packed: the same micro-batches, each packed into one row, attention per example; "
+          f"the packed run really packed: {check['packed']})")
     worst = check["max_relative_difference"]
-    ok = (worst is not None and worst < CHECK_TOLERANCE and check["identical_batches"]
-          and len(check["trl"]) == len(check["tuneloop"]) == CHECK_STEPS)
+    ok = (worst is not None and worst < CHECK_TOLERANCE and check["identical_batches"] and check["packed"]
+          and len(check["trl"]) == len(check["tuneloop"]) == len(check["tuneloop_packed"]) == CHECK_STEPS)
     print(f"max relative difference {worst:.2e}: {'PASS' if ok else 'FAIL'} (tolerance {CHECK_TOLERANCE:g})")
     return 0 if ok else 1
 
