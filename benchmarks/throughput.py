@@ -85,6 +85,7 @@ class Shape:
     name: str
     catalog: str | None = None                       # a catalog entry, or a random-init config:
     config: dict[str, Any] = field(default_factory=dict)
+    cpu: bool = False                                # worth training on a CPU
 
     @property
     def random_init(self) -> bool:
@@ -94,7 +95,7 @@ class Shape:
 LLAMA3 = {"model_type": "llama", "vocab_size": 128256, "num_key_value_heads": 8, "hidden_act": "silu",
           "rms_norm_eps": 1e-5, "max_position_embeddings": 131072, "rope_theta": 500000.0}
 SHAPES = {
-    "smollm2-135m": Shape("smollm2-135m", catalog="smollm2-135m-instruct"),
+    "smollm2-135m": Shape("smollm2-135m", catalog="smollm2-135m-instruct", cpu=True),
     "llama-3.2-1b": Shape("llama-3.2-1b", config={
         **LLAMA3, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
         "head_dim": 64, "tie_word_embeddings": True,
@@ -107,7 +108,7 @@ SHAPES = {
                          "original_max_position_embeddings": 8192}}),
     "llama-tiny": Shape("llama-tiny", config={
         **LLAMA3, "vocab_size": 49152, "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "tie_word_embeddings": True}),
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "tie_word_embeddings": True}, cpu=True),
 }
 
 
@@ -164,7 +165,7 @@ def model_path(shape: Shape) -> str:
     from tuneloop_trainer.model import load_tokenizer
 
     device = "cuda" if cuda() else "cpu"
-    if device == "cpu" and shape.name != "llama-tiny":
+    if device == "cpu" and not shape.cpu:
         raise SystemExit(f"{shape.name}: building the random-init model needs CUDA (use --dry-run here)")
     torch.manual_seed(0)
     with torch.device(device):
@@ -701,8 +702,10 @@ def header(argv: list[str]) -> None:
     sys.stdout.flush()
 
 
-def available(variant: str, method: str) -> str | None:
+def available(variant: str, method: str, shape: Shape) -> str | None:
     """None when the variant can run here, else why not."""
+    if not shape.cpu and not cuda():
+        return f"{shape.name} needs CUDA"
     if variant in ("liger", "unsloth"):
         module = {"liger": "liger_kernel", "unsloth": "unsloth"}[variant]
         if importlib.util.find_spec(module) is None:
@@ -782,7 +785,7 @@ def dry_run(args, shape: Shape, variants: list[str]) -> int:
           f"{spec.training.gradient_accumulation_steps}, packing {spec.training.packing}, "
           f"max length {spec.training.max_seq_length}")
     for variant in variants:
-        reason = available(variant, args.method)
+        reason = available(variant, args.method, shape)
         print(f"           {variant}: {'would run' if reason is None else 'skipped here: ' + reason}")
     return 0
 
@@ -805,6 +808,8 @@ def parent(args, argv: list[str]) -> int:
         print(f"data:      synthetic instructions, seed {args.seed}: " + length_stats(tokenizer, args, examples))
         if args.dry_run:
             return dry_run(args, shape, variants)
+        if not shape.cpu and not cuda():
+            raise SystemExit(f"{shape.name} is a GPU shape and this machine has no CUDA: use --dry-run here")
         args.model_path = model_path(shape)
         if args.check_loss:
             print(f"check-loss: {shape.name}, TRL SFTTrainer vs Tuneloop's loop, {CHECK_STEPS} steps x "
@@ -816,7 +821,7 @@ def parent(args, argv: list[str]) -> int:
         print(f"MFU peak:  {peak_note}", flush=True)
         results, skipped = [], {}
         for variant in variants:
-            reason = available(variant, args.method)
+            reason = available(variant, args.method, shape)
             if reason is None:
                 results.append(run_child(variant, args, workdir))
             else:
