@@ -724,9 +724,14 @@ def run_child(kind: str, args, workdir: Path) -> dict[str, Any]:
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--result", str(result),
                "--shape", args.shape, "--method", args.method, "--steps", str(args.steps), "--seed", str(args.seed),
                "--data", args.data, "--model-path", args.model_path]
+    env = dict(os.environ, **OFFLINE_ENV)
+    if kind == "tuneloop":  # the environment `python -m tuneloop_trainer` gives itself
+        from tuneloop_trainer.__main__ import cpu_allocator_env
+
+        env.update(cpu_allocator_env())
     started = time.perf_counter()
     with log.open("w") as handle:
-        code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT, env=dict(os.environ, **OFFLINE_ENV))
+        code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
     if code != 0 or not result.is_file():
         tail = log.read_text(errors="replace").splitlines()[-40:]
         raise SystemExit(f"{kind} failed (exit {code}); last lines of its log:\n" + "\n".join(tail))
