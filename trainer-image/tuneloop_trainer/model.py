@@ -7,7 +7,6 @@ from typing import Any
 import torch
 
 from tuneloop.api.finetunejob import MethodSpec, TrainingSpec
-from tuneloop_trainer.attention import ATTENTION
 
 
 class UnsupportedHardware(RuntimeError):
@@ -44,6 +43,8 @@ def load_tokenizer(model_path: str) -> Any:
 def load_model(model_path: str, method: MethodSpec, training: TrainingSpec) -> torch.nn.Module:
     """Base model with the method's trainable parameters attached; a peft model for lora/qlora."""
     from transformers import AutoModelForCausalLM
+
+    from tuneloop_trainer.attention import ATTENTION  # registers it with transformers
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     kwargs: dict[str, Any] = {"dtype": weight_dtype(training, method), "attn_implementation": ATTENTION}
