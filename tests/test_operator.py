@@ -158,8 +158,10 @@ def test_an_unreachable_registry_is_retried_with_a_new_job_and_nothing_is_lost(o
                                    "message": "MLflow at http://mlflow:5000 unreachable for 120 s"}, first)
                 retry = await harness.wait_for(lambda: (job := harness.get(JOB, "default", first))
                                                and job["metadata"]["uid"] != uid and job)
-                ftj = harness.get(FTJ, "default", "acme-tickets")
-                condition = next(c for c in ftj["status"]["conditions"] if c["type"] == "RegistryUnavailable")
+                # the retry Job is created during the pass; the status (its condition) is written at its end
+                condition = await harness.wait_for(lambda: next(
+                    (c for c in (harness.get(FTJ, "default", "acme-tickets").get("status") or {}).get("conditions", [])
+                     if c["type"] == "RegistryUnavailable"), None))
                 assert condition["status"] == "True" and "unreachable" in condition["message"]
                 assert "conditions" not in retry.get("status", {})
                 harness.delete(POD, "default", f"{first}-x1")  # the garbage collector follows the old Job
