@@ -128,5 +128,6 @@ def test_the_webhook_secret_comes_from_a_mounted_file_or_the_environment(tmp_pat
         "from-the-secret-volume"
     assert mlflow_webhooks.secret_from_environment({"TUNELOOP_MLFLOW_WEBHOOK_SECRET": "from-env"}) == "from-env"
     assert mlflow_webhooks.secret_from_environment({}) == ""
-    with pytest.raises(ValueError, match=f"TUNELOOP_MLFLOW_WEBHOOK_SECRET_FILE={tmp_path / 'missing'}: No such file"):
+    with pytest.raises(ValueError, match=f"cannot read the webhook secret file {tmp_path / 'missing'} "
+                                         r"\(TUNELOOP_MLFLOW_WEBHOOK_SECRET_FILE\): No such file"):
         mlflow_webhooks.secret_from_environment({"TUNELOOP_MLFLOW_WEBHOOK_SECRET_FILE": str(tmp_path / "missing")})

@@ -10,10 +10,11 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 from fastapi import HTTPException, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from tuneloop.secret_settings import setting_from_environment
 
 TOKEN_ENV = "TUNELOOP_FEEDBACK_TOKEN"
 TOKEN_FILE_ENV = "TUNELOOP_FEEDBACK_TOKEN_FILE"
@@ -28,16 +29,11 @@ class TokenError(ValueError):
 
 
 def token_from_environment(environ: dict[str, str] | None = None) -> str | None:
-    environ = os.environ if environ is None else environ
-    value, file = environ.get(TOKEN_ENV), environ.get(TOKEN_FILE_ENV)
-    if value and file:
-        raise TokenError(f"both {TOKEN_ENV} and {TOKEN_FILE_ENV} are set; set one")
-    if file:
-        try:
-            value = Path(file).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as error:
-            raise TokenError(f"cannot read the token file {file} ({TOKEN_FILE_ENV}): "
-                             f"{getattr(error, 'strerror', None) or type(error).__name__}") from None
+    try:
+        value = setting_from_environment(os.environ if environ is None else environ, TOKEN_ENV, TOKEN_FILE_ENV,
+                                         "token")
+    except ValueError as error:
+        raise TokenError(str(error)) from None
     return check_token(value) if value else None
 
 

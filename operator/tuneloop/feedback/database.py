@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+
+from tuneloop.secret_settings import setting_from_environment
 
 DATABASE_URL_ENV = "TUNELOOP_FEEDBACK_DATABASE_URL"
 DATABASE_URL_FILE_ENV = "TUNELOOP_FEEDBACK_DATABASE_URL_FILE"  # a mounted Secret: no password in the environment
@@ -28,17 +29,12 @@ class DatabaseUrlError(ValueError):
 
 
 def database_url_from_environment(environ: dict[str, str] | None = None) -> str:
-    environ = os.environ if environ is None else environ
-    value, file = environ.get(DATABASE_URL_ENV), environ.get(DATABASE_URL_FILE_ENV)
-    if value and file:
-        raise DatabaseUrlError(f"both {DATABASE_URL_ENV} and {DATABASE_URL_FILE_ENV} are set; set one")
-    if file:
-        try:
-            return Path(file).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as error:
-            raise DatabaseUrlError(f"cannot read the database URL file {file} ({DATABASE_URL_FILE_ENV}): "
-                                   f"{getattr(error, 'strerror', None) or type(error).__name__}") from None
-    return value or DEFAULT_DATABASE_URL
+    try:
+        url = setting_from_environment(os.environ if environ is None else environ, DATABASE_URL_ENV,
+                                       DATABASE_URL_FILE_ENV, "database URL")
+    except ValueError as error:
+        raise DatabaseUrlError(str(error)) from None
+    return url or DEFAULT_DATABASE_URL
 
 
 def parse_database_url(url: str) -> URL:

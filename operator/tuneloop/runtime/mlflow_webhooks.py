@@ -24,11 +24,11 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 
 from aiohttp import web
 
 from tuneloop.runtime.model_aliases import AliasResolver
+from tuneloop.secret_settings import setting_from_environment
 
 log = logging.getLogger("tuneloop.webhooks")
 PATH = "/mlflow/webhook"
@@ -39,17 +39,9 @@ SECRET_FILE_ENV = "TUNELOOP_MLFLOW_WEBHOOK_SECRET_FILE"  # a mounted Secret (the
 
 
 def secret_from_environment(environ: dict[str, str] | None = None) -> str:
-    """The signing secret: the file SECRET_FILE_ENV names, or SECRET_ENV; "" when neither is set.
-    Raises ValueError when the file cannot be read."""
-    environ = os.environ if environ is None else environ
-    path = environ.get(SECRET_FILE_ENV)
-    if path:
-        try:
-            return Path(path).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as error:
-            raise ValueError(f"{SECRET_FILE_ENV}={path}: "
-                             f"{getattr(error, 'strerror', None) or type(error).__name__}") from None
-    return environ.get(SECRET_ENV, "")
+    """The signing secret ("" when none is set); ValueError when it cannot be read."""
+    return setting_from_environment(os.environ if environ is None else environ, SECRET_ENV, SECRET_FILE_ENV,
+                                    "webhook secret") or ""
 
 
 def signature(secret: str, delivery_id: str, timestamp: str, body: str) -> str:
