@@ -117,8 +117,19 @@ def context() -> ReconcileContext:
                             registry_configured=bool(State.config.mlflow_tracking_uri))
 
 
-async def reconcile_finetunejob(body: kopf.Body, patch: kopf.Patch) -> None:
+async def counted(reconcile_pass: Any, body: kopf.Body, patch: kopf.Patch) -> None:
+    """One pass, measured: its duration and, when it raises, an error in the metrics."""
     started = time.monotonic()
+    try:
+        await reconcile_pass(body, patch)
+    except Exception:
+        metrics.RECONCILE_ERRORS.inc()
+        raise
+    finally:
+        metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+
+
+async def reconcile_finetunejob(body: kopf.Body, patch: kopf.Patch) -> None:
     # kopf keeps its own bookkeeping in status too; only our fields go into the model.
     status = FineTuneJobStatus.model_validate(
         {k: v for k, v in (body.get("status") or {}).items() if k in STATUS_FIELDS})
@@ -129,26 +140,14 @@ async def reconcile_finetunejob(body: kopf.Body, patch: kopf.Patch) -> None:
     job = _parse_if_valid(body)
     observed = await runtime().observe(job, status.phase) if job is not None else Observed()
     decision = reconcile(name, dict(body.get("spec") or {}), status, observed, context(), generation)
-    try:
-        for action in decision.actions:
-            if isinstance(action, LaunchWorkload):
-                await runtime().launch(job, action)
-            elif isinstance(action, EmitEvent):
-                kopf.event(body, type=action.type, reason=action.reason, message=action.message[:1024])
-    finally:
-        metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
-    metrics.record_phase(meta.get("uid") or name, decision.status.phase)
-    metrics.phase_entered(FTJ_KIND, meta.get("namespace", ""), name, decision.status.phase,
-                          settled=decision.status.phase in TERMINAL_PHASES)
+    for action in decision.actions:
+        if isinstance(action, LaunchWorkload):
+            await runtime().launch(job, action)
+        elif isinstance(action, EmitEvent):
+            kopf.event(body, type=action.type, reason=action.reason, message=action.message[:1024])
+    metrics.record_phase(FTJ_KIND, meta.get("namespace", ""), name, decision.status.phase,
+                         settled=decision.status.phase in TERMINAL_PHASES)
     patch.status.update(decision.status.to_wire())
-
-
-async def counted_reconcile(body: kopf.Body, patch: kopf.Patch) -> None:
-    try:
-        await reconcile_finetunejob(body, patch)
-    except Exception:
-        metrics.RECONCILE_ERRORS.inc()
-        raise
 
 
 def _parse_if_valid(body: kopf.Body) -> FineTuneJob | None:
@@ -166,20 +165,19 @@ def _parse_if_valid(body: kopf.Body) -> FineTuneJob | None:
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 async def on_change(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    await counted_reconcile(body, patch)
+    await counted(reconcile_finetunejob, body, patch)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
 def on_delete(body: kopf.Body, **_: Any) -> None:
     """Owned ConfigMaps, Services and Jobs go with the FineTuneJob (ownerReferences); only metrics remain."""
-    metrics.forget(body["metadata"].get("uid") or body["metadata"]["name"])
-    metrics.phase_forgotten(FTJ_KIND, body["metadata"].get("namespace", ""), body["metadata"]["name"])
+    metrics.forget(FTJ_KIND, body["metadata"].get("namespace", ""), body["metadata"]["name"])
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL, initial_delay=RECONCILE_INTERVAL,
             when=lambda status, **_: (status or {}).get("phase") not in TERMINAL_PHASES)
 async def on_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    await counted_reconcile(body, patch)
+    await counted(reconcile_finetunejob, body, patch)
 
 
 # --- ModelDeployment ---------------------------------------------------------------------------------
@@ -220,22 +218,10 @@ async def reconcile_modeldeployment(body: kopf.Body, patch: kopf.Patch) -> None:
                 kopf.event(body, type="Warning", reason="CannotRender", message=str(error)[:1024])
     namespace = meta.get("namespace", "")
     metrics.rollouts_ended(namespace, meta["name"], status.history, decision.status.history)
-    metrics.phase_entered(mdep.KIND, namespace, meta["name"], decision.status.phase,
-                          settled=decision.status.phase in MDEP_SETTLED_PHASES)
+    metrics.record_phase(mdep.KIND, namespace, meta["name"], decision.status.phase,
+                         settled=decision.status.phase in MDEP_SETTLED_PHASES)
     # A merge patch keeps whatever it does not mention: fields the pass cleared are sent as null.
     patch.status.update(merge_patch_between(stored, decision.status.to_wire()))
-
-
-async def counted(reconcile_pass: Any, body: kopf.Body, patch: kopf.Patch) -> None:
-    """One pass, measured: its duration and, when it raises, an error in the metrics."""
-    started = time.monotonic()
-    try:
-        await reconcile_pass(body, patch)
-    except Exception:
-        metrics.RECONCILE_ERRORS.inc()
-        raise
-    finally:
-        metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
 
 
 @kopf.on.resume(GROUP, VERSION, mdep.PLURAL)
@@ -256,7 +242,7 @@ def on_deployment_delete(body: kopf.Body, **_: Any) -> None:
     """Deployments, Services and the PodDisruptionBudget go with it (ownerReferences); analyses stop."""
     if State.serving is not None:
         State.serving.forget((body["metadata"].get("namespace"), body["metadata"]["name"]))
-    metrics.phase_forgotten(mdep.KIND, body["metadata"].get("namespace", ""), body["metadata"]["name"])
+    metrics.forget(mdep.KIND, body["metadata"].get("namespace", ""), body["metadata"]["name"])
 
 
 # --- FineTuneSchedule --------------------------------------------------------------------------------

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from tuneloop.api.finetunejob import KIND as FINETUNEJOB
 
 RECONCILE_SECONDS = Histogram("tuneloop_reconcile_duration_seconds", "Time one FineTuneJob reconcile took.")
 RECONCILE_ERRORS = Counter("tuneloop_reconcile_errors_total", "Reconciles that raised an error (kopf retries them).")
@@ -20,51 +23,51 @@ PHASE_SINCE = Gauge("tuneloop_phase_since_timestamp_seconds",
                     "When a resource entered the phase it is in (Unix time); only phases that should end.",
                     ["kind", "namespace", "name", "phase"])
 
-_phases: dict[str, tuple[str, float]] = {}
+# FineTuneJobs (FINETUNEJOB) have by-phase counts and time-in-phase histograms of their own.
 
 
-def record_phase(uid: str, phase: str) -> None:
-    """Keep the by-phase gauge and the time-in-phase histogram up to date for one job."""
-    previous = _phases.get(uid)
-    if previous is not None and previous[0] == phase:
-        return
-    now = time.monotonic()
-    if previous is not None:
-        JOBS_BY_PHASE.labels(phase=previous[0]).dec()
-        SECONDS_IN_PHASE.labels(phase=previous[0]).observe(now - previous[1])
-    JOBS_BY_PHASE.labels(phase=phase).inc()
-    PHASE_CHANGES.labels(phase=phase).inc()
-    _phases[uid] = (phase, now)
+@dataclass(frozen=True)
+class _Phase:
+    name: str
+    entered: float  # time.monotonic()
+    timed: bool     # has a tuneloop_phase_since_timestamp_seconds series
 
 
-def forget(uid: str) -> None:
-    previous = _phases.pop(uid, None)
-    if previous is not None:
-        JOBS_BY_PHASE.labels(phase=previous[0]).dec()
+_phases: dict[tuple[str, str, str], _Phase] = {}
 
 
-_since: dict[tuple[str, str, str], str] = {}
-
-
-def phase_entered(kind: str, namespace: str, name: str, phase: str, settled: bool) -> None:
-    """Time a resource's phase from when this operator first sees it; a settled phase (one that
-    may last for ever: Succeeded, Healthy, Active, ...) is not timed."""
+def record_phase(kind: str, namespace: str, name: str, phase: str, settled: bool) -> None:
+    """Keep one resource's phase series up to date. Every phase that should end (not `settled`:
+    Succeeded, Healthy, ...) is timed from when this operator first sees it, for the stuck-phase
+    alert; FineTuneJobs are also counted by phase and their time in each phase observed."""
     key = (kind, namespace, name)
-    previous = _since.get(key)
-    if previous == phase:
+    previous = _phases.get(key)
+    if previous is not None and previous.name == phase:
         return
     if previous is not None:
-        PHASE_SINCE.remove(kind, namespace, name, previous)
-        del _since[key]
+        _leave(kind, namespace, name, previous)
+    if kind == FINETUNEJOB:
+        JOBS_BY_PHASE.labels(phase=phase).inc()
+        PHASE_CHANGES.labels(phase=phase).inc()
     if not settled:
         PHASE_SINCE.labels(kind=kind, namespace=namespace, name=name, phase=phase).set(time.time())
-        _since[key] = phase
+    _phases[key] = _Phase(phase, time.monotonic(), timed=not settled)
 
 
-def phase_forgotten(kind: str, namespace: str, name: str) -> None:
-    phase = _since.pop((kind, namespace, name), None)
-    if phase is not None:
-        PHASE_SINCE.remove(kind, namespace, name, phase)
+def forget(kind: str, namespace: str, name: str) -> None:
+    """A deleted resource: its series go (the counters and histograms keep what they counted)."""
+    previous = _phases.pop((kind, namespace, name), None)
+    if previous is not None:
+        _leave(kind, namespace, name, previous, observe=False)
+
+
+def _leave(kind: str, namespace: str, name: str, previous: _Phase, observe: bool = True) -> None:
+    if kind == FINETUNEJOB:
+        JOBS_BY_PHASE.labels(phase=previous.name).dec()
+        if observe:
+            SECONDS_IN_PHASE.labels(phase=previous.name).observe(time.monotonic() - previous.entered)
+    if previous.timed:
+        PHASE_SINCE.remove(kind, namespace, name, previous.name)
 
 
 def rollouts_ended(namespace: str, name: str, before: list[Any], after: list[Any]) -> None:
