@@ -386,6 +386,29 @@ def test_the_operator_reaches_only_dns_the_api_server_mlflow_the_judge_and_what_
     assert not any("10.0.0.1/32" in json.dumps(rule["to"]) for rule in workloads)   # no API server
 
 
+# --- monitoring reads what the operator exports ----------------------------------------------------------
+
+def exported_series() -> set[str]:
+    """Every series name tuneloop.metrics can export, labelled ones included before their first use."""
+    from prometheus_client import REGISTRY
+
+    import tuneloop.metrics  # noqa: F401  (registers them)
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}
+    return {metric.name + suffix for metric in REGISTRY.collect() if metric.name.startswith("tuneloop_")
+            for suffix in suffixes.get(metric.type, [""])}
+
+
+def test_every_alert_and_dashboard_query_reads_a_series_the_operator_exports():
+    objects = render(SCENARIOS["bundled-mlflow"])
+    rules = named(objects, "PrometheusRule", "-operator")["spec"]["groups"][0]["rules"]
+    dashboard = named(objects, "ConfigMap", "-dashboard")["data"]["tuneloop.json"]
+    queries = [rule["expr"] for rule in rules] + [target["expr"] for panel in json.loads(dashboard)["panels"]
+                                                  for target in panel["targets"]]
+    used = {name for query in queries for name in re.findall(r"\btuneloop_[a-z_]+", query)}
+    assert len(rules) == 5 and len(used) >= 6
+    assert used <= exported_series(), sorted(used - exported_series())
+
+
 # --- values the schema refuses ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("setting", "message"), [
