@@ -590,6 +590,17 @@ class Harness:
             return []
         return [None if version is None else copy.deepcopy(version.raw) for version in self.emulator.objects[key].history]
 
+    def assert_event_precedes(self, ref: Ref, namespace: str, name: str, reason: str, phase: str) -> None:
+        """The `reason` Event about the object was stored before the first version of it in `phase`:
+        whoever reads the new phase finds the Event that announces it already there."""
+        versions = [v for v in self.history(ref, namespace, name) if v and (v.get('status') or {}).get('phase') == phase]
+        assert versions, f'{name} was never {phase}'
+        events = [int(e['metadata']['resourceVersion']) for e in self.list_objects(('v1', 'Event'), namespace)
+                  if e.get('reason') == reason and e['involvedObject'].get('name') == name]
+        assert events, f'no {reason} Event about {name}'
+        assert min(events) < int(versions[0]['metadata']['resourceVersion']), \
+            f'the {reason} Event was stored after {name} was already {phase}'
+
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
         """Poll until predicate() is truthy; return its value or raise TimeoutError."""
         deadline = time.monotonic() + timeout

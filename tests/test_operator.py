@@ -141,6 +141,8 @@ def test_the_example_runs_through_training_evaluation_and_registration(operator_
             assert len(harness.list_objects(JOB, include_deleted=True)) == 3
             reasons = {e.get("reason") for e in harness.list_objects(("v1", "Event"), "default")}
             assert {"Trained", "GatePassed", "Evaluated", "Registered", "Succeeded"} <= reasons
+            harness.assert_event_precedes(FTJ, "default", "acme-tickets", "Succeeded", "Succeeded")
+            harness.assert_event_precedes(FTJ, "default", "acme-tickets", "EvaluatingStarted", "Evaluating")
 
     asyncio.run(scenario())
 
@@ -242,6 +244,7 @@ def test_a_spec_the_cluster_cannot_run_fails_with_invalid_spec_and_launches_noth
                 condition = next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")
                 assert condition["reason"] == "InvalidSpec"
                 assert "spec.baseModel.name: 'llama-70b' is not in the model catalog" in condition["message"]
+                harness.assert_event_precedes(FTJ, "default", "acme-tickets", "InvalidSpec", "Failed")
                 await asyncio.sleep(1.0)
 
             await run_operator(harness, body, kubeconfig_dir=operator_env)

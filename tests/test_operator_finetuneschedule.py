@@ -208,6 +208,8 @@ def test_a_restarted_operator_continues_the_run_and_missed_slots_run_once(scene)
                 await harness.wait_for(lambda: status_of(harness).get("nextScheduleTime"))
                 fake.advance()
                 await harness.wait_for(lambda: snapshot_jobs(harness))
+                # the Job is created during the pass, the status written at its end: stop after both
+                await harness.wait_for(lambda: (status_of(harness).get("run") or {}).get("step") == "Snapshot")
 
             async def second():  # a new operator process, with the snapshot still running
                 await asyncio.sleep(1.0)

@@ -179,8 +179,8 @@ class Scenario:
     def set_adapter(self, adapter: dict) -> None:
         self.harness.patch(MDEP, "default", NAME, {"spec": {"adapter": adapter}})
 
-    def events(self, reason: str) -> list[dict]:
-        return [e for e in self.harness.list_objects(("v1", "Event"), "default") if e.get("reason") == reason]
+    def event_precedes(self, reason: str, phase: str) -> None:
+        self.harness.assert_event_precedes(MDEP, "default", NAME, reason, phase)
 
 
 async def play(tmp_path, backends, body, *, never_ready=frozenset(), config=None, restarts=()):
@@ -228,9 +228,9 @@ def test_a_good_revision_takes_the_traffic_and_the_old_colour_is_scaled_down_aft
             assert len(v1.requests) >= 6  # the first revision is analysed too
 
             s.set_adapter({"name": NAME, "version": "2"})
-            await s.until(lambda: s.active_colour() == "green")
-            switched = s.status()
-            assert switched["active"]["adapterVersion"] == "2" and switched["activeSelector"] == "green"
+            # The Service is switched during the pass and the status written at its end: wait for the status.
+            switched = await s.until(lambda: s.status() if s.status().get("activeSelector") == "green" else None)
+            assert switched["active"]["adapterVersion"] == "2" and s.active_colour() == "green"
             assert len(v2.requests) >= 6, "green was analysed through the preview Service first"
             assert s.replicas("blue") == 2, "the old colour keeps running for scaleDownDelaySeconds"
             await s.until(lambda: s.replicas("blue") == 0, timeout=10)
@@ -238,7 +238,7 @@ def test_a_good_revision_takes_the_traffic_and_the_old_colour_is_scaled_down_aft
             assert [r["outcome"] for r in done["history"]] == ["Promoted", "Promoted"]
             assert s.harness.get(SERVICE, "default", f"{NAME}-preview")["spec"]["selector"][
                 "tuneloop.dev/colour"] == "green", "with no rollout the preview Service follows the active colour"
-            assert s.events("Promoted")
+            s.event_precedes("Promoted", "Healthy")
 
     run(play(operator_env, {"1": v1, "2": v2}, body))
 
@@ -257,7 +257,7 @@ def test_a_bad_revision_never_takes_traffic_and_is_not_retried_in_a_loop(operato
             assert degraded["active"]["adapterVersion"] == "1" and degraded["abort"] is True
             assert degraded["history"][-1]["outcome"] == "Failed"
             assert s.active_colour() == "blue" and s.replicas("blue") == 2
-            assert s.events("AnalysisFailed")
+            s.event_precedes("AnalysisFailed", "Degraded")
             await s.until(lambda: s.replicas("green") == 0, timeout=10)  # after abortScaleDownDelaySeconds
             analysed = len(bad_v2.requests)
             await asyncio.sleep(1.5)  # several timer passes
@@ -267,8 +267,9 @@ def test_a_bad_revision_never_takes_traffic_and_is_not_retried_in_a_loop(operato
             result = await tuneloop("rollout", "retry", NAME)
             assert result.returncode == 0, result.stderr
             await s.until(lambda: len(bad_v2.requests) > analysed)  # retried: analysed once more
-            await s.phase("Degraded")
-            assert s.active_colour() == "blue"
+            retried = await s.until(lambda: s.status() if [r["outcome"] for r in s.status()["history"]].count(
+                "Failed") == 2 else None)
+            assert retried["phase"] == "Degraded" and s.active_colour() == "blue"
 
     run(play(operator_env, {"1": v1, "2": bad_v2}, body))
 
@@ -283,7 +284,7 @@ def test_a_preview_that_is_not_ready_in_time_is_aborted(operator_env):
             degraded = await s.phase("Degraded")
             assert "was not ready with 1 pods within 2s" in degraded["message"]
             assert s.active_colour() == "blue" and s.replicas("blue") == 2
-            assert s.events("ReadinessTimeout")
+            s.event_precedes("ReadinessTimeout", "Degraded")
             assert len(v1.requests) >= 6
 
     run(play(operator_env, {"1": v1, "3": v2}, body, never_ready=frozenset({"3"})))
@@ -399,7 +400,8 @@ def test_a_model_missing_from_the_catalog_is_reported_and_nothing_is_created(ope
             s.harness.create(md)
             degraded = await s.phase("Degraded")
             assert "'llama-3.1-8b' is not in the cluster's model catalog" in degraded["message"]
-            assert s.events("InvalidSpec") and s.harness.list_objects(DEPLOYMENT, "default") == []
+            s.event_precedes("InvalidSpec", "Degraded")
+            assert s.harness.list_objects(DEPLOYMENT, "default") == []
             missing = await tuneloop("rollout", "status", "no-such-deployment")
             assert missing.returncode == 1 and "default/no-such-deployment does not exist" in missing.stderr
             status = await tuneloop("rollout", "status", NAME)
@@ -418,14 +420,15 @@ def test_an_operator_stopped_mid_analysis_runs_the_analysis_again_and_promotes(o
             s.harness.create(md)
             await s.phase("Healthy")
             s.set_adapter({"name": NAME, "version": "2"})
-            await s.until(lambda: len(v2.requests) >= 2)  # the analysis is under way (6 requests, 0.3 s each)
-        assert s.status()["rollout"]["step"] == "Analysis" and s.active_colour() == "blue"
+            # the analysis is under way (6 requests, 0.3 s each) and the status that started it is written
+            await s.until(lambda: len(v2.requests) >= 2 and (s.status().get("rollout") or {}).get("step") == "Analysis")
+        assert s.active_colour() == "blue"
         interrupted = len(v2.requests)
         await asyncio.sleep(1.0)
         assert len(v2.requests) == interrupted < 6, "a stopped operator's analysis stops with it"
         async with operator():
-            await s.until(lambda: s.active_colour() == "green")
+            promoted = await s.until(lambda: s.status() if s.status().get("activeSelector") == "green" else None)
             assert len(v2.requests) >= interrupted + 6, "the lost analysis ran again in full"
-            assert s.status()["history"][-1]["outcome"] == "Promoted"
+            assert promoted["history"][-1]["outcome"] == "Promoted" and s.active_colour() == "green"
 
     run(play(operator_env, {"1": v1, "2": v2}, body))

@@ -244,13 +244,18 @@ def test_unreachable_mlflow_fails_then_registration_waits_for_it(server_url, ada
 
     waiting = subprocess.Popen(registration_command(workload(server_url, adapter, "uid-up", retry_seconds=60),
                                                     tmp_path / "up"), cwd=tmp_path, stderr=subprocess.PIPE, text=True)
-    time.sleep(2)
+    # The server starts only once the registration has found it down and is waiting for it.
+    seen = []
+    for line in waiting.stderr:
+        seen.append(line)
+        if "is unavailable" in line:
+            break
+    assert seen and "is unavailable" in seen[-1], "".join(seen)
     request.getfixturevalue("mlflow_server")
     _, stderr = waiting.communicate(timeout=60)
 
-    assert waiting.returncode == 0, stderr
+    assert waiting.returncode == 0, "".join(seen) + stderr
     assert read_result(tmp_path / "up").version is not None
-    assert "is unavailable" in stderr
 
 
 def test_registers_through_the_mlflow_server(mlflow_server, adapter, records, tmp_path, monkeypatch):

@@ -28,6 +28,7 @@ from tuneloop.reconcile import finetuneschedule as cron
 from tuneloop.reconcile import modeldeployment as rollout
 from tuneloop.reconcile.finetunejob import EmitEvent, LaunchWorkload, Observed, ReconcileContext, reconcile
 from tuneloop.runtime import mlflow_webhooks
+from tuneloop.runtime.events import EventRecorder
 from tuneloop.runtime.kube_client import KubeClient
 from tuneloop.runtime.kubernetes import KubernetesRuntime
 from tuneloop.runtime.model_aliases import AliasResolver
@@ -50,6 +51,7 @@ class State:
     runtime: KubernetesRuntime | None = None
     serving: ServingRuntime | None = None
     schedules: ScheduleRuntime | None = None
+    events: EventRecorder | None = None
     aliases: AliasResolver = AliasResolver(None)
     webhooks: Any = None  # the MLflow webhook receiver's aiohttp runner, when configured
     connection: Any = None
@@ -78,8 +80,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         State.webhooks = await mlflow_webhooks.serve(State.aliases, secret, State.config.webhook_port)
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
-    # kopf.event() (phase changes, failures) always posts; kopf's own log lines only from WARNING,
-    # or every timer tick ("Timer succeeded") would become an Event: one API write per job per period.
+    # Our Events go through runtime/events.py, awaited before the status is written; kopf's own log
+    # lines become Events only from WARNING, or every timer tick ("Timer succeeded") would be one.
     settings.posting.level = logging.WARNING
 
 
@@ -90,6 +92,12 @@ def runtime() -> KubernetesRuntime:
             raise kopf.TemporaryError("not logged in to the Kubernetes API yet", delay=1)
         State.runtime = KubernetesRuntime(KubeClient.from_connection_info(State.connection), State.config)
     return State.runtime
+
+
+def events() -> EventRecorder:
+    if State.events is None:
+        State.events = EventRecorder(runtime().client)
+    return State.events
 
 
 def serving() -> ServingRuntime:
@@ -104,6 +112,7 @@ async def cleanup(**_: Any) -> None:
         await State.serving.analyses.close()
         State.serving = None
     State.schedules = None
+    State.events = None
     if State.webhooks is not None:
         await State.webhooks.cleanup()
         State.webhooks = None
@@ -144,7 +153,7 @@ async def reconcile_finetunejob(body: kopf.Body, patch: kopf.Patch) -> None:
         if isinstance(action, LaunchWorkload):
             await runtime().launch(job, action)
         elif isinstance(action, EmitEvent):
-            kopf.event(body, type=action.type, reason=action.reason, message=action.message[:1024])
+            await events().post(body, action.type, action.reason, action.message)
     metrics.record_phase(FTJ_KIND, meta.get("namespace", ""), name, decision.status.phase,
                          settled=decision.status.phase in TERMINAL_PHASES)
     patch.status.update(decision.status.to_wire())
@@ -208,14 +217,14 @@ async def reconcile_modeldeployment(body: kopf.Body, patch: kopf.Patch) -> None:
     target = rollout.target_for(md.spec, observed.resolved_version) if md is not None else None
     for action in decision.actions:
         if isinstance(action, rollout.EmitEvent):
-            kopf.event(body, type=action.type, reason=action.reason, message=action.message[:1024])
+            await events().post(body, action.type, action.reason, action.message)
         elif isinstance(action, rollout.ClearAnnotation):
             patch.metadata.setdefault("annotations", {})[action.key] = None
         elif md is not None:
             try:
                 await serving().act(md, target, decision.status, action)
             except CannotRender as error:
-                kopf.event(body, type="Warning", reason="CannotRender", message=str(error)[:1024])
+                await events().post(body, "Warning", "CannotRender", str(error))
     namespace = meta.get("namespace", "")
     metrics.rollouts_ended(namespace, meta["name"], status.history, decision.status.history)
     metrics.record_phase(mdep.KIND, namespace, meta["name"], decision.status.phase,
@@ -273,7 +282,7 @@ async def reconcile_schedule(body: kopf.Body, patch: kopf.Patch) -> None:
                               observed, now)
     for action in decision.actions:
         if isinstance(action, cron.EmitEvent):
-            kopf.event(body, type=action.type, reason=action.reason, message=action.message[:1024])
+            await events().post(body, action.type, action.reason, action.message)
         elif schedule is not None:
             await schedules().act(schedule, action)
     patch.status.update(merge_patch_between(stored, decision.status.to_wire()))

@@ -71,11 +71,15 @@ class KubeClient:
             await asyncio.sleep(min(0.2 * 2 ** attempt, 5))
         raise error
 
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """POST the object as it is (a generateName'd one gets its name from the server)."""
+        path = collection_path(obj["apiVersion"], obj["kind"], obj["metadata"]["namespace"])
+        return await self._request("POST", path, json=obj)
+
     async def create_if_absent(self, obj: dict[str, Any]) -> bool:
         """True when created; False when an object of that name already exists (a repeated reconcile)."""
-        path = collection_path(obj["apiVersion"], obj["kind"], obj["metadata"]["namespace"])
         try:
-            await self._request("POST", path, json=obj)
+            await self.create(obj)
         except KubeError as error:
             if error.status == 409:
                 return False
