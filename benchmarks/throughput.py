@@ -12,8 +12,10 @@ examples and so the same number of tokens, one after the other, each in its own 
   plain    transformers + peft + TRL SFTTrainer as the guides write it: batch 2 x accumulation 4,
            gradient checkpointing, padded batches, completion-only loss, TRL's default optimizer;
            bf16 on CUDA, fp32 on CPU; qlora: bitsandbytes NF4, double quantisation, bf16 compute.
-  tuneloop tuneloop_trainer.train.Training with TrainingSpec's defaults (micro batch 8, packing,
-           precision auto, optimizer auto).
+  tuneloop tuneloop_trainer.train.Training with TrainingSpec's defaults: TRL SFTTrainer too, with micro
+           batches of 8 padding-free (one row, attention per example), precision auto (bf16 base,
+           fp32 LoRA), optimizer auto, gradient checkpointing only on CUDA; on a CPU, Tuneloop's
+           per-example attention and LoRA dropout plug in (trainer-image/tuneloop_trainer).
   liger    the plain recipe with SFTConfig(use_liger_kernel=True)   (CUDA, liger-kernel installed)
   unsloth  Unsloth's FastLanguageModel + the same SFTTrainer config (CUDA, unsloth installed)
 
@@ -32,9 +34,9 @@ MFU: 4 x base parameters x tokens/s over the device's dense bf16 peak (LoRA: for
 input-gradient half of backward; attention FLOPs not counted).
 
 --check-loss trains the plain recipe and Tuneloop for 3 steps on identical unpacked micro-batches
-(2 x 4, same order, same seeded LoRA init on q,k,v,o, dropout 0, fp32, lr 2e-4 constant) and
-compares the per-step losses; then Tuneloop once more on the same micro-batches packed (the fast
-path: one row per micro-batch, attention per example).
+(2 x 4, the Trainer's seeded order in both, same seeded LoRA init on q,k,v,o, dropout 0, fp32, lr
+2e-4 constant) and compares the per-step losses; then Tuneloop once more on the same micro-batches
+padding-free (the fast path: one row per micro-batch, attention per example).
 """
 
 from __future__ import annotations
@@ -360,8 +362,8 @@ def sft_trainer(rows, tokenizer, model, output_dir: str, seed: int, steps: int, 
     meter.update(first_begin=None, first_cpu=None, step_ends=[], step_cpu=[], step_tokens=[], step_positions=[],
                  step_loss=[], batches=[],
                  current_tokens=0, current_positions=0, current_loss=0.0)
-    if check:  # identical batches in Tuneloop's order, constant lr, no warmup
-        config_extra.update(train_sampling_strategy="sequential", lr_scheduler_type="constant", warmup_steps=0)
+    if check:  # constant lr, no warmup, as Tuneloop's check workload
+        config_extra.update(lr_scheduler_type="constant", warmup_steps=0)
     config = SFTConfig(
         output_dir=output_dir, per_device_train_batch_size=2, gradient_accumulation_steps=4,
         gradient_checkpointing=True, learning_rate=LEARNING_RATE, num_train_epochs=1, max_steps=steps,
@@ -445,48 +447,38 @@ def worker_sft(args) -> dict[str, Any]:
 
 # --- Tuneloop ---------------------------------------------------------------------------------
 
-def clock_reporter(meter: dict):
-    from tuneloop_trainer.progress import ProgressReporter
+def clock_callback(meter: dict):
+    """Records when the loop starts, when each optimizer step has finished, its tokens and its loss."""
+    from transformers import TrainerCallback
 
-    class ClockReporter(ProgressReporter):
-        """Records when the loop starts and when each optimizer step has finished."""
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if meter["first_begin"] is None:
+                sync()
+                meter["first_begin"], meter["first_cpu"] = time.perf_counter(), time.process_time()
+                meter["tokens_at"] = state.num_input_tokens_seen
 
-        def __init__(self):
-            super().__init__(None, quiet=True)
-
-        def start(self, total_steps: int) -> None:
-            sync()
-            meter["first_begin"], meter["first_cpu"] = time.perf_counter(), time.process_time()
-
-        def step(self, progress) -> None:
+        def on_step_end(self, args, state, control, **kwargs):
             sync()
             meter["step_ends"].append(time.perf_counter())
             meter["step_cpu"].append(time.process_time())
-            meter["step_loss"].append(progress.loss)
+            meter["step_tokens"].append(state.num_input_tokens_seen - meter["tokens_at"])
+            meter["tokens_at"] = state.num_input_tokens_seen
 
-    meter.update(first_begin=None, first_cpu=None, step_ends=[], step_cpu=[], step_loss=[])
-    return ClockReporter()
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                meter["step_loss"].append(logs["loss"])
 
-
-def tuneloop_step_tokens(data, training, packing: bool, pad_id: int) -> tuple[list[int], list[int]]:
-    """Non-padding tokens and positions computed per optimizer step, in the loop's own order."""
-    from tuneloop_trainer.batches import make_batch
-    from tuneloop_trainer.train import micro_batches
-
-    batches = micro_batches(data.train, training.micro_batch_size, training.seed, 0)
-    per_step = training.gradient_accumulation_steps
-    tokens, positions = [], []
-    for start in range(0, len(batches), per_step):
-        made = [make_batch(group, packing, pad_id) for group in batches[start:start + per_step]]
-        tokens.append(sum(batch.tokens for batch in made))
-        positions.append(sum(batch.input_ids.numel() for batch in made))
-    return tokens, positions
+    meter.update(first_begin=None, first_cpu=None, step_ends=[], step_cpu=[], step_tokens=[], step_loss=[],
+                 batches=[])
+    return Clock()
 
 
 def run_tuneloop(spec, count: int, meter: dict, lora_init: dict | None = None):
-    """Training(...).run() on the first `count` training rows, a short hold-out, optionally a given LoRA init."""
+    """Training(...).run() on the first `count` training rows, a short hold-out, optionally a given LoRA init;
+    every micro-batch it trains on is kept in meter["batches"]."""
     import tuneloop_trainer.train as train_module
-    from tuneloop_trainer.distributed import init_world
+    from tuneloop_trainer.progress import ProgressReporter
 
     record: dict = {}
     real_prepare, real_load_model = train_module.prepare, train_module.load_model
@@ -505,9 +497,22 @@ def run_tuneloop(spec, count: int, meter: dict, lora_init: dict | None = None):
             copy_lora(model, lora_init)
         return model
 
+    class Benchmarked(train_module.Training):
+        def trainer(self, model, tokenizer, data, callbacks):
+            trainer = super().trainer(model, tokenizer, data, [*callbacks, clock_callback(meter)])
+            training_step = trainer.training_step
+
+            def recorded(model, inputs, num_items_in_batch=None):
+                meter["batches"].append({k: v.clone() for k, v in inputs.items()
+                                         if k in ("input_ids", "attention_mask", "labels", "position_ids")})
+                return training_step(model, inputs, num_items_in_batch)
+
+            trainer.training_step = recorded
+            return trainer
+
     train_module.prepare, train_module.load_model = prepare, load_model
     try:
-        training = train_module.Training(spec, clock_reporter(meter), init_world())
+        training = Benchmarked(spec, ProgressReporter(None, quiet=True))
         result = training.run()
     finally:
         train_module.prepare, train_module.load_model = real_prepare, real_load_model
@@ -517,30 +522,36 @@ def run_tuneloop(spec, count: int, meter: dict, lora_init: dict | None = None):
 def worker_tuneloop(args) -> dict[str, Any]:
     import torch
 
-    from tuneloop_trainer.model import load_tokenizer, weight_dtype
+    from tuneloop_trainer.model import weight_dtype
 
     count = args.steps * EXAMPLES_PER_STEP
     with tempfile.TemporaryDirectory(prefix="bench-tuneloop-") as output_dir:
         spec = workload(args, output_dir, check=False)
         meter: dict = {}
         started = time.perf_counter()
-        training, result, data = run_tuneloop(spec, count, meter)
+        _, result, _ = run_tuneloop(spec, count, meter)
         wall = time.perf_counter() - started
-        pad_id = load_tokenizer(args.model_path).pad_token_id
-    tokens, positions = tuneloop_step_tokens(data, spec.training, training.packing, pad_id)
+    tokens = meter["step_tokens"]
     if sum(tokens) != result.tokens_trained:
         raise SystemExit(f"token count mismatch: {sum(tokens)} counted, {result.tokens_trained} reported")
+    positions = [sum(batch["input_ids"].numel() for batch in group) for group in
+                 steps_of(meter["batches"], spec.training.gradient_accumulation_steps)]
     summary = timed_summary(meter, tokens, positions)
+    packing = spec.training.packing
     base = "NF4" if args.method == "qlora" else str(weight_dtype(spec.training, spec.method)).replace("torch.", "")
     summary.update(
         name="tuneloop", examples=count, wall_seconds=wall, peak_memory_mib=peak_memory_mib(),
-        packing=training.packing, reported_tokens_trained=result.tokens_trained,
+        packing=packing, reported_tokens_trained=result.tokens_trained,
         reported_tokens_per_second=result.tokens_per_second, weights=f"{base} base + fp32 LoRA",
         batches=f"{spec.training.micro_batch_size} x {spec.training.gradient_accumulation_steps}, "
-                f"{'packed' if training.packing else 'padded'}",
+                f"{'padding-free' if packing else 'padded'}, TRL SFTTrainer",
         lora=f"r{LORA['r']} alpha{LORA['alpha']} dropout{LORA['dropout']:g} {','.join(PLAIN_TARGETS)}",
         hold_out_loss=[result.hold_out_loss_before, result.hold_out_loss_after], threads=torch.get_num_threads())
     return summary
+
+
+def steps_of(batches: list, accumulation: int) -> list[list]:
+    return [batches[start:start + accumulation] for start in range(0, len(batches), accumulation)]
 
 
 # --- --check-loss ------------------------------------------------------------------------------
@@ -574,61 +585,46 @@ def rows_of(input_ids, mask, targets) -> list[tuple[list[int], list[int]]]:
     return [(ids[:n].tolist(), t[:n].tolist()) for ids, t, n in zip(input_ids.cpu(), targets.cpu(), lengths)]
 
 
-def trl_targets(labels):
-    """TRL's labels are unshifted; Tuneloop's targets are the labels of the next position."""
-    import torch
-
-    return torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
-
-
 def worker_check(args) -> dict[str, Any]:
     import torch
 
-    from tuneloop_trainer.batches import make_batch
     from tuneloop_trainer.model import load_tokenizer
-    from tuneloop_trainer.train import micro_batches
 
     count = CHECK_STEPS * EXAMPLES_PER_STEP
     with tempfile.TemporaryDirectory(prefix="bench-check-") as output_dir:
         spec = workload(args, output_dir, check=True)
-        training = spec.training
         tokenizer = load_tokenizer(args.model_path)
         rows = selected_rows(spec, tokenizer, count)
         init = reference_lora(args.model_path, args.seed)
 
-        # TRL gets the rows in the order Tuneloop's loop visits them, and samples sequentially.
-        order = [i for batch in micro_batches(list(range(count)), training.micro_batch_size, training.seed, 0)
-                 for i in batch]
-        ordered = [rows[i] for i in order]
+        # Both run the Trainer's seeded sampler over the same rows in the same order: the same micro-batches.
         plain_meter: dict = {}
-        trainer = sft_trainer(ordered, tokenizer, plain_model(args.model_path, "lora", "fp32"), output_dir + "/trl",
+        trainer = sft_trainer(rows, tokenizer, plain_model(args.model_path, "lora", "fp32"), output_dir + "/trl",
                               args.seed, CHECK_STEPS, meter=plain_meter, check=True, peft_config=peft_lora(0.0),
                               lora_init=init)
-        same_tokens = same_tokens_as_tuneloop(trainer, ordered, tokenizer)
+        same_tokens = same_tokens_as_tuneloop(trainer, rows, tokenizer)
         trainer.train()
 
         meter: dict = {}
-        loop, result, data = run_tuneloop(spec, count, meter, lora_init=init)
-        ours = [make_batch(group, False, tokenizer.pad_token_id)
-                for group in micro_batches(data.train, training.micro_batch_size, training.seed, 0)]
-        identical = len(ours) == len(plain_meter["batches"]) and all(
-            rows_of(b["input_ids"], b["attention_mask"], trl_targets(b["labels"]))
-            == rows_of(o.input_ids, o.attention_mask, o.targets)
-            for b, o in zip(plain_meter["batches"], ours))
+        run_tuneloop(spec, count, meter, lora_init=init)
+        identical = len(meter["batches"]) == len(plain_meter["batches"]) and all(
+            rows_of(b["input_ids"], b["attention_mask"], b["labels"])
+            == rows_of(o["input_ids"], o["attention_mask"], o["labels"])
+            for b, o in zip(plain_meter["batches"], meter["batches"]))
 
-        # The same micro-batches packed (one row each, attention per example): the fast path's maths.
-        packed_spec = spec.model_copy(update={"training": training.model_copy(update={"packing": True})})
+        # The same micro-batches padding-free (one row each, attention per example): the fast path's maths.
+        packed_spec = spec.model_copy(update={"training": spec.training.model_copy(update={"packing": True})})
         packed_meter: dict = {}
-        packed_loop, _, _ = run_tuneloop(packed_spec, count, packed_meter, lora_init=init)
+        run_tuneloop(packed_spec, count, packed_meter, lora_init=init)
+        packed = all("position_ids" in b and b["input_ids"].shape[0] == 1 for b in packed_meter["batches"])
 
     trl_losses, our_losses, packed_losses = plain_meter["step_loss"], meter["step_loss"], packed_meter["step_loss"]
     diffs = [abs(a - b) / max(abs(a), 1e-12) for a, b in zip(trl_losses, our_losses)]
     packed_diffs = [abs(a - b) / max(abs(a), 1e-12) for a, b in zip(trl_losses, packed_losses)]
     return {"trl": trl_losses, "tuneloop": our_losses, "relative_differences": diffs,
-            "tuneloop_packed": packed_losses, "packed_relative_differences": packed_diffs,
-            "packed": packed_loop.packing,
+            "tuneloop_packed": packed_losses, "packed_relative_differences": packed_diffs, "packed": packed,
             "max_relative_difference": max(diffs + packed_diffs) if diffs else None, "identical_batches": identical,
-            "same_tokens_as_tuneloop": same_tokens, "packing": loop.packing, "examples": count,
+            "same_tokens_as_tuneloop": same_tokens, "packing": spec.training.packing, "examples": count,
             "threads": torch.get_num_threads()}
 
 
@@ -725,10 +721,10 @@ def run_child(kind: str, args, workdir: Path) -> dict[str, Any]:
                "--shape", args.shape, "--method", args.method, "--steps", str(args.steps), "--seed", str(args.seed),
                "--data", args.data, "--model-path", args.model_path]
     env = dict(os.environ, **OFFLINE_ENV)
-    if kind == "tuneloop":  # the environment `python -m tuneloop_trainer` gives itself
-        from tuneloop_trainer.__main__ import cpu_allocator_env
+    if kind == "tuneloop" and not cuda():  # the environment Tuneloop's launchers give a CPU trainer
+        from tuneloop.runtime.manifests import CPU_TRAINER_ENV
 
-        env.update(cpu_allocator_env())
+        env = {**CPU_TRAINER_ENV, **env}
     started = time.perf_counter()
     with log.open("w") as handle:
         code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT, env=env)

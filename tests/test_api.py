@@ -43,7 +43,8 @@ FULL_MANIFEST = {
         },
         "method": {
             "type": "qlora",
-            "lora": {"r": 8, "alpha": 16.0, "dropout": 0.1, "targetModules": ["q_proj", "v_proj"]},
+            "lora": {"r": 8, "alpha": 16.0, "dropout": 0.1, "targetModules": ["q_proj", "v_proj"], "useDora": True,
+                     "useRslora": True},
             "quantization": {"quantType": "fp4", "doubleQuant": False, "computeDtype": "float16"},
         },
         "training": {
@@ -141,7 +142,8 @@ def test_a_minimal_spec_gets_the_documented_defaults():
 def test_defaults_show_on_the_wire_in_camel_case():
     wire = parse_spec(MINIMAL_SPEC).to_wire()
 
-    assert wire["method"]["lora"] == {"r": 16, "alpha": 32.0, "dropout": 0.05, "targetModules": ["all-linear"]}
+    assert wire["method"]["lora"] == {"r": 16, "alpha": 32.0, "dropout": 0.05, "targetModules": ["all-linear"],
+                                      "useDora": False, "useRslora": False}
     assert wire["training"]["learningRate"] == 2e-4
     assert wire["training"]["lrScheduler"] == "cosine"
     assert wire["training"]["epochs"] == 3

@@ -94,6 +94,15 @@ def test_pods_meet_pod_security_restricted():
     assert volumes["shm"]["emptyDir"]["medium"] == "Memory" and "emptyDir" in volumes["scratch"]
 
 
+def test_a_cpu_training_pod_gets_the_allocator_settings_and_a_gpu_pod_does_not():
+    def env(**resources):
+        pod = by_kind(training_objects(job(**resources), "t", CONFIG))["Job"]["spec"]["template"]["spec"]
+        return {item["name"]: item.get("value") for item in pod["containers"][0]["env"]}
+
+    assert env(gpus=0)["MALLOC_MMAP_THRESHOLD_"] == str(32 * 2**20)
+    assert "MALLOC_MMAP_THRESHOLD_" not in env(gpus=1)
+
+
 def test_several_gpus_run_torchrun_on_one_node():
     container = by_kind(training_objects(job(gpus=4), "t", CONFIG))["Job"]["spec"]["template"]["spec"]["containers"][0]
     assert container["command"][:3] == ["torchrun", "--standalone", "--nproc-per-node=4"]

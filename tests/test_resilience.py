@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from tiny_model import write_tickets
 from tuneloop.api.finetunejob import parse_spec
 from tuneloop.api.workloads import TrainerResult, TrainerWorkload, Tracking
-from tuneloop_trainer.checkpoints import COMPLETE, CheckpointStore
+from tuneloop_trainer.checkpoints import COMPLETE, complete_checkpoints, step_of
 
 
 
@@ -52,7 +52,7 @@ def start(work: TrainerWorkload, folder: Path, *prefix: str) -> subprocess.Popen
 
 def run_to_end(work: TrainerWorkload, folder: Path, *prefix: str) -> tuple[int, TrainerResult]:
     process = start(work, folder, *(prefix or (sys.executable,)))
-    code = process.wait(timeout=300)
+    code = process.wait(timeout=600)
     return code, TrainerResult.model_validate_json((folder / "result.json").read_text())
 
 
@@ -75,40 +75,45 @@ def adapter_weights(result: TrainerResult) -> dict[str, torch.Tensor]:
 
 def test_sigterm_then_sigkill_resume_continues_the_step_count_and_matches_an_uninterrupted_run(
         tiny_model_dir, dataset, tmp_path):
-    # Long enough (36 training rows / 4 per micro-batch = 9 steps an epoch, 540 in all) to stop it midway.
-    training = {"epochs": 60, "checkpoints": {"everySteps": 3, "keepLast": 2}}
+    # Long enough (36 training rows / 4 per micro-batch = 9 steps an epoch, 180 in all) to stop it midway.
+    training = {"epochs": 20, "checkpoints": {"everySteps": 3, "keepLast": 2}}
     code, reference = run_to_end(workload(tiny_model_dir, dataset, tmp_path / "ref", training), tmp_path / "ref-run")
-    assert code == 0 and reference.steps == 540
+    assert code == 0 and reference.steps == 180
 
     work, folder = workload(tiny_model_dir, dataset, tmp_path / "out", training), tmp_path / "run"
+    root = tmp_path / "out" / "checkpoints"
     process = start(work, folder, sys.executable)
     wait_for_step(folder, 5, process)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 143
     preempted = TrainerResult.model_validate_json((folder / "result.json").read_text())
     assert preempted.reason == "Preempted"
-    store = CheckpointStore(tmp_path / "out", keep_last=2)
-    stopped_at = int(store.latest().name.split("-")[1])
-    assert 5 <= stopped_at < 540
+    stopped_at = step_of(complete_checkpoints(root)[-1])
+    assert 5 <= stopped_at < 180
 
     process = start(work, folder, sys.executable)
-    wait_for_step(folder, stopped_at + 4, process)
-    process.send_signal(signal.SIGKILL)  # no chance to save: the last periodic checkpoint must do
+    wait_for_step(folder, stopped_at + 7, process)
+    process.send_signal(signal.SIGKILL)  # no chance to save: the periodic checkpoints must do
     process.wait(timeout=30)
-    (store.root / ".step-999999.partial").mkdir()  # a write cut short: never to be used
-    killed_after = int(store.latest().name.split("-")[1])
-    assert stopped_at < killed_after < 540
-    assert len(store.complete_steps()) <= 2
+    (root / "checkpoint-999999").mkdir()  # a write cut short (no COMPLETE marker): never to be used
+    complete = complete_checkpoints(root)
+    assert len(complete) == 2 and stopped_at < step_of(complete[0]) < step_of(complete[1]) < 180
+    # The newest complete checkpoint cannot be loaded (say its disk sector went bad): the one before must do.
+    weights = complete[1] / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    fallback = step_of(complete[0])
 
     code, result = run_to_end(work, folder)
 
     assert code == 0, result.message
-    assert result.resumed_from_step == killed_after
-    assert result.steps == 540
+    assert result.resumed_from_step == fallback
+    assert result.steps == 180
     log = (folder / "log.txt").read_text()
-    assert f"resuming from {store.root}/step-{stopped_at:06d}" in log
-    assert f"resuming from {store.root}/step-{killed_after:06d}" in log
-    # Same data order, same schedule, same optimizer state: the same adapter as without interruptions.
+    assert f"resuming from {root}/checkpoint-{stopped_at} (step {stopped_at})" in log
+    assert f"checkpoint {complete[1]} cannot be loaded (adapter_model.safetensors" in log
+    assert f"resuming from {root}/checkpoint-{fallback} (step {fallback})" in log
+    assert not (root / "checkpoint-999999").exists()
+    # Same data order, same schedule, same optimizer and RNG state: the same adapter as without interruptions.
     ours, theirs = adapter_weights(result), adapter_weights(reference)
     assert ours.keys() == theirs.keys()
     for name in ours:
@@ -116,12 +121,18 @@ def test_sigterm_then_sigkill_resume_continues_the_step_count_and_matches_an_uni
     assert result.hold_out_loss_before == pytest.approx(reference.hold_out_loss_before)
 
 
-def test_incomplete_checkpoints_are_never_used(tmp_path):
-    store = CheckpointStore(tmp_path, keep_last=2)
-    (store.root / "step-000004").mkdir(parents=True)
-    (store.root / "step-000004" / COMPLETE).write_text("ok")
-    (store.root / "step-000008").mkdir()  # no COMPLETE marker: cut short
-    assert store.latest().name == "step-000004"
+def test_a_checkpoint_is_complete_only_with_its_marker_written_after_its_files(tmp_path):
+    from tuneloop_trainer.checkpoints import mark_complete, remove_incomplete
+
+    for step in (4, 8, 12):
+        (tmp_path / f"checkpoint-{step}" / "nested").mkdir(parents=True)
+        (tmp_path / f"checkpoint-{step}" / "nested" / "optimizer.pt").write_bytes(b"state")
+    mark_complete(tmp_path / "checkpoint-4")
+    mark_complete(tmp_path / "checkpoint-12")
+    (tmp_path / "checkpoint-12" / COMPLETE).unlink()  # cut short before the marker
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["checkpoint-4"]
+    remove_incomplete(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4"]
 
 
 def test_early_stopping_outputs_the_best_checkpoint(tiny_model_dir, dataset, tmp_path):
@@ -132,13 +143,14 @@ def test_early_stopping_outputs_the_best_checkpoint(tiny_model_dir, dataset, tmp
     assert code == 0, result.message
     assert result.stopped_early
     assert [e.step for e in result.evaluations] == [3, 6, 9]
-    assert result.steps == 9 and result.best_step == 3
-    assert result.hold_out_loss_after == pytest.approx(result.evaluations[0].hold_out_loss, rel=1e-4)
-    best = load_file(tmp_path / "out" / "checkpoints" / "best" / "trainable.safetensors")
+    best = min(result.evaluations, key=lambda e: e.hold_out_loss)
+    assert result.steps == 9 and result.best_step == best.step
+    assert result.hold_out_loss_after == pytest.approx(best.hold_out_loss, rel=1e-4)
+    kept = load_file(tmp_path / "out" / "checkpoints" / f"checkpoint-{best.step}" / "adapter_model.safetensors")
     saved = adapter_weights(result)
-    for name, tensor in best.items():
-        key = name.replace(".default.weight", ".weight")
-        torch.testing.assert_close(saved[key], tensor)
+    assert saved.keys() == kept.keys()
+    for name, tensor in kept.items():
+        torch.testing.assert_close(saved[name], tensor)
 
 
 def test_exploding_loss_stops_with_a_named_reason_and_keeps_the_last_good_checkpoint(tiny_model_dir, dataset, tmp_path):
@@ -151,30 +163,36 @@ def test_exploding_loss_stops_with_a_named_reason_and_keeps_the_last_good_checkp
     assert result.reason == "LossDiverged"
     assert "exploded" in result.message and "learningRate" in result.message
     failed_at = int(result.message.split(" at step ")[1].split()[0])
-    store = CheckpointStore(tmp_path / "out", keep_last=1)
-    assert int(store.latest().name.split("-")[1]) == failed_at - 1  # the last good step is kept
+    (kept,) = complete_checkpoints(tmp_path / "out" / "checkpoints")
+    assert step_of(kept) == failed_at - 1  # the last good step is kept
     assert not (tmp_path / "out" / "adapter").exists()
 
 
 @pytest.mark.parametrize("loss", [float("nan"), float("inf")])
-def test_a_non_finite_loss_is_divergence(loss, tiny_model_dir, dataset, tmp_path):
-    from tuneloop_trainer.checkpoints import LoopState
-    from tuneloop_trainer.distributed import World
-    from tuneloop_trainer.progress import ProgressReporter
-    from tuneloop_trainer.train import LossDiverged, Training
+def test_a_non_finite_loss_is_divergence(loss):
+    from transformers import TrainerState
 
-    training = Training(workload(tiny_model_dir, dataset, tmp_path), ProgressReporter(None, interactive=False), World())
+    from tuneloop_trainer.callbacks import DivergenceGuard, LossDiverged
+
+    guard = DivergenceGuard(spike_factor=10.0)
+    guard.on_log(None, TrainerState(global_step=6), None, logs={"loss": 1.0})
     with pytest.raises(LossDiverged, match="became"):
-        training.check_divergence(loss, LoopState(step=7, lowest_loss=1.0))
+        guard.on_log(None, TrainerState(global_step=7), None, logs={"loss": loss})
 
 
 @pytest.mark.parametrize("scheduler", ["cosine", "linear", "constant", "warmup-stable-decay"])
 def test_learning_rate_schedules(scheduler, tiny_model_dir, dataset, tmp_path):
-    from tuneloop_trainer.train import make_scheduler
+    """As the Trainer builds the schedule from the SFTConfig that the spec maps to."""
+    from transformers import get_scheduler
 
-    work = workload(tiny_model_dir, dataset, tmp_path, {"lrScheduler": scheduler, "warmupRatio": 0.1, "learningRate": 1e-3})
-    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
-    schedule = make_scheduler(optimizer, work, total_steps=100)
+    from tuneloop_trainer.sft import sft_config
+
+    work = workload(tiny_model_dir, dataset, tmp_path, {"lrScheduler": scheduler, "warmupRatio": 0.1,
+                                                        "learningRate": 1e-3, "epochs": 1, "microBatchSize": 1})
+    config = sft_config(work, tmp_path / "checkpoints", train_examples=100)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=config.learning_rate)
+    schedule = get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=config.get_warmup_steps(100),
+                             num_training_steps=100, scheduler_specific_kwargs=config.lr_scheduler_kwargs)
     rates = []
     for _ in range(100):
         rates.append(schedule.get_last_lr()[0])
@@ -232,6 +250,7 @@ def test_two_process_torchrun_produces_one_adapter(tiny_model_dir, dataset, tmp_
     assert single_code == 0 and code == 0, result.message
     assert result.steps == 10  # 9 micro-batches an epoch shared by 2 processes: 5 steps an epoch
     assert single.steps == 18
-    adapters = list((tmp_path / "two").glob("**/adapter_model.safetensors"))
-    assert len(adapters) == 1
+    adapters = [path for path in (tmp_path / "two").glob("**/adapter_model.safetensors")
+                if "checkpoints" not in path.parts]
+    assert adapters == [tmp_path / "two" / "adapter" / "adapter_model.safetensors"]
     assert result.hold_out_loss_after < result.hold_out_loss_before

@@ -96,10 +96,23 @@ def test_bad_data_fails_before_training_naming_file_and_line(tiny_model_dir, tmp
     assert not (tmp_path / "out" / "adapter").exists()
 
 
+def collated(examples, padding_free: bool, pad_token_id: int) -> dict:
+    """A micro-batch as TRL's collator makes it: one padding-free row, or padded rows with a mask."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    collator = DataCollatorForLanguageModeling(pad_token_id=pad_token_id, padding_free=padding_free)
+    return collator([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
+
+
+def summed_loss(model, batch: dict):
+    """The model's own loss (mean over answer tokens) times the number of answer tokens."""
+    targets = int((batch["labels"][:, 1:] != -100).sum())
+    return model(**batch, use_cache=False).loss * targets
+
+
 @pytest.mark.parametrize("attention", ["sdpa", "tuneloop"])
-def test_packed_and_padded_batches_give_the_same_loss(tiny_model_dir, tickets, attention):
+def test_padding_free_and_padded_batches_give_the_same_loss(tiny_model_dir, tickets, attention):
     from tuneloop_trainer.attention import ATTENTION
-    from tuneloop_trainer.batches import packed_batch, padded_batch, summed_loss
     from tuneloop_trainer.data import load_jsonl, tokenize
     from transformers import AutoModelForCausalLM
 
@@ -107,30 +120,36 @@ def test_packed_and_padded_batches_give_the_same_loss(tiny_model_dir, tickets, a
     examples = [tokenize(tokenizer, row, 512) for row in load_jsonl(tickets).examples[:5]]
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
                                                  attn_implementation=ATTENTION if attention == "tuneloop" else attention)
-    packed, padded = packed_batch(examples), padded_batch(examples, tokenizer.pad_token_id)
-
-    assert packed.target_tokens == padded.target_tokens == sum(e.trained_tokens for e in examples) - 0
+    pad = tokenizer.pad_token_id
+    packed, padded = collated(examples, True, pad), collated(examples, False, pad)
+    assert packed["input_ids"].shape == (1, sum(len(e.input_ids) for e in examples)) and "attention_mask" in padded
     with torch.no_grad():
         assert float(summed_loss(model, packed)) == pytest.approx(float(summed_loss(model, padded)), rel=1e-4)
-        # Attention must not cross example boundaries: the last example alone scores the same as inside the pack.
-        alone = float(summed_loss(model, packed_batch(examples[-1:])))
-        without_last = float(summed_loss(model, packed_batch(examples[:-1])))
+        # Attention must not cross example boundaries: the last example alone scores the same as inside the row.
+        alone = float(summed_loss(model, collated(examples[-1:], True, pad)))
+        without_last = float(summed_loss(model, collated(examples[:-1], True, pad)))
         assert float(summed_loss(model, packed)) == pytest.approx(alone + without_last, rel=1e-4)
 
 
-def test_per_example_attention_gives_the_block_diagonal_masks_loss_and_gradients(tiny_model_dir, tickets):
-    """The packed fast path (attention per example, no row x row mask) changes no sum and no gradient."""
-    from tuneloop_trainer.attention import ATTENTION
-    from tuneloop_trainer.batches import packed_batch, summed_loss
+def test_per_example_attention_gives_the_block_diagonal_masks_loss_and_gradients(tiny_model_dir, tickets, monkeypatch):
+    """The CPU fast path (attention per example, no row x row mask) changes no sum and no gradient."""
+    import tuneloop_trainer.attention as attention
     from tuneloop_trainer.data import load_jsonl, tokenize
     from transformers import AutoModelForCausalLM
 
     tokenizer = build_tiny_tokenizer()
-    batch = packed_batch([tokenize(tokenizer, row, 512) for row in load_jsonl(tickets).examples[:6]])
-    assert batch.lengths is not None and sum(batch.lengths) == batch.input_ids.shape[1]
+    examples = [tokenize(tokenizer, row, 512) for row in load_jsonl(tickets).examples[:6]]
+    batch = collated(examples, True, tokenizer.pad_token_id)
+    lengths = [len(e.input_ids) for e in examples]
+    row = torch.empty(1, 2, sum(lengths), 8)
+    assert attention.example_lengths(row, row, None, batch["cu_seq_lens_q"], None) == lengths
+    assert attention.example_lengths(row, row, None, None, batch["position_ids"]) == lengths
     grads = []
-    for attention in ("sdpa", ATTENTION):
-        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attention)
+    for implementation in ("sdpa", attention.ATTENTION):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
+                                                     attn_implementation=implementation)
+        if implementation == attention.ATTENTION:  # the per-example path, never the fallback
+            monkeypatch.setattr(attention, "sdpa_attention_forward", None)
         loss = summed_loss(model, batch)
         loss.backward()
         grads.append((float(loss.detach()), [p.grad.clone() for p in model.parameters()]))
@@ -209,3 +228,44 @@ def test_merge_and_unload_writes_a_full_safetensors_model(tiny_model_dir, ticket
     assert (merged / "model.safetensors").is_file() and (merged / "tokenizer.json").is_file()
     model = AutoModelForCausalLM.from_pretrained(merged)  # loads as a plain model, no peft needed
     assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_dora_and_rslora_reach_peft_and_the_saved_adapter(tiny_model_dir, tickets, tmp_path):
+    workload = workload_for(tiny_model_dir, tickets, tmp_path / "out", epochs=1)
+    workload.method.lora.use_dora, workload.method.lora.use_rslora = True, True
+    code, result = run_trainer(workload, tmp_path)
+
+    assert code == 0, result.message
+    config = json.loads((Path(result.adapter_path) / "adapter_config.json").read_text())
+    assert config["use_dora"] is True and config["use_rslora"] is True
+
+
+def test_a_killed_local_run_leaves_no_trainer_behind(tiny_model_dir, tickets, tmp_path):
+    """SIGKILL to `tuneloop run` (a timeout, an OOM kill) reaches its trainer as SIGTERM: it checkpoints and ends."""
+    import signal
+    import time
+
+    import yaml
+
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(manifest(tiny_model_dir, tickets, epochs=100)))
+    cli = subprocess.Popen([sys.executable, "-m", "tuneloop.cli", "run", str(tmp_path / "job.yaml"), "--local",
+                            "--workdir", str(tmp_path / "work")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def training() -> bool:
+        for progress in (tmp_path / "work").glob("tiny/*/tiny-train/progress.json"):
+            try:
+                return json.loads(progress.read_text())["stage"] == "training"
+            except (OSError, ValueError):
+                return False
+        return False
+
+    deadline = time.monotonic() + 120
+    while not training():
+        assert time.monotonic() < deadline and cli.poll() is None, "the trainer did not start training"
+        time.sleep(0.1)
+    cli.send_signal(signal.SIGKILL)
+    cli.wait(timeout=10)
+    (folder,) = (tmp_path / "work").glob("tiny/*/tiny-train")
+    while not (folder / "result.json").is_file():
+        assert time.monotonic() < deadline + 30, "the trainer outlived the run that started it"
+        time.sleep(0.1)
+    assert TrainerResult.model_validate_json((folder / "result.json").read_text()).reason == "Preempted"

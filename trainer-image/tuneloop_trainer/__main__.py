@@ -22,22 +22,6 @@ log = logging.getLogger("tuneloop_trainer")
 PREEMPTED_EXIT = 143  # 128 + SIGTERM, what a pod stopped by its kubelet reports
 
 
-# glibc's allocator for CPU training: a step frees and re-allocates activations of a few MB to
-# tens of MB; by default glibc serves those with mmap, unmaps them on free and trims the heap,
-# so every step faults the same memory in again, zero-filled by the kernel. Served from a heap
-# that is never trimmed, SmolLM2 LoRA steps ran about 8-10% faster on a 2-core CPU (453 against
-# 420 tokens/s, benchmarks/README.md). Read by glibc at process start, hence the re-exec below.
-CPU_ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(16 * 2**30),
-                     "MALLOC_TOP_PAD_": str(2**30)}
-
-
-def cpu_allocator_env() -> dict[str, str]:
-    """The allocator settings to add to this process's environment: none on a GPU node or off Linux."""
-    if not sys.platform.startswith("linux") or os.path.exists("/dev/nvidiactl"):
-        return {}
-    return {key: value for key, value in CPU_ALLOCATOR_ENV.items() if key not in os.environ}
-
-
 def failure(reason: str, message: str) -> TrainerResult:
     return TrainerResult(succeeded=False, reason=reason, message=message)
 
@@ -67,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         from tuneloop_trainer.data import DataError
         from tuneloop_trainer.model import UnsupportedHardware
         from tuneloop_trainer.progress import ProgressReporter
-        from tuneloop_trainer.train import LossDiverged, Preempted, run
+        from tuneloop_trainer.callbacks import LossDiverged
+        from tuneloop_trainer.train import Preempted, run
 
         try:
             result = run(workload, ProgressReporter(args.progress))
@@ -92,7 +77,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    missing = cpu_allocator_env()
-    if missing:  # once: the new process has them all
-        os.execve(sys.executable, [sys.executable, "-m", "tuneloop_trainer", *sys.argv[1:]], {**os.environ, **missing})
     sys.exit(main())

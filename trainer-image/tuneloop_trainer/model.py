@@ -40,14 +40,31 @@ def load_tokenizer(model_path: str) -> Any:
     return tokenizer
 
 
+def attention_implementation() -> str:
+    """flash-attention's varlen kernels where installed on CUDA, else transformers' SDPA (which turns the
+    padding-free rows' position ids into a block-diagonal mask); on a CPU, our per-example SDPA."""
+    if torch.cuda.is_available():
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError:
+            return "sdpa"
+        return "flash_attention_2"
+    from tuneloop_trainer.attention import ATTENTION  # registers it with transformers
+
+    return ATTENTION
+
+
+def gradient_checkpointing(training: TrainingSpec) -> bool:
+    """The spec's choice; unset, on with CUDA (memory is the limit there) and off on CPUs (speed is)."""
+    return torch.cuda.is_available() if training.gradient_checkpointing is None else training.gradient_checkpointing
+
+
 def load_model(model_path: str, method: MethodSpec, training: TrainingSpec) -> torch.nn.Module:
     """Base model with the method's trainable parameters attached; a peft model for lora/qlora."""
     from transformers import AutoModelForCausalLM
 
-    from tuneloop_trainer.attention import ATTENTION  # registers it with transformers
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    kwargs: dict[str, Any] = {"dtype": weight_dtype(training, method), "attn_implementation": ATTENTION}
+    kwargs: dict[str, Any] = {"dtype": weight_dtype(training, method), "attn_implementation": attention_implementation()}
     if method.type == "qlora":
         if not torch.cuda.is_available():
             raise UnsupportedHardware(
@@ -67,20 +84,22 @@ def load_model(model_path: str, method: MethodSpec, training: TrainingSpec) -> t
     if method.type != "qlora":
         model.to(device)
     model.config.use_cache = False
-    if training.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
     if method.type == "full":
         return model
 
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    if method.type == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing(training),
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = method.lora
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=lora.peft_target_modules(),
+        use_dora=lora.use_dora,
+        use_rslora=lora.use_rslora,
         bias="none",
         task_type="CAUSAL_LM",
     )

@@ -147,6 +147,11 @@ class LoraSpec(WireModel):
         default_factory=lambda: ["all-linear"], min_length=1, json_schema_extra={"default": ["all-linear"]},
         description="Module names to adapt (e.g. q_proj, v_proj), or [all-linear] for every linear layer "
                     "but the output head.")
+    use_dora: bool = Field(False, description=(
+        "Weight-decomposed LoRA (DoRA): a learned magnitude per output feature. Often better at low rank, "
+        "~20% slower; vLLM cannot serve a DoRA adapter unmerged (set output.mergeAdapter)."))
+    use_rslora: bool = Field(False, description=(
+        "Rank-stabilised LoRA: scale the update by alpha / sqrt(r) instead of alpha / r (steadier at high rank)."))
 
     @model_validator(mode="after")
     def _targets(self) -> "LoraSpec":
@@ -200,7 +205,9 @@ class TrainingSpec(WireModel):
         "default remembers the large early gradients for ~1000 steps and shrinks later updates."))
     max_grad_norm: float = Field(1.0, gt=0, description="Gradients are clipped to this global norm.")
     packing: bool = Field(True, description="Concatenate examples without padding; attention stays within each example.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~30% slower.")
+    gradient_checkpointing: bool | None = Field(None, description=(
+        "Recompute activations in backward: less memory, ~30% slower. Unset: on with CUDA (GPU memory is "
+        "the limit), off on CPUs."))
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 base weights where the hardware has bf16 (adapters stay fp32).")
     optimizer: Literal["auto", "adamw", "paged-adamw-8bit"] = Field(

@@ -7,11 +7,13 @@ where the last run stopped: a finished workload is not run twice, a succeeded jo
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import hashlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -23,6 +25,7 @@ from tuneloop import catalog
 from tuneloop.api.finetunejob import TERMINAL_PHASES, FineTuneJob, FineTuneJobStatus
 from tuneloop.api.workloads import Tracking, TrainerWorkload
 from tuneloop.runtime import stage_workloads
+from tuneloop.runtime.manifests import CPU_TRAINER_ENV
 from tuneloop.reconcile.finetunejob import (
     EmitEvent,
     LaunchWorkload,
@@ -66,6 +69,14 @@ def prepare_tracking(tracking_uri: str, artifact_uri: str | None) -> None:
     client = MlflowClient(tracking_uri=tracking_uri)
     if client.get_experiment_by_name(EXPERIMENT) is None:
         client.create_experiment(EXPERIMENT, artifact_location=artifact_uri)
+
+
+def terminated_with_parent() -> None:
+    """In a workload's process before it starts: SIGTERM when the process that launched it dies, even
+    by SIGKILL, so a killed `tuneloop run` leaves no trainer behind (a trainer checkpoints on SIGTERM)."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -150,7 +161,9 @@ class LocalRuntime:
         if action.stage == "train":
             command += ["--progress", str(folder / "progress.json")]
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-        self.processes[action.name] = subprocess.Popen(command, env=env)
+        if action.stage == "train" and sys.platform.startswith("linux") and not os.path.exists("/dev/nvidiactl"):
+            env = {**CPU_TRAINER_ENV, **env}
+        self.processes[action.name] = subprocess.Popen(command, env=env, preexec_fn=terminated_with_parent)
 
     def workload(self, job: FineTuneJob, action: LaunchWorkload, folder: Path):
         def resolve(uri: str) -> str:

@@ -1,0 +1,137 @@
+"""What Tuneloop adds to the transformers Trainer's loop, as TrainerCallbacks.
+
+- `Progress`: the progress file and log lines (ProgressReporter) and MLflow metrics every step:
+  loss, learning rate, tokens/s and an ETA that count from where this process started (a resumed
+  run's first steps are not the whole run's).
+- `StopOnSignal`: SIGTERM (a preempted pod) or SIGINT asks for a checkpoint and a stop at the end
+  of the current step; every process of a distributed run agrees before stopping.
+- `DivergenceGuard`: a non-finite step loss, or one above `loss_spike_factor` x the lowest so far,
+  stops the run (LossDiverged); the checkpoints written before it stay.
+- `CompleteCheckpoints`: marks each checkpoint complete once it is on disk (checkpoints.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from transformers import TrainerCallback
+
+from tuneloop.api.workloads import TrainerProgress
+from tuneloop_trainer.checkpoints import PREFIX, mark_complete
+from tuneloop_trainer.progress import ProgressReporter
+from tuneloop_trainer.tracking import MetricsLogger
+
+log = logging.getLogger("tuneloop_trainer")
+
+
+class LossDiverged(RuntimeError):
+    """The loss became NaN/inf or exploded; the last good checkpoint is kept."""
+
+
+class Progress(TrainerCallback):
+    def __init__(self, reporter: ProgressReporter, metrics: MetricsLogger):
+        self.reporter, self.metrics = reporter, metrics
+        self.started_at: float | None = None
+        self.first_step = self.first_tokens = 0
+        self.seconds, self.tokens = 0.0, 0  # optimizer steps run by this process, for tokens/s
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.reporter.start(state.max_steps)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.started_at is None:  # after a resume: counted from the step this process starts at
+            self.started_at, self.first_step, self.first_tokens = time.monotonic(), state.global_step, \
+                state.num_input_tokens_seen
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" not in logs or self.started_at is None:
+            return
+        self.seconds = time.monotonic() - self.started_at
+        self.tokens = state.num_input_tokens_seen - self.first_tokens
+        speed = self.tokens / max(self.seconds, 1e-9)
+        done = state.global_step - self.first_step
+        epoch = state.epoch or 0.0
+        self.reporter.step(TrainerProgress(
+            stage="training", step=state.global_step, total_steps=state.max_steps, epoch=epoch, loss=logs["loss"],
+            tokens_per_second=speed, eta_seconds=self.seconds / max(done, 1) * (state.max_steps - state.global_step)))
+        self.metrics.log(state.global_step, step=state.global_step, loss=logs["loss"],
+                         learning_rate=logs.get("learning_rate"), tokens_per_second=speed, epoch=epoch,
+                         grad_norm=logs.get("grad_norm"))
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if metrics and "eval_loss" in metrics:
+            self.metrics.log(state.global_step, hold_out_loss=metrics["eval_loss"])
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.reporter.close()
+
+
+class StopOnSignal(TrainerCallback):
+    def __init__(self) -> None:
+        self.requested = False  # by a signal to this process
+        self.stopped = False  # by any process of the run: a checkpoint was asked for
+
+    def request(self, signum, frame) -> None:
+        log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
+        self.requested = True
+
+    @contextmanager
+    def installed(self) -> Iterator["StopOnSignal"]:
+        previous = {sig: signal.signal(sig, self.request) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.anyone_requested(args):
+            self.stopped = True
+            control.should_save = True
+            control.should_training_stop = True
+
+    def anyone_requested(self, args) -> bool:
+        """A SIGTERM reaches pods one by one: a process that stopped alone would leave the others waiting."""
+        if args.world_size == 1:
+            return self.requested
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([int(self.requested)], device=args.device)
+        dist.all_reduce(flag)
+        return bool(flag.item())
+
+
+class DivergenceGuard(TrainerCallback):
+    def __init__(self, spike_factor: float):
+        self.spike_factor = spike_factor
+        self.lowest: float | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        if not math.isfinite(loss):
+            raise LossDiverged(f"training loss became {loss} at step {state.global_step}; "
+                               "the last good checkpoint is kept")
+        if self.lowest is not None and loss > self.spike_factor * max(self.lowest, 1e-3):
+            raise LossDiverged(f"training loss exploded to {loss:.4g} at step {state.global_step} "
+                               f"(more than {self.spike_factor}x the lowest, {self.lowest:.4g}); "
+                               "lower spec.training.learningRate; the last good checkpoint is kept")
+        self.lowest = loss if self.lowest is None else min(self.lowest, loss)
+
+
+class CompleteCheckpoints(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"{PREFIX}{state.global_step}"
+            if folder.is_dir():
+                mark_complete(folder)
+                log.info("checkpoint saved: %s", folder)
