@@ -813,7 +813,7 @@ def parent(args, argv: list[str]) -> int:
             raise SystemExit(f"{shape.name} is a GPU shape and this machine has no CUDA: use --dry-run here")
         args.model_path = model_path(shape)
         if args.check_loss:
-            print(f"check-loss: {shape.name}, TRL SFTTrainer vs Tuneloop's loop, {CHECK_STEPS} steps x "
+            print(f"check-loss: {shape.name}, the plain TRL recipe vs Tuneloop, {CHECK_STEPS} steps x "
                   f"{EXAMPLES_PER_STEP} examples (2 x 4, unpacked), same batches, same LoRA init, fp32, "
                   "lr 2e-4 constant, dropout 0", flush=True)
             return report_check(run_child("check", args, workdir))

@@ -269,3 +269,31 @@ def test_a_killed_local_run_leaves_no_trainer_behind(tiny_model_dir, tickets, tm
         assert time.monotonic() < deadline + 30, "the trainer outlived the run that started it"
         time.sleep(0.1)
     assert TrainerResult.model_validate_json((folder / "result.json").read_text()).reason == "Preempted"
+
+
+def test_the_cpu_loss_equals_trls_fused_head_loss_and_gradients(tiny_model_dir, tickets, tmp_path):
+    """On CPUs the trainer computes logits at answer positions only, in the model's dtype: same sum, same grads."""
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from tuneloop_trainer.data import load_jsonl, tokenize
+    from tuneloop_trainer.sft import as_dataset, sft_trainer_class
+
+    tokenizer = build_tiny_tokenizer()
+    examples = [tokenize(tokenizer, row, 512) for row in load_jsonl(tickets).examples[:6]]
+    config = SFTConfig(output_dir=str(tmp_path), padding_free=True, max_length=None, report_to="none",
+                       dataset_kwargs={"skip_prepare_dataset": True}, use_cpu=True)
+    results = []
+    for trainer_class in (SFTTrainer, sft_trainer_class()):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        trainer = trainer_class(model=model, args=config, train_dataset=as_dataset(examples),
+                                processing_class=tokenizer)
+        batch = trainer.data_collator([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
+        loss = trainer.compute_loss(model, batch, num_items_in_batch=None)
+        loss.backward()
+        results.append((float(loss.detach()), [p.grad.clone() for p in model.parameters()]))
+    (reference, expected), (loss, actual) = results
+    assert sft_trainer_class() is not SFTTrainer or torch.cuda.is_available()
+    assert loss == pytest.approx(reference, rel=1e-5)
+    for want, got in zip(expected, actual):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

@@ -106,3 +106,54 @@ def sft_config(workload: TrainerWorkload, output_dir: Path, train_examples: int,
         dataloader_num_workers=0, dataloader_pin_memory=cuda, remove_unused_columns=True,
         **fsdp,
     )
+
+
+def as_dataset(examples: list) -> Any:
+    """Tokenized examples (ids and answer-only labels) as the datasets.Dataset the Trainer reads."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": [e.input_ids for e in examples], "labels": [e.labels for e in examples]})
+
+
+def answer_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the logits are needed (positions whose next token is an answer token) and those tokens."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != -100
+    return keep, labels[:, 1:][keep[:, :-1]]
+
+
+def sft_trainer_class() -> type:
+    """TRL's SFTTrainer; on CPUs with the loss Tuneloop measured faster there.
+
+    TRL's fused LM head projects answer tokens in fp32 tiles and computes entropy and top-1 metrics
+    for its logs: right for GPU memory, but on a 2-core CPU it was 60% of a SmolLM2 LoRA step (the
+    bf16 head upcast per tile, three passes over the vocabulary, benchmarks/README.md). On CPUs the
+    model's own forward (under DDP or peft as the Trainer wraps it) computes logits only at answer
+    positions (`logits_to_keep` as a mask), in the model's dtype, and the loss is cross-entropy in fp32:
+    the same sum, divided by the same token count.
+    """
+    from trl import SFTTrainer
+
+    if torch.cuda.is_available():
+        return SFTTrainer
+
+    class CpuSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs or self.compute_loss_func is not None or self.label_smoother is not None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            inputs = dict(inputs)
+            keep, targets = answer_positions(inputs.pop("labels"))
+            logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets,
+                                                     reduction="sum")
+            count = targets.numel() if num_items_in_batch is None else num_items_in_batch
+            loss = loss / torch.as_tensor(count).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            if self.model.training:
+                self._total_train_tokens += int(inputs["input_ids"].numel())
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return loss
+
+    return CpuSFTTrainer
+

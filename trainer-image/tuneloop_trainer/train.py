@@ -17,11 +17,11 @@ from tuneloop.api.workloads import Evaluation, Preview, TrainerResult, TrainerWo
 from tuneloop_trainer import data as data_module
 from tuneloop_trainer.callbacks import CompleteCheckpoints, DivergenceGuard, LossDiverged, Progress, StopOnSignal
 from tuneloop_trainer.checkpoints import complete_checkpoints, remove_all, remove_incomplete, step_of
-from tuneloop_trainer.data import Example, TokenizedExample
+from tuneloop_trainer.data import Example
 from tuneloop_trainer.model import count_parameters, load_model, load_tokenizer
 from tuneloop_trainer.prepare import PreparedData, prepare
 from tuneloop_trainer.progress import ProgressReporter
-from tuneloop_trainer.sft import sft_config, steps_per_epoch
+from tuneloop_trainer.sft import as_dataset, sft_config, sft_trainer_class, steps_per_epoch
 from tuneloop_trainer.tracking import MetricsLogger
 
 log = logging.getLogger("tuneloop_trainer")
@@ -52,12 +52,6 @@ class BeforeTraining:
         partial = path.with_name(f".{path.name}.partial")
         partial.write_text(json.dumps(asdict(self)), encoding="utf-8")
         os.replace(partial, path)
-
-
-def as_dataset(examples: list[TokenizedExample]) -> Any:
-    from datasets import Dataset
-
-    return Dataset.from_dict({"input_ids": [e.input_ids for e in examples], "labels": [e.labels for e in examples]})
 
 
 @torch.no_grad()
@@ -227,13 +221,12 @@ class Training:
         return result
 
     def trainer(self, model, tokenizer, data: PreparedData, callbacks: list) -> Any:
-        from trl import SFTTrainer
-
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
         config = sft_config(self.workload, self.checkpoints, len(data.train), self.world_size)
-        trainer = SFTTrainer(model=model, args=config, train_dataset=as_dataset(data.train),
-                             eval_dataset=as_dataset(data.hold_out), processing_class=tokenizer, callbacks=callbacks)
+        trainer = sft_trainer_class()(model=model, args=config, train_dataset=as_dataset(data.train),
+                                      eval_dataset=as_dataset(data.hold_out), processing_class=tokenizer,
+                                      callbacks=callbacks)
         for printer in (PrinterCallback, ProgressCallback):  # callbacks.Progress reports instead
             trainer.remove_callback(printer)
         return trainer
