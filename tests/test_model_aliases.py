@@ -51,6 +51,28 @@ def test_an_alias_resolves_over_rest_and_is_polled_not_asked_on_every_pass(mlflo
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("store", ["server", "sqlite"])
+def test_a_versions_lora_options_are_read_from_its_tag_over_rest_and_from_a_sqlite_store(
+        store, mlflow_server, registry, tmp_path):  # noqa: F811
+    if store == "server":
+        uri, client = mlflow_server, registry
+    else:
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        client = MlflowClient(tracking_uri=uri)
+        client.create_registered_model(MODEL)
+        for _ in range(3):
+            client.create_model_version(MODEL, source="s3://adapters/acme-tickets")
+    client.set_model_version_tag(MODEL, "2", "tuneloop.dev/lora", '{"r":64,"useDora":true,"useRslora":false}')
+    resolver = AliasResolver(uri)
+
+    async def scenario():
+        assert await resolver.adapter_options(MODEL, "2") == {"r": 64, "useDora": True, "useRslora": False}
+        assert await resolver.adapter_options(MODEL, "1") is None  # registered without the tag
+        assert await resolver.adapter_options(MODEL, "99") is None  # no such version
+
+    asyncio.run(scenario())
+
+
 def test_an_unreachable_mlflow_keeps_the_last_version_and_says_why():
     now = [0.0]
     resolver = AliasResolver(f"http://127.0.0.1:{free_port()}", poll_seconds=30, clock=lambda: now[0])

@@ -107,3 +107,19 @@ def test_crd_names_printers_and_a_description_on_every_spec_field():
     walk(crd_schema()["properties"]["spec"], "spec")
     rank = crd_schema()["properties"]["spec"]["properties"]["serving"]["properties"]["maxLoraRank"]
     assert rank["enum"] == [8, 16, 32, 64, 128, 256, 320, 512]
+
+
+def test_an_adapter_vllm_cannot_load_is_named_before_any_deployment_tries():
+    from tuneloop.api.modeldeployment import ModelDeploymentSpec, unservable_adapter
+
+    spec = ModelDeploymentSpec.model_validate({
+        "baseModel": {"name": "smollm2-135m-instruct"}, "adapter": {"name": "acme-tickets", "alias": "champion"},
+        "serving": {"maxLoraRank": 16}})
+    assert unservable_adapter(spec, "3", None) is None  # registered before the tag existed: nothing to check
+    assert unservable_adapter(spec, "3", {"r": 16, "useDora": False}) is None
+    dora = unservable_adapter(spec, "3", {"r": 8, "useDora": True})
+    assert dora.startswith("adapter acme-tickets version 3 was trained with DoRA") and "spec.serving.merged" in dora
+    rank = unservable_adapter(spec, "4", {"r": 64, "useDora": False})
+    assert "LoRA rank 64, above spec.serving.maxLoraRank 16" in rank
+    merged = spec.model_copy(update={"serving": spec.serving.model_copy(update={"merged": True})})
+    assert unservable_adapter(merged, "3", {"r": 64, "useDora": True}) is None

@@ -318,6 +318,26 @@ def test_moving_the_champion_alias_rolls_the_new_version_out(operator_env):
     run(play(operator_env, {"1": v1, "2": v2}, body))
 
 
+def test_a_dora_adapter_is_refused_by_name_and_the_serving_version_keeps_serving(operator_env):
+    v1, v2 = ticket_bot(), ticket_bot()
+    async def body(s: Scenario, operator):
+        client = register_versions(f"sqlite:///{s.tmp_path / 'mlflow.db'}", 2)
+        client.set_model_version_tag(NAME, "2", "tuneloop.dev/lora", '{"r":8,"useDora":true,"useRslora":false}')
+        client.set_registered_model_alias(NAME, "champion", "1")
+        async with operator():
+            s.harness.create(manifest({"name": NAME, "alias": "champion"}))
+            await s.until(lambda: s.status() if (s.status().get("active") or {}).get("adapterVersion") == "1"
+                          else None)
+            client.set_registered_model_alias(NAME, "champion", "2")
+            degraded = await s.phase("Degraded")
+            assert "adapter acme-tickets version 2 was trained with DoRA" in degraded["message"]
+            s.event_precedes("InvalidSpec", "Degraded")
+            assert s.active_colour() == "blue" and degraded["active"]["adapterVersion"] == "1"
+            assert v2.requests == [] and s.replicas("green") in (None, 0), "nothing tried to load version 2"
+
+    run(play(operator_env, {"1": v1, "2": v2}, body))
+
+
 def test_a_restarted_operator_resumes_a_paused_rollout_and_promotes_on_request(operator_env):
     v1, v2 = ticket_bot(), ticket_bot()
     async def body(s: Scenario, operator):

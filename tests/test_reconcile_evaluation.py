@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tuneloop.api.common import get_condition
@@ -97,6 +99,8 @@ def test_a_passed_gate_registers_with_challenger_and_champion():
     assert launch.inputs["expected_champion"] is None
     assert launch.inputs["tags"]["tuneloop.dev/gate"] == "passed"
     assert launch.inputs["tags"]["tuneloop.dev/dataset-sha256"] == "cd" * 32
+    lora = json.loads(launch.inputs["tags"]["tuneloop.dev/lora"])  # what a server checks before loading it
+    assert set(lora) == {"r", "useDora", "useRslora"} and lora["useDora"] is False
     assert launch.inputs["metrics"]["eval_exactMatch"] == 0.6
     assert reasons(decision) == ["GatePassed", "Evaluated", "RegisteringStarted"]
 

@@ -268,3 +268,21 @@ CRD = Kind(
         Printer("Age", "date", ".metadata.creationTimestamp"),
     ),
 )
+
+
+LORA_TAG = "tuneloop.dev/lora"  # on a registered adapter version: {"r": 16, "useDora": false, "useRslora": false}
+
+
+def unservable_adapter(spec: "ModelDeploymentSpec", version: str, lora: dict[str, Any] | None) -> str | None:
+    """Why vLLM would refuse this registered adapter version, said before any Deployment tries to load it."""
+    if lora is None or spec.serving.merged:
+        return None
+    name = f"adapter {spec.adapter.name} version {version}"
+    if lora.get("useDora"):
+        return (f"{name} was trained with DoRA (spec.method.lora.useDora); vLLM serves LoRA adapters only: "
+                "train without DoRA, or register the merged model and set spec.serving.merged")
+    if int(lora.get("r", 0)) > spec.serving.max_lora_rank:
+        return (f"{name} has LoRA rank {lora['r']}, above spec.serving.maxLoraRank {spec.serving.max_lora_rank}: "
+                "raise maxLoraRank or train a smaller rank")
+    return None
+

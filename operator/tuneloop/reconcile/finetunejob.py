@@ -12,6 +12,7 @@ Nothing here talks to Kubernetes or spawns processes: runtimes carry out the act
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ from tuneloop.api.finetunejob import (
     parse_spec,
 )
 from tuneloop.api.evaluation import EvaluationResults, RegistryResults
+from tuneloop.api.modeldeployment import LORA_TAG
 from tuneloop.api.workloads import EvaluatorResult, RegisterResult, TrainerProgress, TrainerResult
 from tuneloop.reconcile import gate
 
@@ -327,6 +329,9 @@ def registration_inputs(spec: FineTuneJobSpec, status: FineTuneJobStatus) -> dic
         "tuneloop.dev/method": spec.method.type,
         "tuneloop.dev/gate": "not-evaluated" if evaluation is None else ("passed" if passed else "failed"),
     }
+    if spec.method.type != "full":  # what a server needs to know before it loads the adapter
+        tags[LORA_TAG] = json.dumps({"r": spec.method.lora.r, "useDora": spec.method.lora.use_dora,
+                                     "useRslora": spec.method.lora.use_rslora}, separators=(",", ":"))
     metrics = {"hold_out_loss_before": training.hold_out_loss_before,
                "hold_out_loss_after": training.hold_out_loss_after}
     if evaluation is not None:

@@ -1,4 +1,5 @@
-"""Which MLflow model version an alias (e.g. `champion`) points at, for ModelDeployments that follow one.
+"""Which MLflow model version an alias (e.g. `champion`) points at, for ModelDeployments that follow one,
+and the LoRA options a version was trained with (so a server that cannot load it is named first).
 
 Aliases are polled: every lookup older than `poll_seconds` asks MLflow again (REST for a tracking
 server, MlflowClient for a SQLite file, as in progress.py). MLflow's registry webhooks
@@ -10,6 +11,7 @@ kept: a registry outage must not stop or change what serves.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from tuneloop.api.modeldeployment import LORA_TAG
 from tuneloop.runtime.progress import REQUEST_TIMEOUT_SECONDS, auth_headers
 
 log = logging.getLogger("tuneloop.aliases")
@@ -50,6 +53,31 @@ def _client_alias(tracking_uri: str, model: str, alias: str) -> str | None:
         raise
 
 
+async def _rest_version_tags(tracking_uri: str, model: str, version: str) -> dict[str, str]:
+    url = tracking_uri.rstrip("/") + "/api/2.0/mlflow/model-versions/get"
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
+    async with aiohttp.ClientSession(headers=auth_headers(), timeout=timeout) as session:
+        async with session.get(url, params={"name": model, "version": version}) as response:
+            if response.status == 404:
+                return {}
+            if response.status >= 400:
+                raise AliasLookupFailed(f"HTTP {response.status}: {(await response.text())[:200]}")
+            tags = (await response.json())["model_version"].get("tags") or []
+            return {tag["key"]: tag.get("value", "") for tag in tags}
+
+
+def _client_version_tags(tracking_uri: str, model: str, version: str) -> dict[str, str]:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return dict(MlflowClient(tracking_uri=tracking_uri).get_model_version(model, version).tags)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return {}
+        raise
+
+
 @dataclass
 class Lookup:
     version: str | None
@@ -63,6 +91,7 @@ class AliasResolver:
     clock: Callable[[], float] = time.monotonic
     known: dict[tuple[str, str], Lookup] = field(default_factory=dict)
     problems: dict[tuple[str, str], str] = field(default_factory=dict)  # the last failed lookup's reason
+    options: dict[tuple[str, str], dict | None] = field(default_factory=dict)  # (model, version): LoRA options
 
     async def resolve(self, model: str, alias: str) -> str | None:
         """The version `alias` points at; None while it is unset (or MLflow was never reachable)."""
@@ -89,6 +118,26 @@ class AliasResolver:
         self.problems.pop(key, None)
         self.learn(model, alias, version)
         return version
+
+    async def adapter_options(self, model: str, version: str) -> dict | None:
+        """The LoRA options a registered version was trained with (its tuneloop.dev/lora tag); None when
+        it has none or MLflow cannot be asked now (then asked again on a later pass). Kept once found."""
+        key = (model, version)
+        if key in self.options:
+            return self.options[key]
+        if not self.tracking_uri:
+            return None
+        try:
+            if self.tracking_uri.startswith(("http://", "https://")):
+                tags = await _rest_version_tags(self.tracking_uri, model, version)
+            else:
+                tags = await asyncio.to_thread(_client_version_tags, self.tracking_uri, model, version)
+            options = json.loads(tags[LORA_TAG]) if LORA_TAG in tags else None
+        except Exception as error:
+            log.warning("model %s version %s: its LoRA options could not be read: %s", model, version, error)
+            return None
+        self.options[key] = options if isinstance(options, dict) else None
+        return self.options[key]
 
     def learn(self, model: str, alias: str, version: str | None) -> None:
         """What MLflow said; None: the alias is not set."""

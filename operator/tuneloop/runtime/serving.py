@@ -12,7 +12,14 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuneloop.api.modeldeployment import COLOURS, AnalysisSpec, Colour, ModelDeployment, ModelDeploymentStatus
+from tuneloop.api.modeldeployment import (
+    COLOURS,
+    AnalysisSpec,
+    Colour,
+    ModelDeployment,
+    ModelDeploymentStatus,
+    unservable_adapter,
+)
 from tuneloop.config import OperatorConfig
 from tuneloop.reconcile.modeldeployment import (
     Action,
@@ -82,6 +89,10 @@ class ServingRuntime:
             spec_problem = None
         except UnsupportedStorage as error:
             spec_problem = str(error)
+        version = adapter.version or resolved
+        if spec_problem is None and adapter.name is not None and version is not None:
+            options = await self.aliases.adapter_options(adapter.name, version)
+            spec_problem = unservable_adapter(md.spec, version, options)
         deployments: dict[Colour, DeploymentState] = {}
         for colour in COLOURS:
             obj = await self.client.get(*DEPLOYMENT, namespace, deployment_name(name, colour))
