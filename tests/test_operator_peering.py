@@ -16,10 +16,11 @@ from test_operator import CRDS, EXAMPLE, JOB, RESULT, finish_job, operator_env  
 PEERING = ("kopf.dev/v1", "KopfPeering")
 
 
-def start_replica(priority: int, env: dict[str, str], log: Path) -> subprocess.Popen:
+def start_replica(priority: int, env: dict[str, str], log: Path, *mode: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tuneloop.cli", "operator", "--namespace", "default", "--priority", str(priority),
-         "--peering-name", "tuneloop", "--health-port", "0", "--metrics-port", "0", "--log-format", "text"],
+         *(mode or ("--peering-name", "tuneloop")), "--health-port", "0", "--metrics-port", "0",
+         "--log-format", "text"],
         env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
@@ -63,3 +64,22 @@ def test_two_replicas_never_both_act_and_the_second_takes_over(operator_env):
     assert "Creation is processed" in leader and "Creation is processed" not in follower
     assert "Resuming is processed" in follower  # it took the running job over after the leader left
     assert "Traceback" not in leader + follower
+
+
+def test_a_standalone_operator_acts_without_any_peering_object(operator_env):
+    """`tuneloop operator --standalone` as the README documents it: no KopfPeering CRD, no peering object."""
+    log = operator_env / "standalone.log"
+
+    async def scenario():
+        async with running_emulator(CRDS) as harness:
+            env = {**os.environ, "KUBECONFIG": str(harness.write_kubeconfig(operator_env / "kubeconfig"))}
+            replica = start_replica(1, env, log, "--standalone")
+            try:
+                harness.create(EXAMPLE)
+                await harness.wait_for(lambda: harness.get(JOB, "default", "acme-tickets-train"), 60)
+            finally:
+                await stop(replica)
+
+    asyncio.run(scenario())
+    assert "Creation is processed" in log.read_text() and "Traceback" not in log.read_text()
+

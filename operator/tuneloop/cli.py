@@ -360,7 +360,9 @@ def command_operator(args: argparse.Namespace) -> int:
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         standalone=args.standalone,
-        peering_name=args.peering_name,
+        # A peering name makes kopf's peering mandatory, and a standalone operator looks for no peering
+        # object: with both it would wait for ever.
+        peering_name=None if args.standalone else args.peering_name,
         priority=args.priority if args.priority is not None else random.randint(1, 1_000_000),
         liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
     )
