@@ -142,6 +142,20 @@ def test_observed_generation_behind_is_progressing(kind, model, phase):
     assert health(obj(model(phase=phase), generation=3))[0] != "Progressing"
 
 
+def test_a_modeldeployment_edit_the_operator_cannot_apply_is_degraded_not_progressing_for_ever(md):
+    from datetime import datetime, timezone
+
+    from tuneloop.reconcile.modeldeployment import Observed, reconcile
+
+    serving = ModelDeploymentStatus(phase="Healthy", message="blue serves version 1", observed_generation=1)
+    edited = {"baseModel": {"name": "llama-3.1-8b"}, "adapter": {"name": "acme-tickets", "version": "1"}}
+    decision = reconcile("acme-tickets", edited, serving, Observed(
+        generation=2, spec_problem="spec.baseModel.name: 'llama-3.1-8b' is not in the cluster's model catalog"),
+        datetime(2026, 12, 2, tzinfo=timezone.utc))
+    status, message = md(obj(decision.status, generation=2))
+    assert status == "Degraded" and "is not in the cluster's model catalog" in message
+
+
 def test_modeldeployment_paused_is_suspended(md):
     status = ModelDeploymentStatus(phase="Paused", message="preview green passed analysis (score 0.82)")
     assert md(obj(status)) == ("Suspended", "waiting for promote: preview green passed analysis (score 0.82)")

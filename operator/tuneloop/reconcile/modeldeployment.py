@@ -503,6 +503,7 @@ def reconcile(name: str, raw_spec: Any, status: ModelDeploymentStatus, observed:
         events = [] if status.phase == "Degraded" and status.message == message else [
             EmitEvent("Warning", "InvalidSpec", str(error))]
         status.phase, status.message = "Degraded", message
+        status.observed_generation = observed.generation  # seen, and refused: not still in progress
         return Decision(status, events)
     rollout = Rollout(name, spec, status, observed, now)
     if get_condition(status.conditions, "SpecValid") is not None:
