@@ -50,6 +50,16 @@ def test_every_object_validates_against_the_kubernetes_schemas(resources):
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
+def test_a_finetunejob_name_of_253_characters_makes_valid_children():
+    long_job = job()
+    long_job.metadata.name = "support-bot-" + "x" * 241  # as long as a name may be
+    objects = training_objects(long_job, "support-bot-train", CONFIG)
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)  # label values of at most 63 characters
+        assert obj["metadata"]["labels"]["tuneloop.dev/finetunejob"].startswith("support-bot-x")
+        assert obj["metadata"]["ownerReferences"][0]["name"] == long_job.metadata.name
+
+
 def test_one_gpu_job_shape():
     objects = by_kind(training_objects(job(), "support-bot-train", CONFIG))
     assert set(objects) == {"ConfigMap", "Job"}

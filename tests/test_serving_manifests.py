@@ -53,6 +53,19 @@ def test_every_object_validates_against_the_kubernetes_schemas(md):
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
+def test_a_name_of_63_characters_makes_valid_children_and_distinct_names_stay_distinct():
+    def named(name):
+        md = model_deployment()
+        return md.model_copy(update={"metadata": md.metadata.model_copy(update={"name": name})})
+
+    longest = named("a" * 62 + "b")  # the active Service carries the name itself: 63 is its limit
+    for obj in objects(longest):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)  # names, labels and selectors fit
+        assert len(obj["metadata"]["name"]) <= 63
+    other = objects(named("a" * 62 + "c"))
+    assert [o["metadata"]["name"] for o in objects(longest)] != [o["metadata"]["name"] for o in other]
+
+
 def test_lora_serving_passes_the_adapter_as_a_lora_module():
     md = model_deployment()
     obj = deployment(md, "green", target_for(md.spec, None), 2, CONFIG)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timezone
 from typing import Any, Literal, TypeVar
 
@@ -71,6 +72,23 @@ def set_condition(
 
 def get_condition(conditions: list[Condition], type: str) -> Condition | None:
     return next((c for c in conditions if c.type == type), None)
+
+
+MAX_LABEL = 63  # a label value, and a DNS-1123 label such as a Service's or a Pod's generated name
+
+
+def fitted(text: str, limit: int = MAX_LABEL) -> str:
+    """`text` when it fits in `limit` characters, else its start and a digest of the whole: deterministic,
+    distinct for distinct texts, ending in an alphanumeric. For label values and derived names."""
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return f"{text[: limit - len(digest) - 1]}-{digest}"
+
+
+def child_name(parent: str, suffix: str, limit: int = MAX_LABEL) -> str:
+    """`<parent>-<suffix>` within `limit`, the suffix kept whole (a colour, a stage)."""
+    return f"{fitted(parent, limit - len(suffix) - 1)}-{suffix}"
 
 
 def check_http_url(url: str) -> str:

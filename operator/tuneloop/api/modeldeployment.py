@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tuneloop.api.common import API_VERSION, Condition, WireModel, validated, validated_manifest
+from tuneloop.api.common import API_VERSION, Condition, WireModel, child_name, validated, validated_manifest
 from tuneloop.api.crd import Kind, Printer
 from tuneloop.api.evaluation import JudgeSpec
 from tuneloop.api.finetunejob import BaseModelRef, ObjectMeta, cel, check_storage_uri
@@ -169,7 +169,7 @@ class BlueGreenStrategy(WireModel):
         return self.active_service or name
 
     def preview_service_name(self, name: str) -> str:
-        return self.preview_service or f"{name}-preview"
+        return self.preview_service or child_name(name, "preview")
 
 
 class StrategySpec(WireModel):

@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from tuneloop.api.common import API_VERSION, SpecError, parse_time, rfc3339, set_condition
+from tuneloop.api.common import API_VERSION, SpecError, fitted, parse_time, rfc3339, set_condition
 from tuneloop.api.finetuneschedule import (
     FineTuneScheduleSpec,
     FineTuneScheduleStatus,
@@ -158,7 +158,7 @@ def job_manifest(name: str, namespace: str, schedule_name: str, schedule_uid: st
         job_spec["output"]["uri"] = f"{job_spec['output']['uri'].rstrip('/')}/{name}"
     metadata: dict[str, Any] = {
         "name": name, "namespace": namespace,
-        "labels": {**spec.job_template.metadata.labels, SCHEDULE_LABEL: schedule_name},
+        "labels": {**spec.job_template.metadata.labels, SCHEDULE_LABEL: fitted(schedule_name)},
         "annotations": {**spec.job_template.metadata.annotations, SCHEDULED_TIME_ANNOTATION: rfc3339(slot)},
     }
     if schedule_uid:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from tuneloop.api.common import API_VERSION
+from tuneloop.api.common import API_VERSION, fitted
 from tuneloop.api.finetunejob import KIND, FineTuneJob
 from tuneloop.api.workloads import JUDGE_API_KEY_ENV, Tracking, TrainerWorkload
 from tuneloop.config import OperatorConfig
@@ -58,7 +58,7 @@ def labels(job: FineTuneJob, stage: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/managed-by": MANAGED_BY,
         "app.kubernetes.io/name": f"tuneloop-{stage}",
-        "tuneloop.dev/finetunejob": job.metadata.name,
+        "tuneloop.dev/finetunejob": fitted(job.metadata.name),
         "tuneloop.dev/stage": stage,
     }
 

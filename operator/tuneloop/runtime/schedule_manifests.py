@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneloop.api.common import API_VERSION
+from tuneloop.api.common import API_VERSION, fitted
 from tuneloop.api.finetuneschedule import KIND, FineTuneSchedule
 from tuneloop.api.workloads import SnapshotWorkload
 from tuneloop.config import OperatorConfig
@@ -34,7 +34,7 @@ def metadata(schedule: FineTuneSchedule, name: str) -> dict[str, Any]:
              "controller": True, "blockOwnerDeletion": True}
     return {"name": name, "namespace": schedule.metadata.namespace,
             "labels": {"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/name": "tuneloop-snapshot",
-                       "tuneloop.dev/schedule": schedule.metadata.name, "tuneloop.dev/stage": "snapshot"},
+                       "tuneloop.dev/schedule": fitted(schedule.metadata.name), "tuneloop.dev/stage": "snapshot"},
             "ownerReferences": [owner]}
 
 

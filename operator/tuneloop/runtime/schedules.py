@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from tuneloop.api.common import fitted
 from tuneloop.api.finetunejob import KIND as FINETUNEJOB_KIND
 from tuneloop.api.finetuneschedule import FineTuneSchedule, FineTuneScheduleStatus
 from tuneloop.config import OperatorConfig
@@ -57,7 +58,7 @@ class ScheduleRuntime:
                             spec_problem="spec.feedback.snapshotUri: a cluster needs a pvc://claim/path folder "
                                          "for the snapshots")
         jobs = {obj["metadata"]["name"]: job_view(obj)
-                for obj in await self.client.list(*FTJ, namespace, f"{SCHEDULE_LABEL}={name}")}
+                for obj in await self.client.list(*FTJ, namespace, f"{SCHEDULE_LABEL}={fitted(name)}")}
         snapshot = None
         if status.run is not None and status.run.step == "Snapshot":
             state = await observe_batch_job(self.client, namespace, snapshot_name(status.run.job_name))

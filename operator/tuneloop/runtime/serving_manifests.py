@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneloop.api.common import API_VERSION
+from tuneloop.api.common import API_VERSION, child_name, fitted
 from tuneloop.api.modeldeployment import KIND, Colour, ModelDeployment
 from tuneloop.config import OperatorConfig
 from tuneloop.reconcile.modeldeployment import Target
@@ -40,16 +40,16 @@ MODELS_LIST_CHECK = (
 
 
 def deployment_name(name: str, colour: Colour) -> str:
-    return f"{name}-{colour}"
+    return child_name(name, colour)
 
 
 def selector(md: ModelDeployment, colour: Colour) -> dict[str, str]:
-    return {"tuneloop.dev/modeldeployment": md.metadata.name, "tuneloop.dev/colour": colour}
+    return {"tuneloop.dev/modeldeployment": fitted(md.metadata.name), "tuneloop.dev/colour": colour}
 
 
 def labels(md: ModelDeployment, colour: Colour | None = None, revision: str | None = None) -> dict[str, str]:
     result = {"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/name": "tuneloop-vllm",
-              "tuneloop.dev/modeldeployment": md.metadata.name}
+              "tuneloop.dev/modeldeployment": fitted(md.metadata.name)}
     if colour:
         result["tuneloop.dev/colour"] = colour
     if revision:
