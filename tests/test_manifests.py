@@ -4,6 +4,7 @@ for one GPU, several GPUs (torchrun) and several nodes (Indexed Job + rendezvous
 from __future__ import annotations
 
 import json
+import re
 
 import kubernetes_validate
 import pytest
@@ -54,8 +55,11 @@ def test_a_finetunejob_name_of_253_characters_makes_valid_children():
     long_job = job()
     long_job.metadata.name = "support-bot-" + "x" * 241  # as long as a name may be
     objects = training_objects(long_job, "support-bot-train", CONFIG)
+    label_value = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")  # what the API server accepts
     for obj in objects:
-        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)  # label values of at most 63 characters
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)  # the schemas say nothing of label values
+        for value in obj["metadata"]["labels"].values():
+            assert len(value) <= 63 and label_value.match(value), value
         assert obj["metadata"]["labels"]["tuneloop.dev/finetunejob"].startswith("support-bot-x")
         assert obj["metadata"]["ownerReferences"][0]["name"] == long_job.metadata.name
 
