@@ -25,7 +25,6 @@ from tuneloop import catalog
 from tuneloop.api.finetunejob import TERMINAL_PHASES, FineTuneJob, FineTuneJobStatus
 from tuneloop.api.workloads import Tracking, TrainerWorkload
 from tuneloop.runtime import stage_workloads
-from tuneloop.runtime.manifests import CPU_TRAINER_ENV
 from tuneloop.reconcile.finetunejob import (
     EmitEvent,
     LaunchWorkload,
@@ -35,6 +34,7 @@ from tuneloop.reconcile.finetunejob import (
     reconcile,
     workload_name,
 )
+from tuneloop.runtime.manifests import CPU_TRAINER_ENV
 
 log = logging.getLogger("tuneloop.local")
 

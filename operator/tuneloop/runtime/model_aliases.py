@@ -53,20 +53,20 @@ def _client_alias(tracking_uri: str, model: str, alias: str) -> str | None:
         raise
 
 
-async def _rest_version_tags(tracking_uri: str, model: str, version: str) -> dict[str, str]:
+async def _rest_version_tags(tracking_uri: str, model: str, version: str) -> dict[str, str] | None:
     url = tracking_uri.rstrip("/") + "/api/2.0/mlflow/model-versions/get"
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
     async with aiohttp.ClientSession(headers=auth_headers(), timeout=timeout) as session:
         async with session.get(url, params={"name": model, "version": version}) as response:
             if response.status == 404:
-                return {}
+                return None  # no such version (yet)
             if response.status >= 400:
                 raise AliasLookupFailed(f"HTTP {response.status}: {(await response.text())[:200]}")
             tags = (await response.json())["model_version"].get("tags") or []
             return {tag["key"]: tag.get("value", "") for tag in tags}
 
 
-def _client_version_tags(tracking_uri: str, model: str, version: str) -> dict[str, str]:
+def _client_version_tags(tracking_uri: str, model: str, version: str) -> dict[str, str] | None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -74,7 +74,7 @@ def _client_version_tags(tracking_uri: str, model: str, version: str) -> dict[st
         return dict(MlflowClient(tracking_uri=tracking_uri).get_model_version(model, version).tags)
     except MlflowException as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return {}
+            return None
         raise
 
 
@@ -132,6 +132,8 @@ class AliasResolver:
                 tags = await _rest_version_tags(self.tracking_uri, model, version)
             else:
                 tags = await asyncio.to_thread(_client_version_tags, self.tracking_uri, model, version)
+            if tags is None:
+                return None  # not registered (yet): asked again on a later pass
             options = json.loads(tags[LORA_TAG]) if LORA_TAG in tags else None
         except Exception as error:
             log.warning("model %s version %s: its LoRA options could not be read: %s", model, version, error)
