@@ -33,7 +33,8 @@ def test_post_returns_once_the_event_is_stored_and_a_refused_event_is_logged_not
             await recorder.post(MDEP, "Normal", "Promoted", "revision 2 takes the traffic")
             (stored,) = harness.list_objects(("v1", "Event"), "default")
             assert stored["reason"] == "Promoted" and stored["metadata"]["name"].startswith("acme-tickets.")
-            assert stored["source"] == {"component": "tuneloop-operator"} and stored["reportingInstance"] == "operator-0"
+            assert stored["source"] == {"component": "tuneloop-operator"}
+            assert stored["reportingInstance"] == "operator-0"
 
             elsewhere = {**MDEP, "metadata": {**MDEP["metadata"], "namespace": "no-such-namespace"}}
             with caplog.at_level(logging.WARNING, logger="tuneloop.events"):

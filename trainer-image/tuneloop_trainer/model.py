@@ -64,7 +64,8 @@ def load_model(model_path: str, method: MethodSpec, training: TrainingSpec) -> t
     from transformers import AutoModelForCausalLM
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    kwargs: dict[str, Any] = {"dtype": weight_dtype(training, method), "attn_implementation": attention_implementation()}
+    kwargs: dict[str, Any] = {"dtype": weight_dtype(training, method),
+                              "attn_implementation": attention_implementation()}
     if method.type == "qlora":
         if not torch.cuda.is_available():
             raise UnsupportedHardware(
