@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
@@ -29,53 +30,52 @@ class AliasLookupFailed(RuntimeError):
     """MLflow could not be asked (unreachable, refused, or answered nonsense)."""
 
 
-async def _rest_alias(tracking_uri: str, model: str, alias: str) -> str | None:
-    url = tracking_uri.rstrip("/") + "/api/2.0/mlflow/registered-models/alias"
+async def _rest_model_version(tracking_uri: str, path: str, params: dict[str, str]) -> dict | None:
+    """A model version as MLflow's REST API answers `path`; None when there is none (404)."""
+    url = tracking_uri.rstrip("/") + path
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
     async with aiohttp.ClientSession(headers=auth_headers(), timeout=timeout) as session:
-        async with session.get(url, params={"name": model, "alias": alias}) as response:
+        async with session.get(url, params=params) as response:
             if response.status == 404:
-                return None  # no such model, or the alias is not set
+                return None
             if response.status >= 400:
                 raise AliasLookupFailed(f"HTTP {response.status}: {(await response.text())[:200]}")
-            return str((await response.json())["model_version"]["version"])
+            return (await response.json())["model_version"]
+
+
+def _client_model_version(tracking_uri: str, lookup: str, *args: str) -> Any:
+    """A model version from MlflowClient (`lookup`: its method's name); None when there is none."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return getattr(MlflowClient(tracking_uri=tracking_uri), lookup)(*args)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
+async def _rest_alias(tracking_uri: str, model: str, alias: str) -> str | None:
+    found = await _rest_model_version(tracking_uri, "/api/2.0/mlflow/registered-models/alias",
+                                      {"name": model, "alias": alias})
+    return None if found is None else str(found["version"])  # None: no such model, or the alias is not set
 
 
 def _client_alias(tracking_uri: str, model: str, alias: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    try:
-        return str(MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(model, alias).version)
-    except MlflowException as error:
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
+    found = _client_model_version(tracking_uri, "get_model_version_by_alias", model, alias)
+    return None if found is None else str(found.version)
 
 
 async def _rest_version_tags(tracking_uri: str, model: str, version: str) -> dict[str, str] | None:
-    url = tracking_uri.rstrip("/") + "/api/2.0/mlflow/model-versions/get"
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
-    async with aiohttp.ClientSession(headers=auth_headers(), timeout=timeout) as session:
-        async with session.get(url, params={"name": model, "version": version}) as response:
-            if response.status == 404:
-                return None  # no such version (yet)
-            if response.status >= 400:
-                raise AliasLookupFailed(f"HTTP {response.status}: {(await response.text())[:200]}")
-            tags = (await response.json())["model_version"].get("tags") or []
-            return {tag["key"]: tag.get("value", "") for tag in tags}
+    found = await _rest_model_version(tracking_uri, "/api/2.0/mlflow/model-versions/get",
+                                      {"name": model, "version": version})
+    return None if found is None else {tag["key"]: tag.get("value", "") for tag in found.get("tags") or []}
 
 
 def _client_version_tags(tracking_uri: str, model: str, version: str) -> dict[str, str] | None:
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    try:
-        return dict(MlflowClient(tracking_uri=tracking_uri).get_model_version(model, version).tags)
-    except MlflowException as error:
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
+    found = _client_model_version(tracking_uri, "get_model_version", model, version)
+    return None if found is None else dict(found.tags)
 
 
 @dataclass
