@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from tiny_model import write_tickets
 from tuneloop.api.finetunejob import parse_spec
 from tuneloop.api.workloads import TrainerResult, TrainerWorkload, Tracking
-from tuneloop_trainer.checkpoints import COMPLETE, complete_checkpoints, step_of
+from tuneloop_trainer.checkpoints import COMPLETE, complete_checkpoints, mark_complete, step_of
 
 
 
@@ -122,7 +122,7 @@ def test_sigterm_then_sigkill_resume_continues_the_step_count_and_matches_an_uni
 
 
 def test_a_checkpoint_is_complete_only_with_its_marker_written_after_its_files(tmp_path):
-    from tuneloop_trainer.checkpoints import mark_complete, remove_incomplete
+    from tuneloop_trainer.checkpoints import remove_incomplete
 
     for step in (4, 8, 12):
         (tmp_path / f"checkpoint-{step}" / "nested").mkdir(parents=True)
@@ -133,6 +133,20 @@ def test_a_checkpoint_is_complete_only_with_its_marker_written_after_its_files(t
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["checkpoint-4"]
     remove_incomplete(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4"]
+
+
+def test_a_complete_checkpoint_that_lost_a_file_is_not_resumed_from(tmp_path):
+    """The Trainer deletes old checkpoints with rmtree: a SIGKILL during it can leave the marker, not the weights."""
+    from tuneloop_trainer.train import loadable
+
+    folder = tmp_path / "checkpoint-9"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    (folder / "trainer_state.json").write_text("{}")
+    mark_complete(folder)
+    assert loadable(folder) is not None  # these bytes are no safetensors file
+    (folder / "adapter_model.safetensors").unlink()
+    assert loadable(folder) == "adapter_model.safetensors is missing"
 
 
 def test_early_stopping_outputs_the_best_checkpoint(tiny_model_dir, dataset, tmp_path):

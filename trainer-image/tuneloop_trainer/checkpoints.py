@@ -10,6 +10,7 @@ a full disk) is never resumed from, and `remove_incomplete` clears it away befor
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -32,16 +33,34 @@ def _fsync(path: Path) -> None:
 
 
 def mark_complete(folder: Path) -> None:
-    """Every file of the checkpoint on disk, then the marker that says so."""
+    """Every file of the checkpoint on disk, then the marker that says so and lists them with their sizes
+    (a checkpoint whose deletion was cut short keeps its marker but not all of its files)."""
+    files = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file():
             _fsync(path)
+            files[str(path.relative_to(folder))] = path.stat().st_size
     for directory in sorted({p for p in folder.rglob("*") if p.is_dir()} | {folder}, key=lambda p: -len(p.parts)):
         _fsync(directory)
     marker = folder / COMPLETE
-    marker.write_text("ok\n", encoding="utf-8")
+    marker.write_text(json.dumps(files), encoding="utf-8")
     _fsync(marker)
     _fsync(folder)
+
+
+def missing_files(folder: Path) -> str | None:
+    """What the marker lists that is gone or changed size; None when all is there."""
+    try:
+        files = json.loads((folder / COMPLETE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"{COMPLETE} is unreadable"
+    for name, size in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, not {size}"
+    return None
 
 
 def step_of(folder: Path) -> int:

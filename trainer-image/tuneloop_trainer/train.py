@@ -16,7 +16,13 @@ import torch
 from tuneloop.api.workloads import Evaluation, Preview, TrainerResult, TrainerWorkload
 from tuneloop_trainer import data as data_module
 from tuneloop_trainer.callbacks import CompleteCheckpoints, DivergenceGuard, LossDiverged, Progress, StopOnSignal
-from tuneloop_trainer.checkpoints import complete_checkpoints, remove_all, remove_incomplete, step_of
+from tuneloop_trainer.checkpoints import (
+    complete_checkpoints,
+    missing_files,
+    remove_all,
+    remove_incomplete,
+    step_of,
+)
 from tuneloop_trainer.data import Example
 from tuneloop_trainer.model import count_parameters, load_model, load_tokenizer
 from tuneloop_trainer.prepare import PreparedData, prepare
@@ -79,6 +85,9 @@ def loadable(folder: Path) -> str | None:
     Trainer will open it, the tensors memory-mapped rather than read."""
     from safetensors import safe_open
 
+    missing = missing_files(folder)
+    if missing is not None:
+        return missing
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
             if path.suffix == ".safetensors":
