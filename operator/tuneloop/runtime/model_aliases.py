@@ -103,10 +103,7 @@ class AliasResolver:
             self.problems[key] = "the operator has no mlflowTrackingUri"
             return None
         try:
-            if self.tracking_uri.startswith(("http://", "https://")):
-                version = await _rest_alias(self.tracking_uri, model, alias)
-            else:
-                version = await asyncio.to_thread(_client_alias, self.tracking_uri, model, alias)
+            version = await self._ask(_rest_alias, _client_alias, model, alias)
         except Exception as error:  # keep what serves; say why nothing new arrives
             self.problems[key] = f"MLflow at {self.tracking_uri} could not be asked: {error}"
             log.warning("alias %s@%s: %s", model, alias, self.problems[key])
@@ -119,6 +116,12 @@ class AliasResolver:
         self.learn(model, alias, version)
         return version
 
+    async def _ask(self, rest: Callable, client: Callable, *args: str) -> Any:
+        """REST for a tracking server; MlflowClient (in a thread) for a SQLite file."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return await rest(self.tracking_uri, *args)
+        return await asyncio.to_thread(client, self.tracking_uri, *args)
+
     async def adapter_options(self, model: str, version: str) -> dict | None:
         """The LoRA options a registered version was trained with (its tuneloop.dev/lora tag); None when
         it has none or MLflow cannot be asked now (then asked again on a later pass). Kept once found."""
@@ -128,10 +131,7 @@ class AliasResolver:
         if not self.tracking_uri:
             return None
         try:
-            if self.tracking_uri.startswith(("http://", "https://")):
-                tags = await _rest_version_tags(self.tracking_uri, model, version)
-            else:
-                tags = await asyncio.to_thread(_client_version_tags, self.tracking_uri, model, version)
+            tags = await self._ask(_rest_version_tags, _client_version_tags, model, version)
             if tags is None:
                 return None  # not registered (yet): asked again on a later pass
             options = json.loads(tags[LORA_TAG]) if LORA_TAG in tags else None
