@@ -89,12 +89,17 @@ run_step() {
     rc=${PIPESTATUS[0]}
     set -e
     echo "$rc $((SECONDS - started))" >"$log.rc"
-    if ((rc == 0)); then
-        echo "--- $name: ok in $((SECONDS - started))s"
-    elif ((rc == 124 || rc == 137)); then
-        fail "$name: cut at its ${limit}s limit"
+    verdict "$name" "$rc" $((SECONDS - started)) "$limit"
+}
+
+# verdict NAME RC SECONDS LIMIT: say how a step ended; a failure is recorded.
+verdict() {
+    if (($2 == 0)); then
+        echo "--- $1: ok in ${3}s"
+    elif (($2 == 124 || $2 == 137)); then
+        fail "$1: cut at its ${4}s limit"
     else
-        fail "$name: exit $rc after $((SECONDS - started))s"
+        fail "$1: exit $2 after ${3}s"
     fi
 }
 
@@ -114,13 +119,7 @@ report_bg() {
     fi
     read -r rc seconds cap <"$log.rc"
     cat "$log"
-    if ((rc == 0)); then
-        echo "--- $name: ok in ${seconds}s"
-    elif ((rc == 124 || rc == 137)); then
-        fail "$name: cut at its ${cap}s limit"
-    else
-        fail "$name: exit $rc after ${seconds}s"
-    fi
+    verdict "$name" "$rc" "$seconds" "$cap"
 }
 
 steps_of() { [[ $1 == llama-3.1-8b ]] && echo "$STEPS_8B" || echo "$STEPS_1B"; }
