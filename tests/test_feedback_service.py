@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -29,6 +30,7 @@ from tuneloop.feedback.database import (
     exclusive_transaction,
     make_engine,
     parse_database_url,
+    use_write_ahead_log,
 )
 from tuneloop.feedback.limits import MAX_BODY_BYTES, MAX_MESSAGES, MAX_NAME_CHARS, MAX_TEXT_BYTES
 from tuneloop.feedback.migrate import VERSION_TABLE, current_revision, head_revision, upgrade_database
@@ -357,6 +359,20 @@ def test_replicas_migrating_together_take_turns(database_url):
             replica.kill()  # only those still waiting after a minute: a missing lock shows as a hang
     assert [replica.returncode for replica in replicas] == [0] * 4, "\n".join(outputs)
     assert current_revision(make_engine(database_url)) == head_revision()
+
+
+def test_switching_a_new_sqlite_file_to_wal_waits_for_the_replica_that_holds_it(tmp_path):
+    """SQLite refuses the switch at once, without its busy timeout, while another connection holds
+    the file: what two replicas starting together see."""
+    path = tmp_path / "feedback.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    starting = sqlite3.connect(path, timeout=0, isolation_level=None)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        starting.execute("PRAGMA journal_mode=WAL")
+    threading.Timer(0.5, holder.rollback).start()
+    use_write_ahead_log(starting)
+    assert starting.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
 def test_the_migrations_create_what_the_models_declare(database_url):

@@ -7,6 +7,8 @@ PostgreSQL (`postgresql://user@host/db`, driven by psycopg 3) in a cluster; a SQ
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -69,7 +71,22 @@ def take_over_sqlite_transactions(dbapi_connection: Any, _record: Any) -> None:
     """Python's sqlite3 begins transactions only before data changes, so DDL would run outside
     them; SQLAlchemy's recipe: sqlite3 stays out of it and the `begin` event sends BEGIN."""
     dbapi_connection.isolation_level = None
-    dbapi_connection.execute("PRAGMA journal_mode=WAL")  # readers do not wait for the writer
+    use_write_ahead_log(dbapi_connection)
+
+
+def use_write_ahead_log(dbapi_connection: Any) -> None:
+    """Readers do not wait for the writer. Switching a new file to WAL needs its exclusive lock, and
+    SQLite answers "database is locked" at once, without waiting out the busy timeout, when another
+    connection is switching it at the same moment (replicas starting together): try again, bounded."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def begin_sqlite_transaction(connection: Connection) -> None:
