@@ -30,6 +30,17 @@ def test_the_newest_pod_with_a_result_wins():
     assert result_from_pods([pod("c", containerStatuses=terminated(exitCode=1, message="Traceback ..."))]) is None
 
 
+def test_the_pod_that_completed_the_job_wins_over_a_preempted_one_of_the_same_second():
+    """A real Job controller can replace a preempted pod within the second it failed in."""
+    same_second = "2026-11-23T10:00:00Z"
+    preempted = pod("a", same_second, containerStatuses=terminated(exitCode=143, message=json.dumps(
+        {"succeeded": False, "reason": "Preempted"})))
+    replacement = pod("b", same_second, containerStatuses=terminated(exitCode=0, reason="Completed",
+                                                                     message=json.dumps({"succeeded": True})))
+    assert result_from_pods([replacement, preempted]) == {"succeeded": True}
+    assert result_from_pods([preempted, replacement]) == {"succeeded": True}
+
+
 def test_oom_kill_is_named():
     dead = pod("t-abc", containerStatuses=terminated(exitCode=137, reason="OOMKilled"))
     assert pod_problem([dead]) == "pod t-abc: OOMKilled (exit code 137)"

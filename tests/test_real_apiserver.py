@@ -60,9 +60,9 @@ def helm_binary() -> str:
     return str(beside_python)
 
 
-def render_chart(watch_namespaces: list[str], mlflow_uri: str) -> list[dict[str, Any]]:
+def render_chart(watch_namespaces: list[str], mlflow_uri: str, workloads: dict[str, Any]) -> list[dict[str, Any]]:
     values = {"watchNamespaces": watch_namespaces, "catalog": {"smollm2-135m-instruct": "pvc://models/smollm2"},
-              "mlflow": {"trackingUri": mlflow_uri}}
+              "mlflow": {"trackingUri": mlflow_uri}, "workloads": workloads}
     result = subprocess.run([helm_binary(), "template", RELEASE, str(CHART), "--namespace", SYSTEM, "--values", "-"],
                             input=yaml.safe_dump(values), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -90,10 +90,11 @@ class Operator:
     """`tuneloop operator` as the chart's Deployment runs it, logged in as the chart's ServiceAccount."""
 
     def __init__(self, server: KubeApiServer, folder: Path, watch_namespaces: list[str], *,
-                 work_namespaces: tuple[str, ...] = (), standalone: bool = False):
+                 work_namespaces: tuple[str, ...] = (), standalone: bool = False,
+                 workloads: dict[str, Any] | None = None):
         self.server, self.folder = server, folder
         # No MLflow listens there: the FineTuneJob's stages reach MLflow from their pods, not the operator.
-        objects = render_chart(watch_namespaces, f"http://127.0.0.1:{free_port()}")
+        objects = render_chart(watch_namespaces, f"http://127.0.0.1:{free_port()}", workloads or {})
         for namespace in {*watch_namespaces, *work_namespaces}:
             server.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}])
         kinds = {"ServiceAccount", "Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding", "ConfigMap",
@@ -160,23 +161,41 @@ def phase_of(server: KubeApiServer, namespace: str, name: str) -> str | None:
     return ftj.get("status", {}).get("phase")
 
 
-def finish_stage(server: KubeApiServer, ftj: dict[str, Any], stage: str, operator: Operator) -> dict[str, Any]:
-    """Wait for the stage's Job, then play the kubelet: its Pod (made by the Job controller) ran
-    and wrote the stage's result; the Job controller completes the Job."""
+def stage_job(server: KubeApiServer, ftj: dict[str, Any], stage: str, operator: Operator) -> dict[str, Any]:
     namespace = ftj["metadata"]["namespace"]
-    job = server.wait_for(lambda: operator.alive() and next(
+    return server.wait_for(lambda: operator.alive() and next(
         (j for j in children(server, ftj, f"/apis/batch/v1/namespaces/{namespace}/jobs")
          if j["metadata"]["name"].endswith(f"-{stage}")), None), f"the {stage} Job")
-    pod = server.wait_for(lambda: next(iter(server.items(
-        f"/api/v1/namespaces/{namespace}/pods", f"job-name={job['metadata']['name']}")), None),
-        f"the Job controller to make the {stage} Pod")
+
+
+def job_pods(server: KubeApiServer, job: dict[str, Any]) -> list[dict[str, Any]]:
+    return server.items(f"/api/v1/namespaces/{job['metadata']['namespace']}/pods",
+                        f"job-name={job['metadata']['name']}")
+
+
+def terminate(server: KubeApiServer, pod: dict[str, Any], exit_code: int, reason: str,
+              result: dict[str, Any] | None = None) -> None:
+    """Play the kubelet: the Pod's main container ended (with the workload's result as its message)."""
     container = pod["spec"]["containers"][0]
-    server.patch_status(f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}", {
-        "phase": "Succeeded", "containerStatuses": [{
+    terminated = {"exitCode": exit_code, "reason": reason, **({"message": json.dumps(result)} if result else {})}
+    server.patch_status(f"/api/v1/namespaces/{pod['metadata']['namespace']}/pods/{pod['metadata']['name']}", {
+        "phase": "Succeeded" if exit_code == 0 else "Failed", "containerStatuses": [{
             "name": container["name"], "image": container["image"], "imageID": "", "ready": False, "restartCount": 0,
-            "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": json.dumps(RESULTS[stage])}}}]})
-    server.wait_for(lambda: (server.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/{job['metadata']['name']}")
-                             or {}).get("status", {}).get("succeeded"), f"the Job controller to complete the {stage} Job")
+            "state": {"terminated": terminated}}]})
+
+
+def job_status(server: KubeApiServer, job: dict[str, Any]) -> dict[str, Any]:
+    path = f"/apis/batch/v1/namespaces/{job['metadata']['namespace']}/jobs/{job['metadata']['name']}"
+    return (server.get(path) or {}).get("status", {})
+
+
+def finish_stage(server: KubeApiServer, ftj: dict[str, Any], stage: str, operator: Operator) -> dict[str, Any]:
+    """Wait for the stage's Job and its Pod (made by the Job controller); the Pod ran and wrote the
+    stage's result; the Job controller completes the Job."""
+    job = stage_job(server, ftj, stage, operator)
+    pod = server.wait_for(lambda: next(iter(job_pods(server, job)), None), f"the Job controller to make the {stage} Pod")
+    terminate(server, pod, 0, "Completed", RESULTS[stage])
+    server.wait_for(lambda: job_status(server, job).get("succeeded"), f"the Job controller to complete the {stage} Job")
     return job
 
 
@@ -201,6 +220,43 @@ def test_a_finetunejob_trains_evaluates_registers_and_succeeds_under_the_charts_
     control_plane.wait_for(lambda: not children(control_plane, ftj, f"/apis/batch/v1/namespaces/{namespace}/jobs")
                            and not children(control_plane, ftj, f"/api/v1/namespaces/{namespace}/configmaps"),
                            "the garbage collector to remove the FineTuneJob's Jobs and ConfigMaps", timeout=120)
+
+
+def test_a_preempted_training_pod_is_replaced_by_the_job_controller_and_the_run_goes_on(control_plane, tmp_path):
+    operator = Operator(control_plane, tmp_path, ["team-preempted"])
+    try:
+        ftj = control_plane.apply([finetunejob("team-preempted", "preempted")])[0]
+        job = stage_job(control_plane, ftj, "train", operator)
+        first = control_plane.wait_for(lambda: next(iter(job_pods(control_plane, job)), None), "the first Pod")
+        terminate(control_plane, first, 143, "Error", {"succeeded": False, "reason": "Preempted",
+                                                       "message": "stopped by SIGTERM; checkpoint-20 is complete"})
+        second = control_plane.wait_for(lambda: next((p for p in job_pods(control_plane, job)
+                                                      if p["metadata"]["uid"] != first["metadata"]["uid"]), None),
+                                        "the Job controller to replace the preempted Pod", timeout=120)
+        assert phase_of(control_plane, "team-preempted", "preempted") == "Training"
+        terminate(control_plane, second, 0, "Completed", RESULTS["train"])
+        control_plane.wait_for(lambda: operator.alive() and phase_of(control_plane, "team-preempted", "preempted")
+                               == "Evaluating", "phase Evaluating")
+        assert [j["metadata"]["uid"] for j in children(control_plane, ftj, "/apis/batch/v1/namespaces/team-preempted/jobs")
+                if j["metadata"]["name"].endswith("-train")] == [job["metadata"]["uid"]]
+    finally:
+        operator.stop()
+
+
+def test_a_training_pod_killed_for_memory_fails_the_finetunejob_with_that_reason(control_plane, tmp_path):
+    operator = Operator(control_plane, tmp_path, ["team-oom"], workloads={"backoffLimit": 0})
+    try:
+        ftj = control_plane.apply([finetunejob("team-oom", "oom")])[0]
+        job = stage_job(control_plane, ftj, "train", operator)
+        pod = control_plane.wait_for(lambda: next(iter(job_pods(control_plane, job)), None), "the training Pod")
+        terminate(control_plane, pod, 137, "OOMKilled")
+        control_plane.wait_for(lambda: operator.alive() and phase_of(control_plane, "team-oom", "oom") == "Failed",
+                               "phase Failed")
+        failed = control_plane.get(f"{FTJ_API}/namespaces/team-oom/finetunejobs/oom")
+        assert "OOMKilled (exit code 137)" in failed["status"]["message"]
+        assert "BackoffLimitExceeded" in failed["status"]["message"]
+    finally:
+        operator.stop()
 
 
 def test_the_standalone_operator_runs_from_the_command_line(control_plane, tmp_path):

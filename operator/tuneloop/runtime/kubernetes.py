@@ -36,8 +36,13 @@ def termination(pod: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def result_from_pods(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The trainer's result JSON from the newest terminated pod that wrote one."""
-    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True):
+    """The workload's result JSON: from the pod that succeeded, else from the newest terminated pod
+    that wrote one. A retried Job's pods can share a creation second (timestamps are to the second),
+    so the pod that completed the Job is found by its exit code, not by its age."""
+    def succeeded_then_newest(pod: dict[str, Any]) -> tuple[bool, str]:
+        return (termination(pod) or {}).get("exitCode") == 0, pod["metadata"].get("creationTimestamp") or ""
+
+    for pod in sorted(pods, key=succeeded_then_newest, reverse=True):
         terminated = termination(pod)
         if terminated and terminated.get("message"):
             try:
