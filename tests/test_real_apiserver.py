@@ -13,9 +13,12 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
+import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,8 +116,17 @@ class Operator:
         env = {**os.environ, "KUBECONFIG": str(folder / "kubeconfig"), "TUNELOOP_CONFIG": str(folder / "config.yaml"),
                "TUNELOOP_RECONCILE_INTERVAL": "0.5", "HOME": str(folder)}
         self.log = folder / "operator.log"
-        self.process = subprocess.Popen([sys.executable, "-m", "tuneloop.cli", *arguments], env=env,
-                                        stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        self.command = [sys.executable, "-m", "tuneloop.cli", *arguments]
+        self.env = env
+        self.start()
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -253,6 +265,54 @@ def test_a_training_pod_killed_for_memory_fails_the_finetunejob_with_that_reason
         assert "BackoffLimitExceeded" in failed["status"]["message"]
     finally:
         operator.stop()
+
+
+def test_an_operator_killed_at_random_moments_creates_nothing_twice_and_loses_no_transition(control_plane, tmp_path):
+    """A burst of FineTuneJobs; the operator is SIGKILLed and restarted at random moments while they
+    are created and while their stages finish. Standalone: a killed replica's peering record would
+    only make its successor wait out kopf's peering lifetime."""
+    rng = random.Random(20261202)
+    namespace, names = "team-burst", [f"burst-{i:02d}" for i in range(12)]
+    operator = Operator(control_plane, tmp_path, [namespace], standalone=True)
+
+    def kill_and_restart() -> None:
+        time.sleep(rng.uniform(0.05, 1.5))
+        operator.kill()
+        operator.start()
+
+    try:
+        created = {}
+        for batch in (names[:6], names[6:]):
+            created.update({ftj["metadata"]["name"]: ftj
+                            for ftj in control_plane.apply([finetunejob(namespace, name) for name in batch])})
+            kill_and_restart()
+        for stage in ("train", "evaluate", "register"):
+            for index, name in enumerate(names):
+                finish_stage(control_plane, created[name], stage, operator)
+                if index % 4 == 3:
+                    kill_and_restart()
+        control_plane.wait_for(lambda: operator.alive() and all(
+            phase_of(control_plane, namespace, name) == "Succeeded" for name in names), "every FineTuneJob to succeed")
+    finally:
+        operator.stop()
+
+    # A create cut off by the kill can be stored without its 201 reaching the audit log; a second
+    # successful create of a name would mean the object was made twice (deleted in between).
+    creates = Counter(f"{entry['objectRef']['resource']}/{entry['objectRef'].get('name')}"
+                      for entry in control_plane.audit_entries(SERVICE_ACCOUNT_USER)
+                      if entry["verb"] == "create" and entry["objectRef"].get("namespace") == namespace
+                      and entry["objectRef"]["resource"] in ("jobs", "configmaps")
+                      and entry["responseStatus"].get("code") == 201)
+    assert {key: count for key, count in creates.items() if count > 1} == {}
+    stored = {f"{kind}/{obj['metadata']['name']}" for kind, api in (("jobs", "/apis/batch/v1"), ("configmaps", "/api/v1"))
+              for obj in control_plane.items(f"{api}/namespaces/{namespace}/{kind}")
+              if obj["metadata"]["name"].startswith("burst-")}
+    assert stored == {f"{kind}/{name}-{stage}" for kind in ("jobs", "configmaps") for name in names
+                      for stage in ("train", "evaluate", "register")}
+    for name in names:
+        status = control_plane.get(f"{FTJ_API}/namespaces/{namespace}/finetunejobs/{name}")["status"]
+        done = {c["type"] for c in status["conditions"] if c["status"] == "True"}
+        assert {"Trained", "Evaluated", "Registered", "Complete"} <= done, (name, done)
 
 
 def test_the_standalone_operator_runs_from_the_command_line(control_plane, tmp_path):
