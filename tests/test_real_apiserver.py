@@ -14,9 +14,6 @@ import copy
 import json
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,16 +23,13 @@ from typing import Any
 import pytest
 import yaml
 
-from kube_apiserver import KubeApiServer, kubeconfig, missing_binaries, running_control_plane
-from postgres import free_port
+from chart_operator import SERVICE_ACCOUNT_USER, SYSTEM, Operator
+from kube_apiserver import KubeApiServer, missing_binaries, running_control_plane
 
 REPO = Path(__file__).resolve().parents[1]
-CHART = REPO / "charts" / "tuneloop"
 CRDS = [document for path in sorted((REPO / "crds").glob("*.yaml"))
         for document in yaml.safe_load_all(path.read_text()) if document]
 EXAMPLE = yaml.safe_load((REPO / "examples" / "cluster" / "finetunejob.yaml").read_text())
-RELEASE, SYSTEM = "tuneloop", "tuneloop-system"
-SERVICE_ACCOUNT_USER = f"system:serviceaccount:{SYSTEM}:{RELEASE}"
 FTJ_API = "/apis/tuneloop.dev/v1alpha1"
 
 pytestmark = pytest.mark.apiserver
@@ -56,22 +50,6 @@ RESULTS = {
 }
 
 
-def helm_binary() -> str:
-    beside_python = Path(sys.executable).parent / "helm"
-    if not beside_python.exists():
-        pytest.fail("helm is not installed: run `make setup`")
-    return str(beside_python)
-
-
-def render_chart(watch_namespaces: list[str], mlflow_uri: str, workloads: dict[str, Any]) -> list[dict[str, Any]]:
-    values = {"watchNamespaces": watch_namespaces, "catalog": {"smollm2-135m-instruct": "pvc://models/smollm2"},
-              "mlflow": {"trackingUri": mlflow_uri}, "workloads": workloads}
-    result = subprocess.run([helm_binary(), "template", RELEASE, str(CHART), "--namespace", SYSTEM, "--values", "-"],
-                            input=yaml.safe_dump(values), capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    return [document for document in yaml.safe_load_all(result.stdout) if document]
-
-
 @pytest.fixture(scope="module")
 def control_plane(tmp_path_factory) -> Iterator[KubeApiServer]:
     if missing := missing_binaries():
@@ -83,63 +61,6 @@ def control_plane(tmp_path_factory) -> Iterator[KubeApiServer]:
         server.apply(CRDS)
         server.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM}}])
         yield server
-
-
-class Operator:
-    """`tuneloop operator` as the chart's Deployment runs it, logged in as the chart's ServiceAccount."""
-
-    def __init__(self, server: KubeApiServer, folder: Path, watch_namespaces: list[str], *,
-                 work_namespaces: tuple[str, ...] = (), standalone: bool = False,
-                 workloads: dict[str, Any] | None = None):
-        self.server, self.folder = server, folder
-        # No MLflow listens there: the FineTuneJob's stages reach MLflow from their pods, not the operator.
-        objects = render_chart(watch_namespaces, f"http://127.0.0.1:{free_port()}", workloads or {})
-        for namespace in {*watch_namespaces, *work_namespaces}:
-            server.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}])
-        kinds = {"ServiceAccount", "Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding", "ConfigMap",
-                 "KopfPeering", "ClusterKopfPeering"}
-        server.apply([obj for obj in objects if obj["kind"] in kinds])
-        deployment = next(obj for obj in objects if obj["kind"] == "Deployment" and obj["metadata"]["name"] == f"{RELEASE}-operator")
-        container = deployment["spec"]["template"]["spec"]["containers"][0]
-        config = next(obj for obj in objects if obj["kind"] == "ConfigMap" and obj["metadata"]["name"].endswith("-config"))
-        (folder / "config.yaml").write_text(config["data"]["config.yaml"])
-        account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
-        token = server.service_account_token(SYSTEM, account)
-        (folder / "kubeconfig").write_text(yaml.safe_dump(kubeconfig(server.url, server.ca_file, token)))
-        # The chart's arguments, except the ports: a pod has a network of its own, this process does not.
-        self.health_port = free_port()
-        ports = {"--health-port": self.health_port, "--metrics-port": free_port()}
-        arguments = [f"{a.split('=')[0]}={ports[a.split('=')[0]]}" if a.split("=")[0] in ports else a
-                     for a in container["args"]]
-        if standalone:
-            arguments.append("--standalone")
-        env = {**os.environ, "KUBECONFIG": str(folder / "kubeconfig"), "TUNELOOP_CONFIG": str(folder / "config.yaml"),
-               "TUNELOOP_RECONCILE_INTERVAL": "0.5", "HOME": str(folder)}
-        self.log = folder / "operator.log"
-        self.command = [sys.executable, "-m", "tuneloop.cli", *arguments]
-        self.env = env
-        self.start()
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def alive(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"the operator exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
-        return True
 
 
 @pytest.fixture(params=["watched-namespace", "cluster-wide"])
