@@ -192,8 +192,8 @@ def manifest(index: int, namespace: str) -> dict[str, Any]:
     return body
 
 
-async def create_all(url: str, token: str | None, namespace: str, count: int,
-                     concurrency: int) -> tuple[dict[str, float], list[float], list[str]]:
+async def create_all(url: str, token: str | None, namespace: str, count: int, concurrency: int,
+                     ssl_context: Any = None) -> tuple[dict[str, float], list[float], list[str]]:
     """POST count FineTuneJobs, at most `concurrency` in flight; returns the pre-POST timestamps."""
     sent: dict[str, float] = {}
     answered: list[float] = []
@@ -205,7 +205,8 @@ async def create_all(url: str, token: str | None, namespace: str, count: int,
         headers["Authorization"] = f"Bearer {token}"
     path = url + FTJ_PATH.format(namespace=namespace)
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency), headers=headers,
+    connector = aiohttp.TCPConnector(limit=concurrency, ssl=ssl_context if ssl_context is not None else True)
+    async with aiohttp.ClientSession(connector=connector, headers=headers,
                                      timeout=aiohttp.ClientTimeout(total=120)) as session:
         async def worker() -> None:
             for index in pending:
@@ -487,6 +488,113 @@ async def split(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 # --- the report ---
 
+# --- against a real kube-apiserver ---
+
+async def watch_jobs(server: Any, namespace: str, seen: dict[str, float], ready: asyncio.Event,
+                     gaps: list[str]) -> None:
+    """Record when each Job's ADDED event reaches the client, on the clock of the POST timestamps.
+    A watch the server ends is resumed from its last resourceVersion; where it cannot be (410 Gone),
+    a fresh listing stamps the Jobs it finds with the listing's time (late: counted in `gaps`)."""
+    headers = {"Authorization": f"Bearer {server.admin_token}"}
+    collection = f"{server.url}/apis/batch/v1/namespaces/{namespace}/jobs"
+
+    def stamp(job: dict[str, Any], now: float) -> None:
+        seen.setdefault(job["metadata"]["name"].removesuffix("-train"), now)
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None), read_bufsize=2**22) as session:
+        version = None
+        while True:
+            if version is None:
+                async with session.get(collection, headers=headers, ssl=server.ssl_context) as response:
+                    listing = await response.json()
+                now = time.monotonic()
+                if ready.is_set():
+                    gaps.append(f"relisted {len(listing['items'])} Jobs")
+                for job in listing["items"]:
+                    stamp(job, now)
+                version = listing["metadata"]["resourceVersion"]
+            url = f"{collection}?watch=1&resourceVersion={version}&timeoutSeconds=3600"
+            async with session.get(url, headers=headers, ssl=server.ssl_context) as response:
+                ready.set()
+                async for line in response.content:
+                    event = json.loads(line)
+                    if event["type"] == "ERROR":
+                        version = None  # 410 Gone: the events since `version` are no longer kept
+                        break
+                    version = event["object"]["metadata"]["resourceVersion"]
+                    if event["type"] == "ADDED":
+                        stamp(event["object"], time.monotonic())
+
+
+async def real_apiserver(args: argparse.Namespace, workdir: Path) -> bool:
+    """The burst against a real kube-apiserver 1.20 + controller manager (tools/build_kube.sh), the
+    operator in a process of its own as the chart runs it (its ServiceAccount, its RBAC)."""
+    from chart_operator import Operator
+    from kube_apiserver import missing_binaries, running_control_plane
+
+    if missing := missing_binaries():
+        print(f"no real API server: {', '.join(missing)} missing; run tools/build_kube.sh")
+        return False
+    with running_control_plane(workdir / "control-plane") as server:
+        server.apply([doc for path in sorted((REPO / "crds").glob("*.yaml"))
+                      for doc in yaml.safe_load_all(path.read_text()) if doc])
+        server.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tuneloop-system"}}])
+        operator = Operator(server, workdir, [args.namespace], reconcile_interval=float(args.interval))
+        try:
+            operator.wait_until_live()
+            rss_before = operator.peak_rss_mib()
+            seen: dict[str, float] = {}
+            gaps: list[str] = []
+            ready = asyncio.Event()
+            watcher = asyncio.create_task(watch_jobs(server, args.namespace, seen, ready, gaps))
+            await ready.wait()
+            wall0 = time.monotonic()
+            sent, answered, failures = await create_all(server.url, server.admin_token, args.namespace, args.jobs,
+                                                        args.concurrency, server.ssl_context)
+            posted_in = time.monotonic() - wall0
+            deadline = time.monotonic() + args.timeout
+            while len(seen) < args.jobs - len(failures) and time.monotonic() < deadline:
+                operator.alive()
+                if watcher.done():
+                    watcher.result()  # the watch failed: say why
+                await asyncio.sleep(0.2)
+            wall = time.monotonic() - wall0
+            await asyncio.sleep(min(args.settle, 10))
+            rss_end = operator.peak_rss_mib()
+            watcher.cancel()
+        finally:
+            operator.stop()
+        latency = [seen[name] - sent[name] for name in sent if name in seen]
+        jobs = server.items(f"/apis/batch/v1/namespaces/{args.namespace}/jobs")
+        configmaps = [c for c in server.items(f"/api/v1/namespaces/{args.namespace}/configmaps")
+                      if c["metadata"]["name"].startswith("ftj-")]
+        log = operator.log.read_text(errors="replace")
+        errors = sum(1 for line in log.splitlines() if '"levelname": "ERROR"' in line or " ERROR " in line)
+
+    p99 = percentile(latency, 99) if len(latency) == args.jobs else float("inf")
+    print(f"command:      python benchmarks/operator_scale.py --apiserver --jobs {args.jobs}")
+    print(f"machine:      {os.cpu_count()} CPU(s), load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
+          f"python {sys.version.split()[0]}, kopf {version('kopf')}")
+    print("setup:        real kube-apiserver + kube-controller-manager 1.20.2 and etcd on 127.0.0.1; "
+          "`tuneloop operator` with the chart's arguments and RBAC, in a process of its own")
+    print(f"FineTuneJobs:             {args.jobs}, all POSTed after {posted_in:.2f} s "
+          f"(POST answered in {spread(answered)})" + (f"; {len(failures)} failed, e.g. {failures[:2]}" * bool(failures)))
+    print(f"wall time to last Job:    {wall:.2f} s" + ("  (TIMED OUT)" if len(seen) < args.jobs else ""))
+    print(f"create->Job latency:      {spread(latency)}")
+    print("  (client's timestamp just before the POST -> the Job's ADDED event on the client's watch)"
+          + (f"; the watch had gaps: {gaps}" if gaps else ""))
+    print(f"operator peak RSS:        {rss_before:.1f} MiB before the burst, {rss_end:.1f} MiB at the end (VmHWM)")
+    print(f"Jobs, ConfigMaps:         {len(jobs)}, {len(configmaps)}")
+    print(f"ERROR log records:        {errors}")
+    checks = {"p99 create->Job < 1 s": p99 < 1.0, "operator peak RSS < 150 MiB": rss_end < 150,
+              f"Jobs == ConfigMaps == {args.jobs}": len(jobs) == len(configmaps) == args.jobs,
+              "no ERROR log records": errors == 0}
+    print()
+    for name, ok in checks.items():
+        print(f"{'PASS' if ok else 'MISS'}  {name}")
+    return all(checks.values())
+
+
 def report(args: argparse.Namespace, result: dict[str, Any], logs: LogCounter, log_file: Path) -> bool:
     n = args.jobs
     client = result["client_latency"]
@@ -594,8 +702,14 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, help="run under cProfile; write pstats here and print the top")
     parser.add_argument("--tracemalloc", action="store_true", help="show where the Python memory is (slow)")
     parser.add_argument("--log-file", type=Path, help="where the operator's log goes (default: a temp file)")
+    parser.add_argument("--apiserver", action="store_true",
+                        help="against a real kube-apiserver (tools/build_kube.sh), the operator as the chart runs it")
     parser.add_argument("--serve-cluster", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+
+    if args.apiserver:
+        os.environ["TUNELOOP_RECONCILE_INTERVAL"] = str(args.interval)
+        return 0 if asyncio.run(real_apiserver(args, Path(tempfile.mkdtemp(prefix="operator-scale-")))) else 1
 
     if args.serve_cluster:
         asyncio.run(serve_cluster(args))

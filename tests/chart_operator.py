@@ -10,9 +10,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 from kube_apiserver import KubeApiServer, kubeconfig
@@ -82,6 +84,19 @@ class Operator:
     def kill(self) -> None:
         self.process.kill()
         self.process.wait()
+
+    def wait_until_live(self, timeout: float = 60) -> None:
+        """Until kopf's liveness endpoint answers: the operator has logged in and started watching."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.alive()
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"the operator did not answer /healthz within {timeout:.0f}s:\n{self.log.read_text()[-2000:]}")
 
     def peak_rss_mib(self) -> float:
         """The operator process's peak resident memory (VmHWM), while it runs."""

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import ssl
+import tempfile
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -75,6 +76,9 @@ class KubeApiServer:
         self.ca_file = folder / "certs" / "apiserver.crt"
         self.admin_kubeconfig = folder / "admin.kubeconfig"
         self.audit_log = folder / "audit.log"
+        # etcd syncs every write to disk; in memory (tmpfs) it answers as on a cluster's fast SSD.
+        memory = Path("/dev/shm")
+        self.etcd_dir = Path(tempfile.mkdtemp(prefix="tuneloop-etcd-", dir=memory if memory.is_dir() else None))
         self._client: httpx.Client | None = None
         self._resources: dict[tuple[str, str], tuple[str, bool]] = {}
 
@@ -83,7 +87,7 @@ class KubeApiServer:
     def start(self) -> None:
         etcd_port, peer_port = free_port(), free_port()
         self._spawn("etcd", [
-            "etcd", "--name", "test", "--data-dir", str(self.folder / "etcd"),
+            "etcd", "--name", "test", "--data-dir", str(self.etcd_dir),
             "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
             "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
             "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
@@ -124,6 +128,7 @@ class KubeApiServer:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
+        shutil.rmtree(self.etcd_dir, ignore_errors=True)
 
     def _spawn(self, name: str, command: list[str]) -> None:
         log = (self.folder / f"{name}.log").open("wb")
@@ -152,11 +157,16 @@ class KubeApiServer:
 
     # --- the admin client ----------------------------------------------------------------------
 
+    admin_token = ADMIN_TOKEN
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.ca_file)
+
     @property
     def client(self) -> httpx.Client:
         if self._client is None:
-            self._client = httpx.Client(base_url=self.url, verify=ssl.create_default_context(cafile=self.ca_file),
-                                        timeout=30,
+            self._client = httpx.Client(base_url=self.url, verify=self.ssl_context, timeout=30,
                                         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         return self._client
 
@@ -250,6 +260,7 @@ class KubeApiServer:
 
 @contextmanager
 def running_control_plane(folder: Path) -> Iterator[KubeApiServer]:
+    folder.mkdir(parents=True, exist_ok=True)
     server = KubeApiServer(folder)
     try:
         server.start()
