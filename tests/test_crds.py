@@ -10,6 +10,7 @@ import yaml
 
 from crd_schema import admit
 from tuneloop.api.common import SpecError
+from tuneloop.api import modeldeployment as modeldeployment_api
 from tuneloop.api.finetunejob import parse_manifest
 from tuneloop.cli import all_crds, main
 
@@ -77,3 +78,57 @@ def test_the_api_server_rejects_what_pydantic_rejects(change, message):
     assert any(message in error for error in errors), errors
     with pytest.raises(SpecError):
         parse_manifest(manifest)
+
+
+def modeldeployment(name: str, **blue_green: str) -> dict:
+    manifest = yaml.safe_load((REPO / "examples" / "cluster" / "modeldeployment.yaml").read_text())
+    manifest["metadata"] = {"name": name, "namespace": "ml"}
+    manifest["spec"].setdefault("strategy", {}).setdefault("blueGreen", {}).update(blue_green)
+    return manifest
+
+
+@pytest.mark.parametrize("name, blue_green, accepted", [
+    ("acme-tickets", {}, True),
+    ("a" * 63, {}, True),
+    ("a" * 64, {}, False),
+    ("acme.tickets", {}, False),   # a valid custom resource name, not a valid Service name
+    ("1acme", {}, False),
+    ("acme-", {}, False),
+    ("acme-tickets", {"activeService": "tickets.prod"}, False),
+    ("acme-tickets", {"previewService": "p" * 64}, False),
+    ("acme-tickets", {"activeService": "tickets", "previewService": "tickets-next"}, True),
+])
+def test_a_modeldeployment_is_named_as_its_services_must_be_for_the_crd_and_the_validator_alike(
+        name, blue_green, accepted):
+    manifest = modeldeployment(name, **blue_green)
+    crd = next(doc for doc in yaml.safe_load_all(COMMITTED.read_text())
+               if doc["spec"]["names"]["kind"] == "ModelDeployment")
+    _, errors = admit(crd, manifest)
+    assert (errors == []) == accepted, errors
+    if accepted:
+        modeldeployment_api.parse_manifest(manifest)
+    else:
+        with pytest.raises(SpecError) as raised:
+            modeldeployment_api.parse_manifest(manifest)
+        assert "must be a DNS-1035 label" in str(raised.value)
+
+
+@pytest.mark.parametrize("name, nodes, accepted", [
+    ("acme.tickets", 1, True),        # one node: Jobs, ConfigMaps and pods take any custom resource name
+    ("1acme", 1, True),
+    ("acme-tickets", 4, True),
+    ("acme.tickets", 4, False),       # several: a headless Service and pod hostnames carry the name
+    ("1acme", 4, False),
+])
+def test_a_multi_node_finetunejob_is_named_as_its_rendezvous_service_must_be(name, nodes, accepted):
+    manifest = {"apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name},
+                "spec": {"baseModel": {"name": "smollm2-135m-instruct"}, "dataset": {"uri": "pvc://d/t.jsonl"},
+                         "resources": {"gpus": 1, "nodes": nodes}}}
+    _, errors = admit(finetunejob_crd(), manifest)
+    assert (errors == []) == accepted, errors
+    if accepted:
+        parse_manifest(manifest)
+    else:
+        assert any("multi-node FineTuneJob" in error for error in errors)
+        with pytest.raises(SpecError, match=r"^metadata.name: a multi-node FineTuneJob"):
+            parse_manifest(manifest)

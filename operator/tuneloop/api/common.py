@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime, timezone
 from typing import Any, Literal, TypeVar
 
@@ -75,6 +76,17 @@ def get_condition(conditions: list[Condition], type: str) -> Condition | None:
 
 
 MAX_LABEL = 63  # a label value, and a DNS-1123 label such as a Service's or a Pod's generated name
+# What a Service may be named (RFC 1035 label): lowercase letters, digits and '-', a letter first.
+DNS1035_LABEL = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
+DNS1035_MESSAGE = ("must be a DNS-1035 label: at most 63 lowercase letters, digits and '-', starting with a letter "
+                   "and ending with a letter or digit")
+
+
+def check_service_name(name: str) -> str:
+    if len(name) > MAX_LABEL or not re.match(DNS1035_LABEL, name):
+        shown = repr(name) if len(name) <= 80 else f"{name[:60]!r}... ({len(name)} characters)"
+        raise ValueError(f"{shown} {DNS1035_MESSAGE}")
+    return name
 
 
 def fitted(text: str, limit: int = MAX_LABEL) -> str:
@@ -122,7 +134,8 @@ def describe_validation_error(error: ValidationError, prefix: str) -> list[str]:
     for item in error.errors():
         # Model-level validators report under the model; union branches add a tag we drop.
         loc = tuple(part for part in item["loc"] if not (isinstance(part, str) and "[" in part and part.endswith("]")))
-        problems.append(f"{field_path(prefix, loc)}: {humanize(item)}")
+        path = field_path(prefix, loc)
+        problems.append(f"{path}: {humanize(item)}" if path else humanize(item))  # a whole manifest's rule names its fields
     return problems
 
 

@@ -37,6 +37,8 @@ class Kind:
     status: type[BaseModel]
     printers: tuple[Printer, ...]
     description: str
+    # CEL rules on the whole object: the only place a rule can see metadata.name.
+    rules: tuple[tuple[str, str], ...] = ()
 
 
 def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -121,6 +123,8 @@ def definition(kind: Kind) -> dict[str, Any]:
                         "apiVersion": {"type": "string"}, "kind": {"type": "string"},
                         "metadata": {"type": "object"}, "spec": spec, "status": status,
                     },
+                    **({"x-kubernetes-validations": [{"rule": rule, "message": message}
+                                                     for rule, message in kind.rules]} if kind.rules else {}),
                 }},
             }],
         },

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tuneloop.api.common import API_VERSION, Condition, WireModel, validated, validated_manifest
+from tuneloop.api.common import API_VERSION, DNS1035_LABEL, Condition, WireModel, validated, validated_manifest
 from tuneloop.api.crd import Kind, Printer
 from tuneloop.api.evaluation import EvaluationResults, EvaluationSpec, RegistryResults, RegistrySpec
 
@@ -316,12 +317,25 @@ class ObjectMeta(WireModel):
     annotations: dict[str, str] = Field(default_factory=dict)
 
 
+MULTI_NODE_NAME_RULE = (
+    f"self.spec.resources.nodes <= 1 || self.metadata.name.matches('{DNS1035_LABEL}')",
+    "metadata.name: a multi-node FineTuneJob (spec.resources.nodes > 1) names the headless Service and the pod "
+    "hostnames of its rendezvous after itself, so it must be lowercase letters, digits and '-', starting with a "
+    "letter (no dots)")
+
+
 class FineTuneJob(WireModel):
     api_version: Literal["tuneloop.dev/v1alpha1"] = API_VERSION
     kind: Literal["FineTuneJob"] = KIND
     metadata: ObjectMeta
     spec: FineTuneJobSpec
     status: FineTuneJobStatus = Field(default_factory=FineTuneJobStatus)
+
+    @model_validator(mode="after")
+    def _multi_node_name(self) -> "FineTuneJob":
+        if self.spec.resources.nodes > 1 and not re.match(DNS1035_LABEL, self.metadata.name):
+            raise ValueError(MULTI_NODE_NAME_RULE[1])
+        return self
 
 
 def parse_spec(raw: Any) -> FineTuneJobSpec:
@@ -341,6 +355,7 @@ CRD = Kind(
     spec=FineTuneJobSpec,
     status=FineTuneJobStatus,
     description="A fine-tuning run: data preparation, LoRA/QLoRA/full training, evaluation and registration.",
+    rules=(MULTI_NODE_NAME_RULE,),
     printers=(
         Printer("Phase", "string", ".status.phase"),
         Printer("Model", "string", ".spec.baseModel.name", "Catalog name of the base model"),

@@ -12,7 +12,18 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tuneloop.api.common import API_VERSION, Condition, WireModel, child_name, validated, validated_manifest
+from tuneloop.api.common import (
+    API_VERSION,
+    DNS1035_LABEL,
+    DNS1035_MESSAGE,
+    MAX_LABEL,
+    Condition,
+    WireModel,
+    check_service_name,
+    child_name,
+    validated,
+    validated_manifest,
+)
 from tuneloop.api.crd import Kind, Printer
 from tuneloop.api.evaluation import JudgeSpec
 from tuneloop.api.finetunejob import BaseModelRef, ObjectMeta, cel, check_storage_uri
@@ -144,10 +155,14 @@ class AnalysisSpec(WireModel):
         return self
 
 
+SERVICE_NAME_SCHEMA = {"maxLength": MAX_LABEL, "pattern": DNS1035_LABEL}  # what check_service_name checks
+
+
 class BlueGreenStrategy(WireModel):
-    active_service: str | None = Field(None, description="Service taking the traffic; unset: the resource's name.")
-    preview_service: str | None = Field(None, description="Service selecting the colour under test; "
-                                                          "unset: <name>-preview.")
+    active_service: str | None = Field(None, json_schema_extra=SERVICE_NAME_SCHEMA,
+                                       description="Service taking the traffic; unset: the resource's name.")
+    preview_service: str | None = Field(None, json_schema_extra=SERVICE_NAME_SCHEMA,
+                                        description="Service selecting the colour under test; unset: <name>-preview.")
     auto_promotion_enabled: bool = Field(True, description="Promote when the analysis passes; false: wait for "
                                                            "`tuneloop rollout promote` or the promote annotation.")
     auto_promotion_seconds: int | None = Field(None, ge=0, description="Wait this long after the analysis "
@@ -164,6 +179,11 @@ class BlueGreenStrategy(WireModel):
         None, description="Analysis of the preview before it takes traffic; unset: readiness is enough.")
     post_promotion_analysis: AnalysisSpec | None = Field(
         None, description="Analysis after the switch; failing it switches back while the old colour still runs.")
+
+    @field_validator("active_service", "preview_service")
+    @classmethod
+    def _service_names(cls, name: str | None) -> str | None:
+        return None if name is None else check_service_name(name)
 
     def active_service_name(self, name: str) -> str:
         return self.active_service or name
@@ -233,10 +253,23 @@ class ModelDeploymentStatus(WireModel):
     observed_generation: int | None = None
 
 
+class ServiceNamedMeta(ObjectMeta):
+    """A ModelDeployment's name is its active Service's (and the start of the others'): a DNS-1035 label."""
+
+    @field_validator("name")
+    @classmethod
+    def _service_name(cls, name: str) -> str:
+        return check_service_name(name)
+
+
+NAME_RULE = (f"size(self.metadata.name) <= {MAX_LABEL} && self.metadata.name.matches('{DNS1035_LABEL}')",
+             f"metadata.name: a ModelDeployment's name is its Service's, so it {DNS1035_MESSAGE}")
+
+
 class ModelDeployment(WireModel):
     api_version: Literal["tuneloop.dev/v1alpha1"] = API_VERSION
     kind: Literal["ModelDeployment"] = KIND
-    metadata: ObjectMeta
+    metadata: ServiceNamedMeta
     spec: ModelDeploymentSpec
     status: ModelDeploymentStatus = Field(default_factory=ModelDeploymentStatus)
 
@@ -257,6 +290,7 @@ CRD = Kind(
     spec=ModelDeploymentSpec,
     status=ModelDeploymentStatus,
     description="A base model + adapter served by vLLM, rolled out blue-green with analysis before traffic.",
+    rules=(NAME_RULE,),
     printers=(
         Printer("Phase", "string", ".status.phase"),
         Printer("Active", "string", ".status.active.revision", "Revision taking the traffic"),
