@@ -16,8 +16,8 @@ import json
 import os
 import shutil
 import ssl
-import tempfile
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -66,7 +66,7 @@ def kubeconfig(server: str, ca_file: Path, token: str, namespace: str = "default
 
 
 class KubeApiServer:
-    """The control plane's processes, its admin client, and helpers that play the kubelet."""
+    """The control plane's processes and its admin client."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -131,8 +131,8 @@ class KubeApiServer:
         shutil.rmtree(self.etcd_dir, ignore_errors=True)
 
     def _spawn(self, name: str, command: list[str]) -> None:
-        log = (self.folder / f"{name}.log").open("wb")
-        self.processes.append((name, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)))
+        with (self.folder / f"{name}.log").open("wb") as log:
+            self.processes.append((name, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)))
 
     def log_tail(self, name: str, lines: int = 30) -> str:
         path = self.folder / f"{name}.log"
@@ -208,18 +208,16 @@ class KubeApiServer:
             raise LookupError(f"the API server serves no {kind} in {api_version}")
         return self._resources[(api_version, kind)]
 
-    def apply(self, objects: list[dict[str, Any]], token: str | None = None) -> list[dict[str, Any]]:
-        """Create each object, or replace it where it exists (as the admin, or as `token`'s owner).
-        A CRD is waited for until the server serves it."""
+    def apply(self, objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Create each object, or replace it where it exists; a CRD is waited for until it is served."""
         stored = []
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
         for obj in objects:
-            response = self.client.post(self.path_of(obj, name=False), json=obj, headers=headers)
+            response = self.client.post(self.path_of(obj, name=False), json=obj)
             if response.status_code == 409:
                 current = self.get(self.path_of(obj))
                 replacement = {**obj, "metadata": {**obj["metadata"],
                                                    "resourceVersion": current["metadata"]["resourceVersion"]}}
-                response = self.client.put(self.path_of(obj), json=replacement, headers=headers)
+                response = self.client.put(self.path_of(obj), json=replacement)
             if response.is_error:
                 raise AssertionError(f"{obj['kind']} {obj['metadata']['name']}: {response.status_code} {response.text}")
             stored.append(response.json())

@@ -2,8 +2,8 @@
 logged in as the chart's ServiceAccount with exactly the RBAC `helm template` renders.
 
 The API server's audit log records every request the operator makes, with what it sent and what
-was stored: a 403 anywhere fails the module, and so does a field the server pruned from a status
-or a spec the operator wrote. Kubernetes does its part (the Job controller makes the Pods, the
+was stored: the module's last test fails on a 403 anywhere, and on a field the server pruned from
+what the operator wrote to its own kinds. Kubernetes does its part (the Job controller makes the Pods, the
 garbage collector removes children); the tests play only the kubelet, by writing Pod status.
 What 1.20 cannot express (CEL rules, a Job's podFailurePolicy) stays tested on the emulator.
 """
@@ -146,7 +146,7 @@ def test_a_finetunejob_trains_evaluates_registers_and_succeeds_under_the_charts_
     assert done["status"]["observedGeneration"] == done["metadata"]["generation"]
     reasons = {event["reason"] for event in control_plane.items(f"/api/v1/namespaces/{namespace}/events")
                if event["involvedObject"].get("uid") == ftj["metadata"]["uid"]}
-    assert "Succeeded" in reasons or "Registered" in reasons, reasons
+    assert "Succeeded" in reasons, reasons
 
     control_plane.delete(done)
     control_plane.wait_for(lambda: not children(control_plane, ftj, f"/apis/batch/v1/namespaces/{namespace}/jobs")
@@ -274,7 +274,7 @@ def test_the_standalone_operator_runs_from_the_command_line(control_plane, tmp_p
 @pytest.mark.parametrize("length", [63, 253])
 def test_names_at_the_longest_the_crd_allows_make_valid_children(control_plane, tmp_path, length):
     operator = Operator(control_plane, tmp_path, ["team-names"])
-    name = ("a" * length)[:length]
+    name = "a" * length
     try:
         ftj = control_plane.apply([finetunejob("team-names", name)])[0]
         finish_stage(control_plane, ftj, "train", operator)
@@ -328,9 +328,10 @@ def lookup(value: Any, path: tuple[str, ...]) -> Any:
 
 
 def pruned_fields(audit: list[dict[str, Any]]) -> list[str]:
-    """Fields the operator sent in a create, update or merge patch that the server did not store:
-    the structural schema of a CRD prunes unknown fields without an error, and so does an API
-    server for a built-in kind's field it does not know (a newer version's)."""
+    """Fields sent in a create, update or merge patch that the server did not store: the structural
+    schema of a CRD prunes unknown fields without an error. (For a built-in kind the audit log shows
+    the request already decoded, without the fields the server does not know: what 1.20 drops from
+    a Job is found by comparing the operator's rendering with what is stored, below.)"""
     pruned = []
     for entry in audit:
         uri = entry["requestURI"]
