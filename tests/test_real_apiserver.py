@@ -10,10 +10,13 @@ What 1.20 cannot express (CEL rules, a Job's podFailurePolicy) stays tested on t
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
 import random
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,15 +27,20 @@ import pytest
 import yaml
 
 from chart_operator import SERVICE_ACCOUNT_USER, SYSTEM, Operator
+from feedback_server import serving
 from kube_apiserver import KubeApiServer, missing_binaries, running_control_plane
 from tuneloop.api import finetunejob as finetunejob_api
+from test_operator_finetuneschedule import TOKEN as FEEDBACK_TOKEN
+from test_operator_finetuneschedule import post_corrections
 from tuneloop.config import load_config
+from tuneloop.feedback.app import create_app
 from tuneloop.runtime.manifests import training_objects
 
 REPO = Path(__file__).resolve().parents[1]
 CRDS = [document for path in sorted((REPO / "crds").glob("*.yaml"))
         for document in yaml.safe_load_all(path.read_text()) if document]
 EXAMPLE = yaml.safe_load((REPO / "examples" / "cluster" / "finetunejob.yaml").read_text())
+SCHEDULE = yaml.safe_load((REPO / "examples" / "cluster" / "finetuneschedule.yaml").read_text())
 FTJ_API = "/apis/tuneloop.dev/v1alpha1"
 
 pytestmark = pytest.mark.apiserver
@@ -258,6 +266,68 @@ def test_what_kubernetes_1_20_drops_from_a_training_job_is_only_what_the_harness
     missing = {".".join(path) for path, value in leaves(rendered) if path[0] != "metadata"
                and lookup(stored, path) != value and not (not value and lookup(stored, path) is KeyError)}  # omitempty
     assert {".".join(path.split(".")[:2]) for path in missing} == DROPPED_BY_1_20, sorted(missing)
+
+
+def test_a_finetuneschedule_runs_one_cycle_from_corrections_to_a_registered_version(control_plane, tmp_path):
+    """A real feedback service holds the corrections; the schedule fires at the next minute (the
+    operator runs on real time here), the snapshot pod runs the real snapshot workload, and the
+    FineTuneJob the schedule made goes through its stages."""
+    namespace, name = "team-schedule", "acme-tickets-nightly"
+    schedule = copy.deepcopy(SCHEDULE)
+    schedule["metadata"] = {"name": name, "namespace": namespace}
+    schedule["spec"].update(schedule="* * * * *", timeZone="UTC")
+    del schedule["spec"]["startingDeadlineSeconds"]
+    with serving(create_app(f"sqlite:///{tmp_path / 'feedback.db'}", FEEDBACK_TOKEN)) as url:
+        post_corrections(url, 6, 0)
+        schedule["spec"]["feedback"].update(url=url, minNewCorrections=5)
+        operator = Operator(control_plane, tmp_path, [namespace])
+        try:
+            control_plane.apply([{"apiVersion": "v1", "kind": "Secret", "metadata": {
+                "name": "tuneloop-feedback", "namespace": namespace},
+                "data": {"token": base64.b64encode(FEEDBACK_TOKEN.encode()).decode()}}])
+            fts = control_plane.apply([schedule])[0]
+            snapshot = control_plane.wait_for(lambda: operator.alive() and next(
+                (j for j in children(control_plane, fts, f"/apis/batch/v1/namespaces/{namespace}/jobs")
+                 if j["metadata"]["name"].endswith("-snapshot")), None), "the schedule's snapshot Job at the next minute",
+                timeout=150)
+            result = run_snapshot_workload(control_plane, snapshot, tmp_path / "pvc")
+            assert result["rows"] == 6
+            pod = control_plane.wait_for(lambda: next(iter(job_pods(control_plane, snapshot)), None), "the snapshot Pod")
+            terminate(control_plane, pod, 0, "Completed", result)
+
+            run = control_plane.wait_for(lambda: operator.alive() and next(iter(children(
+                control_plane, fts, f"{FTJ_API}/namespaces/{namespace}/finetunejobs")), None), "the run's FineTuneJob")
+            assert run["spec"]["dataset"]["uri"].startswith("pvc://datasets/acme/feedback/")
+            for stage in ("train", "evaluate", "register"):
+                finish_stage(control_plane, run, stage, operator)
+            control_plane.wait_for(lambda: operator.alive() and (schedule_status(control_plane, namespace, name)
+                                                                 .get("lastRun") or {}).get("outcome") == "Promoted",
+                                   "the schedule to record the run as Promoted", timeout=90)
+            status = schedule_status(control_plane, namespace, name)
+            assert status["trainedUpToId"] == 6 and status["active"] == [] and status["lastRun"]["version"] == "1"
+        finally:
+            operator.stop()
+
+
+def schedule_status(server: KubeApiServer, namespace: str, name: str) -> dict[str, Any]:
+    return (server.get(f"{FTJ_API}/namespaces/{namespace}/finetuneschedules/{name}") or {}).get("status") or {}
+
+
+def run_snapshot_workload(server: KubeApiServer, job: dict[str, Any], pvc_root: Path) -> dict[str, Any]:
+    """What the snapshot pod runs, here: the real workload on the spec the operator wrote into the
+    Job's ConfigMap, its /mnt/pvc a local folder."""
+    namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
+    spec = json.loads(server.get(f"/api/v1/namespaces/{namespace}/configmaps/{name}")["data"]["workload.json"])
+    spec["outputDir"] = spec["outputDir"].replace("/mnt/pvc", str(pvc_root))
+    folder = pvc_root.parent / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spec.json").write_text(json.dumps(spec))
+    subprocess.run([sys.executable, "-m", "tuneloop_trainer.snapshot", "--spec", str(folder / "spec.json"),
+                    "--result", str(folder / "result.json")], check=True, timeout=120,
+                   env={**os.environ, "TUNELOOP_FEEDBACK_TOKEN": FEEDBACK_TOKEN})
+    result = json.loads((folder / "result.json").read_text())
+    result["path"] = result["path"].replace(str(pvc_root), "/mnt/pvc")  # as the pod saw it
+    return result
 
 
 def test_the_standalone_operator_runs_from_the_command_line(control_plane, tmp_path):
