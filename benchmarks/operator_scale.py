@@ -490,6 +490,16 @@ async def split(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 # --- against a real kube-apiserver ---
 
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def cpu_of(operator: Any, server: Any) -> dict[str, float]:
+    processes = {"operator": operator.process.pid, **{name: process.pid for name, process in server.processes}}
+    return {name: process_cpu_seconds(pid) for name, pid in processes.items()}
+
+
 async def watch_jobs(server: Any, namespace: str, seen: dict[str, float], ready: asyncio.Event,
                      gaps: list[str]) -> None:
     """Record when each Job's ADDED event reaches the client, on the clock of the POST timestamps.
@@ -535,7 +545,7 @@ async def real_apiserver(args: argparse.Namespace, workdir: Path) -> bool:
     if missing := missing_binaries():
         print(f"no real API server: {', '.join(missing)} missing; run tools/build_kube.sh")
         return False
-    with running_control_plane(workdir / "control-plane") as server:
+    with running_control_plane(workdir / "control-plane", audit=False) as server:
         server.apply([doc for path in sorted((REPO / "crds").glob("*.yaml"))
                       for doc in yaml.safe_load_all(path.read_text()) if doc])
         server.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tuneloop-system"}}])
@@ -543,6 +553,7 @@ async def real_apiserver(args: argparse.Namespace, workdir: Path) -> bool:
         try:
             operator.wait_until_live()
             rss_before = operator.peak_rss_mib()
+            cpu_before = cpu_of(operator, server)
             seen: dict[str, float] = {}
             gaps: list[str] = []
             ready = asyncio.Event()
@@ -559,6 +570,7 @@ async def real_apiserver(args: argparse.Namespace, workdir: Path) -> bool:
                     watcher.result()  # the watch failed: say why
                 await asyncio.sleep(0.2)
             wall = time.monotonic() - wall0
+            cpu = {name: seconds - cpu_before[name] for name, seconds in cpu_of(operator, server).items()}
             await asyncio.sleep(min(args.settle, 10))
             rss_end = operator.peak_rss_mib()
             watcher.cancel()
@@ -584,6 +596,8 @@ async def real_apiserver(args: argparse.Namespace, workdir: Path) -> bool:
     print("  (client's timestamp just before the POST -> the Job's ADDED event on the client's watch)"
           + (f"; the watch had gaps: {gaps}" if gaps else ""))
     print(f"operator peak RSS:        {rss_before:.1f} MiB before the burst, {rss_end:.1f} MiB at the end (VmHWM)")
+    print("CPU up to the last Job:   " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in cpu.items())
+          + f" (in {wall:.1f} s of wall time)")
     print(f"Jobs, ConfigMaps:         {len(jobs)}, {len(configmaps)}")
     print(f"ERROR log records:        {errors}")
     checks = {"p99 create->Job < 1 s": p99 < 1.0, "operator peak RSS < 150 MiB": rss_end < 150,

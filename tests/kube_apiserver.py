@@ -68,8 +68,8 @@ def kubeconfig(server: str, ca_file: Path, token: str, namespace: str = "default
 class KubeApiServer:
     """The control plane's processes and its admin client."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path, *, audit: bool = True) -> None:
+        self.folder, self.audit = folder, audit
         self.processes: list[tuple[str, subprocess.Popen]] = []
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
@@ -107,7 +107,8 @@ class KubeApiServer:
             "--service-account-signing-key-file", str(private_key),
             "--service-account-issuer", "https://kubernetes.default.svc",
             "--service-cluster-ip-range", "10.96.0.0/16", "--allow-privileged", "--v", "0",
-            "--audit-policy-file", str(policy), "--audit-log-path", str(self.audit_log), "--audit-log-format", "json"])
+            *(["--audit-policy-file", str(policy), "--audit-log-path", str(self.audit_log), "--audit-log-format", "json"]
+              if self.audit else [])])
         self._wait_until(lambda: self.ca_file.exists() and self._ready(), "the API server to answer /readyz")
         self.admin_kubeconfig.write_text(yaml.safe_dump(kubeconfig(self.url, self.ca_file, ADMIN_TOKEN)))
         self._spawn("kube-controller-manager", [
@@ -257,9 +258,10 @@ class KubeApiServer:
 
 
 @contextmanager
-def running_control_plane(folder: Path) -> Iterator[KubeApiServer]:
+def running_control_plane(folder: Path, *, audit: bool = True) -> Iterator[KubeApiServer]:
+    """`audit`: log every request but the admin's with its bodies (tests); off for benchmarks."""
     folder.mkdir(parents=True, exist_ok=True)
-    server = KubeApiServer(folder)
+    server = KubeApiServer(folder, audit=audit)
     try:
         server.start()
         yield server
