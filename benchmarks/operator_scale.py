@@ -39,6 +39,7 @@ import logging
 import os
 import pstats
 import resource
+import signal
 import sys
 import tempfile
 import time
@@ -490,6 +491,28 @@ async def split(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 # --- against a real kube-apiserver ---
 
+# The operator under tracemalloc: on SIGUSR1 it writes the lines holding the most memory.
+TRACED_OPERATOR = """import signal, sys, tracemalloc
+tracemalloc.start(8)
+
+
+def dump(*_):
+    snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+    with open({out!r} + ".partial", "w") as out:
+        out.write(f"traced: {{sum(s.size for s in snapshot.statistics('filename')) / 2**20:.1f}} MiB\\n")
+        for stat in snapshot.statistics("traceback")[:12]:
+            out.write(f"{{stat.size / 2**20:7.1f}} MiB {{stat.count:8d}} blocks\\n")
+            out.writelines(f"          {{line}}\\n" for line in stat.traceback.format()[-6:])
+    import os
+    os.replace({out!r} + ".partial", {out!r})
+
+
+signal.signal(signal.SIGUSR1, dump)
+from tuneloop.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def process_cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
@@ -549,7 +572,11 @@ async def real_apiserver(args: argparse.Namespace, workdir: Path) -> bool:
         server.apply([doc for path in sorted((REPO / "crds").glob("*.yaml"))
                       for doc in yaml.safe_load_all(path.read_text()) if doc])
         server.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tuneloop-system"}}])
-        operator = Operator(server, workdir, [args.namespace], reconcile_interval=float(args.interval))
+        python: tuple[str, ...] = ("-m", "tuneloop.cli")
+        if args.tracemalloc:
+            (workdir / "traced_operator.py").write_text(TRACED_OPERATOR.format(out=str(workdir / "tracemalloc.txt")))
+            python = (str(workdir / "traced_operator.py"),)
+        operator = Operator(server, workdir, [args.namespace], reconcile_interval=float(args.interval), python=python)
         try:
             operator.wait_until_live()
             rss_before = operator.peak_rss_mib()
@@ -574,6 +601,9 @@ async def real_apiserver(args: argparse.Namespace, workdir: Path) -> bool:
             await asyncio.sleep(min(args.settle, 10))
             rss_end = operator.peak_rss_mib()
             watcher.cancel()
+            if args.tracemalloc:
+                os.kill(operator.process.pid, signal.SIGUSR1)
+                server.wait_for(lambda: (workdir / "tracemalloc.txt").exists(), "the tracemalloc dump", timeout=300)
         finally:
             operator.stop()
         latency = [seen[name] - sent[name] for name in sent if name in seen]
@@ -600,6 +630,8 @@ async def real_apiserver(args: argparse.Namespace, workdir: Path) -> bool:
           + f" (in {wall:.1f} s of wall time)")
     print(f"Jobs, ConfigMaps:         {len(jobs)}, {len(configmaps)}")
     print(f"ERROR log records:        {errors}")
+    if args.tracemalloc:
+        print(f"\n--- what the operator held at its stop (tracemalloc) ---\n{(workdir / 'tracemalloc.txt').read_text()}")
     checks = {"p99 create->Job < 1 s": p99 < 1.0, "operator peak RSS < 150 MiB": rss_end < 150,
               f"Jobs == ConfigMaps == {args.jobs}": len(jobs) == len(configmaps) == args.jobs,
               "no ERROR log records": errors == 0}

@@ -49,7 +49,8 @@ class Operator:
 
     def __init__(self, server: KubeApiServer, folder: Path, watch_namespaces: list[str], *,
                  work_namespaces: tuple[str, ...] = (), standalone: bool = False,
-                 workloads: dict[str, Any] | None = None, reconcile_interval: float = 0.5):
+                 workloads: dict[str, Any] | None = None, reconcile_interval: float = 0.5,
+                 python: tuple[str, ...] = ("-m", "tuneloop.cli")):
         self.server, self.folder = server, folder
         # No MLflow listens there: the FineTuneJob's stages reach MLflow from their pods, not the operator.
         objects = render_chart(watch_namespaces, f"http://127.0.0.1:{free_port()}", workloads or {})
@@ -73,7 +74,7 @@ class Operator:
         env = {**os.environ, "KUBECONFIG": str(folder / "kubeconfig"), "TUNELOOP_CONFIG": str(folder / "config.yaml"),
                "TUNELOOP_RECONCILE_INTERVAL": str(reconcile_interval), "HOME": str(folder)}
         self.log = folder / "operator.log"
-        self.command = [sys.executable, "-m", "tuneloop.cli", *arguments]
+        self.command = [sys.executable, *python, *arguments]  # `python`: how to run tuneloop's command line
         self.env = env
         self.start()
 
