@@ -194,3 +194,41 @@ def test_the_example_manifests_validate(capsys):
     examples = sorted(str(path) for path in (Path(__file__).resolve().parents[1] / "examples").rglob("*.yaml"))
     assert main(["validate", *examples]) == 0
     assert capsys.readouterr().out.count(": valid") == len(examples)
+
+
+def test_a_folder_is_read_as_kubectl_apply_reads_it(tmp_path, capsys):
+    folder = tmp_path / "manifests"
+    (folder / "team-b").mkdir(parents=True)
+    manifest(folder, name="a-job", file="a.yaml")
+    manifest(folder, name="b-job", file="b.yml")
+    (folder / "notes.txt").write_text("not a manifest")
+    manifest(folder / "team-b", name="nested", r=0)
+
+    assert main(["validate", str(folder)]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{folder / 'a.yaml'}: FineTuneJob/a-job: valid",
+                                                    f"{folder / 'b.yml'}: FineTuneJob/b-job: valid"]
+    assert main(["validate", "--recursive", str(folder)]) == 1
+    assert capsys.readouterr().err == f"{folder / 'team-b' / 'job.yaml'}: FineTuneJob/nested: spec.method.lora.r: must be >= 1\n"
+
+
+def test_an_empty_folder_is_reported(tmp_path, capsys):
+    assert main(["validate", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith(f"{tmp_path}: no .yaml, .yml, .json files in the folder")
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path, capsys):
+    path = tmp_path / "job.yaml"
+    path.write_text(VALID.format(name="twice", uri="a.jsonl", r=8) + "  training:\n    epochs: 1\n"
+                    + "  training:\n    epochs: 5\n")
+
+    assert main(["validate", str(path)]) == 1
+    assert capsys.readouterr().err == (f"{path}:15:3: not valid YAML: duplicate key 'training' "
+                                       "(first given on line 13)\n")
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path, capsys):
+    path = tmp_path / "job.yaml"
+    path.write_text(VALID.format(name="merged", uri="a.jsonl", r=8)
+                    + "  training: &base\n    epochs: 1\n  resources:\n    <<: *base\n    gpus: 1\n")
+    main(["validate", str(path)])
+    assert "duplicate" not in capsys.readouterr().err

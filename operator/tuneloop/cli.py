@@ -30,32 +30,10 @@ import yaml
 from tuneloop.api import finetuneschedule, modeldeployment
 from tuneloop.api.common import SpecError
 from tuneloop.api.finetunejob import KIND as FINETUNEJOB, FineTuneJob, FineTuneJobStatus, parse_manifest
+from tuneloop.manifest_files import ManifestError, load_documents, manifest_files
 from tuneloop.reconcile.finetunejob import check_context
 
 KNOWN_KINDS = (FINETUNEJOB, modeldeployment.KIND, finetuneschedule.KIND)
-
-
-class ManifestError(Exception):
-    """A manifest file that cannot be used; the message names the file and the place."""
-
-
-def load_documents(path: Path) -> list[dict[str, Any]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ManifestError(f"{path}: cannot read: {error}") from None
-    try:
-        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ManifestError(f"{where}: not valid YAML: {getattr(error, 'problem', error)}") from None
-    if not documents:
-        raise ManifestError(f"{path}: no manifests in the file")
-    for index, document in enumerate(documents):
-        if not isinstance(document, dict):
-            raise ManifestError(f"{path}: document {index + 1} is not a mapping")
-    return documents
 
 
 def describe(document: dict[str, Any]) -> str:
@@ -87,7 +65,14 @@ def validate_document(document: dict[str, Any], local: bool) -> list[str]:
 
 def command_validate(args: argparse.Namespace) -> int:
     failed = False
-    for path in args.files:
+    paths = []
+    for given in args.files:
+        try:
+            paths += manifest_files(given, args.recursive)
+        except ManifestError as error:
+            print(error, file=sys.stderr)
+            failed = True
+    for path in paths:
         try:
             documents = load_documents(path)
         except ManifestError as error:
@@ -418,7 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=command_run)
 
     validate = commands.add_parser("validate", help="check manifests")
-    validate.add_argument("files", type=Path, nargs="+")
+    validate.add_argument("files", type=Path, nargs="+",
+                          help="manifest files, or folders of .yaml/.yml/.json files (as kubectl apply -f)")
+    validate.add_argument("-R", "--recursive", action="store_true", help="also read the folders below a folder")
     validate.add_argument("--local", action="store_true", help="also check that the job can run locally")
     validate.set_defaults(handler=command_validate)
 
