@@ -28,7 +28,7 @@ $(VENV)/checkov/bin/checkov: | $(VENV)/.installed
 	$(VENV)/checkov/bin/pip install --quiet checkov==3.3.30
 
 # A real kube-apiserver and kube-controller-manager for tests/test_real_apiserver.py, built once from
-# Debian's source package (15-30 minutes on 2 cores) and cached in ~/.cache/tuneloop.
+# Debian's source package (about 10 minutes on 2 cores) and cached in ~/.cache/tuneloop.
 kube:
 	bash tools/build_kube.sh
 
