@@ -168,12 +168,14 @@ def test_a_preempted_training_pod_is_replaced_by_the_job_controller_and_the_run_
         ftj = control_plane.apply([finetunejob("team-preempted", "preempted")])[0]
         job = stage_job(control_plane, ftj, "train", operator)
         first = control_plane.wait_for(lambda: next(iter(job_pods(control_plane, job)), None), "the first Pod")
+        control_plane.wait_for(lambda: phase_of(control_plane, "team-preempted", "preempted") == "Training",
+                               "phase Training")
         terminate(control_plane, first, 143, "Error", {"succeeded": False, "reason": "Preempted",
                                                        "message": "stopped by SIGTERM; checkpoint-20 is complete"})
         second = control_plane.wait_for(lambda: next((p for p in job_pods(control_plane, job)
                                                       if p["metadata"]["uid"] != first["metadata"]["uid"]), None),
                                         "the Job controller to replace the preempted Pod", timeout=120)
-        assert phase_of(control_plane, "team-preempted", "preempted") == "Training"
+        assert phase_of(control_plane, "team-preempted", "preempted") == "Training"  # not Failed
         terminate(control_plane, second, 0, "Completed", RESULTS["train"])
         control_plane.wait_for(lambda: operator.alive() and phase_of(control_plane, "team-preempted", "preempted")
                                == "Evaluating", "phase Evaluating")
