@@ -232,3 +232,11 @@ def test_yaml_merge_keys_are_not_duplicates(tmp_path, capsys):
                     + "  training: &base\n    epochs: 1\n  resources:\n    <<: *base\n    gpus: 1\n")
     main(["validate", str(path)])
     assert "duplicate" not in capsys.readouterr().err
+
+
+def test_a_key_given_twice_on_one_line_is_refused(tmp_path, capsys):
+    path = tmp_path / "job.yaml"
+    path.write_text(VALID.format(name="flow", uri="a.jsonl", r=8) + "  training: {epochs: 1, epochs: 5}\n")
+
+    assert main(["validate", str(path)]) == 1
+    assert "duplicate key 'epochs' (first given on line 13)" in capsys.readouterr().err

@@ -26,12 +26,12 @@ class StrictLoader(yaml.SafeLoader):
                 continue
             key = self.construct_object(key_node, deep=deep)
             try:
-                first = seen.setdefault(key, key_node.start_mark.line + 1)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first given on line {seen[key]})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
             except TypeError:
                 continue  # an unhashable key: the base loader says so
-            if first != key_node.start_mark.line + 1:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first given on line {first})", key_node.start_mark)
         return super().construct_mapping(node, deep=deep)
 
 
