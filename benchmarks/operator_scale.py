@@ -195,8 +195,9 @@ def manifest(index: int, namespace: str) -> dict[str, Any]:
 
 
 async def create_all(url: str, token: str | None, namespace: str, count: int, concurrency: int,
-                     ssl_context: Any = None) -> tuple[dict[str, float], list[float], list[str]]:
-    """POST count FineTuneJobs, at most `concurrency` in flight; returns the pre-POST timestamps."""
+                     ssl_context: Any = None, rate: float = 0) -> tuple[dict[str, float], list[float], list[str]]:
+    """POST count FineTuneJobs, at most `concurrency` in flight and, with a `rate`, the i-th no earlier
+    than i / rate seconds after the first (a steady arrival rate); returns the pre-POST timestamps."""
     sent: dict[str, float] = {}
     answered: list[float] = []
     failures: list[str] = []
@@ -208,11 +209,14 @@ async def create_all(url: str, token: str | None, namespace: str, count: int, co
     path = url + FTJ_PATH.format(namespace=namespace)
 
     connector = aiohttp.TCPConnector(limit=concurrency, ssl=ssl_context if ssl_context is not None else True)
+    start = time.monotonic()
     async with aiohttp.ClientSession(connector=connector, headers=headers,
                                      timeout=aiohttp.ClientTimeout(total=120)) as session:
         async def worker() -> None:
             for index in pending:
                 name = f"ftj-{index:05d}"
+                if rate:
+                    await asyncio.sleep(start + index / rate - time.monotonic())
                 sent[name] = started = time.monotonic()
                 try:
                     async with session.post(path, data=bodies[index]) as response:
@@ -231,7 +235,7 @@ async def burst(args: argparse.Namespace, harness: Any, recorder: Recorder) -> d
     """Create the FineTuneJobs, wait for their Jobs and statuses; what the cluster saw, as plain data."""
     cpu0, wall0 = cpu_seconds(), time.monotonic()
     sent, answered, failures = await create_all(harness.url, harness.token, args.namespace, args.jobs,
-                                                args.concurrency)
+                                                args.concurrency, rate=args.rate)
     out: dict[str, Any] = {"posted_in": time.monotonic() - wall0, "answered": answered, "failures": failures}
     try:
         await asyncio.wait_for(recorder.all_jobs.wait(), args.timeout)
@@ -569,9 +573,8 @@ async def real_apiserver(args: argparse.Namespace, workdir: Path) -> bool:
     if missing := missing_binaries():
         print(f"no real API server: {', '.join(missing)} missing; run tools/build_kube.sh")
         return False
-    with running_control_plane(workdir / "control-plane", audit=False) as server:
-        server.apply([doc for path in sorted((REPO / "crds").glob("*.yaml"))
-                      for doc in yaml.safe_load_all(path.read_text()) if doc])
+    crds = [doc for path in sorted((REPO / "crds").glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    with running_control_plane(workdir / "control-plane", audit=False, crds=crds) as server:
         server.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tuneloop-system"}}])
         python: tuple[str, ...] = ("-m", "tuneloop.cli")
         if args.tracemalloc:
@@ -589,7 +592,7 @@ async def real_apiserver(args: argparse.Namespace, workdir: Path) -> bool:
             await ready.wait()
             wall0 = time.monotonic()
             sent, answered, failures = await create_all(server.url, server.admin_token, args.namespace, args.jobs,
-                                                        args.concurrency, server.ssl_context)
+                                                        args.concurrency, server.ssl_context, args.rate)
             posted_in = time.monotonic() - wall0
             deadline = time.monotonic() + args.timeout
             while len(seen) < args.jobs - len(failures) and time.monotonic() < deadline:
@@ -616,7 +619,8 @@ async def real_apiserver(args: argparse.Namespace, workdir: Path) -> bool:
                      and json.loads(line).get("severity") in ("error", "critical"))  # kopf's JSON log lines
 
     p99 = percentile(latency, 99) if len(latency) == args.jobs else float("inf")
-    print(f"command:      python benchmarks/operator_scale.py --apiserver --jobs {args.jobs}")
+    print(f"command:      python benchmarks/operator_scale.py --apiserver --jobs {args.jobs}"
+          + f" --rate {args.rate:g}" * bool(args.rate))
     print(f"machine:      {os.cpu_count()} CPU(s), load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
           f"python {sys.version.split()[0]}, kopf {version('kopf')}")
     print("setup:        real kube-apiserver + kube-controller-manager 1.20.2 and etcd on 127.0.0.1; "
@@ -652,6 +656,7 @@ def report(args: argparse.Namespace, result: dict[str, Any], logs: LogCounter, l
     where = ("split: emulator + client in a child process, operator alone in this one" if args.split
              else "one process: operator, emulator and client share one event loop")
     flags = (f" --concurrency {args.concurrency}" * (args.concurrency != 50)
+             + f" --rate {args.rate:g}" * bool(args.rate)
              + f" --worker-limit {args.worker_limit}" * bool(args.worker_limit)
              + f" --interval {args.interval}" * (args.interval != "600")
              + f" --steady {args.steady:g}" * bool(args.steady)
@@ -733,6 +738,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=1000, help="FineTuneJobs to create (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=50, help="POSTs in flight (default: %(default)s)")
+    parser.add_argument("--rate", type=float, default=0,
+                        help="FineTuneJobs created per second, evenly spaced (default: a burst, as fast as it goes)")
     parser.add_argument("--worker-limit", type=int, default=None,
                         help="kopf settings.queueing.worker_limit (default: kopf's, unlimited)")
     parser.add_argument("--posting-worker-limit", type=int, default=None,

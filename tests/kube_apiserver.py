@@ -68,8 +68,8 @@ def kubeconfig(server: str, ca_file: Path, token: str, namespace: str = "default
 class KubeApiServer:
     """The control plane's processes and its admin client."""
 
-    def __init__(self, folder: Path, *, audit: bool = True) -> None:
-        self.folder, self.audit = folder, audit
+    def __init__(self, folder: Path, *, audit: bool = True, crds: list[dict[str, Any]] = ()) -> None:
+        self.folder, self.audit, self.crds = folder, audit, list(crds)
         self.processes: list[tuple[str, subprocess.Popen]] = []
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
@@ -107,10 +107,16 @@ class KubeApiServer:
             "--service-account-signing-key-file", str(private_key),
             "--service-account-issuer", "https://kubernetes.default.svc",
             "--service-cluster-ip-range", "10.96.0.0/16", "--allow-privileged", "--v", "0",
+            # An aggregated API (tests/policy_v1_server.py) is reached through its Service's Endpoints:
+            # there is no kube-proxy to route a ClusterIP.
+            "--enable-aggregator-routing=true",
             *(["--audit-policy-file", str(policy), "--audit-log-path", str(self.audit_log), "--audit-log-format", "json"]
               if self.audit else [])])
         self._wait_until(lambda: self.ca_file.exists() and self._ready(), "the API server to answer /readyz")
         self.admin_kubeconfig.write_text(yaml.safe_dump(kubeconfig(self.url, self.ca_file, ADMIN_TOKEN)))
+        # Served before the garbage collector starts, it watches these kinds at once; a CRD added later
+        # joins its watches only at its next discovery pass (every 30 s in 1.20).
+        self.apply(self.crds)
         self._spawn("kube-controller-manager", [
             str(BIN_DIR / "kube-controller-manager"), "--kubeconfig", str(self.admin_kubeconfig),
             "--service-account-private-key-file", str(private_key), "--root-ca-file", str(self.ca_file),
@@ -258,10 +264,12 @@ class KubeApiServer:
 
 
 @contextmanager
-def running_control_plane(folder: Path, *, audit: bool = True) -> Iterator[KubeApiServer]:
-    """`audit`: log every request but the admin's with its bodies (tests); off for benchmarks."""
+def running_control_plane(folder: Path, *, audit: bool = True,
+                          crds: list[dict[str, Any]] = ()) -> Iterator[KubeApiServer]:
+    """`audit`: log every request but the admin's with its bodies (tests); off for benchmarks.
+    `crds`: applied before the controller manager starts."""
     folder.mkdir(parents=True, exist_ok=True)
-    server = KubeApiServer(folder, audit=audit)
+    server = KubeApiServer(folder, audit=audit, crds=crds)
     try:
         server.start()
         yield server

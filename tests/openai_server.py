@@ -49,10 +49,11 @@ def closed_port() -> int:
 
 
 class ServerThread:
-    """Serves `app` on 127.0.0.1 (port 0) from a thread with its own event loop; `with` starts and stops it."""
+    """Serves `app` on `host` (127.0.0.1), a free port, from a thread with its own event loop; `with`
+    starts and stops it. With an `ssl_context` it speaks HTTPS."""
 
-    def __init__(self, app: web.Application, name: str):
-        self._app = app
+    def __init__(self, app: web.Application, name: str, *, host: str = "127.0.0.1", ssl_context: Any = None):
+        self._app, self._host, self._ssl_context = app, host, ssl_context
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -71,7 +72,7 @@ class ServerThread:
         self._loop = asyncio.new_event_loop()
         runner = web.AppRunner(self._app, handler_cancellation=True)
         self._loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, self._host, 0, ssl_context=self._ssl_context)
         self._loop.run_until_complete(site.start())
         self.port = site._server.sockets[0].getsockname()[1]
         self._ready.set()

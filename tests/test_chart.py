@@ -499,3 +499,25 @@ def http_status(port: int, path: str, host: str) -> int:
         return connection.getresponse().status
     finally:
         connection.close()
+
+
+def test_the_operator_reconciles_at_most_100_objects_at_once_by_default(tmp_path, monkeypatch):
+    """The chart's bound reaches kopf: a burst of FineTuneJobs waits its turn instead of growing the
+    operator's memory without limit (benchmarks/README.md: 142 MiB for 1000 at once)."""
+    import asyncio
+
+    import kopf
+
+    from tuneloop import handlers
+
+    config_map = named(render(), "ConfigMap", "-config")
+    assert operator_config([config_map]).max_concurrent_reconciles == 100
+    (tmp_path / "config.yaml").write_text(config_map["data"]["config.yaml"])
+    monkeypatch.setenv("TUNELOOP_CONFIG", str(tmp_path / "config.yaml"))
+    for name in ("config", "aliases", "webhooks"):  # startup() sets these; put them back afterwards
+        monkeypatch.setattr(handlers.State, name, getattr(handlers.State, name))
+    settings = kopf.OperatorSettings()
+    asyncio.run(handlers.startup(settings=settings))
+    assert settings.queueing.worker_limit == 100 and settings.queueing.idle_timeout == 0.5
+    unbounded = named(render(None, "operator.maxConcurrentReconciles=null"), "ConfigMap", "-config")
+    assert operator_config([unbounded]).max_concurrent_reconciles is None

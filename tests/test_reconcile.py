@@ -385,6 +385,19 @@ def test_long_job_names_give_deterministic_names_within_63_characters(length):
     assert name.startswith(job[:40])
 
 
+@pytest.mark.parametrize("nodes", [2, 10, 11, 128])
+@pytest.mark.parametrize("length", [50, 57, 58, 63, 253])
+def test_a_multi_node_training_job_leaves_room_for_its_pods_hostnames(length, nodes):
+    """An Indexed Job's pod hostname is `<job name>-<index>`: a DNS label, at most 63 characters."""
+    job = ("support-bot-" * 30)[:length]
+
+    name = workload_name(job, "train", nodes)
+
+    assert len(f"{name}-{nodes - 1}") <= 63
+    assert name.endswith("-train") and name == workload_name(job, "train", nodes)
+    assert workload_name(job, "evaluate", nodes) == workload_name(job, "evaluate"), "one pod: no index"
+
+
 def test_long_job_names_sharing_a_prefix_get_different_workload_names():
     prefix = "a" * 70
 

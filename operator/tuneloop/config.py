@@ -67,6 +67,9 @@ class OperatorConfig(WireModel):
     alias_poll_seconds: float = Field(30, gt=0, description="How often a followed MLflow alias is looked up.")
     webhook_port: int = Field(0, ge=0, le=65535, description="Port of the MLflow registry webhook receiver "
                                                              "(POST /mlflow/webhook); 0: off, aliases are polled.")
+    max_concurrent_reconciles: int | None = Field(
+        None, ge=1, description="Objects reconciled at once (kopf's queueing.worker_limit); the others wait "
+                                "their turn. Bounds the operator's memory in a burst; unset: no limit.")
     inputs_size: str = Field("200Gi", description="Size limit of the emptyDir that s3:// inputs are fetched into "
                                                  "(the base model's weights plus the data).")
 

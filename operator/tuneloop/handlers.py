@@ -78,6 +78,11 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
                                       f"{mlflow_webhooks.SECRET_FILE_ENV} names holds a secret: MLflow webhooks "
                                       "must be signed")
         State.webhooks = await mlflow_webhooks.serve(State.aliases, secret, State.config.webhook_port)
+    if State.config.max_concurrent_reconciles:
+        settings.queueing.worker_limit = State.config.max_concurrent_reconciles
+        # A worker stays for idle_timeout after its object's last event, holding its place: kopf's
+        # 5 s default would let a bounded pool turn over a few objects a second.
+        settings.queueing.idle_timeout = 0.5
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
     # Our Events go through runtime/events.py, awaited before the status is written; kopf's own log

@@ -107,13 +107,15 @@ def stages_for(spec: FineTuneJobSpec) -> list[Stage]:
             or (stage is REGISTER and spec.registry.enabled)]
 
 
-def workload_name(job_name: str, stage: str) -> str:
-    """Deterministic, DNS-1123 sized: the same job and stage always map to the same workload."""
+def workload_name(job_name: str, stage: str, nodes: int = 1) -> str:
+    """Deterministic, DNS-1123 sized: the same job and stage always map to the same workload. A
+    multi-node training Job names its pods' hostnames `<name>-<index>`, which must fit in 63 too."""
+    limit = MAX_NAME - len(f"-{nodes - 1}") if nodes > 1 and stage == TRAIN.name else MAX_NAME
     name = f"{job_name}-{stage}"
-    if len(name) <= MAX_NAME:
+    if len(name) <= limit:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{job_name[: MAX_NAME - len(stage) - 10]}-{digest}-{stage}"
+    return f"{job_name[: limit - len(stage) - 10]}-{digest}-{stage}"
 
 
 def _cluster_storage_problem(path: str, uri: str) -> str | None:
@@ -180,11 +182,12 @@ def _fail(status: FineTuneJobStatus, reason: str, message: str, now: str, genera
     return Decision(status, [EmitEvent("Warning", reason, message)])
 
 
-def _enter(status: FineTuneJobStatus, stage: Stage, job_name: str, decision: Decision,
+def _enter(status: FineTuneJobStatus, stage: Stage, job_name: str, spec: FineTuneJobSpec, decision: Decision,
            inputs: dict[str, Any] | None = None) -> None:
     status.phase = stage.phase
-    status.message = f"{stage.name} workload {workload_name(job_name, stage.name)} launched"
-    decision.actions.append(LaunchWorkload(stage.name, workload_name(job_name, stage.name), inputs or {}))
+    name = workload_name(job_name, stage.name, spec.resources.nodes)
+    status.message = f"{stage.name} workload {name} launched"
+    decision.actions.append(LaunchWorkload(stage.name, name, inputs or {}))
     decision.actions.append(EmitEvent("Normal", f"{stage.phase}Started", status.message))
 
 
@@ -211,7 +214,7 @@ def reconcile(
         status.conditions = set_condition(status.conditions, "SpecValid", "True", "Valid",
                                           observed_generation=generation, now=now)
         decision = Decision(status)
-        _enter(status, TRAIN, name, decision)
+        _enter(status, TRAIN, name, spec, decision)
         return decision
 
     try:
@@ -225,11 +228,12 @@ def reconcile(
     # Validating is how the first stage shows while its workload checks the data.
     stage_index = next((i for i, stage in enumerate(stages) if stage.phase == status.phase), 0)
     stage = stages[stage_index]
-    workload = observed.workloads.get(workload_name(name, stage.name), WorkloadState())
+    workload_of_stage = workload_name(name, stage.name, spec.resources.nodes)
+    workload = observed.workloads.get(workload_of_stage, WorkloadState())
 
     if workload.phase == "Absent":
         # Launched before but gone (deleted, or lost with a restart): launch again; the trainer resumes.
-        decision.actions.append(LaunchWorkload(stage.name, workload_name(name, stage.name),
+        decision.actions.append(LaunchWorkload(stage.name, workload_of_stage,
                                                stage_inputs(stage, spec, status)))
         return decision
 
@@ -245,7 +249,7 @@ def reconcile(
         if reason == "RegistryUnavailable":
             status.conditions = set_condition(status.conditions, "RegistryUnavailable", "True", reason, message,
                                               observed_generation=generation, now=now)
-        decision.actions.append(LaunchWorkload(stage.name, workload_name(name, stage.name),
+        decision.actions.append(LaunchWorkload(stage.name, workload_of_stage,
                                                stage_inputs(stage, spec, status), replace=True))
         decision.actions.append(EmitEvent("Warning", reason, message))
         return decision
@@ -270,7 +274,7 @@ def reconcile(
     decision.actions.append(EmitEvent("Normal", stage.done_condition, summary))
     if stage_index + 1 < len(stages):
         following = stages[stage_index + 1]
-        _enter(status, following, name, decision, stage_inputs(following, spec, status))
+        _enter(status, following, name, spec, decision, stage_inputs(following, spec, status))
         return decision
     status.phase = "Succeeded"
     status.message = _final_summary(status)

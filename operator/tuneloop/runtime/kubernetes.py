@@ -111,7 +111,7 @@ class KubernetesRuntime:
         stage = next((stage for stage in STAGES if stage.phase == phase), TRAIN if phase == "Validating" else None)
         if stage is None:
             return Observed()
-        name = workload_name(job.metadata.name, stage.name)
+        name = workload_name(job.metadata.name, stage.name, job.spec.resources.nodes)
         return Observed(workloads={name: await self.observe_workload(job, name, with_progress=stage is TRAIN)})
 
     async def observe_workload(self, job: FineTuneJob, name: str, with_progress: bool = False) -> WorkloadState:

@@ -120,7 +120,7 @@ class LocalRuntime:
         return self.job_dir(job) / name
 
     def read_result(self, job: FineTuneJob, stage: str) -> dict | None:
-        return _read_json(self.workload_dir(job, workload_name(job.metadata.name, stage)) / "result.json")
+        return _read_json(self.workload_dir(job, workload_name(job.metadata.name, stage, job.spec.resources.nodes)) / "result.json")
 
     def observe(self, job: FineTuneJob) -> Observed:
         workloads = {}
