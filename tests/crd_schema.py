@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from typing import Any
 
 import celpy
@@ -49,11 +50,48 @@ def openapi_schema(crd: dict[str, Any]) -> dict[str, Any]:
     return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
 
+DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def name_errors(obj: dict[str, Any]) -> list[str]:
+    """What the API server checks of every custom resource's name (ValidateObjectMeta)."""
+    name = (obj.get("metadata") or {}).get("name")
+    if not isinstance(name, str) or not name:
+        return ["metadata.name: Required value: name or generateName is required"]
+    if len(name) > 253 or not DNS1123_SUBDOMAIN.fullmatch(name):
+        return [f"metadata.name: Invalid value: {name[:80]!r}: a lowercase RFC 1123 subdomain must consist of "
+                "lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric "
+                "character (at most 253)"]
+    return []
+
+
+def unknown_fields(crd: dict[str, Any], obj: Any, schema: dict[str, Any] | None = None, path: str = "") -> list[str]:
+    """Fields the schema does not declare: the API server prunes them silently, or refuses them with
+    field validation Strict (kubectl's default since 1.27: `--validate=strict`)."""
+    schema = openapi_schema(crd) if schema is None else schema
+    if schema.get("x-kubernetes-preserve-unknown-fields") or path == ".metadata":
+        return []
+    found = []
+    if isinstance(obj, dict) and "properties" in schema:
+        for name, value in obj.items():
+            if name not in schema["properties"]:
+                found.append(f"{path[1:]}.{name}: unknown field".lstrip("."))
+            else:
+                found += unknown_fields(crd, value, schema["properties"][name], f"{path}.{name}")
+    elif isinstance(obj, dict) and isinstance(schema.get("additionalProperties"), dict):
+        for name, value in obj.items():
+            found += unknown_fields(crd, value, schema["additionalProperties"], f"{path}.{name}")
+    elif isinstance(obj, list) and "items" in schema:
+        for index, item in enumerate(obj):
+            found += unknown_fields(crd, item, schema["items"], f"{path}[{index}]")
+    return found
+
+
 def admit(crd: dict[str, Any], obj: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The object as stored (defaults applied) and the errors the API server would answer with."""
     schema = openapi_schema(crd)
     stored = apply_defaults(schema, copy.deepcopy(obj))
-    errors = [
+    errors = name_errors(obj) + [
         f"{'.'.join(str(part) for part in error.absolute_path) or '<root>'}: {error.message}"
         for error in OAS30Validator(schema).iter_errors(stored)
     ]

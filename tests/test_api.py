@@ -244,7 +244,7 @@ INVALID = [
                  "spec.dataset.cleaning.pii.kinds[1]: must be one of 'email', 'phone', 'ip', 'card', 'iban' or 'national-id'",
                  id="pii-kind-in-list"),
     pytest.param(spec_with(training={"epochs": "many"}),
-                 "spec.training.epochs: input should be a valid integer, unable to parse string as an integer",
+                 "spec.training.epochs: must be an integer, not 'many'",
                  id="wrong-type"),
 ]
 

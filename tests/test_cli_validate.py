@@ -185,7 +185,7 @@ def test_metadata_that_is_not_a_mapping_is_reported_not_a_crash(tmp_path, capsys
     code = main(["validate", str(path)])
 
     assert code == 1
-    assert "metadata: input should be a valid dictionary" in capsys.readouterr().err
+    assert "metadata: must be a mapping, not 'acme-tickets'" in capsys.readouterr().err
 
 
 def test_the_example_manifests_validate(capsys):

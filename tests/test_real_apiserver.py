@@ -26,7 +26,9 @@ from typing import Any
 import pytest
 import yaml
 
+from bad_manifests import CASES
 from chart_operator import SERVICE_ACCOUNT_USER, SYSTEM, Operator
+from crd_schema import admit
 from feedback_server import serving
 from kube_apiserver import KubeApiServer, missing_binaries, running_control_plane
 from tuneloop.api import finetunejob as finetunejob_api
@@ -377,6 +379,30 @@ def test_the_audit_check_finds_a_field_the_server_pruned(control_plane):
     assert response.status_code == 200 and "madeUp" not in response.json()["status"]["progress"]
     assert pruned_fields(control_plane.audit_entries(f"system:serviceaccount:{SYSTEM}:probe")) == [
         f"patch {FTJ_API}/namespaces/team-probe/finetunejobs/probed/status: status.progress.madeUp"]
+
+
+def test_the_real_api_server_agrees_with_the_emulators_schema_on_every_bad_manifest(control_plane):
+    """The corpus of tests/bad_manifests.py, sent with dryRun: what the emulator's OpenAPI check (and
+    the API server's name check) refuses, 1.20 refuses too; what the emulator admits, 1.20 admits.
+    This proves the patterns are ones Go's RE2 reads the same way. CEL rules and strict field
+    validation are newer than 1.20: those cases stay with the emulator."""
+    control_plane.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "corpus"}}])
+    crds = {crd["spec"]["names"]["kind"]: crd for crd in CRDS if crd["spec"]["group"] == "tuneloop.dev"}
+    disagreements, checked = [], 0
+    for case in [case for case in CASES if case.where != "json"]:
+        manifest = case.manifest()
+        _, errors = admit(crds[case.kind], manifest)
+        schema_errors = [error for error in errors if not error.startswith("<root>")]  # CEL's start so
+        if errors and not schema_errors:
+            continue
+        response = control_plane.client.post(control_plane.path_of(manifest, name=False), json=manifest,
+                                             params={"dryRun": "All"})
+        checked += 1
+        if response.is_success == bool(schema_errors):
+            disagreements.append(f"{case.id}: emulator {schema_errors[:1] or 'admits'}, "
+                                 f"kube-apiserver {response.status_code} {response.text[:200]}")
+    assert disagreements == []
+    assert checked >= 100
 
 
 # --- what the audit log shows --------------------------------------------------------------------

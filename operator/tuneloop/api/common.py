@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from datetime import datetime, timezone
 from typing import Any, Literal, TypeVar
@@ -16,9 +17,12 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 
 class WireModel(BaseModel):
-    """camelCase on the wire, snake_case in Python; unknown fields are an error, not ignored."""
+    """camelCase on the wire, snake_case in Python; unknown fields are an error, not ignored. Types are
+    strict, as the API server's schema is: `epochs: true` or `seed: "7"` is refused, not coerced;
+    numbers are finite (JSON cannot carry .nan or .inf, so neither can a custom resource)."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", strict=True,
+                              allow_inf_nan=False)
 
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
@@ -103,10 +107,13 @@ def child_name(parent: str, suffix: str, limit: int = MAX_LABEL) -> str:
     return f"{fitted(parent, limit - len(suffix) - 1)}-{suffix}"
 
 
+HTTP_URL = "^https?://[^\\x00-\\x20\\x7f]+$"
+
+
 def check_http_url(url: str) -> str:
     """A service's base URL: http(s), without the trailing slash (paths are appended to it)."""
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"{url!r} is not an http(s) URL")
+    if not re.fullmatch(HTTP_URL, url):
+        raise ValueError(f"{url[:200]!r} is not an http(s) URL (no spaces or control characters)")
     return url.rstrip("/")
 
 
@@ -139,8 +146,40 @@ def describe_validation_error(error: ValidationError, prefix: str) -> list[str]:
     return problems
 
 
+TYPE_NAMES = {"int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+              "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
+              "bool_parsing": "true or false", "string_type": "a string", "model_type": "a mapping",
+              "model_attributes_type": "a mapping", "dict_type": "a mapping", "list_type": "a list"}
+
+
+def shown(value: Any) -> str:
+    """A value as a manifest's author wrote it, short."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, float) and value != value:
+        return ".nan"
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return ".inf" if value > 0 else "-.inf"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:50]}... ({len(str(value))} characters)"
+
+
 def humanize(item: dict[str, Any]) -> str:
     kind, ctx = item["type"], item.get("ctx") or {}
+    if kind in TYPE_NAMES:
+        return f"must be {TYPE_NAMES[kind]}, not {shown(item.get('input'))}"
+    if kind == "finite_number":
+        return f"must be a finite number, not {shown(item.get('input'))}"
+    if kind == "string_too_long":
+        return f"must be at most {ctx['max_length']} characters, not {len(item.get('input') or '')}"
+    if kind == "string_too_short":
+        return "must not be empty" if ctx.get("min_length") == 1 else f"must be at least {ctx['min_length']} characters"
+    if kind == "too_long":
+        return f"must have at most {ctx['max_length']} item(s)"
     bounds = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
               "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}
     if kind in bounds:
@@ -181,8 +220,20 @@ def validated(model: type[M], raw: Any, prefix: str) -> M:
         raise SpecError(describe_validation_error(error, prefix)) from None
 
 
+MAX_OBJECT_BYTES = 1_572_864  # etcd's default request limit: the largest object Kubernetes stores
+
+
 def validated_manifest(model: type[M], raw: Any) -> M:
-    """A whole manifest (apiVersion, kind, metadata, spec) as `model`."""
+    """A whole manifest (apiVersion, kind, metadata, spec) as `model`; its size is checked too."""
     if not isinstance(raw, dict):
         raise SpecError(["manifest: must be a mapping with apiVersion, kind, metadata and spec"])
-    return validated(model, raw, "")
+    size = len(json.dumps(raw, default=str).encode())
+    too_large = [f"manifest: {size:,} bytes as JSON; Kubernetes stores at most {MAX_OBJECT_BYTES:,} bytes "
+                 "(1.5 MiB) per object"] if size > MAX_OBJECT_BYTES else []
+    try:
+        parsed = validated(model, raw, "")
+    except SpecError as error:
+        raise SpecError(too_large + error.problems) from None
+    if too_large:
+        raise SpecError(too_large)
+    return parsed

@@ -18,7 +18,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tuneloop.api.common import WireModel, check_http_url
+from tuneloop.api.common import WireModel
+from tuneloop.api.fields import EnvName, HttpUrl, Name, ResourceName, SecretKey, Seed, StorageUri, Text
 
 METRICS = ("exactMatch", "rougeL", "jsonValid", "fieldAccuracy", "labelAccuracy", "judgeScore", "judgeWinRate")
 # judgeWinRate already compares candidate with baseline: it has no baseline value of its own.
@@ -33,20 +34,20 @@ def _known_metrics(values: dict[str, float]) -> dict[str, float]:
 
 
 class SecretKeyRef(WireModel):
-    name: str = Field(min_length=1, description="Secret in the FineTuneJob's namespace.")
-    key: str = Field(min_length=1, description="Key in that Secret.")
+    name: ResourceName = Field(description="Secret in the FineTuneJob's namespace.")
+    key: SecretKey = Field(description="Key in that Secret.")
 
 
 class JudgeSpec(WireModel):
     """An LLM judge behind any OpenAI-compatible endpoint (in a cluster, a vLLM-served model)."""
 
-    url: str = Field(description="Base URL of the OpenAI-compatible API, e.g. http://judge.llm.svc:8000/v1.")
-    model: str = Field(min_length=1, description="Model name the endpoint serves.")
+    url: HttpUrl = Field(description="Base URL of the OpenAI-compatible API, e.g. http://judge.llm.svc:8000/v1.")
+    model: Name = Field(description="Model name the endpoint serves.")
     api_key_secret: SecretKeyRef | None = Field(
         None, description="Secret holding the API key (cluster). Never put a key in the spec.")
-    api_key_env: str | None = Field(
+    api_key_env: EnvName | None = Field(
         None, description="Environment variable holding the API key (local runs).")
-    rubric: str | None = Field(None, description="What a good answer is; the default rubric judges "
+    rubric: Text | None = Field(None, description="What a good answer is; the default rubric judges "
                                                  "correctness and faithfulness to the reference.")
     pairwise: bool = Field(True, description="Also ask candidate-vs-baseline, in both orders.")
     concurrency: int = Field(4, ge=1, le=64, description="Judge requests in flight.")
@@ -55,25 +56,23 @@ class JudgeSpec(WireModel):
     required: bool = Field(False, description="Fail the evaluation instead of skipping the judge when "
                                               "it is not configured for this run.")
 
-    _url = field_validator("url")(check_http_url)
-
 
 class StructuredSpec(WireModel):
     """Structured-output metrics (jsonValid, fieldAccuracy, labelAccuracy)."""
 
-    label_fields: list[str] = Field(default_factory=list, json_schema_extra={"default": []}, description=(
+    label_fields: list[Name] = Field(default_factory=list, max_length=64, json_schema_extra={"default": []}, description=(
         "JSON fields that are labels (e.g. priority, category): labelAccuracy counts answers that get all right."))
 
 
 class GeneralSetSpec(WireModel):
-    uri: str = Field(description="General-ability prompts with reference answers (alpaca, messages).")
+    uri: StorageUri = Field(description="General-ability prompts with reference answers (alpaca, messages).")
     max_examples: int = Field(50, ge=1, le=10000, description="Use at most this many rows of the set.")
 
 
 class BootstrapSpec(WireModel):
     samples: int = Field(1000, ge=100, le=100000, description="Bootstrap resamples.")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of every interval.")
-    seed: int = Field(0, ge=0, description="Seed of the resampling, so intervals are reproducible.")
+    seed: Seed = Field(0, description="Seed of the resampling, so intervals are reproducible.")
 
 
 class GateSpec(WireModel):
@@ -106,7 +105,7 @@ class EvaluationSpec(WireModel):
     enabled: bool = Field(True, description="Evaluate after training (and gate the registration).")
     baseline: Literal["auto", "base", "champion"] = Field("auto", description=(
         "Compare with the base model, the registered champion, or (auto) the champion when there is one."))
-    max_examples: int | None = Field(None, ge=1, description="Evaluate at most this many hold-out rows.")
+    max_examples: int | None = Field(None, ge=1, le=10**7, description="Evaluate at most this many hold-out rows.")
     max_new_tokens: int = Field(256, ge=1, le=8192, description="Token limit per generated answer.")
     batch_size: int = Field(8, ge=1, le=512, description="Prompts generated together.")
     structured: StructuredSpec = Field(default_factory=StructuredSpec, description=(

@@ -5,28 +5,28 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from tuneloop.api.common import API_VERSION, DNS1035_LABEL, Condition, WireModel, validated, validated_manifest
 from tuneloop.api.crd import Kind, Printer
 from tuneloop.api.evaluation import EvaluationResults, EvaluationSpec, RegistryResults, RegistrySpec
+from tuneloop.api.fields import (
+    LabelValue,
+    Name,
+    Quantity,
+    ResourceName,
+    Seed,
+    StorageUri,
+    Text,
+    Toleration,
+    checked_string,
+    label_map,
+)
 
 KIND = "FineTuneJob"
 PLURAL = "finetunejobs"
-
-STORAGE_SCHEMES = ("file://", "pvc://", "s3://")
-
-
-def check_storage_uri(uri: str) -> str:
-    """Storage URIs are `pvc://claim/path`, `s3://bucket/path` or `file:///path`; in local mode a
-    plain path (relative to the manifest) is accepted too."""
-    if not uri.strip():
-        raise ValueError("must not be empty")
-    if "://" in uri and not uri.startswith(STORAGE_SCHEMES):
-        raise ValueError(f"unsupported URI scheme in {uri!r}: use pvc://, s3:// or file://")
-    if uri.startswith(("pvc://", "s3://")) and not uri.split("://", 1)[1].split("/")[0]:
-        raise ValueError(f"{uri!r} names no claim or bucket")
-    return uri
+NodeSelector = label_map(LabelValue, "Node labels the training pods require.")
+ModuleName = checked_string(r"^[A-Za-z0-9_.-]+$", "must be a module name such as q_proj or all-linear", 256)
 
 
 def cel(*rules: tuple[str, str]) -> dict:
@@ -41,10 +41,8 @@ class BaseModelRef(WireModel):
     model_config = cel(("has(self.name) != has(self.uri)",
                         "give exactly one of name (a catalog entry) or uri (a model folder)"))
 
-    name: str | None = Field(None, description="Model catalog entry, e.g. smollm2-135m-instruct.")
-    uri: str | None = Field(None, description="Folder with config.json, tokenizer and safetensors weights.")
-
-    _uri = field_validator("uri")(lambda uri: uri if uri is None else check_storage_uri(uri))
+    name: Name | None = Field(None, description="Model catalog entry, e.g. smollm2-135m-instruct.")
+    uri: StorageUri | None = Field(None, description="Folder with config.json, tokenizer and safetensors weights.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "BaseModelRef":
@@ -83,8 +81,8 @@ class CleaningSpec(WireModel):
     normalize: bool = Field(True, description="Unicode NFC, unified line ends and spaces, no trailing blanks.")
     deduplicate: bool = Field(True, description="Drop rows identical to an earlier row (after normalisation).")
     near_duplicates: NearDuplicateSpec = Field(default_factory=NearDuplicateSpec)
-    min_tokens: int = Field(0, ge=0, description="Drop rows with fewer tokens than this.")
-    max_tokens: int | None = Field(None, ge=1, description="Drop rows with more tokens than this.")
+    min_tokens: int = Field(0, ge=0, le=10**7, description="Drop rows with fewer tokens than this.")
+    max_tokens: int | None = Field(None, ge=1, le=10**7, description="Drop rows with more tokens than this.")
     pii: PiiSpec = Field(default_factory=PiiSpec, description="Personal data redaction.")
 
     @model_validator(mode="after")
@@ -113,28 +111,24 @@ DataFormat = Literal["auto", "alpaca", "messages", "text"]
 class ReplaySpec(WireModel):
     """General-purpose rows mixed into training against catastrophic forgetting (never into the hold-out)."""
 
-    uri: str = Field(description="JSONL or Parquet file of general instruction data.")
+    uri: StorageUri = Field(description="JSONL or Parquet file of general instruction data.")
     format: DataFormat = Field("auto", description="Row shape; auto detects it from the first row.")
     fraction: float = Field(0.05, gt=0, le=0.95, description="Share of the training mix that is replay rows (a "
                                                             "FineTuneSchedule's run replays its whole base dataset "
                                                             "this way, so up to 0.95).")
 
-    _uri = field_validator("uri")(check_storage_uri)
-
 
 class DatasetSpec(WireModel):
-    uri: str = Field(description="JSONL or Parquet file: pvc://, s3://, file:// or (local mode) a path "
+    uri: StorageUri = Field(description="JSONL or Parquet file: pvc://, s3://, file:// or (local mode) a path "
                                  "relative to the manifest.")
     format: DataFormat = Field("auto", description="Row shape; auto detects it from the first row.")
     hold_out_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of rows kept out of training for evaluation.")
-    seed: int = Field(42, ge=0, description="Seed of the train/hold-out split.")
-    system_prompt: str | None = Field(
+    seed: Seed = Field(42, description="Seed of the train/hold-out split.")
+    system_prompt: Text | None = Field(
         None, description="System message put before every example (and used when serving); "
                           "when unset the chat template's default applies.")
     cleaning: CleaningSpec = Field(default_factory=CleaningSpec)
     replay: ReplaySpec | None = None
-
-    _uri = field_validator("uri")(check_storage_uri)
 
 
 class LoraSpec(WireModel):
@@ -142,10 +136,10 @@ class LoraSpec(WireModel):
                         "targetModules: all-linear stands alone"))
 
     r: int = Field(16, ge=1, le=512, description="Rank of the LoRA update matrices.")
-    alpha: float = Field(32, gt=0, description="Scaling numerator; the update is scaled by alpha / r.")
+    alpha: float = Field(32, gt=0, le=65536, description="Scaling numerator; the update is scaled by alpha / r.")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["all-linear"], min_length=1, json_schema_extra={"default": ["all-linear"]},
+    target_modules: list[ModuleName] = Field(
+        default_factory=lambda: ["all-linear"], min_length=1, max_length=64, json_schema_extra={"default": ["all-linear"]},
         description="Module names to adapt (e.g. q_proj, v_proj), or [all-linear] for every linear layer "
                     "but the output head.")
     use_dora: bool = Field(False, description=(
@@ -180,15 +174,15 @@ class MethodSpec(WireModel):
 
 
 class CheckpointSpec(WireModel):
-    every_steps: int = Field(50, ge=0, description="Save every N optimizer steps (0: only on SIGTERM).")
+    every_steps: int = Field(50, ge=0, le=10**7, description="Save every N optimizer steps (0: only on SIGTERM).")
     keep_last: int = Field(2, ge=1, le=100, description="Complete checkpoints kept; older ones are deleted.")
 
 
 class EarlyStoppingSpec(WireModel):
     enabled: bool = Field(False, description="Evaluate hold-out loss during training and stop early.")
-    eval_every_steps: int = Field(50, ge=1, description="Hold-out loss is measured every N steps.")
-    patience: int = Field(3, ge=1, description="Evaluations without improvement before stopping.")
-    min_delta: float = Field(0.0, ge=0, description="Smallest decrease of hold-out loss that counts.")
+    eval_every_steps: int = Field(50, ge=1, le=10**7, description="Hold-out loss is measured every N steps.")
+    patience: int = Field(3, ge=1, le=1000, description="Evaluations without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, le=1000, description="Smallest decrease of hold-out loss that counts.")
 
 
 class TrainingSpec(WireModel):
@@ -200,11 +194,11 @@ class TrainingSpec(WireModel):
     micro_batch_size: int = Field(8, ge=1, le=4096, description="Examples per forward pass (packed into one row).")
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
     max_seq_length: int = Field(1024, ge=16, le=262144, description="Longer examples are truncated.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    weight_decay: float = Field(0.0, ge=0, le=10, description="AdamW weight decay.")
     adam_beta2: float = Field(0.999, gt=0, lt=1, description=(
         "AdamW's second-moment decay. Short runs learn late, small signals better with 0.95: the "
         "default remembers the large early gradients for ~1000 steps and shrinks later updates."))
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradients are clipped to this global norm.")
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6, description="Gradients are clipped to this global norm.")
     packing: bool = Field(True, description="Concatenate examples without padding; attention stays within each example.")
     gradient_checkpointing: bool | None = Field(None, description=(
         "Recompute activations in backward: less memory, ~30% slower. Unset: on with CUDA (GPU memory is "
@@ -214,31 +208,29 @@ class TrainingSpec(WireModel):
     optimizer: Literal["auto", "adamw", "paged-adamw-8bit"] = Field(
         "auto", description="auto: paged 8-bit AdamW (bitsandbytes) on CUDA, AdamW elsewhere.")
     loss_spike_factor: float = Field(
-        10.0, gt=1, description="Stop (LossDiverged) when a step's loss exceeds this multiple of the lowest so far.")
+        10.0, gt=1, le=1e6, description="Stop (LossDiverged) when a step's loss exceeds this multiple of the lowest so far.")
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Resumable checkpoints.")
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec,
                                               description="Stop when hold-out loss stops improving; keep the best.")
-    seed: int = Field(42, ge=0, description="Seed of initialisation, dropout and data order.")
+    seed: Seed = Field(42, description="Seed of initialisation, dropout and data order.")
 
 
 class ResourcesSpec(WireModel):
     gpus: int = Field(0, ge=0, le=64, description="GPUs per node (nvidia.com/gpu).")
     nodes: int = Field(1, ge=1, le=128, description="Nodes for multi-node training (Indexed Job + torchrun).")
-    cpu: str | None = Field(None, description="CPU request and limit of each training pod, e.g. '8'.")
-    memory: str | None = Field(None, description="Memory request and limit of each training pod, e.g. 64Gi.")
-    node_selector: dict[str, str] = Field(default_factory=dict, json_schema_extra={"default": {}},
-                                          description="Node labels the training pods require.")
-    tolerations: list[dict[str, Any]] = Field(default_factory=list, json_schema_extra={"default": []},
-                                              description="Tolerations of the training pods (Kubernetes shape).")
-    priority_class_name: str | None = Field(None, description="PriorityClass of the training pods.")
+    cpu: Quantity | None = Field(None, description="CPU request and limit of each training pod, e.g. '8'.")
+    memory: Quantity | None = Field(None, description="Memory request and limit of each training pod, e.g. 64Gi.")
+    node_selector: NodeSelector
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=64, json_schema_extra={"default": []},
+                                          description="Tolerations of the training pods (Kubernetes shape).")
+    priority_class_name: ResourceName | None = Field(None, description="PriorityClass of the training pods.")
 
 
 class OutputSpec(WireModel):
-    uri: str | None = Field(None, description="Where the adapter is written; local mode defaults to the work folder.")
+    uri: StorageUri | None = Field(None, description="Where the adapter is written; local mode defaults to the "
+                                                     "work folder.")
     preview_examples: int = Field(3, ge=0, le=50, description="Hold-out examples answered by base and tuned model.")
     merge_adapter: bool = Field(False, description="Also write base + adapter merged into one safetensors model.")
-
-    _uri = field_validator("uri")(lambda uri: uri if uri is None else check_storage_uri(uri))
 
 
 class FineTuneJobSpec(WireModel):
@@ -309,7 +301,7 @@ class FineTuneJobStatus(WireModel):
 class ObjectMeta(WireModel):
     model_config = WireModel.model_config | {"extra": "allow"}
 
-    name: str
+    name: ResourceName
     namespace: str = "default"
     uid: str | None = None
     generation: int | None = None

@@ -11,44 +11,46 @@ the ModelDeployment following champion rolls the better adapter out.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from pydantic import Field, field_validator, model_validator
 
 from tuneloop.api.common import (
     API_VERSION,
     Condition,
     WireModel,
-    check_http_url,
     validated,
     validated_manifest,
 )
 from tuneloop.api.crd import Kind, Printer
 from tuneloop.api.evaluation import SecretKeyRef
-from tuneloop.api.finetunejob import FineTuneJobSpec, ObjectMeta, check_storage_uri
+from tuneloop.api.fields import EnvName, HttpUrl, LabelValue, Name, StorageUri, label_map
+from tuneloop.api.finetunejob import FineTuneJobSpec, ObjectMeta, cel
 
 KIND = "FineTuneSchedule"
 PLURAL = "finetuneschedules"
 TOKEN_RULE = "give at most one of tokenSecret (cluster) or tokenEnv (local)"
+CRON_FIELDS = "^[ \t]*[^ \t]+([ \t]+[^ \t]+){4}[ \t]*$"  # five fields; croniter checks what they say
 
 
 class FeedbackSource(WireModel):
     """Where the corrections come from: the feedback service (`tuneloop feedback serve`)."""
 
-    url: str = Field(description="Base URL of the feedback service, e.g. http://tuneloop-feedback.tuneloop:8080.")
-    model: str = Field(min_length=1, description="Served model name whose corrections are used (the "
+    model_config = cel(("!(has(self.tokenSecret) && has(self.tokenEnv))", TOKEN_RULE))
+
+    url: HttpUrl = Field(description="Base URL of the feedback service, e.g. http://tuneloop-feedback.tuneloop:8080.")
+    model: Name = Field(description="Served model name whose corrections are used (the "
                                                  "ModelDeployment's name, as clients send it).")
     token_secret: SecretKeyRef | None = Field(None, description="Secret holding the service's bearer token.")
-    token_env: str | None = Field(None, description="Environment variable holding the token (local runs).")
-    min_new_corrections: int = Field(50, ge=1, description="Skip a run with fewer new corrections than this.")
-    snapshot_uri: str | None = Field(None, description="Folder the snapshots are written to, each file named by "
+    token_env: EnvName | None = Field(None, description="Environment variable holding the token (local runs).")
+    min_new_corrections: int = Field(50, ge=1, le=10**7, description="Skip a run with fewer new corrections than this.")
+    snapshot_uri: StorageUri | None = Field(None, description="Folder the snapshots are written to, each file named by "
                                                        "its content hash: pvc://claim/path on a cluster; unset in "
                                                        "a local run: the work folder.")
 
-    _uri = field_validator("snapshot_uri")(lambda uri: uri if uri is None else check_storage_uri(uri))
-    _url = field_validator("url")(check_http_url)
 
     @model_validator(mode="after")
     def _one_token(self) -> "FeedbackSource":
@@ -57,9 +59,13 @@ class FeedbackSource(WireModel):
         return self
 
 
+Labels = label_map(LabelValue, "Labels of each run's FineTuneJob.")
+Annotations = label_map(Annotated[str, Field(max_length=65536)], "Annotations of each run's FineTuneJob.")
+
+
 class JobTemplateMeta(WireModel):
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
+    labels: Labels
+    annotations: Annotations
 
 
 class JobTemplate(WireModel):
@@ -70,15 +76,16 @@ class JobTemplate(WireModel):
 
 
 class FineTuneScheduleSpec(WireModel):
-    schedule: str = Field(description="Cron expression (5 fields), e.g. '0 2 * * *' for 02:00 every day.")
-    time_zone: str | None = Field(None, description="IANA time zone of the schedule, e.g. Europe/Amsterdam; "
+    schedule: str = Field(max_length=128, json_schema_extra={"pattern": CRON_FIELDS},
+                          description="Cron expression (5 fields), e.g. '0 2 * * *' for 02:00 every day.")
+    time_zone: str | None = Field(None, max_length=64, description="IANA time zone of the schedule, e.g. Europe/Amsterdam; "
                                                     "unset: UTC.")
     suspend: bool = Field(False, description="No new runs while true; a running one carries on.")
     concurrency_policy: Literal["Forbid", "Replace"] = Field(
         "Forbid", description="Forbid: a due run is skipped while the last one still runs. Replace: the "
                               "running FineTuneJob is deleted and the new run starts.")
     starting_deadline_seconds: int | None = Field(
-        None, ge=1, description="A run missed (operator down) by more than this is skipped; unset: the most "
+        None, ge=1, le=2_678_400, description="A run missed (operator down) by more than this is skipped; unset: the most "
                                 "recent missed run starts on return, once.")
     successful_jobs_history_limit: int = Field(3, ge=0, le=100, description="Succeeded FineTuneJobs kept.")
     failed_jobs_history_limit: int = Field(1, ge=0, le=100, description="Failed FineTuneJobs kept.")
@@ -93,6 +100,11 @@ class FineTuneScheduleSpec(WireModel):
     def _cron(cls, schedule: str) -> str:
         if len(schedule.split()) != 5 or not croniter.is_valid(schedule):
             raise ValueError(f"{schedule!r} is not a 5-field cron expression (minute hour day month weekday)")
+        try:
+            croniter(schedule, datetime(2000, 1, 1)).get_next(datetime)
+        except CroniterBadDateError:
+            raise ValueError(f"{schedule!r} never fires: no date has that day of the month in those months "
+                             "(e.g. 30 February)") from None
         return schedule
 
     @field_validator("time_zone")

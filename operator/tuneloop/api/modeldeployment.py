@@ -8,9 +8,9 @@ abort, activeSelector, previewSelector) so that people who know Argo Rollouts kn
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from tuneloop.api.common import (
     API_VERSION,
@@ -26,7 +26,8 @@ from tuneloop.api.common import (
 )
 from tuneloop.api.crd import Kind, Printer
 from tuneloop.api.evaluation import JudgeSpec
-from tuneloop.api.finetunejob import BaseModelRef, ObjectMeta, cel, check_storage_uri
+from tuneloop.api.fields import MAX_TEXT, ImageReference, Name, Quantity, StorageUri, Text
+from tuneloop.api.finetunejob import BaseModelRef, ObjectMeta, cel
 
 KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
@@ -47,14 +48,12 @@ class AdapterRef(WireModel):
         "has(self.uri) ? !has(self.name) && !has(self.version) && !has(self.alias)"
         " : has(self.name) && has(self.version) != has(self.alias)", ADAPTER_RULE))
 
-    name: str | None = Field(None, min_length=1, description="MLflow registered model name.")
+    name: Name | None = Field(None, description="MLflow registered model name.")
     version: str | None = Field(None, pattern=r"^[0-9]+$",
                                 description="Pinned MLflow model version, e.g. '7' (GitOps promotion writes this).")
-    alias: str | None = Field(None, min_length=1,
+    alias: Name | None = Field(None,
                               description="MLflow alias to follow, e.g. champion: moving it starts a rollout.")
-    uri: str | None = Field(None, description="Adapter folder: pvc://claim/path or s3://bucket/path.")
-
-    _uri = field_validator("uri")(lambda uri: uri if uri is None else check_storage_uri(uri))
+    uri: StorageUri | None = Field(None, description="Adapter folder: pvc://claim/path or s3://bucket/path.")
 
     @model_validator(mode="after")
     def _exactly_one_form(self) -> "AdapterRef":
@@ -75,17 +74,18 @@ class AdapterRef(WireModel):
 class ServingSpec(WireModel):
     """How each colour's vLLM OpenAI server runs."""
 
-    image: str | None = Field(None, description="vLLM image; unset: the operator's configured vLLM image.")
-    extra_args: list[str] = Field(default_factory=list, json_schema_extra={"default": []},
+    image: ImageReference | None = Field(None, description="vLLM image; unset: the operator's configured vLLM image.")
+    extra_args: list[Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=list, max_length=100, json_schema_extra={"default": []},
                                   description="Extra vLLM arguments appended to the command line.")
     replicas: int = Field(1, ge=1, le=64, description="Pods of the active colour.")
     gpus: int = Field(1, ge=0, le=8, description="GPUs per pod (nvidia.com/gpu); more than one: tensor parallel.")
-    cpu: str | None = Field(None, description="CPU request and limit of each serving pod, e.g. '8'.")
-    memory: str | None = Field(None, description="Memory request and limit of each serving pod, e.g. 48Gi.")
+    cpu: Quantity | None = Field(None, description="CPU request and limit of each serving pod, e.g. '8'.")
+    memory: Quantity | None = Field(None, description="Memory request and limit of each serving pod, e.g. 48Gi.")
     max_loras: int = Field(1, ge=1, le=64, description="LoRA adapters vLLM keeps in one batch (--max-loras).")
     max_lora_rank: LoraRank = Field(16, description="Largest adapter rank served (--max-lora-rank): "
                                                     "8, 16, 32, 64, 128, 256, 320 or 512.")
-    max_model_len: int | None = Field(None, ge=16, description="Context length (--max-model-len); unset: the model's.")
+    max_model_len: int | None = Field(None, ge=16, le=10**7, description="Context length (--max-model-len); unset: the model's.")
     merged: bool = Field(False, description="The adapter reference is a merged model: serve it without LoRA.")
 
 
@@ -95,8 +95,9 @@ class Expectation(WireModel):
     model_config = cel(("(has(self.contains) ? 1 : 0) + (has(self.regex) ? 1 : 0) + (has(self.json) ? 1 : 0) == 1",
                         EXPECT_RULE))
 
-    contains: str | None = Field(None, min_length=1, description="The answer contains this text.")
-    regex: str | None = Field(None, min_length=1, description="The answer matches this Python regular expression.")
+    contains: str | None = Field(None, min_length=1, max_length=4096, description="The answer contains this text.")
+    regex: str | None = Field(None, min_length=1, max_length=1024,
+                              description="The answer matches this Python regular expression.")
     json_valid: bool | None = Field(None, alias="json", description="The answer parses as JSON.")
 
     @field_validator("regex")
@@ -117,9 +118,10 @@ class Expectation(WireModel):
 
 
 class SmokePrompt(WireModel):
-    prompt: str = Field(min_length=1, description="User message sent to the preview's chat completions API.")
+    prompt: str = Field(min_length=1, max_length=MAX_TEXT,
+                        description="User message sent to the preview's chat completions API.")
     expect: Expectation = Field(description="What the answer must satisfy.")
-    reference: str | None = Field(None, description="A good answer, shown to the judge (minJudgeScore).")
+    reference: Text | None = Field(None, description="A good answer, shown to the judge (minJudgeScore).")
 
 
 JUDGE_RULE = "minJudgeScore needs a judge"
@@ -130,13 +132,13 @@ class AnalysisSpec(WireModel):
 
     model_config = cel(("!has(self.minJudgeScore) || has(self.judge)", JUDGE_RULE))
 
-    smoke_prompts: list[SmokePrompt] = Field(default_factory=list, json_schema_extra={"default": []},
+    smoke_prompts: list[SmokePrompt] = Field(default_factory=list, max_length=50, json_schema_extra={"default": []},
                                              description="Prompts whose answers must meet their expectation.")
     initial_delay_seconds: int = Field(5, ge=0, le=3600, description=(
         "Wait this long after the colour is ready (pre-promotion) or has taken the traffic (post-promotion) "
         "before the first request: the Service's new endpoints take a moment to reach every node."))
     requests: int = Field(20, ge=1, le=10000, description="Requests sent to measure latency and errors.")
-    max_p95_latency_ms: float | None = Field(None, gt=0, description="Highest acceptable p95 latency in milliseconds.")
+    max_p95_latency_ms: float | None = Field(None, gt=0, le=3_600_000, description="Highest acceptable p95 latency in milliseconds.")
     max_error_rate: float = Field(0.0, ge=0, le=1, description="Highest acceptable share of failed requests.")
     min_judge_score: float | None = Field(None, ge=1, le=10,
                                           description="Lowest acceptable mean LLM judge score (1-10) of the "
@@ -165,15 +167,15 @@ class BlueGreenStrategy(WireModel):
                                         description="Service selecting the colour under test; unset: <name>-preview.")
     auto_promotion_enabled: bool = Field(True, description="Promote when the analysis passes; false: wait for "
                                                            "`tuneloop rollout promote` or the promote annotation.")
-    auto_promotion_seconds: int | None = Field(None, ge=0, description="Wait this long after the analysis "
+    auto_promotion_seconds: int | None = Field(None, ge=0, le=604800, description="Wait this long after the analysis "
                                                                        "passed before promoting automatically.")
-    preview_replica_count: int | None = Field(None, ge=1, description="Pods of the preview colour while it is "
+    preview_replica_count: int | None = Field(None, ge=1, le=64, description="Pods of the preview colour while it is "
                                                                       "analysed; unset: spec.serving.replicas.")
-    scale_down_delay_seconds: int = Field(30, ge=0, description="Seconds the old colour keeps running after the "
+    scale_down_delay_seconds: int = Field(30, ge=0, le=604800, description="Seconds the old colour keeps running after the "
                                                                 "switch (clients finish their requests).")
-    abort_scale_down_delay_seconds: int = Field(30, ge=0, description="Seconds a failed preview keeps running "
+    abort_scale_down_delay_seconds: int = Field(30, ge=0, le=604800, description="Seconds a failed preview keeps running "
                                                                       "after an abort (for debugging).")
-    readiness_timeout_seconds: int = Field(900, ge=1, description="The preview must be ready within this; "
+    readiness_timeout_seconds: int = Field(900, ge=1, le=604800, description="The preview must be ready within this; "
                                                                    "else the rollout aborts.")
     pre_promotion_analysis: AnalysisSpec | None = Field(
         None, description="Analysis of the preview before it takes traffic; unset: readiness is enough.")
@@ -256,10 +258,7 @@ class ModelDeploymentStatus(WireModel):
 class ServiceNamedMeta(ObjectMeta):
     """A ModelDeployment's name is its active Service's (and the start of the others'): a DNS-1035 label."""
 
-    @field_validator("name")
-    @classmethod
-    def _service_name(cls, name: str) -> str:
-        return check_service_name(name)
+    name: Annotated[str, AfterValidator(check_service_name)]  # stricter than any custom resource's name
 
 
 NAME_RULE = (f"size(self.metadata.name) <= {MAX_LABEL} && self.metadata.name.matches('{DNS1035_LABEL}')",

@@ -257,7 +257,7 @@ def pod_spec(job: FineTuneJob, name: str, workload: TrainerWorkload, config: Ope
     }
     if resources.nodes > 1 and stage == "train":
         container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
-    tolerations = list(resources.tolerations) or (config.default_tolerations if gpus else [])
+    tolerations = [t.to_wire() for t in resources.tolerations] or (config.default_tolerations if gpus else [])
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [container],
