@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -240,3 +243,58 @@ def test_a_key_given_twice_on_one_line_is_refused(tmp_path, capsys):
 
     assert main(["validate", str(path)]) == 1
     assert "duplicate key 'epochs' (first given on line 13)" in capsys.readouterr().err
+
+
+# --- validate --data: the dataset read as the trainer reads it, before any GPU ----------------------
+
+DATA_JOB = """\
+apiVersion: tuneloop.dev/v1alpha1
+kind: FineTuneJob
+metadata: {{name: acme-tickets}}
+spec:
+  baseModel: {{uri: {model}}}
+  dataset: {{uri: tickets.jsonl, format: alpaca}}
+  training: {{epochs: 3, microBatchSize: 4, gradientAccumulationSteps: 2, maxSeqLength: 256}}
+"""
+
+
+def data_job(tmp_path: Path, model: Path, rows: str) -> Path:
+    (tmp_path / "tickets.jsonl").write_text(rows, encoding="utf-8")
+    path = tmp_path / "job.yaml"
+    path.write_text(DATA_JOB.format(model=model), encoding="utf-8")
+    return path
+
+
+def test_validate_data_reports_counts_token_lengths_truncation_and_steps(tmp_path, tiny_model_dir, capsys):
+    from tiny_model import write_tickets
+
+    write_tickets(tmp_path / "rows.jsonl", 100, seed=3)
+    words = random.Random(5).choices([f"w{n}" for n in range(1000)], k=20000)
+    long_rows = "".join(json.dumps({"instruction": f"Summarise case {n}.", "output": " ".join(words[n::10])}) + "\n"
+                        for n in range(10))  # long answers: truncated, yet some answer is left to learn
+    path = data_job(tmp_path, tiny_model_dir, (tmp_path / "rows.jsonl").read_text() + long_rows)
+
+    assert main(["validate", "--data", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "rows: 110 (alpaca)" in out and "split: 99 train + 0 replay, 11 hold-out" in out
+    truncated = int(re.search(r"truncated: (\d+) of 99 training rows are longer than maxSeqLength 256", out)[1])
+    assert 1 <= truncated <= 10 and re.search(rf"> 256 \(truncated\) +{truncated} ", out), out
+    # 99 rows, micro-batches of 4 -> 25, accumulated by 2 -> 13 steps an epoch, 3 epochs
+    assert "steps: about 39 optimizer steps (3 epoch(s))" in out
+
+
+def test_validate_data_names_every_bad_row_with_its_line_and_never_a_traceback(tmp_path, tiny_model_dir, capsys):
+    good = json.dumps({"instruction": "Route this.", "output": "BIL"})
+    rows = [good] * 10 + ["[" * 100_000 + "]" * 100_000, '{"text": ' + "9" * 5000 + "}",
+                          '{"instruction": "a\\ud800", "output": "x"}'] + ['{"instruction": "x"}'] * 60
+    path = data_job(tmp_path, tiny_model_dir, "\n".join(rows) + "\n")
+
+    assert main(["validate", "--data", str(path)]) == 1
+    captured = capsys.readouterr()
+    errors = captured.err.splitlines()
+    assert "Traceback" not in captured.err + captured.out
+    assert errors[0].endswith("data: 63 bad rows of 73 (the first 50 below)")
+    assert "tickets.jsonl:11: broken JSON: nested deeper than a dataset row can be" in errors[1]
+    assert "tickets.jsonl:12: broken JSON: Exceeds the limit (4300 digits)" in errors[2]
+    assert "tickets.jsonl:13: field 'instruction' holds a lone UTF-16 surrogate" in errors[3]
+    assert errors[-1].endswith("data: ... and 13 more") and len(errors) == 52

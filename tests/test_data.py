@@ -9,6 +9,7 @@ import pytest
 
 from tuneloop_trainer.data import (
     IGNORE_INDEX,
+    BadRows,
     DataError,
     Example,
     load_jsonl,
@@ -164,6 +165,38 @@ def test_a_bad_row_is_named_by_file_and_line(tmp_path, content, line, problem):
         load_jsonl(path)
 
     assert str(caught.value).startswith(f"{path}:{line}: {problem}")
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    pytest.param("[" * 100_000 + "]" * 100_000, "broken JSON: nested deeper than a dataset row can be",
+                 id="100000-nested-brackets"),
+    pytest.param('{"text": ' + "9" * 5000 + "}", "broken JSON: Exceeds the limit (4300 digits)", id="5000-digits"),
+    pytest.param('{"instruction": "a\\ud800b", "output": "x"}',
+                 "field 'instruction' holds a lone UTF-16 surrogate (\\ud800) at character 1", id="lone-surrogate"),
+    pytest.param('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "\\udfff"}]}',
+                 "field 'messages'[1].content holds a lone UTF-16 surrogate", id="surrogate-in-a-message"),
+])
+def test_rows_that_break_json_parsers_are_named_not_a_traceback(tmp_path, line, problem):
+    path = write(tmp_path, jsonl(ALPACA) + line + "\n")
+
+    with pytest.raises(DataError) as caught:
+        load_jsonl(path)
+
+    assert str(caught.value).startswith(f"{path}:2: {problem}")
+
+
+def test_every_bad_row_is_reported_with_the_count_and_the_message_is_capped(tmp_path):
+    rows = [ALPACA if index % 3 else {"instruction": "x"} for index in range(1, 61)]  # every third is bad
+    path = write(tmp_path, jsonl(*rows) + "{broken\n")
+
+    with pytest.raises(BadRows) as caught:
+        load_jsonl(path)
+
+    assert len(caught.value.problems) == 21 and caught.value.rows == 61
+    assert caught.value.problems[0] == f"{path}:3: missing required field 'output'"
+    assert caught.value.problems[-1].startswith(f"{path}:61: broken JSON")
+    message = str(caught.value)
+    assert message.startswith(f"{path}: 21 bad rows of 61: {path}:3: ") and message.endswith("; and 11 more")
 
 
 def test_a_row_of_another_shape_after_the_first_is_an_error(tmp_path):

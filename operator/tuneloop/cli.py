@@ -2,7 +2,7 @@
 
     tuneloop run FILE --local     run a FineTuneJob manifest to the end on this machine
                                   (a FineTuneSchedule: --once, one cycle now)
-    tuneloop validate FILE...     check manifests; say what is wrong and where
+    tuneloop validate FILE...     check manifests; say what is wrong and where (--data: the datasets too)
     tuneloop crds                 print the CustomResourceDefinitions
     tuneloop promote FILE --version V | --from-alias A [--commit]
                                   pin a ModelDeployment's adapter version in a Git working tree
@@ -63,6 +63,41 @@ def validate_document(document: dict[str, Any], local: bool) -> list[str]:
     return []
 
 
+LISTED_BAD_ROWS = 50
+
+
+def data_check(path: Path, document: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(report lines, problems) for a FineTuneJob's dataset, read as its trainer would read it (local
+    paths relative to the manifest, the base model's tokenizer), on this machine's CPU."""
+    import tempfile
+
+    from tuneloop.catalog import CatalogError
+    from tuneloop.runtime.local import LocalRuntime
+
+    try:
+        from tuneloop_trainer.data import BadRows, DataError
+        from tuneloop_trainer.data_report import data_report
+        from tuneloop_trainer.model import load_tokenizer
+    except ImportError as error:
+        return [], [f"--data needs the trainer package (pip install -e trainer-image): {error}"]
+    job = parse_manifest(document)
+    logging.getLogger("tuneloop_trainer").setLevel(logging.ERROR)  # the report says it all
+    with tempfile.TemporaryDirectory(prefix="tuneloop-validate-") as work:
+        runtime = LocalRuntime(workdir=Path(work), manifest_dir=path.resolve().parent)
+        try:
+            workload = runtime.trainer_workload(job, Path(work))
+            report = data_report(workload, load_tokenizer(workload.model_path),
+                                 world_size=max(job.spec.resources.gpus, 1) * job.spec.resources.nodes)
+        except BadRows as error:
+            listed = error.problems[:LISTED_BAD_ROWS]
+            rest = len(error.problems) - len(listed)
+            return [], [f"{len(error.problems):,} bad rows of {error.rows:,}" + (f" (the first {len(listed)} "
+                        "below)" if rest else ""), *listed] + ([f"... and {rest:,} more"] if rest else [])
+        except (DataError, CatalogError, ValueError, OSError) as error:
+            return [], [str(error)]
+    return report.lines(), []
+
+
 def command_validate(args: argparse.Namespace) -> int:
     failed = False
     paths = []
@@ -80,13 +115,19 @@ def command_validate(args: argparse.Namespace) -> int:
             failed = True
             continue
         for document in documents:
-            problems = validate_document(document, args.local)
+            problems = validate_document(document, args.local or args.data)
+            report: list[str] = []
+            if not problems and args.data and document.get("kind") == FINETUNEJOB:
+                report, data_problems = data_check(path, document)
+                problems = [f"data: {problem}" for problem in data_problems]
             if problems:
                 failed = True
                 for problem in problems:
                     print(f"{path}: {describe(document)}: {problem}", file=sys.stderr)
             else:
                 print(f"{path}: {describe(document)}: valid")
+                for line in report:
+                    print(f"  {line}")
     return 1 if failed else 0
 
 
@@ -407,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="manifest files, or folders of .yaml/.yml/.json files (as kubectl apply -f)")
     validate.add_argument("-R", "--recursive", action="store_true", help="also read the folders below a folder")
     validate.add_argument("--local", action="store_true", help="also check that the job can run locally")
+    validate.add_argument("--data", action="store_true",
+                          help="also read every row of each FineTuneJob's dataset as its trainer would (CPU, the "
+                               "base model's tokenizer, no weights): bad rows, token lengths, truncation, steps")
     validate.set_defaults(handler=command_validate)
 
     operator = commands.add_parser("operator", help="run the Kubernetes operator")

@@ -20,8 +20,59 @@ IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
 
 
+MAX_SHOWN = 10  # bad rows named in a message; the count says how many there are in all
+
+
 class DataError(ValueError):
     """Bad input data; the message names the file, the line and the problem."""
+
+
+class BadRows(DataError):
+    """Every bad row of a file: `problems` has each as `file:line: problem`."""
+
+    def __init__(self, path: Path, problems: list[str], rows: int):
+        self.problems, self.rows = problems, rows
+        if len(problems) == 1:
+            super().__init__(problems[0])
+            return
+        shown = "; ".join(problems[:MAX_SHOWN])
+        more = f"; and {len(problems) - MAX_SHOWN:,} more" if len(problems) > MAX_SHOWN else ""
+        super().__init__(f"{path}: {len(problems):,} bad rows of {rows:,}: {shown}{more}")
+
+
+def lone_surrogate(value: Any, where: str = "") -> str | None:
+    """Where a string holds half a UTF-16 surrogate pair (JSON's "\\ud800" escape): no tokenizer and
+    no UTF-8 file can take it."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            return f"{where or 'the row'} holds a lone UTF-16 surrogate (\\u{ord(value[error.start]):04x}) at " \
+                   f"character {error.start}"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if found := lone_surrogate(item, f"{where}.{key}" if where else f"field {key!r}"):
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if found := lone_surrogate(item, f"{where}[{index}]"):
+                return found
+    return None
+
+
+def parse_json_line(line: str) -> Any:
+    """One JSONL line; ValueError with a plain message for anything that is not a usable JSON value."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"broken JSON: {error.msg} at column {error.colno}") from None
+    except RecursionError:
+        raise ValueError("broken JSON: nested deeper than a dataset row can be") from None
+    except ValueError as error:  # e.g. an integer of more than 4300 digits
+        raise ValueError(f"broken JSON: {error}") from None
+    if found := lone_surrogate(row):
+        raise ValueError(found)
+    return row
 
 
 @dataclass
@@ -138,7 +189,7 @@ def parse_row(row: Any, dataset: Dataset, line: int, system_prompt: str | None) 
 
 
 def load_dataset(path: Path, declared_format: str = "auto", system_prompt: str | None = None) -> Dataset:
-    """Read and check every row of a JSONL or Parquet file; the first bad row raises DataError."""
+    """Read and check every row of a JSONL or Parquet file; BadRows names every bad one."""
     if path.suffix in (".parquet", ".pq"):
         return load_parquet(path, declared_format, system_prompt)
     return load_jsonl(path, declared_format, system_prompt)
@@ -156,22 +207,21 @@ def _read_bytes(path: Path) -> bytes:
 def load_jsonl(path: Path, declared_format: str = "auto", system_prompt: str | None = None) -> Dataset:
     raw = _read_bytes(path)
     dataset = Dataset(path=path, format=declared_format, sha256=hashlib.sha256(raw).hexdigest())
+    problems, rows = [], 0
     for number, line_bytes in enumerate(raw.removeprefix(b"\xef\xbb\xbf").split(b"\n"), start=1):
         if not line_bytes.strip():
             continue
-        where = f"{path}:{number}"
+        rows += 1
         try:
-            line = line_bytes.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise DataError(f"{where}: not valid UTF-8 (byte {error.start})") from None
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{where}: broken JSON: {error.msg} at column {error.colno}") from None
-        try:
-            dataset.examples.append(parse_row(row, dataset, number, system_prompt))
+            try:
+                line = line_bytes.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"not valid UTF-8 (byte {error.start})") from None
+            dataset.examples.append(parse_row(parse_json_line(line), dataset, number, system_prompt))
         except ValueError as error:
-            raise DataError(f"{where}: {error}") from None
+            problems.append(f"{path}:{number}: {error}")
+    if problems:
+        raise BadRows(path, problems, rows)
     return dataset
 
 
@@ -185,11 +235,14 @@ def load_parquet(path: Path, declared_format: str = "auto", system_prompt: str |
     except Exception as error:  # pyarrow raises several types for a broken file
         raise DataError(f"{path}: not a readable Parquet file: {error}") from None
     dataset = Dataset(path=path, format=declared_format, sha256=hashlib.sha256(raw).hexdigest())
+    problems = []
     for number, row in enumerate(table.to_pylist(), start=1):
         try:
             dataset.examples.append(parse_row(row, dataset, number, system_prompt))
         except ValueError as error:
-            raise DataError(f"{path} row {number}: {error}") from None
+            problems.append(f"{path} row {number}: {error}")
+    if problems:
+        raise BadRows(path, problems, table.num_rows)
     if not dataset.examples:
         raise DataError(f"{path}: no rows")
     return dataset
