@@ -7,7 +7,7 @@ BIN = $(VENV)/bin
 
 .PHONY: setup kube example test
 
-setup: $(VENV)/.installed $(BIN)/helm $(VENV)/checkov/bin/checkov
+setup: $(VENV)/.installed $(BIN)/helm $(VENV)/checkov/bin/checkov $(VENV)/vllm-cli/.installed
 
 # The CPU build of torch goes in first: a plain `torch` requirement would pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -26,6 +26,15 @@ $(BIN)/helm: tools/install_helm.py | $(VENV)/.installed
 $(VENV)/checkov/bin/checkov: | $(VENV)/.installed
 	$(PYTHON) -m venv $(VENV)/checkov
 	$(VENV)/checkov/bin/pip install --quiet checkov==3.3.30
+
+# vLLM's own command-line parser and LoRA checks for the serving tests (tests/vllm_cli.py), the
+# version the chart serves: its CUDA wheel without dependencies, and the few light packages its
+# import needs that the project's virtualenv lacks (everything else comes from there).
+VLLM_CLI = vllm==0.10.1.1 cbor2==6.3.0 setproctitle==1.3.8 pyzmq==27.3.0 msgspec==0.23.0 blake3==1.0.11 \
+	pybase64==1.5.1 openai-harmony==0.0.8 partial-json-parser==0.2.1.1.post7 compressed-tensors==0.10.2 loguru==0.7.3
+$(VENV)/vllm-cli/.installed: | $(VENV)/.installed
+	$(BIN)/pip install --quiet --no-deps --target $(VENV)/vllm-cli $(VLLM_CLI)
+	touch $@
 
 # A real kube-apiserver and kube-controller-manager for tests/test_real_apiserver.py, built once from
 # Debian's source package (about 10 minutes on 2 cores) and cached in ~/.cache/tuneloop.

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import kubernetes_validate
 import pytest
 
+from tuneloop.api.common import SpecError
 from tuneloop.api.modeldeployment import parse_manifest
 from tuneloop.config import OperatorConfig
 from tuneloop.reconcile.modeldeployment import target_for
+from vllm_cli import vllm_checks
 from tuneloop.runtime.serving_manifests import (
     active_service,
     deployment,
@@ -78,6 +82,7 @@ def test_lora_serving_passes_the_adapter_as_a_lora_module():
                         ("--max-model-len", "4096"), ("--port", "8000"), ("--served-model-name", "support-bot-base")):
         assert args[args.index(flag) + 1] == value, flag
     assert "--enable-lora" in args
+    assert args[args.index("--chat-template") + 1] == "/adapter/chat_template.jinja", "the template of training"
     fetch = obj["spec"]["template"]["spec"]["initContainers"][-1]
     assert fetch["command"][-2:] == ["models:/support-bot/7", "/adapter"]
     assert {"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow.tuneloop:5000"} in fetch["env"]
@@ -97,6 +102,7 @@ def test_pvc_adapters_are_mounted_not_fetched():
     pod = deployment(md, "blue", target_for(md.spec, None), 1, CONFIG)["spec"]["template"]["spec"]
     assert "initContainers" not in pod
     assert "support-bot=/mnt/pvc/adapters/support-bot/run-3" in pod["containers"][0]["args"]
+    assert "--chat-template" not in pod["containers"][0]["args"], "a folder of unknown origin may have none"
 
 
 def test_readiness_checks_the_adapter_is_listed_and_liveness_is_health():
@@ -169,47 +175,53 @@ def test_services_and_budget_select_a_colour():
         assert obj["metadata"]["ownerReferences"][0]["uid"] == "7d1f0c52-2222-4b7e-9a55-0c3e5d9f1a20"
 
 
-def vllm_serve_parser():
-    """`vllm serve`'s options that the Deployment uses, as vLLM 0.10 documents them (docs.vllm.ai,
-    "Engine Arguments" and "LoRA Adapters"): vLLM itself needs a GPU and a 300 MB wheel, so the
-    command line is checked against its documented types and choices instead."""
-    import argparse
-
-    def lora_module(text):
-        name, sep, path = text.partition("=")
-        if not (name and sep and path) and not text.lstrip().startswith("{"):
-            raise argparse.ArgumentTypeError(f"{text!r} is neither name=path nor JSON")
-        return text
-
-    parser = argparse.ArgumentParser(prog="vllm serve", exit_on_error=False)
-    parser.add_argument("model_tag")
-    parser.add_argument("--served-model-name", nargs="+")
-    parser.add_argument("--enable-lora", action=argparse.BooleanOptionalAction)
-    parser.add_argument("--lora-modules", nargs="+", type=lora_module)
-    parser.add_argument("--max-loras", type=int)
-    parser.add_argument("--max-lora-rank", type=int, choices=[1, 8, 16, 32, 64, 128, 256, 320, 512])
-    parser.add_argument("--host")
-    parser.add_argument("--port", type=int)
-    parser.add_argument("--max-model-len", type=int)
-    parser.add_argument("--tensor-parallel-size", "-tp", type=int)
-    parser.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction)
-    return parser
+SERVINGS = [{"maxLoraRank": 64, "maxLoras": 2, "maxModelLen": 2048},
+            {"merged": True, "gpus": 2, "extraArgs": ["--enforce-eager"]},
+            {"maxLoraRank": 320, "extraArgs": ["--gpu-memory-utilization", "0.85"]}]
 
 
-@pytest.mark.parametrize("serving", [
-    {"maxLoraRank": 64, "maxLoras": 2, "maxModelLen": 2048},
-    {"merged": True, "gpus": 2, "extraArgs": ["--enforce-eager"]},
-])
-def test_the_vllm_command_line_uses_only_documented_options_with_valid_values(serving):
-    md = model_deployment(serving=serving)
-    container = server(deployment(md, "blue", target_for(md.spec, None), 1, CONFIG))
-    assert container["command"] == ["vllm", "serve"]
-    args = vllm_serve_parser().parse_args(container["args"])
-    assert args.port == md.spec.port and args.host == "0.0.0.0"
-    if md.spec.serving.merged:
-        assert args.enable_lora is None and args.served_model_name == ["support-bot"]
-        assert args.tensor_parallel_size == 2 and args.enforce_eager
-    else:
-        assert args.enable_lora and args.lora_modules == ["support-bot=/adapter"]
-        assert (args.max_lora_rank, args.max_loras, args.max_model_len) == (64, 2, 2048)
-        assert "support-bot" not in args.served_model_name, "the adapter, not the base model, answers to the name"
+def as_fetched(args: list[str], folder: Path) -> list[str]:
+    """The arguments as the pod runs them once the init container has fetched the adapter to
+    /adapter (vLLM checks that a chat template path exists): /adapter is `folder` here."""
+    (folder / "chat_template.jinja").write_text("{{ messages }}")
+    return [arg.replace("/adapter", str(folder)) for arg in args]
+
+
+def test_vllm_accepts_the_command_lines_the_operator_renders(tmp_path):
+    """vLLM 0.10.1.1's own parser and LoRA configuration (tests/vllm_cli.py), not a copy of its options."""
+    mds = [model_deployment(serving=serving) for serving in SERVINGS]
+    containers = [server(deployment(md, "blue", target_for(md.spec, None), 1, CONFIG)) for md in mds]
+    assert all(container["command"] == ["vllm", "serve"] for container in containers)
+    answers = vllm_checks(commands=[as_fetched(container["args"], tmp_path) for container in containers])["commands"]
+    assert [answer["error"] for answer in answers] == [None, None, None]
+    lora, merged, high_rank = (answer["args"] for answer in answers)
+    assert lora["enable_lora"] and lora["max_lora_rank"] == 64 and lora["max_loras"] == 2
+    assert lora["max_model_len"] == 2048 and lora["port"] == 8000 and lora["host"] == "0.0.0.0"
+    assert lora["chat_template"] == f"{tmp_path}/chat_template.jinja"
+    assert "support-bot" not in lora["served_model_name"], "the adapter, not the base model, answers to the name"
+    assert not merged["enable_lora"] and merged["served_model_name"] == ["support-bot"]
+    assert merged["tensor_parallel_size"] == 2 and merged["enforce_eager"]
+    assert high_rank["max_lora_rank"] == 320 and high_rank["gpu_memory_utilization"] == 0.85
+
+
+def spec_problems(spec: dict) -> list[str]:
+    try:
+        model_deployment(**spec)
+    except SpecError as error:
+        return error.problems
+    return []
+
+
+def test_vllm_refuses_what_the_crd_refuses_so_the_operator_never_renders_it(tmp_path):
+    """The CRD's choices for maxLoraRank are vLLM's: the ranks it refuses are the ones the schema refuses."""
+    md = model_deployment()
+    base = as_fetched(server(deployment(md, "blue", target_for(md.spec, None), 1, CONFIG))["args"], tmp_path)
+    rank = base.index("--max-lora-rank") + 1
+    ranks = [8, 16, 17, 32, 64, 100, 128, 256, 320, 512, 1024]
+    answers = vllm_checks(commands=[[*base[:rank], str(r), *base[rank + 1:]] for r in ranks]
+                          + [[*base, "--no-such-option"]])["commands"]
+    accepted_by_vllm = {r for r, answer in zip(ranks, answers) if answer["error"] is None}
+    accepted_by_crd = {r for r in ranks if not spec_problems({"serving": {"maxLoraRank": r}})}
+    assert accepted_by_vllm == accepted_by_crd == {8, 16, 32, 64, 128, 256, 320, 512}
+    assert "max_lora_rank (17) must be one of" in answers[2]["error"]
+    assert "--no-such-option" in answers[-1]["error"]

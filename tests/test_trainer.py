@@ -217,10 +217,12 @@ def test_a_local_run_without_mlflow_refuses_to_register(tiny_model_dir, tickets,
 
 
 def test_merge_and_unload_writes_a_full_safetensors_model(tiny_model_dir, tickets, tmp_path):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     workload = workload_for(tiny_model_dir, tickets, tmp_path / "out", epochs=1)
     workload.merge_adapter = True
+    workload.method.lora.r = 16
+    workload.dataset.system_prompt = 'You are Acme\'s ticket router. Answer "with the record" only.'
     code, result = run_trainer(workload, tmp_path)
 
     assert code == 0, result.message
@@ -228,6 +230,16 @@ def test_merge_and_unload_writes_a_full_safetensors_model(tiny_model_dir, ticket
     assert (merged / "model.safetensors").is_file() and (merged / "tokenizer.json").is_file()
     model = AutoModelForCausalLM.from_pretrained(merged)  # loads as a plain model, no peft needed
     assert not any("lora" in name for name, _ in model.named_parameters())
+    # The adapter's and the merged model's chat template default to the system prompt of training:
+    # a client that sends only a user message prompts the model as it was trained.
+    for folder in (Path(result.adapter_path), merged):
+        assert (folder / "chat_template.jinja").is_file()  # what vLLM's --chat-template reads
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Parcel lost"}], tokenize=False)
+        assert workload.dataset.system_prompt in prompt
+        own = tokenizer.apply_chat_template([{"role": "system", "content": "Be brief."},
+                                             {"role": "user", "content": "Parcel lost"}], tokenize=False)
+        assert "Be brief." in own and workload.dataset.system_prompt not in own
 
 
 def test_dora_and_rslora_reach_peft_and_the_saved_adapter(tiny_model_dir, tickets, tmp_path):
@@ -238,6 +250,34 @@ def test_dora_and_rslora_reach_peft_and_the_saved_adapter(tiny_model_dir, ticket
     assert code == 0, result.message
     config = json.loads((Path(result.adapter_path) / "adapter_config.json").read_text())
     assert config["use_dora"] is True and config["use_rslora"] is True
+
+
+def test_vllm_loads_the_adapters_the_operator_lets_through_and_refuses_the_others(tiny_model_dir, tickets, tmp_path):
+    """vLLM's own adapter check (PEFTHelper.validate_legal, tests/vllm_cli.py) on adapters trained
+    here agrees with the operator's: the rank against maxLoraRank, and DoRA (vLLM serves none)."""
+    from vllm_cli import vllm_checks
+
+    from tuneloop.api.modeldeployment import parse_manifest as parse_deployment, unservable_adapter
+
+    adapters = {}
+    for name, r, dora in (("lora-16", 16, False), ("dora-8", 8, True)):
+        workload = workload_for(tiny_model_dir, tickets, tmp_path / name, epochs=1)
+        workload.method.lora.r, workload.method.lora.use_dora = r, dora
+        code, result = run_trainer(workload, tmp_path)
+        assert code == 0, result.message
+        adapters[name] = (result.adapter_path, {"r": r, "useDora": dora, "useRslora": False})  # the registry's tag
+    cases = [("lora-16", 16), ("lora-16", 32), ("lora-16", 8), ("dora-8", 8)]
+    verdicts = vllm_checks(adapters=[(adapters[name][0], rank) for name, rank in cases])["adapters"]
+    assert verdicts[:2] == [None, None]
+    assert "LoRA rank 16 is greater than max_lora_rank 8" in verdicts[2]
+    assert "vLLM does not yet support DoRA" in verdicts[3]
+    for (name, rank), verdict in zip(cases, verdicts):
+        md = parse_deployment({"apiVersion": "tuneloop.dev/v1alpha1", "kind": "ModelDeployment",
+                               "metadata": {"name": "tickets"}, "spec": {
+                                   "baseModel": {"name": "tiny"}, "adapter": {"name": "tickets", "version": "1"},
+                                   "serving": {"maxLoraRank": rank}}})
+        ours = unservable_adapter(md.spec, "1", adapters[name][1])
+        assert (ours is None) == (verdict is None), (name, rank, ours, verdict)
 
 
 def test_a_killed_local_run_leaves_no_trainer_behind(tiny_model_dir, tickets, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from typing import Any
 
 import torch
@@ -38,6 +40,18 @@ def load_tokenizer(model_path: str) -> Any:
     if not tokenizer.chat_template:
         raise ValueError(f"{model_path}: the tokenizer has no chat template; use an instruct model or text rows")
     return tokenizer
+
+
+def with_default_system_prompt(template: str, system_prompt: str) -> str:
+    """The chat template with the training's system prompt as its default: a conversation without a
+    system message gets this one, as every training example had, instead of the base model's own.
+    Saved with the adapter, so every consumer of its tokenizer (vLLM's --chat-template, the
+    evaluator, a person trying the model) prompts the model as it was trained."""
+    # json.dumps quotes and escapes the prompt; Jinja reads string literals with the same escapes.
+    literal = json.dumps(system_prompt, ensure_ascii=False)
+    return ("{%- if not messages or messages[0]['role'] != 'system' -%}"
+            f"{{%- set messages = [{{'role': 'system', 'content': {literal}}}] + messages -%}}"
+            "{%- endif -%}" + template)
 
 
 def attention_implementation() -> str:

@@ -24,7 +24,7 @@ from tuneloop_trainer.checkpoints import (
     step_of,
 )
 from tuneloop_trainer.data import Example
-from tuneloop_trainer.model import count_parameters, load_model, load_tokenizer
+from tuneloop_trainer.model import count_parameters, load_model, load_tokenizer, with_default_system_prompt
 from tuneloop_trainer.prepare import PreparedData, prepare
 from tuneloop_trainer.progress import ProgressReporter
 from tuneloop_trainer.sft import as_dataset, sft_config, sft_trainer_class, steps_per_epoch
@@ -219,6 +219,9 @@ class Training:
             ]
             self.reporter.stage("saving")
         adapter_dir = self.output_dir / ("model" if workload.method.type == "full" else "adapter")
+        if workload.dataset.system_prompt:
+            tokenizer.chat_template = with_default_system_prompt(tokenizer.chat_template,
+                                                                 workload.dataset.system_prompt)
         save_output(trainer, tokenizer, adapter_dir)
         result.adapter_path = str(adapter_dir)
         result.hold_out_path = str(self.output_dir / "hold-out.jsonl")

@@ -96,6 +96,10 @@ def vllm_args(md: ModelDeployment, model_path: str, adapter_path: str) -> list[s
         args = [model_path, "--served-model-name", f"{name}-base", "--enable-lora",
                 "--lora-modules", f"{name}={adapter_path}", "--max-loras", str(serving.max_loras),
                 "--max-lora-rank", str(serving.max_lora_rank)]
+        if md.spec.adapter.uri is None:
+            # A Tuneloop-trained adapter carries the chat template it was trained with (its system
+            # prompt as the default): requests are prompted as training was, not with the base's.
+            args += ["--chat-template", f"{adapter_path}/chat_template.jinja"]
     args += ["--host", "0.0.0.0", "--port", str(md.spec.port)]
     if serving.max_model_len:
         args += ["--max-model-len", str(serving.max_model_len)]
