@@ -2,8 +2,8 @@
 
 Each is checked by pydantic with a message that names the problem, and stated in the JSON Schema
 (`pattern`, `maxLength`, CEL) from which the CRDs are generated, so the API server refuses the same
-values. The patterns are written for both Python's `re` and Go's RE2 (no look-arounds, no
-backslash classes but `\\d`-free character sets), because the API server evaluates them in Go.
+values. The patterns are written for both Python's `re` and Go's RE2 (no look-arounds; character
+sets rather than backslash classes), because the API server evaluates them in Go.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field
 
-from tuneloop.api.common import HTTP_URL, WireModel, check_http_url
+from tuneloop.api.common import HTTP_URL, WireModel, check_http_url, shown
 
 MAX_TEXT = 65536  # a system prompt, a rubric, a smoke prompt: generous, and far below the object limit
 MAX_URI = 4096
@@ -29,13 +29,9 @@ def _matching(regex: str, message: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-def shown(value: str) -> str:
-    return repr(value) if len(value) <= 80 else f"{value[:60]!r}... ({len(value)} characters)"
-
-
-def checked_string(regex: str, message: str, max_length: int, **schema: Any) -> Any:
+def checked_string(regex: str, message: str, max_length: int) -> Any:
     """A string type: at most `max_length` characters, matching `regex` (anchored)."""
-    return Annotated[str, Field(max_length=max_length, json_schema_extra={"pattern": regex, **schema}),
+    return Annotated[str, Field(max_length=max_length, json_schema_extra={"pattern": regex}),
                      _matching(regex, message)]
 
 
