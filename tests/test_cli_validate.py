@@ -298,3 +298,11 @@ def test_validate_data_names_every_bad_row_with_its_line_and_never_a_traceback(t
     assert "tickets.jsonl:12: broken JSON: Exceeds the limit (4300 digits)" in errors[2]
     assert "tickets.jsonl:13: field 'instruction' holds a lone UTF-16 surrogate" in errors[3]
     assert errors[-1].endswith("data: ... and 13 more") and len(errors) == 52
+
+
+def test_validate_data_reads_a_schedules_base_dataset(capsys):
+    """A FineTuneSchedule's template dataset is replayed by every run: it is checked the same way."""
+    assert main(["validate", "--data", str(ROOT / "examples" / "finetuneschedule.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "FineTuneSchedule/acme-tickets-nightly: valid" in out and "rows: 300 (alpaca)" in out
+    assert re.search(r"steps: about \d+ optimizer steps", out)

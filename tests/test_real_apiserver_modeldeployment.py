@@ -78,8 +78,9 @@ class Kubelet:
     def _start_pods(self) -> None:
         for pod in self.server.items(f"/api/v1/namespaces/{self.namespace}/pods"):
             conditions = (pod.get("status") or {}).get("conditions") or []
-            if adapter_version({"spec": {"template": pod}}) in self.never_ready or pod["metadata"].get("deletionTimestamp") or any(
-                    c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+            ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+            if ready or pod["metadata"].get("deletionTimestamp") or adapter_version(
+                    {"spec": {"template": pod}}) in self.never_ready:
                 continue
             container = pod["spec"]["containers"][0]
             self.server.patch_status(f"/api/v1/namespaces/{self.namespace}/pods/{pod['metadata']['name']}", {

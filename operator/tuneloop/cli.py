@@ -66,6 +66,15 @@ def validate_document(document: dict[str, Any], local: bool) -> list[str]:
 LISTED_BAD_ROWS = 50
 
 
+def as_finetunejob(document: dict[str, Any]) -> dict[str, Any]:
+    """A FineTuneJob as is; a FineTuneSchedule as the FineTuneJob its runs start from (the template's
+    base dataset, which every run replays)."""
+    if document.get("kind") != finetuneschedule.KIND:
+        return document
+    return {"apiVersion": document["apiVersion"], "kind": FINETUNEJOB,
+            "metadata": {"name": document["metadata"]["name"]}, "spec": document["spec"]["jobTemplate"]["spec"]}
+
+
 def data_check(path: Path, document: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(report lines, problems) for a FineTuneJob's dataset, read as its trainer would read it (local
     paths relative to the manifest, the base model's tokenizer), on this machine's CPU."""
@@ -117,8 +126,8 @@ def command_validate(args: argparse.Namespace) -> int:
         for document in documents:
             problems = validate_document(document, args.local or args.data)
             report: list[str] = []
-            if not problems and args.data and document.get("kind") == FINETUNEJOB:
-                report, data_problems = data_check(path, document)
+            if not problems and args.data and document.get("kind") in (FINETUNEJOB, finetuneschedule.KIND):
+                report, data_problems = data_check(path, as_finetunejob(document))
                 problems = [f"data: {problem}" for problem in data_problems]
             if problems:
                 failed = True
@@ -449,8 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("-R", "--recursive", action="store_true", help="also read the folders below a folder")
     validate.add_argument("--local", action="store_true", help="also check that the job can run locally")
     validate.add_argument("--data", action="store_true",
-                          help="also read every row of each FineTuneJob's dataset as its trainer would (CPU, the "
-                               "base model's tokenizer, no weights): bad rows, token lengths, truncation, steps")
+                          help="also read every row of each FineTuneJob's (and schedule template's) dataset as "
+                               "its trainer would (CPU, the base model's tokenizer, no weights): bad rows, token "
+                               "lengths, truncation, steps")
     validate.set_defaults(handler=command_validate)
 
     operator = commands.add_parser("operator", help="run the Kubernetes operator")

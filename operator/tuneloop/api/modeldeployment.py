@@ -85,7 +85,8 @@ class ServingSpec(WireModel):
     max_loras: int = Field(1, ge=1, le=64, description="LoRA adapters vLLM keeps in one batch (--max-loras).")
     max_lora_rank: LoraRank = Field(16, description="Largest adapter rank served (--max-lora-rank): "
                                                     "8, 16, 32, 64, 128, 256, 320 or 512.")
-    max_model_len: int | None = Field(None, ge=16, le=10**7, description="Context length (--max-model-len); unset: the model's.")
+    max_model_len: int | None = Field(None, ge=16, le=10**7,
+                                      description="Context length (--max-model-len); unset: the model's.")
     merged: bool = Field(False, description="The adapter reference is a merged model: serve it without LoRA.")
 
 
@@ -138,7 +139,8 @@ class AnalysisSpec(WireModel):
         "Wait this long after the colour is ready (pre-promotion) or has taken the traffic (post-promotion) "
         "before the first request: the Service's new endpoints take a moment to reach every node."))
     requests: int = Field(20, ge=1, le=10000, description="Requests sent to measure latency and errors.")
-    max_p95_latency_ms: float | None = Field(None, gt=0, le=3_600_000, description="Highest acceptable p95 latency in milliseconds.")
+    max_p95_latency_ms: float | None = Field(None, gt=0, le=3_600_000,
+                                             description="Highest acceptable p95 latency in milliseconds.")
     max_error_rate: float = Field(0.0, ge=0, le=1, description="Highest acceptable share of failed requests.")
     min_judge_score: float | None = Field(None, ge=1, le=10,
                                           description="Lowest acceptable mean LLM judge score (1-10) of the "
