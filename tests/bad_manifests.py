@@ -179,6 +179,8 @@ CASES: list[Case] = [
     fts("spec.timeZone", "Mars/Olympus_Mons", "validator", "the IANA time zone database is not in a schema"),
     md(f"{ANALYSIS}.smokePrompts", [{"prompt": "p", "expect": {"regex": "(unclosed"}}], "validator",
        "a regular expression that does not compile"),
+    md(f"{ANALYSIS}.smokePrompts", [{"prompt": "p", "expect": {"regex": "(P[0-9])\\1"}}], "validator",
+       "a backreference: RE2, which matches in linear time, has none; no schema compiles a regular expression"),
     md(f"{ANALYSIS}.smokePrompts", [{"prompt": "p" * 60_000, "expect": {"json": True}}] * 30, "validator",
        "each prompt fits, but the object is over the 1.5 MiB Kubernetes stores", names="1.5 MiB"),
 ]

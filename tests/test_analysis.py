@@ -229,3 +229,45 @@ async def test_no_more_than_the_configured_requests_are_in_flight():
 
     assert result.passed, result.reason
     assert preview.max_in_flight == 3
+
+
+@pytest.mark.asyncio
+async def test_a_catastrophic_pattern_cannot_stall_the_event_loop():
+    """`^(a+)+$` backtracks exponentially in Python's re (2.4 s at 28 characters, x1.8 a character):
+    a tenant's smoke check would freeze every namespace's reconciles. RE2 matches in linear time, so
+    the analysis ends at once; a loop ticker measures the longest stall. (32 characters: were the
+    pattern ever matched by backtracking again, this test would fail after ~25 s, not hang.)"""
+    import asyncio
+    import time
+
+    attack = [{"prompt": "Say a lot", "expect": {"regex": "^(a+)+$"}}]
+    preview = Backend({"Say a lot": "a" * 32 + "!"})
+    stalls: list[float] = []
+
+    async def ticker():
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            stalls.append(time.monotonic() - before - 0.01)
+
+    with OpenAIServer(preview) as server:
+        watching = asyncio.create_task(ticker())
+        result = await asyncio.wait_for(analyse(AnalysisSpec.model_validate({"smokePrompts": attack, "requests": 3}),
+                                                server.url, MODEL, "pre-abc-1"), timeout=30)
+        watching.cancel()
+
+    assert not result.passed and "does not match /^(a+)+$/" in result.reason
+    assert max(stalls, default=0) < 0.5, f"the event loop stalled {max(stalls):.2f} s"
+
+
+def test_a_pattern_re2_cannot_match_in_linear_time_is_refused_by_name():
+    from tuneloop.api.common import SpecError
+    from tuneloop.api.modeldeployment import parse_spec
+
+    spec = {"baseModel": {"name": "m"}, "adapter": {"name": "a", "version": "1"}, "strategy": {"blueGreen": {
+        "prePromotionAnalysis": {"smokePrompts": [{"prompt": "p", "expect": {"regex": r"(P\d)\1"}}]}}}}
+    with pytest.raises(SpecError) as refused:
+        parse_spec(spec)
+    assert refused.value.problems == [
+        "spec.strategy.blueGreen.prePromotionAnalysis.smokePrompts[0].expect.regex: not a regular expression RE2 "
+        "accepts (invalid escape sequence: \\1); RE2 matches in linear time and has no backreferences or look-arounds"]

@@ -7,7 +7,6 @@ abort, activeSelector, previewSelector) so that people who know Argo Rollouts kn
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
@@ -26,7 +25,7 @@ from tuneloop.api.common import (
 )
 from tuneloop.api.crd import Kind, Printer
 from tuneloop.api.evaluation import JudgeSpec
-from tuneloop.api.fields import MAX_TEXT, ImageReference, Name, Quantity, StorageUri, Text
+from tuneloop.api.fields import MAX_TEXT, ImageReference, Name, Quantity, StorageUri, Text, linear_pattern
 from tuneloop.api.finetunejob import BaseModelRef, ObjectMeta, cel
 
 KIND = "ModelDeployment"
@@ -98,17 +97,15 @@ class Expectation(WireModel):
 
     contains: str | None = Field(None, min_length=1, max_length=4096, description="The answer contains this text.")
     regex: str | None = Field(None, min_length=1, max_length=1024,
-                              description="The answer matches this Python regular expression.")
+                              description="The answer matches this regular expression (RE2 syntax: matched "
+                                          "in linear time; no backreferences or look-arounds).")
     json_valid: bool | None = Field(None, alias="json", description="The answer parses as JSON.")
 
     @field_validator("regex")
     @classmethod
     def _compiles(cls, regex: str | None) -> str | None:
         if regex is not None:
-            try:
-                re.compile(regex)
-            except re.error as error:
-                raise ValueError(f"not a regular expression: {error}") from None
+            linear_pattern(regex)
         return regex
 
     @model_validator(mode="after")

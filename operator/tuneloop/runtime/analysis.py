@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import re
 import statistics
 import time
 from collections import Counter
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from tuneloop.api.fields import linear_pattern
 from tuneloop.api.evaluation import JudgeSpec
 from tuneloop.api.modeldeployment import AnalysisSpec, Expectation
 from tuneloop.judge_client import Judge, JudgeUnavailable
@@ -126,7 +126,8 @@ def _misses(expect: Expectation, answer: str) -> str | None:
     if expect.contains is not None:
         return None if expect.contains in answer else f"does not contain {_quote(expect.contains)}"
     if expect.regex is not None:
-        return None if re.search(expect.regex, answer) else f"does not match /{expect.regex}/"
+        # RE2: linear in the answer's length, whatever the pattern (this runs on the event loop).
+        return None if linear_pattern(expect.regex).search(answer) else f"does not match /{expect.regex}/"
     try:
         json.loads(answer)
         parses = True
