@@ -521,3 +521,9 @@ def test_the_operator_reconciles_at_most_100_objects_at_once_by_default(tmp_path
     assert settings.queueing.worker_limit == 100 and settings.queueing.idle_timeout == 0.5
     unbounded = named(render(None, "operator.maxConcurrentReconciles=null"), "ConfigMap", "-config")
     assert operator_config([unbounded]).max_concurrent_reconciles is None
+
+
+def test_an_empty_secret_list_is_refused_not_read_as_every_secret():
+    result = helm("template", "t", str(CHART), "--namespace", NAMESPACE, "--set-json", "rbac.secretNames=[]")
+    assert result.returncode != 0
+    assert "/rbac/secretNames" in result.stderr and "minItems" in result.stderr, result.stderr
