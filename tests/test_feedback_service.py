@@ -22,6 +22,7 @@ from sqlalchemy import insert
 
 from feedback_server import serving
 from postgres import free_port, postgres_server  # noqa: F401  (postgres_server: a fixture)
+from openai_server import closed_port
 from tuneloop.feedback.app import create_app
 from tuneloop.feedback.auth import TokenError, token_from_environment
 from tuneloop.feedback.database import (
@@ -472,3 +473,20 @@ def test_the_command_line_serves_and_refuses_to_start_without_a_token(tmp_path):
     assert "bearer token required" in output and "POST /v1/feedback" in output
     assert TOKEN not in output
     assert Path(tmp_path / "cli.db").exists()
+
+
+@pytest.mark.parametrize("database, said", [
+    ("postgresql://nobody@127.0.0.1:{port}/feedback", "cannot reach database postgresql+psycopg://nobody@127.0.0.1"),
+    ("sqlite:////no/such/folder/feedback.db", "cannot reach database sqlite:////no/such/folder/feedback.db: "
+                                             "unable to open database file"),
+    ("postgresql+nodriver://db/feedback", "cannot use database postgresql+nodriver://db/feedback: Can't load plugin"),
+])
+def test_a_database_the_service_cannot_use_is_one_line_at_start_up_not_a_traceback(database, said):
+    environment = {**{key: value for key, value in os.environ.items() if not key.startswith("TUNELOOP_FEEDBACK_")},
+                   "TUNELOOP_FEEDBACK_TOKEN": TOKEN}
+    refused = subprocess.run([sys.executable, "-m", "tuneloop.feedback", "--port", str(free_port()),
+                              "--database-url", database.format(port=closed_port())],
+                             env=environment, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    assert "Traceback" not in refused.stderr
+    assert refused.stderr.splitlines()[-1].startswith(f"python -m tuneloop.feedback: error: {said}"), refused.stderr

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -52,6 +52,21 @@ def parse_database_url(url: str) -> URL:
     return parsed
 
 
+def first_line(error: BaseException) -> str:
+    """An error as one line: SQLAlchemy's messages carry the SQL and a link on the lines after."""
+    return (str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def check_reachable(engine: Engine) -> None:
+    """Connect once: a database that is down or a file that cannot be created is one clear line at
+    start-up (DatabaseUrlError), not a traceback from inside the server."""
+    try:
+        with engine.connect():
+            pass
+    except exc.SQLAlchemyError as error:
+        raise DatabaseUrlError(f"cannot reach database {printable_url(engine)}: {first_line(error)}") from None
+
+
 def printable_url(engine_or_url: Engine | URL) -> str:
     url = engine_or_url.url if isinstance(engine_or_url, Engine) else engine_or_url
     return url.render_as_string(hide_password=True)
@@ -59,9 +74,12 @@ def printable_url(engine_or_url: Engine | URL) -> str:
 
 def make_engine(url: str) -> Engine:
     parsed = parse_database_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True)
-    engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
+    try:
+        if parsed.get_backend_name() != "sqlite":
+            return create_engine(parsed, pool_pre_ping=True)
+        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
+    except (exc.NoSuchModuleError, exc.ArgumentError, ImportError) as error:
+        raise DatabaseUrlError(f"cannot use database {printable_url(parsed)}: {first_line(error)}") from None
     event.listen(engine, "connect", take_over_sqlite_transactions)
     event.listen(engine, "begin", begin_sqlite_transaction)
     return engine

@@ -14,7 +14,9 @@ from tuneloop.feedback.database import (
     DATABASE_URL_ENV,
     DEFAULT_DATABASE_URL,
     DatabaseUrlError,
+    check_reachable,
     database_url_from_environment,
+    make_engine,
 )
 
 DEFAULT_HOST = "127.0.0.1"
@@ -29,7 +31,13 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, database_url: str 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if token is None:
         token = token_from_environment()
-    app = create_app(database_url or database_url_from_environment(), token, allow_no_auth=allow_no_auth)
+    url = database_url or database_url_from_environment()
+    probe = make_engine(url)
+    try:
+        check_reachable(probe)
+    finally:
+        probe.dispose()
+    app = create_app(url, token, allow_no_auth=allow_no_auth)
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
 
 
