@@ -490,3 +490,40 @@ def test_a_database_the_service_cannot_use_is_one_line_at_start_up_not_a_traceba
     assert refused.returncode == 2
     assert "Traceback" not in refused.stderr
     assert refused.stderr.splitlines()[-1].startswith(f"python -m tuneloop.feedback: error: {said}"), refused.stderr
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"afterId": 2**63}, "query.afterId"),
+    ({"upToId": 10**30}, "query.upToId"),
+    ({"model": "acme\x00tickets"}, "query.model"),
+    ({"model": "acme\ntickets"}, "query.model"),
+])
+def test_ids_past_bigint_and_control_characters_are_422_on_every_database(client, params, field):
+    """PostgreSQL answered these with a 500 (an integer out of range, a NUL in a text parameter)."""
+    for path in ("/v1/feedback", "/v1/feedback/stats"):
+        if path.endswith("stats") and "upToId" in params:
+            continue
+        response = client.get(path, params=params)
+        assert response.status_code == 422, response.text
+        assert response.json()["field"] == field
+
+
+def test_a_database_that_goes_away_is_a_json_503_and_health_does_not_wait_for_it(postgres_server):
+    """The session's PostgreSQL stopped under a running service: requests get a JSON 503 with
+    Retry-After (they were a plain-text 500), /healthz still answers, /readyz says why; started
+    again, the service serves again without a restart."""
+    with TestClient(create_app(postgres_server.create_database(), TOKEN), headers=AUTH) as client:
+        assert client.post("/v1/feedback", json=feedback()).status_code == 201
+        postgres_server.stop(mode="fast")
+        try:
+            for response in (client.post("/v1/feedback", json=feedback("key-2")), client.get("/v1/feedback")):
+                assert response.status_code == 503, response.text
+                assert response.headers["retry-after"] == "5"
+                assert response.json() == {"error": "the database is unavailable; try again"}
+            assert client.get("/healthz").status_code == 200
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["error"].startswith("the database does not answer")
+        finally:
+            postgres_server.resume()
+        assert client.get("/readyz").status_code == 200
+        assert client.post("/v1/feedback", json=feedback("key-2")).status_code == 201

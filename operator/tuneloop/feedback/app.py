@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from pydantic import AfterValidator
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -28,16 +30,28 @@ from tuneloop.feedback.database import make_engine, printable_url
 from tuneloop.feedback.errors import error_response, install_error_handlers
 from tuneloop.feedback.limits import DEFAULT_PAGE_SIZE, MAX_BODY_BYTES, MAX_NAME_CHARS, MAX_PAGE_SIZE
 from tuneloop.feedback.migrate import upgrade_database
-from tuneloop.feedback.schemas import ErrorBody, FeedbackCreated, FeedbackIn, FeedbackPage, FeedbackStats
+from tuneloop.feedback.schemas import (
+    ErrorBody,
+    FeedbackCreated,
+    FeedbackIn,
+    FeedbackPage,
+    FeedbackStats,
+    single_line_checker,
+)
 from tuneloop.feedback.store import add_feedback, feedback_page, feedback_stats
 
 log = logging.getLogger("tuneloop.feedback")
 
-ModelFilter = Annotated[str | None, Query(max_length=MAX_NAME_CHARS, description="Only this served model's rows.")]
-AfterId = Annotated[int, Query(alias="afterId", ge=0, description="Only rows with a larger id.")]
+MAX_ID = 2**63 - 1  # ids are BIGINT: a larger one is a 422, not the database's 500
+READY_TIMEOUT_SECONDS = 2.0
+_model_name = single_line_checker(MAX_NAME_CHARS)
+ModelFilter = Annotated[str | None, Query(max_length=MAX_NAME_CHARS, description="Only this served model's rows."),
+                        AfterValidator(lambda model: model if model is None else _model_name(model))]
+AfterId = Annotated[int, Query(alias="afterId", ge=0, le=MAX_ID, description="Only rows with a larger id.")]
 ERROR_RESPONSES = {status: {"model": ErrorBody, "description": description} for status, description in {
     400: "The body is not valid UTF-8 JSON.", 401: "Missing or wrong bearer token.",
     413: f"The body is larger than {MAX_BODY_BYTES} bytes.", 422: "A field is missing or invalid.",
+    503: "The database is unavailable; try again after Retry-After seconds.",
 }.items()}
 
 
@@ -94,7 +108,8 @@ def create_app(database_url: str, token: str | None, *, allow_no_auth: bool = Fa
     def list_feedback(
         after_id: AfterId = 0,
         model: ModelFilter = None,
-        up_to_id: Annotated[int | None, Query(alias="upToId", ge=0, description="Only rows up to this id.")] = None,
+        up_to_id: Annotated[int | None, Query(alias="upToId", ge=0, le=MAX_ID,
+                                              description="Only rows up to this id.")] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
     ) -> FeedbackPage:
         return feedback_page(engine, model, after_id, up_to_id, limit)
@@ -103,17 +118,27 @@ def create_app(database_url: str, token: str | None, *, allow_no_auth: bool = Fa
     def stats(model: ModelFilter = None, after_id: AfterId = 0) -> FeedbackStats:
         return feedback_stats(engine, model, after_id)
 
+    # Both run on the event loop, not in the thread pool that database calls can fill: the process
+    # answers /healthz while the database hangs, and /readyz waits for it at most READY_TIMEOUT_SECONDS.
     @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    def database_answers() -> None:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
     @app.get("/readyz", tags=["health"], responses={503: {"model": ErrorBody}})
-    def readyz() -> Response:
+    async def readyz() -> Response:
         try:
-            with engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
+            await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, database_answers),
+                                   READY_TIMEOUT_SECONDS)
+        except TimeoutError:
+            return error_response(503, f"the database did not answer within {READY_TIMEOUT_SECONDS:g} s",
+                                  headers={"Retry-After": "5"})
         except SQLAlchemyError as error:
-            return error_response(503, f"the database does not answer: {type(error).__name__}")
+            return error_response(503, f"the database does not answer: {type(error).__name__}",
+                                  headers={"Retry-After": "5"})
         return JSONResponse({"status": "ready"})
 
     app.include_router(v1)

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc
 from starlette.exceptions import HTTPException
 
 from tuneloop.api.common import field_path, humanize
 from tuneloop.feedback.schemas import ErrorBody, FieldProblem
 from tuneloop.feedback.store import IdempotencyConflict
+
+log = logging.getLogger("tuneloop.feedback")
 
 
 def error_response(status: int, error: str, field: str | None = None, problems: list[FieldProblem] | None = None,
@@ -48,7 +53,19 @@ async def idempotency_conflict(_request: Request, error: IdempotencyConflict) ->
     return error_response(409, str(error), "body.idempotencyKey")
 
 
+RETRY_AFTER_SECONDS = 5
+
+
+async def database_unavailable(_request: Request, error: Exception) -> JSONResponse:
+    """The database is down, unreachable or locked: a JSON 503 a client can retry, not a plain 500."""
+    log.warning("database unavailable: %s", str(getattr(error, "orig", None) or error).splitlines()[0])
+    return error_response(503, "the database is unavailable; try again", headers={
+        "Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    for unavailable in (exc.OperationalError, exc.InterfaceError, exc.TimeoutError):
+        app.add_exception_handler(unavailable, database_unavailable)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(IdempotencyConflict, idempotency_conflict)
