@@ -527,3 +527,25 @@ def test_a_database_that_goes_away_is_a_json_503_and_health_does_not_wait_for_it
             postgres_server.resume()
         assert client.get("/readyz").status_code == 200
         assert client.post("/v1/feedback", json=feedback("key-2")).status_code == 201
+
+
+def test_a_page_of_the_largest_rows_stops_at_its_byte_budget_and_the_next_page_goes_on(client):
+    """1000 rows of the largest size would be 2 GB in one answer (250 took the process to 507 MiB):
+    a page also ends at MAX_PAGE_BYTES of text, and paging still returns every row once."""
+    from tuneloop.feedback.limits import MAX_PAGE_BYTES
+
+    big = "x" * (MAX_TEXT_BYTES - 100)
+    rows = MAX_PAGE_BYTES // (3 * len(big)) + 10  # more than one page's budget
+    for index in range(rows):
+        body = feedback(f"big-{index}", prompt=f"{index} {big}", answer=big, correction=f"{big} {index}")
+        assert client.post("/v1/feedback", json=body).status_code == 201
+    first = client.get("/v1/feedback", params={"limit": 1000}).json()
+    assert 0 < len(first["items"]) < rows and first["nextAfterId"] == first["items"][-1]["id"]
+    assert sum(len(item["prompt"]) + len(item["answer"]) + len(item["correction"]) for item in first["items"]) \
+        <= MAX_PAGE_BYTES
+    seen, after = [item["idempotencyKey"] for item in first["items"]], first["nextAfterId"]
+    while after is not None:
+        page = client.get("/v1/feedback", params={"limit": 1000, "afterId": after}).json()
+        seen += [item["idempotencyKey"] for item in page["items"]]
+        after = page["nextAfterId"]
+    assert seen == [f"big-{index}" for index in range(rows)]

@@ -10,3 +10,5 @@ MAX_NAME_CHARS = 200  # model, adapterVersion, idempotencyKey
 MAX_LABEL_CHARS = 64
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+# A page also ends before its rows' text passes this: 1000 rows of the largest size would be 2 GB.
+MAX_PAGE_BYTES = 8 * 1024 * 1024

@@ -9,6 +9,7 @@ few rows a second at most; the lock costs nothing at that rate.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -17,6 +18,7 @@ from sqlalchemy import Engine, case, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from tuneloop.feedback.database import consistent_read, exclusive_transaction
+from tuneloop.feedback.limits import MAX_PAGE_BYTES
 from tuneloop.feedback.models import feedback
 from tuneloop.feedback.schemas import FeedbackIn, FeedbackPage, FeedbackRecord, FeedbackStats
 
@@ -67,17 +69,30 @@ def record(row: Any) -> FeedbackRecord:
     return FeedbackRecord.model_validate({**row, "created_at": as_utc(row["created_at"])})
 
 
+def row_bytes(row: Any) -> int:
+    """About what a row weighs in the page: its text in UTF-8 (messages as their JSON)."""
+    return sum(len((value if isinstance(value, str) else json.dumps(value)).encode())
+               for value in row.values() if isinstance(value, (str, list, dict)))
+
+
 def feedback_page(engine: Engine, model: str | None, after_id: int, up_to_id: int | None, limit: int) -> FeedbackPage:
-    """Rows with after_id < id <= up_to_id in id order, at most `limit` of them."""
+    """Rows with after_id < id <= up_to_id in id order: at most `limit` of them, and no more than
+    MAX_PAGE_BYTES of text (at least one row). Rows are streamed from the database, not all fetched."""
     query = select(feedback).where(feedback.c.id > after_id).order_by(feedback.c.id).limit(limit + 1)
     if model is not None:
         query = query.where(feedback.c.model == model)
     if up_to_id is not None:
         query = query.where(feedback.c.id <= up_to_id)
+    items, size, more = [], 0, False
     with engine.connect() as connection:
-        rows = connection.execute(query).mappings().all()
-    items = [record(row) for row in rows[:limit]]
-    return FeedbackPage(items=items, next_after_id=items[-1].id if len(rows) > limit else None)
+        for row in connection.execution_options(stream_results=True, yield_per=50).execute(query).mappings():
+            cost = row_bytes(row)
+            if len(items) == limit or (items and size + cost > MAX_PAGE_BYTES):
+                more = True
+                break
+            items.append(record(row))
+            size += cost
+    return FeedbackPage(items=items, next_after_id=items[-1].id if more else None)
 
 
 def feedback_stats(engine: Engine, model: str | None, after_id: int) -> FeedbackStats:
