@@ -64,13 +64,14 @@ def parse_json_line(line: str) -> Any:
     """One JSONL line; ValueError with a plain message for anything that is not a usable JSON value."""
     try:
         row = json.loads(line)
+        found = lone_surrogate(row)
     except json.JSONDecodeError as error:
         raise ValueError(f"broken JSON: {error.msg} at column {error.colno}") from None
     except RecursionError:
         raise ValueError("broken JSON: nested deeper than a dataset row can be") from None
     except ValueError as error:  # e.g. an integer of more than 4300 digits
         raise ValueError(f"broken JSON: {error}") from None
-    if found := lone_surrogate(row):
+    if found:
         raise ValueError(found)
     return row
 
