@@ -21,6 +21,7 @@ import itertools
 import json
 import socket
 import ssl
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -44,10 +45,20 @@ VERBS = ["create", "get", "list", "patch", "update"]
 
 
 def host_address() -> str:
-    """This machine's address on its default route: an Endpoints object may not hold a loopback address."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect(("203.0.113.1", 9))  # TEST-NET-3; no packet is sent: this only picks the interface
-        return probe.getsockname()[0]
+    """An address of this machine that is not loopback (an Endpoints object may not hold one): the
+    default route's, else any global IPv4 address an interface has."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("203.0.113.1", 9))  # TEST-NET-3; no packet is sent: this only picks the interface
+            return probe.getsockname()[0]
+    except OSError:  # no default route
+        listed = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True,
+                                text=True, check=False).stdout
+        addresses = [line.split()[3].split("/")[0] for line in listed.splitlines() if len(line.split()) > 3]
+        if not addresses:
+            raise RuntimeError("this machine has no non-loopback IPv4 address for the aggregated API's "
+                               "Endpoints") from None
+        return addresses[0]
 
 
 def self_signed(folder: Path, address: str) -> ssl.SSLContext:
