@@ -107,7 +107,6 @@ class Rollout:
         self.server, self.pdbs, self.namespace = server, pdbs, namespace
         self.kubelet = Kubelet(server, namespace, backends, never_ready)
         self.vllm = OpenAIServer(backend_for=self.kubelet.backend_for)
-        self.backends = backends
         self.tmp_path = tmp_path
 
     def __enter__(self) -> "Rollout":

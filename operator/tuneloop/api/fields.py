@@ -8,6 +8,7 @@ sets rather than backslash classes), because the API server evaluates them in Go
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Annotated, Any, Literal
 
@@ -126,6 +127,7 @@ _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # the error is ours to report, not absl's to print
 
 
+@functools.lru_cache(maxsize=256)  # an analysis matches the same few patterns against every answer
 def linear_pattern(regex: str) -> Any:
     """A tenant's regular expression compiled by RE2: matched in time linear in the text, so no
     pattern (`^(a+)+$`) can stall the operator's event loop. ValueError says why RE2 refuses one
