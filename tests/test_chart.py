@@ -315,6 +315,9 @@ def test_workload_defaults_go_into_the_operators_configuration():
     assert config.catalog["llama-3.1-8b-instruct"] == "s3://models/llama-3.1-8b-instruct"
     assert config.s3_endpoint == "http://minio.storage.svc:9000" and config.s3_secret_name == "minio-credentials"
     assert config.mlflow_tracking_uri == "http://mlflow.mlops.svc:5000"
+    assert (config.data_check.cpu, config.data_check.memory) == ("1", "4Gi")
+    sized = operator_config(render(None, "workloads.dataCheck.cpu=2", "workloads.dataCheck.memory=16Gi"))
+    assert (sized.data_check.cpu, sized.data_check.memory) == ("2", "16Gi")  # a number is a quantity too
     bundled = operator_config(render(SCENARIOS["bundled-mlflow"]))
     assert bundled.mlflow_tracking_uri == f"http://t-tuneloop-mlflow.{NAMESPACE}.svc:5000"
     assert bundled.webhook_port == 8088

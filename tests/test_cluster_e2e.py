@@ -84,20 +84,20 @@ def apply_example(namespace: str, name: str, **spec_changes) -> None:
     kubectl("apply", "-f", "-", stdin=yaml.safe_dump(manifest))
 
 
-def test_applying_the_example_creates_one_configmap_and_one_training_job(cluster):
+def test_applying_the_example_creates_one_configmap_and_one_cpu_data_check_job(cluster):
     apply_example(cluster, "acme-tickets")
-    job = wait_for(lambda: get("job", cluster, "acme-tickets-train"), what="the training Job")
-    ftj = wait_for(lambda: (f := get("ftj", cluster, "acme-tickets")) and f.get("status", {}).get("phase") in
-                   ("Training", "Validating") and f, what="phase Training")
+    job = wait_for(lambda: get("job", cluster, "acme-tickets-validate"), what="the data check Job")
+    ftj = wait_for(lambda: (f := get("ftj", cluster, "acme-tickets")) and f.get("status", {}).get("phase")
+                   in ("Validating", "Training", "Failed") and f, what="phase Validating")
     assert job["metadata"]["ownerReferences"][0]["uid"] == ftj["metadata"]["uid"]
     container = job["spec"]["template"]["spec"]["containers"][0]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]  # no GPU before the data is read
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    configmap = get("configmap", cluster, "acme-tickets-train")
+    configmap = get("configmap", cluster, "acme-tickets-validate")
     assert json.loads(configmap["data"]["workload.json"])["modelPath"] == "/mnt/pvc/models/smollm2-135m-instruct"
     time.sleep(5)  # a few reconcile periods: nothing is created twice
-    jobs = json.loads(kubectl("get", "jobs", "-n", cluster, "-l", "tuneloop.dev/finetunejob=acme-tickets",
-                              "-o", "json"))["items"]
+    jobs = json.loads(kubectl("get", "jobs", "-n", cluster, "-o", "json",
+                              "-l", "tuneloop.dev/finetunejob=acme-tickets,tuneloop.dev/stage=validate"))["items"]
     assert [j["metadata"]["uid"] for j in jobs] == [job["metadata"]["uid"]]
 
 
@@ -107,7 +107,7 @@ def test_an_invalid_spec_fails_with_invalid_spec_and_launches_nothing(cluster):
                    and f, what="phase Failed")
     failed = next(c for c in ftj["status"]["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "InvalidSpec" and "llama-70b" in failed["message"]
-    assert get("job", cluster, "unknown-model-train") is None
+    assert get("job", cluster, "unknown-model-validate") is None
 
 
 def test_the_api_server_rejects_what_the_crd_schema_forbids(cluster):
@@ -122,8 +122,8 @@ def test_the_api_server_rejects_what_the_crd_schema_forbids(cluster):
 
 def test_deleting_a_finetunejob_removes_what_it_owns(cluster):
     apply_example(cluster, "short-lived")
-    wait_for(lambda: get("job", cluster, "short-lived-train"), what="the training Job")
+    wait_for(lambda: get("job", cluster, "short-lived-validate"), what="the data check Job")
     kubectl("delete", "ftj", "short-lived", "-n", cluster, "--wait=true")
-    wait_for(lambda: get("job", cluster, "short-lived-train") is None
-             and get("configmap", cluster, "short-lived-train") is None, timeout=120,
+    wait_for(lambda: get("job", cluster, "short-lived-validate") is None
+             and get("configmap", cluster, "short-lived-validate") is None, timeout=120,
              what="the garbage collector to remove the Job and ConfigMap")

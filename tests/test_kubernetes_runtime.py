@@ -85,7 +85,7 @@ def test_live_progress_comes_from_the_trainers_mlflow_run(tracking_uri):
     experiment = client.get_experiment_by_name("progress-test")
     run = client.create_run(experiment.experiment_id if experiment else client.create_experiment("progress-test"),
                             run_name=name)
-    assert asyncio.run(mlflow_progress(tracking_uri, "progress-test", name))["stage"] == "validating-data"
+    assert asyncio.run(mlflow_progress(tracking_uri, "progress-test", name))["stage"] == "preparing-data"
     client.log_batch(run.info.run_id, params=[Param("total_steps", "100")], metrics=[
         Metric("loss", loss, 0, step) for step, loss in ((1, 2.0), (2, 1.5), (25, 0.7))
     ] + [Metric("step", float(step), 0, step) for step in (1, 2, 25)]

@@ -253,6 +253,43 @@ def stage_job(stage: str, inputs: dict, config=CONFIG, **spec):
     return by_kind(workload_objects(manifest, LaunchWorkload(stage, f"support-bot-{stage}", inputs), config))
 
 
+def test_the_data_check_job_reads_every_input_on_a_cpu_before_any_gpu_is_requested():
+    objects = stage_job("validate", {}, resources={**job().spec.resources.to_wire(), "gpus": 2, "nodes": 2})
+    for obj in objects.values():
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    job_spec = objects["Job"]["spec"]
+    pod = job_spec["template"]["spec"]
+    assert "completionMode" not in job_spec  # one pod, whatever the training's nodes
+    (container,) = pod["containers"]
+    assert container["name"] == "check-data" and container["image"] == CONFIG.images.trainer
+    assert container["command"][:3] == ["python", "-m", "tuneloop_trainer.check_data"]
+    assert container["resources"] == {"limits": {"cpu": "1", "memory": "4Gi"}, "requests": {"cpu": "1", "memory": "4Gi"}}
+    assert pod["tolerations"] == []            # no GPU node taints tolerated: it runs on any CPU node
+    assert pod["nodeSelector"] == {"gpu": "h100"}  # the job's own selector (data locality) still applies
+    assert all(mount.get("readOnly") for mount in container["volumeMounts"] if mount["name"].startswith("pvc-"))
+    workload = json.loads(objects["ConfigMap"]["data"]["workload.json"])
+    assert workload["worldSize"] == 4  # 2 GPUs x 2 nodes: the step estimate is the training's
+    assert workload["datasetPath"] == "/mnt/pvc/datasets/support/train.jsonl"
+    failing_fast = [rule["onExitCodes"]["containerName"] for rule in job_spec["podFailurePolicy"]["rules"]
+                    if rule["action"] == "FailJob"]
+    assert failing_fast == ["check-data"]  # bad data is the data's fault: no retry
+
+
+def test_the_data_check_fetches_an_s3_model_without_its_weights():
+    from tuneloop.reconcile.finetunejob import LaunchWorkload
+    from tuneloop.runtime.manifests import WEIGHT_FILES, workload_objects
+
+    objects = by_kind(workload_objects(s3_job(), LaunchWorkload("validate", "support-bot-validate"), S3_CONFIG))
+    fetches = {c["name"]: c["command"] for c in objects["Job"]["spec"]["template"]["spec"]["initContainers"]}
+    assert list(fetches) == ["fetch-model", "fetch-dataset", "fetch-replay"]
+    model = fetches["fetch-model"]
+    assert model[-2:] == ["s3://models/llama-3.1-8b", "/inputs/model"]
+    assert [model[i + 1] for i, word in enumerate(model) if word == "--exclude"] == list(WEIGHT_FILES)
+    assert "--exclude" not in fetches["fetch-dataset"]
+    training = by_kind(training_objects(s3_job(), "support-bot-train", S3_CONFIG))
+    assert "--exclude" not in training["Job"]["spec"]["template"]["spec"]["initContainers"][0]["command"]
+
+
 EVALUATE_INPUTS = {"adapter_uri": "pvc://adapters/support-bot/adapter",
                    "hold_out_uri": "pvc://adapters/support-bot/hold-out.jsonl", "training_run_id": "r1"}
 

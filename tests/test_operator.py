@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from k8s_emulator import handlers_registry, running_emulator
+from stage_results import DATA_CHECKED
 
 REPO = Path(__file__).resolve().parents[1]
 CRDS = list(yaml.safe_load_all((REPO / "crds" / "tuneloop.dev_crds.yaml").read_text()))
@@ -22,6 +23,7 @@ JOB = ("batch/v1", "Job")
 CONFIGMAP = ("v1", "ConfigMap")
 POD = ("v1", "Pod")
 WORKLOAD = "acme-tickets-train"
+DATA_CHECK = "acme-tickets-validate"
 
 
 @pytest.fixture
@@ -112,7 +114,7 @@ def test_the_example_runs_through_training_evaluation_and_registration(operator_
         async with running_emulator(CRDS) as harness:
             async def body():
                 harness.create(EXAMPLE)
-                finish_job(harness, RESULT, await job_named(harness, WORKLOAD))
+                finish_job(harness, RESULT, await data_checked(harness))
                 evaluate = validated(await harness.wait_for(lambda: harness.get(JOB, "default", "acme-tickets-evaluate")))
                 await job_in_phase(harness, "Evaluating")
                 pod = evaluate["spec"]["template"]["spec"]
@@ -138,9 +140,9 @@ def test_the_example_runs_through_training_evaluation_and_registration(operator_
                 await asyncio.sleep(1.0)
 
             await run_operator(harness, body, kubeconfig_dir=operator_env)
-            assert len(harness.list_objects(JOB, include_deleted=True)) == 3
+            assert len(harness.list_objects(JOB, include_deleted=True)) == 4
             reasons = {e.get("reason") for e in harness.list_objects(("v1", "Event"), "default")}
-            assert {"Trained", "GatePassed", "Evaluated", "Registered", "Succeeded"} <= reasons
+            assert {"DataValidated", "Trained", "GatePassed", "Evaluated", "Registered", "Succeeded"} <= reasons
             harness.assert_event_precedes(FTJ, "default", "acme-tickets", "Succeeded", "Succeeded")
             harness.assert_event_precedes(FTJ, "default", "acme-tickets", "EvaluatingStarted", "Evaluating")
 
@@ -152,7 +154,7 @@ def test_an_unreachable_registry_is_retried_with_a_new_job_and_nothing_is_lost(o
         async with running_emulator(CRDS) as harness:
             async def body():
                 harness.create(EXAMPLE)
-                finish_job(harness, RESULT, await job_named(harness, WORKLOAD))
+                finish_job(harness, RESULT, await data_checked(harness))
                 finish_job(harness, EVALUATED, await job_named(harness, "acme-tickets-evaluate"))
                 first = await job_named(harness, "acme-tickets-register")
                 uid = harness.get(JOB, "default", first)["metadata"]["uid"]
@@ -180,7 +182,7 @@ def test_an_unavailable_judge_fails_the_job_with_that_reason(operator_env):
         async with running_emulator(CRDS) as harness:
             async def body():
                 harness.create(EXAMPLE)
-                finish_job(harness, RESULT, await job_named(harness, WORKLOAD))
+                finish_job(harness, RESULT, await data_checked(harness))
                 fail_job(harness, {"succeeded": False, "reason": "JudgeUnavailable",
                                    "message": "judge at http://judge:8000/v1 unreachable after 4 retries"},
                          await job_named(harness, "acme-tickets-evaluate"))
@@ -201,14 +203,30 @@ async def job_named(harness, name: str) -> str:
     return name
 
 
+async def data_checked(harness) -> str:
+    """Play the Validating stage: its Job found the data good. Returns the training Job's name."""
+    finish_job(harness, DATA_CHECKED, await job_named(harness, DATA_CHECK))
+    return await job_named(harness, WORKLOAD)
+
+
 def test_applying_the_example_creates_one_configmap_and_one_job_and_results_flow_back(operator_env):
     async def scenario():
         async with running_emulator(CRDS) as harness:
             async def body():
                 harness.create(EXAMPLE)
+                check = validated(await harness.wait_for(lambda: harness.get(JOB, "default", DATA_CHECK)))
+                ftj = await job_in_phase(harness, "Validating")
+                assert ftj["status"]["conditions"][0]["type"] == "SpecValid"
+                assert harness.get(JOB, "default", WORKLOAD) is None  # no GPU is asked for before the data is read
+                container = check["spec"]["template"]["spec"]["containers"][0]
+                assert container["command"][:3] == ["python", "-m", "tuneloop_trainer.check_data"]
+                assert "nvidia.com/gpu" not in container["resources"]["limits"]
+
+                finish_job(harness, DATA_CHECKED, DATA_CHECK)
                 job = await harness.wait_for(lambda: harness.get(JOB, "default", WORKLOAD))
                 ftj = await job_in_phase(harness, "Training")
-                assert ftj["status"]["conditions"][0]["type"] == "SpecValid"
+                assert ftj["status"]["dataReport"]["estimatedSteps"] == 68
+                assert ftj["status"]["dataset"]["rows"] == 300
                 kubernetes_validate.validate(job, "1.33.0", strict=True)
                 configmap = harness.get(CONFIGMAP, "default", WORKLOAD)
                 kubernetes_validate.validate(configmap, "1.33.0", strict=True)
@@ -227,7 +245,7 @@ def test_applying_the_example_creates_one_configmap_and_one_job_and_results_flow
                                             label_selector="tuneloop.dev/stage=train")) == 1
             assert None not in harness.history(JOB, "default", WORKLOAD)  # never deleted and re-created
             reasons = {e.get("reason") for e in harness.list_objects(("v1", "Event"), "default")}
-            assert {"TrainingStarted", "Trained", "EvaluatingStarted"} <= reasons
+            assert {"ValidatingStarted", "DataValidated", "TrainingStarted", "Trained", "EvaluatingStarted"} <= reasons
 
     asyncio.run(scenario())
 
@@ -253,12 +271,32 @@ def test_a_spec_the_cluster_cannot_run_fails_with_invalid_spec_and_launches_noth
     asyncio.run(scenario())
 
 
+def test_bad_data_fails_the_job_at_validating_and_no_gpu_is_ever_requested(operator_env):
+    message = "/mnt/pvc/datasets/tickets.jsonl: 2 bad rows of 300: ...:7: broken JSON; ...:9: no 'output'"
+
+    async def scenario():
+        async with running_emulator(CRDS) as harness:
+            async def body():
+                harness.create(EXAMPLE)
+                fail_job(harness, {"succeeded": False, "reason": "InvalidData", "message": message, "badRows": 2},
+                         await job_named(harness, DATA_CHECK))
+                failed = await job_in_phase(harness, "Failed")
+                condition = next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")
+                assert (condition["reason"], condition["message"]) == ("InvalidData", message)
+                await asyncio.sleep(1.0)
+
+            await run_operator(harness, body, kubeconfig_dir=operator_env)
+            assert [j["metadata"]["name"] for j in harness.list_objects(JOB, include_deleted=True)] == [DATA_CHECK]
+
+    asyncio.run(scenario())
+
+
 def test_a_pod_killed_for_memory_fails_the_job_with_that_reason(operator_env):
     async def scenario():
         async with running_emulator(CRDS) as harness:
             async def body():
                 harness.create(EXAMPLE)
-                await harness.wait_for(lambda: harness.get(JOB, "default", WORKLOAD))
+                await data_checked(harness)
                 terminated_pod(harness, f"{WORKLOAD}-oom", {"exitCode": 137, "reason": "OOMKilled"})
                 harness.patch_status(JOB, "default", WORKLOAD, {"failed": 4, "conditions": [
                     {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
@@ -274,15 +312,15 @@ def test_a_pod_killed_for_memory_fails_the_job_with_that_reason(operator_env):
 
 
 def test_an_operator_restarted_in_every_phase_creates_nothing_twice(operator_env):
-    """Stop the operator in Training, Evaluating and Registering and start a new one each time."""
-    stages = ("train", "evaluate", "register")
-    results = {"train": RESULT, "evaluate": EVALUATED, "register": REGISTERED}
+    """Stop the operator in Validating, Training, Evaluating and Registering and start a new one each time."""
+    stages = ("validate", "train", "evaluate", "register")
+    results = {"validate": DATA_CHECKED, "train": RESULT, "evaluate": EVALUATED, "register": REGISTERED}
 
     async def scenario():
         async with running_emulator(CRDS) as harness:
             async def start():
                 harness.create(EXAMPLE)
-                await job_named(harness, WORKLOAD)
+                await job_named(harness, DATA_CHECK)
 
             def finish(stage: str, then: str | None):
                 async def body():
@@ -310,21 +348,21 @@ def test_an_operator_killed_between_the_configmap_and_the_job_finishes_the_launc
     """Status is written last: a crash after the ConfigMap leaves the job Pending with its ConfigMap."""
     from tuneloop.api.finetunejob import FineTuneJob
     from tuneloop.config import load_config
-    from tuneloop.runtime.manifests import training_objects
+    from tuneloop.runtime.manifests import data_check_objects
 
     async def scenario():
         async with running_emulator(CRDS) as harness:
             ftj = harness.create(EXAMPLE)
-            configmap = training_objects(FineTuneJob.model_validate(ftj), WORKLOAD, load_config())[0]
+            configmap = data_check_objects(FineTuneJob.model_validate(ftj), DATA_CHECK, load_config())[0]
             left_behind = harness.create(configmap)
 
             async def body():
-                await job_named(harness, WORKLOAD)
-                await job_in_phase(harness, "Training")
+                await job_named(harness, DATA_CHECK)
+                await job_in_phase(harness, "Validating")
 
             await run_operator(harness, body, kubeconfig_dir=operator_env)
             configmaps = harness.list_objects(CONFIGMAP, "default", include_deleted=True,
-                                              label_selector="tuneloop.dev/stage=train")
+                                              label_selector="tuneloop.dev/stage=validate")
             assert [c["metadata"]["uid"] for c in configmaps] == [left_behind["metadata"]["uid"]]
             assert len(harness.list_objects(JOB, include_deleted=True)) == 1
 
@@ -336,13 +374,14 @@ def test_deleting_a_finetunejob_removes_what_it_owns(operator_env):
         async with running_emulator(CRDS) as harness:
             async def body():
                 harness.create(EXAMPLE)
-                await harness.wait_for(lambda: harness.get(JOB, "default", WORKLOAD))
+                await data_checked(harness)
                 harness.delete(FTJ, "default", "acme-tickets")
                 await harness.wait_for(lambda: harness.get(FTJ, "default", "acme-tickets") is None)
 
             await run_operator(harness, body, kubeconfig_dir=operator_env)
-            assert harness.get(JOB, "default", WORKLOAD) is None
-            assert harness.get(CONFIGMAP, "default", WORKLOAD) is None
+            for name in (DATA_CHECK, WORKLOAD):
+                assert harness.get(JOB, "default", name) is None
+                assert harness.get(CONFIGMAP, "default", name) is None
 
     asyncio.run(scenario())
 

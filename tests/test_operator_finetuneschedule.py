@@ -24,6 +24,7 @@ import yaml
 
 from feedback_server import serving
 from k8s_emulator import handlers_registry, running_emulator
+from stage_results import DATA_CHECKED
 from test_operator import EVALUATED, REGISTERED, RESULT, finish_job
 from tuneloop import clock
 from tuneloop.feedback.app import create_app
@@ -172,6 +173,8 @@ def test_one_finetunejob_per_due_slot_never_two_at_once_and_too_few_corrections_
                 await harness.wait_for(lambda: "still going (Forbid)" in status_of(harness)["lastRun"]["message"])
                 assert len(harness.list_objects(FTJ, "default")) == 1 and len(snapshot_jobs(harness)) == 1
 
+                finish_job(harness, DATA_CHECKED, await harness.wait_for(
+                    lambda: harness.get(JOB, "default", f"{run_name}-validate") and f"{run_name}-validate"))
                 finish_job(harness, RESULT, await harness.wait_for(
                     lambda: harness.get(JOB, "default", f"{run_name}-train") and f"{run_name}-train"))
                 finish_job(harness, EVALUATED, await harness.wait_for(
@@ -219,6 +222,8 @@ def test_a_restarted_operator_continues_the_run_and_missed_slots_run_once(scene)
                 await harness.wait_for(lambda: harness.list_objects(FTJ, "default"))
                 fail = {"succeeded": False, "message": "CUDA out of memory"}
                 run_name = snapshot.removesuffix("-snapshot")
+                await harness.wait_for(lambda: harness.get(JOB, "default", f"{run_name}-validate"))
+                finish_job(harness, DATA_CHECKED, f"{run_name}-validate")
                 await harness.wait_for(lambda: harness.get(JOB, "default", f"{run_name}-train"))
                 finish_job(harness, fail, f"{run_name}-train")
                 await harness.wait_for(lambda: (status_of(harness).get("lastRun") or {}).get("outcome") == "Failed")

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from k8s_emulator import PEERING_CRD, running_emulator
-from test_operator import CRDS, EXAMPLE, JOB, RESULT, finish_job, operator_env  # noqa: F401  (a fixture)
+from stage_results import DATA_CHECKED
+from test_operator import CRDS, EXAMPLE, JOB, finish_job, operator_env  # noqa: F401  (a fixture)
 
 PEERING = ("kopf.dev/v1", "KopfPeering")
 
@@ -48,13 +49,13 @@ def test_two_replicas_never_both_act_and_the_second_takes_over(operator_env):
                 await harness.wait_for(
                     lambda: len((harness.get(PEERING, "default", "tuneloop") or {}).get("status") or {}) == 2, 60)
                 harness.create(EXAMPLE)
-                await harness.wait_for(lambda: harness.get(JOB, "default", "acme-tickets-train"), 30)
+                await harness.wait_for(lambda: harness.get(JOB, "default", "acme-tickets-validate"), 30)
                 await asyncio.sleep(3)  # time for a second actor to show itself
                 assert len(harness.list_objects(JOB, include_deleted=True)) == 1
 
                 await stop(replicas[100])
-                finish_job(harness, RESULT)
-                await harness.wait_for(lambda: harness.get(JOB, "default", "acme-tickets-evaluate"), 30)
+                finish_job(harness, DATA_CHECKED, "acme-tickets-validate")
+                await harness.wait_for(lambda: harness.get(JOB, "default", "acme-tickets-train"), 30)
             finally:
                 for replica in replicas.values():
                     await stop(replica)
@@ -76,7 +77,7 @@ def test_a_standalone_operator_acts_without_any_peering_object(operator_env):
             replica = start_replica(1, env, log, "--standalone")
             try:
                 harness.create(EXAMPLE)
-                await harness.wait_for(lambda: harness.get(JOB, "default", "acme-tickets-train"), 60)
+                await harness.wait_for(lambda: harness.get(JOB, "default", "acme-tickets-validate"), 60)
             finally:
                 await stop(replica)
 

@@ -18,7 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from safetensors.torch import save_file
 
-from test_operator import EXAMPLE, FTJ, RESULT, finish_job, job_in_phase, job_named
+from test_operator import EXAMPLE, FTJ, RESULT, data_checked, finish_job, job_in_phase
 from test_operator_modeldeployment import NAME, Scenario, manifest, play, ticket_bot
 from tuneloop.api.workloads import RegisterWorkload, compact_result
 from tuneloop_evaluator.register import register
@@ -67,7 +67,7 @@ def test_a_finetunejob_that_beats_the_champion_reaches_traffic_with_no_engineer(
             assert serving["active"]["adapterVersion"] == "1" and s.active_colour() == "blue"
 
             s.harness.create(EXAMPLE)
-            finish_job(s.harness, RESULT, await job_named(s.harness, "acme-tickets-train"))
+            finish_job(s.harness, RESULT, await data_checked(s.harness))
             await job_in_phase(s.harness, "Evaluating")
             finish_job(s.harness, BEAT_THE_CHAMPION, "acme-tickets-evaluate")
             await s.until(lambda: s.harness.get(("batch/v1", "Job"), "default", "acme-tickets-register"))

@@ -31,6 +31,7 @@ from chart_operator import SERVICE_ACCOUNT_USER, SYSTEM, Operator
 from crd_schema import admit
 from feedback_server import serving
 from kube_apiserver import KubeApiServer, missing_binaries, running_control_plane
+from stage_results import DATA_CHECKED
 from tuneloop.api import finetunejob as finetunejob_api
 from test_operator_finetuneschedule import TOKEN as FEEDBACK_TOKEN
 from test_operator_finetuneschedule import post_corrections
@@ -48,6 +49,7 @@ FTJ_API = "/apis/tuneloop.dev/v1alpha1"
 pytestmark = pytest.mark.apiserver
 
 RESULTS = {
+    "validate": DATA_CHECKED,
     "train": {"succeeded": True, "steps": 68, "holdOutLossBefore": 4.08, "holdOutLossAfter": 0.05, "trainLoss": 0.05,
               "tokensPerSecond": 5000.0, "seconds": 60.0, "adapterPath": "/mnt/pvc/adapters/x/adapter",
               "holdOutPath": "/mnt/pvc/adapters/x/hold-out.jsonl",
@@ -61,6 +63,9 @@ RESULTS = {
     "register": {"succeeded": True, "modelName": "acme-tickets", "version": "1", "uri": "models:/acme-tickets/1",
                  "aliases": ["challenger", "champion"], "runId": "r1"},
 }
+
+
+STAGES = tuple(RESULTS)
 
 
 def control_plane_or_skip() -> None:
@@ -148,6 +153,8 @@ def finish_stage(server: KubeApiServer, ftj: dict[str, Any], stage: str, operato
 def test_a_finetunejob_trains_evaluates_registers_and_succeeds_under_the_charts_rbac(control_plane, operator):
     operator, namespace = operator
     ftj = control_plane.apply([finetunejob(namespace, "acme-tickets")])[0]
+    check = finish_stage(control_plane, ftj, "validate", operator)
+    assert "nvidia.com/gpu" not in check["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     train = finish_stage(control_plane, ftj, "train", operator)
     assert train["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     finish_stage(control_plane, ftj, "evaluate", operator)
@@ -158,6 +165,7 @@ def test_a_finetunejob_trains_evaluates_registers_and_succeeds_under_the_charts_
     assert done["status"]["registry"]["uri"] == "models:/acme-tickets/1"
     assert done["status"]["evaluation"]["score"] == 0.6
     assert done["status"]["observedGeneration"] == done["metadata"]["generation"]
+    assert done["status"]["dataReport"]["estimatedSteps"] == 68  # the CRD's status schema keeps the report
     reasons = {event["reason"] for event in control_plane.items(f"/api/v1/namespaces/{namespace}/events")
                if event["involvedObject"].get("uid") == ftj["metadata"]["uid"]}
     assert "Succeeded" in reasons, reasons
@@ -172,6 +180,7 @@ def test_a_preempted_training_pod_is_replaced_by_the_job_controller_and_the_run_
     operator = Operator(control_plane, tmp_path, ["team-preempted"])
     try:
         ftj = control_plane.apply([finetunejob("team-preempted", "preempted")])[0]
+        finish_stage(control_plane, ftj, "validate", operator)
         job = stage_job(control_plane, ftj, "train", operator)
         first = control_plane.wait_for(lambda: next(iter(job_pods(control_plane, job)), None), "the first Pod")
         control_plane.wait_for(lambda: phase_of(control_plane, "team-preempted", "preempted") == "Training",
@@ -195,6 +204,7 @@ def test_a_training_pod_killed_for_memory_fails_the_finetunejob_with_that_reason
     operator = Operator(control_plane, tmp_path, ["team-oom"], workloads={"backoffLimit": 0})
     try:
         ftj = control_plane.apply([finetunejob("team-oom", "oom")])[0]
+        finish_stage(control_plane, ftj, "validate", operator)
         job = stage_job(control_plane, ftj, "train", operator)
         pod = control_plane.wait_for(lambda: next(iter(job_pods(control_plane, job)), None), "the training Pod")
         terminate(control_plane, pod, 137, "OOMKilled")
@@ -226,7 +236,7 @@ def test_an_operator_killed_at_random_moments_creates_nothing_twice_and_loses_no
             created.update({ftj["metadata"]["name"]: ftj
                             for ftj in control_plane.apply([finetunejob(namespace, name) for name in batch])})
             kill_and_restart()
-        for stage in ("train", "evaluate", "register"):
+        for stage in STAGES:
             for index, name in enumerate(names):
                 finish_stage(control_plane, created[name], stage, operator)
                 if index % 4 == 3:
@@ -248,11 +258,11 @@ def test_an_operator_killed_at_random_moments_creates_nothing_twice_and_loses_no
               for obj in control_plane.items(f"{api}/namespaces/{namespace}/{kind}")
               if obj["metadata"]["name"].startswith("burst-")}
     assert stored == {f"{kind}/{name}-{stage}" for kind in ("jobs", "configmaps") for name in names
-                      for stage in ("train", "evaluate", "register")}
+                      for stage in STAGES}
     for name in names:
         status = control_plane.get(f"{FTJ_API}/namespaces/{namespace}/finetunejobs/{name}")["status"]
         done = {c["type"] for c in status["conditions"] if c["status"] == "True"}
-        assert {"Trained", "Evaluated", "Registered", "Complete"} <= done, (name, done)
+        assert {"DataValidated", "Trained", "Evaluated", "Registered", "Complete"} <= done, (name, done)
 
 
 # What the operator renders that Kubernetes 1.20 does not know, and so drops without an error: the
@@ -265,6 +275,7 @@ def test_what_kubernetes_1_20_drops_from_a_training_job_is_only_what_the_harness
     operator = Operator(control_plane, tmp_path, ["team-dropped"])
     try:
         ftj = control_plane.apply([finetunejob("team-dropped", "dropped")])[0]
+        finish_stage(control_plane, ftj, "validate", operator)
         listed = stage_job(control_plane, ftj, "train", operator)
         stored = control_plane.get(f"/apis/batch/v1/namespaces/team-dropped/jobs/{listed['metadata']['name']}")
     finally:
@@ -306,7 +317,7 @@ def test_a_finetuneschedule_runs_one_cycle_from_corrections_to_a_registered_vers
             run = control_plane.wait_for(lambda: operator.alive() and next(iter(children(
                 control_plane, fts, f"{FTJ_API}/namespaces/{namespace}/finetunejobs")), None), "the run's FineTuneJob")
             assert run["spec"]["dataset"]["uri"].startswith("pvc://datasets/acme/feedback/")
-            for stage in ("train", "evaluate", "register"):
+            for stage in STAGES:
                 finish_stage(control_plane, run, stage, operator)
             control_plane.wait_for(lambda: operator.alive() and (schedule_status(control_plane, namespace, name)
                                                                  .get("lastRun") or {}).get("outcome") == "Promoted",
@@ -342,6 +353,7 @@ def test_the_standalone_operator_runs_from_the_command_line(control_plane, tmp_p
     operator = Operator(control_plane, tmp_path, ["team-solo"], standalone=True)
     try:
         ftj = control_plane.apply([finetunejob("team-solo", "solo")])[0]
+        finish_stage(control_plane, ftj, "validate", operator)
         finish_stage(control_plane, ftj, "train", operator)
         control_plane.wait_for(lambda: operator.alive() and phase_of(control_plane, "team-solo", "solo") == "Evaluating",
                                "phase Evaluating")
@@ -355,6 +367,7 @@ def test_names_at_the_longest_the_crd_allows_make_valid_children(control_plane, 
     name = "a" * length
     try:
         ftj = control_plane.apply([finetunejob("team-names", name)])[0]
+        finish_stage(control_plane, ftj, "validate", operator)
         finish_stage(control_plane, ftj, "train", operator)
         control_plane.wait_for(lambda: operator.alive() and phase_of(control_plane, "team-names", name) == "Evaluating",
                                "phase Evaluating")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+from stage_results import DATA_CHECKED
 
 from tuneloop.api.common import get_condition
 from tuneloop.api.finetunejob import FineTuneJobStatus
@@ -22,6 +23,7 @@ from tuneloop.reconcile.finetunejob import (
 NOW = "2026-03-01T12:00:00Z"
 LATER = "2026-03-01T12:30:00Z"
 JOB = "acme-tickets"
+VALIDATE = f"{JOB}-validate"
 TRAIN = f"{JOB}-train"
 
 LOCAL = ReconcileContext(mode="local", catalog=frozenset({"smollm2-135m-instruct"}))
@@ -67,21 +69,27 @@ def events(decision) -> list[EmitEvent]:
     return [action for action in decision.actions if isinstance(action, EmitEvent)]
 
 
-def training_status() -> FineTuneJobStatus:
-    """The status right after the job was accepted and its training workload launched."""
-    return reconcile(JOB, LOCAL_SPEC, FineTuneJobStatus(), Observed(now=NOW), LOCAL, generation=1).status
+def validating_status(spec=LOCAL_SPEC) -> FineTuneJobStatus:
+    """The status right after the job was accepted and its data check launched."""
+    return reconcile(JOB, spec, FineTuneJobStatus(), Observed(now=NOW), LOCAL, generation=1).status
 
 
-# --- Pending -> Training / Failed -----------------------------------------------------------------
+def training_status(spec=LOCAL_SPEC) -> FineTuneJobStatus:
+    """The status right after the data check passed and the training workload was launched."""
+    return reconcile(JOB, spec, validating_status(spec), observed("Succeeded", name=VALIDATE, result=DATA_CHECKED),
+                     LOCAL, generation=1).status
 
 
-def test_a_valid_spec_launches_exactly_one_training_workload():
+# --- Pending -> Validating / Failed ---------------------------------------------------------------
+
+
+def test_a_valid_spec_launches_exactly_one_data_check_and_no_training():
     decision = reconcile(JOB, LOCAL_SPEC, FineTuneJobStatus(), Observed(now=NOW), LOCAL, generation=1)
 
-    assert decision.status.phase == "Training"
-    assert launches(decision) == [LaunchWorkload(stage="train", name="acme-tickets-train")]
-    assert [(event.type, event.reason) for event in events(decision)] == [("Normal", "TrainingStarted")]
-    assert "acme-tickets-train" in events(decision)[0].message
+    assert decision.status.phase == "Validating"
+    assert launches(decision) == [LaunchWorkload(stage="validate", name="acme-tickets-validate")]
+    assert [(event.type, event.reason) for event in events(decision)] == [("Normal", "ValidatingStarted")]
+    assert "acme-tickets-validate" in events(decision)[0].message
     assert decision.status.start_time == NOW
     assert decision.status.observed_generation == 1
     spec_valid = get_condition(decision.status.conditions, "SpecValid")
@@ -91,8 +99,8 @@ def test_a_valid_spec_launches_exactly_one_training_workload():
 def test_a_valid_cluster_spec_launches_in_a_cluster_context():
     decision = reconcile(JOB, CLUSTER_SPEC, FineTuneJobStatus(), Observed(now=NOW), CLUSTER)
 
-    assert decision.status.phase == "Training"
-    assert launches(decision) == [LaunchWorkload("train", TRAIN)]
+    assert decision.status.phase == "Validating"
+    assert launches(decision) == [LaunchWorkload("validate", VALIDATE)]
 
 
 def test_reconcile_does_not_change_the_status_it_is_given():
@@ -164,8 +172,8 @@ def test_s3_inputs_launch_in_a_cluster_context():
 
     decision = reconcile(JOB, spec, FineTuneJobStatus(), Observed(now=NOW), CLUSTER)
 
-    assert decision.status.phase == "Training", decision.status.message
-    assert launches(decision) == [LaunchWorkload("train", TRAIN)]
+    assert decision.status.phase == "Validating", decision.status.message
+    assert launches(decision) == [LaunchWorkload("validate", VALIDATE)]
 
 
 def test_all_context_problems_are_reported_together():
@@ -177,25 +185,76 @@ def test_all_context_problems_are_reported_together():
     assert "spec.dataset.uri: pvc:// storage needs a cluster" in decision.status.message
 
 
+# --- Validating: every row read on a CPU before any GPU ------------------------------------------
+
+
+def test_passed_data_check_records_its_report_and_only_then_launches_training():
+    decision = reconcile(JOB, LOCAL_SPEC, validating_status(),
+                         observed("Succeeded", name=VALIDATE, result=DATA_CHECKED, now=LATER), LOCAL, generation=1)
+    status = decision.status
+
+    assert status.phase == "Training"
+    assert launches(decision) == [LaunchWorkload("train", TRAIN)]
+    assert status.dataset.to_wire() == RESULT["dataset"]
+    assert status.cleaning.exact_duplicates == 10
+    assert status.data_report.to_wire() == {**DATA_CHECKED["report"], "replayRows": 0}
+    validated = get_condition(status.conditions, "DataValidated")
+    assert (validated.status, validated.reason) == ("True", "Succeeded")
+    assert validated.message == ("300 alpaca rows read: 270 to train on, 30 held out, 41,234 tokens; 4 of 270 "
+                                 "training rows longer than maxSeqLength 512 (cut); about 68 optimizer steps")
+    assert [(event.reason, event.message) for event in events(decision)][0] == ("DataValidated", validated.message)
+
+
+def test_bad_data_fails_the_job_before_training_with_every_bad_row_named():
+    message = "data/tickets.jsonl: 2 bad rows of 300: data/tickets.jsonl:7: not JSON; data/tickets.jsonl:9: ..."
+    bad = {"succeeded": False, "reason": "InvalidData", "message": message, "badRows": 2}
+
+    decision = reconcile(JOB, LOCAL_SPEC, validating_status(), observed("Failed", name=VALIDATE, result=bad),
+                         LOCAL, generation=1)
+
+    assert decision.status.phase == "Failed"
+    assert decision.status.message == message
+    assert launches(decision) == []
+    assert get_condition(decision.status.conditions, "Failed").reason == "InvalidData"
+    validated = get_condition(decision.status.conditions, "DataValidated")
+    assert (validated.status, validated.reason) == ("False", "InvalidData")
+
+
+def test_a_data_check_that_vanished_is_launched_again():
+    decision = reconcile(JOB, LOCAL_SPEC, validating_status(), observed("Absent", name=VALIDATE), LOCAL, generation=1)
+
+    assert decision.status.phase == "Validating"
+    assert launches(decision) == [LaunchWorkload("validate", VALIDATE)]
+
+
+def test_a_data_check_reporting_success_without_its_report_fails_the_job_clearly():
+    decision = reconcile(JOB, LOCAL_SPEC, validating_status(),
+                         observed("Succeeded", name=VALIDATE, result={"succeeded": True}), LOCAL, generation=1)
+
+    assert decision.status.phase == "Failed"
+    assert "the validate workload's result is unreadable" in decision.status.message
+    assert launches(decision) == []
+
+
 # --- Training: progress ---------------------------------------------------------------------------
 
 
-def test_a_workload_validating_its_data_shows_as_validating():
+def test_a_trainer_preparing_its_data_shows_as_training_with_what_it_does():
     decision = reconcile(JOB, LOCAL_SPEC, training_status(),
-                         observed("Running", progress={"stage": "validating-data"}), LOCAL, generation=1)
+                         observed("Running", progress={"stage": "preparing-data"}), LOCAL, generation=1)
 
-    assert decision.status.phase == "Validating"
+    assert decision.status.phase == "Training"
+    assert decision.status.message == "training: preparing the data (cleaning, splitting, tokenizing)"
     assert decision.status.progress is None
     assert decision.actions == []
 
 
-def test_a_validating_job_goes_back_to_training_when_training_starts():
-    validating = reconcile(JOB, LOCAL_SPEC, training_status(),
-                           observed("Running", progress={"stage": "validating-data"}), LOCAL, generation=1).status
+def test_training_progress_is_reported_rounded():
     progress = {"stage": "training", "step": 10, "totalSteps": 68, "epoch": 0.2941176, "loss": 1.234,
                 "tokensPerSecond": 950.5, "etaSeconds": 41.6}
 
-    decision = reconcile(JOB, LOCAL_SPEC, validating, observed("Running", progress=progress), LOCAL, generation=1)
+    decision = reconcile(JOB, LOCAL_SPEC, training_status(), observed("Running", progress=progress), LOCAL,
+                         generation=1)
 
     assert decision.status.phase == "Training"
     assert decision.status.progress.to_wire() == {
@@ -224,15 +283,6 @@ def test_an_absent_workload_while_training_is_launched_again_under_the_same_name
     # Another job's workload does not count as this one's.
     other = reconcile(JOB, LOCAL_SPEC, status, observed("Running", name="other-job-train"), LOCAL, generation=1)
     assert launches(other) == [LaunchWorkload("train", TRAIN)]
-
-
-def test_an_absent_workload_while_validating_is_launched_again():
-    validating = reconcile(JOB, LOCAL_SPEC, training_status(),
-                           observed("Running", progress={"stage": "validating-data"}), LOCAL, generation=1).status
-
-    decision = reconcile(JOB, LOCAL_SPEC, validating, observed("Absent"), LOCAL, generation=1)
-
-    assert launches(decision) == [LaunchWorkload("train", TRAIN)]
 
 
 # --- Training: results ----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from stage_results import DATA_CHECKED
 
 from tuneloop.api.common import get_condition
 from tuneloop.api.evaluation import Comparison, GateSpec, Score
@@ -67,14 +68,19 @@ def reasons(decision) -> list[str]:
     return [a.reason for a in decision.actions if isinstance(a, EmitEvent)]
 
 
+def started(spec: dict = SPEC) -> FineTuneJobStatus:
+    """Accepted, data checked, training launched."""
+    validating = reconcile(JOB, spec, FineTuneJobStatus(), Observed(now=NOW), LOCAL, 1).status
+    return step(validating, "validate", "Succeeded", DATA_CHECKED, spec=spec).status
+
+
 def trained_status() -> FineTuneJobStatus:
-    started = reconcile(JOB, SPEC, FineTuneJobStatus(), Observed(now=NOW), LOCAL, 1).status
-    return step(started, "train", "Succeeded", TRAINED).status
+    return step(started(), "train", "Succeeded", TRAINED).status
 
 
 def test_training_hands_the_adapter_and_hold_out_split_to_the_evaluator():
-    started = reconcile(JOB, SPEC, FineTuneJobStatus(), Observed(now=NOW), LOCAL, 1).status
-    decision = step(started, "train", "Succeeded", TRAINED)
+    started_ = started()
+    decision = step(started_, "train", "Succeeded", TRAINED)
 
     assert decision.status.phase == "Evaluating"
     assert launches(decision) == [LaunchWorkload("evaluate", f"{JOB}-evaluate", {
@@ -188,8 +194,7 @@ def test_an_unreadable_result_fails_the_stage_instead_of_crashing_the_operator()
 
 def test_disabled_evaluation_and_registry_skip_their_stages():
     spec = {**SPEC, "evaluation": {"enabled": False}}
-    decision = step(reconcile(JOB, spec, FineTuneJobStatus(), Observed(now=NOW), LOCAL, 1).status,
-                    "train", "Succeeded", TRAINED, spec=spec)
+    decision = step(started(spec), "train", "Succeeded", TRAINED, spec=spec)
     (launch,) = launches(decision)
     assert launch.stage == "register" and launch.inputs["tags"]["tuneloop.dev/gate"] == "not-evaluated"
     assert not launch.inputs["set_challenger"]

@@ -71,6 +71,22 @@ def test_a_folder_and_a_file_arrive_byte_identical(endpoint, tmp_path):
     assert "s3://models/llama -> " in process.stderr and "3 downloaded" in process.stderr
 
 
+def test_the_data_check_fetches_a_model_folder_without_its_weights(endpoint, tmp_path):
+    from tuneloop.runtime.manifests import WEIGHT_FILES
+
+    excluded = [option for pattern in WEIGHT_FILES for option in ("--exclude", pattern)]
+    process = run_fetch(endpoint, *excluded, "s3://models/llama", tmp_path / "model",
+                        "s3://models/data/support/train.jsonl", tmp_path / "dataset")
+
+    assert process.returncode == 0, process.stderr
+    assert files_under(tmp_path / "model") == {name: body for name, body in MODEL_FILES.items()
+                                               if not name.endswith(".safetensors")}
+    # A pattern leaves out a folder's objects, never the one object a URI names.
+    assert run_fetch(endpoint, "--exclude", "*.jsonl", "s3://models/data/support/train.jsonl",
+                     tmp_path / "named").returncode == 0
+    assert files_under(tmp_path / "named") == {"train.jsonl": DATASET}
+
+
 def test_a_second_run_downloads_only_what_is_missing(endpoint, tmp_path):
     model = tmp_path / "model"
     assert run_fetch(endpoint, "s3://models/llama/", model).returncode == 0

@@ -192,10 +192,12 @@ def test_local_runtime_trains_evaluates_registers_and_a_second_run_reuses_it(tin
     assert status.training.hold_out_loss_after < status.training.hold_out_loss_before
     assert status.training.adapter_uri.startswith("file://")
     reasons = [event.reason for event in events]
-    assert reasons[:3] == ["TrainingStarted", "Trained", "EvaluatingStarted"]
+    assert reasons[:5] == ["ValidatingStarted", "DataValidated", "TrainingStarted", "Trained", "EvaluatingStarted"]
     assert reasons[-3:] == ["RegisteringStarted", "Registered", "Succeeded"]
     conditions = {condition.type: condition.status for condition in status.conditions}
-    assert {"SpecValid", "Trained", "Evaluated", "GatePassed", "Registered", "Complete"} <= set(conditions)
+    assert {"SpecValid", "DataValidated", "Trained", "Evaluated", "GatePassed", "Registered",
+            "Complete"} <= set(conditions)
+    assert status.data_report.training_rows == status.dataset.train_rows
     assert status.evaluation.hold_out.examples == status.dataset.hold_out_rows
     assert (status.registry.model_name, status.registry.version) == ("tiny", "1")
     result_file = runtime.workload_dir(job, "tiny-train") / "result.json"

@@ -14,6 +14,7 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from tuneloop.api.common import WireModel
+from tuneloop.api.fields import Quantity
 from tuneloop.images import check_registry, mirrored
 
 
@@ -33,6 +34,13 @@ class Images(WireModel):
     @property
     def adapter_fetcher(self) -> str:
         return self.fetcher or self.evaluator
+
+
+class DataCheckResources(WireModel):
+    """CPU and memory of the Validating stage's pod (requests = limits); it holds the tokenized dataset."""
+
+    cpu: Quantity = "1"
+    memory: Quantity = "4Gi"
 
 
 class OperatorConfig(WireModel):
@@ -70,6 +78,7 @@ class OperatorConfig(WireModel):
     max_concurrent_reconciles: int | None = Field(
         None, ge=1, description="Objects reconciled at once (kopf's queueing.worker_limit); the others wait "
                                 "their turn. Bounds the operator's memory in a burst; unset: no limit.")
+    data_check: DataCheckResources = Field(default_factory=DataCheckResources)
     inputs_size: str = Field("200Gi", description="Size limit of the emptyDir that s3:// inputs are fetched into "
                                                  "(the base model's weights plus the data).")
 

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from tuneloop.api.finetunejob import CleaningStats, DatasetStats
+from tuneloop.api.finetunejob import CleaningStats, DataReportSummary, DatasetStats, TokenLengthBin
 from tuneloop.api.workloads import TrainerWorkload
 from tuneloop_trainer.prepare import prepare
 from tuneloop_trainer.sft import steps_per_epoch
@@ -45,6 +45,12 @@ class DataReport:
             low = edge + 1
         rows.append((f"> {self.max_seq_length} (truncated)", counts[-1]))
         return rows
+
+    def summary(self) -> DataReportSummary:
+        return DataReportSummary(
+            training_rows=len(self.lengths), replay_rows=self.replay_rows, truncated_rows=self.truncated,
+            max_seq_length=self.max_seq_length, estimated_steps=self.steps,
+            token_lengths=[TokenLengthBin(tokens=label, rows=rows) for label, rows in self.histogram()])
 
     def lines(self) -> list[str]:
         stats, cleaning = self.stats, self.cleaning

@@ -3,7 +3,8 @@
 Copies inputs from S3-compatible storage (AWS S3, MinIO, Ceph RGW) into local folders; in a
 cluster it is the init container that runs before the trainer. A URI naming one object lands as
 DEST/<its file name>; any other URI is a prefix, and every object under it lands under DEST at its
-path relative to the prefix (a model folder).
+path relative to the prefix (a model folder). `--exclude GLOB` leaves out the objects of a prefix whose
+relative path matches (the data check fetches a model's tokenizer without its weights).
 
 - Objects already in DEST with the same size are skipped: a second run downloads only what is missing.
 - Each file is written under a temporary name and renamed once complete: no half files.
@@ -24,6 +25,7 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -190,13 +192,17 @@ def download_all(client: Any, bucket: str, objects: list[RemoteObject], files_at
             raise
 
 
-def fetch(client: Any, uri: str, dest: Path, files_at_once: int = FILES_AT_ONCE) -> int:
+def fetch(client: Any, uri: str, dest: Path, files_at_once: int = FILES_AT_ONCE,
+          exclude: tuple[str, ...] = ()) -> int:
     """Brings uri into dest; returns how many files were downloaded (the rest were present)."""
     location = S3Location.parse(uri)
     try:
         objects = find_objects(client, location, dest)
     except (ClientError, BotoCoreError) as error:
         raise explain(error, location.bucket, location.key, client.meta.endpoint_url) from error
+    if exclude and objects[0].key != location.key:  # a folder, not the one object named
+        objects = [remote for remote in objects
+                   if not any(fnmatch(remote.target.relative_to(dest).as_posix(), pattern) for pattern in exclude)]
     missing = [remote for remote in objects if not remote.is_present()]
     download_all(client, location.bucket, missing, files_at_once)
     megabytes = sum(remote.size for remote in missing) / 1e6
@@ -216,13 +222,15 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pairs", nargs="+", metavar="S3_URI DEST", help="what to fetch and the folder it goes to")
     parser.add_argument("--files-at-once", type=int, default=FILES_AT_ONCE, help="parallel downloads")
+    parser.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                        help="leave out objects of a folder whose relative path matches (repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
     client = s3_client(args.files_at_once)
     try:
         for uri, dest in parse_pairs(parser, args.pairs):
-            fetch(client, uri, dest, args.files_at_once)
+            fetch(client, uri, dest, args.files_at_once, tuple(args.exclude))
     except EndpointUnreachable as error:
         log.error("%s", error)
         return ENDPOINT_UNREACHABLE_EXIT

@@ -11,7 +11,15 @@ from typing import Any
 from tuneloop.api.finetunejob import CleaningStats, DatasetStats
 from tuneloop.api.workloads import TrainerWorkload
 from tuneloop_trainer.cleaning import clean
-from tuneloop_trainer.data import DataError, Example, TokenizedExample, load_dataset, split_hold_out, tokenize
+from tuneloop_trainer.data import (
+    BadRows,
+    DataError,
+    Example,
+    TokenizedExample,
+    load_dataset,
+    split_hold_out,
+    tokenize,
+)
 
 log = logging.getLogger("tuneloop_trainer")
 
@@ -55,10 +63,11 @@ def prepare(workload: TrainerWorkload, tokenizer: Any) -> PreparedData:
     if spec.replay is not None:
         replay_rows = load_replay(workload, tokenizer, replay_count(len(train_rows), spec.replay.fraction))
     train = [tokenize(tokenizer, row, max_length) for row in train_rows + replay_rows]
-    for row, tokenized in zip(train_rows, train):
-        if tokenized.trained_tokens == 0:
-            raise DataError(f"{dataset.path}:{row.line}: no answer tokens left within maxSeqLength "
-                            f"{max_length}; raise spec.training.maxSeqLength or shorten the row")
+    answerless = [f"{dataset.path}:{row.line}: no answer tokens left within maxSeqLength {max_length}; raise "
+                  "spec.training.maxSeqLength or shorten the row"
+                  for row, tokenized in zip(train_rows, train) if tokenized.trained_tokens == 0]
+    if answerless:
+        raise BadRows(dataset.path, answerless, len(train_rows))
     truncated = sum(example.truncated for example in train)
     if truncated:
         log.warning("%d training rows were longer than maxSeqLength %d and were truncated", truncated, max_length)

@@ -151,7 +151,7 @@ class Training:
 
         set_seed(training.seed)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.reporter.stage("validating-data")
+        self.reporter.stage("preparing-data")
         tokenizer = load_tokenizer(workload.model_path)
         data = prepare(workload, tokenizer)
         model = load_model(workload.model_path, workload.method, training)

@@ -267,6 +267,23 @@ class DatasetStats(WireModel):
     sha256: str
 
 
+class TokenLengthBin(WireModel):
+    tokens: str = Field(description="Token range of a training row, e.g. 65-128, or '> 512 (truncated)'.")
+    rows: int
+
+
+class DataReportSummary(WireModel):
+    """What the Validating stage found, before any GPU was requested."""
+
+    training_rows: int = Field(description="Rows trained on: the train split plus replay rows.")
+    replay_rows: int = 0
+    truncated_rows: int = Field(description="Training rows longer than maxSeqLength, cut to it.")
+    max_seq_length: int
+    estimated_steps: int = Field(description="Optimizer steps the training will take, all epochs.")
+    token_lengths: list[TokenLengthBin] = Field(default_factory=list, max_length=32,
+                                                description="Training rows per token-length range.")
+
+
 class TrainingResults(WireModel):
     hold_out_loss_before: float
     hold_out_loss_after: float
@@ -290,6 +307,7 @@ class FineTuneJobStatus(WireModel):
     progress: Progress | None = None
     dataset: DatasetStats | None = None
     cleaning: CleaningStats | None = None
+    data_report: DataReportSummary | None = None
     training: TrainingResults | None = None
     evaluation: EvaluationResults | None = None
     registry: RegistryResults | None = None

@@ -18,6 +18,7 @@ from tuneloop.api.evaluation import Comparison, EvaluationSpec, JudgeStats
 from tuneloop.api.finetunejob import (
     CleaningSpec,
     CleaningStats,
+    DataReportSummary,
     DatasetSpec,
     DatasetStats,
     MethodSpec,
@@ -48,8 +49,30 @@ class TrainerWorkload(WireModel):
     tracking: Tracking | None = None
 
 
+class DataCheckWorkload(TrainerWorkload):
+    """The trainer's workload, read by the CPU-only first stage that checks every row before any GPU."""
+
+    world_size: int = Field(1, ge=1, description="Training processes (GPUs x nodes), for the step estimate.")
+
+    @classmethod
+    def of(cls, trainer: TrainerWorkload, world_size: int) -> "DataCheckWorkload":
+        return cls.model_validate({**trainer.model_dump(), "world_size": world_size})
+
+
+class DataCheckResult(WireModel):
+    succeeded: bool
+    reason: str | None = Field(None, description="InvalidData, InvalidModel (no usable tokenizer), "
+                                                 "InvalidWorkload or DataCheckFailed.")
+    message: str | None = None
+    bad_rows: int | None = Field(None, description="Rows that failed the checks, when any did.")
+    dataset: DatasetStats | None = None
+    cleaning: CleaningStats | None = None
+    report: DataReportSummary | None = None
+    seconds: float | None = None
+
+
 class TrainerProgress(WireModel):
-    stage: Literal["validating-data", "training", "saving"]
+    stage: Literal["preparing-data", "training", "saving"]
     step: int = 0
     total_steps: int = 0
     epoch: float = 0

@@ -1,9 +1,9 @@
 r"""The FineTuneJob state machine as a pure function: (spec, status, observed world) -> (actions, status).
 
-    Pending -> Training -> Evaluating -> Registering -> Succeeded
-        \________\______________\______________\_________-> Failed (reason, message)
+    Pending -> Validating -> Training -> Evaluating -> Registering -> Succeeded
+        \_________\_____________\______________\______________\_________-> Failed (reason, message)
 
-Training shows as Validating while the trainer checks the data. Each stage runs one workload
+Validating reads every row on a CPU before any GPU is asked for. Each stage runs one workload
 with a deterministic name; a stage whose workload is absent is launched (runtimes create it only
 if absent), a running one reports progress, a finished one hands its result to the next stage.
 Nothing here talks to Kubernetes or spawns processes: runtimes carry out the actions.
@@ -19,6 +19,8 @@ from typing import Any, Literal
 from tuneloop.api.common import SpecError, now_rfc3339, set_condition
 from tuneloop.api.finetunejob import (
     TERMINAL_PHASES,
+    DataReportSummary,
+    DatasetStats,
     FineTuneJobSpec,
     FineTuneJobStatus,
     Progress,
@@ -27,7 +29,7 @@ from tuneloop.api.finetunejob import (
 )
 from tuneloop.api.evaluation import EvaluationResults, RegistryResults
 from tuneloop.api.modeldeployment import LORA_TAG
-from tuneloop.api.workloads import EvaluatorResult, RegisterResult, TrainerProgress, TrainerResult
+from tuneloop.api.workloads import DataCheckResult, EvaluatorResult, RegisterResult, TrainerProgress, TrainerResult
 from tuneloop.reconcile import gate
 
 WorkloadPhase = Literal["Absent", "Running", "Succeeded", "Failed"]
@@ -94,16 +96,17 @@ class Stage:
     done_condition: str
 
 
+VALIDATE = Stage(name="validate", phase="Validating", done_condition="DataValidated")
 TRAIN = Stage(name="train", phase="Training", done_condition="Trained")
 EVALUATE = Stage(name="evaluate", phase="Evaluating", done_condition="Evaluated")
 REGISTER = Stage(name="register", phase="Registering", done_condition="Registered")
-STAGES = (TRAIN, EVALUATE, REGISTER)
+STAGES = (VALIDATE, TRAIN, EVALUATE, REGISTER)
 
 
 def stages_for(spec: FineTuneJobSpec) -> list[Stage]:
-    """The stages this spec asks for, in order; training always runs."""
+    """The stages this spec asks for, in order; the data check and training always run."""
     return [stage for stage in STAGES
-            if stage is TRAIN or (stage is EVALUATE and spec.evaluation.enabled)
+            if stage in (VALIDATE, TRAIN) or (stage is EVALUATE and spec.evaluation.enabled)
             or (stage is REGISTER and spec.registry.enabled)]
 
 
@@ -214,7 +217,7 @@ def reconcile(
         status.conditions = set_condition(status.conditions, "SpecValid", "True", "Valid",
                                           observed_generation=generation, now=now)
         decision = Decision(status)
-        _enter(status, TRAIN, name, spec, decision)
+        _enter(status, VALIDATE, name, spec, decision)
         return decision
 
     try:
@@ -225,7 +228,6 @@ def reconcile(
     decision = Decision(status)
     _note_spec_change(status, generation, now, decision)
     stages = stages_for(spec)
-    # Validating is how the first stage shows while its workload checks the data.
     stage_index = next((i for i, stage in enumerate(stages) if stage.phase == status.phase), 0)
     stage = stages[stage_index]
     workload_of_stage = workload_name(name, stage.name, spec.resources.nodes)
@@ -295,7 +297,8 @@ def _report_running(status: FineTuneJobStatus, stage: Stage, workload: WorkloadS
     if not workload.progress or stage is not TRAIN:
         return
     progress = TrainerProgress.model_validate(workload.progress)
-    status.phase = "Validating" if progress.stage == "validating-data" else stage.phase
+    if progress.stage == "preparing-data" and not workload.message:
+        status.message = "training: preparing the data (cleaning, splitting, tokenizing)"
     if progress.total_steps:
         if not workload.message:
             status.message = f"{stage.phase.lower()}: step {progress.step} of {progress.total_steps}"
@@ -358,6 +361,24 @@ def registration_inputs(spec: FineTuneJobSpec, status: FineTuneJobStatus) -> dic
     }
 
 
+def _record_data_check(status: FineTuneJobStatus, spec: FineTuneJobSpec, raw: dict[str, Any],
+                       decision: Decision, generation: int | None, now: str) -> str:
+    result = DataCheckResult.model_validate(raw)
+    if result.dataset is None or result.report is None:
+        raise ValueError("the data check reported success without its report")
+    status.dataset, status.cleaning, status.data_report = result.dataset, result.cleaning, result.report
+    return _data_summary(result.dataset, result.report)
+
+
+def _data_summary(dataset: DatasetStats, report: DataReportSummary) -> str:
+    truncated = (f"{report.truncated_rows:,} of {report.training_rows:,} training rows longer than maxSeqLength "
+                 f"{report.max_seq_length} (cut)" if report.truncated_rows else
+                 f"no training row longer than maxSeqLength {report.max_seq_length}")
+    return (f"{dataset.rows:,} {dataset.format} rows read: {report.training_rows:,} to train on, "
+            f"{dataset.hold_out_rows:,} held out, {dataset.train_tokens:,} tokens; {truncated}; "
+            f"about {report.estimated_steps:,} optimizer steps")
+
+
 def _record_training(status: FineTuneJobStatus, spec: FineTuneJobSpec, raw: dict[str, Any],
                      decision: Decision, generation: int | None, now: str) -> str:
     result = TrainerResult.model_validate(raw)
@@ -404,7 +425,7 @@ def _record_registration(status: FineTuneJobStatus, spec: FineTuneJobSpec, raw: 
     return f"registered {result.uri}{aliases}{note}"
 
 
-RECORDERS = {TRAIN.name: _record_training, EVALUATE.name: _record_evaluation, REGISTER.name: _record_registration}
+RECORDERS = {VALIDATE.name: _record_data_check, TRAIN.name: _record_training, EVALUATE.name: _record_evaluation, REGISTER.name: _record_registration}
 
 
 def _note_spec_change(status: FineTuneJobStatus, generation: int | None, now: str, decision: Decision) -> None:

@@ -108,7 +108,7 @@ class KubernetesRuntime:
 
     async def observe(self, job: FineTuneJob, phase: str) -> Observed:
         """The workload of the stage the job is in (the reconciler looks at no other)."""
-        stage = next((stage for stage in STAGES if stage.phase == phase), TRAIN if phase == "Validating" else None)
+        stage = next((stage for stage in STAGES if stage.phase == phase), None)
         if stage is None:
             return Observed()
         name = workload_name(job.metadata.name, stage.name, job.spec.resources.nodes)

@@ -23,7 +23,7 @@ from typing import Callable
 
 from tuneloop import catalog
 from tuneloop.api.finetunejob import TERMINAL_PHASES, FineTuneJob, FineTuneJobStatus
-from tuneloop.api.workloads import Tracking, TrainerWorkload
+from tuneloop.api.workloads import DataCheckWorkload, Tracking, TrainerWorkload
 from tuneloop.runtime import stage_workloads
 from tuneloop.reconcile.finetunejob import (
     EmitEvent,
@@ -38,7 +38,7 @@ from tuneloop.runtime.manifests import CPU_TRAINER_ENV
 
 log = logging.getLogger("tuneloop.local")
 
-WORKLOAD_PROGRAMS = {"train": "tuneloop_trainer", "evaluate": "tuneloop_evaluator",
+WORKLOAD_PROGRAMS = {"validate": "tuneloop_trainer.check_data", "train": "tuneloop_trainer", "evaluate": "tuneloop_evaluator",
                      "register": "tuneloop_evaluator.register"}
 EXPERIMENT = "tuneloop"
 
@@ -169,6 +169,10 @@ class LocalRuntime:
         def resolve(uri: str) -> str:
             return str(resolve_path(uri, self.manifest_dir))
 
+        if action.stage == "validate":
+            resources = job.spec.resources
+            return DataCheckWorkload.of(self.trainer_workload(job, folder),
+                                        world_size=max(resources.gpus, 1) * resources.nodes)
         if action.stage == "train":
             return self.trainer_workload(job, folder)
         if action.stage == "evaluate":

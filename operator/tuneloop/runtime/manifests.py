@@ -17,7 +17,7 @@ from typing import Any
 
 from tuneloop.api.common import API_VERSION, fitted
 from tuneloop.api.finetunejob import KIND, FineTuneJob
-from tuneloop.api.workloads import JUDGE_API_KEY_ENV, Tracking, TrainerWorkload
+from tuneloop.api.workloads import JUDGE_API_KEY_ENV, DataCheckWorkload, Tracking, TrainerWorkload
 from tuneloop.config import OperatorConfig
 from tuneloop.reconcile.finetunejob import LaunchWorkload
 from tuneloop.runtime import stage_workloads
@@ -47,7 +47,10 @@ CPU_TRAINER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRES
                    "MALLOC_TOP_PAD_": str(2**30)}
 
 # The container whose termination message carries each stage's result.
-WORKLOAD_CONTAINERS = {"train": "trainer", "evaluate": "evaluator", "register": "register", "snapshot": "snapshot"}
+WORKLOAD_CONTAINERS = {"validate": "check-data", "train": "trainer", "evaluate": "evaluator", "register": "register",
+                       "snapshot": "snapshot"}
+# What the data check leaves out of a fetched model folder: it needs the tokenizer, not the weights.
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.gguf", "*.h5", "*.msgpack", "*.onnx")
 
 
 class UnsupportedStorage(ValueError):
@@ -204,13 +207,18 @@ def s3_env(config: OperatorConfig) -> list[dict[str, Any]]:
     return env
 
 
-def fetch_containers(storage: Storage, config: OperatorConfig) -> list[dict[str, Any]]:
-    """One init container per s3:// input, so a failure names the input in the pod's status."""
+def fetch_containers(storage: Storage, config: OperatorConfig, *, weights: bool = True) -> list[dict[str, Any]]:
+    """One init container per s3:// input, so a failure names the input in the pod's status.
+    Without `weights`, a model folder comes without its weight files."""
+    def excluded(name: str) -> list[str]:
+        return [] if weights or name != "model" else [option for pattern in WEIGHT_FILES
+                                                      for option in ("--exclude", pattern)]
+
     return [{
         "name": container_name,
         "image": config.images.trainer,
         "imagePullPolicy": config.images.pull_policy,
-        "command": ["python", "-m", "tuneloop_trainer.fetch", uri, f"{INPUTS}/{name}"],
+        "command": ["python", "-m", "tuneloop_trainer.fetch", *excluded(name), uri, f"{INPUTS}/{name}"],
         "env": s3_env(config),
         "resources": FETCH_RESOURCES,
         "volumeMounts": [{"name": "inputs", "mountPath": INPUTS}],
@@ -224,7 +232,7 @@ def pod_spec(job: FineTuneJob, name: str, workload: TrainerWorkload, config: Ope
              extra_env: list[dict[str, Any]] = ()) -> dict[str, Any]:
     """The pod of a stage's workload: trainer image and trainer command unless told otherwise."""
     resources = job.spec.resources
-    gpus = {"train": resources.gpus, "evaluate": min(resources.gpus, 1), "register": 0}[stage]
+    gpus = {"validate": 0, "train": resources.gpus, "evaluate": min(resources.gpus, 1), "register": 0}[stage]
     limits: dict[str, str] = {}
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
@@ -240,7 +248,7 @@ def pod_spec(job: FineTuneJob, name: str, workload: TrainerWorkload, config: Ope
             *extra_env]
     container = {
         "name": WORKLOAD_CONTAINERS[stage],
-        "image": config.images.trainer if stage == "train" else config.images.evaluator,
+        "image": config.images.trainer if stage in ("validate", "train") else config.images.evaluator,
         "imagePullPolicy": config.images.pull_policy,
         "command": command or trainer_command(job, name, workload),
         "env": env,
@@ -380,8 +388,31 @@ def stage_objects(job: FineTuneJob, action: LaunchWorkload, config: OperatorConf
             training_job(job, name, training, config, storage, stage=stage, pod=pod)]
 
 
+def data_check_objects(job: FineTuneJob, name: str, config: OperatorConfig) -> list[dict[str, Any]]:
+    """ConfigMap + Job of the first stage: the trainer image on a CPU reads every row with the base model's
+    tokenizer, before any GPU is requested. It reads the training inputs (read-only; an s3:// model comes
+    without its weights) and needs no GPU node: only the job's own node selector and tolerations apply."""
+    storage = Storage()
+    training = trainer_workload(job, config, storage)
+    storage.writable_claims.clear()
+    resources = job.spec.resources
+    workload = DataCheckWorkload.of(training, world_size=max(resources.gpus, 1) * resources.nodes)
+    command = ["python", "-m", "tuneloop_trainer.check_data", "--spec", f"{SPEC_DIR}/workload.json",
+               "--result", f"{SCRATCH}/result.json", "--termination-log", TERMINATION_LOG]
+    pod = pod_spec(job, name, training, config, storage, stage="validate", command=command)
+    limits = {"cpu": config.data_check.cpu, "memory": config.data_check.memory}
+    pod["containers"][0]["resources"] = {"limits": limits, "requests": dict(limits)}
+    pod["nodeSelector"] = dict(resources.node_selector)
+    if storage.fetches:
+        pod["initContainers"] = fetch_containers(storage, config, weights=False)
+    return [config_map(job, name, workload, "validate"),
+            training_job(job, name, training, config, storage, stage="validate", pod=pod)]
+
+
 def workload_objects(job: FineTuneJob, action: LaunchWorkload, config: OperatorConfig) -> list[dict[str, Any]]:
     """Everything a stage's workload needs, in creation order (the Job last)."""
+    if action.stage == "validate":
+        return data_check_objects(job, action.name, config)
     if action.stage == "train":
         return training_objects(job, action.name, config)
     return stage_objects(job, action, config)

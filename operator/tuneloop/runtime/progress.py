@@ -31,7 +31,7 @@ def progress_from_run(metrics: dict[str, float], params: dict[str, str], start_t
     total = int(params.get("total_steps", 0))
     elapsed = time.time() - start_time_ms / 1000
     return {
-        "stage": "training" if step else "validating-data",
+        "stage": "training" if step else "preparing-data",
         "step": step,
         "totalSteps": total,
         "epoch": metrics.get("epoch", 0.0),
