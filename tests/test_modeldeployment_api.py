@@ -118,8 +118,13 @@ def test_an_adapter_vllm_cannot_load_is_named_before_any_deployment_tries():
     assert unservable_adapter(spec, "3", None) is None  # registered before the tag existed: nothing to check
     assert unservable_adapter(spec, "3", {"r": 16, "useDora": False}) is None
     dora = unservable_adapter(spec, "3", {"r": 8, "useDora": True})
-    assert dora.startswith("adapter acme-tickets version 3 was trained with DoRA") and "spec.serving.merged" in dora
+    assert dora.startswith("adapter acme-tickets version 3 cannot be served: it was trained with DoRA")
+    assert "spec.serving.merged" in dora
     rank = unservable_adapter(spec, "4", {"r": 64, "useDora": False})
-    assert "LoRA rank 64, above spec.serving.maxLoraRank 16" in rank
+    assert "LoRA rank 64 is above spec.serving.maxLoraRank 16" in rank
+    everything = unservable_adapter(spec, "5", {"r": 64, "useDora": True, "bias": "all", "modulesToSave": ["lm_head"]})
+    assert everything.count("; ") == 3 and "--enable-lora-bias" in everything and "lm_head" in everything
+    biased = spec.model_copy(update={"serving": spec.serving.model_copy(update={"extra_args": ["--enable-lora-bias"]})})
+    assert unservable_adapter(biased, "6", {"r": 8, "bias": "lora_only"}) is None
     merged = spec.model_copy(update={"serving": spec.serving.model_copy(update={"merged": True})})
     assert unservable_adapter(merged, "3", {"r": 64, "useDora": True}) is None

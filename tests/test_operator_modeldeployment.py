@@ -330,7 +330,7 @@ def test_a_dora_adapter_is_refused_by_name_and_the_serving_version_keeps_serving
                           else None)
             client.set_registered_model_alias(NAME, "champion", "2")
             degraded = await s.phase("Degraded")
-            assert "adapter acme-tickets version 2 was trained with DoRA" in degraded["message"]
+            assert "adapter acme-tickets version 2 cannot be served: it was trained with DoRA" in degraded["message"]
             s.event_precedes("InvalidSpec", "Degraded")
             assert s.active_colour() == "blue" and degraded["active"]["adapterVersion"] == "1"
             assert v2.requests == [] and s.replicas("green") in (None, 0), "nothing tried to load version 2"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 from stage_results import DATA_CHECKED
@@ -105,8 +104,7 @@ def test_a_passed_gate_registers_with_challenger_and_champion():
     assert launch.inputs["expected_champion"] is None
     assert launch.inputs["tags"]["tuneloop.dev/gate"] == "passed"
     assert launch.inputs["tags"]["tuneloop.dev/dataset-sha256"] == "cd" * 32
-    lora = json.loads(launch.inputs["tags"]["tuneloop.dev/lora"])  # what a server checks before loading it
-    assert set(lora) == {"r", "useDora", "useRslora"} and lora["useDora"] is False
+    assert "tuneloop.dev/lora" not in launch.inputs["tags"]  # registration reads it from the adapter itself
     assert launch.inputs["metrics"]["eval_exactMatch"] == 0.6
     assert reasons(decision) == ["GatePassed", "Evaluated", "RegisteringStarted"]
 

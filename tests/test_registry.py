@@ -34,7 +34,9 @@ def adapter(tmp_path_factory) -> Path:
     (folder / "checkpoints" / "step-10" / "optimizer.pt").write_bytes(b"junk optimizer state")
     (folder / "adapter_model.bin").write_bytes(b"a pickle, never uploaded")
     (folder / "README.md").write_text("model card\n", encoding="utf-8")
-    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}), encoding="utf-8")
+    (folder / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["v_proj", "q_proj"], "bias": "none",
+        "use_dora": False, "use_rslora": True, "modules_to_save": None}), encoding="utf-8")
     (folder / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE"}}), encoding="utf-8")
     save_file({"base_model.model.lora_A.weight": torch.arange(8, dtype=torch.float32).reshape(2, 4)},
               str(folder / "adapter_model.safetensors"))
@@ -65,6 +67,11 @@ def workload(tracking_uri: str, adapter: Path, uid: str, **fields) -> RegisterWo
     return RegisterWorkload(**{**defaults, **fields})
 
 
+# What a server checks before loading the adapter, from the adapter's own adapter_config.json.
+LORA = ('{"r":4,"useDora":false,"useRslora":true,"bias":"none","modulesToSave":[],'
+        '"targetModules":["q_proj","v_proj"]}')
+
+
 def artifact_names(client: MlflowClient, run_id: str, path: str) -> set[str]:
     return {Path(item.path).name for item in client.list_artifacts(run_id, path)}
 
@@ -78,7 +85,7 @@ def test_registers_adapter_with_tags_metrics_and_aliases(sqlite_uri, adapter, re
     version = client.get_model_version(MODEL, "1")
     assert version.source == f"runs:/{result.run_id}/adapter"
     assert version.tags == {"tuneloop.dev/base-model": "tiny-llama", "tuneloop.dev/dataset-sha256": "ab12",
-                            JOB_UID_TAG: "uid-1"}
+                            JOB_UID_TAG: "uid-1", "tuneloop.dev/lora": LORA}
     assert artifact_names(client, result.run_id, "adapter") == ADAPTER_FILES
     assert artifact_names(client, result.run_id, "evaluation") == {"records.jsonl"}
     run = client.get_run(result.run_id)
@@ -169,6 +176,13 @@ def test_missing_or_pickled_adapter_is_not_registered(tmp_path):
     assert (missing.succeeded, missing.reason) == (False, "AdapterMissing")
     assert str(tmp_path / "nowhere") in missing.message
     assert only_pickles.reason == "AdapterMissing" and "adapter_model.bin" in only_pickles.message
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    save_file({"w": torch.zeros(2)}, str(broken / "adapter_model.safetensors"))
+    (broken / "adapter_config.json").write_text("{not json")
+    unreadable = register(workload("sqlite:///unused.db", broken, "uid-1"))
+    assert unreadable.reason == "AdapterMissing" and "adapter_config.json is unreadable" in unreadable.message
 
 
 # --- through an `mlflow server`, with the program as a pod runs it ---

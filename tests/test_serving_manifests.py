@@ -225,3 +225,41 @@ def test_vllm_refuses_what_the_crd_refuses_so_the_operator_never_renders_it(tmp_
     assert accepted_by_vllm == accepted_by_crd == {8, 16, 32, 64, 128, 256, 320, 512}
     assert "max_lora_rank (17) must be one of" in answers[2]["error"]
     assert "--no-such-option" in answers[-1]["error"]
+
+
+ADAPTER_CONFIGS = {  # as peft writes adapter_config.json; only what vLLM's check reads differs
+    "plain": {},
+    "high-rank": {"r": 64},
+    "dora": {"use_dora": True},
+    "rslora": {"use_rslora": True},
+    "bias-all": {"bias": "all"},
+    "bias-lora-only": {"bias": "lora_only"},
+    "modules-to-save": {"modules_to_save": ["lm_head"]},
+    "everything-wrong": {"r": 128, "use_dora": True, "bias": "all", "modules_to_save": ["embed_tokens"]},
+}
+
+
+@pytest.mark.parametrize("bias_flag", [False, True], ids=["plain-args", "enable-lora-bias"])
+def test_the_operator_refuses_exactly_the_adapters_vllm_refuses(tmp_path, bias_flag):
+    """unservable_adapter (a Degraded reason, before any Deployment) against vLLM's own PEFTHelper, on the
+    tag registration writes from each adapter_config.json."""
+    import json
+
+    from tuneloop.api.modeldeployment import lora_options, unservable_adapter
+
+    serving = {"maxLoraRank": 32, **({"extraArgs": ["--enable-lora-bias"]} if bias_flag else {})}
+    md = model_deployment(serving=serving)
+    folders = {}
+    for name, changes in ADAPTER_CONFIGS.items():
+        config = {"peft_type": "LORA", "r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj"],
+                  "bias": "none", "use_dora": False, "use_rslora": False, "modules_to_save": None, **changes}
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        (folders[name] / "adapter_config.json").write_text(json.dumps(config))
+    verdicts = vllm_checks(adapters=[(folder, 32, bias_flag) for folder in folders.values()])["adapters"]
+    for (name, folder), verdict in zip(folders.items(), verdicts):
+        ours = unservable_adapter(md.spec, "7", lora_options(json.loads((folder / "adapter_config.json").read_text())))
+        assert (ours is None) == (verdict is None), (name, ours, verdict)
+    refused_by_vllm = {name for name, verdict in zip(folders, verdicts) if verdict}
+    expected = {"high-rank", "dora", "modules-to-save", "everything-wrong"}
+    assert refused_by_vllm == (expected if bias_flag else expected | {"bias-all", "bias-lora-only"})

@@ -259,7 +259,7 @@ def test_vllm_loads_the_adapters_the_operator_lets_through_and_refuses_the_other
     here agrees with the operator's: the rank against maxLoraRank, and DoRA (vLLM serves none)."""
     from vllm_cli import vllm_checks
 
-    from tuneloop.api.modeldeployment import parse_manifest as parse_deployment, unservable_adapter
+    from tuneloop.api.modeldeployment import lora_options, parse_manifest as parse_deployment, unservable_adapter
 
     adapters = {}
     for name, r, dora in (("lora-16", 16, False), ("dora-8", 8, True)):
@@ -267,7 +267,8 @@ def test_vllm_loads_the_adapters_the_operator_lets_through_and_refuses_the_other
         workload.method.lora.r, workload.method.lora.use_dora = r, dora
         code, result = run_trainer(workload, tmp_path)
         assert code == 0, result.message
-        adapters[name] = (result.adapter_path, {"r": r, "useDora": dora, "useRslora": False})  # the registry's tag
+        config = json.loads((Path(result.adapter_path) / "adapter_config.json").read_text())
+        adapters[name] = (result.adapter_path, lora_options(config))  # the tag registration writes
     cases = [("lora-16", 16), ("lora-16", 32), ("lora-16", 8), ("dora-8", 8)]
     verdicts = vllm_checks(adapters=[(adapters[name][0], rank) for name, rank in cases])["adapters"]
     assert verdicts[:2] == [None, None]

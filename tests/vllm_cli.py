@@ -48,7 +48,8 @@ for argv in request["commands"]:
 for adapter in request["adapters"]:
     try:
         helper = PEFTHelper.from_local_dir(adapter["path"], max_position_embeddings=None)
-        helper.validate_legal(LoRAConfig(max_lora_rank=adapter["maxLoraRank"], max_loras=1))
+        helper.validate_legal(LoRAConfig(max_lora_rank=adapter["maxLoraRank"], max_loras=1,
+                                         bias_enabled=adapter["biasEnabled"]))
         answer["adapters"].append(None)
     except ValueError as error:
         answer["adapters"].append(str(error))
@@ -56,16 +57,17 @@ print(json.dumps(answer, default=str))
 '''
 
 
-def vllm_checks(commands: list[list[str]] = (), adapters: list[tuple[str, int]] = ()) -> dict[str, list[Any]]:
+def vllm_checks(commands: list[list[str]] = (), adapters: list[tuple] = ()) -> dict[str, list[Any]]:
     """For each `vllm serve` argument list: {"error": None, "args": parsed} or {"error": message}; for
-    each (adapter folder, maxLoraRank): None or vLLM's reason to refuse it."""
+    each (adapter folder, maxLoraRank[, --enable-lora-bias given]): None or vLLM's reason to refuse it."""
     if not (VLLM_DIR / ".installed").exists():
         message = f"vLLM's parser is not installed in {VLLM_DIR}: run `make setup`"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
     request = {"commands": [list(command) for command in commands],
-               "adapters": [{"path": str(path), "maxLoraRank": rank} for path, rank in adapters]}
+               "adapters": [{"path": str(path), "maxLoraRank": rank, "biasEnabled": bool(bias and bias[0])}
+                            for path, rank, *bias in adapters]}
     env = {**os.environ, "PYTHONPATH": str(VLLM_DIR), "VLLM_LOGGING_LEVEL": "ERROR", "VLLM_TARGET_DEVICE": "cpu"}
     process = subprocess.run([sys.executable, "-c", CHECKS], input=json.dumps(request), capture_output=True,
                              text=True, env=env, timeout=300)

@@ -31,6 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
+from tuneloop.api.modeldeployment import LORA_TAG, lora_options
 from tuneloop.api.workloads import RegisterResult, RegisterWorkload, write_result
 
 log = logging.getLogger("tuneloop_evaluator.register")
@@ -297,9 +298,25 @@ def register_once(client: MlflowClient, workload: RegisterWorkload, files: list[
                           run_id=version.run_id, already_registered=already_registered)
 
 
+def adapter_tags(folder: Path) -> dict[str, str]:
+    """What a server checks before loading the adapter, from its own adapter_config.json (what was
+    saved, not what was asked for); a full model has none."""
+    config_file = folder / "adapter_config.json"
+    if not config_file.is_file():
+        return {}
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise AdapterMissing(f"{config_file} is unreadable: {error}") from error
+    if not isinstance(config, dict):
+        raise AdapterMissing(f"{config_file} is not a JSON object")
+    return {LORA_TAG: json.dumps(lora_options(config), separators=(",", ":"))}
+
+
 def register(workload: RegisterWorkload) -> RegisterResult:
     try:
         files = adapter_files(Path(workload.adapter_path))
+        workload = workload.model_copy(update={"tags": {**workload.tags, **adapter_tags(Path(workload.adapter_path))}})
     except AdapterMissing as error:
         return failure("AdapterMissing", str(error))
     tracking_uri = workload.tracking.tracking_uri

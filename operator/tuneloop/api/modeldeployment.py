@@ -302,13 +302,45 @@ CRD = Kind(
 )
 
 
-LORA_TAG = "tuneloop.dev/lora"  # on a registered adapter version: {"r": 16, "useDora": false, "useRslora": false}
+# On a registered adapter version: the options of its adapter_config.json that decide whether a
+# server can load it, e.g. {"r": 16, "useDora": false, "useRslora": false, "bias": "none",
+# "modulesToSave": [], "targetModules": ["q_proj", "v_proj"]}.
+LORA_TAG = "tuneloop.dev/lora"
+LORA_BIAS_FLAG = "--enable-lora-bias"
+
+
+def lora_options(adapter_config: dict[str, Any]) -> dict[str, Any]:
+    """What LORA_TAG records of a peft adapter_config.json."""
+    targets = adapter_config.get("target_modules") or []
+    return {"r": adapter_config.get("r"), "useDora": bool(adapter_config.get("use_dora")),
+            "useRslora": bool(adapter_config.get("use_rslora")), "bias": adapter_config.get("bias") or "none",
+            "modulesToSave": list(adapter_config.get("modules_to_save") or []),
+            "targetModules": sorted(targets) if isinstance(targets, list) else targets}
 
 
 def unservable_adapter(spec: "ModelDeploymentSpec", version: str, lora: dict[str, Any] | None) -> str | None:
-    """Why vLLM would refuse this registered adapter version, said before any Deployment tries to load it."""
+    """Why vLLM would refuse this registered adapter version (its PEFTHelper.validate_legal rules), said
+    before any Deployment tries to load it; every reason at once."""
     if lora is None or spec.serving.merged:
         return None
+    problems = []
+    if lora.get("useDora"):
+        problems.append("it was trained with DoRA (spec.method.lora.useDora) and vLLM serves LoRA adapters only: "
+                        "train without DoRA, or register the merged model and set spec.serving.merged")
+    rank = lora.get("r")
+    if isinstance(rank, int) and rank > spec.serving.max_lora_rank:
+        problems.append(f"its LoRA rank {rank} is above spec.serving.maxLoraRank {spec.serving.max_lora_rank}: "
+                        "raise maxLoraRank or train a smaller rank")
+    bias = lora.get("bias", "none")
+    if bias != "none" and LORA_BIAS_FLAG not in spec.serving.extra_args:
+        problems.append(f"it trains biases (bias: {bias}), which vLLM loads only with {LORA_BIAS_FLAG} in "
+                        "spec.serving.extraArgs")
+    if lora.get("modulesToSave"):
+        problems.append(f"it saves whole modules ({', '.join(map(str, lora['modulesToSave']))}), which vLLM cannot "
+                        "load beside a LoRA adapter: register the merged model and set spec.serving.merged")
+    if not problems:
+        return None
+    return f"adapter {spec.adapter.name} version {version} cannot be served: " + "; ".join(problems)
     name = f"adapter {spec.adapter.name} version {version}"
     if lora.get("useDora"):
         return (f"{name} was trained with DoRA (spec.method.lora.useDora); vLLM serves LoRA adapters only: "

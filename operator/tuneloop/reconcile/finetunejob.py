@@ -12,7 +12,6 @@ Nothing here talks to Kubernetes or spawns processes: runtimes carry out the act
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,7 +27,6 @@ from tuneloop.api.finetunejob import (
     parse_spec,
 )
 from tuneloop.api.evaluation import EvaluationResults, RegistryResults
-from tuneloop.api.modeldeployment import LORA_TAG
 from tuneloop.api.workloads import DataCheckResult, EvaluatorResult, RegisterResult, TrainerProgress, TrainerResult
 from tuneloop.reconcile import gate
 
@@ -336,9 +334,6 @@ def registration_inputs(spec: FineTuneJobSpec, status: FineTuneJobStatus) -> dic
         "tuneloop.dev/method": spec.method.type,
         "tuneloop.dev/gate": "not-evaluated" if evaluation is None else ("passed" if passed else "failed"),
     }
-    if spec.method.type != "full":  # what a server needs to know before it loads the adapter
-        tags[LORA_TAG] = json.dumps({"r": spec.method.lora.r, "useDora": spec.method.lora.use_dora,
-                                     "useRslora": spec.method.lora.use_rslora}, separators=(",", ":"))
     metrics = {"hold_out_loss_before": training.hold_out_loss_before,
                "hold_out_loss_after": training.hold_out_loss_after}
     if evaluation is not None:
