@@ -163,6 +163,10 @@ CASES: list[Case] = [
     md("spec.serving.extraArgs", ["--x"] * 300),
     fts("spec.feedback.url", "file:///etc/passwd"), fts("spec.feedback.tokenSecret", {"name": "Bad_Name", "key": "t"}),
     fts("spec.feedback.tokenEnv", "1TOKEN"), fts("spec.schedule", "every night"),
+    # a query or fragment would swallow the path the client appends; credentials belong in Secrets
+    fts("spec.feedback.url", "http://attacker.example/#"), fts("spec.feedback.url", "http://feedback:8080/?to="),
+    fts("spec.feedback.url", "http://user:pass@feedback:8080"),
+    ftj("spec.evaluation.judge", {"url": "http://judge/v1#", "model": "j"}),
     fts("spec.schedule", "61 * * * *", "validator", "the schema checks five fields; their ranges take a cron parser"),
     fts("spec.timeZone", "t" * 100),
     # rules across fields (CEL)

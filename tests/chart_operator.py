@@ -35,9 +35,10 @@ def helm_binary() -> str:
     return str(beside_python)
 
 
-def render_chart(watch_namespaces: list[str], mlflow_uri: str, workloads: dict[str, Any]) -> list[dict[str, Any]]:
+def render_chart(watch_namespaces: list[str], mlflow_uri: str, workloads: dict[str, Any],
+                 values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     values = {"watchNamespaces": watch_namespaces, "catalog": {"smollm2-135m-instruct": "pvc://models/smollm2"},
-              "mlflow": {"trackingUri": mlflow_uri}, "workloads": workloads}
+              "mlflow": {"trackingUri": mlflow_uri}, "workloads": workloads, **(values or {})}
     result = subprocess.run([helm_binary(), "template", RELEASE, str(CHART), "--namespace", SYSTEM, "--values", "-"],
                             input=yaml.safe_dump(values), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -49,11 +50,12 @@ class Operator:
 
     def __init__(self, server: KubeApiServer, folder: Path, watch_namespaces: list[str], *,
                  work_namespaces: tuple[str, ...] = (), standalone: bool = False,
-                 workloads: dict[str, Any] | None = None, reconcile_interval: float = 0.5,
+                 workloads: dict[str, Any] | None = None, values: dict[str, Any] | None = None,
+                 reconcile_interval: float = 0.5,
                  python: tuple[str, ...] = ("-m", "tuneloop.cli")):
         self.server, self.folder = server, folder
         # No MLflow listens there: the FineTuneJob's stages reach MLflow from their pods, not the operator.
-        objects = render_chart(watch_namespaces, f"http://127.0.0.1:{free_port()}", workloads or {})
+        objects = render_chart(watch_namespaces, f"http://127.0.0.1:{free_port()}", workloads or {}, values)
         for namespace in {*watch_namespaces, *work_namespaces}:
             server.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}])
         server.apply([obj for obj in objects if obj["kind"] in CHART_KINDS])

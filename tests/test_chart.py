@@ -23,7 +23,7 @@ from test_registry import free_port, wait_until_healthy
 from tuneloop.api import finetunejob, modeldeployment
 from tuneloop.cli import build_parser, main
 from tuneloop.config import OperatorConfig
-from tuneloop.feedback.auth import TOKEN_FILE_ENV
+from tuneloop.feedback.auth import TOKEN_FILE_ENV, TOKENS_FILE_ENV
 from tuneloop.feedback.database import DATABASE_URL_FILE_ENV
 from tuneloop.reconcile.modeldeployment import target_for
 from tuneloop.runtime.manifests import training_objects
@@ -316,6 +316,15 @@ def test_workload_defaults_go_into_the_operators_configuration():
     assert config.s3_endpoint == "http://minio.storage.svc:9000" and config.s3_secret_name == "minio-credentials"
     assert config.mlflow_tracking_uri == "http://mlflow.mlops.svc:5000"
     assert (config.data_check.cpu, config.data_check.memory) == ("1", "4Gi")
+    assert config.allowed_secrets == []
+    listed = operator_config(render(None, "rbac.allowedSecrets={team-a/judge-key}"))
+    assert listed.allowed_secrets == ["team-a/judge-key"]
+    assert operator_config(render(None)).allowed_urls == []  # tenants' own Services only
+    with_feedback = operator_config(render(None, "allowedUrls={https://judge.corp.internal/v1}", "feedback.enabled=true",
+                                           "feedback.database.secretName=db", "feedback.token.secretName=token"))
+    assert with_feedback.allowed_urls == [  # the bundled feedback service, as schedules name it
+        "https://judge.corp.internal/v1", f"http://t-tuneloop-feedback.{NAMESPACE}:8080",
+        f"http://t-tuneloop-feedback.{NAMESPACE}.svc:8080"]
     sized = operator_config(render(None, "workloads.dataCheck.cpu=2", "workloads.dataCheck.memory=16Gi"))
     assert (sized.data_check.cpu, sized.data_check.memory) == ("2", "16Gi")  # a number is a quantity too
     bundled = operator_config(render(SCENARIOS["bundled-mlflow"]))
@@ -337,18 +346,26 @@ def test_the_operators_arguments_are_ones_tuneloop_accepts(rendered):
 
 def test_secrets_reach_the_services_as_files_under_the_names_the_code_reads():
     objects = render(SCENARIOS["bundled-mlflow"], "feedback.enabled=true", "feedback.database.secretName=db",
-                     "feedback.token.secretName=token")
+                     "feedback.token.secretName=token", "feedback.tokens.secretName=team-tokens")
     pods = dict(pod_specs(objects))
     feedback = pods["Deployment/t-tuneloop-feedback"]["containers"][0]
     environment = {item["name"]: item.get("value") for item in feedback["env"]}
-    assert set(environment) >= {TOKEN_FILE_ENV, DATABASE_URL_FILE_ENV}
+    assert set(environment) >= {TOKEN_FILE_ENV, TOKENS_FILE_ENV, DATABASE_URL_FILE_ENV}
     assert not any("valueFrom" in item for item in feedback["env"])
     operator = pods["Deployment/t-tuneloop-operator"]["containers"][0]
     assert WEBHOOK_SECRET_FILE_ENV in {item["name"] for item in operator["env"]}
-    for container, variable in ((feedback, TOKEN_FILE_ENV), (feedback, DATABASE_URL_FILE_ENV),
-                                (operator, WEBHOOK_SECRET_FILE_ENV)):
+    for container, variable in ((feedback, TOKEN_FILE_ENV), (feedback, TOKENS_FILE_ENV),
+                                (feedback, DATABASE_URL_FILE_ENV), (operator, WEBHOOK_SECRET_FILE_ENV)):
         path = next(item["value"] for item in container["env"] if item["name"] == variable)
         assert any(path.startswith(mount["mountPath"] + "/") for mount in container["volumeMounts"]), variable
+    teams_only = render(None, "feedback.enabled=true", "feedback.database.secretName=db",
+                        "feedback.tokens.secretName=team-tokens")
+    environment = {item["name"] for item in dict(pod_specs(teams_only))["Deployment/t-tuneloop-feedback"]
+                   ["containers"][0]["env"]}
+    assert TOKENS_FILE_ENV in environment and TOKEN_FILE_ENV not in environment
+    no_token = helm("template", "t", str(CHART), "--set", "feedback.enabled=true",
+                    "--set", "feedback.database.secretName=db")
+    assert no_token.returncode != 0 and "/feedback/tokens/secretName" in no_token.stderr  # or token.secretName
 
 
 # --- NetworkPolicies ------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from feedback_server import serving
 from postgres import free_port, postgres_server  # noqa: F401  (postgres_server: a fixture)
 from openai_server import closed_port
 from tuneloop.feedback.app import create_app
-from tuneloop.feedback.auth import TokenError, token_from_environment
+from tuneloop.feedback.auth import TokenError, token_from_environment, tokens_from_environment, tokens_from_yaml
 from tuneloop.feedback.database import (
     DatabaseUrlError,
     database_url_from_environment,
@@ -114,6 +114,83 @@ def test_token_comes_from_the_variable_or_a_file(tmp_path):
     assert "short" not in str(refused.value).replace("shorter", "")
     with pytest.raises(TokenError, match="cannot read the token file"):
         token_from_environment({"TUNELOOP_FEEDBACK_TOKEN_FILE": str(tmp_path / "missing")})
+
+
+# --- tokens scoped to namespaces and models ------------------------------------------------------
+
+TEAM_A, TEAM_B = "team-a-token-0123456789abcdef", "team-b-token-0123456789abcdef"
+TEAMS = f"""
+- name: team-a
+  token: {TEAM_A}
+  namespace: team-a
+- name: team-b (tickets only)
+  token: {TEAM_B}
+  namespace: team-b
+  models: [acme-tickets]
+"""
+
+
+@pytest.fixture
+def teams(database_url):
+    tokens = tokens_from_yaml(TEAMS, "tokens.yaml").with_service_token(TOKEN)
+    with TestClient(create_app(database_url, tokens)) as test_client:
+        yield test_client
+
+
+def as_(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_a_teams_token_never_reads_or_writes_another_teams_corrections(teams):
+    assert teams.post("/v1/feedback", json=feedback("a-1"), headers=as_(TEAM_A)).status_code == 201
+    assert teams.post("/v1/feedback", json=feedback("b-1", correction="B's fix"), headers=as_(TEAM_B)).status_code == 201
+    # The same idempotency key in another namespace is another row, not a conflict that would reveal it.
+    same_key = teams.post("/v1/feedback", json=feedback("a-1", correction="B's own"), headers=as_(TEAM_B))
+    assert (same_key.status_code, same_key.json()["duplicate"]) == (201, False)
+
+    a_rows = teams.get("/v1/feedback", headers=as_(TEAM_A)).json()["items"]
+    b_rows = teams.get("/v1/feedback", params={"model": "acme-tickets"}, headers=as_(TEAM_B)).json()["items"]
+    assert [row["idempotencyKey"] for row in a_rows] == ["a-1"]
+    assert sorted(row["correction"] for row in b_rows) == ["B's fix", "B's own"]
+    assert teams.get("/v1/feedback/stats", params={"model": "acme-tickets"}, headers=as_(TEAM_A)).json()["total"] == 1
+    everything = teams.get("/v1/feedback", headers=as_(TOKEN)).json()["items"]  # the service-wide token
+    assert len(everything) == 3
+
+
+def test_a_token_limited_to_models_is_refused_any_other_by_name(teams):
+    refused = teams.post("/v1/feedback", json=feedback("b-2", model="payroll"), headers=as_(TEAM_B))
+    assert refused.status_code == 403
+    assert refused.json()["error"] == "this token (team-b (tickets only)) may not use model 'payroll'"
+    for path in ("/v1/feedback", "/v1/feedback/stats"):
+        assert teams.get(path, params={"model": "payroll"}, headers=as_(TEAM_B)).status_code == 403
+    assert teams.get("/v1/feedback/stats", headers=as_(TEAM_B)).json()["total"] == 0
+
+
+@pytest.mark.parametrize("text,problem", [
+    ("not: [a list", "not YAML"),
+    ("{}", "a YAML list of 1 to 10,000 tokens"),
+    (f"- {{name: a, token: {TEAM_A}, namespace: Team_A}}", "entry 1 (a): namespace must be a Kubernetes namespace"),
+    ("- {name: a, token: short, namespace: a}", "entry 1 (a): the token is shorter than 16 characters"),
+    (f"- {{name: a, token: {TEAM_A}, namespace: a}}\n- {{name: b, token: {TEAM_A}, namespace: b}}",
+     "entry 2 (b): the same token is listed twice"),
+    (f"- {{name: a, token: {TEAM_A}, namespace: a, models: []}}", "models must be a non-empty list"),
+    (f"- {{name: a, token: {TEAM_A}, namespace: a, admin: true}}", "entry 1: a mapping of name, token"),
+])
+def test_a_bad_tokens_file_is_named_and_never_shows_a_token(text, problem):
+    with pytest.raises(TokenError) as refused:
+        tokens_from_yaml(text, "tokens.yaml")
+    assert problem in str(refused.value) and TEAM_A not in str(refused.value)
+
+
+def test_the_tokens_file_comes_from_a_mounted_secret(tmp_path):
+    (tmp_path / "tokens.yaml").write_text(TEAMS)
+    tokens = tokens_from_environment({"TUNELOOP_FEEDBACK_TOKENS_FILE": str(tmp_path / "tokens.yaml")})
+    assert tokens.scope_for(TEAM_A).namespace == "team-a" and tokens.scope_for(TOKEN) is None
+    both = tokens_from_environment({"TUNELOOP_FEEDBACK_TOKENS_FILE": str(tmp_path / "tokens.yaml"),
+                                    "TUNELOOP_FEEDBACK_TOKEN": TOKEN})
+    assert both.scope_for(TOKEN).namespace is None
+    with pytest.raises(TokenError, match="cannot read the tokens file"):
+        tokens_from_environment({"TUNELOOP_FEEDBACK_TOKENS_FILE": str(tmp_path / "missing.yaml")})
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -470,7 +547,7 @@ def test_the_command_line_serves_and_refuses_to_start_without_a_token(tmp_path):
     finally:
         server.terminate()
         output, _ = server.communicate(timeout=30)
-    assert "bearer token required" in output and "POST /v1/feedback" in output
+    assert "1 bearer token(s) accepted" in output and "POST /v1/feedback" in output
     assert TOKEN not in output
     assert Path(tmp_path / "cli.db").exists()
 

@@ -291,6 +291,98 @@ def test_bad_data_fails_the_job_at_validating_and_no_gpu_is_ever_requested(opera
     asyncio.run(scenario())
 
 
+def with_judge_key(name: str, secret: str) -> dict:
+    manifest = json.loads(json.dumps(EXAMPLE))
+    manifest["metadata"]["name"] = name
+    manifest["spec"]["evaluation"]["judge"] = {"url": "http://judge.default.svc:8000/v1", "model": "judge",
+                                               "apiKeySecret": {"name": secret, "key": "token"}}
+    return manifest
+
+
+def secret(name: str, usage: str | None, data: dict | None = None) -> dict:
+    labels = {"tuneloop.dev/secret-usage": usage} if usage else {}
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "default", "labels": labels},
+            "data": {"token": "czNjcmV0"} if data is None else data}
+
+
+def test_a_judge_key_the_namespace_has_not_marked_for_tuneloop_fails_the_job_before_any_pod(operator_env):
+    """A tenant may not hand any Secret of its namespace to a pod the operator creates: only one labelled
+    tuneloop.dev/secret-usage for the judge (or allow-listed by the admin) is mounted."""
+    async def scenario():
+        async with running_emulator(CRDS) as harness:
+            harness.create(secret("db-password", None))
+            harness.create(secret("judge-key", "judge"))
+            harness.create(secret("wrong-key", "judge", {"other": "eA=="}))
+
+            async def body():
+                for name, key in (("steals", "db-password"), ("missing", "no-such-secret"),
+                                  ("typo", "wrong-key"), ("marked", "judge-key")):
+                    harness.create(with_judge_key(name, key))
+
+                def phase(name):
+                    return ((harness.get(FTJ, "default", name) or {}).get("status") or {}).get("phase")
+                await harness.wait_for(lambda: phase("steals") == "Failed" and phase("missing") == "Failed"
+                                       and phase("typo") == "Failed" and phase("marked") == "Validating")
+                messages = {}
+                for name in ("steals", "missing", "typo"):
+                    failed = next(c for c in harness.get(FTJ, "default", name)["status"]["conditions"]
+                                  if c["type"] == "Failed")
+                    assert failed["reason"] == "SecretNotAllowed"
+                    messages[name] = failed["message"]
+                assert messages["steals"].startswith("spec.evaluation.judge.apiKeySecret: Secret default/db-password "
+                                                     "is not marked for Tuneloop's judge use: label it "
+                                                     "tuneloop.dev/secret-usage=judge")
+                assert messages["missing"] == ("spec.evaluation.judge.apiKeySecret: Secret default/no-such-secret "
+                                               "does not exist")
+                assert messages["typo"] == "spec.evaluation.judge.apiKeySecret: Secret default/wrong-key has no key 'token'"
+
+            await run_operator(harness, body, kubeconfig_dir=operator_env)
+            assert [j["metadata"]["name"] for j in harness.list_objects(JOB, include_deleted=True)] == [
+                "marked-validate"]
+
+    asyncio.run(scenario())
+
+
+def test_a_judge_outside_the_namespace_and_the_allow_list_fails_the_job_before_any_pod(operator_env):
+    manifest = with_judge_key("elsewhere", "judge-key")
+    manifest["spec"]["evaluation"]["judge"]["url"] = "http://judge.team-b.svc:8000/v1"
+
+    async def scenario():
+        async with running_emulator(CRDS) as harness:
+            harness.create(secret("judge-key", "judge"))
+
+            async def body():
+                harness.create(manifest)
+                failed = await harness.wait_for(lambda: next(
+                    (c for c in ((harness.get(FTJ, "default", "elsewhere") or {}).get("status") or {}).get(
+                        "conditions", []) if c["type"] == "Failed"), None))
+                assert failed["reason"] == "AddressNotAllowed"
+                assert failed["message"].startswith("spec.evaluation.judge.url: 'http://judge.team-b.svc:8000/v1' is "
+                                                    "neither a Service of namespace default")
+
+            await run_operator(harness, body, kubeconfig_dir=operator_env)
+            assert harness.list_objects(JOB, include_deleted=True) == []
+
+    asyncio.run(scenario())
+
+
+def test_the_admin_may_allow_list_a_secret_by_name(operator_env):
+    config = operator_env / "config.yaml"
+    config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "allowedSecrets": ["default/shared-judge"]}))
+
+    async def scenario():
+        async with running_emulator(CRDS) as harness:
+            harness.create(secret("shared-judge", None))
+
+            async def body():
+                harness.create(with_judge_key("allowed", "shared-judge"))
+                await harness.wait_for(lambda: harness.get(JOB, "default", "allowed-validate"))
+
+            await run_operator(harness, body, kubeconfig_dir=operator_env)
+
+    asyncio.run(scenario())
+
+
 def test_a_pod_killed_for_memory_fails_the_job_with_that_reason(operator_env):
     async def scenario():
         async with running_emulator(CRDS) as harness:

@@ -97,14 +97,15 @@ async def run_snapshot_pod(harness, name: str, pvc_root: Path) -> dict:
 
 @pytest.fixture
 def scene(tmp_path, monkeypatch):
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"catalog": {"smollm2-135m-instruct": "pvc://models/smollm2-135m-instruct"},
-                                      "mlflowTrackingUri": f"sqlite:///{tmp_path / 'mlflow.db'}"}))
-    monkeypatch.setenv("TUNELOOP_CONFIG", str(config))
     monkeypatch.setenv("TUNELOOP_RECONCILE_INTERVAL", "0.3")
     fake = FakeClock()
     monkeypatch.setattr(clock, "now", fake.now)
     with serving(create_app(f"sqlite:///{tmp_path / 'feedback.db'}", TOKEN)) as url:
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump({"catalog": {"smollm2-135m-instruct": "pvc://models/smollm2-135m-instruct"},
+                                          "mlflowTrackingUri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                          "allowedUrls": [url]}))  # the feedback service, outside the namespace
+        monkeypatch.setenv("TUNELOOP_CONFIG", str(config))
         yield tmp_path, fake, url
 
 
@@ -117,8 +118,10 @@ async def with_operator(harness, tmp_path, body):
         del os.environ["KUBECONFIG"]
 
 
-def create_token_secret(harness) -> None:
-    harness.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tuneloop-feedback"},
+def create_token_secret(harness, labels=None) -> None:
+    """The namespace's feedback token, marked for Tuneloop's feedback use (runtime/secrets.py)."""
+    labels = {"tuneloop.dev/secret-usage": "feedback"} if labels is None else labels
+    harness.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tuneloop-feedback", "labels": labels},
                     "data": {"token": base64.b64encode(TOKEN.encode()).decode()}})
 
 
@@ -257,6 +260,63 @@ def test_the_snapshot_job_of_a_cluster_schedule_needs_a_pvc_folder(scene):
                 harness.create(manifest)
                 message = await harness.wait_for(lambda: status_of(harness).get("message"))
                 assert "spec.feedback.snapshotUri: a cluster needs a pvc://claim/path folder" in message
+
+            await with_operator(harness, tmp_path, body)
+
+    asyncio.run(scenario())
+
+
+def test_a_feedback_url_outside_the_allowed_urls_gets_no_request_and_no_token(scene):
+    tmp_path, fake, url = scene
+
+    async def scenario():
+        async with running_emulator(CRDS) as harness:
+            create_token_secret(harness)
+
+            async def body():
+                manifest = schedule_manifest(url.replace("127.0.0.1", "localhost"))  # the same server, not listed
+                fake.start_at(harness.create(manifest)["metadata"]["creationTimestamp"])
+                fake.advance()
+                condition = await harness.wait_for(lambda: next(
+                    (c for c in status_of(harness).get("conditions", []) if c["type"] == "Permitted"), None))
+                assert (condition["status"], condition["reason"]) == ("False", "AddressNotAllowed")
+                assert condition["message"].startswith("spec.feedback.url: 'http://localhost:")
+                assert "nor under one of the operator's allowedUrls" in condition["message"]
+                await asyncio.sleep(1.0)
+                assert snapshot_jobs(harness) == []
+
+            await with_operator(harness, tmp_path, body)
+
+    asyncio.run(scenario())
+
+
+def test_a_token_secret_not_marked_for_tuneloop_is_refused_by_name_until_it_is(scene):
+    """A tenant cannot hand the operator any Secret of its namespace: the schedule says which and
+    how to mark it, starts nothing, and runs once the namespace has marked it."""
+    tmp_path, fake, url = scene
+
+    async def scenario():
+        async with running_emulator(CRDS) as harness:
+            create_token_secret(harness, labels={"tuneloop.dev/secret-usage": "judge"})  # marked, but not for this
+
+            async def body():
+                post_corrections(url, 6, 0)
+                fake.start_at(harness.create(schedule_manifest(url))["metadata"]["creationTimestamp"])
+                fake.advance()
+                condition = await harness.wait_for(lambda: next(
+                    (c for c in status_of(harness).get("conditions", []) if c["type"] == "Permitted"), None))
+                assert (condition["status"], condition["reason"]) == ("False", "SecretNotAllowed")
+                assert condition["message"].startswith("spec.feedback.tokenSecret: Secret default/tuneloop-feedback "
+                                                       "is not marked for Tuneloop's feedback use: label it "
+                                                       "tuneloop.dev/secret-usage=feedback")
+                await asyncio.sleep(1.0)
+                assert snapshot_jobs(harness) == [] and harness.list_objects(FTJ, "default") == []
+
+                harness.patch(("v1", "Secret"), "default", "tuneloop-feedback",
+                              {"metadata": {"labels": {"tuneloop.dev/secret-usage": "judge.feedback"}}})
+                await harness.wait_for(lambda: snapshot_jobs(harness))
+                allowed = next(c for c in status_of(harness)["conditions"] if c["type"] == "Permitted")
+                assert (allowed["status"], allowed["reason"]) == ("True", "Allowed")
 
             await with_operator(harness, tmp_path, body)
 

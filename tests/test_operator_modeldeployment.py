@@ -143,7 +143,8 @@ def write_config(tmp_path: Path, server: OpenAIServer, **extra) -> None:
     config.write_text(yaml.safe_dump({
         "catalog": {"smollm2-135m-instruct": "pvc://models/smollm2-135m-instruct"},
         "mlflowTrackingUri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "serviceUrlTemplate": server.url + "/{namespace}/{service}", "aliasPollSeconds": 0.2, **extra}))
+        "serviceUrlTemplate": server.url + "/{namespace}/{service}", "aliasPollSeconds": 0.2,
+        "allowedUrls": [server.url + "/judge"], **extra}))  # the judges the scenarios name
     os.environ["TUNELOOP_CONFIG"] = str(config)
 
 
@@ -400,8 +401,9 @@ def test_the_judge_key_comes_from_a_secret_and_a_missing_secret_fails_the_analys
             s.harness.create(manifest({"name": NAME, "version": "1"}, prePromotionAnalysis=analysis))
             degraded = await s.phase("Degraded")
             assert "Secret default/judge-key does not exist" in degraded["message"]
-            s.harness.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "judge-key"},
-                              "data": {"token": base64.b64encode(b"s3cret").decode()}})
+            s.harness.create({"apiVersion": "v1", "kind": "Secret", "metadata": {
+                "name": "judge-key", "labels": {"tuneloop.dev/secret-usage": "judge"}},
+                "data": {"token": base64.b64encode(b"s3cret").decode()}})
             await tuneloop("rollout", "retry", NAME)
             healthy = await s.phase("Healthy")
             assert healthy["active"]["score"] == 9
@@ -410,6 +412,26 @@ def test_the_judge_key_comes_from_a_secret_and_a_missing_secret_fails_the_analys
     run(play(operator_env, {"1": v1, "judge": judge_bot}, body))
 
 
+def test_a_judge_outside_the_allowed_urls_gets_neither_a_request_nor_the_key(operator_env):
+    v1, judge_bot = ticket_bot(), judge_backend(9)
+
+    async def body(s: Scenario, operator):
+        s.harness.create({"apiVersion": "v1", "kind": "Secret", "metadata": {
+            "name": "judge-key", "labels": {"tuneloop.dev/secret-usage": "judge"}},
+            "data": {"token": base64.b64encode(b"s3cret").decode()}})
+        # allowedUrls holds .../judge: /judgement is another path, not under it
+        judge = {"url": s.server.url + "/judgement/judge/v1", "model": "judge",
+                 "apiKeySecret": {"name": "judge-key", "key": "token"}}
+        analysis = {"smokePrompts": [{"prompt": "Kestrel Travel", "expect": {"json": True}, "reference": TICKET}],
+                    "requests": 2, "minJudgeScore": 7, "judge": judge, "initialDelaySeconds": 1}
+        async with operator():
+            s.harness.create(manifest({"name": NAME, "version": "1"}, prePromotionAnalysis=analysis))
+            degraded = await s.phase("Degraded")
+            assert "judge.url: " in degraded["message"] and "is neither a Service of namespace default" in \
+                degraded["message"]
+            assert judge_bot.authorizations == set()
+
+    run(play(operator_env, {"1": v1, "judge": judge_bot}, body))
 
 
 def test_a_model_missing_from_the_catalog_is_reported_and_nothing_is_created(operator_env):

@@ -200,6 +200,47 @@ def test_a_preempted_training_pod_is_replaced_by_the_job_controller_and_the_run_
         operator.stop()
 
 
+SECRETS_NAMESPACE = "team-secrets"
+
+
+def test_a_judge_key_outside_the_charts_secret_names_or_unlabelled_is_refused_under_real_rbac(control_plane, tmp_path):
+    """The operator may get only the Secrets of rbac.secretNames (the API server answers 403 for any
+    other), and uses one only when the namespace has labelled it for the purpose."""
+    namespace = SECRETS_NAMESPACE
+    operator = Operator(control_plane, tmp_path, [namespace])
+    try:
+        key = {"token": base64.b64encode(b"k").decode()}
+        control_plane.apply([
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace, "labels": labels},
+             "data": key}
+            for name, labels in (("team-db", {"tuneloop.dev/secret-usage": "judge"}), ("tuneloop-judge", {}))])
+        jobs = {}
+        for name, secret in (("outside", "team-db"), ("unlabelled", "tuneloop-judge")):
+            manifest = finetunejob(namespace, name)
+            manifest["spec"]["evaluation"]["judge"] = {"url": f"http://judge.{namespace}.svc:8000/v1",
+                                                       "model": "judge",
+                                                       "apiKeySecret": {"name": secret, "key": "token"}}
+            jobs[name] = control_plane.apply([manifest])[0]
+        control_plane.wait_for(lambda: operator.alive() and all(phase_of(control_plane, namespace, name) == "Failed"
+                                                                for name in jobs), "both FineTuneJobs refused")
+        messages = {name: control_plane.get(f"{FTJ_API}/namespaces/{namespace}/finetunejobs/{name}")["status"]["message"]
+                    for name in jobs}
+        assert messages["outside"].startswith(f"spec.evaluation.judge.apiKeySecret: Secret {namespace}/team-db may not "
+                                              "be read by the operator: ask the cluster admin to add 'team-db' to the "
+                                              "chart's rbac.secretNames")
+        assert "is not marked for Tuneloop's judge use" in messages["unlabelled"]
+        assert control_plane.items(f"/apis/batch/v1/namespaces/{namespace}/jobs") == []
+
+        control_plane.apply([{"apiVersion": "v1", "kind": "Secret", "data": key, "metadata": {
+            "name": "tuneloop-judge", "namespace": namespace, "labels": {"tuneloop.dev/secret-usage": "judge"}}}])
+        marked = finetunejob(namespace, "marked")
+        marked["spec"]["evaluation"]["judge"] = {"url": f"http://judge.{namespace}.svc:8000/v1", "model": "judge",
+                                                 "apiKeySecret": {"name": "tuneloop-judge", "key": "token"}}
+        stage_job(control_plane, control_plane.apply([marked])[0], "validate", operator)
+    finally:
+        operator.stop()
+
+
 def test_a_training_pod_killed_for_memory_fails_the_finetunejob_with_that_reason(control_plane, tmp_path):
     operator = Operator(control_plane, tmp_path, ["team-oom"], workloads={"backoffLimit": 0})
     try:
@@ -299,10 +340,11 @@ def test_a_finetuneschedule_runs_one_cycle_from_corrections_to_a_registered_vers
     with serving(create_app(f"sqlite:///{tmp_path / 'feedback.db'}", FEEDBACK_TOKEN)) as url:
         post_corrections(url, 6, 0)
         schedule["spec"]["feedback"].update(url=url, minNewCorrections=5)
-        operator = Operator(control_plane, tmp_path, [namespace])
+        operator = Operator(control_plane, tmp_path, [namespace], values={"allowedUrls": [url]})
         try:
             control_plane.apply([{"apiVersion": "v1", "kind": "Secret", "metadata": {
-                "name": "tuneloop-feedback", "namespace": namespace},
+                "name": "tuneloop-feedback", "namespace": namespace,
+                "labels": {"tuneloop.dev/secret-usage": "feedback"}},
                 "data": {"token": base64.b64encode(FEEDBACK_TOKEN.encode()).decode()}}])
             fts = control_plane.apply([schedule])[0]
             snapshot = control_plane.wait_for(lambda: operator.alive() and next(
@@ -467,6 +509,8 @@ def test_the_operator_was_never_refused_and_nothing_it_wrote_was_pruned(control_
     """Over every request the operator made in this module's tests (this test runs last)."""
     audit = control_plane.audit_entries(SERVICE_ACCOUNT_USER)
     assert audit, "the audit log recorded nothing the operator did: run the module's other tests with it"
-    assert [f"{e['verb']} {e['requestURI']}" for e in audit if e["responseStatus"].get("code") == 403] == []
+    refused = [f"{e['verb']} {e['requestURI']}" for e in audit if e["responseStatus"].get("code") == 403]
+    # The one refusal the chart's RBAC is meant to give: a tenant's Secret outside rbac.secretNames.
+    assert set(refused) <= {f"get /api/v1/namespaces/{SECRETS_NAMESPACE}/secrets/team-db"}, refused
     assert pruned_fields(audit) == []
     assert {e["verb"] for e in audit} >= {"create", "patch", "list", "get"}

@@ -203,7 +203,7 @@ def test_a_bad_spec_exits_1(tmp_path):
     (tmp_path / "spec.json").write_text(json.dumps({"feedbackUrl": "ftp://x", "model": MODEL, "outputDir": "o"}))
     assert main(["--spec", str(tmp_path / "spec.json"), "--result", str(tmp_path / "result.json")]) == 1
     result = SnapshotResult.model_validate_json((tmp_path / "result.json").read_text())
-    assert result.reason == "InvalidWorkload" and "is not an http(s) URL" in result.message
+    assert result.reason == "InvalidWorkload" and "is not an http(s) base URL" in result.message
 
 
 def test_a_snapshot_from_postgresql(tmp_path, postgres_server):

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import Field, field_validator, model_validator
 
 from tuneloop.api.common import WireModel
-from tuneloop.api.fields import Quantity
+from tuneloop.api.fields import HttpUrl, Quantity
 from tuneloop.images import check_registry, mirrored
 
 
@@ -34,6 +34,9 @@ class Images(WireModel):
     @property
     def adapter_fetcher(self) -> str:
         return self.fetcher or self.evaluator
+
+
+NamespacedName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-.a-z0-9]*[a-z0-9])?$")]
 
 
 class DataCheckResources(WireModel):
@@ -78,6 +81,13 @@ class OperatorConfig(WireModel):
     max_concurrent_reconciles: int | None = Field(
         None, ge=1, description="Objects reconciled at once (kopf's queueing.worker_limit); the others wait "
                                 "their turn. Bounds the operator's memory in a burst; unset: no limit.")
+    allowed_secrets: list[NamespacedName] = Field(
+        default_factory=list, description="Secrets (namespace/name) tenants may name for any Tuneloop use without "
+                                          "the tuneloop.dev/secret-usage label (runtime/secrets.py).")
+    allowed_urls: list[HttpUrl] = Field(
+        default_factory=list, description="Base URLs outside a tenant's namespace that a judge's or a feedback "
+                                          "service's url may start with (outbound.py); the tenant's own "
+                                          "Services are always allowed.")
     data_check: DataCheckResources = Field(default_factory=DataCheckResources)
     inputs_size: str = Field("200Gi", description="Size limit of the emptyDir that s3:// inputs are fetched into "
                                                  "(the base model's weights plus the data).")

@@ -186,6 +186,40 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+# A judgment is JUDGE_MAX_TOKENS tokens of JSON: a reply past this is an attack or a bug, and reading
+# it whole would hold the process's memory hostage (the operator judges rollouts in its own process).
+MAX_REPLY_BYTES = 1 * 2**20
+
+
+def bounded_http_client(timeout_seconds: float) -> Any:
+    """An httpx client for the OpenAI SDK that reads at most MAX_REPLY_BYTES of any reply and follows
+    no redirect (the key would go wherever a 3xx points)."""
+    import httpx
+
+    class BoundedStream(httpx.AsyncByteStream):
+        def __init__(self, stream: Any):
+            self.stream = stream
+
+        async def __aiter__(self) -> Any:
+            received = 0
+            async for chunk in self.stream:
+                received += len(chunk)
+                if received > MAX_REPLY_BYTES:
+                    raise httpx.ReadError(f"reply larger than {MAX_REPLY_BYTES // 2**20} MiB")
+                yield chunk
+
+        async def aclose(self) -> None:
+            await self.stream.aclose()
+
+    class BoundedTransport(httpx.AsyncHTTPTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            response = await super().handle_async_request(request)
+            return httpx.Response(response.status_code, headers=response.headers,
+                                  stream=BoundedStream(response.stream), extensions=response.extensions)
+
+    return httpx.AsyncClient(transport=BoundedTransport(), timeout=timeout_seconds, follow_redirects=False)
+
+
 class Judge:
     """`async with Judge(spec, key) as judge:` then check_reachable(), score(), winner(); one event loop."""
 
@@ -204,12 +238,18 @@ class Judge:
         self._slots: asyncio.Semaphore | None = None
 
     async def __aenter__(self) -> Judge:
-        from openai import AsyncOpenAI
-
-        self._client = AsyncOpenAI(base_url=self.spec.url, api_key=self.api_key,
-                                   timeout=self.spec.timeout_seconds, max_retries=0)
+        # The SDK's first import and client take ~0.5 s of CPU: in a thread, not on the operator's event loop.
+        self._client = await asyncio.to_thread(self._new_client)
         self._slots = asyncio.Semaphore(self.spec.concurrency)
         return self
+
+    def _new_client(self) -> Any:
+        from openai import AsyncOpenAI
+
+        client = AsyncOpenAI(base_url=self.spec.url, api_key=self.api_key, timeout=self.spec.timeout_seconds,
+                             max_retries=0, http_client=bounded_http_client(self.spec.timeout_seconds))
+        client.chat.completions, client.models  # noqa: B018  (loads their modules here, not on the loop)
+        return client
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._client.close()

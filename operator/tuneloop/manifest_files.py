@@ -1,6 +1,8 @@
 """Reading manifest files as `kubectl apply -f` does: a file or a folder of .yaml/.yml/.json files,
 each holding one or more documents; a mapping that repeats a key is refused (kubectl refuses it
-too; YAML libraries silently keep the last value)."""
+too; YAML libraries silently keep the last value). Reading is bounded: nesting deeper than
+MAX_DEPTH, or aliases that expand a document past MAX_EXPANDED_NODES (a "billion laughs"), are
+refused by name before anything is built from them."""
 
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ from typing import Any
 import yaml
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+MAX_DEPTH = 100
+# More than a 1.5 MiB object (the most Kubernetes stores) can hold: each node is at least two bytes.
+MAX_EXPANDED_NODES = 1_000_000
 
 
 class ManifestError(Exception):
@@ -17,7 +22,37 @@ class ManifestError(Exception):
 
 
 class StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (merge keys aside)."""
+    """YAML's safe loader, refusing a key given twice in one mapping (merge keys aside), nesting deeper
+    than MAX_DEPTH and documents whose aliases expand past MAX_EXPANDED_NODES."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                              self.peek_event().start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        sizes: dict[int, int] = {}
+
+        def expanded(item: yaml.Node) -> int:  # an alias is the same node again: counted once per use
+            if id(item) not in sizes:
+                children = (item.value if isinstance(item, yaml.SequenceNode) else
+                            [part for pair in item.value for part in pair] if isinstance(item, yaml.MappingNode)
+                            else [])
+                sizes[id(item)] = min(1 + sum(expanded(child) for child in children), MAX_EXPANDED_NODES + 1)
+            return sizes[id(item)]
+
+        if node is not None and expanded(node) > MAX_EXPANDED_NODES:
+            raise yaml.composer.ComposerError(None, None, f"its aliases expand it past {MAX_EXPANDED_NODES:,} "
+                                                          "values", node.start_mark)
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}

@@ -107,13 +107,16 @@ def child_name(parent: str, suffix: str, limit: int = MAX_LABEL) -> str:
     return f"{fitted(parent, limit - len(suffix) - 1)}-{suffix}"
 
 
-HTTP_URL = "^https?://[^\\x00-\\x20\\x7f]+$"
+# A base URL that paths are appended to: no query or fragment (they would swallow the path) and no
+# credentials (keys come from Secrets); no spaces or control characters.
+HTTP_URL = "^https?://[^\\x00-\\x20\\x7f?#@\\\\]+$"
 
 
 def check_http_url(url: str) -> str:
     """A service's base URL: http(s), without the trailing slash (paths are appended to it)."""
     if not re.fullmatch(HTTP_URL, url):
-        raise ValueError(f"{url[:200]!r} is not an http(s) URL (no spaces or control characters)")
+        raise ValueError(f"{url[:200]!r} is not an http(s) base URL (no query '?', fragment '#', credentials '@', "
+                         "backslash, spaces or control characters)")
     return url.rstrip("/")
 
 

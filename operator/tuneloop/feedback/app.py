@@ -24,7 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 import tuneloop
-from tuneloop.feedback.auth import TOKEN_ENV, TOKEN_FILE_ENV, TokenError, token_guard
+from tuneloop.feedback.auth import TOKEN_ENV, TOKEN_FILE_ENV, TOKENS_FILE_ENV, Scope, TokenError, Tokens, token_guard
 from tuneloop.feedback.body_limit import BodySizeLimit
 from tuneloop.feedback.database import make_engine, printable_url
 from tuneloop.feedback.errors import error_response, install_error_handlers
@@ -50,6 +50,7 @@ ModelFilter = Annotated[str | None, Query(max_length=MAX_NAME_CHARS, description
 AfterId = Annotated[int, Query(alias="afterId", ge=0, le=MAX_ID, description="Only rows with a larger id.")]
 ERROR_RESPONSES = {status: {"model": ErrorBody, "description": description} for status, description in {
     400: "The body is not valid UTF-8 JSON.", 401: "Missing or wrong bearer token.",
+    403: "The token's scope does not cover that model.",
     413: f"The body is larger than {MAX_BODY_BYTES} bytes.", 422: "A field is missing or invalid.",
     503: "The database is unavailable; try again after Retry-After seconds.",
 }.items()}
@@ -72,19 +73,24 @@ class Utf8JsonRoute(APIRoute):
         return checked
 
 
-def create_app(database_url: str, token: str | None, *, allow_no_auth: bool = False) -> FastAPI:
-    """The service on `database_url`; migrations run when it starts. Without a token it refuses to
-    exist unless `allow_no_auth` (local play only: anyone who reaches the port may write)."""
-    if token is None and not allow_no_auth:
-        raise TokenError(f"no token: set {TOKEN_ENV} or {TOKEN_FILE_ENV} "
-                         "(or allow unauthenticated access explicitly, for local use only)")
+def create_app(database_url: str, token: str | Tokens | None, *, allow_no_auth: bool = False) -> FastAPI:
+    """The service on `database_url`; migrations run when it starts. `token`: the service-wide token,
+    or every accepted token with its scope (auth.py). Without one it refuses to exist unless
+    `allow_no_auth` (local play only: anyone who reaches the port may write)."""
+    tokens = Tokens().with_service_token(token) if isinstance(token, str) else token
+    if not (tokens and tokens.entries):
+        if not allow_no_auth:
+            raise TokenError(f"no token: set {TOKENS_FILE_ENV} (a token per team), or {TOKEN_ENV} or "
+                             f"{TOKEN_FILE_ENV} (one service-wide token), or allow unauthenticated access "
+                             "explicitly, for local use only")
+        tokens = None
     engine = make_engine(database_url)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(upgrade_database, engine)
         log.info("feedback service on %s (schema up to date), %s", printable_url(engine),
-                 "bearer token required" if token is not None else "NO AUTHENTICATION")
+                 f"{len(tokens.entries)} bearer token(s) accepted" if tokens else "NO AUTHENTICATION")
         yield
         engine.dispose()
 
@@ -92,14 +98,19 @@ def create_app(database_url: str, token: str | None, *, allow_no_auth: bool = Fa
                   description=__doc__)
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     install_error_handlers(app)
-    v1 = APIRouter(prefix="/v1", tags=["feedback"], dependencies=[Depends(token_guard(token))],
-                   route_class=Utf8JsonRoute, responses=ERROR_RESPONSES)
+    guard = token_guard(tokens)
+    v1 = APIRouter(prefix="/v1", tags=["feedback"], route_class=Utf8JsonRoute, responses=ERROR_RESPONSES)
+
+    def in_scope(scope: Scope, model: str | None) -> None:
+        if model is not None and not scope.may_use(model):
+            raise scope.refuse(model)
 
     @v1.post("/feedback", status_code=201, response_model=FeedbackCreated,
              responses={200: {"model": FeedbackCreated, "description": "The key was seen before; nothing stored."},
                         409: {"model": ErrorBody, "description": "The key was used for different content."}})
-    def post_feedback(item: FeedbackIn, response: Response) -> FeedbackCreated:
-        stored = add_feedback(engine, item)
+    def post_feedback(item: FeedbackIn, response: Response, scope: Scope = Depends(guard)) -> FeedbackCreated:
+        in_scope(scope, item.model)
+        stored = add_feedback(engine, item, scope)
         if stored.duplicate:
             response.status_code = 200
         return FeedbackCreated(id=stored.id, duplicate=stored.duplicate)
@@ -111,12 +122,15 @@ def create_app(database_url: str, token: str | None, *, allow_no_auth: bool = Fa
         up_to_id: Annotated[int | None, Query(alias="upToId", ge=0, le=MAX_ID,
                                               description="Only rows up to this id.")] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+        scope: Scope = Depends(guard),
     ) -> FeedbackPage:
-        return feedback_page(engine, model, after_id, up_to_id, limit)
+        in_scope(scope, model)
+        return feedback_page(engine, scope, model, after_id, up_to_id, limit)
 
     @v1.get("/feedback/stats", response_model=FeedbackStats)
-    def stats(model: ModelFilter = None, after_id: AfterId = 0) -> FeedbackStats:
-        return feedback_stats(engine, model, after_id)
+    def stats(model: ModelFilter = None, after_id: AfterId = 0, scope: Scope = Depends(guard)) -> FeedbackStats:
+        in_scope(scope, model)
+        return feedback_stats(engine, scope, model, after_id)
 
     # Both run on the event loop, not in the thread pool that database calls can fill: the process
     # answers /healthz while the database hangs, and /readyz waits for it at most READY_TIMEOUT_SECONDS.

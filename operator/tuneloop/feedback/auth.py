@@ -1,15 +1,31 @@
-"""Bearer-token access to the /v1 routes.
+"""Bearer-token access to the /v1 routes, scoped to namespaces and models.
 
-The token is one shared secret (a Kubernetes Secret in a cluster), read from
-TUNELOOP_FEEDBACK_TOKEN or from the file named by TUNELOOP_FEEDBACK_TOKEN_FILE (a mounted Secret; a
-trailing newline is dropped). It is compared in constant time and never logged or echoed.
+Each team gets its own token, listed in the YAML file that TUNELOOP_FEEDBACK_TOKENS_FILE names (a
+mounted Secret):
+
+    - name: team-a            # who it is, for logs
+      token: <16+ random characters>
+      namespace: team-a       # its rows are stored in, and read from, this namespace only
+      models: [acme-tickets]  # optional: only these models (default: every model of the namespace)
+
+A scoped token reads and writes its namespace's rows of its models and nothing else: another team's
+rows are invisible to it, and naming another team's model is a 403. The service-wide token
+(TUNELOOP_FEEDBACK_TOKEN, or the file TUNELOOP_FEEDBACK_TOKEN_FILE names) reads every namespace and
+writes rows of no namespace; give it to the cluster admin, not to a team. Tokens are compared in
+constant time and never logged or echoed.
 """
 
 from __future__ import annotations
 
 import hmac
 import os
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from fastapi import HTTPException, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -18,7 +34,10 @@ from tuneloop.secret_settings import setting_from_environment
 
 TOKEN_ENV = "TUNELOOP_FEEDBACK_TOKEN"
 TOKEN_FILE_ENV = "TUNELOOP_FEEDBACK_TOKEN_FILE"
+TOKENS_FILE_ENV = "TUNELOOP_FEEDBACK_TOKENS_FILE"
 MIN_TOKEN_CHARS = 16
+MAX_TOKENS = 10_000
+NAMESPACE_PATTERN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 bearer_scheme = HTTPBearer(auto_error=False, scheme_name="bearerToken",
                            description=f"The service's token ({TOKEN_ENV} or {TOKEN_FILE_ENV}).")
@@ -46,20 +65,116 @@ def check_token(token: str) -> str:
     return token
 
 
+@dataclass(frozen=True)
+class Scope:
+    """What one token may see and write."""
+
+    name: str
+    namespace: str | None = None  # None: every namespace (the service-wide token)
+    models: frozenset[str] | None = None  # None: every model
+
+    @property
+    def stored_namespace(self) -> str:
+        return self.namespace or ""
+
+    def may_use(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+    def refuse(self, model: str) -> HTTPException:
+        return HTTPException(status_code=403, detail=f"this token ({self.name}) may not use model {model!r}")
+
+
+EVERYTHING = Scope(name="service-wide token")
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Every accepted token and its scope."""
+
+    entries: tuple[tuple[bytes, Scope], ...] = ()
+
+    def with_service_token(self, token: str | None) -> "Tokens":
+        return self if token is None else Tokens(((token.encode("utf-8"), EVERYTHING), *self.entries))
+
+    def scope_for(self, presented: str) -> Scope | None:
+        candidate, found = presented.encode("utf-8"), None
+        for token, scope in self.entries:  # all compared, whichever matches: no timing hint of which
+            if hmac.compare_digest(candidate, token):
+                found = scope
+        return found
+
+
+def _scope_entry(index: int, entry: Any) -> tuple[str, Scope]:
+    where = f"entry {index + 1}"
+    if not isinstance(entry, dict) or set(entry) - {"name", "token", "namespace", "models"}:
+        raise TokenError(f"{where}: a mapping of name, token, namespace and optional models")
+    name, token, namespace, models = (entry.get(key) for key in ("name", "token", "namespace", "models"))
+    if not isinstance(name, str) or not name or len(name) > 200 or not name.isprintable():
+        raise TokenError(f"{where}: name must be a short printable text")
+    where = f"entry {index + 1} ({name})"
+    if not isinstance(token, str):
+        raise TokenError(f"{where}: token must be text")
+    try:
+        check_token(token)
+    except TokenError as error:
+        raise TokenError(f"{where}: {error}") from None
+    if not isinstance(namespace, str) or len(namespace) > 63 or not re.match(NAMESPACE_PATTERN, namespace):
+        raise TokenError(f"{where}: namespace must be a Kubernetes namespace name")
+    if models is not None and not (isinstance(models, list) and models
+                                   and all(isinstance(m, str) and 0 < len(m) <= 200 for m in models)):
+        raise TokenError(f"{where}: models must be a non-empty list of model names")
+    return token, Scope(name=name, namespace=namespace, models=frozenset(models) if models else None)
+
+
+def tokens_from_yaml(text: str, source: str) -> Tokens:
+    try:
+        entries = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise TokenError(f"{source}: not YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(entries, list) or not 0 < len(entries) <= MAX_TOKENS:
+        raise TokenError(f"{source}: a YAML list of 1 to {MAX_TOKENS:,} tokens, each with name, token and namespace")
+    parsed, seen = [], set()
+    for index, entry in enumerate(entries):
+        try:
+            token, scope = _scope_entry(index, entry)
+        except TokenError as error:
+            raise TokenError(f"{source}: {error}") from None
+        if token in seen:
+            raise TokenError(f"{source}: entry {index + 1} ({scope.name}): the same token is listed twice")
+        seen.add(token)
+        parsed.append((token.encode("utf-8"), scope))
+    return Tokens(tuple(parsed))
+
+
+def tokens_from_environment(environ: dict[str, str] | None = None) -> Tokens:
+    """The scoped tokens of TUNELOOP_FEEDBACK_TOKENS_FILE plus the service-wide token, if any is set."""
+    environ = os.environ if environ is None else environ
+    tokens = Tokens()
+    if path := environ.get(TOKENS_FILE_ENV):
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise TokenError(f"cannot read the tokens file {path} ({TOKENS_FILE_ENV}): "
+                             f"{getattr(error, 'strerror', None) or type(error).__name__}") from None
+        tokens = tokens_from_yaml(text, path)
+    return tokens.with_service_token(token_from_environment(environ))
+
+
 def unauthorized(message: str, challenge: str = "Bearer") -> HTTPException:
     return HTTPException(status_code=401, detail=message, headers={"WWW-Authenticate": challenge})
 
 
-def token_guard(expected: str | None) -> Callable[[HTTPAuthorizationCredentials | None], None]:
-    """A route dependency that accepts only `Authorization: Bearer <expected>`; None: everyone."""
-    expected_bytes = expected.encode("utf-8") if expected is not None else None
-
-    def check_bearer(credentials: HTTPAuthorizationCredentials | None = Security(bearer_scheme)) -> None:
-        if expected_bytes is None:
-            return
+def token_guard(tokens: Tokens | None) -> Callable[[HTTPAuthorizationCredentials | None], Scope]:
+    """A route dependency that accepts a listed bearer token and returns its scope; None: everyone,
+    with every scope (local play only)."""
+    def check_bearer(credentials: HTTPAuthorizationCredentials | None = Security(bearer_scheme)) -> Scope:
+        if tokens is None:
+            return EVERYTHING
         if credentials is None:
             raise unauthorized("missing `Authorization: Bearer <token>` header")
-        if not hmac.compare_digest(credentials.credentials.encode("utf-8"), expected_bytes):
-            raise unauthorized("the bearer token is not the service's token", 'Bearer error="invalid_token"')
+        scope = tokens.scope_for(credentials.credentials)
+        if scope is None:
+            raise unauthorized("the bearer token is not one of the service's tokens", 'Bearer error="invalid_token"')
+        return scope
 
     return check_bearer

@@ -8,6 +8,7 @@ MAX_TEXT_BYTES = 32 * 1024  # prompt, answer, correction and each message's cont
 MAX_MESSAGES = 64
 MAX_NAME_CHARS = 200  # model, adapterVersion, idempotencyKey
 MAX_LABEL_CHARS = 64
+MAX_NAMESPACE_CHARS = 63  # a Kubernetes namespace name
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 # A page also ends before its rows' text passes this: 1000 rows of the largest size would be 2 GB.

@@ -18,7 +18,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from tuneloop.feedback.limits import MAX_LABEL_CHARS, MAX_NAME_CHARS
+from tuneloop.feedback.limits import MAX_LABEL_CHARS, MAX_NAME_CHARS, MAX_NAMESPACE_CHARS
 
 metadata = MetaData()
 
@@ -29,6 +29,8 @@ feedback = Table(
     # (ids mark how far a snapshot got).
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("idempotency_key", String(MAX_NAME_CHARS), nullable=False),
+    # The namespace of the token that posted the row (auth.Scope); '' for the service-wide token.
+    Column("namespace", String(MAX_NAMESPACE_CHARS), nullable=False, server_default=""),
     Column("model", String(MAX_NAME_CHARS), nullable=False),
     Column("adapter_version", String(MAX_NAME_CHARS)),
     Column("label", String(MAX_LABEL_CHARS)),
@@ -39,7 +41,7 @@ feedback = Table(
     Column("correction", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     CheckConstraint("(prompt IS NULL) <> (messages IS NULL)", name="ck_feedback_prompt_or_messages"),
-    UniqueConstraint("idempotency_key", name="uq_feedback_idempotency_key"),
-    Index("ix_feedback_model_id", "model", "id"),
+    UniqueConstraint("namespace", "idempotency_key", name="uq_feedback_namespace_idempotency_key"),
+    Index("ix_feedback_namespace_model_id", "namespace", "model", "id"),
     sqlite_autoincrement=True,
 )

@@ -9,7 +9,7 @@ import logging
 import uvicorn
 
 from tuneloop.feedback.app import create_app
-from tuneloop.feedback.auth import TOKEN_ENV, TOKEN_FILE_ENV, TokenError, token_from_environment
+from tuneloop.feedback.auth import TOKEN_ENV, TOKEN_FILE_ENV, TOKENS_FILE_ENV, TokenError, Tokens, tokens_from_environment
 from tuneloop.feedback.database import (
     DATABASE_URL_ENV,
     DEFAULT_DATABASE_URL,
@@ -24,13 +24,14 @@ DEFAULT_PORT = 8080
 
 
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, database_url: str | None = None,
-          token: str | None = None, *, allow_no_auth: bool = False, log_level: str = "info") -> None:
+          token: str | Tokens | None = None, *, allow_no_auth: bool = False, log_level: str = "info") -> None:
     """Serve until interrupted. database_url None: TUNELOOP_FEEDBACK_DATABASE_URL, else a SQLite file
-    in the working folder; token None: TUNELOOP_FEEDBACK_TOKEN or the file in TUNELOOP_FEEDBACK_TOKEN_FILE.
-    Raises TokenError without a token unless allow_no_auth, DatabaseUrlError for a URL it cannot use."""
+    in the working folder; token None: the teams' tokens of TUNELOOP_FEEDBACK_TOKENS_FILE and the
+    service-wide TUNELOOP_FEEDBACK_TOKEN (or the file in TUNELOOP_FEEDBACK_TOKEN_FILE). Raises
+    TokenError without a token unless allow_no_auth, DatabaseUrlError for a URL it cannot use."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if token is None:
-        token = token_from_environment()
+        token = tokens_from_environment()
     url = database_url or database_url_from_environment()
     probe = make_engine(url)
     try:
@@ -44,7 +45,9 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, database_url: str 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tuneloop.feedback", description="Run the Tuneloop feedback service.",
-        epilog=f"The bearer token comes from {TOKEN_ENV} or the file named by {TOKEN_FILE_ENV}.")
+        epilog=f"Bearer tokens: one per team, scoped to a namespace and models, in the YAML file named by "
+               f"{TOKENS_FILE_ENV}; and/or one service-wide token in {TOKEN_ENV} or the file named by "
+               f"{TOKEN_FILE_ENV}.")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}; "
                                                              "0.0.0.0 in a pod)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, case, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from tuneloop.feedback.auth import EVERYTHING, Scope
 from tuneloop.feedback.database import consistent_read, exclusive_transaction
 from tuneloop.feedback.limits import MAX_PAGE_BYTES
 from tuneloop.feedback.models import feedback
@@ -38,21 +39,32 @@ class Stored:
     duplicate: bool
 
 
-def row_values(item: FeedbackIn) -> dict[str, Any]:
-    return {**item.stored_fields(), "idempotency_key": item.idempotency_key, "created_at": datetime.now(timezone.utc)}
+def row_values(item: FeedbackIn, scope: Scope = EVERYTHING) -> dict[str, Any]:
+    return {**item.stored_fields(), "idempotency_key": item.idempotency_key, "namespace": scope.stored_namespace,
+            "created_at": datetime.now(timezone.utc)}
 
 
-def add_feedback(engine: Engine, item: FeedbackIn) -> Stored:
-    """Store `item` once per idempotency key; a repeat with the same content returns the first id."""
+def visible(scope: Scope) -> list[Any]:
+    """The rows a token may read: its namespace's, of its models."""
+    conditions = [] if scope.namespace is None else [feedback.c.namespace == scope.namespace]
+    if scope.models is not None:
+        conditions.append(feedback.c.model.in_(sorted(scope.models)))
+    return conditions
+
+
+def add_feedback(engine: Engine, item: FeedbackIn, scope: Scope = EVERYTHING) -> Stored:
+    """Store `item` once per idempotency key of the token's namespace; a repeat with the same content
+    returns the first id."""
     try:
         with exclusive_transaction(engine, INSERT_LOCK_KEY) as connection:
-            result = connection.execute(insert(feedback).values(**row_values(item)))
+            result = connection.execute(insert(feedback).values(**row_values(item, scope)))
             return Stored(result.inserted_primary_key[0], duplicate=False)
     except IntegrityError as error:
         refused = error
     with engine.connect() as connection:
         existing = connection.execute(
-            select(feedback).where(feedback.c.idempotency_key == item.idempotency_key)).mappings().one_or_none()
+            select(feedback).where(feedback.c.namespace == scope.stored_namespace,
+                                   feedback.c.idempotency_key == item.idempotency_key)).mappings().one_or_none()
     if existing is None:
         raise refused  # another constraint than the key's
     if {field: existing[field] for field in item.stored_fields()} != item.stored_fields():
@@ -66,7 +78,8 @@ def as_utc(moment: datetime) -> datetime:
 
 
 def record(row: Any) -> FeedbackRecord:
-    return FeedbackRecord.model_validate({**row, "created_at": as_utc(row["created_at"])})
+    fields = {key: value for key, value in row.items() if key != "namespace"}
+    return FeedbackRecord.model_validate({**fields, "created_at": as_utc(row["created_at"])})
 
 
 def row_bytes(row: Any) -> int:
@@ -75,10 +88,12 @@ def row_bytes(row: Any) -> int:
                for value in row.values() if isinstance(value, (str, list, dict)))
 
 
-def feedback_page(engine: Engine, model: str | None, after_id: int, up_to_id: int | None, limit: int) -> FeedbackPage:
-    """Rows with after_id < id <= up_to_id in id order: at most `limit` of them, and no more than
-    MAX_PAGE_BYTES of text (at least one row). Rows are streamed from the database, not all fetched."""
-    query = select(feedback).where(feedback.c.id > after_id).order_by(feedback.c.id).limit(limit + 1)
+def feedback_page(engine: Engine, scope: Scope, model: str | None, after_id: int, up_to_id: int | None,
+                  limit: int) -> FeedbackPage:
+    """The token's rows with after_id < id <= up_to_id in id order: at most `limit` of them, and no more
+    than MAX_PAGE_BYTES of text (at least one row). Rows are streamed from the database, not all fetched."""
+    query = (select(feedback).where(feedback.c.id > after_id, *visible(scope)).order_by(feedback.c.id)
+             .limit(limit + 1))
     if model is not None:
         query = query.where(feedback.c.model == model)
     if up_to_id is not None:
@@ -95,19 +110,19 @@ def feedback_page(engine: Engine, model: str | None, after_id: int, up_to_id: in
     return FeedbackPage(items=items, next_after_id=items[-1].id if more else None)
 
 
-def feedback_stats(engine: Engine, model: str | None, after_id: int) -> FeedbackStats:
-    scope = [] if model is None else [feedback.c.model == model]
-    new_scope = [*scope, feedback.c.id > after_id]
+def feedback_stats(engine: Engine, scope: Scope, model: str | None, after_id: int) -> FeedbackStats:
+    rows = [*visible(scope), *([] if model is None else [feedback.c.model == model])]
+    new_rows = [*rows, feedback.c.id > after_id]
     confirmed = case((feedback.c.answer == feedback.c.correction, 1), else_=0)
     with consistent_read(engine) as connection:
         total, last_id = connection.execute(
-            select(func.count(), func.coalesce(func.max(feedback.c.id), 0)).where(*scope)).one()
+            select(func.count(), func.coalesce(func.max(feedback.c.id), 0)).where(*rows)).one()
         new, confirmations = connection.execute(
-            select(func.count(), func.coalesce(func.sum(confirmed), 0)).where(*new_scope)).one()
+            select(func.count(), func.coalesce(func.sum(confirmed), 0)).where(*new_rows)).one()
         by_column = {}
         for column in (feedback.c.label, feedback.c.adapter_version):
             counts = connection.execute(
-                select(column, func.count()).where(*new_scope, column.is_not(None)).group_by(column).order_by(column))
+                select(column, func.count()).where(*new_rows, column.is_not(None)).group_by(column).order_by(column))
             by_column[column.name] = {value: count for value, count in counts}
     return FeedbackStats(model=model, total=total, last_id=last_id, after_id=after_id, new=new,
                          confirmations=confirmations, by_label=by_column["label"],

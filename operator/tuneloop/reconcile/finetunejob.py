@@ -29,6 +29,8 @@ from tuneloop.api.finetunejob import (
 from tuneloop.api.evaluation import EvaluationResults, RegistryResults
 from tuneloop.api.workloads import DataCheckResult, EvaluatorResult, RegisterResult, TrainerProgress, TrainerResult
 from tuneloop.reconcile import gate
+from tuneloop.reconcile.refusals import Refusal
+from tuneloop.reconcile.refusals import summary as refusal_summary
 
 WorkloadPhase = Literal["Absent", "Running", "Succeeded", "Failed"]
 MAX_NAME = 63
@@ -48,6 +50,7 @@ class WorkloadState:
 class Observed:
     workloads: dict[str, WorkloadState] = field(default_factory=dict)
     now: str = field(default_factory=now_rfc3339)
+    refusals: tuple[Refusal, ...] = ()  # Secrets and addresses the spec names that may not be used
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,8 @@ def reconcile(
             spec = validate(raw_spec, context)
         except SpecError as error:
             return _fail(status, "InvalidSpec", str(error), now, generation)
+        if observed.refusals:
+            return _fail(status, observed.refusals[0].reason, refusal_summary(observed.refusals), now, generation)
         status.start_time = now
         status.observed_generation = generation
         status.conditions = set_condition(status.conditions, "SpecValid", "True", "Valid",

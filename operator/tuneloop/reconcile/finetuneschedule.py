@@ -34,6 +34,7 @@ from tuneloop.api.finetuneschedule import (
     parse_spec,
 )
 from tuneloop.api.finetunejob import KIND as FINETUNEJOB_KIND
+from tuneloop.reconcile.refusals import Refusal
 
 HISTORY = 10
 SCHEDULE_LABEL = "tuneloop.dev/schedule"
@@ -71,6 +72,7 @@ class Observed:
     generation: int | None = None
     created: str | None = None  # the schedule's creationTimestamp: no slot before it is due
     spec_problem: str | None = None  # what makes a valid spec impossible here (no snapshot folder on a cluster)
+    refusal: Refusal | None = None  # the feedback service's address or token Secret may not be used
 
 
 @dataclass(frozen=True)
@@ -341,6 +343,18 @@ def reconcile(name: str, namespace: str, uid: str | None, raw_spec: Any, status:
                                           observed_generation=observed.generation, now=rfc3339(now))
         return Decision(status, events)
     status.observed_generation = observed.generation
+    refused = next((c for c in status.conditions if c.type == "Permitted" and c.status == "False"), None)
+    if observed.refusal:
+        reason, message = observed.refusal.reason, observed.refusal.message
+        events = [] if refused and refused.message == message else [EmitEvent("Warning", reason, message)]
+        status.message = f"no run starts: {message}"
+        status.conditions = set_condition(status.conditions, "Permitted", "False", reason, message,
+                                          observed_generation=observed.generation, now=rfc3339(now))
+        return Decision(status, events)
+    if refused:
+        status.conditions = set_condition(status.conditions, "Permitted", "True", "Allowed",
+                                          "the feedback service's address and token may be used",
+                                          observed_generation=observed.generation, now=rfc3339(now))
     return Pass(name, namespace, uid, spec, status, observed, now).run()
 
 

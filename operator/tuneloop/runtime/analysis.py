@@ -25,12 +25,15 @@ from tuneloop.api.evaluation import JudgeSpec
 from tuneloop.api.modeldeployment import AnalysisSpec, Expectation
 from tuneloop.judge_client import Judge, JudgeUnavailable
 from tuneloop.reconcile.modeldeployment import AnalysisResult
+from tuneloop.runtime.bounded_read import read_at_most
 
 DEFAULT_PROMPT = "Reply with the single word OK."
 NO_REFERENCE = "(none given)"
 ANSWER_CHARS = 120
 PROMPT_CHARS = 60
 ERROR_KINDS_SHOWN = 3
+# An answer is at most spec.maxTokens tokens (a few bytes each): a larger reply is an attack or a bug.
+MAX_REPLY_BYTES = 4 * 2**20
 
 
 class RequestFailed(Exception):
@@ -62,7 +65,7 @@ def _error_message(text: str) -> str:
     try:
         body = json.loads(text)
         message = body.get("error", body).get("message") or text
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         message = text
     message = " ".join(str(message).split())
     return message if len(message) <= 80 else message[:79] + "…"
@@ -71,7 +74,7 @@ def _error_message(text: str) -> str:
 def _content(text: str) -> str:
     try:
         content = json.loads(text)["choices"][0]["message"]["content"]
-    except (ValueError, LookupError, TypeError):
+    except (ValueError, LookupError, TypeError, RecursionError):
         content = None
     if not isinstance(content, str):
         raise RequestFailed(f"reply without choices[0].message.content: {_quote(text, 80)}")
@@ -79,9 +82,14 @@ def _content(text: str) -> str:
 
 
 async def _complete(session: aiohttp.ClientSession, url: str, body: dict, timeout_seconds: float) -> str:
+    """The answer's content; RequestFailed on a failed, slow, oversized or unreadable reply. The server
+    runs the tenant's image: nothing it sends is trusted, and at most MAX_REPLY_BYTES of it is read."""
     try:
-        async with asyncio.timeout(timeout_seconds), session.post(url, json=body) as response:
-            text = await response.text(errors="replace")
+        async with asyncio.timeout(timeout_seconds), session.post(url, json=body, allow_redirects=False) as response:
+            raw = await read_at_most(response.content, MAX_REPLY_BYTES)
+            if len(raw) > MAX_REPLY_BYTES:
+                raise RequestFailed(f"reply larger than {MAX_REPLY_BYTES // 2**20} MiB")
+            text = raw.decode("utf-8", errors="replace")
     except TimeoutError:
         raise RequestFailed(f"timed out after {timeout_seconds:g} s") from None
     except aiohttp.ClientError as error:
@@ -131,7 +139,7 @@ def _misses(expect: Expectation, answer: str) -> str | None:
     try:
         json.loads(answer)
         parses = True
-    except ValueError:
+    except (ValueError, RecursionError):
         parses = False
     if parses == expect.json_valid:
         return None

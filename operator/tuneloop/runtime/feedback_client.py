@@ -1,12 +1,21 @@
-"""What the operator asks the feedback service: how many corrections arrived after a watermark."""
+"""What the operator asks the feedback service: how many corrections arrived after a watermark.
+
+The service's address is a tenant's to choose (within outbound.py's rules), so nothing it answers
+reaches a status verbatim: problems are fixed summaries (the HTTP status, the size of a body that
+was not the stats JSON), and bodies are read only up to a bound.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import aiohttp
 
+from tuneloop.runtime.bounded_read import read_at_most
+
 REQUEST_TIMEOUT_SECONDS = 10.0
+MAX_BODY_BYTES = 64 * 1024  # the stats answer is a few dozen bytes
 
 
 class FeedbackUnavailable(RuntimeError):
@@ -23,17 +32,26 @@ async def feedback_stats(url: str, token: str | None, model: str, after_id: int)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
     try:
+        # No redirects: a 3xx would carry the token to wherever the answer points.
         async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
-            async with session.get(f"{url}/v1/feedback/stats", params={"model": model, "afterId": after_id}) as reply:
+            async with session.get(f"{url}/v1/feedback/stats", params={"model": model, "afterId": after_id},
+                                   allow_redirects=False) as reply:
                 if reply.status in (401, 403):
                     raise FeedbackUnavailable(f"{url} refused the token (HTTP {reply.status})")
-                if reply.status >= 400:
-                    raise FeedbackUnavailable(f"{url} answered HTTP {reply.status}: {(await reply.text())[:200]}")
-                body = await reply.json()
+                if reply.status >= 300:
+                    raise FeedbackUnavailable(f"{url} answered HTTP {reply.status}")
+                raw = await read_at_most(reply.content, MAX_BODY_BYTES)
     except (aiohttp.ClientError, TimeoutError) as error:
         raise FeedbackUnavailable(f"{url} is unreachable: {error or type(error).__name__}") from None
     try:
-        return FeedbackStats(new_rows=int(body["new"]), last_id=int(body["lastId"]))
-    except (KeyError, TypeError, ValueError):
-        raise FeedbackUnavailable(f"{url}/v1/feedback/stats answered without new and lastId: "
-                                  f"{str(body)[:200]}") from None
+        if len(raw) > MAX_BODY_BYTES:
+            raise ValueError
+        body = json.loads(raw)
+        new, last = body["new"], body["lastId"]
+        if not (type(new) is int and type(last) is int and 0 <= new <= 2**63 and 0 <= last <= 2**63):
+            raise ValueError
+    except (KeyError, TypeError, ValueError, RecursionError):
+        size = f"{MAX_BODY_BYTES:,}+" if len(raw) > MAX_BODY_BYTES else f"{len(raw):,}"
+        raise FeedbackUnavailable(f"{url}/v1/feedback/stats answered {size} bytes that are not the service's "
+                                  "stats (JSON with integers new and lastId)") from None
+    return FeedbackStats(new_rows=new, last_id=last)

@@ -7,7 +7,6 @@ identity and one place that reads kubeconfigs and service-account tokens.
 from __future__ import annotations
 
 import asyncio
-import base64
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,15 +126,6 @@ class KubeClient:
         body = await self._request("GET", collection_path(api_version, kind, namespace),
                                    params={"labelSelector": label_selector})
         return body.get("items", [])
-
-    async def secret_value(self, namespace: str, name: str, key: str, field: str) -> str:
-        """One key of a Secret, decoded; LookupError naming `field` (the spec field that points at it)
-        when the Secret or the key is missing."""
-        secret = await self.get("v1", "Secret", namespace, name)
-        value = ((secret or {}).get("data") or {}).get(key)
-        if value is None:
-            raise LookupError(f"{field}: Secret {namespace}/{name} {'has no key ' + key if secret else 'does not exist'}")
-        return base64.b64decode(value).decode().strip()
 
     async def close(self) -> None:
         if self._session is not None:

@@ -15,9 +15,12 @@ from typing import Any
 from tuneloop.api.finetunejob import FineTuneJob
 from tuneloop.config import OperatorConfig
 from tuneloop.reconcile.finetunejob import STAGES, TRAIN, LaunchWorkload, Observed, WorkloadState, workload_name
+from tuneloop.outbound import address_problem
+from tuneloop.reconcile.refusals import Refusal
 from tuneloop.runtime.kube_client import KubeClient
 from tuneloop.runtime.manifests import WORKLOAD_CONTAINERS, Storage, workload_objects
 from tuneloop.runtime.progress import MlflowUnavailable, mlflow_progress
+from tuneloop.runtime.secrets import SecretRefused, usable_secret
 
 WAITING_PROBLEMS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                     "CreateContainerError", "CrashLoopBackOff"}
@@ -107,12 +110,29 @@ class KubernetesRuntime:
     mlflow_quiet_until: float = 0.0
 
     async def observe(self, job: FineTuneJob, phase: str) -> Observed:
-        """The workload of the stage the job is in (the reconciler looks at no other)."""
+        """The workload of the stage the job is in (the reconciler looks at no other); before the first,
+        whether the Secrets the spec names may be used."""
         stage = next((stage for stage in STAGES if stage.phase == phase), None)
         if stage is None:
-            return Observed()
+            return Observed(refusals=await self.refusals(job) if phase == "Pending" else ())
         name = workload_name(job.metadata.name, stage.name, job.spec.resources.nodes)
         return Observed(workloads={name: await self.observe_workload(job, name, with_progress=stage is TRAIN)})
+
+    async def refusals(self, job: FineTuneJob) -> tuple[Refusal, ...]:
+        """Where the evaluator would send the judge's key, and the Secret it would mount."""
+        judge, namespace = job.spec.evaluation.judge, job.metadata.namespace
+        if not job.spec.evaluation.enabled or judge is None:
+            return ()
+        refusals = []
+        if problem := address_problem("spec.evaluation.judge.url", judge.url, namespace, self.config.allowed_urls):
+            refusals.append(Refusal("AddressNotAllowed", problem))
+        if judge.api_key_secret is not None:
+            try:
+                await usable_secret(self.client, self.config, namespace, judge.api_key_secret, "judge",
+                                    "spec.evaluation.judge.apiKeySecret")
+            except SecretRefused as refusal:
+                refusals.append(Refusal("SecretNotAllowed", str(refusal)))
+        return tuple(refusals)
 
     async def observe_workload(self, job: FineTuneJob, name: str, with_progress: bool = False) -> WorkloadState:
         state = await observe_batch_job(self.client, job.metadata.namespace, name)

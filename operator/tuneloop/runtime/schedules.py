@@ -28,10 +28,13 @@ from tuneloop.reconcile.finetuneschedule import (
     needs_feedback_count,
     snapshot_name,
 )
+from tuneloop.outbound import address_problem
+from tuneloop.reconcile.refusals import Refusal
 from tuneloop.runtime.feedback_client import FeedbackUnavailable, feedback_stats
 from tuneloop.runtime.kube_client import KubeClient
 from tuneloop.runtime.kubernetes import observe_batch_job
 from tuneloop.runtime.schedule_manifests import snapshot_objects
+from tuneloop.runtime.secrets import SecretRefused, secret_value
 
 FTJ = ("tuneloop.dev/v1alpha1", FINETUNEJOB_KIND)
 
@@ -63,26 +66,27 @@ class ScheduleRuntime:
         if status.run is not None and status.run.step == "Snapshot":
             state = await observe_batch_job(self.client, namespace, snapshot_name(status.run.job_name))
             snapshot = SnapshotState(state.phase, state.result, state.message)
-        new = last = problem = None
-        if needs_feedback_count(raw_spec, status, created, now):
+        token, refusal = None, None
+        feedback = schedule.spec.feedback
+        if problem := address_problem("spec.feedback.url", feedback.url, namespace, self.config.allowed_urls):
+            refusal = Refusal("AddressNotAllowed", problem)
+        elif feedback.token_secret is not None:
             try:
-                stats = await feedback_stats(schedule.spec.feedback.url, await self.token(schedule),
-                                             schedule.spec.feedback.model, status.trained_up_to_id)
+                token = await secret_value(self.client, self.config, namespace, feedback.token_secret, "feedback",
+                                           "spec.feedback.tokenSecret")
+            except SecretRefused as error:
+                refusal = Refusal("SecretNotAllowed", str(error))
+        new = last = problem = None
+        if refusal is None and needs_feedback_count(raw_spec, status, created, now):
+            try:
+                stats = await feedback_stats(schedule.spec.feedback.url, token, schedule.spec.feedback.model,
+                                             status.trained_up_to_id)
                 new, last = stats.new_rows, stats.last_id
             except FeedbackUnavailable as error:
                 problem = str(error)
         return Observed(jobs=jobs, new_corrections=new, last_feedback_id=last, feedback_problem=problem,
-                        snapshot=snapshot, generation=schedule.metadata.generation, created=created)
-
-    async def token(self, schedule: FineTuneSchedule) -> str | None:
-        reference = schedule.spec.feedback.token_secret
-        if reference is None:
-            return None
-        try:
-            return await self.client.secret_value(schedule.metadata.namespace, reference.name, reference.key,
-                                                  "feedback.tokenSecret")
-        except LookupError as error:
-            raise FeedbackUnavailable(str(error)) from None
+                        snapshot=snapshot, generation=schedule.metadata.generation, created=created,
+                        refusal=refusal)
 
     async def act(self, schedule: FineTuneSchedule, action: Action) -> None:
         namespace = schedule.metadata.namespace

@@ -39,6 +39,8 @@ from tuneloop.runtime.analysis_runs import AnalysisRuns
 from tuneloop.runtime.kube_client import KubeClient
 from tuneloop.runtime.manifests import UnsupportedStorage
 from tuneloop.runtime.model_aliases import AliasResolver
+from tuneloop.outbound import address_problem
+from tuneloop.runtime.secrets import secret_value
 from tuneloop.runtime.serving_manifests import (
     REVISION_LABEL,
     active_service,
@@ -181,12 +183,17 @@ class ServingRuntime:
                      md.metadata.name, base_url)
 
     async def judge_key(self, md: ModelDeployment, spec: AnalysisSpec) -> str | None:
-        """The judge's API key from its Secret in the ModelDeployment's namespace."""
-        reference = spec.judge.api_key_secret if spec.judge else None
+        """The judge's API key from its Secret in the ModelDeployment's namespace; LookupError when the
+        judge's address or the Secret may not be used (nothing is sent then)."""
+        if spec.judge is None:
+            return None
+        if problem := address_problem("judge.url", spec.judge.url, md.metadata.namespace, self.config.allowed_urls):
+            raise LookupError(problem)
+        reference = spec.judge.api_key_secret
         if reference is None:
             return None
-        return await self.client.secret_value(md.metadata.namespace, reference.name, reference.key,
-                                              "judge.apiKeySecret")
+        return await secret_value(self.client, self.config, md.metadata.namespace, reference, "judge",
+                                  "spec.analysis.judge.apiKeySecret")
 
     def forget(self, md_key: tuple[str, str]) -> None:
         self.analyses.forget(md_key)
