@@ -129,6 +129,11 @@ def status_of(harness) -> dict:
     return (harness.get(FTSCHED, "default", NAME) or {}).get("status") or {}
 
 
+def permitted(harness) -> dict | None:
+    """The schedule's Permitted condition: whether its feedback address and token may be used."""
+    return next((c for c in status_of(harness).get("conditions", []) if c["type"] == "Permitted"), None)
+
+
 def snapshot_jobs(harness) -> list[str]:
     return sorted(job["metadata"]["name"] for job in harness.list_objects(JOB, "default")
                   if job["metadata"]["name"].endswith("-snapshot"))
@@ -277,8 +282,7 @@ def test_a_feedback_url_outside_the_allowed_urls_gets_no_request_and_no_token(sc
                 manifest = schedule_manifest(url.replace("127.0.0.1", "localhost"))  # the same server, not listed
                 fake.start_at(harness.create(manifest)["metadata"]["creationTimestamp"])
                 fake.advance()
-                condition = await harness.wait_for(lambda: next(
-                    (c for c in status_of(harness).get("conditions", []) if c["type"] == "Permitted"), None))
+                condition = await harness.wait_for(lambda: permitted(harness))
                 assert (condition["status"], condition["reason"]) == ("False", "AddressNotAllowed")
                 assert condition["message"].startswith("spec.feedback.url: 'http://localhost:")
                 assert "nor under one of the operator's allowedUrls" in condition["message"]
@@ -303,8 +307,7 @@ def test_a_token_secret_not_marked_for_tuneloop_is_refused_by_name_until_it_is(s
                 post_corrections(url, 6, 0)
                 fake.start_at(harness.create(schedule_manifest(url))["metadata"]["creationTimestamp"])
                 fake.advance()
-                condition = await harness.wait_for(lambda: next(
-                    (c for c in status_of(harness).get("conditions", []) if c["type"] == "Permitted"), None))
+                condition = await harness.wait_for(lambda: permitted(harness))
                 assert (condition["status"], condition["reason"]) == ("False", "SecretNotAllowed")
                 assert condition["message"].startswith("spec.feedback.tokenSecret: Secret default/tuneloop-feedback "
                                                        "is not marked for Tuneloop's feedback use: label it "
@@ -315,7 +318,7 @@ def test_a_token_secret_not_marked_for_tuneloop_is_refused_by_name_until_it_is(s
                 harness.patch(("v1", "Secret"), "default", "tuneloop-feedback",
                               {"metadata": {"labels": {"tuneloop.dev/secret-usage": "judge.feedback"}}})
                 await harness.wait_for(lambda: snapshot_jobs(harness))
-                allowed = next(c for c in status_of(harness)["conditions"] if c["type"] == "Permitted")
+                allowed = permitted(harness)
                 assert (allowed["status"], allowed["reason"]) == ("True", "Allowed")
 
             await with_operator(harness, tmp_path, body)

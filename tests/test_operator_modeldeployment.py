@@ -389,21 +389,27 @@ def test_a_failed_post_promotion_analysis_switches_back(operator_env):
     run(play(operator_env, {"1": v1, "2": bad_v2}, body))
 
 
+def judged_analysis(judge_url: str) -> dict:
+    judge = {"url": judge_url, "model": "judge", "apiKeySecret": {"name": "judge-key", "key": "token"}}
+    return {"smokePrompts": [{"prompt": "Kestrel Travel", "expect": {"json": True}, "reference": TICKET}],
+            "requests": 2, "minJudgeScore": 7, "judge": judge, "initialDelaySeconds": 1}
+
+
+JUDGE_KEY = {"apiVersion": "v1", "kind": "Secret", "metadata": {
+    "name": "judge-key", "labels": {"tuneloop.dev/secret-usage": "judge"}},
+    "data": {"token": base64.b64encode(b"s3cret").decode()}}
+
+
 def test_the_judge_key_comes_from_a_secret_and_a_missing_secret_fails_the_analysis(operator_env):
     v1 = ticket_bot()
     judge_bot = judge_backend(9)
     async def body(s: Scenario, operator):
-        judge = {"url": s.server.url + "/judge/judge/v1", "model": "judge",
-                 "apiKeySecret": {"name": "judge-key", "key": "token"}}
-        analysis = {"smokePrompts": [{"prompt": "Kestrel Travel", "expect": {"json": True}, "reference": TICKET}],
-                    "requests": 2, "minJudgeScore": 7, "judge": judge, "initialDelaySeconds": 1}
+        analysis = judged_analysis(s.server.url + "/judge/judge/v1")
         async with operator():
             s.harness.create(manifest({"name": NAME, "version": "1"}, prePromotionAnalysis=analysis))
             degraded = await s.phase("Degraded")
             assert "Secret default/judge-key does not exist" in degraded["message"]
-            s.harness.create({"apiVersion": "v1", "kind": "Secret", "metadata": {
-                "name": "judge-key", "labels": {"tuneloop.dev/secret-usage": "judge"}},
-                "data": {"token": base64.b64encode(b"s3cret").decode()}})
+            s.harness.create(JUDGE_KEY)
             await tuneloop("rollout", "retry", NAME)
             healthy = await s.phase("Healthy")
             assert healthy["active"]["score"] == 9
@@ -416,14 +422,9 @@ def test_a_judge_outside_the_allowed_urls_gets_neither_a_request_nor_the_key(ope
     v1, judge_bot = ticket_bot(), judge_backend(9)
 
     async def body(s: Scenario, operator):
-        s.harness.create({"apiVersion": "v1", "kind": "Secret", "metadata": {
-            "name": "judge-key", "labels": {"tuneloop.dev/secret-usage": "judge"}},
-            "data": {"token": base64.b64encode(b"s3cret").decode()}})
+        s.harness.create(JUDGE_KEY)
         # allowedUrls holds .../judge: /judgement is another path, not under it
-        judge = {"url": s.server.url + "/judgement/judge/v1", "model": "judge",
-                 "apiKeySecret": {"name": "judge-key", "key": "token"}}
-        analysis = {"smokePrompts": [{"prompt": "Kestrel Travel", "expect": {"json": True}, "reference": TICKET}],
-                    "requests": 2, "minJudgeScore": 7, "judge": judge, "initialDelaySeconds": 1}
+        analysis = judged_analysis(s.server.url + "/judgement/judge/v1")
         async with operator():
             s.harness.create(manifest({"name": NAME, "version": "1"}, prePromotionAnalysis=analysis))
             degraded = await s.phase("Degraded")

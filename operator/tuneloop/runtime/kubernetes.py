@@ -14,8 +14,8 @@ from typing import Any
 
 from tuneloop.api.finetunejob import FineTuneJob
 from tuneloop.config import OperatorConfig
-from tuneloop.reconcile.finetunejob import STAGES, TRAIN, LaunchWorkload, Observed, WorkloadState, workload_name
 from tuneloop.outbound import address_problem
+from tuneloop.reconcile.finetunejob import STAGES, TRAIN, LaunchWorkload, Observed, WorkloadState, workload_name
 from tuneloop.reconcile.refusals import Refusal
 from tuneloop.runtime.kube_client import KubeClient
 from tuneloop.runtime.manifests import WORKLOAD_CONTAINERS, Storage, workload_objects
@@ -111,7 +111,7 @@ class KubernetesRuntime:
 
     async def observe(self, job: FineTuneJob, phase: str) -> Observed:
         """The workload of the stage the job is in (the reconciler looks at no other); before the first,
-        whether the Secrets the spec names may be used."""
+        whether the Secrets and addresses the spec names may be used."""
         stage = next((stage for stage in STAGES if stage.phase == phase), None)
         if stage is None:
             return Observed(refusals=await self.refusals(job) if phase == "Pending" else ())

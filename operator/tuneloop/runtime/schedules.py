@@ -1,8 +1,9 @@
 """Carry out FineTuneSchedule decisions on a cluster and report what the cluster shows.
 
 observe(): the FineTuneJobs the schedule created (label tuneloop.dev/schedule), the snapshot
-workload of the run in progress, and, only when a slot may start a run, the feedback service's
-count of new corrections. act(): snapshot ConfigMap + Job, the run's FineTuneJob, deletions
+workload of the run in progress, whether the feedback service's address and token may be used
+(outbound.py, secrets.py), and, only when a slot may start a run, the service's count of new
+corrections. act(): snapshot ConfigMap + Job, the run's FineTuneJob, deletions
 (history limits, Replace).
 """
 
@@ -16,6 +17,7 @@ from tuneloop.api.common import fitted
 from tuneloop.api.finetunejob import KIND as FINETUNEJOB_KIND
 from tuneloop.api.finetuneschedule import FineTuneSchedule, FineTuneScheduleStatus
 from tuneloop.config import OperatorConfig
+from tuneloop.outbound import address_problem
 from tuneloop.reconcile.finetuneschedule import (
     SCHEDULE_LABEL,
     Action,
@@ -28,7 +30,6 @@ from tuneloop.reconcile.finetuneschedule import (
     needs_feedback_count,
     snapshot_name,
 )
-from tuneloop.outbound import address_problem
 from tuneloop.reconcile.refusals import Refusal
 from tuneloop.runtime.feedback_client import FeedbackUnavailable, feedback_stats
 from tuneloop.runtime.kube_client import KubeClient
