@@ -169,17 +169,20 @@ def test_a_token_limited_to_models_is_refused_any_other_by_name(teams):
 @pytest.mark.parametrize("text,problem", [
     ("not: [a list", "not YAML"),
     ("{}", "a YAML list of 1 to 10,000 tokens"),
-    (f"- {{name: a, token: {TEAM_A}, namespace: Team_A}}", "entry 1 (a): namespace must be a Kubernetes namespace"),
-    ("- {name: a, token: short, namespace: a}", "entry 1 (a): the token is shorter than 16 characters"),
+    (f"- {{name: a, token: {TEAM_A}, namespace: Team_A}}", "entry 1.namespace: string should match pattern"),
+    ("- {name: a, token: short, namespace: a}", "entry 1.token: the token is shorter than 16 characters"),
+    ("- {name: a, token: 12345678901234567890, namespace: a}", "entry 1.token: must be text (quote it)"),
     (f"- {{name: a, token: {TEAM_A}, namespace: a}}\n- {{name: b, token: {TEAM_A}, namespace: b}}",
      "entry 2 (b): the same token is listed twice"),
-    (f"- {{name: a, token: {TEAM_A}, namespace: a, models: []}}", "models must be a non-empty list"),
-    (f"- {{name: a, token: {TEAM_A}, namespace: a, admin: true}}", "entry 1: a mapping of name, token"),
+    (f"- {{name: a, token: {TEAM_A}, namespace: a, models: []}}", "entry 1.models: must have at least 1 item"),
+    (f"- {{name: a, token: {TEAM_A}, namespace: a, admin: true}}", "entry 1.admin: is not a known field"),
+    ("- {token: short}\n- {name: b}", "entry 1.name: is required; entry 1.token: the token is shorter"),
 ])
 def test_a_bad_tokens_file_is_named_and_never_shows_a_token(text, problem):
     with pytest.raises(TokenError) as refused:
         tokens_from_yaml(text, "tokens.yaml")
-    assert problem in str(refused.value) and TEAM_A not in str(refused.value)
+    assert problem in str(refused.value)
+    assert TEAM_A not in str(refused.value) and "12345678901234567890" not in str(refused.value)
 
 
 def test_the_tokens_file_comes_from_a_mounted_secret(tmp_path):

@@ -254,7 +254,12 @@ def stage_job(stage: str, inputs: dict, config=CONFIG, **spec):
 
 
 def test_the_data_check_job_reads_every_input_on_a_cpu_before_any_gpu_is_requested():
-    objects = stage_job("validate", {}, resources={**job().spec.resources.to_wire(), "gpus": 2, "nodes": 2})
+    gpu_nodes = CONFIG.model_copy(update={"default_node_selector": {"nvidia.com/gpu.present": "true"}})
+    resources = {**job().spec.resources.to_wire(), "gpus": 2, "nodes": 2}
+    objects = stage_job("validate", {}, config=gpu_nodes, resources=resources)
+    training = stage_job("train", {}, config=gpu_nodes, resources=resources)["Job"]["spec"]["template"]["spec"]
+    assert training["nodeSelector"] == {"nvidia.com/gpu.present": "true", "gpu": "h100"}
+    assert training["tolerations"] == gpu_nodes.default_tolerations
     for obj in objects.values():
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     job_spec = objects["Job"]["spec"]
@@ -263,7 +268,8 @@ def test_the_data_check_job_reads_every_input_on_a_cpu_before_any_gpu_is_request
     (container,) = pod["containers"]
     assert container["name"] == "check-data" and container["image"] == CONFIG.images.trainer
     assert container["command"][:3] == ["python", "-m", "tuneloop_trainer.check_data"]
-    assert container["resources"] == {"limits": {"cpu": "1", "memory": "4Gi"}, "requests": {"cpu": "1", "memory": "4Gi"}}
+    data_check = {"cpu": "1", "memory": "4Gi"}
+    assert container["resources"] == {"limits": data_check, "requests": data_check}
     assert pod["tolerations"] == []            # no GPU node taints tolerated: it runs on any CPU node
     assert pod["nodeSelector"] == {"gpu": "h100"}  # the job's own selector (data locality) still applies
     assert all(mount.get("readOnly") for mount in container["volumeMounts"] if mount["name"].startswith("pvc-"))

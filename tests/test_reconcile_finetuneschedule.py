@@ -181,3 +181,21 @@ def test_a_run_started_by_hand_skips_or_snapshots_like_a_scheduled_one():
                        Observed(new_corrections=30, last_feedback_id=40), slot)
     assert enough.status.run.step == "Snapshot" and enough.status.last_schedule_time == "2026-11-23T15:07:00Z"
     assert LaunchSnapshot(f"nightly-{int(slot.timestamp()) // 60}-snapshot", 10, 40) in enough.actions
+
+
+def test_a_refused_token_holds_every_run_until_the_service_has_answered_with_it():
+    from tuneloop.api.common import get_condition
+    from tuneloop.reconcile.refusals import Refusal
+
+    refusal = Refusal("SecretNotAllowed", "spec.feedback.tokenSecret: Secret ml/t is not marked for the feedback use")
+    decision, refused = step(spec(), refusal=refusal)
+    assert decision.actions[0].reason == "SecretNotAllowed" and refused.last_schedule_time is None
+    assert get_condition(refused.conditions, "Permitted").status == "False"
+    again, _ = step(spec(), refused, refusal=refusal)
+    assert again.actions == []  # the same refusal is not announced on every pass
+
+    # A pass that did not look at the Secret (no slot due) proves nothing: still refused.
+    _, quiet = step(spec(), refused, now="2026-11-23T00:30:00")
+    assert get_condition(quiet.conditions, "Permitted").status == "False"
+    _, answered = step(spec(), refused, new_corrections=35, last_feedback_id=140)
+    assert get_condition(answered.conditions, "Permitted").reason == "Allowed" and answered.run is not None

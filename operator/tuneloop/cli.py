@@ -96,7 +96,7 @@ def data_check(path: Path, document: dict[str, Any]) -> tuple[list[str], list[st
         try:
             workload = runtime.trainer_workload(job, Path(work))
             report = data_report(workload, load_tokenizer(workload.model_path),
-                                 world_size=max(job.spec.resources.gpus, 1) * job.spec.resources.nodes)
+                                 world_size=job.spec.resources.training_processes)
         except BadRows as error:
             listed = error.problems[:LISTED_BAD_ROWS]
             rest = len(error.problems) - len(listed)

@@ -225,6 +225,11 @@ class ResourcesSpec(WireModel):
                                           description="Tolerations of the training pods (Kubernetes shape).")
     priority_class_name: ResourceName | None = Field(None, description="PriorityClass of the training pods.")
 
+    @property
+    def training_processes(self) -> int:
+        """The trainer's world size: one process per GPU (one on a CPU) on every node."""
+        return max(self.gpus, 1) * self.nodes
+
 
 class OutputSpec(WireModel):
     uri: StorageUri | None = Field(None, description="Where the adapter is written; local mode defaults to the "

@@ -341,12 +341,4 @@ def unservable_adapter(spec: "ModelDeploymentSpec", version: str, lora: dict[str
     if not problems:
         return None
     return f"adapter {spec.adapter.name} version {version} cannot be served: " + "; ".join(problems)
-    name = f"adapter {spec.adapter.name} version {version}"
-    if lora.get("useDora"):
-        return (f"{name} was trained with DoRA (spec.method.lora.useDora); vLLM serves LoRA adapters only: "
-                "train without DoRA, or register the merged model and set spec.serving.merged")
-    if int(lora.get("r", 0)) > spec.serving.max_lora_rank:
-        return (f"{name} has LoRA rank {lora['r']}, above spec.serving.maxLoraRank {spec.serving.max_lora_rank}: "
-                "raise maxLoraRank or train a smaller rank")
-    return None
 

@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import hmac
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
 import yaml
-
 from fastapi import HTTPException, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import Field, field_validator
 
+from tuneloop.api.common import SpecError, WireModel, validated
+from tuneloop.feedback.limits import MAX_NAME_CHARS
 from tuneloop.secret_settings import setting_from_environment
 
 TOKEN_ENV = "TUNELOOP_FEEDBACK_TOKEN"
@@ -104,45 +105,48 @@ class Tokens:
         return found
 
 
-def _scope_entry(index: int, entry: Any) -> tuple[str, Scope]:
-    where = f"entry {index + 1}"
-    if not isinstance(entry, dict) or set(entry) - {"name", "token", "namespace", "models"}:
-        raise TokenError(f"{where}: a mapping of name, token, namespace and optional models")
-    name, token, namespace, models = (entry.get(key) for key in ("name", "token", "namespace", "models"))
-    if not isinstance(name, str) or not name or len(name) > 200 or not name.isprintable():
-        raise TokenError(f"{where}: name must be a short printable text")
-    where = f"entry {index + 1} ({name})"
-    if not isinstance(token, str):
-        raise TokenError(f"{where}: token must be text")
-    try:
-        check_token(token)
-    except TokenError as error:
-        raise TokenError(f"{where}: {error}") from None
-    if not isinstance(namespace, str) or len(namespace) > 63 or not re.match(NAMESPACE_PATTERN, namespace):
-        raise TokenError(f"{where}: namespace must be a Kubernetes namespace name")
-    if models is not None and not (isinstance(models, list) and models
-                                   and all(isinstance(m, str) and 0 < len(m) <= 200 for m in models)):
-        raise TokenError(f"{where}: models must be a non-empty list of model names")
-    return token, Scope(name=name, namespace=namespace, models=frozenset(models) if models else None)
+class TokenEntry(WireModel):
+    """One team's entry in the tokens file."""
+
+    name: str = Field(min_length=1, max_length=200, description="Who holds it, for logs.")
+    token: str
+    namespace: str = Field(max_length=63, pattern=NAMESPACE_PATTERN)
+    models: list[Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]] | None = Field(None, min_length=1)
+
+    _token = field_validator("token")(check_token)
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _text(cls, token: object) -> object:
+        if not isinstance(token, str):  # said without the value: it is somebody's secret
+            raise ValueError("must be text (quote it)")
+        return token
+
+    def scope(self) -> Scope:
+        return Scope(name=self.name, namespace=self.namespace, models=frozenset(self.models) if self.models else None)
 
 
 def tokens_from_yaml(text: str, source: str) -> Tokens:
+    """Every entry checked, every problem named by its place (never a token's value)."""
     try:
         entries = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise TokenError(f"{source}: not YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(entries, list) or not 0 < len(entries) <= MAX_TOKENS:
         raise TokenError(f"{source}: a YAML list of 1 to {MAX_TOKENS:,} tokens, each with name, token and namespace")
-    parsed, seen = [], set()
+    parsed, problems, seen = [], [], set()
     for index, entry in enumerate(entries):
         try:
-            token, scope = _scope_entry(index, entry)
-        except TokenError as error:
-            raise TokenError(f"{source}: {error}") from None
-        if token in seen:
-            raise TokenError(f"{source}: entry {index + 1} ({scope.name}): the same token is listed twice")
-        seen.add(token)
-        parsed.append((token.encode("utf-8"), scope))
+            checked = validated(TokenEntry, entry, f"entry {index + 1}")
+        except SpecError as error:
+            problems += error.problems
+            continue
+        if checked.token in seen:
+            problems.append(f"entry {index + 1} ({checked.name}): the same token is listed twice")
+        seen.add(checked.token)
+        parsed.append((checked.token.encode("utf-8"), checked.scope()))
+    if problems:
+        raise TokenError(f"{source}: " + "; ".join(problems))
     return Tokens(tuple(parsed))
 
 

@@ -9,7 +9,14 @@ import logging
 import uvicorn
 
 from tuneloop.feedback.app import create_app
-from tuneloop.feedback.auth import TOKEN_ENV, TOKEN_FILE_ENV, TOKENS_FILE_ENV, TokenError, Tokens, tokens_from_environment
+from tuneloop.feedback.auth import (
+    TOKEN_ENV,
+    TOKEN_FILE_ENV,
+    TOKENS_FILE_ENV,
+    TokenError,
+    Tokens,
+    tokens_from_environment,
+)
 from tuneloop.feedback.database import (
     DATABASE_URL_ENV,
     DEFAULT_DATABASE_URL,

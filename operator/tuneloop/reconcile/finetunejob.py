@@ -425,7 +425,8 @@ def _record_registration(status: FineTuneJobStatus, spec: FineTuneJobSpec, raw: 
     return f"registered {result.uri}{aliases}{note}"
 
 
-RECORDERS = {VALIDATE.name: _record_data_check, TRAIN.name: _record_training, EVALUATE.name: _record_evaluation, REGISTER.name: _record_registration}
+RECORDERS = {VALIDATE.name: _record_data_check, TRAIN.name: _record_training, EVALUATE.name: _record_evaluation,
+             REGISTER.name: _record_registration}
 
 
 def _note_spec_change(status: FineTuneJobStatus, generation: int | None, now: str, decision: Decision) -> None:

@@ -72,7 +72,9 @@ class Observed:
     generation: int | None = None
     created: str | None = None  # the schedule's creationTimestamp: no slot before it is due
     spec_problem: str | None = None  # what makes a valid spec impossible here (no snapshot folder on a cluster)
-    refusal: Refusal | None = None  # the feedback service's address or token Secret may not be used
+    # The feedback service's address or token Secret may not be used (the Secret is looked at only when
+    # the service is asked: new_corrections is set once both have served).
+    refusal: Refusal | None = None
 
 
 @dataclass(frozen=True)
@@ -351,7 +353,7 @@ def reconcile(name: str, namespace: str, uid: str | None, raw_spec: Any, status:
         status.conditions = set_condition(status.conditions, "Permitted", "False", reason, message,
                                           observed_generation=observed.generation, now=rfc3339(now))
         return Decision(status, events)
-    if refused:
+    if refused and observed.new_corrections is not None:  # the service answered with the token: both may be used
         status.conditions = set_condition(status.conditions, "Permitted", "True", "Allowed",
                                           "the feedback service's address and token may be used",
                                           observed_generation=observed.generation, now=rfc3339(now))

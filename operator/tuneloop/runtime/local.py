@@ -38,8 +38,8 @@ from tuneloop.runtime.manifests import CPU_TRAINER_ENV
 
 log = logging.getLogger("tuneloop.local")
 
-WORKLOAD_PROGRAMS = {"validate": "tuneloop_trainer.check_data", "train": "tuneloop_trainer", "evaluate": "tuneloop_evaluator",
-                     "register": "tuneloop_evaluator.register"}
+WORKLOAD_PROGRAMS = {"validate": "tuneloop_trainer.check_data", "train": "tuneloop_trainer",
+                     "evaluate": "tuneloop_evaluator", "register": "tuneloop_evaluator.register"}
 EXPERIMENT = "tuneloop"
 
 LOCAL_CONTEXT = ReconcileContext(mode="local", catalog=frozenset(catalog.LOCAL_CATALOG))
@@ -170,9 +170,8 @@ class LocalRuntime:
             return str(resolve_path(uri, self.manifest_dir))
 
         if action.stage == "validate":
-            resources = job.spec.resources
             return DataCheckWorkload.of(self.trainer_workload(job, folder),
-                                        world_size=max(resources.gpus, 1) * resources.nodes)
+                                        world_size=job.spec.resources.training_processes)
         if action.stage == "train":
             return self.trainer_workload(job, folder)
         if action.stage == "evaluate":

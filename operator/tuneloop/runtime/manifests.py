@@ -230,16 +230,18 @@ def fetch_containers(storage: Storage, config: OperatorConfig, *, weights: bool 
 def pod_spec(job: FineTuneJob, name: str, workload: TrainerWorkload, config: OperatorConfig,
              storage: Storage, *, stage: str = "train", command: list[str] | None = None,
              extra_env: list[dict[str, Any]] = ()) -> dict[str, Any]:
-    """The pod of a stage's workload: trainer image and trainer command unless told otherwise."""
+    """The pod of a stage's workload: trainer image and trainer command unless told otherwise. The data
+    check (validate) is the one stage that never runs on a GPU node: it gets the operator's dataCheck
+    CPU and memory, and none of the GPU nodes' default selector or tolerations."""
     resources = job.spec.resources
     gpus = {"validate": 0, "train": resources.gpus, "evaluate": min(resources.gpus, 1), "register": 0}[stage]
     limits: dict[str, str] = {}
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
-    if resources.cpu:
-        limits["cpu"] = resources.cpu
-    if resources.memory:
-        limits["memory"] = resources.memory
+    if stage == "validate":
+        limits.update(cpu=config.data_check.cpu, memory=config.data_check.memory)
+    else:
+        limits.update({key: value for key, value in (("cpu", resources.cpu), ("memory", resources.memory)) if value})
     env = [{"name": key, "value": value} for key, value in OFFLINE_ENV.items()]
     if stage == "train" and not gpus:
         env += [{"name": key, "value": value} for key, value in CPU_TRAINER_ENV.items()]
@@ -277,13 +279,13 @@ def pod_spec(job: FineTuneJob, name: str, workload: TrainerWorkload, config: Ope
         ],
         "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
                             "seccompProfile": {"type": "RuntimeDefault"}},
-        "nodeSelector": {**config.default_node_selector, **resources.node_selector},
+        "nodeSelector": {**({} if stage == "validate" else config.default_node_selector), **resources.node_selector},
         "tolerations": tolerations,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
     }
     if storage.fetches:
-        spec["initContainers"] = fetch_containers(storage, config)
+        spec["initContainers"] = fetch_containers(storage, config, weights=stage != "validate")
     if resources.priority_class_name:
         spec["priorityClassName"] = resources.priority_class_name
     if config.image_pull_secrets:
@@ -390,21 +392,15 @@ def stage_objects(job: FineTuneJob, action: LaunchWorkload, config: OperatorConf
 
 def data_check_objects(job: FineTuneJob, name: str, config: OperatorConfig) -> list[dict[str, Any]]:
     """ConfigMap + Job of the first stage: the trainer image on a CPU reads every row with the base model's
-    tokenizer, before any GPU is requested. It reads the training inputs (read-only; an s3:// model comes
-    without its weights) and needs no GPU node: only the job's own node selector and tolerations apply."""
+    tokenizer, before any GPU is requested. It reads the training inputs read-only; pod_spec gives it a
+    CPU node and an s3:// model without its weights."""
     storage = Storage()
     training = trainer_workload(job, config, storage)
     storage.writable_claims.clear()
-    resources = job.spec.resources
-    workload = DataCheckWorkload.of(training, world_size=max(resources.gpus, 1) * resources.nodes)
+    workload = DataCheckWorkload.of(training, world_size=job.spec.resources.training_processes)
     command = ["python", "-m", "tuneloop_trainer.check_data", "--spec", f"{SPEC_DIR}/workload.json",
                "--result", f"{SCRATCH}/result.json", "--termination-log", TERMINATION_LOG]
     pod = pod_spec(job, name, training, config, storage, stage="validate", command=command)
-    limits = {"cpu": config.data_check.cpu, "memory": config.data_check.memory}
-    pod["containers"][0]["resources"] = {"limits": limits, "requests": dict(limits)}
-    pod["nodeSelector"] = dict(resources.node_selector)
-    if storage.fetches:
-        pod["initContainers"] = fetch_containers(storage, config, weights=False)
     return [config_map(job, name, workload, "validate"),
             training_job(job, name, training, config, storage, stage="validate", pod=pod)]
 

@@ -67,22 +67,18 @@ class ScheduleRuntime:
         if status.run is not None and status.run.step == "Snapshot":
             state = await observe_batch_job(self.client, namespace, snapshot_name(status.run.job_name))
             snapshot = SnapshotState(state.phase, state.result, state.message)
-        token, refusal = None, None
+        new = last = problem = refusal = None
         feedback = schedule.spec.feedback
-        if problem := address_problem("spec.feedback.url", feedback.url, namespace, self.config.allowed_urls):
-            refusal = Refusal("AddressNotAllowed", problem)
-        elif feedback.token_secret is not None:
+        if address := address_problem("spec.feedback.url", feedback.url, namespace, self.config.allowed_urls):
+            refusal = Refusal("AddressNotAllowed", address)
+        elif needs_feedback_count(raw_spec, status, created, now):  # the token is read only when it is used
             try:
-                token = await secret_value(self.client, self.config, namespace, feedback.token_secret, "feedback",
-                                           "spec.feedback.tokenSecret")
+                token = None if feedback.token_secret is None else await secret_value(
+                    self.client, self.config, namespace, feedback.token_secret, "feedback", "spec.feedback.tokenSecret")
+                stats = await feedback_stats(feedback.url, token, feedback.model, status.trained_up_to_id)
+                new, last = stats.new_rows, stats.last_id
             except SecretRefused as error:
                 refusal = Refusal("SecretNotAllowed", str(error))
-        new = last = problem = None
-        if refusal is None and needs_feedback_count(raw_spec, status, created, now):
-            try:
-                stats = await feedback_stats(schedule.spec.feedback.url, token, schedule.spec.feedback.model,
-                                             status.trained_up_to_id)
-                new, last = stats.new_rows, stats.last_id
             except FeedbackUnavailable as error:
                 problem = str(error)
         return Observed(jobs=jobs, new_corrections=new, last_feedback_id=last, feedback_problem=problem,
