@@ -75,8 +75,7 @@ HOLD_OUT_KEPT = 8          # hold-out examples Tuneloop scores before/after (out
 CHECK_STEPS = 3
 CHECK_TOLERANCE = 1e-3
 MODEL_CACHE = Path(os.environ.get("TUNELOOP_BENCH_MODELS", Path.home() / ".cache" / "tuneloop" / "bench-models"))
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false", "DISABLE_MLFLOW_INTEGRATION": "TRUE"}
+QUIET_ENV = {"TOKENIZERS_PARALLELISM": "false", "DISABLE_MLFLOW_INTEGRATION": "TRUE"}  # beside OFFLINE_ENV
 # Dense bf16 peaks (no sparsity) by a substring of torch.cuda.get_device_name().
 GPU_BF16_PEAK = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
 VARIANTS = ("plain", "tuneloop", "liger", "unsloth")
@@ -134,7 +133,7 @@ def shape_config(shape: Shape):
 
     if not shape.random_init:
         return AutoConfig.from_pretrained(smollm2_path())
-    from tuneloop_trainer.model import load_tokenizer
+    from tuneloop.workload_data.chat import load_tokenizer
 
     tokenizer = load_tokenizer(smollm2_path())
     settings = {k: v for k, v in shape.config.items() if k != "model_type"}
@@ -164,7 +163,7 @@ def model_path(shape: Shape) -> str:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tuneloop_trainer.model import load_tokenizer
+    from tuneloop.workload_data.chat import load_tokenizer
 
     device = "cuda" if cuda() else "cpu"
     if device == "cpu" and not shape.cpu:
@@ -196,7 +195,8 @@ def one_token_words(tokenizer, limit: int = 4000) -> list[str]:
 
 def synthetic_rows(tokenizer, count: int, seed: int) -> list[dict[str, str]]:
     """Alpaca rows of random words whose chat-templated length is log-normal (median ~200, mean ~250)."""
-    from tuneloop_trainer.data import Example, tokenize
+    from tuneloop.workload_data.rows import Example
+    from tuneloop_trainer.tokens import tokenize
 
     words = one_token_words(tokenizer)
     probe = Example(line=0, messages=[{"role": "user", "content": words[0]},
@@ -245,8 +245,10 @@ def workload(args, output_dir: str, check: bool):
 
 def selected_rows(spec, tokenizer, count: int):
     """The training rows exactly as Tuneloop's prepare() orders them (cleaned, split), first `count`."""
+    from tuneloop.workload_data.rows import load_dataset
     from tuneloop_trainer.cleaning import clean
-    from tuneloop_trainer.data import load_dataset, split_hold_out, tokenize
+    from tuneloop_trainer.prepare import split_hold_out
+    from tuneloop_trainer.tokens import tokenize
 
     dataset = load_dataset(Path(spec.dataset_path), spec.dataset.format, spec.dataset.system_prompt)
     rows, _ = clean(dataset.examples, spec.dataset.cleaning, lambda row: len(tokenize(tokenizer, row, 10**9).input_ids))
@@ -385,8 +387,8 @@ def peft_lora(dropout: float):
 
 
 def same_tokens_as_tuneloop(trainer, rows, tokenizer) -> bool:
-    """Does TRL's tokenization give the ids and loss mask Tuneloop's data.tokenize gives?"""
-    from tuneloop_trainer.data import IGNORE_INDEX, tokenize
+    """Does TRL's tokenization give the ids and loss mask Tuneloop's tokens.tokenize gives?"""
+    from tuneloop_trainer.tokens import IGNORE_INDEX, tokenize
 
     prepared = trainer.train_dataset
     for index, row in enumerate(rows):
@@ -404,7 +406,7 @@ def worker_sft(args) -> dict[str, Any]:
         import unsloth  # noqa: F401  (must be imported before transformers and trl to patch them)
     import torch
 
-    from tuneloop_trainer.model import load_tokenizer
+    from tuneloop.workload_data.chat import load_tokenizer
 
     torch.manual_seed(args.seed)
     count = args.steps * EXAMPLES_PER_STEP
@@ -588,7 +590,7 @@ def rows_of(input_ids, mask, targets) -> list[tuple[list[int], list[int]]]:
 def worker_check(args) -> dict[str, Any]:
     import torch
 
-    from tuneloop_trainer.model import load_tokenizer
+    from tuneloop.workload_data.chat import load_tokenizer
 
     count = CHECK_STEPS * EXAMPLES_PER_STEP
     with tempfile.TemporaryDirectory(prefix="bench-check-") as output_dir:
@@ -720,7 +722,9 @@ def run_child(kind: str, args, workdir: Path) -> dict[str, Any]:
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--result", str(result),
                "--shape", args.shape, "--method", args.method, "--steps", str(args.steps), "--seed", str(args.seed),
                "--data", args.data, "--model-path", args.model_path]
-    env = dict(os.environ, **OFFLINE_ENV)
+    from tuneloop.offline_env import OFFLINE_ENV
+
+    env = {**os.environ, **OFFLINE_ENV, **QUIET_ENV}
     if kind == "tuneloop" and not cuda():  # the environment Tuneloop's launchers give a CPU trainer
         from tuneloop.runtime.manifests import CPU_TRAINER_ENV
 
@@ -756,7 +760,7 @@ def table(rows: list[dict[str, Any]], skipped: dict[str, str], parameters: int, 
 
 
 def length_stats(tokenizer, args, count: int) -> str:
-    from tuneloop_trainer.data import tokenize
+    from tuneloop_trainer.tokens import tokenize
 
     with tempfile.TemporaryDirectory() as output_dir:
         spec = workload(args, output_dir, check=False)
@@ -792,7 +796,7 @@ def dry_run(args, shape: Shape, variants: list[str]) -> int:
 
 
 def parent(args, argv: list[str]) -> int:
-    from tuneloop_trainer.model import load_tokenizer
+    from tuneloop.workload_data.chat import load_tokenizer
 
     header(argv)
     shape = SHAPES[args.shape]

@@ -29,7 +29,7 @@ from tuneloop.feedback.auth import tokens_from_yaml
 from tuneloop.judge_client import Judge, JudgeUnavailable
 from tuneloop.manifest_files import ManifestError, load_documents
 from tuneloop.outbound import address_problem
-from tuneloop.runtime import feedback_client
+from tuneloop.retry import RetryPolicy
 from tuneloop.runtime.analysis import analyse
 from tuneloop.runtime.feedback_client import FeedbackUnavailable, feedback_stats
 from tuneloop.runtime.secrets import marked_for
@@ -177,9 +177,7 @@ def test_a_judge_that_answers_with_50_mib_is_cut_and_named_unavailable():
     assert "did not answer" in message
 
 
-@pytest.fixture
-def quick_feedback_timeout(monkeypatch):
-    monkeypatch.setattr(feedback_client, "REQUEST_TIMEOUT_SECONDS", 1.0)
+QUICK_FEEDBACK = RetryPolicy(attempts=1, timeout_seconds=1.0)
 
 
 @pytest.mark.parametrize("name,answer,expected", [
@@ -195,11 +193,11 @@ def quick_feedback_timeout(monkeypatch):
      "is unreachable"),
 ])
 def test_a_hostile_feedback_service_gets_one_request_and_its_words_never_reach_status(
-        quick_feedback_timeout, name, answer, expected):
+        name, answer, expected):
     with Hostile(answer) as service:
         async def ask() -> str:
             with pytest.raises(FeedbackUnavailable) as refused:
-                await feedback_stats(service.url, SECRET, "m", 0)
+                await feedback_stats(service.url, SECRET, "m", 0, QUICK_FEEDBACK)
             return str(refused.value)
 
         message = attempt_on_loop(f"feedback service: {name}", ask)
@@ -220,10 +218,10 @@ async def _sleep_then(response: web.Response) -> web.Response:
     return response
 
 
-def test_an_address_nobody_listens_on_fails_fast(quick_feedback_timeout):
+def test_an_address_nobody_listens_on_fails_fast():
     async def ask() -> str:
         with pytest.raises(FeedbackUnavailable) as refused:
-            await feedback_stats(f"http://127.0.0.1:{closed_port()}", SECRET, "m", 0)
+            await feedback_stats(f"http://127.0.0.1:{closed_port()}", SECRET, "m", 0, QUICK_FEEDBACK)
         return str(refused.value)
 
     assert "is unreachable" in attempt_on_loop("feedback service on a closed port", ask)
@@ -289,7 +287,7 @@ def test_a_manifest_nested_20k_deep_is_refused_not_a_recursion_error(tmp_path):
 
 
 def test_a_dataset_built_to_break_json_parsers_is_named_row_by_row(tmp_path):
-    from tuneloop_trainer.data import BadRows, load_dataset
+    from tuneloop.workload_data.rows import BadRows, load_dataset
 
     rows = ["[" * 100_000 + "]" * 100_000, '{"text": ' + "9" * 5000 + "}", '{"instruction": "\\ud800", "output": "x"}',
             json.dumps({"instruction": "q", "output": "a"})]

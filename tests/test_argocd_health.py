@@ -145,13 +145,15 @@ def test_observed_generation_behind_is_progressing(kind, model, phase):
 def test_a_modeldeployment_edit_the_operator_cannot_apply_is_degraded_not_progressing_for_ever(md):
     from datetime import datetime, timezone
 
-    from tuneloop.reconcile.modeldeployment import Observed, reconcile
+    from passes import md_pass
+
+    from tuneloop.reconcile.modeldeployment import Observed
 
     serving = ModelDeploymentStatus(phase="Healthy", message="blue serves version 1", observed_generation=1)
     edited = {"baseModel": {"name": "llama-3.1-8b"}, "adapter": {"name": "acme-tickets", "version": "1"}}
-    decision = reconcile("acme-tickets", edited, serving, Observed(
-        generation=2, spec_problem="spec.baseModel.name: 'llama-3.1-8b' is not in the cluster's model catalog"),
-        datetime(2026, 12, 2, tzinfo=timezone.utc))
+    decision = md_pass("acme-tickets", edited, serving, Observed(
+        spec_problem="spec.baseModel.name: 'llama-3.1-8b' is not in the cluster's model catalog"),
+        datetime(2026, 12, 2, tzinfo=timezone.utc), generation=2)
     status, message = md(obj(decision.status, generation=2))
     assert status == "Degraded" and "is not in the cluster's model catalog" in message
 

@@ -332,6 +332,12 @@ def test_workload_defaults_go_into_the_operators_configuration():
     assert bundled.webhook_port == 8088
 
 
+def test_the_outbound_retry_policies_render_as_the_operators_defaults_and_can_be_changed():
+    assert operator_config(render(None)).outbound == OperatorConfig().outbound
+    changed = operator_config(render(None, "outbound.kubernetes.attempts=8", "outbound.mlflow.timeoutSeconds=2"))
+    assert (changed.outbound.kubernetes.attempts, changed.outbound.mlflow.timeout_seconds) == (8, 2)
+
+
 # --- what the chart runs is what the code reads ----------------------------------------------------------
 
 def test_the_operators_arguments_are_ones_tuneloop_accepts(rendered):
@@ -444,6 +450,7 @@ def test_every_alert_and_dashboard_query_reads_a_series_the_operator_exports():
     ("watchNamespaces[0]=Team_A", "/watchNamespaces/0"),
     ("workloads.scratchSize=lots", "/workloads/scratchSize"),
     ("metrics.prometheusRule.stuckAfter=2 hours", "/metrics/prometheusRule/stuckAfter"),
+    ("outbound.kubernetes.attempts=0", "/outbound/kubernetes/attempts"),
     ("replicas=2", "additional properties 'replicas' not allowed"),
 ])
 def test_bad_values_fail_with_the_schemas_message(setting, message):
@@ -522,8 +529,8 @@ def http_status(port: int, path: str, host: str) -> int:
 
 
 def test_the_operator_reconciles_at_most_100_objects_at_once_by_default(tmp_path, monkeypatch):
-    """The chart's bound reaches kopf: a burst of FineTuneJobs waits its turn instead of growing the
-    operator's memory without limit (benchmarks/README.md: 142 MiB for 1000 at once)."""
+    """The chart's bound reaches the operator: a burst of FineTuneJobs waits its turn instead of growing
+    the operator's memory without limit (benchmarks/README.md: 142 MiB for 1000 at once)."""
     import asyncio
 
     import kopf
@@ -534,11 +541,18 @@ def test_the_operator_reconciles_at_most_100_objects_at_once_by_default(tmp_path
     assert operator_config([config_map]).max_concurrent_reconciles == 100
     (tmp_path / "config.yaml").write_text(config_map["data"]["config.yaml"])
     monkeypatch.setenv("TUNELOOP_CONFIG", str(tmp_path / "config.yaml"))
-    for name in ("config", "aliases", "webhooks"):  # startup() sets these; put them back afterwards
-        monkeypatch.setattr(handlers.State, name, getattr(handlers.State, name))
-    settings = kopf.OperatorSettings()
-    asyncio.run(handlers.startup(settings=settings))
-    assert settings.queueing.worker_limit == 100 and settings.queueing.idle_timeout == 0.5
+    memo = kopf.Memo()
+
+    async def start() -> int:
+        await handlers.startup(settings=kopf.OperatorSettings(), memo=memo)
+        passes = handlers.operator_state(memo).passes
+        taken = 0
+        while not passes.locked():
+            await passes.acquire()
+            taken += 1
+        return taken
+
+    assert asyncio.run(start()) == 100
     unbounded = named(render(None, "operator.maxConcurrentReconciles=null"), "ConfigMap", "-config")
     assert operator_config([unbounded]).max_concurrent_reconciles is None
 

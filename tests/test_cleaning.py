@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 
 from tuneloop.api.finetunejob import CleaningSpec, CleaningStats, NearDuplicateSpec, PiiSpec
+from tuneloop.workload_data.rows import Example
 from tuneloop_trainer.cleaning import clean
-from tuneloop_trainer.data import Example
 
 NO_NEAR_DUPLICATES = NearDuplicateSpec(enabled=False)
 

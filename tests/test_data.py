@@ -7,16 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tuneloop_trainer.data import (
-    IGNORE_INDEX,
-    BadRows,
-    DataError,
-    Example,
-    load_jsonl,
-    render_prompt,
-    split_hold_out,
-    tokenize,
-)
+from tuneloop.workload_data.chat import render_prompt
+from tuneloop.workload_data.rows import BadRows, DataError, Example, load_jsonl
+from tuneloop_trainer.prepare import split_hold_out
+from tuneloop_trainer.tokens import IGNORE_INDEX, tokenize
 
 
 def write(tmp_path: Path, content: str | bytes, name: str = "train.jsonl") -> Path:

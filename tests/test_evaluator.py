@@ -181,7 +181,8 @@ def test_a_whole_model_candidate_is_loaded_on_its_own(tiny_model_dir, trained, t
 
 def test_answers_do_not_depend_on_batching(tiny_model_dir, trained):
     from tuneloop_evaluator.generation import AnswerModels
-    from tuneloop_trainer.data import load_dataset, render_prompt
+    from tuneloop.workload_data.chat import render_prompt
+    from tuneloop.workload_data.rows import load_dataset
 
     models = AnswerModels(str(tiny_model_dir))
     models.add("candidate", Path(trained[1].adapter_path))

@@ -8,6 +8,7 @@ import logging
 import kubernetes_validate
 
 from k8s_emulator import running_emulator
+from tuneloop.retry import RetryPolicy
 from tuneloop.runtime.events import EventRecorder, event_manifest
 from tuneloop.runtime.kube_client import KubeClient
 
@@ -28,7 +29,8 @@ def test_an_event_is_a_valid_core_v1_event_about_the_object_with_its_message_wit
 def test_post_returns_once_the_event_is_stored_and_a_refused_event_is_logged_not_raised(caplog):
     async def scenario():
         async with running_emulator() as harness:
-            client = KubeClient(server=harness.url, headers={"Authorization": "Bearer test"}, retries=1)
+            client = KubeClient(server=harness.url, headers={"Authorization": "Bearer test"},
+                                retry=RetryPolicy(attempts=1))
             recorder = EventRecorder(client, instance="operator-0")
             await recorder.post(MDEP, "Normal", "Promoted", "revision 2 takes the traffic")
             (stored,) = harness.list_objects(("v1", "Event"), "default")

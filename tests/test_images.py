@@ -18,6 +18,7 @@ from packaging.requirements import Requirement
 from tuneloop.cli import main
 from tuneloop.config import Images, OperatorConfig
 from tuneloop.images import check_registry, image_list, mirrored
+from tuneloop.offline_env import OFFLINE_ENV
 from tuneloop.runtime import manifests, schedule_manifests, serving_manifests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,6 +174,20 @@ def test_every_module_the_operator_runs_exists_in_its_image():
         assert module_file(module).is_file(), module
 
 
+def test_the_evaluator_imports_nothing_of_the_trainer():
+    """Both images install every package, but what the two workloads share is in tuneloop.workload_data."""
+    importing = [path.name for path in (ROOT / "evaluator-image").rglob("*.py")
+                 if re.search(r"^\s*(from|import) tuneloop_trainer\b", path.read_text(encoding="utf-8"), re.MULTILINE)]
+    assert importing == []
+
+
+def test_the_shared_workload_code_loads_no_model_library_in_the_operator():
+    code = ("import sys, tuneloop.workload_data.chat, tuneloop.workload_data.rows, tuneloop.runtime.manifests; "
+            "print(sorted({'torch', 'transformers'} & set(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+
 def test_the_entrypoints_are_real():
     assert targets(OPERATOR_DOCKERFILE) == ["operator", "mlflow"]
     assert exec_form(in_effect(OPERATOR_DOCKERFILE, "operator", "ENTRYPOINT")[0]) == ["tuneloop"]
@@ -190,7 +205,7 @@ def test_the_entrypoints_are_real():
 @pytest.mark.parametrize("image", GPU_IMAGES)
 def test_gpu_images_are_offline_like_the_pods_the_operator_launches(image):
     environment, _ = in_effect(GPU_DOCKERFILE, image, "ENV")
-    for name, value in manifests.OFFLINE_ENV.items():
+    for name, value in OFFLINE_ENV.items():
         assert f"{name}={value}" in environment.split(), name
 
 

@@ -10,12 +10,13 @@ import pytest
 from judge_server import Reply, ScriptedJudge, closed_port_url, judgment, reference_judge
 from tuneloop.api.evaluation import JudgeSpec, SecretKeyRef
 from tuneloop.api.workloads import JUDGE_API_KEY_ENV
+from tuneloop.retry import RetryPolicy
 from tuneloop_evaluator.judge import (
     SYSTEM_PROMPT, JudgeItem, JudgeNotConfigured, JudgeUnavailable, check_judge, judge_answers, parse_score,
     parse_winner, resolve_api_key,
 )
 
-FAST = {"backoff_seconds": 0.01, "max_backoff_seconds": 0.05}
+FAST = {"retry": RetryPolicy(backoff_seconds=0.01, max_backoff_seconds=0.05)}
 RIGHT = '{"acct":"NL-1","pri":"P1"}'
 ITEMS = [
     JudgeItem(question="Ticket for: Maria, account 1, urgent", reference=RIGHT, candidate=RIGHT, baseline="no idea"),

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from test_registry import mlflow_server, server_url  # noqa: F401  (fixtures: a real `mlflow server`)
-from tuneloop.runtime.kubernetes import pod_problem, result_from_pods
+from tuneloop.runtime.finetunejob import pod_problem, result_from_pods
 
 
 def pod(name: str, created: str = "2026-11-23T10:00:00Z", **status) -> dict:
@@ -102,7 +102,7 @@ def test_an_unreachable_mlflow_gives_no_progress_and_is_not_asked_again_for_a_wh
     from tuneloop.api.finetunejob import parse_manifest
     from tuneloop.config import OperatorConfig
     from tuneloop.runtime import progress
-    from tuneloop.runtime.kubernetes import KubernetesRuntime
+    from tuneloop.runtime.finetunejob import FineTuneJobRuntime
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     calls = []
@@ -111,8 +111,8 @@ def test_an_unreachable_mlflow_gives_no_progress_and_is_not_asked_again_for_a_wh
         calls.append(args)
         return await progress.mlflow_progress(*args)
 
-    monkeypatch.setattr("tuneloop.runtime.kubernetes.mlflow_progress", counted)
-    runtime = KubernetesRuntime(client=None, config=OperatorConfig(mlflow_tracking_uri="http://127.0.0.1:9"))
+    monkeypatch.setattr("tuneloop.runtime.finetunejob.mlflow_progress", counted)
+    runtime = FineTuneJobRuntime(client=None, config=OperatorConfig(mlflow_tracking_uri="http://127.0.0.1:9"))
     job = parse_manifest({"apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "x"},
                           "spec": {"baseModel": {"name": "m"}, "dataset": {"uri": "pvc://d/t.jsonl"}}})
 

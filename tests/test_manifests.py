@@ -12,7 +12,8 @@ import pytest
 from tuneloop.api.finetunejob import parse_manifest
 from tuneloop.api.workloads import Preview, TrainerResult, compact_result
 from tuneloop.config import OperatorConfig
-from tuneloop.runtime.manifests import UnsupportedStorage, training_objects
+from tuneloop.runtime.manifests import training_objects
+from tuneloop.storage_uris import UnsupportedStorage
 
 K8S_VERSION = "1.33.0"
 CONFIG = OperatorConfig.model_validate({
@@ -225,7 +226,7 @@ def test_pvc_inputs_need_no_init_containers():
 def test_an_s3_dataset_must_name_one_object():
     manifest = job().to_wire()
     manifest["spec"]["dataset"]["uri"] = "s3://datasets/support/"
-    with pytest.raises(UnsupportedStorage, match="names a folder; the dataset must be one object"):
+    with pytest.raises(UnsupportedStorage, match="names a folder; give one object"):
         training_objects(parse_manifest(manifest), "t", CONFIG)
 
 

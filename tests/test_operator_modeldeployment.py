@@ -246,6 +246,31 @@ def test_a_good_revision_takes_the_traffic_and_the_old_colour_is_scaled_down_aft
 
 
 
+def test_passes_come_when_the_rollout_asks_and_when_the_spec_changes_not_at_the_resync(operator_env, monkeypatch):
+    """A 60 s resync: the readiness check and the auto-promotion come at the requeue_after their passes
+    asked for, and an edit of the spec wakes the object's daemon at once."""
+    monkeypatch.setenv("TUNELOOP_RECONCILE_INTERVAL", "60")
+    v1, v2 = ticket_bot(), ticket_bot()
+    async def body(s: Scenario, operator):
+        async with operator():
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            s.harness.create(manifest({"name": NAME, "version": "1"}, prePromotionAnalysis=None,
+                                      readinessTimeoutSeconds=3, autoPromotionSeconds=2))
+            await s.phase("Healthy", timeout=15)
+            assert loop.time() - started < 15  # ready at the 3 s check, promoted 2 s later; not at 60 s
+
+            edited = loop.time()
+            s.set_adapter({"name": NAME, "version": "2"})
+            await s.until(lambda: s.replicas("green"), timeout=5)
+            assert loop.time() - edited < 5
+            switched = await s.until(lambda: s.status() if s.status().get("activeSelector") == "green" else None,
+                                     timeout=15)
+            assert switched["active"]["adapterVersion"] == "2"
+
+    run(play(operator_env, {"1": v1, "2": v2}, body))
+
+
 def test_a_bad_revision_never_takes_traffic_and_is_not_retried_in_a_loop(operator_env):
     v1, bad_v2 = ticket_bot(), chatty_bot()
     async def body(s: Scenario, operator):

@@ -62,8 +62,9 @@ def test_two_replicas_never_both_act_and_the_second_takes_over(operator_env):
 
     asyncio.run(scenario())
     leader, follower = logs[100].read_text(), logs[50].read_text()
-    assert "Creation is processed" in leader and "Creation is processed" not in follower
-    assert "Resuming is processed" in follower  # it took the running job over after the leader left
+    assert "validate workload acme-tickets-validate launched" in leader
+    assert "launched" not in follower.split("train workload")[0]  # nothing until the leader left
+    assert "train workload acme-tickets-train launched" in follower  # it took the running job over
     assert "Traceback" not in leader + follower
 
 
@@ -82,5 +83,6 @@ def test_a_standalone_operator_acts_without_any_peering_object(operator_env):
                 await stop(replica)
 
     asyncio.run(scenario())
-    assert "Creation is processed" in log.read_text() and "Traceback" not in log.read_text()
+    assert "validate workload acme-tickets-validate launched" in log.read_text()
+    assert "Traceback" not in log.read_text()
 

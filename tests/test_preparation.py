@@ -12,7 +12,7 @@ import pytest
 from tiny_model import build_tiny_tokenizer
 from tuneloop.api.finetunejob import parse_spec
 from tuneloop.api.workloads import TrainerWorkload
-from tuneloop_trainer.data import DataError, load_dataset
+from tuneloop.workload_data.rows import DataError, load_dataset
 from tuneloop_trainer.prepare import prepare, replay_count
 
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 import copy
 
 import pytest
+from passes import ftj_pass
 from stage_results import DATA_CHECKED
 
 from tuneloop.api.common import get_condition
 from tuneloop.api.finetunejob import FineTuneJobStatus
+from tuneloop.reconcile.core import EmitEvent
 from tuneloop.reconcile.finetunejob import (
     MAX_NAME,
-    EmitEvent,
     LaunchWorkload,
     Observed,
     ReconcileContext,
     WorkloadState,
-    reconcile,
     workload_name,
 )
 
@@ -57,8 +57,8 @@ RESULT = {
 }
 
 
-def observed(phase: str = "Absent", name: str = TRAIN, now: str = NOW, **state) -> Observed:
-    return Observed(workloads={name: WorkloadState(phase=phase, **state)}, now=now)
+def observed(phase: str = "Absent", name: str = TRAIN, **state) -> Observed:
+    return Observed(workloads={name: WorkloadState(phase=phase, **state)})
 
 
 def launches(decision) -> list[LaunchWorkload]:
@@ -66,17 +66,17 @@ def launches(decision) -> list[LaunchWorkload]:
 
 
 def events(decision) -> list[EmitEvent]:
-    return [action for action in decision.actions if isinstance(action, EmitEvent)]
+    return decision.events
 
 
 def validating_status(spec=LOCAL_SPEC) -> FineTuneJobStatus:
     """The status right after the job was accepted and its data check launched."""
-    return reconcile(JOB, spec, FineTuneJobStatus(), Observed(now=NOW), LOCAL, generation=1).status
+    return ftj_pass(JOB, spec, FineTuneJobStatus(), Observed(), LOCAL, generation=1).status
 
 
 def training_status(spec=LOCAL_SPEC) -> FineTuneJobStatus:
     """The status right after the data check passed and the training workload was launched."""
-    return reconcile(JOB, spec, validating_status(spec), observed("Succeeded", name=VALIDATE, result=DATA_CHECKED),
+    return ftj_pass(JOB, spec, validating_status(spec), observed("Succeeded", name=VALIDATE, result=DATA_CHECKED),
                      LOCAL, generation=1).status
 
 
@@ -84,7 +84,7 @@ def training_status(spec=LOCAL_SPEC) -> FineTuneJobStatus:
 
 
 def test_a_valid_spec_launches_exactly_one_data_check_and_no_training():
-    decision = reconcile(JOB, LOCAL_SPEC, FineTuneJobStatus(), Observed(now=NOW), LOCAL, generation=1)
+    decision = ftj_pass(JOB, LOCAL_SPEC, FineTuneJobStatus(), Observed(), LOCAL, generation=1)
 
     assert decision.status.phase == "Validating"
     assert launches(decision) == [LaunchWorkload(stage="validate", name="acme-tickets-validate")]
@@ -97,7 +97,7 @@ def test_a_valid_spec_launches_exactly_one_data_check_and_no_training():
 
 
 def test_a_valid_cluster_spec_launches_in_a_cluster_context():
-    decision = reconcile(JOB, CLUSTER_SPEC, FineTuneJobStatus(), Observed(now=NOW), CLUSTER)
+    decision = ftj_pass(JOB, CLUSTER_SPEC, FineTuneJobStatus(), Observed(), CLUSTER)
 
     assert decision.status.phase == "Validating"
     assert launches(decision) == [LaunchWorkload("validate", VALIDATE)]
@@ -106,7 +106,7 @@ def test_a_valid_cluster_spec_launches_in_a_cluster_context():
 def test_reconcile_does_not_change_the_status_it_is_given():
     status = FineTuneJobStatus()
 
-    reconcile(JOB, LOCAL_SPEC, status, Observed(now=NOW), LOCAL)
+    ftj_pass(JOB, LOCAL_SPEC, status, Observed(), LOCAL)
 
     assert status == FineTuneJobStatus()
 
@@ -115,7 +115,7 @@ def test_an_invalid_spec_fails_the_job_and_names_the_field():
     spec = copy.deepcopy(LOCAL_SPEC)
     spec["method"] = {"lora": {"r": 0}}
 
-    decision = reconcile(JOB, spec, FineTuneJobStatus(), Observed(now=NOW), LOCAL, generation=1)
+    decision = ftj_pass(JOB, spec, FineTuneJobStatus(), Observed(), LOCAL, generation=1)
 
     assert decision.status.phase == "Failed"
     assert decision.status.message == "spec.method.lora.r: must be >= 1"
@@ -157,7 +157,7 @@ def test_an_invalid_spec_fails_the_job_and_names_the_field():
                  id="cluster-needs-output"),
 ])
 def test_the_context_rejects_what_cannot_run_there(context, spec, problem):
-    decision = reconcile(JOB, spec, FineTuneJobStatus(), Observed(now=NOW), context)
+    decision = ftj_pass(JOB, spec, FineTuneJobStatus(), Observed(), context)
 
     assert decision.status.phase == "Failed"
     assert decision.status.message == problem
@@ -170,7 +170,7 @@ def test_s3_inputs_launch_in_a_cluster_context():
             "dataset": {"uri": "s3://datasets/tickets.jsonl", "replay": {"uri": "s3://datasets/general.parquet"}},
             "output": {"uri": "pvc://adapters/acme-tickets"}}
 
-    decision = reconcile(JOB, spec, FineTuneJobStatus(), Observed(now=NOW), CLUSTER)
+    decision = ftj_pass(JOB, spec, FineTuneJobStatus(), Observed(), CLUSTER)
 
     assert decision.status.phase == "Validating", decision.status.message
     assert launches(decision) == [LaunchWorkload("validate", VALIDATE)]
@@ -179,7 +179,7 @@ def test_s3_inputs_launch_in_a_cluster_context():
 def test_all_context_problems_are_reported_together():
     spec = {"baseModel": {"name": "gpt-5"}, "dataset": {"uri": "pvc://datasets/tickets.jsonl"}}
 
-    decision = reconcile(JOB, spec, FineTuneJobStatus(), Observed(now=NOW), LOCAL)
+    decision = ftj_pass(JOB, spec, FineTuneJobStatus(), Observed(), LOCAL)
 
     assert "spec.baseModel.name: 'gpt-5' is not in the model catalog" in decision.status.message
     assert "spec.dataset.uri: pvc:// storage needs a cluster" in decision.status.message
@@ -189,8 +189,8 @@ def test_all_context_problems_are_reported_together():
 
 
 def test_passed_data_check_records_its_report_and_only_then_launches_training():
-    decision = reconcile(JOB, LOCAL_SPEC, validating_status(),
-                         observed("Succeeded", name=VALIDATE, result=DATA_CHECKED, now=LATER), LOCAL, generation=1)
+    decision = ftj_pass(JOB, LOCAL_SPEC, validating_status(),
+                         observed("Succeeded", name=VALIDATE, result=DATA_CHECKED), LOCAL, generation=1, now=LATER)
     status = decision.status
 
     assert status.phase == "Training"
@@ -209,7 +209,7 @@ def test_bad_data_fails_the_job_before_training_with_every_bad_row_named():
     message = "data/tickets.jsonl: 2 bad rows of 300: data/tickets.jsonl:7: not JSON; data/tickets.jsonl:9: ..."
     bad = {"succeeded": False, "reason": "InvalidData", "message": message, "badRows": 2}
 
-    decision = reconcile(JOB, LOCAL_SPEC, validating_status(), observed("Failed", name=VALIDATE, result=bad),
+    decision = ftj_pass(JOB, LOCAL_SPEC, validating_status(), observed("Failed", name=VALIDATE, result=bad),
                          LOCAL, generation=1)
 
     assert decision.status.phase == "Failed"
@@ -221,14 +221,14 @@ def test_bad_data_fails_the_job_before_training_with_every_bad_row_named():
 
 
 def test_a_data_check_that_vanished_is_launched_again():
-    decision = reconcile(JOB, LOCAL_SPEC, validating_status(), observed("Absent", name=VALIDATE), LOCAL, generation=1)
+    decision = ftj_pass(JOB, LOCAL_SPEC, validating_status(), observed("Absent", name=VALIDATE), LOCAL, generation=1)
 
     assert decision.status.phase == "Validating"
     assert launches(decision) == [LaunchWorkload("validate", VALIDATE)]
 
 
 def test_a_data_check_reporting_success_without_its_report_fails_the_job_clearly():
-    decision = reconcile(JOB, LOCAL_SPEC, validating_status(),
+    decision = ftj_pass(JOB, LOCAL_SPEC, validating_status(),
                          observed("Succeeded", name=VALIDATE, result={"succeeded": True}), LOCAL, generation=1)
 
     assert decision.status.phase == "Failed"
@@ -240,7 +240,7 @@ def test_a_data_check_reporting_success_without_its_report_fails_the_job_clearly
 
 
 def test_a_trainer_preparing_its_data_shows_as_training_with_what_it_does():
-    decision = reconcile(JOB, LOCAL_SPEC, training_status(),
+    decision = ftj_pass(JOB, LOCAL_SPEC, training_status(),
                          observed("Running", progress={"stage": "preparing-data"}), LOCAL, generation=1)
 
     assert decision.status.phase == "Training"
@@ -253,7 +253,7 @@ def test_training_progress_is_reported_rounded():
     progress = {"stage": "training", "step": 10, "totalSteps": 68, "epoch": 0.2941176, "loss": 1.234,
                 "tokensPerSecond": 950.5, "etaSeconds": 41.6}
 
-    decision = reconcile(JOB, LOCAL_SPEC, training_status(), observed("Running", progress=progress), LOCAL,
+    decision = ftj_pass(JOB, LOCAL_SPEC, training_status(), observed("Running", progress=progress), LOCAL,
                          generation=1)
 
     assert decision.status.phase == "Training"
@@ -265,8 +265,8 @@ def test_training_progress_is_reported_rounded():
 def test_a_running_workload_with_a_problem_message_warns_once():
     state = observed("Running", message="pod pending: 0/3 nodes have a free GPU")
 
-    first = reconcile(JOB, LOCAL_SPEC, training_status(), state, LOCAL, generation=1)
-    second = reconcile(JOB, LOCAL_SPEC, first.status, state, LOCAL, generation=1)
+    first = ftj_pass(JOB, LOCAL_SPEC, training_status(), state, LOCAL, generation=1)
+    second = ftj_pass(JOB, LOCAL_SPEC, first.status, state, LOCAL, generation=1)
 
     assert first.status.message == "pod pending: 0/3 nodes have a free GPU"
     assert events(first) == [EmitEvent("Warning", "WorkloadProblem", "pod pending: 0/3 nodes have a free GPU")]
@@ -276,12 +276,12 @@ def test_a_running_workload_with_a_problem_message_warns_once():
 def test_an_absent_workload_while_training_is_launched_again_under_the_same_name():
     status = training_status()
 
-    decision = reconcile(JOB, LOCAL_SPEC, status, observed("Absent"), LOCAL, generation=1)
+    decision = ftj_pass(JOB, LOCAL_SPEC, status, observed("Absent"), LOCAL, generation=1)
 
     assert decision.status.phase == "Training"
     assert launches(decision) == [LaunchWorkload("train", TRAIN)]
     # Another job's workload does not count as this one's.
-    other = reconcile(JOB, LOCAL_SPEC, status, observed("Running", name="other-job-train"), LOCAL, generation=1)
+    other = ftj_pass(JOB, LOCAL_SPEC, status, observed("Running", name="other-job-train"), LOCAL, generation=1)
     assert launches(other) == [LaunchWorkload("train", TRAIN)]
 
 
@@ -289,8 +289,8 @@ def test_an_absent_workload_while_training_is_launched_again_under_the_same_name
 
 
 def test_a_succeeded_workload_completes_the_job_with_its_results():
-    decision = reconcile(JOB, TRAIN_ONLY_SPEC, training_status(), observed("Succeeded", result=RESULT, now=LATER),
-                         LOCAL, generation=1)
+    decision = ftj_pass(JOB, TRAIN_ONLY_SPEC, training_status(), observed("Succeeded", result=RESULT),
+                         LOCAL, generation=1, now=LATER)
     status = decision.status
 
     assert status.phase == "Succeeded"
@@ -312,11 +312,11 @@ def test_a_succeeded_workload_completes_the_job_with_its_results():
 
 
 def test_progress_shows_all_steps_done_after_success():
-    running = reconcile(JOB, LOCAL_SPEC, training_status(),
+    running = ftj_pass(JOB, LOCAL_SPEC, training_status(),
                         observed("Running", progress={"stage": "training", "step": 60, "totalSteps": 70,
                                                       "etaSeconds": 9}), LOCAL, generation=1).status
 
-    status = reconcile(JOB, LOCAL_SPEC, running, observed("Succeeded", result=RESULT), LOCAL, generation=1).status
+    status = ftj_pass(JOB, LOCAL_SPEC, running, observed("Succeeded", result=RESULT), LOCAL, generation=1).status
 
     assert (status.progress.step, status.progress.total_steps, status.progress.eta_seconds) == (68, 68, 0)
 
@@ -325,8 +325,8 @@ def test_a_failed_result_fails_the_job_with_its_reason_and_message():
     result = {"succeeded": False, "reason": "InvalidData",
               "message": "/data/tickets.jsonl:17: missing required field 'output'"}
 
-    decision = reconcile(JOB, LOCAL_SPEC, training_status(), observed("Failed", result=result, now=LATER),
-                         LOCAL, generation=1)
+    decision = ftj_pass(JOB, LOCAL_SPEC, training_status(), observed("Failed", result=result),
+                         LOCAL, generation=1, now=LATER)
     status = decision.status
 
     assert status.phase == "Failed"
@@ -343,7 +343,7 @@ def test_a_failed_result_fails_the_job_with_its_reason_and_message():
 def test_a_workload_that_succeeded_with_an_unsuccessful_result_fails_the_job():
     result = {"succeeded": False, "reason": "LossDiverged", "message": "loss 80.1 at step 12"}
 
-    status = reconcile(JOB, LOCAL_SPEC, training_status(), observed("Succeeded", result=result),
+    status = ftj_pass(JOB, LOCAL_SPEC, training_status(), observed("Succeeded", result=result),
                        LOCAL, generation=1).status
 
     assert status.phase == "Failed"
@@ -351,7 +351,7 @@ def test_a_workload_that_succeeded_with_an_unsuccessful_result_fails_the_job():
 
 
 def test_a_failed_workload_without_a_result_fails_with_the_workload_message():
-    status = reconcile(JOB, LOCAL_SPEC, training_status(), observed("Failed", message="OOMKilled (exit 137)"),
+    status = ftj_pass(JOB, LOCAL_SPEC, training_status(), observed("Failed", message="OOMKilled (exit 137)"),
                        LOCAL, generation=1).status
 
     assert status.phase == "Failed"
@@ -360,7 +360,7 @@ def test_a_failed_workload_without_a_result_fails_with_the_workload_message():
 
 
 def test_a_failed_workload_with_nothing_to_say_still_gets_a_message():
-    status = reconcile(JOB, LOCAL_SPEC, training_status(), observed("Failed"), LOCAL, generation=1).status
+    status = ftj_pass(JOB, LOCAL_SPEC, training_status(), observed("Failed"), LOCAL, generation=1).status
 
     assert status.phase == "Failed"
     assert status.message == "the workload failed"
@@ -370,7 +370,7 @@ def test_a_failed_workload_with_nothing_to_say_still_gets_a_message():
 
 
 @pytest.mark.parametrize("state", [
-    pytest.param(Observed(now=NOW), id="pending"),
+    pytest.param(Observed(), id="pending"),
     pytest.param(observed("Running", progress={"stage": "training", "step": 3, "totalSteps": 9}), id="running"),
     pytest.param(observed("Succeeded", result=RESULT), id="succeeded"),
     pytest.param(observed("Failed", result={"succeeded": False, "reason": "InvalidData", "message": "x:1: bad"}),
@@ -380,8 +380,8 @@ def test_a_failed_workload_with_nothing_to_say_still_gets_a_message():
 def test_the_same_inputs_give_the_same_decision(state):
     status = FineTuneJobStatus() if not state.workloads else training_status()
 
-    first = reconcile(JOB, LOCAL_SPEC, status, state, LOCAL, generation=1)
-    second = reconcile(JOB, LOCAL_SPEC, status, state, LOCAL, generation=1)
+    first = ftj_pass(JOB, LOCAL_SPEC, status, state, LOCAL, generation=1)
+    second = ftj_pass(JOB, LOCAL_SPEC, status, state, LOCAL, generation=1)
 
     assert first.status == second.status
     assert first.actions == second.actions
@@ -392,13 +392,13 @@ def test_the_same_inputs_give_the_same_decision(state):
     pytest.param({"succeeded": False, "reason": "InvalidData", "message": "x:1: bad"}, id="after-failure"),
 ])
 def test_a_finished_job_takes_no_further_action(result):
-    finished = reconcile(JOB, TRAIN_ONLY_SPEC, training_status(), observed("Succeeded", result=result),
+    finished = ftj_pass(JOB, TRAIN_ONLY_SPEC, training_status(), observed("Succeeded", result=result),
                          LOCAL, generation=1).status
     assert finished.phase in ("Succeeded", "Failed")
 
     # Whatever the world looks like now (workload gone, or a new spec), nothing is launched again.
-    for state in (observed("Absent", now=LATER), observed("Running", now=LATER), Observed(now=LATER)):
-        decision = reconcile(JOB, {"broken": True}, finished, state, LOCAL, generation=2)
+    for state in (observed("Absent"), observed("Running"), Observed()):
+        decision = ftj_pass(JOB, {"broken": True}, finished, state, LOCAL, generation=2)
         assert decision.actions == []
         assert decision.status == finished
 
@@ -406,8 +406,8 @@ def test_a_finished_job_takes_no_further_action(result):
 def test_a_spec_changed_after_start_is_not_applied_and_warned_about_once():
     spec = {**LOCAL_SPEC, "training": {"epochs": 5}}
 
-    first = reconcile(JOB, spec, training_status(), observed("Running"), LOCAL, generation=2)
-    second = reconcile(JOB, spec, first.status, observed("Running"), LOCAL, generation=2)
+    first = ftj_pass(JOB, spec, training_status(), observed("Running"), LOCAL, generation=2)
+    second = ftj_pass(JOB, spec, first.status, observed("Running"), LOCAL, generation=2)
 
     assert first.status.phase == "Training"
     assert [(e.type, e.reason) for e in events(first)] == [("Warning", "SpecChangeIgnored")]
@@ -456,10 +456,10 @@ def test_long_job_names_sharing_a_prefix_get_different_workload_names():
 
 def test_a_long_job_name_is_relaunched_under_the_same_name():
     job = "x" * 80
-    status = reconcile(job, LOCAL_SPEC, FineTuneJobStatus(), Observed(now=NOW), LOCAL).status
-    first_launch = reconcile(job, LOCAL_SPEC, FineTuneJobStatus(), Observed(now=NOW), LOCAL).actions[0]
+    status = ftj_pass(job, LOCAL_SPEC, FineTuneJobStatus(), Observed(), LOCAL).status
+    first_launch = ftj_pass(job, LOCAL_SPEC, FineTuneJobStatus(), Observed(), LOCAL).actions[0]
 
-    again = reconcile(job, LOCAL_SPEC, status, Observed(now=NOW), LOCAL)
+    again = ftj_pass(job, LOCAL_SPEC, status, Observed(), LOCAL)
 
     assert launches(again) == [first_launch]
     assert len(first_launch.name) <= 63
@@ -468,8 +468,8 @@ def test_a_long_job_name_is_relaunched_under_the_same_name():
 def test_a_preempted_workload_is_relaunched_to_resume_not_failed():
     preempted = {"succeeded": False, "reason": "Preempted",
                  "message": "stopped by a signal at step 11; the next run resumes from its checkpoint"}
-    decision = reconcile(JOB, LOCAL_SPEC, training_status(), observed("Failed", result=preempted, now=LATER),
-                         LOCAL, generation=1)
+    decision = ftj_pass(JOB, LOCAL_SPEC, training_status(), observed("Failed", result=preempted),
+                         LOCAL, generation=1, now=LATER)
 
     assert decision.status.phase == "Training"
     assert launches(decision) == [LaunchWorkload("train", TRAIN, replace=True)]
@@ -478,12 +478,12 @@ def test_a_preempted_workload_is_relaunched_to_resume_not_failed():
 
 def test_a_spec_changed_after_the_start_is_not_applied_and_said_so():
     changed = {**LOCAL_SPEC, "training": {"epochs": 5}}
-    first = reconcile(JOB, changed, training_status(), observed("Running", now=LATER), LOCAL, generation=2)
+    first = ftj_pass(JOB, changed, training_status(), observed("Running"), LOCAL, generation=2, now=LATER)
 
     condition = get_condition(first.status.conditions, "SpecChangeIgnored")
     assert condition is not None and condition.status == "True"
     assert "generation 2" in condition.message and "create a new FineTuneJob" in condition.message
     assert launches(first) == [] and first.status.phase == "Training"
     assert [event.reason for event in events(first)] == ["SpecChangeIgnored"]
-    again = reconcile(JOB, changed, first.status, observed("Running", now=LATER), LOCAL, generation=2)
+    again = ftj_pass(JOB, changed, first.status, observed("Running"), LOCAL, generation=2, now=LATER)
     assert events(again) == []  # said once, not on every pass

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 
 import pytest
+from passes import ftj_pass
 from stage_results import DATA_CHECKED
 
 from tuneloop.api.common import get_condition
 from tuneloop.api.evaluation import Comparison, GateSpec, Score
 from tuneloop.api.finetunejob import FineTuneJobStatus
 from tuneloop.reconcile import gate
-from tuneloop.reconcile.finetunejob import (
-    EmitEvent, LaunchWorkload, Observed, ReconcileContext, WorkloadState, reconcile,
-)
+from tuneloop.reconcile.finetunejob import LaunchWorkload, Observed, ReconcileContext, WorkloadState
 
 NOW, LATER = "2026-03-01T12:00:00Z", "2026-03-01T13:00:00Z"
 JOB = "acme-tickets"
@@ -56,7 +55,7 @@ REGISTERED = {"succeeded": True, "modelName": "acme-tickets", "version": "3", "u
 
 def step(status: FineTuneJobStatus, stage: str, phase: str, result: dict | None = None, spec: dict = SPEC):
     state = WorkloadState(phase=phase, result=result)
-    return reconcile(JOB, spec, status, Observed(workloads={f"{JOB}-{stage}": state}, now=LATER), LOCAL, 1)
+    return ftj_pass(JOB, spec, status, Observed(workloads={f"{JOB}-{stage}": state}), LOCAL, 1, now=LATER)
 
 
 def launches(decision) -> list[LaunchWorkload]:
@@ -64,12 +63,12 @@ def launches(decision) -> list[LaunchWorkload]:
 
 
 def reasons(decision) -> list[str]:
-    return [a.reason for a in decision.actions if isinstance(a, EmitEvent)]
+    return [event.reason for event in decision.events]
 
 
 def started(spec: dict = SPEC) -> FineTuneJobStatus:
     """Accepted, data checked, training launched."""
-    validating = reconcile(JOB, spec, FineTuneJobStatus(), Observed(now=NOW), LOCAL, 1).status
+    validating = ftj_pass(JOB, spec, FineTuneJobStatus(), Observed(), LOCAL, 1).status
     return step(validating, "validate", "Succeeded", DATA_CHECKED, spec=spec).status
 
 
@@ -201,7 +200,7 @@ def test_disabled_evaluation_and_registry_skip_their_stages():
 def test_a_cluster_without_mlflow_refuses_a_spec_that_registers():
     cluster = ReconcileContext(mode="cluster", catalog=frozenset({"m"}), registry_configured=False)
     spec = {"baseModel": {"name": "m"}, "dataset": {"uri": "pvc://d/t.jsonl"}, "output": {"uri": "pvc://o/a"}}
-    decision = reconcile(JOB, spec, FineTuneJobStatus(), Observed(now=NOW), cluster, 1)
+    decision = ftj_pass(JOB, spec, FineTuneJobStatus(), Observed(), cluster, 1)
     assert decision.status.phase == "Failed"
     assert "spec.registry.enabled: the operator has no MLflow tracking URI" in decision.status.message
 

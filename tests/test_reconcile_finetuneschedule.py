@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
+from passes import fts_pass, resource
 
 from tuneloop.api.common import SpecError
-from tuneloop.api.finetuneschedule import FineTuneScheduleStatus, parse_spec
+from tuneloop.api.finetuneschedule import FineTuneSchedule, FineTuneScheduleStatus, parse_spec
 from tuneloop.reconcile.finetuneschedule import (
     CreateJob,
     DeleteJob,
@@ -17,7 +18,6 @@ from tuneloop.reconcile.finetuneschedule import (
     SnapshotState,
     due_slot,
     needs_feedback_count,
-    reconcile,
 )
 
 CREATED = "2026-11-20T12:00:00Z"
@@ -39,9 +39,13 @@ def at(text: str) -> datetime:
 
 
 def step(raw_spec, status=None, now="2026-11-23T01:30:00", **observed):
-    decision = reconcile("nightly", "ml", "uid-1", raw_spec, status or FineTuneScheduleStatus(),
-                         Observed(created=CREATED, generation=1, **observed), at(now))
+    decision = fts_pass("nightly", "ml", "uid-1", raw_spec, status or FineTuneScheduleStatus(),
+                        Observed(**observed), at(now), generation=1, created=CREATED)
     return decision, decision.status
+
+
+def schedule(raw_spec, status):
+    return resource(FineTuneSchedule, status, "nightly", raw_spec, namespace="ml", created=CREATED)
 
 
 def test_slots_follow_the_time_zone_and_missed_slots_run_once():
@@ -76,7 +80,7 @@ def test_an_unreachable_feedback_service_leaves_the_slot_due():
     decision, status = step(spec(), feedback_problem="connection refused")
     assert status.run is None and status.last_schedule_time is None
     assert "waits for the feedback service: connection refused" in status.message
-    assert needs_feedback_count(spec(), status, CREATED, at("2026-11-23T01:31:00"))
+    assert needs_feedback_count(schedule(spec(), status), at("2026-11-23T01:31:00"))
 
 
 def run_to_training(snapshot_rows=30):
@@ -133,7 +137,7 @@ def test_forbid_skips_a_slot_while_a_run_is_going_and_replace_deletes_it():
 def test_a_suspended_schedule_starts_nothing():
     decision, status = step(spec(suspend=True), new_corrections=99, last_feedback_id=140)
     assert status.run is None and status.message == "suspended" and decision.actions == []
-    assert not needs_feedback_count(spec(suspend=True), FineTuneScheduleStatus(), CREATED, at("2026-11-23T01:30:00"))
+    assert not needs_feedback_count(schedule(spec(suspend=True), FineTuneScheduleStatus()), at("2026-11-23T01:30:00"))
 
 
 def test_a_slot_missed_beyond_the_starting_deadline_is_skipped():
@@ -189,10 +193,10 @@ def test_a_refused_token_holds_every_run_until_the_service_has_answered_with_it(
 
     refusal = Refusal("SecretNotAllowed", "spec.feedback.tokenSecret: Secret ml/t is not marked for the feedback use")
     decision, refused = step(spec(), refusal=refusal)
-    assert decision.actions[0].reason == "SecretNotAllowed" and refused.last_schedule_time is None
+    assert decision.events[0].reason == "SecretNotAllowed" and refused.last_schedule_time is None
     assert get_condition(refused.conditions, "Permitted").status == "False"
     again, _ = step(spec(), refused, refusal=refusal)
-    assert again.actions == []  # the same refusal is not announced on every pass
+    assert again.actions == again.events == []  # the same refusal is not announced on every pass
 
     # A pass that did not look at the Secret (no slot due) proves nothing: still refused.
     _, quiet = step(spec(), refused, now="2026-11-23T00:30:00")

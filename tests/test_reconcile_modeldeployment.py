@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
+from passes import md_pass
+
 from tuneloop.api.modeldeployment import ModelDeploymentStatus
 from tuneloop.reconcile.modeldeployment import (
     ABORT,
@@ -17,14 +19,13 @@ from tuneloop.reconcile.modeldeployment import (
     ApplyDeployment,
     ClearAnnotation,
     DeploymentState,
-    EmitEvent,
     Observed,
     RunAnalysis,
     ScaleDeployment,
     SetPreview,
     SwitchActive,
-    reconcile,
 )
+from tuneloop.reconcile.core import EmitEvent
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 STEP = 5
@@ -59,15 +60,15 @@ class World:
     def step(self, lose_actions: bool = False):
         self.play_controllers()
         status = ModelDeploymentStatus.model_validate(self.status) if self.status else ModelDeploymentStatus()
-        decision = reconcile("support-bot", self.spec, status,
-                             Observed(resolved_version=self.version, deployments=dict(self.deployments),
-                                      analysis=self.analysis, annotations=dict(self.annotations), generation=1),
-                             self.now)
+        decision = md_pass("support-bot", self.spec, status,
+                           Observed(resolved_version=self.version, deployments=dict(self.deployments),
+                                    analysis=self.analysis),
+                           self.now, annotations=dict(self.annotations), generation=1)
         self.status = decision.status.to_wire()
         if not lose_actions:  # lost: the operator died after writing the status
             for action in decision.actions:
                 self.carry_out(action)
-        self.actions.append(decision.actions)
+        self.actions.append([*decision.actions, *decision.events])
         self.check_invariant()
         self.now += timedelta(seconds=STEP)
         return decision
@@ -323,5 +324,5 @@ def test_an_invalid_spec_changes_nothing_that_serves():
     world.spec = {**world.spec, "serving": {"maxLoraRank": 7}}
     decision = world.step()
     assert world.status["phase"] == "Degraded" and world.active == "blue"
-    assert [type(a) for a in decision.actions] == [EmitEvent]
+    assert decision.actions == [] and [type(event) for event in decision.events] == [EmitEvent]
     assert world.step().actions == []

@@ -8,7 +8,7 @@ import asyncio
 from tuneloop.api.common import merge_patch_between
 from tuneloop.reconcile.modeldeployment import AnalysisResult
 from tuneloop.runtime.analysis_runs import AnalysisRuns
-from tuneloop.runtime.serving import deployment_state
+from tuneloop.runtime.modeldeployment import deployment_state
 
 
 def deployment(generation=2, observed=2, ready=2, updated=2, revision="r2", replicas=2):

@@ -17,7 +17,7 @@ from postgres import free_port, postgres_server  # noqa: F401  (postgres_server:
 from tuneloop.api.finetunejob import CleaningSpec, PiiSpec
 from tuneloop.api.workloads import SnapshotResult, SnapshotWorkload
 from tuneloop.feedback.app import create_app
-from tuneloop_trainer.data import load_dataset
+from tuneloop.workload_data.rows import load_dataset
 from tuneloop_trainer.snapshot import main
 
 TOKEN = "snapshot-token-0123456789abcdef"

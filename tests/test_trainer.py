@@ -113,7 +113,8 @@ def summed_loss(model, batch: dict):
 @pytest.mark.parametrize("attention", ["sdpa", "tuneloop"])
 def test_padding_free_and_padded_batches_give_the_same_loss(tiny_model_dir, tickets, attention):
     from tuneloop_trainer.attention import ATTENTION
-    from tuneloop_trainer.data import load_jsonl, tokenize
+    from tuneloop.workload_data.rows import load_jsonl
+    from tuneloop_trainer.tokens import tokenize
     from transformers import AutoModelForCausalLM
 
     tokenizer = build_tiny_tokenizer()
@@ -134,7 +135,8 @@ def test_padding_free_and_padded_batches_give_the_same_loss(tiny_model_dir, tick
 def test_per_example_attention_gives_the_block_diagonal_masks_loss_and_gradients(tiny_model_dir, tickets, monkeypatch):
     """The CPU fast path (attention per example, no row x row mask) changes no sum and no gradient."""
     import tuneloop_trainer.attention as attention
-    from tuneloop_trainer.data import load_jsonl, tokenize
+    from tuneloop.workload_data.rows import load_jsonl
+    from tuneloop_trainer.tokens import tokenize
     from transformers import AutoModelForCausalLM
 
     tokenizer = build_tiny_tokenizer()
@@ -319,7 +321,8 @@ def test_the_cpu_loss_equals_trls_fused_head_loss_and_gradients(tiny_model_dir, 
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from tuneloop_trainer.data import load_jsonl, tokenize
+    from tuneloop.workload_data.rows import load_jsonl
+    from tuneloop_trainer.tokens import tokenize
     from tuneloop_trainer.sft import as_dataset, sft_trainer_class
 
     tokenizer = build_tiny_tokenizer()

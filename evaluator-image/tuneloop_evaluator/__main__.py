@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from tuneloop.api.workloads import EvaluatorResult, EvaluatorWorkload, write_result
+from tuneloop.offline_env import go_offline
 
 log = logging.getLogger("tuneloop_evaluator")
 
@@ -27,10 +28,10 @@ def failure(reason: str, message: str) -> EvaluatorResult:
 
 def evaluate(workload: EvaluatorWorkload) -> EvaluatorResult:
     # Heavy imports only after the spec is known to be good.
+    from tuneloop.workload_data.rows import DataError
     from tuneloop_evaluator.champion import ChampionUnavailable
     from tuneloop_evaluator.evaluate import InvalidWorkload, run
     from tuneloop_evaluator.judge import JudgeNotConfigured, JudgeUnavailable
-    from tuneloop_trainer.data import DataError
 
     try:
         return run(workload)
@@ -58,9 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write the result, compacted to 4 KiB, here (a pod's /dev/termination-log)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per judge request otherwise
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    go_offline()
     # MLflow's default (7 retries, doubling from 2 s) waits about 4 minutes on a dead server.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from tuneloop.api.evaluation import PAIRED_ONLY, BootstrapSpec, Comparison, JudgeSpec, JudgeStats
 from tuneloop.api.workloads import EvaluatorResult, EvaluatorWorkload
+from tuneloop.workload_data.chat import render_prompt
+from tuneloop.workload_data.rows import DataError, Example, load_dataset
 from tuneloop_evaluator.bootstrap import bootstrap_difference, bootstrap_mean
 from tuneloop_evaluator.champion import Baseline, resolve_baseline
 from tuneloop_evaluator.judge import (
@@ -20,7 +22,6 @@ from tuneloop_evaluator.judge import (
 )
 from tuneloop_evaluator.metrics import rouge_l, score_answer, task_shape
 from tuneloop_evaluator.tracking import log_to_training_run
-from tuneloop_trainer.data import DataError, Example, load_dataset, render_prompt
 
 log = logging.getLogger("tuneloop_evaluator")
 RECORDS_FILE = "evaluation-records.jsonl"

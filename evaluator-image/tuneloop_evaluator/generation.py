@@ -3,7 +3,7 @@
 Adapters (a folder with adapter_config.json) are attached to one base model under their own names
 and switched with set_adapter; the base model answers with the adapters disabled. A folder that is
 a whole model (a full fine-tune) is loaded on its own. Prompts are rendered with the tokenizer's
-chat template exactly as the trainer rendered them (tuneloop_trainer.data.render_prompt).
+chat template exactly as the trainer rendered them (tuneloop.workload_data.chat.render_prompt).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from tuneloop_trainer.model import load_tokenizer
+from tuneloop.workload_data.chat import load_tokenizer
 
 log = logging.getLogger("tuneloop_evaluator")
 

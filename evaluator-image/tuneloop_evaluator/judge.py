@@ -19,6 +19,7 @@ from tuneloop.api.workloads import JUDGE_API_KEY_ENV
 from tuneloop.judge_client import (
     SYSTEM_PROMPT, Judge, JudgeUnavailable, PointJudgment, parse_score, parse_winner,
 )
+from tuneloop.retry import JUDGE, RetryPolicy
 
 # The shared client's names stay importable from here: the evaluator's callers and tests use them.
 __all__ = [
@@ -147,20 +148,20 @@ class JudgeRun:
     stats: JudgeStats
 
 
-def check_judge(spec: JudgeSpec, api_key: str, **options: float) -> None:
+def check_judge(spec: JudgeSpec, api_key: str, retry: RetryPolicy = JUDGE) -> None:
     """Blocking reachability check (before generation)."""
     async def check() -> None:
-        async with Judge(spec, api_key, **options) as judge:
+        async with Judge(spec, api_key, retry=retry) as judge:
             await judge.check_reachable()
 
     asyncio.run(check())
 
 
 def judge_answers(spec: JudgeSpec, api_key: str, hold_out: list[JudgeItem], general: list[JudgeItem],
-                  **options: float) -> JudgeRun:
+                  retry: RetryPolicy = JUDGE) -> JudgeRun:
     """Blocking: pointwise scores for both sets, pairwise (if spec.pairwise) on the hold-out set."""
     async def judge_all() -> JudgeRun:
-        async with Judge(spec, api_key, **options) as judge:
+        async with Judge(spec, api_key, retry=retry) as judge:
             # One task group for both sets: the first JudgeUnavailable cancels everything in flight.
             try:
                 async with asyncio.TaskGroup() as group:

@@ -15,7 +15,6 @@ import argparse
 import json
 import logging
 import os
-import random
 import sys
 import time
 import traceback
@@ -30,9 +29,11 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
+from tenacity import RetryCallState
 
 from tuneloop.api.modeldeployment import LORA_TAG, lora_options
 from tuneloop.api.workloads import RegisterResult, RegisterWorkload, write_result
+from tuneloop.retry import RetryPolicy, attempts_made, elapsed, retrying
 
 log = logging.getLogger("tuneloop_evaluator.register")
 
@@ -54,11 +55,9 @@ TOKENIZER_FILES = frozenset({
 })
 WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")
 
-# MLflow's own HTTP retries would hide a down server for minutes; the loop in `retrying` owns the timing.
+# MLflow's own HTTP retries would hide a down server for minutes; `with_retries` owns the timing.
 MLFLOW_HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 TRANSIENT_ERROR_CODES = frozenset({"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"})
-FIRST_BACKOFF_SECONDS = 0.5
-MAX_BACKOFF_SECONDS = 10.0
 
 T = TypeVar("T")
 
@@ -118,33 +117,22 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
-def backoff_seconds(attempt: int) -> float:
-    """Exponential, capped, with jitter so that many jobs retrying together spread out."""
-    ceiling = min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** attempt)
-    return random.uniform(ceiling / 2, ceiling)
-
-
-def retrying(action: Callable[[], T], tracking_uri: str, retry_seconds: float,
-             sleep: Callable[[float], None] = time.sleep) -> T:
+def with_retries(action: Callable[[], T], tracking_uri: str, retry_seconds: float) -> T:
     """`action()`, again after transient errors until `retry_seconds` have passed; then RegistryUnavailable."""
-    started = time.monotonic()
-    attempt = 0
-    while True:
-        try:
-            return action()
-        except Exception as error:
-            if not is_transient(error):
-                raise
-            elapsed = time.monotonic() - started
-            if elapsed >= retry_seconds:
-                raise RegistryUnavailable(
-                    f"MLflow at {without_credentials(tracking_uri)} is unavailable after {attempt + 1} attempts "
-                    f"in {elapsed:.0f}s: {error}") from error
-            delay = min(backoff_seconds(attempt), retry_seconds - elapsed)
-            attempt += 1
-            log.warning("MLflow at %s is unavailable (%s); retry %d in %.1fs, giving up after %.0fs",
-                        without_credentials(tracking_uri), error, attempt, delay, retry_seconds)
-            sleep(delay)
+    server = without_credentials(tracking_uri)
+
+    def on_retry(state: RetryCallState) -> None:
+        log.warning("MLflow at %s is unavailable (%s); retry %d in %.1fs, giving up after %.0fs",
+                    server, state.outcome.exception(), state.attempt_number, state.upcoming_sleep, retry_seconds)
+
+    retryer = retrying(RetryPolicy(attempts=None, deadline_seconds=retry_seconds), is_transient, on_retry=on_retry)
+    try:
+        return retryer(action)
+    except Exception as error:
+        if not is_transient(error):
+            raise
+        raise RegistryUnavailable(f"MLflow at {server} is unavailable after {attempts_made(retryer)} attempts "
+                                  f"in {elapsed(retryer):.0f}s: {error}") from error
 
 
 def find_registered_version(client: MlflowClient, workload: RegisterWorkload) -> ModelVersion | None:
@@ -322,7 +310,7 @@ def register(workload: RegisterWorkload) -> RegisterResult:
     tracking_uri = workload.tracking.tracking_uri
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
-        return retrying(lambda: register_once(client, workload, files), tracking_uri, workload.retry_seconds)
+        return with_retries(lambda: register_once(client, workload, files), tracking_uri, workload.retry_seconds)
     except RegistryUnavailable as error:
         return failure("RegistryUnavailable", str(error))
     except (MlflowException, requests.RequestException, OSError, ValueError) as error:
@@ -332,7 +320,7 @@ def register(workload: RegisterWorkload) -> RegisterResult:
 
 
 def limit_mlflow_http_retries() -> None:
-    """MLflow's client must not retry on its own (our loop does); its request timeout may be set by the user."""
+    """MLflow's client must not retry on its own (our retry policy does); its request timeout may be set by the user."""
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = MLFLOW_HTTP_SETTINGS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", MLFLOW_HTTP_SETTINGS["MLFLOW_HTTP_REQUEST_TIMEOUT"])
 

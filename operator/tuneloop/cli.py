@@ -84,9 +84,9 @@ def data_check(path: Path, document: dict[str, Any]) -> tuple[list[str], list[st
     from tuneloop.runtime.local import LocalRuntime
 
     try:
-        from tuneloop_trainer.data import BadRows, DataError
+        from tuneloop.workload_data.chat import load_tokenizer
+        from tuneloop.workload_data.rows import BadRows, DataError
         from tuneloop_trainer.data_report import data_report
-        from tuneloop_trainer.model import load_tokenizer
     except ImportError as error:
         return [], [f"--data needs the trainer package (pip install -e trainer-image): {error}"]
     job = parse_manifest(document)
@@ -405,7 +405,7 @@ def command_operator(args: argparse.Namespace) -> int:
 
 
 def command_rollout(args: argparse.Namespace) -> int:
-    from tuneloop.rollout_control import RolloutControlError, run
+    from tuneloop.runtime.rollout_control import RolloutControlError, run
 
     try:
         print(run(args.verb, args.name, args.namespace))

@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from tuneloop.api.common import WireModel
 from tuneloop.api.fields import HttpUrl, Quantity
 from tuneloop.images import check_registry, mirrored
+from tuneloop.retry import FEEDBACK_STATS, JUDGE, KUBERNETES_API, MLFLOW_REST, RetryPolicy
 
 
 class Images(WireModel):
@@ -44,6 +45,20 @@ class DataCheckResources(WireModel):
 
     cpu: Quantity = "1"
     memory: Quantity = "4Gi"
+
+
+class Outbound(WireModel):
+    """How the operator calls each outside system: attempts, backoff, deadline, and each request's timeout."""
+
+    kubernetes: RetryPolicy = Field(default_factory=KUBERNETES_API.model_copy,
+                                    description="The Kubernetes API: retried on 429, 5xx and connection errors.")
+    judge: RetryPolicy = Field(default_factory=JUDGE.model_copy,
+                               description="The LLM judge of a ModelDeployment's analysis: the backoff between "
+                                           "retries (the JudgeSpec's maxRetries and timeoutSeconds set the rest).")
+    mlflow: RetryPolicy = Field(default_factory=MLFLOW_REST.model_copy,
+                                description="MLflow's REST API (training progress, aliases, adapter tags).")
+    feedback: RetryPolicy = Field(default_factory=FEEDBACK_STATS.model_copy,
+                                  description="A feedback service's stats, asked by a FineTuneSchedule.")
 
 
 class OperatorConfig(WireModel):
@@ -79,8 +94,9 @@ class OperatorConfig(WireModel):
     webhook_port: int = Field(0, ge=0, le=65535, description="Port of the MLflow registry webhook receiver "
                                                              "(POST /mlflow/webhook); 0: off, aliases are polled.")
     max_concurrent_reconciles: int | None = Field(
-        None, ge=1, description="Objects reconciled at once (kopf's queueing.worker_limit); the others wait "
-                                "their turn. Bounds the operator's memory in a burst; unset: no limit.")
+        None, ge=1, description="Reconcile passes run at once (each object's daemon waits for a free one); "
+                                "the others wait their turn. Bounds the operator's memory in a burst; unset: "
+                                "no limit.")
     allowed_secrets: list[NamespacedName] = Field(
         default_factory=list, description="Secrets (namespace/name) tenants may name for any Tuneloop use without "
                                           "the tuneloop.dev/secret-usage label (runtime/secrets.py).")
@@ -89,6 +105,7 @@ class OperatorConfig(WireModel):
                                           "service's url may start with (outbound.py); the tenant's own "
                                           "Services are always allowed.")
     data_check: DataCheckResources = Field(default_factory=DataCheckResources)
+    outbound: Outbound = Field(default_factory=Outbound)
     inputs_size: str = Field("200Gi", description="Size limit of the emptyDir that s3:// inputs are fetched into "
                                                  "(the base model's weights plus the data).")
 

@@ -17,7 +17,8 @@ We do not call mlflow.genai itself because:
 Client: the `openai` SDK (AsyncOpenAI), the reference client of the API vLLM imitates: it owns
 URL joining, bearer auth and error bodies, and its typed errors (APIConnectionError,
 APITimeoutError, APIStatusError with status_code) are exactly the distinctions the retry policy
-needs. Its own retries are off (max_retries=0) so every attempt goes through our loop.
+needs. Its own retries are off (max_retries=0) so every attempt goes through our retry policy
+(tuneloop.retry).
 
 Unparseable judgments are never passes: callers leave them out of their scores.
 """
@@ -27,13 +28,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from tenacity import RetryCallState
+
 from tuneloop.api.evaluation import JudgeSpec
+from tuneloop.retry import JUDGE, RetryPolicy, async_retrying
 
 log = logging.getLogger("tuneloop.judge")
 T = TypeVar("T")
@@ -186,6 +189,24 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def _worth_retrying(error: BaseException) -> bool:
+    import openai
+
+    if isinstance(error, openai.APIStatusError):
+        return error.status_code in RETRYABLE_STATUS or error.status_code >= 500
+    return isinstance(error, (openai.APIConnectionError, TimeoutError))
+
+
+def _retry_after(error: BaseException) -> float:
+    """The wait a 429's Retry-After asks for, up to 60 s; 0 without one."""
+    response = getattr(error, "response", None)
+    retry_after = response.headers.get("retry-after") if response is not None else None
+    try:
+        return min(float(retry_after), 60.0) if retry_after else 0.0
+    except ValueError:
+        return 0.0
+
+
 # A judgment is JUDGE_MAX_TOKENS tokens of JSON: a reply past this is an attack or a bug, and reading
 # it whole would hold the process's memory hostage (the operator judges rollouts in its own process).
 MAX_REPLY_BYTES = 1 * 2**20
@@ -223,17 +244,16 @@ def bounded_http_client(timeout_seconds: float) -> Any:
 class Judge:
     """`async with Judge(spec, key) as judge:` then check_reachable(), score(), winner(); one event loop."""
 
-    def __init__(self, spec: JudgeSpec, api_key: str, *, backoff_seconds: float = 0.5,
-                 max_backoff_seconds: float = 8.0):
+    def __init__(self, spec: JudgeSpec, api_key: str, *, retry: RetryPolicy = JUDGE):
+        """`retry`'s backoff between attempts; the spec's maxRetries and timeoutSeconds set the rest."""
         self.spec = spec
         self.api_key = api_key
-        self.backoff_seconds = backoff_seconds
-        self.max_backoff_seconds = max_backoff_seconds
+        self.retry = retry.model_copy(update={"attempts": spec.max_retries + 1, "deadline_seconds": None,
+                                              "timeout_seconds": spec.timeout_seconds})
         self.requests = 0  # logical requests (a judgment, or the reachability check)
         self.attempts = 0  # HTTP attempts, retries included
         self.retries = 0
         self.rejected = 0
-        self._random = random.Random()
         self._client: Any = None
         self._slots: asyncio.Semaphore | None = None
 
@@ -254,50 +274,38 @@ class Judge:
     async def __aexit__(self, *exc_info: object) -> None:
         await self._client.close()
 
-    def _delay(self, attempt: int, error: BaseException | None) -> float:
-        """Exponential backoff with jitter; a 429's Retry-After (up to 60 s) is a floor."""
-        delay = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (attempt - 1))
-        delay *= self._random.uniform(0.5, 1.5)
-        response = getattr(error, "response", None)
-        retry_after = response.headers.get("retry-after") if response is not None else None
-        if retry_after:
-            try:
-                delay = max(delay, min(float(retry_after), 60.0))
-            except ValueError:
-                pass
-        return delay
-
     async def _call(self, what: str, request: Callable[[], Awaitable[T]]) -> T:
-        """One logical request with retries; JudgeUnavailable when they run out or the endpoint refuses us."""
+        """One logical request with retries (a 429's Retry-After is waited at least); JudgeUnavailable when
+        they run out or the endpoint refuses us."""
         import openai
 
         self.requests += 1
-        tries = self.spec.max_retries + 1
-        last_error: BaseException | None = None
-        for attempt in range(tries):
-            if attempt:
-                delay = self._delay(attempt, last_error)
-                log.warning("judge %s: %s (attempt %d of %d); retrying in %.2fs",
-                            what, _describe(last_error), attempt, tries, delay)
-                self.retries += 1
-                await asyncio.sleep(delay)
+
+        async def attempt() -> T:
             self.attempts += 1
-            try:
-                async with self._slots, asyncio.timeout(self.spec.timeout_seconds):
-                    return await request()
-            except (openai.APIConnectionError, TimeoutError) as error:
-                last_error = error
-            except openai.APIStatusError as error:
-                if error.status_code in RETRYABLE_STATUS or error.status_code >= 500:
-                    last_error = error
-                    continue
-                if error.status_code in FATAL_STATUS:
-                    raise JudgeUnavailable(
-                        f"judge {self.spec.url} (model {self.spec.model}) {FATAL_STATUS[error.status_code]}: "
-                        f"{_describe(error)}") from None
+            async with self._slots, asyncio.timeout(self.retry.timeout_seconds):
+                return await request()
+
+        def on_retry(state: RetryCallState) -> None:
+            self.retries += 1
+            log.warning("judge %s: %s (attempt %d of %d); retrying in %.2fs", what,
+                        _describe(state.outcome.exception()), state.attempt_number, self.retry.attempts,
+                        state.upcoming_sleep)
+
+        try:
+            return await async_retrying(self.retry, _worth_retrying, on_retry=on_retry, floor=_retry_after)(attempt)
+        except openai.APIStatusError as error:
+            if error.status_code in FATAL_STATUS:
+                raise JudgeUnavailable(
+                    f"judge {self.spec.url} (model {self.spec.model}) {FATAL_STATUS[error.status_code]}: "
+                    f"{_describe(error)}") from None
+            if not _worth_retrying(error):
                 raise RequestRejected(_describe(error)) from None
+            last_error: BaseException = error
+        except (openai.APIConnectionError, TimeoutError) as error:
+            last_error = error
         raise JudgeUnavailable(f"judge {self.spec.url} (model {self.spec.model}) did not answer {what} after "
-                               f"{tries} attempt(s): {_describe(last_error)}")
+                               f"{self.retry.attempts} attempt(s): {_describe(last_error)}")
 
     async def check_reachable(self) -> None:
         """Fail before any GPU time is spent when the endpoint is down; warn when it lists other models."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from tuneloop.api.workloads import TrainerResult, TrainerWorkload, write_result
+from tuneloop.offline_env import go_offline
 
 log = logging.getLogger("tuneloop_trainer")
 PREEMPTED_EXIT = 143  # 128 + SIGTERM, what a pod stopped by its kubelet reports
@@ -39,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     is_main = os.environ.get("RANK", "0") == "0"
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    go_offline()
 
     try:
         workload = TrainerWorkload.model_validate(json.loads(args.spec.read_text(encoding="utf-8")))
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         result = failure("InvalidWorkload", f"{args.spec}: {error}")
     else:
         # Heavy imports only after the spec is known to be good.
-        from tuneloop_trainer.data import DataError
+        from tuneloop.workload_data.rows import DataError
         from tuneloop_trainer.model import UnsupportedHardware
         from tuneloop_trainer.progress import ProgressReporter
         from tuneloop_trainer.callbacks import LossDiverged

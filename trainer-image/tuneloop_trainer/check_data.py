@@ -9,20 +9,20 @@ file in every case. Exit status 0: the data is good; 1: it is not, or the spec i
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 
 from tuneloop.api.workloads import DataCheckResult, DataCheckWorkload, write_result
+from tuneloop.offline_env import go_offline
 from tuneloop.workload_cli import report, run_workload, workload_parser
 
 log = logging.getLogger("tuneloop_trainer.check_data")
 
 
 def check(workload: DataCheckWorkload) -> DataCheckResult:
-    from tuneloop_trainer.data import BadRows, DataError
+    from tuneloop.workload_data.chat import load_tokenizer
+    from tuneloop.workload_data.rows import BadRows, DataError
     from tuneloop_trainer.data_report import data_report
-    from tuneloop_trainer.model import load_tokenizer
 
     started = time.monotonic()
     try:
@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = workload_parser("python -m tuneloop_trainer.check_data", __doc__, DataCheckWorkload, DataCheckResult)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    go_offline()
     result = run_workload(args.spec, DataCheckWorkload, check, failure, "DataCheckFailed")
     if result.succeeded:
         write_result(result, args.result, args.termination_log)  # the report is printed above

@@ -25,7 +25,7 @@ from stdnum.nl import bsn
 from stdnum.us import ssn
 
 from tuneloop.api.finetunejob import PII_KINDS, CleaningSpec, CleaningStats, NearDuplicateSpec
-from tuneloop_trainer.data import Example
+from tuneloop.workload_data.rows import Example
 
 TextMap = Callable[[str], str]
 

@@ -1,27 +1,23 @@
 """Read the feedback service's API (GET, JSON, bearer token) with timeouts and retries.
 
-Connection errors, timeouts, 5xx and 429 are retried with capped exponential backoff until
-`retry_seconds` have passed (then FeedbackUnavailable); 401/403 and other 4xx fail at once: a retry
-cannot fix a wrong token or a bad request. The token never appears in a message.
+Connection errors, timeouts, 5xx and 429 are retried with the shared retry policy (tuneloop.retry:
+capped exponential backoff) until `retry_seconds` have passed (then FeedbackUnavailable); 401/403 and
+other 4xx fail at once: a retry cannot fix a wrong token or a bad request. The token never appears in
+a message.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 import logging
-import random
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
+
+import httpx
+from tenacity import RetryCallState
+
+from tuneloop.retry import RetryPolicy, attempts_made, elapsed, retrying
 
 log = logging.getLogger("tuneloop_trainer.feedback_client")
-
-FIRST_BACKOFF_SECONDS = 0.5
-MAX_BACKOFF_SECONDS = 10.0
 
 
 class FeedbackError(Exception):
@@ -36,59 +32,52 @@ class FeedbackUnavailable(Exception):
     """The service could not be reached or kept failing; a later attempt may succeed."""
 
 
-def backoff_seconds(attempt: int) -> float:
-    """Exponential, capped, with jitter so that many jobs retrying together spread out."""
-    ceiling = min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** attempt)
-    return random.uniform(ceiling / 2, ceiling)
-
-
-def server_error_text(error: urllib.error.HTTPError) -> str:
+def server_error_text(response: httpx.Response) -> str:
     """The `error` field of the service's JSON error body, else the HTTP reason."""
     try:
-        return str(json.loads(error.read().decode("utf-8"))["error"])
-    except (ValueError, KeyError, TypeError, OSError):
-        return str(error.reason)
+        return str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        return response.reason_phrase
+
+
+def on_retry(state: RetryCallState) -> None:
+    log.warning("%s; retry %d in %.1fs", state.outcome.exception(), state.attempt_number, state.upcoming_sleep)
 
 
 class FeedbackClient:
-    def __init__(self, base_url: str, token: str, timeout_seconds: float, retry_seconds: float,
-                 sleep: Callable[[float], None] = time.sleep):
-        self.base_url, self.timeout_seconds, self.retry_seconds = base_url.rstrip("/"), timeout_seconds, retry_seconds
+    def __init__(self, base_url: str, token: str, timeout_seconds: float, retry_seconds: float):
+        self.base_url = base_url.rstrip("/")
+        self.retry = RetryPolicy(attempts=None, deadline_seconds=retry_seconds, timeout_seconds=timeout_seconds)
         self.headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-        self.sleep = sleep
 
     def get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
         query = urllib.parse.urlencode({key: value for key, value in params.items() if value is not None})
         url = f"{self.base_url}{path}?{query}"
-        started, attempt = time.monotonic(), 0
-        while True:
+        retryer = retrying(self.retry, lambda error: isinstance(error, FeedbackUnavailable), on_retry=on_retry)
+        with httpx.Client(headers=self.headers, timeout=self.retry.timeout_seconds, follow_redirects=True) as http:
             try:
-                return self.get_once(url)
+                return retryer(self.get_once, http, url)
             except FeedbackUnavailable as error:
-                elapsed = time.monotonic() - started
-                if elapsed >= self.retry_seconds:
-                    raise FeedbackUnavailable(f"{error} (gave up after {attempt + 1} attempts in {elapsed:.0f}s)") \
-                        from None
-                delay = min(backoff_seconds(attempt), self.retry_seconds - elapsed)
-                attempt += 1
-                log.warning("%s; retry %d in %.1fs", error, attempt, delay)
-                self.sleep(delay)
+                raise FeedbackUnavailable(f"{error} (gave up after {attempts_made(retryer)} attempts in "
+                                          f"{elapsed(retryer):.0f}s)") from None
 
-    def get_once(self, url: str) -> dict[str, Any]:
-        request = urllib.request.Request(url, headers=self.headers)
+    def get_once(self, http: httpx.Client, url: str) -> dict[str, Any]:
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_seconds) as response:
-                return json.loads(response.read().decode("utf-8"))
-        except urllib.error.HTTPError as error:
-            text = server_error_text(error)
-            if error.code in (401, 403):
-                raise Unauthorized(f"the feedback service at {self.base_url} refused the token "
-                                   f"(HTTP {error.code}: {text})") from None
-            if error.code >= 500 or error.code == 429:
-                raise FeedbackUnavailable(f"GET {url} answered HTTP {error.code}: {text}") from None
-            raise FeedbackError(f"GET {url} answered HTTP {error.code}: {text}") from None
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
-            reason = getattr(error, "reason", error)
-            raise FeedbackUnavailable(f"cannot reach the feedback service at {self.base_url}: {reason}") from None
+            response = http.get(url)
+        except httpx.TransportError as error:
+            raise FeedbackUnavailable(f"cannot reach the feedback service at {self.base_url}: "
+                                      f"{error or type(error).__name__}") from None
+        if response.status_code >= 400:
+            self.refuse(url, response)
+        try:
+            return response.json()
         except ValueError as error:
             raise FeedbackUnavailable(f"GET {url} answered something that is not JSON: {error}") from None
+
+    def refuse(self, url: str, response: httpx.Response) -> NoReturn:
+        status, text = response.status_code, server_error_text(response)
+        if status in (401, 403):
+            raise Unauthorized(f"the feedback service at {self.base_url} refused the token (HTTP {status}: {text})")
+        if status >= 500 or status == 429:
+            raise FeedbackUnavailable(f"GET {url} answered HTTP {status}: {text}")
+        raise FeedbackError(f"GET {url} answered HTTP {status}: {text}")

@@ -1,4 +1,4 @@
-"""Load the base model and tokenizer and attach what the method trains (LoRA, QLoRA or all weights)."""
+"""Load the base model and attach what the method trains (LoRA, QLoRA or all weights)."""
 
 from __future__ import annotations
 
@@ -29,17 +29,6 @@ def weight_dtype(training: TrainingSpec, method: MethodSpec) -> torch.dtype:
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_bf16() else torch.float32
-
-
-def load_tokenizer(model_path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if not tokenizer.chat_template:
-        raise ValueError(f"{model_path}: the tokenizer has no chat template; use an instruct model or text rows")
-    return tokenizer
 
 
 def with_default_system_prompt(template: str, system_prompt: str) -> str:

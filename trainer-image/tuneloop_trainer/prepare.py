@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,16 +11,9 @@ from typing import Any
 
 from tuneloop.api.finetunejob import CleaningStats, DatasetStats
 from tuneloop.api.workloads import TrainerWorkload
+from tuneloop.workload_data.rows import BadRows, DataError, Example, load_dataset
 from tuneloop_trainer.cleaning import clean
-from tuneloop_trainer.data import (
-    BadRows,
-    DataError,
-    Example,
-    TokenizedExample,
-    load_dataset,
-    split_hold_out,
-    tokenize,
-)
+from tuneloop_trainer.tokens import TokenizedExample, tokenize
 
 log = logging.getLogger("tuneloop_trainer")
 
@@ -32,6 +26,17 @@ class PreparedData:
     stats: DatasetStats
     cleaning: CleaningStats
     replay_rows: int
+
+
+def split_hold_out(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Deterministic split: the same rows, fraction and seed always give the same hold-out set."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    count = min(len(examples) - 1, max(1, math.ceil(fraction * len(examples))))
+    hold_out_indices = set(order[:count])
+    train = [example for index, example in enumerate(examples) if index not in hold_out_indices]
+    hold_out = [example for index, example in enumerate(examples) if index in hold_out_indices]
+    return train, hold_out
 
 
 def replay_count(train_rows: int, fraction: float) -> int:

@@ -90,7 +90,7 @@ def sft_config(workload: TrainerWorkload, output_dir: Path, train_examples: int,
         gradient_checkpointing=gradient_checkpointing(training),
         gradient_checkpointing_kwargs={"use_reentrant": False},
         use_liger_kernel=cuda and has_module("liger_kernel"),
-        # The data: our own tokenisation, truncation to maxSeqLength and answer-only labels (data.py);
+        # The data: our own tokenisation, truncation to maxSeqLength and answer-only labels (tokens.py);
         # packing as padding-free rows.
         dataset_kwargs={"skip_prepare_dataset": True}, max_length=None,
         packing=False, padding_free=training.packing,

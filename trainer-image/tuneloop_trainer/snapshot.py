@@ -25,8 +25,8 @@ from typing import Any
 
 from tuneloop.api.workloads import SnapshotResult, SnapshotWorkload
 from tuneloop.workload_cli import report, run_workload, workload_parser
+from tuneloop.workload_data.rows import Example
 from tuneloop_trainer.cleaning import clean
-from tuneloop_trainer.data import Example
 from tuneloop_trainer.feedback_client import FeedbackClient, FeedbackError, FeedbackUnavailable, Unauthorized
 
 log = logging.getLogger("tuneloop_trainer.snapshot")

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from tuneloop.api.workloads import Evaluation, Preview, TrainerResult, TrainerWorkload
-from tuneloop_trainer import data as data_module
+from tuneloop.workload_data.chat import load_tokenizer, render_prompt
+from tuneloop.workload_data.rows import Example, write_jsonl
 from tuneloop_trainer.callbacks import CompleteCheckpoints, DivergenceGuard, LossDiverged, Progress, StopOnSignal
 from tuneloop_trainer.checkpoints import (
     complete_checkpoints,
@@ -23,8 +24,7 @@ from tuneloop_trainer.checkpoints import (
     remove_incomplete,
     step_of,
 )
-from tuneloop_trainer.data import Example
-from tuneloop_trainer.model import count_parameters, load_model, load_tokenizer, with_default_system_prompt
+from tuneloop_trainer.model import count_parameters, load_model, with_default_system_prompt
 from tuneloop_trainer.prepare import PreparedData, prepare
 from tuneloop_trainer.progress import ProgressReporter
 from tuneloop_trainer.sft import as_dataset, sft_config, sft_trainer_class, steps_per_epoch
@@ -68,7 +68,7 @@ def generate_answers(model: torch.nn.Module, tokenizer: Any, examples: list[Exam
     device = next(model.parameters()).device
     answers = []
     for example in examples:
-        prompt = data_module.render_prompt(tokenizer, example)
+        prompt = render_prompt(tokenizer, example)
         ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
         budget = len(tokenizer(example.reference, add_special_tokens=False)["input_ids"]) + 32
         output = model.generate(
@@ -162,7 +162,7 @@ class Training:
 
         main = os.environ.get("RANK", "0") == "0"
         if main:
-            data_module.write_jsonl(self.output_dir / "hold-out.jsonl", data.hold_out_rows)
+            write_jsonl(self.output_dir / "hold-out.jsonl", data.hold_out_rows)
         total_steps = training.epochs * steps_per_epoch(
             len(data.train), training.micro_batch_size, training.gradient_accumulation_steps, self.world_size)
         metrics = MetricsLogger(workload.tracking if main else None,

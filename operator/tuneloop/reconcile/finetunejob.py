@@ -13,24 +13,27 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
-from tuneloop.api.common import SpecError, now_rfc3339, set_condition
+from tuneloop.api.common import rfc3339, set_condition
 from tuneloop.api.finetunejob import (
     TERMINAL_PHASES,
     DataReportSummary,
     DatasetStats,
+    FineTuneJob,
     FineTuneJobSpec,
     FineTuneJobStatus,
     Progress,
     TrainingResults,
-    parse_spec,
 )
 from tuneloop.api.evaluation import EvaluationResults, RegistryResults
 from tuneloop.api.workloads import DataCheckResult, EvaluatorResult, RegisterResult, TrainerProgress, TrainerResult
-from tuneloop.reconcile import gate
+from tuneloop.reconcile import core, gate
+from tuneloop.reconcile.core import EmitEvent
 from tuneloop.reconcile.refusals import Refusal
 from tuneloop.reconcile.refusals import summary as refusal_summary
+from tuneloop.storage_uris import NO_CLUSTER_OUTPUT, cluster_storage_problem
 
 WorkloadPhase = Literal["Absent", "Running", "Succeeded", "Failed"]
 MAX_NAME = 63
@@ -47,19 +50,19 @@ class WorkloadState:
 
 
 @dataclass(frozen=True)
-class Observed:
-    workloads: dict[str, WorkloadState] = field(default_factory=dict)
-    now: str = field(default_factory=now_rfc3339)
-    refusals: tuple[Refusal, ...] = ()  # Secrets and addresses the spec names that may not be used
-
-
-@dataclass(frozen=True)
 class ReconcileContext:
     """Facts about where the job runs that the spec is checked against."""
 
     mode: Literal["local", "cluster"]
     catalog: frozenset[str]
     registry_configured: bool = True
+
+
+@dataclass(frozen=True)
+class Observed:
+    context: ReconcileContext = ReconcileContext(mode="cluster", catalog=frozenset())
+    workloads: dict[str, WorkloadState] = field(default_factory=dict)
+    refusals: tuple[Refusal, ...] = ()  # Secrets and addresses the spec names that may not be used
 
 
 @dataclass(frozen=True)
@@ -74,20 +77,9 @@ class LaunchWorkload:
     replace: bool = False
 
 
-@dataclass(frozen=True)
-class EmitEvent:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
-
-
-Action = LaunchWorkload | EmitEvent
-
-
-@dataclass
-class Decision:
-    status: FineTuneJobStatus
-    actions: list[Action] = field(default_factory=list)
+Action = LaunchWorkload
+Decision = core.Decision[FineTuneJobStatus, Action]
+Resource = core.Resource[FineTuneJob, FineTuneJobStatus]
 
 
 @dataclass(frozen=True)
@@ -123,19 +115,10 @@ def workload_name(job_name: str, stage: str, nodes: int = 1) -> str:
 
 
 def _cluster_storage_problem(path: str, uri: str) -> str | None:
-    """pvc:// serves everything; s3:// serves inputs only (fetched into the pod before training)."""
-    if uri.startswith("pvc://"):
-        return None
-    if not uri.startswith("s3://"):
-        return (f"{path}: {uri!r} cannot be mounted in a cluster by this version; "
-                "use pvc://claim/path or s3://bucket/path")
-    if path == "spec.output.uri":
-        return (f"{path}: {uri!r}: the output must be a pvc:// folder (checkpoints must survive a pod restart "
-                "on a filesystem); s3:// serves inputs only")
-    key = uri[len("s3://"):].partition("/")[2]
-    if path != "spec.baseModel.uri" and (not key or key.endswith("/")):
-        return f"{path}: {uri!r} names a folder; give one object, e.g. s3://bucket/path/train.jsonl"
-    return None
+    """The base model is a folder; the dataset and the replay set are one file each."""
+    problem = cluster_storage_problem(uri, output=path == "spec.output.uri",
+                                      one_object=path != "spec.baseModel.uri")
+    return f"{path}: {problem}" if problem else None
 
 
 def check_context(spec: FineTuneJobSpec, context: ReconcileContext) -> list[str]:
@@ -155,7 +138,7 @@ def check_context(spec: FineTuneJobSpec, context: ReconcileContext) -> list[str]
         if context.mode == "cluster" and (problem := _cluster_storage_problem(path, uri)):
             problems.append(problem)
     if context.mode == "cluster" and spec.output.uri is None:
-        problems.append("spec.output.uri: a cluster run needs a pvc:// folder for checkpoints and the adapter")
+        problems.append(NO_CLUSTER_OUTPUT)
     if spec.registry.enabled and not context.registry_configured:
         where = ("the operator has no MLflow tracking URI to register with (set mlflowTrackingUri in its "
                  "configuration)" if context.mode == "cluster" else "this run has no MLflow tracking URI")
@@ -169,21 +152,13 @@ def check_context(spec: FineTuneJobSpec, context: ReconcileContext) -> list[str]
     return problems
 
 
-def validate(raw_spec: Any, context: ReconcileContext) -> FineTuneJobSpec:
-    spec = parse_spec(raw_spec)
-    problems = check_context(spec, context)
-    if problems:
-        raise SpecError(problems)
-    return spec
-
-
 def _fail(status: FineTuneJobStatus, reason: str, message: str, now: str, generation: int | None) -> Decision:
     status.phase = "Failed"
     status.message = message
     status.completion_time = now
     status.conditions = set_condition(status.conditions, "Failed", "True", reason, message,
                                       observed_generation=generation, now=now)
-    return Decision(status, [EmitEvent("Warning", reason, message)])
+    return Decision(status, events=[EmitEvent("Warning", reason, message)])
 
 
 def _enter(status: FineTuneJobStatus, stage: Stage, job_name: str, spec: FineTuneJobSpec, decision: Decision,
@@ -191,28 +166,23 @@ def _enter(status: FineTuneJobStatus, stage: Stage, job_name: str, spec: FineTun
     status.phase = stage.phase
     name = workload_name(job_name, stage.name, spec.resources.nodes)
     status.message = f"{stage.name} workload {name} launched"
-    decision.actions.append(LaunchWorkload(stage.name, name, inputs or {}))
-    decision.actions.append(EmitEvent("Normal", f"{stage.phase}Started", status.message))
+    decision.act(LaunchWorkload(stage.name, name, inputs or {}))
+    decision.event("Normal", f"{stage.phase}Started", status.message)
 
 
-def reconcile(
-    name: str,
-    raw_spec: Any,
-    status: FineTuneJobStatus,
-    observed: Observed,
-    context: ReconcileContext,
-    generation: int | None = None,
-) -> Decision:
-    status = status.model_copy(deep=True)
-    now = observed.now
+def reconcile(resource: Resource, observed: Observed, moment: datetime) -> Decision:
+    """One pass; the returned status is a new object (the resource's is not changed)."""
+    status, name, generation = resource.status.model_copy(deep=True), resource.name, resource.generation
+    now = rfc3339(moment)
     if status.phase in TERMINAL_PHASES:
         return Decision(status)
 
     if status.phase == "Pending":
-        try:
-            spec = validate(raw_spec, context)
-        except SpecError as error:
-            return _fail(status, "InvalidSpec", str(error), now, generation)
+        if resource.spec_error is not None:
+            return _fail(status, "InvalidSpec", str(resource.spec_error), now, generation)
+        spec = resource.spec
+        if problems := check_context(spec, observed.context):
+            return _fail(status, "InvalidSpec", "; ".join(problems), now, generation)
         if observed.refusals:
             return _fail(status, observed.refusals[0].reason, refusal_summary(observed.refusals), now, generation)
         status.start_time = now
@@ -223,11 +193,10 @@ def reconcile(
         _enter(status, VALIDATE, name, spec, decision)
         return decision
 
-    try:
-        spec = parse_spec(raw_spec)
-    except SpecError as error:
-        return _fail(status, "InvalidSpec", f"the spec was changed to an invalid one after the job started: {error}",
-                     now, generation)
+    if resource.spec_error is not None:
+        return _fail(status, "InvalidSpec", "the spec was changed to an invalid one after the job started: "
+                     f"{resource.spec_error}", now, generation)
+    spec = resource.spec
     decision = Decision(status)
     _note_spec_change(status, generation, now, decision)
     stages = stages_for(spec)
@@ -238,8 +207,7 @@ def reconcile(
 
     if workload.phase == "Absent":
         # Launched before but gone (deleted, or lost with a restart): launch again; the trainer resumes.
-        decision.actions.append(LaunchWorkload(stage.name, workload_of_stage,
-                                               stage_inputs(stage, spec, status)))
+        decision.act(LaunchWorkload(stage.name, workload_of_stage, stage_inputs(stage, spec, status)))
         return decision
 
     if workload.phase == "Running":
@@ -254,15 +222,14 @@ def reconcile(
         if reason == "RegistryUnavailable":
             status.conditions = set_condition(status.conditions, "RegistryUnavailable", "True", reason, message,
                                               observed_generation=generation, now=now)
-        decision.actions.append(LaunchWorkload(stage.name, workload_of_stage,
-                                               stage_inputs(stage, spec, status), replace=True))
-        decision.actions.append(EmitEvent("Warning", reason, message))
+        decision.act(LaunchWorkload(stage.name, workload_of_stage, stage_inputs(stage, spec, status), replace=True))
+        decision.event("Warning", reason, message)
         return decision
     if workload.phase == "Failed" or not (workload.result or {}).get("succeeded"):
         reason = reason or f"{stage.phase}Failed"
         message = (workload.result or {}).get("message") or workload.message or "the workload failed"
         failed = _fail(status, reason, message, now, generation)
-        failed.actions[:0] = decision.actions
+        failed.events[:0] = decision.events
         failed.status.conditions = set_condition(failed.status.conditions, stage.done_condition, "False",
                                                  reason, message, observed_generation=generation, now=now)
         return failed
@@ -272,11 +239,11 @@ def reconcile(
     except ValueError as error:  # pydantic's ValidationError included
         failed = _fail(status, f"{stage.phase}Failed", f"the {stage.name} workload's result is unreadable: {error}",
                        now, generation)
-        failed.actions[:0] = decision.actions
+        failed.events[:0] = decision.events
         return failed
     status.conditions = set_condition(status.conditions, stage.done_condition, "True", "Succeeded",
                                       summary, observed_generation=generation, now=now)
-    decision.actions.append(EmitEvent("Normal", stage.done_condition, summary))
+    decision.event("Normal", stage.done_condition, summary)
     if stage_index + 1 < len(stages):
         following = stages[stage_index + 1]
         _enter(status, following, name, spec, decision, stage_inputs(following, spec, status))
@@ -286,7 +253,7 @@ def reconcile(
     status.completion_time = now
     status.conditions = set_condition(status.conditions, "Complete", "True", "Succeeded", status.message,
                                       observed_generation=generation, now=now)
-    decision.actions.append(EmitEvent("Normal", "Succeeded", status.message))
+    decision.event("Normal", "Succeeded", status.message)
     return decision
 
 
@@ -296,7 +263,7 @@ RETRIED_REASONS = ("Preempted", "RegistryUnavailable")
 def _report_running(status: FineTuneJobStatus, stage: Stage, workload: WorkloadState, decision: Decision) -> None:
     if workload.message and workload.message != status.message:
         status.message = workload.message
-        decision.actions.append(EmitEvent("Warning", "WorkloadProblem", workload.message))
+        decision.event("Warning", "WorkloadProblem", workload.message)
     if not workload.progress or stage is not TRAIN:
         return
     progress = TrainerProgress.model_validate(workload.progress)
@@ -404,8 +371,8 @@ def _record_evaluation(status: FineTuneJobStatus, spec: FineTuneJobSpec, raw: di
     status.conditions = set_condition(status.conditions, "GatePassed", "True" if gate_result.passed else "False",
                                       "Passed" if gate_result.passed else "BelowThreshold", gate_result.message,
                                       observed_generation=generation, now=now)
-    decision.actions.append(EmitEvent("Normal" if gate_result.passed else "Warning",
-                                      "GatePassed" if gate_result.passed else "GateFailed", gate_result.message))
+    decision.event("Normal" if gate_result.passed else "Warning",
+                   "GatePassed" if gate_result.passed else "GateFailed", gate_result.message)
     return _evaluation_summary(status.evaluation)
 
 
@@ -442,7 +409,7 @@ def _note_spec_change(status: FineTuneJobStatus, generation: int | None, now: st
                f"they started with: create a new FineTuneJob to train with the new spec")
     previous = next((c for c in status.conditions if c.type == "SpecChangeIgnored"), None)
     if previous is None or previous.message != message:
-        decision.actions.append(EmitEvent("Warning", "SpecChangeIgnored", message))
+        decision.event("Warning", "SpecChangeIgnored", message)
     status.conditions = set_condition(status.conditions, "SpecChangeIgnored", "True", "StartedWithEarlierSpec",
                                       message, observed_generation=generation, now=now)
 

@@ -23,17 +23,18 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from tuneloop.api.common import API_VERSION, SpecError, fitted, parse_time, rfc3339, set_condition
+from tuneloop.api.common import API_VERSION, fitted, parse_time, rfc3339, set_condition
 from tuneloop.api.finetuneschedule import (
+    FineTuneSchedule,
     FineTuneScheduleSpec,
     FineTuneScheduleStatus,
     RunOutcome,
     RunStep,
     ScheduleRun,
     SnapshotInfo,
-    parse_spec,
 )
 from tuneloop.api.finetunejob import KIND as FINETUNEJOB_KIND
+from tuneloop.reconcile import core
 from tuneloop.reconcile.refusals import Refusal
 
 HISTORY = 10
@@ -69,8 +70,6 @@ class Observed:
     last_feedback_id: int | None = None
     feedback_problem: str | None = None
     snapshot: SnapshotState | None = None
-    generation: int | None = None
-    created: str | None = None  # the schedule's creationTimestamp: no slot before it is due
     spec_problem: str | None = None  # what makes a valid spec impossible here (no snapshot folder on a cluster)
     # The feedback service's address or token Secret may not be used (the Secret is looked at only when
     # the service is asked: new_corrections is set once both have served).
@@ -95,21 +94,9 @@ class DeleteJob:
     name: str
 
 
-@dataclass(frozen=True)
-class EmitEvent:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
-
-
-Action = LaunchSnapshot | CreateJob | DeleteJob | EmitEvent
-
-
-@dataclass
-class Decision:
-    status: FineTuneScheduleStatus
-    actions: list[Action] = field(default_factory=list)
-    requeue_after: float | None = None
+Action = LaunchSnapshot | CreateJob | DeleteJob
+Decision = core.Decision[FineTuneScheduleStatus, Action]
+Resource = core.Resource[FineTuneSchedule, FineTuneScheduleStatus]
 
 
 def job_name(schedule: str, slot: datetime) -> str:
@@ -173,16 +160,11 @@ def job_manifest(name: str, namespace: str, schedule_name: str, schedule_uid: st
 
 class Pass:
     def __init__(self, name: str, namespace: str, uid: str | None, spec: FineTuneScheduleSpec,
-                 status: FineTuneScheduleStatus, observed: Observed, now: datetime):
-        self.name, self.namespace, self.uid = name, namespace, uid
+                 status: FineTuneScheduleStatus, observed: Observed, now: datetime, created: str | None = None):
+        self.name, self.namespace, self.uid, self.created = name, namespace, uid, created
         self.spec, self.status, self.observed, self.now = spec, status, observed, now
         self.decision = Decision(status)
-
-    def act(self, *actions: Action) -> None:
-        self.decision.actions.extend(actions)
-
-    def event(self, type: Literal["Normal", "Warning"], reason: str, message: str) -> None:
-        self.act(EmitEvent(type, reason, message))
+        self.act, self.event = self.decision.act, self.decision.event
 
     def record(self, run: ScheduleRun) -> None:
         self.status.last_run = run
@@ -261,10 +243,10 @@ class Pass:
 
     # --- the schedule -------------------------------------------------------------------------------
     def schedule(self) -> None:
-        slot = due_slot(self.spec, self.status, self.observed.created, self.now)
+        slot = due_slot(self.spec, self.status, self.created, self.now)
         upcoming = next_slot(self.spec, self.now)
         self.status.next_schedule_time = None if self.spec.suspend else rfc3339(upcoming)
-        self.decision.requeue_after = max((upcoming - self.now).total_seconds(), 1.0)
+        self.decision.wake_in((upcoming - self.now).total_seconds())
         if self.spec.suspend:
             if self.status.run is None:
                 self.status.message = "suspended"
@@ -330,45 +312,43 @@ class Pass:
         return self.decision
 
 
-def reconcile(name: str, namespace: str, uid: str | None, raw_spec: Any, status: FineTuneScheduleStatus,
-              observed: Observed, now: datetime) -> Decision:
-    status = status.model_copy(deep=True)
-    try:
-        spec = parse_spec(raw_spec)
-        if observed.spec_problem:
-            raise SpecError([observed.spec_problem])
-    except SpecError as error:
+def reconcile(resource: Resource, observed: Observed, now: datetime) -> Decision:
+    """One pass; the returned status is a new object (the resource's is not changed)."""
+    status, generation = resource.status.model_copy(deep=True), resource.generation
+    decision = Decision(status)
+    error = str(resource.spec_error) if resource.spec_error is not None else observed.spec_problem
+    if error:
         message = f"invalid spec: {error}"
-        events = [] if status.message == message else [EmitEvent("Warning", "InvalidSpec", str(error))]
+        if status.message != message:
+            decision.event("Warning", "InvalidSpec", error)
         status.message = message
-        status.conditions = set_condition(status.conditions, "SpecValid", "False", "InvalidSpec", str(error),
-                                          observed_generation=observed.generation, now=rfc3339(now))
-        return Decision(status, events)
-    status.observed_generation = observed.generation
+        status.conditions = set_condition(status.conditions, "SpecValid", "False", "InvalidSpec", error,
+                                          observed_generation=generation, now=rfc3339(now))
+        return decision
+    status.observed_generation = generation
     refused = next((c for c in status.conditions if c.type == "Permitted" and c.status == "False"), None)
     if observed.refusal:
         reason, message = observed.refusal.reason, observed.refusal.message
-        events = [] if refused and refused.message == message else [EmitEvent("Warning", reason, message)]
+        if not (refused and refused.message == message):
+            decision.event("Warning", reason, message)
         status.message = f"no run starts: {message}"
         status.conditions = set_condition(status.conditions, "Permitted", "False", reason, message,
-                                          observed_generation=observed.generation, now=rfc3339(now))
-        return Decision(status, events)
+                                          observed_generation=generation, now=rfc3339(now))
+        return decision
     if refused and observed.new_corrections is not None:  # the service answered with the token: both may be used
         status.conditions = set_condition(status.conditions, "Permitted", "True", "Allowed",
                                           "the feedback service's address and token may be used",
-                                          observed_generation=observed.generation, now=rfc3339(now))
-    return Pass(name, namespace, uid, spec, status, observed, now).run()
+                                          observed_generation=generation, now=rfc3339(now))
+    return Pass(resource.name, resource.namespace, resource.uid, resource.spec, status, observed, now,
+                resource.created).run()
 
 
-def needs_feedback_count(raw_spec: Any, status: FineTuneScheduleStatus, created: str | None, now: datetime) -> bool:
+def needs_feedback_count(resource: Resource, now: datetime) -> bool:
     """Whether this pass may start a run, so the runtime should ask the feedback service for the count."""
-    try:
-        spec = parse_spec(raw_spec)
-    except SpecError:
+    spec, status = resource.spec, resource.status
+    if spec is None or spec.suspend:
         return False
-    if spec.suspend:
-        return False
-    slot = due_slot(spec, status, created, now)
+    slot = due_slot(spec, status, resource.created, now)
     if slot is None:
         return False
     return status.run is None or spec.concurrency_policy == "Replace"

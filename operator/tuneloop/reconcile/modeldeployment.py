@@ -21,11 +21,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
-from tuneloop.api.common import SpecError, get_condition, parse_time, rfc3339, set_condition
+from tuneloop.api.common import get_condition, parse_time, rfc3339, set_condition
 from tuneloop.api.modeldeployment import (
     Colour,
+    ModelDeployment,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
     Outcome,
@@ -34,8 +35,8 @@ from tuneloop.api.modeldeployment import (
     RolloutRecord,
     RolloutStep,
     ScaleDown,
-    parse_spec,
 )
+from tuneloop.reconcile import core
 
 HISTORY = 5
 PROMOTE, ABORT, RETRY = "tuneloop.dev/promote", "tuneloop.dev/abort", "tuneloop.dev/retry"
@@ -79,8 +80,6 @@ class Observed:
     spec_problem: str | None = None  # what makes a valid spec impossible here (a model not in the catalog)
     deployments: dict[Colour, DeploymentState] = field(default_factory=dict)  # absent colour: no Deployment
     analysis: AnalysisResult | None = None  # the latest analysis result the runtime holds
-    annotations: dict[str, str] = field(default_factory=dict)
-    generation: int | None = None
 
 
 @dataclass(frozen=True)
@@ -130,21 +129,9 @@ class ClearAnnotation:
     key: str
 
 
-@dataclass(frozen=True)
-class EmitEvent:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
-
-
-Action = ApplyDeployment | ScaleDeployment | SwitchActive | SetPreview | RunAnalysis | ClearAnnotation | EmitEvent
-
-
-@dataclass
-class Decision:
-    status: ModelDeploymentStatus
-    actions: list[Action] = field(default_factory=list)
-    requeue_after: float | None = None
+Action = ApplyDeployment | ScaleDeployment | SwitchActive | SetPreview | RunAnalysis | ClearAnnotation
+Decision = core.Decision[ModelDeploymentStatus, Action]
+Resource = core.Resource[ModelDeployment, ModelDeploymentStatus]
 
 
 def other(colour: Colour) -> Colour:
@@ -171,28 +158,17 @@ def target_for(spec: ModelDeploymentSpec, resolved_version: str | None) -> Targe
 class Rollout:
     """One reconcile pass: reads spec, observed and now; writes the status copy and the actions."""
 
-    def __init__(self, name: str, spec: ModelDeploymentSpec, status: ModelDeploymentStatus, observed: Observed,
-                 now: datetime):
-        self.name, self.spec, self.status, self.observed, self.now = name, spec, status, observed, now
-        self.strategy = spec.strategy.blue_green
+    def __init__(self, resource: Resource, status: ModelDeploymentStatus, observed: Observed, now: datetime):
+        self.name, self.spec, self.status, self.observed, self.now = resource.name, resource.spec, status, observed, now
+        self.annotations, self.generation = resource.annotations, resource.generation
+        self.strategy = self.spec.strategy.blue_green
         self.decision = Decision(status)
+        self.act, self.event, self.wake_in = self.decision.act, self.decision.event, self.decision.wake_in
 
     # --- small helpers -------------------------------------------------------------------------
-    def act(self, *actions: Action) -> None:
-        self.decision.actions.extend(actions)
-
-    def wake_in(self, seconds: float) -> None:
-        seconds = max(seconds, 1.0)
-        current = self.decision.requeue_after
-        self.decision.requeue_after = seconds if current is None else min(current, seconds)
-
-    def event(self, type: Literal["Normal", "Warning"], reason: str, message: str) -> None:
-        self.act(EmitEvent(type, reason, message))
-
     def condition(self, type: str, state: Literal["True", "False", "Unknown"], reason: str, message: str) -> None:
         self.status.conditions = set_condition(self.status.conditions, type, state, reason, message,
-                                               observed_generation=self.observed.generation,
-                                               now=rfc3339(self.now))
+                                               observed_generation=self.generation, now=rfc3339(self.now))
 
     def set_phase(self, phase: Phase, message: str) -> None:
         if phase != self.status.phase:
@@ -256,7 +232,7 @@ class Rollout:
         return self.decision
 
     def manual_control(self, target: Target | None) -> None:
-        annotations = self.observed.annotations
+        annotations = self.annotations
         if RETRY in annotations:
             self.act(ClearAnnotation(RETRY))
             if target is not None and self.status.failed_revision == target.revision and self.status.rollout is None:
@@ -350,6 +326,7 @@ class Rollout:
             rollout.step, rollout.since = "ScalingUp", rfc3339(self.now)
             self.act(ApplyDeployment(preview.colour, preview.revision, self.spec.serving.replicas))
             self.set_phase("Progressing", f"scaling {preview.colour} to {self.spec.serving.replicas} pods")
+            self.wake_in(self.strategy.readiness_timeout_seconds)
             return
         self.promote(preview)
 
@@ -386,7 +363,7 @@ class Rollout:
             return True
         if rollout.step == "Analysis":
             rollout.step, rollout.since = "Paused", rfc3339(self.now)
-        if PROMOTE in self.observed.annotations:
+        if PROMOTE in self.annotations:
             self.act(ClearAnnotation(PROMOTE))
             return True
         if self.strategy.auto_promotion_enabled:
@@ -465,7 +442,8 @@ class Rollout:
         self.status.failed_revision = preview.revision
         self.status.abort = True
         self.status.rollout, self.status.preview, self.status.preview_selector = None, None, None
-        self.act(SetPreview(None), EmitEvent("Warning", reason, f"revision {preview.revision}: {message}"))
+        self.act(SetPreview(None))
+        self.event("Warning", reason, f"revision {preview.revision}: {message}")
         self.condition("Progressing", "False", reason, message)
         serving = self.status.active
         tail = f"; revision {serving.revision} ({serving.colour}) keeps serving" if serving else ""
@@ -488,25 +466,22 @@ class Rollout:
             self.wake_in(left)
 
 
-def reconcile(name: str, raw_spec: Any, status: ModelDeploymentStatus, observed: Observed,
-              now: datetime) -> Decision:
-    """One pass of the rollout; the returned status is a new object (the input is not changed)."""
-    status = status.model_copy(deep=True)
-    try:
-        spec = parse_spec(raw_spec)
-        if observed.spec_problem:
-            raise SpecError([observed.spec_problem])
-    except SpecError as error:
+def reconcile(resource: Resource, observed: Observed, now: datetime) -> Decision:
+    """One pass of the rollout; the returned status is a new object (the resource's is not changed)."""
+    status = resource.status.model_copy(deep=True)
+    error = str(resource.spec_error) if resource.spec_error is not None else observed.spec_problem
+    if error:
         message = f"invalid spec (whatever serves keeps serving): {error}"
-        status.conditions = set_condition(status.conditions, "SpecValid", "False", "InvalidSpec", str(error),
-                                          observed_generation=observed.generation, now=rfc3339(now))
-        events = [] if status.phase == "Degraded" and status.message == message else [
-            EmitEvent("Warning", "InvalidSpec", str(error))]
+        status.conditions = set_condition(status.conditions, "SpecValid", "False", "InvalidSpec", error,
+                                          observed_generation=resource.generation, now=rfc3339(now))
+        decision = Decision(status)
+        if not (status.phase == "Degraded" and status.message == message):
+            decision.event("Warning", "InvalidSpec", error)
         status.phase, status.message = "Degraded", message
-        status.observed_generation = observed.generation  # seen, and refused: not still in progress
-        return Decision(status, events)
-    rollout = Rollout(name, spec, status, observed, now)
+        status.observed_generation = resource.generation  # seen, and refused: not still in progress
+        return decision
+    rollout = Rollout(resource, status, observed, now)
     if get_condition(status.conditions, "SpecValid") is not None:
         rollout.condition("SpecValid", "True", "Valid", "")
-    status.observed_generation = observed.generation
-    return rollout.run(target_for(spec, observed.resolved_version))
+    status.observed_generation = resource.generation
+    return rollout.run(target_for(resource.spec, observed.resolved_version))

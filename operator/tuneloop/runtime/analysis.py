@@ -3,7 +3,7 @@ completions against its vLLM OpenAI API, the smoke prompts' answers checked agai
 expectations, latency and errors against the thresholds, and (minJudgeScore) the answers scored by
 the LLM judge through the shared judge client.
 
-The preview is asked through aiohttp rather than the openai SDK because each request must be exactly
+The preview is asked through httpx directly rather than the openai SDK because each request must be exactly
 one HTTP exchange whose failure we classify ourselves (a 200 without choices[0].message.content counts
 as an error just like a 500), with no retries or parsing of the SDK's in between.
 """
@@ -18,13 +18,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-import aiohttp
+import httpx
 
 from tuneloop.api.fields import linear_pattern
 from tuneloop.api.evaluation import JudgeSpec
 from tuneloop.api.modeldeployment import AnalysisSpec, Expectation
 from tuneloop.judge_client import Judge, JudgeUnavailable
 from tuneloop.reconcile.modeldeployment import AnalysisResult
+from tuneloop.retry import JUDGE, RetryPolicy
 from tuneloop.runtime.bounded_read import read_at_most
 
 DEFAULT_PROMPT = "Reply with the single word OK."
@@ -81,21 +82,21 @@ def _content(text: str) -> str:
     return content
 
 
-async def _complete(session: aiohttp.ClientSession, url: str, body: dict, timeout_seconds: float) -> str:
+async def _complete(client: httpx.AsyncClient, url: str, body: dict, timeout_seconds: float) -> str:
     """The answer's content; RequestFailed on a failed, slow, oversized or unreadable reply. The server
     runs the tenant's image: nothing it sends is trusted, and at most MAX_REPLY_BYTES of it is read."""
     try:
-        async with asyncio.timeout(timeout_seconds), session.post(url, json=body, allow_redirects=False) as response:
-            raw = await read_at_most(response.content, MAX_REPLY_BYTES)
+        async with asyncio.timeout(timeout_seconds), client.stream("POST", url, json=body) as response:
+            raw = await read_at_most(response, MAX_REPLY_BYTES)
             if len(raw) > MAX_REPLY_BYTES:
                 raise RequestFailed(f"reply larger than {MAX_REPLY_BYTES // 2**20} MiB")
             text = raw.decode("utf-8", errors="replace")
-    except TimeoutError:
+    except (TimeoutError, httpx.TimeoutException):
         raise RequestFailed(f"timed out after {timeout_seconds:g} s") from None
-    except aiohttp.ClientError as error:
+    except httpx.HTTPError as error:
         raise RequestFailed(f"connection failed: {str(error) or type(error).__name__}") from None
-    if not 200 <= response.status < 300:
-        raise RequestFailed(f"HTTP {response.status}: {_error_message(text)}")
+    if not 200 <= response.status_code < 300:
+        raise RequestFailed(f"HTTP {response.status_code}: {_error_message(text)}")
     return _content(text)
 
 
@@ -104,20 +105,21 @@ async def _send_all(spec: AnalysisSpec, base_url: str, model: str, questions: li
     url = f"{base_url.rstrip('/')}/v1/chat/completions"
     slots = asyncio.Semaphore(spec.concurrency)
 
-    async def one(session: aiohttp.ClientSession, index: int) -> Outcome:
+    async def one(client: httpx.AsyncClient, index: int) -> Outcome:
         question = index % len(questions)
         body = {"model": model, "messages": [{"role": "user", "content": questions[question]}],
                 "temperature": 0, "max_tokens": spec.max_tokens}
         async with slots:
             started = time.perf_counter()
             try:
-                answer = await _complete(session, url, body, spec.timeout_seconds)
+                answer = await _complete(client, url, body, spec.timeout_seconds)
             except RequestFailed as error:
                 return Outcome(question, error=str(error))
             return Outcome(question, (time.perf_counter() - started) * 1000, answer)
 
-    async with aiohttp.ClientSession() as session:
-        return await asyncio.gather(*(one(session, index)
+    # No redirects: a 3xx is an answer of the preview's, counted as a failed request.
+    async with httpx.AsyncClient(timeout=spec.timeout_seconds, follow_redirects=False) as client:
+        return await asyncio.gather(*(one(client, index)
                                       for index in range(max(spec.requests, len(questions)))))
 
 
@@ -158,10 +160,11 @@ def _smoke_failures(spec: AnalysisSpec, outcomes: list[Outcome], answers: dict[i
     return failures
 
 
-async def _judge_score(judge_spec: JudgeSpec, api_key: str, items: list[tuple[str, str, str]]) -> float | None:
+async def _judge_score(judge_spec: JudgeSpec, api_key: str, items: list[tuple[str, str, str]],
+                       retry: RetryPolicy) -> float | None:
     """Mean of the readable 1-10 scores of (question, reference, answer); None when none was readable.
     Raises JudgeUnavailable when the judge cannot be reached or refuses the work."""
-    async with Judge(judge_spec, api_key) as judge:
+    async with Judge(judge_spec, api_key, retry=retry) as judge:
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(judge.score(question, reference, answer, f"smoke prompt {number}"))
@@ -174,10 +177,11 @@ async def _judge_score(judge_spec: JudgeSpec, api_key: str, items: list[tuple[st
 
 
 async def analyse(spec: AnalysisSpec, base_url: str, model: str, run_id: str,
-                  judge_api_key: str | None = None) -> AnalysisResult:
+                  judge_api_key: str | None = None, judge_retry: RetryPolicy = JUDGE) -> AnalysisResult:
     """Run the analysis against the OpenAI API at base_url (`{base_url}/v1/chat/completions`) serving
-    `model`. Never raises for what the preview or the judge do: they give a failed result whose
-    reason lists every failed check; a passed result's reason is a one-line summary."""
+    `model`; the judge's backoff follows `judge_retry`. Never raises for what the preview or the judge
+    do: they give a failed result whose reason lists every failed check; a passed result's reason is a
+    one-line summary."""
     questions = [smoke.prompt for smoke in spec.smoke_prompts] or [DEFAULT_PROMPT]
     outcomes = await _send_all(spec, base_url, model, questions)
     error_rate = sum(outcome.error is not None for outcome in outcomes) / len(outcomes)
@@ -202,7 +206,7 @@ async def analyse(spec: AnalysisSpec, base_url: str, model: str, run_id: str,
         references = [smoke.reference or NO_REFERENCE for smoke in spec.smoke_prompts] or [NO_REFERENCE]
         items = [(questions[index], references[index], answer) for index, answer in sorted(answers.items())]
         try:
-            score = await _judge_score(spec.judge, judge_api_key or "EMPTY", items)
+            score = await _judge_score(spec.judge, judge_api_key or "EMPTY", items, judge_retry)
         except JudgeUnavailable as error:
             failures.append(str(error))
         else:

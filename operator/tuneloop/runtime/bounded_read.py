@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from aiohttp import StreamReader
+import httpx
 
 
-async def read_at_most(content: StreamReader, limit: int) -> bytes:
-    """The body, or its first limit + 1 bytes when it is longer (so the caller can tell)."""
+async def read_at_most(response: httpx.Response, limit: int) -> bytes:
+    """The body of a streamed reply, or its first limit + 1 bytes when it is longer (so the caller can tell)."""
     chunks, size = [], 0
-    while size <= limit:
-        chunk = await content.read(limit + 1 - size)
-        if not chunk:
-            break
+    async for chunk in response.aiter_bytes():
         chunks.append(chunk)
         size += len(chunk)
-    return b"".join(chunks)
+        if size > limit:
+            break
+    return b"".join(chunks)[:limit + 1]

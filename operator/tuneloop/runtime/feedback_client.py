@@ -7,14 +7,15 @@ was not the stats JSON), and bodies are read only up to a bound.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 
-import aiohttp
+import httpx
 
+from tuneloop.retry import FEEDBACK_STATS, RetryPolicy, async_retrying, no_answer
 from tuneloop.runtime.bounded_read import read_at_most
 
-REQUEST_TIMEOUT_SECONDS = 10.0
 MAX_BODY_BYTES = 64 * 1024  # the stats answer is a few dozen bytes
 
 
@@ -28,21 +29,29 @@ class FeedbackStats:
     last_id: int  # the newest row's id: the end of the range a snapshot taken now covers
 
 
-async def feedback_stats(url: str, token: str | None, model: str, after_id: int) -> FeedbackStats:
+async def _ask(client: httpx.AsyncClient, url: str, params: dict, timeout_seconds: float) -> tuple[int, bytes]:
+    """The reply's status and at most MAX_BODY_BYTES + 1 bytes of its body, all within the timeout."""
+    async with asyncio.timeout(timeout_seconds), client.stream("GET", url, params=params) as reply:
+        if reply.status_code >= 300:
+            return reply.status_code, b""
+        return reply.status_code, await read_at_most(reply, MAX_BODY_BYTES)
+
+
+async def feedback_stats(url: str, token: str | None, model: str, after_id: int,
+                         retry: RetryPolicy = FEEDBACK_STATS) -> FeedbackStats:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
+    params = {"model": model, "afterId": after_id}
     try:
         # No redirects: a 3xx would carry the token to wherever the answer points.
-        async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
-            async with session.get(f"{url}/v1/feedback/stats", params={"model": model, "afterId": after_id},
-                                   allow_redirects=False) as reply:
-                if reply.status in (401, 403):
-                    raise FeedbackUnavailable(f"{url} refused the token (HTTP {reply.status})")
-                if reply.status >= 300:
-                    raise FeedbackUnavailable(f"{url} answered HTTP {reply.status}")
-                raw = await read_at_most(reply.content, MAX_BODY_BYTES)
-    except (aiohttp.ClientError, TimeoutError) as error:
+        async with httpx.AsyncClient(headers=headers, timeout=retry.timeout_seconds, follow_redirects=False) as client:
+            status, raw = await async_retrying(retry, no_answer)(
+                _ask, client, f"{url}/v1/feedback/stats", params, retry.timeout_seconds)
+    except (httpx.HTTPError, httpx.InvalidURL, TimeoutError) as error:
         raise FeedbackUnavailable(f"{url} is unreachable: {error or type(error).__name__}") from None
+    if status in (401, 403):
+        raise FeedbackUnavailable(f"{url} refused the token (HTTP {status})")
+    if status >= 300:
+        raise FeedbackUnavailable(f"{url} answered HTTP {status}")
     try:
         if len(raw) > MAX_BODY_BYTES:
             raise ValueError

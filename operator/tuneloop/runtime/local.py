@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tuneloop import catalog
+from tuneloop import catalog, clock
 from tuneloop.api.finetunejob import TERMINAL_PHASES, FineTuneJob, FineTuneJobStatus
-from tuneloop.api.workloads import DataCheckWorkload, Tracking, TrainerWorkload
+from tuneloop.api.workloads import Tracking, TrainerWorkload
+from tuneloop.offline_env import OFFLINE_ENV
 from tuneloop.runtime import stage_workloads
+from tuneloop.reconcile.core import EmitEvent, resource_of
 from tuneloop.reconcile.finetunejob import (
-    EmitEvent,
     LaunchWorkload,
     Observed,
     ReconcileContext,
@@ -122,6 +123,9 @@ class LocalRuntime:
     def read_result(self, job: FineTuneJob, stage: str) -> dict | None:
         return _read_json(self.workload_dir(job, workload_name(job.metadata.name, stage, job.spec.resources.nodes)) / "result.json")
 
+    def context(self) -> ReconcileContext:
+        return dataclasses.replace(LOCAL_CONTEXT, registry_configured=bool(self.tracking_uri))
+
     def observe(self, job: FineTuneJob) -> Observed:
         workloads = {}
         root = self.job_dir(job)
@@ -129,7 +133,7 @@ class LocalRuntime:
             for folder in root.iterdir():
                 if folder.is_dir() and (folder / "workload.json").is_file():
                     workloads[folder.name] = self._observe_one(folder)
-        return Observed(workloads=workloads)
+        return Observed(context=self.context(), workloads=workloads)
 
     def _observe_one(self, folder: Path) -> WorkloadState:
         process = self.processes.get(folder.name)
@@ -160,7 +164,7 @@ class LocalRuntime:
                    "--result", str(folder / "result.json")]
         if action.stage == "train":
             command += ["--progress", str(folder / "progress.json")]
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+        env = {**os.environ, **OFFLINE_ENV}
         if action.stage == "train" and sys.platform.startswith("linux") and not os.path.exists("/dev/nvidiactl"):
             env = {**CPU_TRAINER_ENV, **env}
         self.processes[action.name] = subprocess.Popen(command, env=env, preexec_fn=terminated_with_parent)
@@ -170,8 +174,7 @@ class LocalRuntime:
             return str(resolve_path(uri, self.manifest_dir))
 
         if action.stage == "validate":
-            return DataCheckWorkload.of(self.trainer_workload(job, folder),
-                                        world_size=job.spec.resources.training_processes)
+            return stage_workloads.data_check_workload(job, self.trainer_workload(job, folder))
         if action.stage == "train":
             return self.trainer_workload(job, folder)
         if action.stage == "evaluate":
@@ -202,21 +205,12 @@ class LocalRuntime:
         return Tracking(tracking_uri=self.tracking_uri, experiment=EXPERIMENT, run_name=job.metadata.name)
 
     def trainer_workload(self, job: FineTuneJob, folder: Path) -> TrainerWorkload:
-        spec = job.spec
-        output = resolve_path(spec.output.uri, self.manifest_dir) if spec.output.uri else folder / "output"
-        return TrainerWorkload(
-            job=f"{job.metadata.namespace}/{job.metadata.name}",
-            model_path=str(self.model_path(job)),
-            dataset_path=str(resolve_path(spec.dataset.uri, self.manifest_dir)),
-            dataset=spec.dataset,
-            method=spec.method,
-            training=spec.training,
-            output_dir=str(output),
-            preview_examples=spec.output.preview_examples,
-            merge_adapter=spec.output.merge_adapter,
-            replay_path=str(resolve_path(spec.dataset.replay.uri, self.manifest_dir)) if spec.dataset.replay else None,
-            tracking=self.tracking(job),
-        )
+        output = job.spec.output.uri
+        return stage_workloads.trainer_workload(
+            job, model_path=str(self.model_path(job)),
+            input_file=lambda uri, _name: str(resolve_path(uri, self.manifest_dir)),
+            output_dir=str(resolve_path(output, self.manifest_dir) if output else folder / "output"),
+            tracking=self.tracking(job))
 
     def stop_all(self) -> None:
         for process in self.processes.values():
@@ -232,16 +226,13 @@ class LocalRuntime:
     def run(self, job: FineTuneJob, poll_seconds: float = 1.0) -> FineTuneJobStatus:
         """Reconcile until the job reaches Succeeded or Failed."""
         status = self.load_status(job)
-        context = dataclasses.replace(LOCAL_CONTEXT, registry_configured=bool(self.tracking_uri))
         try:
             while True:
-                decision = reconcile(job.metadata.name, job.spec.to_wire(), status, self.observe(job),
-                                     context, job.metadata.generation)
+                decision = reconcile(resource_of(job, status), self.observe(job), clock.now())
                 for action in decision.actions:
-                    if isinstance(action, LaunchWorkload):
-                        self.launch(job, action)
-                    else:
-                        self.on_event(action)
+                    self.launch(job, action)
+                for event in decision.events:
+                    self.on_event(event)
                 status = decision.status
                 self.save_status(job, status)
                 if status.phase in TERMINAL_PHASES:

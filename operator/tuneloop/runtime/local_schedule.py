@@ -26,7 +26,6 @@ from tuneloop.api.workloads import SnapshotWorkload
 from tuneloop.reconcile.finetuneschedule import (
     CreateJob,
     Decision,
-    EmitEvent,
     JobView,
     Observed,
     SnapshotState,
@@ -66,9 +65,8 @@ class LocalSchedule:
         return os.environ.get(feedback.token_env or TOKEN_ENV) or None
 
     def carry_out(self, decision: Decision) -> tuple[FineTuneScheduleStatus, list]:
-        for action in decision.actions:
-            if isinstance(action, EmitEvent):
-                self.on_event(action)
+        for event in decision.events:
+            self.on_event(event)
         self.save_status(decision.status)
         return decision.status, decision.actions
 

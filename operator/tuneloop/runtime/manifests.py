@@ -17,10 +17,12 @@ from typing import Any
 
 from tuneloop.api.common import API_VERSION, fitted
 from tuneloop.api.finetunejob import KIND, FineTuneJob
-from tuneloop.api.workloads import JUDGE_API_KEY_ENV, DataCheckWorkload, Tracking, TrainerWorkload
+from tuneloop.api.workloads import JUDGE_API_KEY_ENV, Tracking, TrainerWorkload
 from tuneloop.config import OperatorConfig
+from tuneloop.offline_env import OFFLINE_ENV
 from tuneloop.reconcile.finetunejob import LaunchWorkload
 from tuneloop.runtime import stage_workloads
+from tuneloop.storage_uris import NO_CLUSTER_OUTPUT, UnsupportedStorage, cluster_storage_problem, s3_key
 
 MANAGED_BY = "tuneloop"
 SPEC_DIR = "/etc/tuneloop"
@@ -32,10 +34,6 @@ INPUTS = "/inputs"
 FETCH_RESOURCES = {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
 RENDEZVOUS_PORT = 29500
 TERMINATION_LOG = "/dev/termination-log"
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "MLFLOW_ENABLE_TELEMETRY": "false",
-}
 
 # glibc's allocator for training on CPUs: a step frees and re-allocates activations of a few MB to
 # tens of MB; by default glibc serves those with mmap, unmaps them on free and trims the heap, so
@@ -51,10 +49,6 @@ WORKLOAD_CONTAINERS = {"validate": "check-data", "train": "trainer", "evaluate":
                        "snapshot": "snapshot"}
 # What the data check leaves out of a fetched model folder: it needs the tokenizer, not the weights.
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.gguf", "*.h5", "*.msgpack", "*.onnx")
-
-
-class UnsupportedStorage(ValueError):
-    pass
 
 
 def labels(job: FineTuneJob, stage: str) -> dict[str, str]:
@@ -95,28 +89,21 @@ class Storage:
         """Where the trainer reads an input; a fetched file keeps its name: /inputs/<name>/<file>."""
         if not uri.startswith("s3://"):
             return self.path(uri)
+        if problem := cluster_storage_problem(uri, one_object=is_file):
+            raise UnsupportedStorage(problem)
         self.fetches[name] = uri
-        key = uri[len("s3://"):].partition("/")[2]
-        if not is_file:
-            return f"{INPUTS}/{name}"
-        if not key or key.endswith("/"):
-            raise UnsupportedStorage(f"{uri!r} names a folder; the {name} must be one object, "
-                                     "e.g. s3://bucket/path/train.jsonl")
-        return f"{INPUTS}/{name}/{PurePosixPath(key).name}"
+        return f"{INPUTS}/{name}/{PurePosixPath(s3_key(uri)).name}" if is_file else f"{INPUTS}/{name}"
 
     def path(self, uri: str, *, writable: bool = False) -> str:
-        if uri.startswith("pvc://"):
-            claim, _, rest = uri[len("pvc://"):].partition("/")
-            self.claims.add(claim)
-            if writable:
-                self.writable_claims.add(claim)
-            return f"{PVC_ROOT}/{claim}/{rest}".rstrip("/")
-        if uri.startswith("s3://") and writable:
-            raise UnsupportedStorage(f"{uri!r}: the output must be a pvc:// folder (checkpoints must survive "
-                                     "a pod restart on a filesystem); s3:// serves inputs only")
-        scheme = uri.split("://", 1)[0] if "://" in uri else "a local path"
-        raise UnsupportedStorage(f"{uri!r}: {scheme} storage cannot be mounted in a cluster by this version; "
-                                 "use pvc://claim/path")
+        """Where the pod sees a pvc:// URI, mounted."""
+        if not uri.startswith("pvc://"):
+            raise UnsupportedStorage(cluster_storage_problem(uri, output=writable) or
+                                     f"{uri!r}: s3:// objects are fetched as inputs, not mounted; use pvc://claim/path")
+        claim, _, rest = uri[len("pvc://"):].partition("/")
+        self.claims.add(claim)
+        if writable:
+            self.writable_claims.add(claim)
+        return f"{PVC_ROOT}/{claim}/{rest}".rstrip("/")
 
     def uri(self, path: str) -> str:
         """The inverse of path(): what the trainer reports as a path, as a storage URI."""
@@ -153,25 +140,11 @@ def trainer_workload(job: FineTuneJob, config: OperatorConfig, storage: Storage)
     else:
         model_uri = spec.base_model.uri or ""
     if spec.output.uri is None:
-        raise UnsupportedStorage("spec.output.uri: a cluster run needs a pvc:// folder for checkpoints and the adapter")
-    tracking = None
-    if config.mlflow_tracking_uri:
-        tracking = Tracking(tracking_uri=config.mlflow_tracking_uri,
-                            run_name=f"{job.metadata.namespace}/{job.metadata.name}")
-    return TrainerWorkload(
-        job=f"{job.metadata.namespace}/{job.metadata.name}",
-        model_path=storage.input_path(model_uri, "model"),
-        dataset_path=storage.input_path(spec.dataset.uri, "dataset", is_file=True),
-        replay_path=(storage.input_path(spec.dataset.replay.uri, "replay", is_file=True)
-                     if spec.dataset.replay else None),
-        dataset=spec.dataset,
-        method=spec.method,
-        training=spec.training,
-        output_dir=storage.path(spec.output.uri, writable=True),
-        preview_examples=spec.output.preview_examples,
-        merge_adapter=spec.output.merge_adapter,
-        tracking=tracking,
-    )
+        raise UnsupportedStorage(NO_CLUSTER_OUTPUT)
+    return stage_workloads.trainer_workload(
+        job, model_path=storage.input_path(model_uri, "model"),
+        input_file=lambda uri, name: storage.input_path(uri, name, is_file=True),
+        output_dir=storage.path(spec.output.uri, writable=True), tracking=_tracking(job, config))
 
 
 def config_map(job: FineTuneJob, name: str, workload: Any, stage: str = "train") -> dict[str, Any]:
@@ -397,7 +370,7 @@ def data_check_objects(job: FineTuneJob, name: str, config: OperatorConfig) -> l
     storage = Storage()
     training = trainer_workload(job, config, storage)
     storage.writable_claims.clear()
-    workload = DataCheckWorkload.of(training, world_size=job.spec.resources.training_processes)
+    workload = stage_workloads.data_check_workload(job, training)
     command = ["python", "-m", "tuneloop_trainer.check_data", "--spec", f"{SPEC_DIR}/workload.json",
                "--result", f"{SCRATCH}/result.json", "--termination-log", TERMINATION_LOG]
     pod = pod_spec(job, name, training, config, storage, stage="validate", command=command)

@@ -18,10 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from tuneloop.api.modeldeployment import LORA_TAG
-from tuneloop.runtime.progress import REQUEST_TIMEOUT_SECONDS, auth_headers
+from tuneloop.retry import MLFLOW_REST, RetryPolicy, async_retrying, no_answer
+from tuneloop.runtime.progress import mlflow_http
 
 log = logging.getLogger("tuneloop.aliases")
 
@@ -30,17 +29,15 @@ class AliasLookupFailed(RuntimeError):
     """MLflow could not be asked (unreachable, refused, or answered nonsense)."""
 
 
-async def _rest_model_version(tracking_uri: str, path: str, params: dict[str, str]) -> dict | None:
+async def _rest_model_version(tracking_uri: str, retry: RetryPolicy, path: str, params: dict[str, str]) -> dict | None:
     """A model version as MLflow's REST API answers `path`; None when there is none (404)."""
-    url = tracking_uri.rstrip("/") + path
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
-    async with aiohttp.ClientSession(headers=auth_headers(), timeout=timeout) as session:
-        async with session.get(url, params=params) as response:
-            if response.status == 404:
-                return None
-            if response.status >= 400:
-                raise AliasLookupFailed(f"HTTP {response.status}: {(await response.text())[:200]}")
-            return (await response.json())["model_version"]
+    async with mlflow_http(retry) as http:
+        response = await http.get(tracking_uri.rstrip("/") + path, params=params)
+    if response.status_code == 404:
+        return None
+    if response.status_code >= 400:
+        raise AliasLookupFailed(f"HTTP {response.status_code}: {response.text[:200]}")
+    return response.json()["model_version"]
 
 
 def _client_model_version(tracking_uri: str, lookup: str, *args: str) -> Any:
@@ -56,8 +53,8 @@ def _client_model_version(tracking_uri: str, lookup: str, *args: str) -> Any:
         raise
 
 
-async def _rest_alias(tracking_uri: str, model: str, alias: str) -> str | None:
-    found = await _rest_model_version(tracking_uri, "/api/2.0/mlflow/registered-models/alias",
+async def _rest_alias(tracking_uri: str, retry: RetryPolicy, model: str, alias: str) -> str | None:
+    found = await _rest_model_version(tracking_uri, retry, "/api/2.0/mlflow/registered-models/alias",
                                       {"name": model, "alias": alias})
     return None if found is None else str(found["version"])  # None: no such model, or the alias is not set
 
@@ -67,8 +64,8 @@ def _client_alias(tracking_uri: str, model: str, alias: str) -> str | None:
     return None if found is None else str(found.version)
 
 
-async def _rest_version_tags(tracking_uri: str, model: str, version: str) -> dict[str, str] | None:
-    found = await _rest_model_version(tracking_uri, "/api/2.0/mlflow/model-versions/get",
+async def _rest_version_tags(tracking_uri: str, retry: RetryPolicy, model: str, version: str) -> dict[str, str] | None:
+    found = await _rest_model_version(tracking_uri, retry, "/api/2.0/mlflow/model-versions/get",
                                       {"name": model, "version": version})
     return None if found is None else {tag["key"]: tag.get("value", "") for tag in found.get("tags") or []}
 
@@ -88,6 +85,7 @@ class Lookup:
 class AliasResolver:
     tracking_uri: str | None
     poll_seconds: float = 30.0
+    retry: RetryPolicy = field(default_factory=MLFLOW_REST.model_copy)
     clock: Callable[[], float] = time.monotonic
     known: dict[tuple[str, str], Lookup] = field(default_factory=dict)
     problems: dict[tuple[str, str], str] = field(default_factory=dict)  # the last failed lookup's reason
@@ -119,7 +117,7 @@ class AliasResolver:
     async def _ask(self, rest: Callable, client: Callable, *args: str) -> Any:
         """REST for a tracking server; MlflowClient (in a thread) for a SQLite file."""
         if self.tracking_uri.startswith(("http://", "https://")):
-            return await rest(self.tracking_uri, *args)
+            return await async_retrying(self.retry, no_answer)(rest, self.tracking_uri, self.retry, *args)
         return await asyncio.to_thread(client, self.tracking_uri, *args)
 
     async def adapter_options(self, model: str, version: str) -> dict | None:

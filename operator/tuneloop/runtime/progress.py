@@ -2,7 +2,7 @@
 
 The operator needs no access to pods for this: it reads the run the trainer named after the
 FineTuneJob (`<namespace>/<name>`) in the configured tracking server. A tracking server
-(http/https, as in a cluster) is asked over its REST API with aiohttp: two small requests, no
+(http/https, as in a cluster) is asked over its REST API with httpx: two small requests, no
 thread, and no MLflow import in the operator (the client library alone adds ~100 MiB of RSS).
 Other tracking URIs (a SQLite file in tests and local runs) go through MlflowClient.
 """
@@ -10,15 +10,17 @@ Other tracking URIs (a SQLite file in tests and local runs) go through MlflowCli
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import time
 from typing import Any
 
-import aiohttp
+import httpx
+
+from tuneloop.retry import MLFLOW_REST, RetryPolicy, async_retrying, no_answer
 
 log = logging.getLogger("tuneloop.progress")
-REQUEST_TIMEOUT_SECONDS = 5.0
 
 
 class MlflowUnavailable(RuntimeError):
@@ -51,24 +53,27 @@ def auth_headers() -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"}
     user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
     if user and password:
-        return {"Authorization": aiohttp.BasicAuth(user, password).encode()}
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode("latin-1")).decode()}
     return {}
 
 
-async def _rest_progress(tracking_uri: str, experiment: str, run_name: str) -> dict[str, Any] | None:
+def mlflow_http(retry: RetryPolicy) -> httpx.AsyncClient:
+    """A client for MLflow's REST API, with MLflow's own credential variables."""
+    return httpx.AsyncClient(headers=auth_headers(), timeout=retry.timeout_seconds)
+
+
+async def _rest_progress(tracking_uri: str, experiment: str, run_name: str,
+                         retry: RetryPolicy) -> dict[str, Any] | None:
     api = tracking_uri.rstrip("/") + "/api/2.0/mlflow"
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
-    async with aiohttp.ClientSession(headers=auth_headers(), timeout=timeout) as session:
-        async with session.get(f"{api}/experiments/get-by-name", params={"experiment_name": experiment}) as response:
-            if response.status == 404:
-                return None  # no experiment yet: the trainer has not started logging
-            response.raise_for_status()
-            experiment_id = (await response.json())["experiment"]["experiment_id"]
+    async with mlflow_http(retry) as http:
+        response = await http.get(f"{api}/experiments/get-by-name", params={"experiment_name": experiment})
+        if response.status_code == 404:
+            return None  # no experiment yet: the trainer has not started logging
+        experiment_id = response.raise_for_status().json()["experiment"]["experiment_id"]
         search = {"experiment_ids": [experiment_id], "filter": _run_filter(run_name),
                   "order_by": ["attributes.start_time DESC"], "max_results": 1}
-        async with session.post(f"{api}/runs/search", json=search) as response:
-            response.raise_for_status()
-            runs = (await response.json()).get("runs") or []
+        response = await http.post(f"{api}/runs/search", json=search)
+        runs = response.raise_for_status().json().get("runs") or []
     if not runs:
         return None
     data, info = runs[0].get("data") or {}, runs[0]["info"]
@@ -92,12 +97,13 @@ def _client_progress(tracking_uri: str, experiment: str, run_name: str) -> dict[
     return progress_from_run(run.data.metrics, run.data.params, run.info.start_time)
 
 
-async def mlflow_progress(tracking_uri: str, experiment: str, run_name: str) -> dict[str, Any] | None:
+async def mlflow_progress(tracking_uri: str, experiment: str, run_name: str,
+                          retry: RetryPolicy = MLFLOW_REST) -> dict[str, Any] | None:
     """Progress of the newest run with this name, or None (no run yet).
     MlflowUnavailable when the server cannot be asked."""
     try:
         if tracking_uri.startswith(("http://", "https://")):
-            return await _rest_progress(tracking_uri, experiment, run_name)
+            return await async_retrying(retry, no_answer)(_rest_progress, tracking_uri, experiment, run_name, retry)
         return await asyncio.to_thread(_client_progress, tracking_uri, experiment, run_name)
     except Exception as error:  # an unreachable MLflow costs the progress column, nothing else
         log.warning("no progress from MLflow at %s: %s", tracking_uri, error)

@@ -14,9 +14,9 @@ from tuneloop.api.common import API_VERSION, fitted
 from tuneloop.api.finetuneschedule import KIND, FineTuneSchedule
 from tuneloop.api.workloads import SnapshotWorkload
 from tuneloop.config import OperatorConfig
+from tuneloop.offline_env import OFFLINE_ENV
 from tuneloop.runtime.manifests import (
     MANAGED_BY,
-    OFFLINE_ENV,
     SCRATCH,
     SPEC_DIR,
     TERMINATION_LOG,

@@ -13,18 +13,18 @@ from typing import Any
 from tuneloop.api.common import API_VERSION, child_name, fitted
 from tuneloop.api.modeldeployment import KIND, Colour, ModelDeployment
 from tuneloop.config import OperatorConfig
+from tuneloop.offline_env import OFFLINE_ENV
 from tuneloop.reconcile.modeldeployment import Target
 from tuneloop.runtime.manifests import (
     FETCH_RESOURCES,
     MANAGED_BY,
-    OFFLINE_ENV,
     SCRATCH,
     Storage,
-    UnsupportedStorage,
     fetch_containers,
     restricted_security_context,
     s3_env,
 )
+from tuneloop.storage_uris import UnsupportedStorage
 
 REVISION_LABEL = "tuneloop.dev/revision"
 ADAPTER_DIR = "/adapter"

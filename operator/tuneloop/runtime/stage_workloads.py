@@ -1,7 +1,7 @@
-"""The evaluator's and the registry's workload specs, shared by the local and the Kubernetes runtime.
+"""Every FineTuneJob stage's workload spec, shared by the local and the Kubernetes runtime.
 
-The runtimes differ only in where things are: `resolve` turns a storage URI from an earlier stage's
-result (file://, pvc://) into the path the workload sees.
+The runtimes differ only in where things are: they pass the paths the workload sees, and `resolve`
+turns a storage URI from an earlier stage's result (file://, pvc://) into such a path.
 """
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from tuneloop.api.finetunejob import FineTuneJob
-from tuneloop.api.workloads import EvaluatorWorkload, RegisterWorkload, Tracking
+from tuneloop.api.workloads import DataCheckWorkload, EvaluatorWorkload, RegisterWorkload, Tracking, TrainerWorkload
 
 Resolve = Callable[[str], str]
+InputFile = Callable[[str, str], str]  # (storage URI, input name: dataset or replay) -> the file's path
 
 
 def registered_model_name(job: FineTuneJob) -> str:
@@ -23,6 +24,30 @@ def _required(inputs: dict[str, Any], key: str, stage: str) -> str:
     if not value:
         raise ValueError(f"the {stage} stage needs {key} from the training result, and it is missing")
     return value
+
+
+def trainer_workload(job: FineTuneJob, *, model_path: str, input_file: InputFile, output_dir: str,
+                     tracking: Tracking | None) -> TrainerWorkload:
+    spec = job.spec
+    replay = spec.dataset.replay
+    return TrainerWorkload(
+        job=f"{job.metadata.namespace}/{job.metadata.name}",
+        model_path=model_path,
+        dataset_path=input_file(spec.dataset.uri, "dataset"),
+        replay_path=input_file(replay.uri, "replay") if replay else None,
+        dataset=spec.dataset,
+        method=spec.method,
+        training=spec.training,
+        output_dir=output_dir,
+        preview_examples=spec.output.preview_examples,
+        merge_adapter=spec.output.merge_adapter,
+        tracking=tracking,
+    )
+
+
+def data_check_workload(job: FineTuneJob, training: TrainerWorkload) -> DataCheckWorkload:
+    """The training's own spec, read on a CPU before any GPU is asked for."""
+    return DataCheckWorkload.of(training, world_size=job.spec.resources.training_processes)
 
 
 def evaluator_workload(job: FineTuneJob, inputs: dict[str, Any], *, model_path: str, resolve: Resolve,

@@ -1,4 +1,4 @@
-"""Carry out reconcile decisions on a cluster and report what the cluster shows.
+"""The FineTuneJob runtime on a cluster: observe() what the cluster shows, act() on a pass's decision.
 
 Workloads are batch/v1 Jobs (see manifests.py). A Job that completed hands over the trainer's
 result from its pod's termination message; a failed one, the trainer's own reason when it wrote
@@ -8,20 +8,35 @@ one, else what Kubernetes knows (OOMKilled, image pull errors, deadline exceeded
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from datetime import datetime
+
 from tuneloop.api.finetunejob import FineTuneJob
 from tuneloop.config import OperatorConfig
 from tuneloop.outbound import address_problem
-from tuneloop.reconcile.finetunejob import STAGES, TRAIN, LaunchWorkload, Observed, WorkloadState, workload_name
+from tuneloop.reconcile.core import EmitEvent
+from tuneloop.reconcile.finetunejob import (
+    STAGES,
+    TRAIN,
+    Decision,
+    LaunchWorkload,
+    Observed,
+    ReconcileContext,
+    Resource,
+    WorkloadState,
+    workload_name,
+)
 from tuneloop.reconcile.refusals import Refusal
 from tuneloop.runtime.kube_client import KubeClient
 from tuneloop.runtime.manifests import WORKLOAD_CONTAINERS, Storage, workload_objects
 from tuneloop.runtime.progress import MlflowUnavailable, mlflow_progress
 from tuneloop.runtime.secrets import SecretRefused, usable_secret
 
+log = logging.getLogger("tuneloop.finetunejob")
 WAITING_PROBLEMS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                     "CreateContainerError", "CrashLoopBackOff"}
 
@@ -102,21 +117,39 @@ async def observe_batch_job(client: KubeClient, namespace: str, name: str) -> Wo
 
 
 @dataclass
-class KubernetesRuntime:
+class FineTuneJobRuntime:
     client: KubeClient
     config: OperatorConfig
     # After a failed progress read, no reads for a while: with MLflow down, every running job's
     # reconcile would otherwise wait for its own timeout.
     mlflow_quiet_until: float = 0.0
 
-    async def observe(self, job: FineTuneJob, phase: str) -> Observed:
+    def context(self) -> ReconcileContext:
+        return ReconcileContext(mode="cluster", catalog=frozenset(self.config.catalog),
+                                registry_configured=bool(self.config.mlflow_tracking_uri))
+
+    async def observe(self, resource: Resource, now: datetime) -> Observed:
         """The workload of the stage the job is in (the reconciler looks at no other); before the first,
         whether the Secrets and addresses the spec names may be used."""
+        job, phase, context = resource.object, resource.status.phase, self.context()
         stage = next((stage for stage in STAGES if stage.phase == phase), None)
-        if stage is None:
-            return Observed(refusals=await self.refusals(job) if phase == "Pending" else ())
+        if job is None or stage is None:
+            refusals = await self.refusals(job) if job is not None and phase == "Pending" else ()
+            return Observed(context=context, refusals=refusals)
         name = workload_name(job.metadata.name, stage.name, job.spec.resources.nodes)
-        return Observed(workloads={name: await self.observe_workload(job, name, with_progress=stage is TRAIN)})
+        return Observed(context=context,
+                        workloads={name: await self.observe_workload(job, name, with_progress=stage is TRAIN)})
+
+    async def act(self, resource: Resource, observed: Observed, decision: Decision) -> list[EmitEvent]:
+        for action in decision.actions:
+            await self.launch(resource.object, action)
+        return []
+
+    async def finish(self, resource: Resource, decision: Decision) -> None:
+        """Nothing waits for the status to be written."""
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Nothing is held per object."""
 
     async def refusals(self, job: FineTuneJob) -> tuple[Refusal, ...]:
         """Where the evaluator would send the judge's key, and the Secret it would mount."""
@@ -146,7 +179,8 @@ class KubernetesRuntime:
             return None
         try:
             return await mlflow_progress(self.config.mlflow_tracking_uri, "tuneloop",
-                                         f"{job.metadata.namespace}/{job.metadata.name}")
+                                         f"{job.metadata.namespace}/{job.metadata.name}",
+                                         retry=self.config.outbound.mlflow)
         except MlflowUnavailable:
             self.mlflow_quiet_until = time.monotonic() + MLFLOW_BACKOFF_SECONDS
             return None
@@ -157,8 +191,10 @@ class KubernetesRuntime:
             # The finished Job of the same name goes first; its ConfigMap stays and is re-rendered.
             await self.client.delete("batch/v1", "Job", job.metadata.namespace, action.name)
             await self.client.delete("v1", "ConfigMap", job.metadata.namespace, action.name)
-        for obj in objects:
-            await self.client.create_if_absent(obj)
+        created = [obj["kind"] for obj in objects if await self.client.create_if_absent(obj)]
+        if created:
+            log.info("%s/%s: %s workload %s launched (%s created)", job.metadata.namespace, job.metadata.name,
+                     action.stage, action.name, ", ".join(created))
 
 
 def _as_uris(result: dict[str, Any]) -> dict[str, Any]:

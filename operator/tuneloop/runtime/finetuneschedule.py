@@ -1,4 +1,4 @@
-"""Carry out FineTuneSchedule decisions on a cluster and report what the cluster shows.
+"""The FineTuneSchedule runtime on a cluster: observe() what the cluster shows, act() on a pass's decision.
 
 observe(): the FineTuneJobs the schedule created (label tuneloop.dev/schedule), the snapshot
 workload of the run in progress, whether the feedback service's address and token may be used
@@ -15,25 +15,28 @@ from typing import Any
 
 from tuneloop.api.common import fitted
 from tuneloop.api.finetunejob import KIND as FINETUNEJOB_KIND
-from tuneloop.api.finetuneschedule import FineTuneSchedule, FineTuneScheduleStatus
+from tuneloop.api.finetuneschedule import FineTuneSchedule
 from tuneloop.config import OperatorConfig
 from tuneloop.outbound import address_problem
+from tuneloop.reconcile.core import EmitEvent
 from tuneloop.reconcile.finetuneschedule import (
     SCHEDULE_LABEL,
     Action,
     CreateJob,
+    Decision,
     DeleteJob,
     JobView,
     LaunchSnapshot,
     Observed,
+    Resource,
     SnapshotState,
     needs_feedback_count,
     snapshot_name,
 )
 from tuneloop.reconcile.refusals import Refusal
 from tuneloop.runtime.feedback_client import FeedbackUnavailable, feedback_stats
+from tuneloop.runtime.finetunejob import observe_batch_job
 from tuneloop.runtime.kube_client import KubeClient
-from tuneloop.runtime.kubernetes import observe_batch_job
 from tuneloop.runtime.schedule_manifests import snapshot_objects
 from tuneloop.runtime.secrets import SecretRefused, secret_value
 
@@ -50,16 +53,17 @@ def job_view(obj: dict[str, Any]) -> JobView:
 
 
 @dataclass
-class ScheduleRuntime:
+class FineTuneScheduleRuntime:
     client: KubeClient
     config: OperatorConfig
 
-    async def observe(self, schedule: FineTuneSchedule, raw_spec: dict[str, Any], status: FineTuneScheduleStatus,
-                      created: str | None, now: datetime) -> Observed:
+    async def observe(self, resource: Resource, now: datetime) -> Observed:
+        schedule, status = resource.object, resource.status
+        if schedule is None:
+            return Observed()
         namespace, name = schedule.metadata.namespace, schedule.metadata.name
         if not (schedule.spec.feedback.snapshot_uri or "").startswith("pvc://"):
-            return Observed(generation=schedule.metadata.generation, created=created,
-                            spec_problem="spec.feedback.snapshotUri: a cluster needs a pvc://claim/path folder "
+            return Observed(spec_problem="spec.feedback.snapshotUri: a cluster needs a pvc://claim/path folder "
                                          "for the snapshots")
         jobs = {obj["metadata"]["name"]: job_view(obj)
                 for obj in await self.client.list(*FTJ, namespace, f"{SCHEDULE_LABEL}={fitted(name)}")}
@@ -71,21 +75,33 @@ class ScheduleRuntime:
         feedback = schedule.spec.feedback
         if address := address_problem("spec.feedback.url", feedback.url, namespace, self.config.allowed_urls):
             refusal = Refusal("AddressNotAllowed", address)
-        elif needs_feedback_count(raw_spec, status, created, now):  # the token is read only when it is used
+        elif needs_feedback_count(resource, now):  # the token is read only when it is used
             try:
                 token = None if feedback.token_secret is None else await secret_value(
                     self.client, self.config, namespace, feedback.token_secret, "feedback", "spec.feedback.tokenSecret")
-                stats = await feedback_stats(feedback.url, token, feedback.model, status.trained_up_to_id)
+                stats = await feedback_stats(feedback.url, token, feedback.model, status.trained_up_to_id,
+                                             retry=self.config.outbound.feedback)
                 new, last = stats.new_rows, stats.last_id
             except SecretRefused as error:
                 refusal = Refusal("SecretNotAllowed", str(error))
             except FeedbackUnavailable as error:
                 problem = str(error)
         return Observed(jobs=jobs, new_corrections=new, last_feedback_id=last, feedback_problem=problem,
-                        snapshot=snapshot, generation=schedule.metadata.generation, created=created,
-                        refusal=refusal)
+                        snapshot=snapshot, refusal=refusal)
 
-    async def act(self, schedule: FineTuneSchedule, action: Action) -> None:
+    async def act(self, resource: Resource, observed: Observed, decision: Decision) -> list[EmitEvent]:
+        if resource.object is not None:
+            for action in decision.actions:
+                await self.carry_out(resource.object, action)
+        return []
+
+    async def finish(self, resource: Resource, decision: Decision) -> None:
+        """Nothing waits for the status to be written."""
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Nothing is held per object."""
+
+    async def carry_out(self, schedule: FineTuneSchedule, action: Action) -> None:
         namespace = schedule.metadata.namespace
         if isinstance(action, LaunchSnapshot):
             for obj in snapshot_objects(schedule, action.name, action.after_id, action.up_to_id, self.config):

@@ -1,4 +1,5 @@
-"""Read a JSONL dataset, check every row, turn rows into chat conversations and token ids.
+"""Read a JSONL or Parquet dataset, check every row and turn it into a chat conversation; write
+conversations back as JSONL (the hold-out split the trainer hands the evaluator).
 
 Row shapes:
   alpaca    {"instruction": ..., "input": ... (optional), "output": ...}
@@ -10,16 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
-
-
 MAX_SHOWN = 10  # bad rows named in a message; the count says how many there are in all
 
 
@@ -91,17 +87,6 @@ class Example:
     @property
     def reference(self) -> str:
         return self.messages[-1]["content"] if self.messages else (self.text or "")
-
-
-@dataclass
-class TokenizedExample:
-    input_ids: list[int]
-    labels: list[int]
-    truncated: bool = False
-
-    @property
-    def trained_tokens(self) -> int:
-        return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
 @dataclass
@@ -247,45 +232,6 @@ def load_parquet(path: Path, declared_format: str = "auto", system_prompt: str |
     if not dataset.examples:
         raise DataError(f"{path}: no rows")
     return dataset
-
-
-def split_hold_out(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """Deterministic split: the same rows, fraction and seed always give the same hold-out set."""
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    count = min(len(examples) - 1, max(1, math.ceil(fraction * len(examples))))
-    hold_out_indices = set(order[:count])
-    train = [example for index, example in enumerate(examples) if index not in hold_out_indices]
-    hold_out = [example for index, example in enumerate(examples) if index in hold_out_indices]
-    return train, hold_out
-
-
-def render_prompt(tokenizer: Any, example: Example) -> str:
-    """The text the model sees before it answers (chat template with the generation prompt)."""
-    return tokenizer.apply_chat_template(example.prompt_messages, tokenize=False, add_generation_prompt=True)
-
-
-def tokenize(tokenizer: Any, example: Example, max_length: int) -> TokenizedExample:
-    """Token ids and labels; labels are IGNORE_INDEX everywhere but the assistant's answers."""
-    if example.text is not None:
-        ids = tokenizer(example.text + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
-        return TokenizedExample(ids[:max_length], list(ids[:max_length]), truncated=len(ids) > max_length)
-    messages = example.messages or []
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    answer_spans = []
-    for index, message in enumerate(messages):
-        if message["role"] == "assistant":
-            start = len(tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True))
-            end = len(tokenizer.apply_chat_template(messages[: index + 1], tokenize=False))
-            answer_spans.append((start, end))
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
-    labels = [
-        token if any(start <= begin < end for start, end in answer_spans) else IGNORE_INDEX
-        for token, (begin, _) in zip(ids, offsets)
-    ]
-    truncated = len(ids) > max_length
-    return TokenizedExample(ids[:max_length], labels[:max_length], truncated=truncated)
 
 
 def write_jsonl(path: Path, examples: list[Example]) -> None:

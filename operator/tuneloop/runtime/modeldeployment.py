@@ -1,32 +1,40 @@
-"""Carry out ModelDeployment rollout decisions on a cluster and report what the cluster shows.
+"""The ModelDeployment runtime on a cluster: observe() what the cluster shows, act() on a pass's decision.
 
 observe(): the followed alias's version (model_aliases), each colour's Deployment (ready pods of
 its current revision only), the latest analysis result. act(): Deployments created, replaced or
 scaled; the active and preview Services and the PodDisruptionBudget pointed at a colour;
-analyses started. Every action is idempotent: a pass repeated after a crash changes nothing twice.
+analyses started; the promote/abort/retry annotations cleared once acted on. Every action is
+idempotent: a pass repeated after a crash changes nothing twice.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from tuneloop.api.modeldeployment import (
     COLOURS,
+    KIND,
     AnalysisSpec,
     Colour,
     ModelDeployment,
     ModelDeploymentStatus,
     unservable_adapter,
 )
+from tuneloop.api.common import API_VERSION
 from tuneloop.config import OperatorConfig
+from tuneloop.reconcile.core import EmitEvent
 from tuneloop.reconcile.modeldeployment import (
     Action,
     AnalysisResult,
     ApplyDeployment,
+    ClearAnnotation,
+    Decision,
     DeploymentState,
     Observed,
+    Resource,
     RunAnalysis,
     ScaleDeployment,
     SetPreview,
@@ -37,7 +45,7 @@ from tuneloop.reconcile.modeldeployment import (
 from tuneloop.runtime.analysis import analyse
 from tuneloop.runtime.analysis_runs import AnalysisRuns
 from tuneloop.runtime.kube_client import KubeClient
-from tuneloop.runtime.manifests import UnsupportedStorage
+from tuneloop.storage_uris import UnsupportedStorage
 from tuneloop.runtime.model_aliases import AliasResolver
 from tuneloop.outbound import address_problem
 from tuneloop.runtime.secrets import secret_value
@@ -70,14 +78,17 @@ class CannotRender(RuntimeError):
 
 
 @dataclass
-class ServingRuntime:
+class ModelDeploymentRuntime:
     client: KubeClient
     config: OperatorConfig
     aliases: AliasResolver
     analyses: AnalysisRuns = field(default_factory=AnalysisRuns)
 
     # --- observing ---------------------------------------------------------------------------------
-    async def observe(self, md: ModelDeployment, annotations: dict[str, str], generation: int | None) -> Observed:
+    async def observe(self, resource: Resource, now: datetime) -> Observed:
+        md = resource.object
+        if md is None:
+            return Observed()
         namespace, name = md.metadata.namespace, md.metadata.name
         adapter, resolved, problem = md.spec.adapter, None, None
         if adapter.alias is not None and adapter.name is not None:
@@ -101,13 +112,31 @@ class ServingRuntime:
             if obj is not None:
                 deployments[colour] = deployment_state(obj)
         return Observed(resolved_version=resolved, resolve_problem=problem, spec_problem=spec_problem,
-                        deployments=deployments,
-                        analysis=self.analyses.result((namespace, name)), annotations=dict(annotations),
-                        generation=generation)
+                        deployments=deployments, analysis=self.analyses.result((namespace, name)))
 
     # --- acting ------------------------------------------------------------------------------------
-    async def act(self, md: ModelDeployment, target: Target | None, status: ModelDeploymentStatus,
-                  action: Action) -> None:
+    async def act(self, resource: Resource, observed: Observed, decision: Decision) -> list[EmitEvent]:
+        """Every action in order but the annotations (see finish); a Deployment that cannot be rendered
+        any more is reported, not raised."""
+        md, problems = resource.object, []
+        target = target_for(md.spec, observed.resolved_version) if md is not None else None
+        for action in decision.actions:
+            if md is not None and not isinstance(action, ClearAnnotation):
+                try:
+                    await self.carry_out(md, target, decision.status, action)
+                except CannotRender as error:
+                    problems.append(EmitEvent("Warning", "CannotRender", str(error)))
+        return problems
+
+    async def finish(self, resource: Resource, decision: Decision) -> None:
+        """After the status is written: an annotation acted on goes only once its effect is stored."""
+        cleared = {action.key: None for action in decision.actions if isinstance(action, ClearAnnotation)}
+        if cleared:
+            await self.client.patch(API_VERSION, KIND, resource.namespace, resource.name,
+                                    {"metadata": {"annotations": cleared}})
+
+    async def carry_out(self, md: ModelDeployment, target: Target | None, status: ModelDeploymentStatus,
+                        action: Action) -> None:
         if isinstance(action, ApplyDeployment):
             await self.apply_deployment(md, target, action)
         elif isinstance(action, ScaleDeployment):
@@ -176,7 +205,8 @@ class ServingRuntime:
                 key = await self.judge_key(md, spec)
             except LookupError as error:
                 return AnalysisResult(action.run_id, passed=False, reason=str(error))
-            return await analyse(spec, base_url, md.metadata.name, action.run_id, key)
+            return await analyse(spec, base_url, md.metadata.name, action.run_id, key,
+                                 judge_retry=self.config.outbound.judge)
 
         if self.analyses.start((md.metadata.namespace, md.metadata.name), action.run_id, run):
             log.info("analysis %s of %s/%s started against %s", action.run_id, md.metadata.namespace,
@@ -195,5 +225,6 @@ class ServingRuntime:
         return await secret_value(self.client, self.config, md.metadata.namespace, reference, "judge",
                                   "spec.analysis.judge.apiKeySecret")
 
-    def forget(self, md_key: tuple[str, str]) -> None:
-        self.analyses.forget(md_key)
+    def forget(self, namespace: str, name: str) -> None:
+        """A deleted ModelDeployment's analyses stop."""
+        self.analyses.forget((namespace, name))
