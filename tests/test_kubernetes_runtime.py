@@ -107,9 +107,9 @@ def test_an_unreachable_mlflow_gives_no_progress_and_is_not_asked_again_for_a_wh
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     calls = []
 
-    async def counted(*args):
+    async def counted(*args, **options):
         calls.append(args)
-        return await progress.mlflow_progress(*args)
+        return await progress.mlflow_progress(*args, **options)
 
     monkeypatch.setattr("tuneloop.runtime.finetunejob.mlflow_progress", counted)
     runtime = FineTuneJobRuntime(client=None, config=OperatorConfig(mlflow_tracking_uri="http://127.0.0.1:9"))

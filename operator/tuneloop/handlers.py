@@ -212,9 +212,9 @@ async def reconcile_pass(controller: Controller, state: OperatorState, body: kop
         return None
     loop.seen = _change_key(body)
     runtime = state.runtime(controller)
-    now = clock.now()
-    observed = await runtime.observe(resource, now)
-    decision = controller.reconcile(resource, observed, now)
+    observed = await runtime.observe(resource, clock.now())
+    # The time of the decision, not of the start of a slow observation: the deadlines it stamps start now.
+    decision = controller.reconcile(resource, observed, clock.now())
     problems = await runtime.act(resource, observed, decision)
     for event in (*decision.events, *problems):
         await state.recorder().post(body, event.type, event.reason, event.message)
