@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Generic, Literal, TypeVar
 
 from tuneloop.api.common import SpecError, WireModel, validated
@@ -73,9 +74,10 @@ class Decision(Generic[StatusT, ActionT]):
         self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
 
 
-def status_fields(status_model: type[WireModel]) -> set[str]:
+@cache
+def status_fields(status_model: type[WireModel]) -> frozenset[str]:
     """The wire names of a status model: kopf keeps its own bookkeeping in status too."""
-    return {info.alias or name for name, info in status_model.model_fields.items()}
+    return frozenset(info.alias or name for name, info in status_model.model_fields.items())
 
 
 def read(model: type[ObjectT], status_model: type[StatusT], body: Mapping[str, Any]) -> Resource[ObjectT, StatusT]:
