@@ -317,9 +317,10 @@ def test_a_token_secret_not_marked_for_tuneloop_is_refused_by_name_until_it_is(s
 
                 harness.patch(("v1", "Secret"), "default", "tuneloop-feedback",
                               {"metadata": {"labels": {"tuneloop.dev/secret-usage": "judge.feedback"}}})
-                await harness.wait_for(lambda: snapshot_jobs(harness))
-                allowed = permitted(harness)
-                assert (allowed["status"], allowed["reason"]) == ("True", "Allowed")
+                # The snapshot Job is created before the pass writes its status: wait for both.
+                allowed = await harness.wait_for(
+                    lambda: snapshot_jobs(harness) and permitted(harness)["status"] == "True" and permitted(harness))
+                assert allowed["reason"] == "Allowed"
 
             await with_operator(harness, tmp_path, body)
 
