@@ -1,0 +1,53 @@
+"""The `tuneloop` command. Each command lives in a module of this package that adds its own parser.
+
+    tuneloop run FILE --local     run a FineTuneJob manifest to the end on this machine
+                                  (a FineTuneSchedule: --once, one cycle now)
+    tuneloop validate FILE...     check manifests; say what is wrong and where (--data: the datasets too)
+    tuneloop crds                 print the CustomResourceDefinitions
+    tuneloop promote FILE --version V | --from-alias A [--commit]
+                                  pin a ModelDeployment's adapter version in a Git working tree
+    tuneloop rollout promote|abort|retry|status NAME [-n NS]
+                                  manual control of a ModelDeployment's blue-green rollout
+    tuneloop feedback serve       the feedback service (corrections in, snapshots out)
+    tuneloop images [--config FILE] [--registry REG]
+                                  the images to mirror for an air-gapped cluster, one a line
+    tuneloop operator             run the Kubernetes operator (kopf)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from tuneloop.cli import images, operator, promote, rollout, run, validate
+from tuneloop.cli.operator import all_crds
+from tuneloop.cli.validate import validate_document
+
+__all__ = ["all_crds", "build_parser", "main", "validate_document"]
+
+COMMAND_MODULES = (run, validate, operator, promote, rollout, images)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tuneloop", description="Fine-tune and ship private LLMs on Kubernetes.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for module in COMMAND_MODULES:
+        module.add_parser(commands)
+    feedback = commands.add_parser("feedback", help="the feedback service: reviewers' corrections come in here")
+    feedback_commands = feedback.add_subparsers(dest="feedback_command", required=True)
+    # `tuneloop feedback serve ARGS` is handed to the service's own parser whole (see main).
+    feedback_commands.add_parser("serve", help="serve POST /v1/feedback (`tuneloop feedback serve --help`)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["feedback", "serve"]:
+        from tuneloop.feedback.server import main as feedback_main
+
+        return feedback_main(argv[2:])
+    args = build_parser().parse_args(argv)
+    if args.command != "operator":  # the operator's logging is kopf's (text or JSON)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.handler(args)
