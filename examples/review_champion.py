@@ -3,11 +3,13 @@ ticket record is sent to the feedback service with its correction.
 
 In production, reviewers see the served model's answers and correct them; here the ticket
 generator knows the right record of each message it writes, so it plays the reviewer. The
-answers are the real champion's (SmolLM2 + the adapter MLflow calls `champion` in the work
-folder), generated the way the evaluator generates them.
+answers come from the served champion: `tuneloop serve --local` over the run MLflow calls
+`champion` (SmolLM2 + its adapter), an OpenAI-compatible endpoint answering as the evaluator does.
 
-    python examples/review_champion.py --workdir tuneloop-work --url http://127.0.0.1:8088
-    (the token comes from TUNELOOP_FEEDBACK_TOKEN)
+    tuneloop serve --local acme-tickets --workdir tuneloop-work --port 8000 &
+    python examples/review_champion.py --workdir tuneloop-work --model-url http://127.0.0.1:8000/v1 \
+        --url http://127.0.0.1:8088
+    (the feedback token comes from TUNELOOP_FEEDBACK_TOKEN)
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import sys
 import urllib.request
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,23 +31,39 @@ MODEL = "acme-tickets"
 SYSTEM_PROMPT = "You are Acme's ticket router. Answer with the ticket record only."
 
 
-def champion_answers(workdir: Path, messages: list[list[dict[str, str]]]) -> tuple[str, list[str]]:
-    """(champion version, its greedy answers), with the evaluator's generation code."""
-    import mlflow
+class ModelUnavailable(Exception):
+    pass
+
+
+def champion_version(workdir: Path) -> str:
     from mlflow.tracking import MlflowClient
 
-    from tuneloop import catalog
-    from tuneloop_evaluator.generation import AnswerModels
-
     tracking_uri = f"sqlite:///{workdir / 'mlflow' / 'mlflow.db'}"
-    version = MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(MODEL, "champion").version
-    mlflow.set_tracking_uri(tracking_uri)
-    adapter = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/{version}",
-                                                       dst_path=str(workdir / "review" / f"champion-{version}")))
-    models = AnswerModels(str(catalog.materialize(catalog.lookup("smollm2-135m-instruct"))))
-    models.add("champion", adapter)
-    prompts = [models.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages]
-    return str(version), models.answers("champion", prompts, max_new_tokens=64, batch_size=8)
+    return str(MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(MODEL, "champion").version)
+
+
+def served_answers(model_url: str, champion: str, messages: list[list[dict[str, str]]]) -> list[str]:
+    """The endpoint's `tuned` model's answers, once it is shown to serve the champion's adapter."""
+    from openai import APIConnectionError, OpenAI
+
+    client = OpenAI(base_url=model_url, api_key="local", timeout=300, max_retries=0)
+    try:
+        served = next((model for model in client.models.list() if model.id == "tuned"), None)
+    except APIConnectionError as error:
+        raise ModelUnavailable(f"no model endpoint at {model_url} ({error.__cause__ or error}): start it with "
+                               f"tuneloop serve --local {MODEL}") from error
+    details = (served.model_extra or {}).get("tuneloop", {}) if served else {}
+    if (details.get("registeredModel"), details.get("registeredVersion")) != (MODEL, champion):
+        raise ModelUnavailable(f"{model_url} serves {details.get('registeredModel')} version "
+                         f"{details.get('registeredVersion')} (run {details.get('run')}), but {MODEL}@champion is "
+                         f"version {champion}: serve the champion's run")
+
+    def ask(conversation: list[dict[str, str]]) -> str:
+        completion = client.chat.completions.create(model="tuned", messages=conversation, max_tokens=64)
+        return completion.choices[0].message.content
+
+    with ThreadPoolExecutor(max_workers=8) as pool:  # the server answers waiting requests in one batch
+        return list(pool.map(ask, messages))
 
 
 def wrong_fields(answer: str, correction: str) -> list[str]:
@@ -68,7 +87,9 @@ def post(url: str, token: str, row: dict) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path("tuneloop-work"))
-    parser.add_argument("--url", default="http://127.0.0.1:8088")
+    parser.add_argument("--url", default="http://127.0.0.1:8088", help="the feedback service")
+    parser.add_argument("--model-url", default="http://127.0.0.1:8000/v1",
+                        help="the champion's OpenAI-compatible endpoint (tuneloop serve --local)")
     parser.add_argument("--messages", type=int, default=60, help="fresh support messages the champion answers")
     parser.add_argument("--seed", type=int, default=424242, help="not the training data's seed: unseen messages")
     args = parser.parse_args()
@@ -79,7 +100,12 @@ def main() -> int:
     rows = generate(args.messages, args.seed)
     messages = [[{"role": "system", "content": SYSTEM_PROMPT},
                  {"role": "user", "content": f"{row['instruction']}\n\n{row['input']}"}] for row in rows]
-    version, answers = champion_answers(args.workdir.resolve(), messages)
+    version = champion_version(args.workdir.resolve())
+    try:
+        answers = served_answers(args.model_url, version, messages)
+    except ModelUnavailable as error:
+        print(error, file=sys.stderr)
+        return 1
     fields: Counter[str] = Counter()
     sent = 0
     for index, (row, prompt, answer) in enumerate(zip(rows, messages, answers)):

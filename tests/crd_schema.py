@@ -98,3 +98,26 @@ def admit(crd: dict[str, Any], obj: dict[str, Any]) -> tuple[dict[str, Any], lis
     if not errors:
         errors = cel_errors(schema, stored, "<root>")
     return stored, errors
+
+
+PRINTER_PATH = re.compile(r"^(\.[A-Za-z][A-Za-z0-9]*(\[[0-9]+\])?)+$")
+
+
+def printed_columns(crd: dict[str, Any], obj: dict[str, Any], *, wide: bool = False) -> dict[str, Any]:
+    """What `kubectl get` (with `-o wide`: the priority columns too) shows of `obj`: each printer column's
+    value at its JSONPath, None where the path leads nowhere (kubectl prints an empty cell). Only the
+    JSONPath the printers use (`.a.b`, `.a[0]`); any other raises, so this cannot quietly misread one."""
+    values = {}
+    for column in crd["spec"]["versions"][0]["additionalPrinterColumns"]:
+        if column.get("priority", 0) and not wide:
+            continue
+        path = column["jsonPath"]
+        if not PRINTER_PATH.fullmatch(path):
+            raise ValueError(f"column {column['name']}: JSONPath {path!r} is beyond what this helper reads")
+        value: Any = obj
+        for name, index in re.findall(r"\.([A-Za-z0-9]+)(?:\[([0-9]+)\])?", path):
+            value = value.get(name) if isinstance(value, dict) else None
+            if index and value is not None:
+                value = value[int(index)] if isinstance(value, list) and int(index) < len(value) else None
+        values[column["name"]] = value
+    return values

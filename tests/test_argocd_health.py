@@ -102,15 +102,27 @@ def test_finetunejob_succeeded_gate_passed(ftj):
     assert ftj(obj(status)) == ("Healthy", "succeeded; gate passed: rougeL +0.04 (CI lower bound > 0)")
 
 
-def test_finetunejob_failed_gate_is_still_healthy(ftj):
+def test_a_finetunejob_whose_gate_failed_is_degraded_with_the_gates_message(ftj):
+    # Phase Succeeded (failing the gate is a result), but a rejected adapter must not look Healthy.
     status = FineTuneJobStatus(phase="Succeeded", message="registered version 3; gate failed",
                                conditions=[gate_condition(False, "rougeL lower bound -0.01 <= 0")])
-    assert ftj(obj(status)) == ("Healthy", "succeeded; gate failed: rougeL lower bound -0.01 <= 0")
+    assert ftj(obj(status)) == ("Degraded", "succeeded, not promoted; gate failed: rougeL lower bound -0.01 <= 0")
+
+
+def test_a_failed_gate_from_the_reconciler_reads_degraded_in_argo_cd(ftj):
+    from stage_results import played_job
+
+    status = played_job(em_diff_low=-0.05)
+    health, message = ftj(obj(status))
+    assert health == "Degraded"
+    assert message == "succeeded, not promoted; gate failed: " + status.evaluation.gate.message.removeprefix(
+        "gate failed: ")
+    assert "exactMatch candidate-baseline" in message
 
 
 def test_finetunejob_gate_from_evaluation_when_no_condition(ftj):
     raw = {"phase": "Succeeded", "evaluation": {"gate": GateResult(passed=False, message="too noisy").to_wire()}}
-    assert ftj(obj(raw)) == ("Healthy", "succeeded; gate failed: too noisy")
+    assert ftj(obj(raw)) == ("Degraded", "succeeded, not promoted; gate failed: too noisy")
 
 
 def test_finetunejob_succeeded_without_evaluation(ftj):

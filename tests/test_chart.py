@@ -27,7 +27,7 @@ from tuneloop.feedback.auth import TOKEN_FILE_ENV, TOKENS_FILE_ENV
 from tuneloop.feedback.database import DATABASE_URL_FILE_ENV
 from tuneloop.reconcile.modeldeployment import target_for
 from tuneloop.runtime.manifests import training_objects
-from tuneloop.runtime.mlflow_webhooks import SECRET_FILE_ENV as WEBHOOK_SECRET_FILE_ENV
+from tuneloop.registry.webhooks import SECRET_FILE_ENV as WEBHOOK_SECRET_FILE_ENV
 from tuneloop.runtime.serving_manifests import deployment
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -214,6 +214,38 @@ def test_a_folder_is_read_as_kubectl_apply_reads_it(tmp_path, capsys):
     assert capsys.readouterr().err == f"{folder / 'team-b' / 'job.yaml'}: FineTuneJob/nested: spec.method.lora.r: must be >= 1\n"
 
 
+@pytest.mark.parametrize("folder", ["examples", "examples/cluster"])
+def test_the_example_folders_validate_as_folders(folder, capsys):
+    assert main(["validate", str(ROOT / folder)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.count(": valid") == len(list((ROOT / folder).glob("*.yaml")))
+
+
+def test_a_folder_skips_other_kinds_with_a_note_but_a_named_file_does_not(tmp_path, capsys):
+    manifest(tmp_path, name="a-job", file="a.yaml")
+    (tmp_path / "secret.yaml").write_text("apiVersion: v1\nkind: Secret\nmetadata:\n  name: judge-key\n---\n"
+                                          "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: ml-team\n")
+    (tmp_path / "kustomization.yaml").write_text("apiVersion: kustomize.config.k8s.io/v1beta1\n"
+                                                 "kind: Kustomization\nresources: [a.yaml]\n")
+
+    assert main(["validate", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{tmp_path / 'a.yaml'}: FineTuneJob/a-job: valid",
+        f"{tmp_path / 'kustomization.yaml'}: Kustomization/<no name>: skipped (not a Tuneloop kind)",
+        f"{tmp_path / 'secret.yaml'}: Secret/judge-key: skipped (not a Tuneloop kind)",
+        f"{tmp_path / 'secret.yaml'}: Namespace/ml-team: skipped (not a Tuneloop kind)"]
+
+    assert main(["validate", str(tmp_path / "secret.yaml")]) == 1
+    assert "Secret/judge-key: kind: 'Secret' is not a Tuneloop kind" in capsys.readouterr().err
+
+
+def test_a_misspelt_tuneloop_kind_in_a_folder_is_still_an_error(tmp_path, capsys):
+    (tmp_path / "job.yaml").write_text(VALID.format(name="a-job", uri="data.jsonl", r=8).replace(
+        "kind: FineTuneJob", "kind: FinetuneJob"))
+    assert main(["validate", str(tmp_path)]) == 1
+    assert "FinetuneJob/a-job: kind: 'FinetuneJob' is not a Tuneloop kind" in capsys.readouterr().err
+
+
 def test_an_empty_folder_is_reported(tmp_path, capsys):
     assert main(["validate", str(tmp_path)]) == 1
     assert capsys.readouterr().err.startswith(f"{tmp_path}: no .yaml, .yml, .json files in the folder")

@@ -132,3 +132,62 @@ def test_a_multi_node_finetunejob_is_named_as_its_rendezvous_service_must_be(nam
         assert any("multi-node FineTuneJob" in error for error in errors)
         with pytest.raises(SpecError, match=r"^metadata.name: a multi-node FineTuneJob"):
             parse_manifest(manifest)
+
+
+def committed_crds() -> dict[str, dict]:
+    return {doc["spec"]["names"]["kind"]: doc for doc in yaml.safe_load_all(COMMITTED.read_text())}
+
+
+def undescribed(schema: dict, path: str) -> list[str]:
+    """Every property under `schema` (list items and map values included) that has no description."""
+    missing = [f"{path}.{name}" for name, sub in schema.get("properties", {}).items() if not sub.get("description")]
+    for name, sub in schema.get("properties", {}).items():
+        missing += undescribed(sub, f"{path}.{name}")
+    if "items" in schema:
+        missing += undescribed(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        missing += undescribed(schema["additionalProperties"], f"{path}{{}}")
+    return missing
+
+
+@pytest.mark.parametrize("kind", ["FineTuneJob", "ModelDeployment", "FineTuneSchedule"])
+def test_kubectl_explain_has_a_description_for_every_spec_and_status_field(kind):
+    properties = committed_crds()[kind]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+    missing = undescribed(properties["spec"], "spec") + undescribed(properties["status"], "status")
+    assert missing == [], f"{kind}: {len(missing)} field(s) without a description: {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("kind", ["FineTuneJob", "ModelDeployment", "FineTuneSchedule"])
+def test_conditions_are_a_list_map_keyed_by_a_required_type(kind):
+    conditions = committed_crds()[kind]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
+        "status"]["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    # Kubernetes (1.20 too) refuses a list-map whose key is neither required nor defaulted.
+    assert "type" in conditions["items"]["required"]
+    assert {"status", "reason", "lastTransitionTime"} <= set(conditions["items"]["required"])
+
+
+SCHEMA_TYPES = {"string": {"string"}, "number": {"number", "integer"}, "integer": {"integer"},
+                "boolean": {"boolean"}, "date": {"string"}}
+
+
+@pytest.mark.parametrize("kind", ["FineTuneJob", "ModelDeployment", "FineTuneSchedule"])
+def test_printer_columns_read_at_a_glance_and_name_fields_of_their_type(kind):
+    version = committed_crds()[kind]["spec"]["versions"][0]
+    columns = version["additionalPrinterColumns"]
+    shown = [column["name"] for column in columns if not column.get("priority")]
+    assert len(shown) <= 8, f"{kind}: {len(shown)} default columns ({shown}); move detail to priority 1 (-o wide)"
+    assert shown[-1] == "Age" and all(column.get("priority") for column in columns[len(shown):])
+    for column in columns:
+        if column["jsonPath"] == ".metadata.creationTimestamp":
+            continue
+        schema = version["schema"]["openAPIV3Schema"]
+        for part in column["jsonPath"].lstrip(".").split("."):
+            name, _, index = part.partition("[")
+            schema = schema["properties"][name]
+            if index:
+                schema = schema["items"]
+        assert schema["type"] in SCHEMA_TYPES[column["type"]], (column, schema["type"])
+        # A verdict reads Passed/Failed, not true/false (SUSPEND stays a boolean, as a CronJob's does).
+        assert schema["type"] != "boolean" or column["jsonPath"].startswith(".spec."), column["name"]

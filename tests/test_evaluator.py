@@ -226,10 +226,12 @@ def test_the_champion_is_the_baseline_and_the_evaluation_joins_the_training_run(
     for metric, difference in result.hold_out.difference.items():
         assert (difference.value, difference.low, difference.high) == (0, 0, 0), metric
     logged = client.get_run(run_id).data
-    assert logged.metrics["eval_exactMatch_candidate"] == result.hold_out.candidate["exactMatch"].value
-    assert logged.metrics["eval_rougeL_diff_low"] == 0
+    assert logged.metrics["score/exactMatch"] == result.hold_out.candidate["exactMatch"].value
+    assert logged.metrics["score/rougeL_baseline"] == result.hold_out.baseline["rougeL"].value
+    assert not [key for key in logged.metrics if key.endswith(("_low", "_high"))]  # intervals: the description
     assert logged.tags["tuneloop.evaluation.baseline"] == "champion version 1"
-    assert [a.path for a in client.list_artifacts(run_id, "evaluation")] == ["evaluation/evaluation-records.jsonl"]
+    assert {a.path for a in client.list_artifacts(run_id, "evaluation")} == {
+        "evaluation/evaluation-records.jsonl", "evaluation/examples.json"}
 
 
 def test_auto_falls_back_to_base_only_when_there_is_no_champion(trained, tiny_model_dir, tmp_path, registry,

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from local_model_server import local_model_server
+
 REPO = Path(__file__).resolve().parents[1]
 # Guards against a hang, not speed targets (benchmarks/ measures speed). With a busy loop beside the
 # suite on 2 cores, the example took 911 s and the schedule cycle 1212 s (2026-12-02).
@@ -76,7 +78,9 @@ def test_readme_example_fine_tunes_evaluates_and_registers_smollm2(example_run):
     assert str(version.version) == "1" and version.tags["tuneloop.dev/gate"] == "passed"  # int from SQLite
     assert version.tags["tuneloop.dev/dataset-sha256"] == status["dataset"]["sha256"]
     run = client.get_run(version.run_id)
-    assert "hold_out_loss_final" in run.data.metrics and "eval_exactMatch_candidate" in run.data.metrics
+    assert "score/exactMatch" in run.data.metrics
+    assert len(client.get_metric_history(run.info.run_id, "loss/validation")) > 2  # a curve, not single points
+    assert run.data.params["base_model"] == "smollm2-135m-instruct"  # the catalog name, not a cache folder
 
 
 @pytest.mark.example
@@ -91,8 +95,10 @@ def test_one_cycle_of_the_schedule_trains_on_the_champions_corrections(example_r
     token = "e2e-feedback-token-0123456789"
     env = {**os.environ, "TUNELOOP_FEEDBACK_TOKEN": token}
     with serving(create_app(f"sqlite:///{tmp_path / 'feedback.db'}", token)) as url:
-        review = subprocess.run([sys.executable, "examples/review_champion.py", "--workdir", str(workdir),
-                                 "--url", url], cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_SECONDS)
+        with local_model_server(workdir, "acme-tickets") as model_url:  # the champion, served
+            review = subprocess.run([sys.executable, "examples/review_champion.py", "--workdir", str(workdir),
+                                     "--model-url", model_url, "--url", url], cwd=REPO, env=env, capture_output=True,
+                                    text=True, timeout=HANG_SECONDS)
         assert review.returncode == 0, review.stdout[-3000:] + review.stderr[-3000:]
         corrected = int(re.search(r"answered 60 messages; (\d+) corrected", review.stdout).group(1))
         assert corrected >= 10, review.stdout  # the example's champion gets the priority wrong often

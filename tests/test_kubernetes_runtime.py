@@ -77,7 +77,7 @@ def test_live_progress_comes_from_the_trainers_mlflow_run(tracking_uri):
     import mlflow
     from mlflow.entities import Metric, Param
 
-    from tuneloop.runtime.progress import mlflow_progress
+    from tuneloop.registry.progress import mlflow_progress
 
     name = f"ml/support-bot-{uuid.uuid4().hex[:6]}"
     assert asyncio.run(mlflow_progress(tracking_uri, "progress-test", name)) is None  # nothing logged yet
@@ -87,9 +87,8 @@ def test_live_progress_comes_from_the_trainers_mlflow_run(tracking_uri):
                             run_name=name)
     assert asyncio.run(mlflow_progress(tracking_uri, "progress-test", name))["stage"] == "preparing-data"
     client.log_batch(run.info.run_id, params=[Param("total_steps", "100")], metrics=[
-        Metric("loss", loss, 0, step) for step, loss in ((1, 2.0), (2, 1.5), (25, 0.7))
-    ] + [Metric("step", float(step), 0, step) for step in (1, 2, 25)]
-      + [Metric("tokens_per_second", 900.0, 0, 25), Metric("epoch", 0.75, 0, 25)])
+        Metric("loss/train", loss, 0, step) for step, loss in ((1, 2.0), (2, 1.5), (25, 0.7))
+    ] + [Metric("train/tokens_per_second", 900.0, 0, 25), Metric("train/epoch", 0.75, 0, 25)])
 
     progress = asyncio.run(mlflow_progress(tracking_uri, "progress-test", name))
 
@@ -101,7 +100,7 @@ def test_live_progress_comes_from_the_trainers_mlflow_run(tracking_uri):
 def test_an_unreachable_mlflow_gives_no_progress_and_is_not_asked_again_for_a_while(monkeypatch):
     from tuneloop.api.finetunejob import parse_manifest
     from tuneloop.config import OperatorConfig
-    from tuneloop.runtime import progress
+    from tuneloop.registry import progress
     from tuneloop.runtime.finetunejob import FineTuneJobRuntime
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

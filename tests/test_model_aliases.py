@@ -12,8 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from test_registry import mlflow_server, server_url  # noqa: F401  (fixtures)
-from tuneloop.runtime import mlflow_webhooks
-from tuneloop.runtime.model_aliases import AliasResolver
+from tuneloop.registry import webhooks as mlflow_webhooks
+from tuneloop.registry.aliases import AliasResolver
 
 MODEL = "acme-tickets-aliases"
 

@@ -250,15 +250,16 @@ def test_a_trainer_preparing_its_data_shows_as_training_with_what_it_does():
 
 
 def test_training_progress_is_reported_rounded():
-    progress = {"stage": "training", "step": 10, "totalSteps": 68, "epoch": 0.2941176, "loss": 1.234,
-                "tokensPerSecond": 950.5, "etaSeconds": 41.6}
+    progress = {"stage": "training", "step": 10, "totalSteps": 68, "epoch": 0.2941176, "loss": 0.04912000522017479,
+                "tokensPerSecond": 950.5432, "etaSeconds": 41.6}
 
     decision = ftj_pass(JOB, LOCAL_SPEC, training_status(), observed("Running", progress=progress), LOCAL,
                          generation=1)
 
     assert decision.status.phase == "Training"
     assert decision.status.progress.to_wire() == {
-        "step": 10, "totalSteps": 68, "epoch": 0.294, "loss": 1.234, "tokensPerSecond": 950.5, "etaSeconds": 42}
+        "step": 10, "totalSteps": 68, "steps": "10/68", "epoch": 0.294, "loss": 0.04912, "tokensPerSecond": 950.5,
+        "etaSeconds": 42}
     assert decision.actions == []
 
 
@@ -297,7 +298,8 @@ def test_a_succeeded_workload_completes_the_job_with_its_results():
     assert status.completion_time == LATER
     assert status.message == "hold-out loss 2.5000 -> 0.7500"
     assert status.training.to_wire() == {
-        "holdOutLossBefore": 2.5, "holdOutLossAfter": 0.75, "trainLoss": 0.5, "steps": 68,
+        "holdOutLossBefore": 2.5, "holdOutLossAfter": 0.75, "holdOutLoss": "2.500 -> 0.750", "trainLoss": 0.5,
+        "steps": 68,
         "tokensPerSecond": 1234.6, "seconds": 95.0,
         "adapterUri": "/work/acme-tickets/train/adapter", "holdOutUri": "/work/acme-tickets/train/hold_out.jsonl",
         "stoppedEarly": False,

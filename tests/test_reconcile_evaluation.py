@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from passes import ftj_pass
-from stage_results import DATA_CHECKED
+from stage_results import DATA_CHECKED, REGISTERED, TRAINED, evaluated, played_job
 
 from tuneloop.api.common import get_condition
 from tuneloop.api.evaluation import Comparison, GateSpec, Score
@@ -22,37 +22,6 @@ SPEC = {
     "evaluation": {"gate": {"primaryMetric": "exactMatch", "minScore": {"rougeL": 0.5}}},
     "registry": {"modelName": "acme-tickets"},
 }
-TRAINED = {
-    "succeeded": True, "holdOutLossBefore": 4.0, "holdOutLossAfter": 0.05, "trainLoss": 0.04, "steps": 68,
-    "tokensPerSecond": 240.0, "seconds": 250.0, "adapterPath": "/w/train/output/adapter",
-    "holdOutPath": "/w/train/output/hold-out.jsonl", "mlflowRunId": "run-1",
-    "dataset": {"rows": 300, "trainRows": 270, "holdOutRows": 30, "trainTokens": 50000, "format": "alpaca",
-                "sha256": "cd" * 32},
-}
-
-
-def score(value: float, low: float, high: float) -> dict:
-    return {"value": value, "low": low, "high": high}
-
-
-def evaluated(em_diff_low: float = 0.2, baseline: str = "base", baseline_version: str | None = None) -> dict:
-    return {
-        "succeeded": True, "baseline": baseline, "baselineVersion": baseline_version,
-        "holdOut": {
-            "examples": 30,
-            "candidate": {"exactMatch": score(0.6, 0.43, 0.77), "rougeL": score(0.9, 0.85, 0.94)},
-            "baseline": {"exactMatch": score(0.1, 0.0, 0.2), "rougeL": score(0.3, 0.25, 0.35)},
-            "difference": {"exactMatch": score(0.5, em_diff_low, 0.7), "rougeL": score(0.6, 0.5, 0.7)},
-        },
-        "judge": {"configured": False},
-        "recordsPath": "/w/evaluate/records.jsonl",
-    }
-
-
-REGISTERED = {"succeeded": True, "modelName": "acme-tickets", "version": "3", "uri": "models:/acme-tickets/3",
-              "aliases": ["challenger", "champion"], "runId": "run-1"}
-
-
 def step(status: FineTuneJobStatus, stage: str, phase: str, result: dict | None = None, spec: dict = SPEC):
     state = WorkloadState(phase=phase, result=result)
     return ftj_pass(JOB, spec, status, Observed(workloads={f"{JOB}-{stage}": state}), LOCAL, 1, now=LATER)
@@ -104,7 +73,7 @@ def test_a_passed_gate_registers_with_challenger_and_champion():
     assert launch.inputs["tags"]["tuneloop.dev/gate"] == "passed"
     assert launch.inputs["tags"]["tuneloop.dev/dataset-sha256"] == "cd" * 32
     assert "tuneloop.dev/lora" not in launch.inputs["tags"]  # registration reads it from the adapter itself
-    assert launch.inputs["metrics"]["eval_exactMatch"] == 0.6
+    assert launch.inputs["metrics"]["score/exactMatch"] == 0.6
     assert reasons(decision) == ["GatePassed", "Evaluated", "RegisteringStarted"]
 
 
@@ -230,3 +199,62 @@ def test_general_ability_regression_beyond_the_limit_fails_the_gate():
     assert gate.decide(GateSpec(max_regression=0.05), hold_out, general_ok).passed
     result = gate.decide(GateSpec(max_regression=0.05), hold_out, general_bad)
     assert not result.passed and "general-set rougeL" in result.message
+
+
+# --- how a finished job reads: conditions (kstatus) and kubectl columns ---
+
+def conditions_of(status: FineTuneJobStatus) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in status.conditions}
+
+
+def test_a_failed_gate_reads_not_ready_and_stalled_with_reason_gate_failed():
+    status = played_job(em_diff_low=-0.05)
+
+    assert status.phase == "Succeeded"  # failing the gate is a result, not an error
+    conditions = conditions_of(status)
+    assert conditions["Ready"] == ("False", "GateFailed")
+    assert conditions["Stalled"] == ("True", "GateFailed")  # kstatus (Flux, kubectl wait) reads Failed
+    assert "Reconciling" not in conditions
+    ready = get_condition(status.conditions, "Ready")
+    assert "exactMatch candidate-baseline +0.500 [-0.050, +0.700]: lower bound <= 0" in ready.message
+    assert ready.message.endswith("the adapter was not promoted")
+
+
+def test_a_passed_gate_reads_ready():
+    conditions = conditions_of(played_job(em_diff_low=0.2))
+    assert conditions["Ready"] == ("True", "Succeeded")
+    assert "Stalled" not in conditions and "Reconciling" not in conditions
+
+
+def test_a_job_at_work_reads_reconciling_and_a_failed_one_stalled():
+    training = conditions_of(trained_status())
+    assert training["Ready"] == ("False", "Evaluating") and training["Reconciling"] == ("True", "Evaluating")
+    assert "Stalled" not in training
+
+    failed = step(trained_status(), "evaluate", "Succeeded", {"succeeded": False, "reason": "JudgeUnavailable",
+                                                               "message": "judge unreachable"}).status
+    conditions = conditions_of(failed)
+    assert conditions["Ready"] == ("False", "JudgeUnavailable") and conditions["Stalled"] == ("True", "JudgeUnavailable")
+    assert "Reconciling" not in conditions
+
+
+@pytest.mark.parametrize("em_diff_low, verdict", [(0.2, "Passed"), (-0.05, "Failed")])
+def test_kubectl_get_shows_rounded_loss_the_gated_metric_and_the_verdict(em_diff_low, verdict):
+    from crd_schema import admit, printed_columns
+
+    from stage_results import PLAYED_JOB, PLAYED_SPEC
+    from tuneloop.api.crd import definition
+    from tuneloop.api.finetunejob import CRD
+
+    manifest = {"apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneJob",
+                "metadata": {"name": PLAYED_JOB, "creationTimestamp": NOW}, "spec": PLAYED_SPEC,
+                "status": played_job(em_diff_low).to_wire()}
+    crd = definition(CRD)
+    assert admit(crd, manifest)[1] == []  # the status the reconciler writes fits the CRD's schema
+
+    assert printed_columns(crd, manifest) == {
+        "Phase": "Succeeded", "Model": "smollm2-135m-instruct", "Step": "68/68", "Loss": 0.04912,
+        "Score": "exactMatch 0.600 vs base 0.100", "Gate": verdict, "Version": "3", "Age": NOW}
+    wide = printed_columns(crd, manifest, wide=True)
+    assert wide["Hold-out Loss"] == "4.000 -> 0.050" and wide["Registered"] == "models:/acme-tickets/3"
+    assert wide["Message"].startswith("hold-out loss 4.0000 -> 0.0500")

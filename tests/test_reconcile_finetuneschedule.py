@@ -203,3 +203,26 @@ def test_a_refused_token_holds_every_run_until_the_service_has_answered_with_it(
     assert get_condition(quiet.conditions, "Permitted").status == "False"
     _, answered = step(spec(), refused, new_corrections=35, last_feedback_id=140)
     assert get_condition(answered.conditions, "Permitted").reason == "Allowed" and answered.run is not None
+
+
+def test_a_schedule_is_ready_while_it_can_run_and_stalled_when_refused():
+    from tuneloop.api.common import get_condition
+    from tuneloop.reconcile.refusals import Refusal
+
+    _, running = step(spec(), new_corrections=35, last_feedback_id=140)
+    ready = get_condition(running.conditions, "Ready")
+    assert (ready.status, ready.reason) == ("True", "RunInProgress")  # a run's FineTuneJob reports its own readiness
+    _, suspended = step(spec(suspend=True))
+    assert get_condition(suspended.conditions, "Ready").reason == "Suspended"
+
+    refusal = Refusal("SecretNotAllowed", "spec.feedback.tokenSecret: Secret ml/t is not marked for the feedback use")
+    _, refused = step(spec(), refusal=refusal)
+    assert (get_condition(refused.conditions, "Ready").status, get_condition(refused.conditions, "Stalled").reason) \
+        == ("False", "SecretNotAllowed")
+
+    _, invalid = step({**spec(), "schedule": "every night"})
+    assert get_condition(invalid.conditions, "Stalled").reason == "InvalidSpec"
+    assert invalid.observed_generation == 1  # seen and refused: kstatus reads Failed, not in progress
+    _, fixed = step(spec(), invalid, new_corrections=35, last_feedback_id=140)
+    assert get_condition(fixed.conditions, "SpecValid").status == "True"
+    assert get_condition(fixed.conditions, "Ready").status == "True" and get_condition(fixed.conditions, "Stalled") is None

@@ -326,3 +326,26 @@ def test_an_invalid_spec_changes_nothing_that_serves():
     assert world.status["phase"] == "Degraded" and world.active == "blue"
     assert decision.actions == [] and [type(event) for event in decision.events] == [EmitEvent]
     assert world.step().actions == []
+
+
+def test_ready_while_the_wanted_revision_serves_and_stalled_when_its_rollout_failed():
+    world = healthy_on_blue()
+    assert (world.condition("Ready")["status"], world.condition("Ready")["reason"]) == ("True", "Serving")
+    assert not any(c["type"] in ("Reconciling", "Stalled") for c in world.status["conditions"])
+    assert world.status["active"]["summary"] == "v1 blue"
+
+    world.version, world.bad_versions = "2", {"2"}
+    world.step()
+    assert world.condition("Ready")["status"] == "False" and world.condition("Reconciling")["status"] == "True"
+    assert world.status["preview"]["summary"] == "v2 green"
+    world.run(4)
+    # Version 1 keeps serving, but what was asked for (version 2) failed: kstatus reads Failed, not Current.
+    assert (world.condition("Ready")["status"], world.condition("Ready")["reason"]) == ("False", "AnalysisFailed")
+    assert (world.condition("Stalled")["status"], world.condition("Stalled")["reason"]) == ("True", "AnalysisFailed")
+    assert not any(c["type"] == "Reconciling" for c in world.status["conditions"])
+    assert [c["type"] for c in world.status["conditions"]].count("Ready") == 1
+
+    world.version = "3"
+    world.run(6)
+    assert world.condition("Ready")["status"] == "True"
+    assert not any(c["type"] in ("Reconciling", "Stalled") for c in world.status["conditions"])

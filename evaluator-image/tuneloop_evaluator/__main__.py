@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from tuneloop.api.workloads import EvaluatorResult, EvaluatorWorkload, write_result
 from tuneloop.offline_env import go_offline
+from tuneloop.workload_output import quiet_libraries
 
 log = logging.getLogger("tuneloop_evaluator")
 
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     go_offline()
+    quiet_libraries()
     # MLflow's default (7 retries, doubling from 2 s) waits about 4 minutes on a dead server.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from tuneloop.api.evaluation import PAIRED_ONLY, BootstrapSpec, Comparison, JudgeSpec, JudgeStats
 from tuneloop.api.workloads import EvaluatorResult, EvaluatorWorkload
+from tuneloop.registry.evaluation import RECORDS_FILE, log_evaluation
 from tuneloop.workload_data.chat import render_prompt
 from tuneloop.workload_data.rows import DataError, Example, load_dataset
 from tuneloop_evaluator.bootstrap import bootstrap_difference, bootstrap_mean
@@ -21,10 +22,8 @@ from tuneloop_evaluator.judge import (
     ItemJudgment, JudgeItem, JudgeNotConfigured, PointJudgment, check_judge, judge_answers, resolve_api_key,
 )
 from tuneloop_evaluator.metrics import rouge_l, score_answer, task_shape
-from tuneloop_evaluator.tracking import log_to_training_run
 
 log = logging.getLogger("tuneloop_evaluator")
-RECORDS_FILE = "evaluation-records.jsonl"
 CANDIDATE = "candidate"
 CHAMPION = "champion"
 
@@ -238,6 +237,6 @@ def run(workload: EvaluatorWorkload) -> EvaluatorResult:
         records_path=str(records_path),
     )
     if workload.tracking is not None and workload.training_run_id:
-        log_to_training_run(workload.tracking, workload.training_run_id, result, records_path)
+        log_evaluation(workload.tracking, workload.training_run_id, result, records_path)
     result.seconds = time.monotonic() - started
     return result

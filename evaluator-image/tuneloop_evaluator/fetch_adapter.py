@@ -10,33 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 
-from tuneloop_evaluator.champion import download_version
+from tuneloop.registry.artifacts import fetch_version
 
 log = logging.getLogger("tuneloop_evaluator.fetch_adapter")
-
-
-def parse_source(source: str) -> tuple[str, str]:
-    name, _, version = source.removeprefix("models:/").rpartition("/")
-    if not source.startswith("models:/") or not name or not version:
-        raise ValueError(f"{source!r} is not models:/<name>/<version>")
-    return name, version
-
-
-def fetch(source: str, destination: Path, tracking_uri: str) -> Path:
-    from mlflow.tracking import MlflowClient
-
-    name, version = parse_source(source)
-    artifacts = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).get_model_version(name, version).source
-    staging = destination.with_name(f".{destination.name}.partial")
-    folder = download_version(tracking_uri, artifacts, staging)
-    shutil.rmtree(destination, ignore_errors=True)
-    folder.rename(destination)
-    shutil.rmtree(staging, ignore_errors=True)
-    return destination
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         print("MLFLOW_TRACKING_URI is not set: no registry to fetch the adapter from", file=sys.stderr)
         return 1
     try:
-        folder = fetch(args.source, args.destination, tracking_uri)
+        folder = fetch_version(args.source, args.destination, tracking_uri)
     except Exception as error:  # the pod's termination message must say why, whatever broke
         print(f"{args.source} from {tracking_uri}: {type(error).__name__}: {error}", file=sys.stderr)
         return 1

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from tuneloop.workload_data.chat import load_tokenizer
+from tuneloop.workload_output import ProgressLog
 
 log = logging.getLogger("tuneloop_evaluator")
 
@@ -96,6 +97,7 @@ class AnswerModels:
         order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
         answers: list[str] = [""] * len(prompts)
         stop_ids = self.stop_token_ids()
+        progress = ProgressLog(log, "evaluation: generating answers", len(prompts), f" ({name or 'base model'})")
         with context:
             for start in range(0, len(order), batch_size):
                 batch = order[start:start + batch_size]
@@ -108,4 +110,6 @@ class AnswerModels:
                 new_tokens = output[:, encoded["input_ids"].shape[1]:]
                 for index, tokens in zip(batch, new_tokens):
                     answers[index] = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+                progress.advance(len(batch))
+        progress.finish()
         return answers

@@ -337,13 +337,9 @@ def commit_on_branch(repo: Path, paths: list[Path], branch: str, message: str) -
 
 def resolve_alias(tracking_uri: str | None, model_name: str, alias: str) -> str:
     """The version (as a string, e.g. '7') that alias of the registered model points at now."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+    from tuneloop.registry.aliases import AliasNotFound, version_of_alias
 
     try:
-        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        model_version = client.get_model_version_by_alias(model_name, alias)
-    except MlflowException as error:
-        raise GitOpsError(f"MLflow {tracking_uri or '(default tracking URI)'}: cannot resolve "
-                          f"{model_name}@{alias}: {error.message}") from None
-    return str(model_version.version)
+        return version_of_alias(tracking_uri, model_name, alias)
+    except AliasNotFound as error:
+        raise GitOpsError(str(error)) from None

@@ -35,12 +35,12 @@ from tuneloop.reconcile import core
 from tuneloop.reconcile import finetunejob as job_controller
 from tuneloop.reconcile import finetuneschedule as schedule_controller
 from tuneloop.reconcile import modeldeployment as rollout_controller
-from tuneloop.runtime import mlflow_webhooks
+from tuneloop.registry import webhooks as mlflow_webhooks
 from tuneloop.runtime.events import EventRecorder
 from tuneloop.runtime.finetunejob import FineTuneJobRuntime
 from tuneloop.runtime.finetuneschedule import FineTuneScheduleRuntime
 from tuneloop.runtime.kube_client import KubeClient
-from tuneloop.runtime.model_aliases import AliasResolver
+from tuneloop.registry.aliases import AliasResolver
 from tuneloop.runtime.modeldeployment import ModelDeploymentRuntime
 from tuneloop.runtime.status import write_status
 

@@ -3,12 +3,19 @@ s3:// is fetched into the pod before the workload starts, so it serves inputs on
 
 from __future__ import annotations
 
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 NO_CLUSTER_OUTPUT = "spec.output.uri: a cluster run needs a pvc:// folder for checkpoints and the adapter"
 
 
 class UnsupportedStorage(ValueError):
     """A storage URI, or a spec, that a cluster workload cannot be given."""
+
+
+def file_uri_path(uri: str) -> Path:
+    """The path of a file:// URI (percent-encoded, as Path.as_uri() writes it)."""
+    return Path(unquote(urlparse(uri).path))
 
 
 def s3_key(uri: str) -> str:

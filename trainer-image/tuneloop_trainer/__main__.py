@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from tuneloop.api.workloads import TrainerResult, TrainerWorkload, write_result
 from tuneloop.offline_env import go_offline
+from tuneloop.workload_output import quiet_libraries
 
 log = logging.getLogger("tuneloop_trainer")
 PREEMPTED_EXIT = 143  # 128 + SIGTERM, what a pod stopped by its kubelet reports
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     go_offline()
+    quiet_libraries()
 
     try:
         workload = TrainerWorkload.model_validate(json.loads(args.spec.read_text(encoding="utf-8")))

@@ -2,12 +2,13 @@
 
 - `Progress`: the progress file and log lines (ProgressReporter) and MLflow metrics every step:
   loss, learning rate, tokens/s and an ETA that count from where this process started (a resumed
-  run's first steps are not the whole run's).
+  run's first steps are not the whole run's); the hold-out loss at every evaluation.
 - `StopOnSignal`: SIGTERM (a preempted pod) or SIGINT asks for a checkpoint and a stop at the end
   of the current step; every process of a distributed run agrees before stopping.
 - `DivergenceGuard`: a non-finite step loss, or one above `loss_spike_factor` x the lowest so far,
   stops the run (LossDiverged); the checkpoints written before it stay.
 - `CompleteCheckpoints`: marks each checkpoint complete once it is on disk (checkpoints.py).
+- `EvaluationProgress`: progress lines during a long hold-out loss pass.
 """
 
 from __future__ import annotations
@@ -21,13 +22,38 @@ from pathlib import Path
 from typing import Iterator
 
 from transformers import TrainerCallback
+from transformers.trainer_utils import has_length
+
+from tuneloop.workload_output import ProgressLog
 
 from tuneloop.api.workloads import TrainerProgress
+from tuneloop.registry import metric_names
+from tuneloop.registry.runs import MetricsLogger
 from tuneloop_trainer.checkpoints import PREFIX, mark_complete
 from tuneloop_trainer.progress import ProgressReporter
-from tuneloop_trainer.tracking import MetricsLogger
 
 log = logging.getLogger("tuneloop_trainer")
+
+
+class EvaluationProgress(TrainerCallback):
+    """Log lines while the hold-out loss is measured (the base model's pass before training can take
+    minutes): at most one every few seconds, none for a pass that ends sooner."""
+
+    def __init__(self) -> None:
+        self.progress: ProgressLog | None = None
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        if self.progress is None:
+            total = len(eval_dataloader) if eval_dataloader is not None and has_length(eval_dataloader) else 0
+            self.progress = ProgressLog(log, "hold-out loss: batch", total)
+        self.progress.advance()
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.finish()
+        self.progress = None
 
 
 class LossDiverged(RuntimeError):
@@ -61,13 +87,16 @@ class Progress(TrainerCallback):
         self.reporter.step(TrainerProgress(
             stage="training", step=state.global_step, total_steps=state.max_steps, epoch=epoch, loss=logs["loss"],
             tokens_per_second=speed, eta_seconds=self.seconds / max(done, 1) * (state.max_steps - state.global_step)))
-        self.metrics.log(state.global_step, step=state.global_step, loss=logs["loss"],
-                         learning_rate=logs.get("learning_rate"), tokens_per_second=speed, epoch=epoch,
-                         grad_norm=logs.get("grad_norm"))
+        self.metrics.log(state.global_step, {
+            metric_names.TRAIN_LOSS: logs["loss"], metric_names.LEARNING_RATE: logs.get("learning_rate"),
+            metric_names.TOKENS_PER_SECOND: speed, metric_names.EPOCH: epoch,
+            metric_names.GRAD_NORM: logs.get("grad_norm")})
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        """Every evaluation of the hold-out split, the one before training (step 0) and the final one
+        included: the validation curve beside the training loss."""
         if metrics and "eval_loss" in metrics:
-            self.metrics.log(state.global_step, hold_out_loss=metrics["eval_loss"])
+            self.metrics.log(state.global_step, {metric_names.VALIDATION_LOSS: metrics["eval_loss"]})
 
     def on_train_end(self, args, state, control, **kwargs):
         self.reporter.close()

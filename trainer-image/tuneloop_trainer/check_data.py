@@ -14,6 +14,7 @@ import time
 
 from tuneloop.api.workloads import DataCheckResult, DataCheckWorkload, write_result
 from tuneloop.offline_env import go_offline
+from tuneloop.workload_output import quiet_libraries
 from tuneloop.workload_cli import report, run_workload, workload_parser
 
 log = logging.getLogger("tuneloop_trainer.check_data")
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     go_offline()
+    quiet_libraries()
     result = run_workload(args.spec, DataCheckWorkload, check, failure, "DataCheckFailed")
     if result.succeeded:
         write_result(result, args.result, args.termination_log)  # the report is printed above

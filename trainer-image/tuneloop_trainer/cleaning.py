@@ -80,6 +80,17 @@ def clean(
     return rows, stats
 
 
+def describe(stats: CleaningStats) -> str:
+    """What cleaning did, as a sentence: rows in and kept, what was removed, normalised and redacted."""
+    removed = [f"{count:,} {label}" for label, count in (
+        ("exact duplicates", stats.exact_duplicates), ("near duplicates", stats.near_duplicates),
+        ("too short", stats.too_short), ("too long", stats.too_long)) if count]
+    redacted = [f"{count:,} {kind}" for kind, count in stats.pii_redacted.items() if count]
+    return (f"{stats.rows_in:,} rows in, {stats.rows_out:,} kept; removed "
+            + (", ".join(removed) if removed else "none")
+            + f"; {stats.normalized:,} normalised; personal data redacted: " + (", ".join(redacted) or "none"))
+
+
 def map_text(example: Example, transform: TextMap) -> Example:
     """A new Example with `transform` applied to the text or to every message content."""
     if example.messages is not None:

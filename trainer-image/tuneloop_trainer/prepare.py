@@ -12,7 +12,7 @@ from typing import Any
 from tuneloop.api.finetunejob import CleaningStats, DatasetStats
 from tuneloop.api.workloads import TrainerWorkload
 from tuneloop.workload_data.rows import BadRows, DataError, Example, load_dataset
-from tuneloop_trainer.cleaning import clean
+from tuneloop_trainer.cleaning import clean, describe as describe_cleaning
 from tuneloop_trainer.tokens import TokenizedExample, tokenize
 
 log = logging.getLogger("tuneloop_trainer")
@@ -58,9 +58,9 @@ def prepare(workload: TrainerWorkload, tokenizer: Any) -> PreparedData:
     spec, max_length = workload.dataset, workload.training.max_seq_length
     dataset = load_dataset(Path(workload.dataset_path), spec.format, spec.system_prompt)
     rows, cleaning = clean(dataset.examples, spec.cleaning, lambda row: len(tokenize(tokenizer, row, 10**9).input_ids))
-    log.info("cleaning %s: %s", dataset.path, cleaning.to_wire())
+    log.info("cleaning %s: %s", dataset.path, describe_cleaning(cleaning))
     if len(rows) < 2:
-        raise DataError(f"{dataset.path}: {len(rows)} rows left after cleaning ({cleaning.to_wire()}); "
+        raise DataError(f"{dataset.path}: {len(rows)} rows left after cleaning ({describe_cleaning(cleaning)}); "
                         "at least 2 are needed to train and hold one out")
     train_rows, hold_out_rows = split_hold_out(rows, spec.hold_out_fraction, spec.seed)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from tuneloop.api.finetunejob import EarlyStoppingSpec
 from tuneloop.api.workloads import TrainerWorkload
 from tuneloop_trainer.model import gradient_checkpointing, weight_dtype
 
@@ -48,6 +49,14 @@ def steps_per_epoch(examples: int, micro_batch_size: int, accumulation: int, wor
     """As the Trainer counts them: every process takes its micro-batches, the last step may be short."""
     batches = math.ceil(examples / (micro_batch_size * world_size))
     return max(math.ceil(batches / accumulation), 1)
+
+
+VALIDATION_POINTS = 10  # hold-out loss measurements along a run without early stopping: the validation curve
+
+
+def validation_every_steps(stopping: EarlyStoppingSpec, total_steps: int) -> int:
+    """Early stopping's own period, else a period that draws the validation curve with ~10 points."""
+    return stopping.eval_every_steps if stopping.enabled else max(1, math.ceil(total_steps / VALIDATION_POINTS))
 
 
 def sft_config(workload: TrainerWorkload, output_dir: Path, train_examples: int, world_size: int = 1) -> Any:
@@ -99,8 +108,9 @@ def sft_config(workload: TrainerWorkload, output_dir: Path, train_examples: int,
         logging_steps=1, logging_nan_inf_filter=False, report_to="none", disable_tqdm=True,
         save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
         save_total_limit=training.checkpoints.keep_last, save_only_model=False,
-        eval_strategy="steps" if stopping.enabled else "no", eval_steps=stopping.eval_every_steps,
-        load_best_model_at_end=stopping.enabled, metric_for_best_model="eval_loss", greater_is_better=False,
+        eval_strategy="steps", eval_steps=validation_every_steps(stopping, total_steps),
+        load_best_model_at_end=stopping.enabled, metric_for_best_model="eval_loss" if stopping.enabled else None,
+        greater_is_better=False,
         ddp_find_unused_parameters=False if method.type != "full" else None,
         ddp_backend=None if cuda or world_size == 1 else "gloo",
         dataloader_num_workers=0, dataloader_pin_memory=cuda, remove_unused_columns=True,

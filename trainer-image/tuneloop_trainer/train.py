@@ -14,9 +14,19 @@ from typing import Any
 import torch
 
 from tuneloop.api.workloads import Evaluation, Preview, TrainerResult, TrainerWorkload
+from tuneloop.registry import metric_names
+from tuneloop.registry.lineage import BASE_MODEL_TAG, DATASET_SHA256_TAG
+from tuneloop.registry.runs import DatasetInput, MetricsLogger
 from tuneloop.workload_data.chat import load_tokenizer, render_prompt
 from tuneloop.workload_data.rows import Example, write_jsonl
-from tuneloop_trainer.callbacks import CompleteCheckpoints, DivergenceGuard, LossDiverged, Progress, StopOnSignal
+from tuneloop_trainer.callbacks import (
+    CompleteCheckpoints,
+    DivergenceGuard,
+    EvaluationProgress,
+    LossDiverged,
+    Progress,
+    StopOnSignal,
+)
 from tuneloop_trainer.checkpoints import (
     complete_checkpoints,
     missing_files,
@@ -28,7 +38,6 @@ from tuneloop_trainer.model import count_parameters, load_model, with_default_sy
 from tuneloop_trainer.prepare import PreparedData, prepare
 from tuneloop_trainer.progress import ProgressReporter
 from tuneloop_trainer.sft import as_dataset, sft_config, sft_trainer_class, steps_per_epoch
-from tuneloop_trainer.tracking import MetricsLogger
 
 log = logging.getLogger("tuneloop_trainer")
 __all__ = ["LossDiverged", "Preempted", "Training", "run"]
@@ -166,13 +175,17 @@ class Training:
         total_steps = training.epochs * steps_per_epoch(
             len(data.train), training.micro_batch_size, training.gradient_accumulation_steps, self.world_size)
         metrics = MetricsLogger(workload.tracking if main else None,
-                                {**self.params_to_log(data), "total_steps": total_steps})
+                                {**self.params_to_log(data), "total_steps": total_steps},
+                                tags={DATASET_SHA256_TAG: data.stats.sha256}, dataset=self.dataset_input(data))
         stop, progress = StopOnSignal(), Progress(self.reporter, metrics)
         trainer = self.trainer(model, tokenizer, data, [progress, stop, DivergenceGuard(training.loss_spike_factor),
-                                                         CompleteCheckpoints(), *self.early_stopping()])
+                                                         CompleteCheckpoints(), EvaluationProgress(),
+                                                         *self.early_stopping()])
         preview_rows = data.hold_out_rows[: workload.preview_examples] if data.stats.format != "text" else []
         before = self.before_training(trainer, tokenizer, data, preview_rows)
         log.info("hold-out loss before training: %.4f", before.hold_out_loss)
+        # The validation curve starts at the base model, also when that loss was measured by an earlier attempt.
+        metrics.log(0, {metric_names.VALIDATION_LOSS: before.hold_out_loss})
         self.reporter.stage("training")
         try:
             with stop.installed():
@@ -196,7 +209,6 @@ class Training:
                        for entry in state.log_history if "eval_loss" in entry and entry.get("step")]
         loss_after = trainer.evaluate()["eval_loss"]
         log.info("hold-out loss after training: %.4f (before %.4f)", loss_after, before.hold_out_loss)
-        metrics.log(state.global_step, hold_out_loss_final=loss_after)
         per_epoch = max(state.max_steps // max(training.epochs, 1), 1)
         losses = [entry["loss"] for entry in state.log_history if "loss" in entry][-per_epoch:]
 
@@ -260,6 +272,8 @@ class Training:
         if complete_checkpoints(self.checkpoints):
             log.warning("the checkpoints in %s were trained on other data; starting over", self.checkpoints)
             remove_all(self.checkpoints)
+        log.info("the base model's hold-out loss (%d rows) and %d preview answers, before training",
+                 len(data.hold_out), len(preview_rows))
         answers = generate_answers(trainer.model, tokenizer, preview_rows) if trainer.is_world_process_zero() else []
         before = BeforeTraining(data.stats.sha256, trainer.evaluate()["eval_loss"], answers)
         if trainer.is_world_process_zero():
@@ -283,9 +297,17 @@ class Training:
         trainer.train()
         return None
 
+    def dataset_input(self, data: PreparedData) -> DatasetInput:
+        uri = self.workload.dataset.uri
+        return DatasetInput(name=Path(uri).name or uri, source=uri, sha256=data.stats.sha256, profile={
+            "rows": data.stats.rows, "train_rows": data.stats.train_rows, "hold_out_rows": data.stats.hold_out_rows,
+            "train_tokens": data.stats.train_tokens, "format": data.stats.format})
+
     def params_to_log(self, data: PreparedData) -> dict[str, Any]:
         workload = self.workload
-        flat = {"base_model": workload.model_path, "method": workload.method.type,
+        tracking_tags = workload.tracking.tags if workload.tracking else {}
+        # The model as the spec named it (catalog name or URI), not the folder it was loaded from.
+        flat = {"base_model": tracking_tags.get(BASE_MODEL_TAG, workload.model_path), "method": workload.method.type,
                 "dataset_sha256": data.stats.sha256, "train_rows": data.stats.train_rows,
                 "world_size": self.world_size}
         for section, model in (("lora", workload.method.lora), ("training", workload.training)):

@@ -6,9 +6,9 @@ import hashlib
 import json
 import re
 from datetime import datetime, timezone
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 GROUP = "tuneloop.dev"
@@ -32,14 +32,23 @@ M = TypeVar("M", bound=WireModel)
 
 
 class Condition(WireModel):
-    """A Kubernetes-shaped status condition."""
+    """A Kubernetes-shaped status condition (metav1.Condition)."""
 
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str
-    message: str = ""
-    last_transition_time: str
-    observed_generation: int | None = None
+    type: str = Field(description="What the condition reports, e.g. Ready, Stalled, GatePassed; at most one of "
+                                  "each type.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="One CamelCase word a program can match, e.g. GateFailed.")
+    message: str = Field("", description="What a person needs to know, with the numbers.")
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(None, description="metadata.generation the condition was set from.")
+
+
+# A list-map keyed by type, as metav1.Condition lists are: server-side apply merges by type and the API
+# server refuses two conditions of one type.
+Conditions = Annotated[list[Condition], Field(
+    default_factory=list, json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    description="Current observations of the object's state. Ready is True when it is done and good (kstatus); "
+                "Reconciling while work goes on; Stalled when it cannot go on without a change.")]
 
 
 def rfc3339(moment: datetime) -> str:
@@ -72,7 +81,13 @@ def set_condition(
         type=type, status=status, reason=reason, message=message,
         last_transition_time=transition, observed_generation=observed_generation,
     )
-    return [c for c in conditions if c.type != type] + [updated]
+    if previous is None:
+        return [*conditions, updated]
+    return [updated if c.type == type else c for c in conditions]  # in place: no churn in the stored order
+
+
+def remove_condition(conditions: list[Condition], type: str) -> list[Condition]:
+    return [c for c in conditions if c.type != type]
 
 
 def get_condition(conditions: list[Condition], type: str) -> Condition | None:

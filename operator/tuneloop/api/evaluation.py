@@ -14,7 +14,7 @@ Metric names used across spec, status and the evaluator's result:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -129,60 +129,88 @@ class RegistrySpec(WireModel):
 class Score(WireModel):
     """A mean with its bootstrap confidence interval."""
 
-    value: float
-    low: float
-    high: float
+    value: float = Field(description="The mean over the examples.")
+    low: float = Field(description="Lower bound of the confidence interval (what the gate decides on).")
+    high: float = Field(description="Upper bound of the confidence interval.")
 
 
 class JudgeStats(WireModel):
-    configured: bool
-    model: str | None = None
+    """What the LLM judge did in this evaluation."""
+
+    configured: bool = Field(description="Whether a judge was configured and asked.")
+    model: str | None = Field(None, description="Model name the judge endpoint served.")
     judged: int = Field(0, description="Judge requests made: one per pointwise score, one per pairwise order.")
     unparseable: int = Field(0, description="Of those, judgments that could not be read or were refused; "
                                             "never counted as passes.")
-    wins: int = 0
-    ties: int = 0
-    losses: int = 0
+    wins: int = Field(0, description="Pairwise verdicts for the candidate.")
+    ties: int = Field(0, description="Pairwise ties (inconsistent pairs included).")
+    losses: int = Field(0, description="Pairwise verdicts for the baseline.")
     inconsistent: int = Field(0, description="Pairs whose verdict flipped with the order (counted as ties).")
+
+
+MetricScores = Annotated[dict[str, Score], Field(default_factory=dict, description=(
+    "Metric name (exactMatch, rougeL, judgeScore, ...) -> mean and confidence interval."))]
 
 
 class Comparison(WireModel):
     """Candidate and baseline on the same examples, and their paired difference."""
 
-    examples: int
-    candidate: dict[str, Score] = Field(default_factory=dict)
-    baseline: dict[str, Score] = Field(default_factory=dict)
+    examples: int = Field(description="Examples both were scored on.")
+    candidate: MetricScores
+    baseline: MetricScores
     difference: dict[str, Score] = Field(default_factory=dict, description="candidate minus baseline, paired.")
 
 
 class GateResult(WireModel):
-    passed: bool
-    message: str
-    checks: list[str] = Field(default_factory=list)
+    """The gate's verdict on this adapter."""
+
+    passed: bool = Field(description="Whether every check of spec.evaluation.gate held.")
+    verdict: Literal["Passed", "Failed"] | None = Field(None, description="Passed or Failed (the GATE column).")
+    message: str = Field(description="Why: the checks that failed, or all of them when it passed.")
+    checks: list[str] = Field(default_factory=list, description="Each check with its numbers, prefixed ok: or "
+                                                                "FAILED:.")
+
+    @model_validator(mode="after")
+    def _verdict(self) -> "GateResult":
+        self.verdict = "Passed" if self.passed else "Failed"
+        return self
 
 
 class EvaluationResults(WireModel):
     baseline: str = Field(description="What the candidate was compared with: base, or champion version N.")
-    baseline_version: str | None = None
-    primary_metric: str
+    baseline_version: str | None = Field(None, description="Registered version of the champion compared with.")
+    primary_metric: str = Field(description="The gate's primary metric: what score and baselineScore measure.")
     score: float | None = Field(None, description="The candidate's primary metric on the hold-out set.")
     baseline_score: float | None = Field(None, description="The baseline's primary metric on the hold-out set.")
-    hold_out: Comparison
-    general: Comparison | None = None
-    judge: JudgeStats
+    summary: str | None = Field(None, description="The primary metric, candidate vs baseline, e.g. "
+                                                  "'exactMatch 0.620 vs base 0.410' (the SCORE column).")
+    hold_out: Comparison = Field(description="Scores on the held-out rows of the dataset.")
+    general: Comparison | None = Field(None, description="Scores on spec.evaluation.generalSet (regression check).")
+    judge: JudgeStats = Field(description="What the LLM judge did.")
     records_uri: str | None = Field(None, description="Per-example answers and scores (JSONL).")
-    gate: GateResult | None = None
+    gate: GateResult | None = Field(None, description="The gate's verdict.")
 
     @model_validator(mode="after")
     def _primary_known(self) -> "EvaluationResults":
         if self.primary_metric not in METRICS:
             raise ValueError(f"unknown metric {self.primary_metric}")
+        self.summary = score_summary(self.primary_metric, self.score, self.baseline, self.baseline_score)
         return self
 
 
+def score_summary(metric: str, score: float | None, baseline: str, baseline_score: float | None) -> str | None:
+    """'exactMatch 0.620 vs base 0.410': what a column can show of an evaluation."""
+    if score is None:
+        return None
+    against = f" vs {baseline} {baseline_score:.3f}" if baseline_score is not None else ""
+    return f"{metric} {score:.3f}{against}"
+
+
 class RegistryResults(WireModel):
-    model_name: str
-    version: str
+    """The MLflow model version the adapter became."""
+
+    model_name: str = Field(description="Registered model name.")
+    version: str = Field(description="The new model version.")
     uri: str = Field(description="models:/<name>/<version>")
-    aliases: list[str] = Field(default_factory=list)
-    run_id: str | None = None
+    aliases: list[str] = Field(default_factory=list, description="Aliases moved to it: challenger, champion.")
+    run_id: str | None = Field(None, description="MLflow run of the registration.")

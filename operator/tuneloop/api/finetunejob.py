@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from tuneloop.api.common import API_VERSION, DNS1035_LABEL, Condition, WireModel, validated, validated_manifest
+from tuneloop.api.common import API_VERSION, DNS1035_LABEL, Conditions, WireModel, validated, validated_manifest
 from tuneloop.api.crd import Kind, Printer
 from tuneloop.api.evaluation import EvaluationResults, EvaluationSpec, RegistryResults, RegistrySpec
 from tuneloop.api.fields import (
@@ -95,14 +95,14 @@ class CleaningSpec(WireModel):
 class CleaningStats(WireModel):
     """What each cleaning step did to the dataset."""
 
-    rows_in: int
+    rows_in: int = Field(description="Rows read, before cleaning.")
     normalized: int = Field(0, description="Rows whose text normalisation changed.")
-    exact_duplicates: int = 0
-    near_duplicates: int = 0
-    too_short: int = 0
-    too_long: int = 0
+    exact_duplicates: int = Field(0, description="Rows dropped as identical to an earlier row.")
+    near_duplicates: int = Field(0, description="Rows dropped as near duplicates (MinHash).")
+    too_short: int = Field(0, description="Rows dropped with fewer than minTokens tokens.")
+    too_long: int = Field(0, description="Rows dropped with more than maxTokens tokens.")
     pii_redacted: dict[str, int] = Field(default_factory=dict, description="Replacements per kind.")
-    rows_out: int
+    rows_out: int = Field(description="Rows left after cleaning.")
 
 
 DataFormat = Literal["auto", "alpaca", "messages", "text"]
@@ -255,70 +255,87 @@ TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
 class Progress(WireModel):
-    step: int = 0
-    total_steps: int = 0
-    epoch: float = 0
-    loss: float | None = None
-    tokens_per_second: float | None = None
-    eta_seconds: int | None = None
+    """Training as it goes, from the trainer's MLflow metrics."""
+
+    step: int = Field(0, description="Optimizer steps done.")
+    total_steps: int = Field(0, description="Optimizer steps the training takes, all epochs.")
+    steps: str | None = Field(None, description="step/totalSteps, e.g. 120/400 (the STEP column).")
+    epoch: float = Field(0, description="Epochs done, fractional.")
+    loss: float | None = Field(None, description="Latest training loss, 4 significant digits.")
+    tokens_per_second: float | None = Field(None, description="Training throughput, tokens per second.")
+    eta_seconds: int | None = Field(None, description="Estimated seconds of training left.")
 
 
 class DatasetStats(WireModel):
-    rows: int
-    train_rows: int
-    hold_out_rows: int
-    train_tokens: int
-    format: str
-    sha256: str
+    """The dataset as read and split."""
+
+    rows: int = Field(description="Rows after cleaning.")
+    train_rows: int = Field(description="Rows in the training split.")
+    hold_out_rows: int = Field(description="Rows held out for evaluation.")
+    train_tokens: int = Field(description="Tokens in the training split.")
+    format: str = Field(description="Row shape found: alpaca, messages or text.")
+    sha256: str = Field(description="Hash of the dataset file: which data this adapter was trained on.")
 
 
 class TokenLengthBin(WireModel):
     tokens: str = Field(description="Token range of a training row, e.g. 65-128, or '> 512 (truncated)'.")
-    rows: int
+    rows: int = Field(description="Training rows in that range.")
 
 
 class DataReportSummary(WireModel):
     """What the Validating stage found, before any GPU was requested."""
 
     training_rows: int = Field(description="Rows trained on: the train split plus replay rows.")
-    replay_rows: int = 0
+    replay_rows: int = Field(0, description="Of those, general rows mixed in from dataset.replay.")
     truncated_rows: int = Field(description="Training rows longer than maxSeqLength, cut to it.")
-    max_seq_length: int
+    max_seq_length: int = Field(description="training.maxSeqLength the rows were measured against.")
     estimated_steps: int = Field(description="Optimizer steps the training will take, all epochs.")
     token_lengths: list[TokenLengthBin] = Field(default_factory=list, max_length=32,
                                                 description="Training rows per token-length range.")
 
 
 class TrainingResults(WireModel):
-    hold_out_loss_before: float
-    hold_out_loss_after: float
-    train_loss: float
-    steps: int
-    tokens_per_second: float
-    seconds: float
-    adapter_uri: str
-    hold_out_uri: str
-    merged_model_uri: str | None = None
-    resumed_from_step: int | None = None
-    stopped_early: bool = False
-    best_step: int | None = None
-    mlflow_run_id: str | None = None
+    """What the training stage produced."""
+
+    hold_out_loss_before: float = Field(description="Loss of the base model on the hold-out rows.")
+    hold_out_loss_after: float = Field(description="Loss of the trained model on the hold-out rows.")
+    hold_out_loss: str | None = Field(None, description="Hold-out loss before -> after, rounded, e.g. "
+                                                        "2.310 -> 1.052 (a wide column).")
+    train_loss: float = Field(description="Mean training loss over the run.")
+    steps: int = Field(description="Optimizer steps taken.")
+    tokens_per_second: float = Field(description="Training throughput, tokens per second.")
+    seconds: float = Field(description="Wall-clock seconds of training.")
+    adapter_uri: str = Field(description="Where the adapter (safetensors) was written.")
+    hold_out_uri: str = Field(description="The hold-out rows, for the evaluation.")
+    merged_model_uri: str | None = Field(None, description="Base + adapter merged (output.mergeAdapter).")
+    resumed_from_step: int | None = Field(None, description="The checkpoint step training resumed from.")
+    stopped_early: bool = Field(False, description="Whether early stopping ended the training.")
+    best_step: int | None = Field(None, description="Step of the best hold-out loss kept (early stopping).")
+    mlflow_run_id: str | None = Field(None, description="MLflow run holding the loss curves.")
+
+    @model_validator(mode="after")
+    def _hold_out_loss(self) -> "TrainingResults":
+        self.hold_out_loss = f"{self.hold_out_loss_before:.3f} -> {self.hold_out_loss_after:.3f}"
+        return self
 
 
 class FineTuneJobStatus(WireModel):
-    phase: Phase = "Pending"
-    message: str = ""
-    conditions: list[Condition] = Field(default_factory=list)
-    progress: Progress | None = None
-    dataset: DatasetStats | None = None
-    cleaning: CleaningStats | None = None
-    data_report: DataReportSummary | None = None
-    training: TrainingResults | None = None
-    evaluation: EvaluationResults | None = None
-    registry: RegistryResults | None = None
-    observed_generation: int | None = None
-    start_time: str | None = None
-    completion_time: str | None = None
+    phase: Phase = Field("Pending", description="Pending, Validating, Training, Evaluating, Registering, "
+                                                "Succeeded or Failed. A failed gate is Succeeded with condition "
+                                                "Ready False (reason GateFailed).")
+    message: str = Field("", description="What is happening now, or how the job ended.")
+    conditions: Conditions
+    progress: Progress | None = Field(None, description="Training progress.")
+    dataset: DatasetStats | None = Field(None, description="The dataset as read and split.")
+    cleaning: CleaningStats | None = Field(None, description="What the cleaning steps removed or changed.")
+    data_report: DataReportSummary | None = Field(None, description="What the Validating stage found.")
+    training: TrainingResults | None = Field(None, description="What training produced.")
+    evaluation: EvaluationResults | None = Field(None, description="Scores against the baseline, and the gate.")
+    registry: RegistryResults | None = Field(None, description="The registered MLflow model version.")
+    observed_generation: int | None = Field(None, description="metadata.generation the job started with; a "
+                                                              "later spec change is not applied.")
+    start_time: str | None = Field(None, description="When the job started (RFC 3339).")
+    completion_time: str | None = Field(None, description="When the job succeeded or failed (RFC 3339).")
 
 
 class ObjectMeta(WireModel):
@@ -374,19 +391,17 @@ CRD = Kind(
     printers=(
         Printer("Phase", "string", ".status.phase"),
         Printer("Model", "string", ".spec.baseModel.name", "Catalog name of the base model"),
-        Printer("Step", "integer", ".status.progress.step"),
-        Printer("Steps", "integer", ".status.progress.totalSteps"),
+        Printer("Step", "string", ".status.progress.steps", "Optimizer steps done of the total"),
         Printer("Loss", "number", ".status.progress.loss", "Latest training loss"),
-        Printer("Hold-out", "number", ".status.training.holdOutLossAfter", "Hold-out loss after training",
-                priority=1),
-        Printer("Baseline", "number", ".status.evaluation.baselineScore",
-                "Baseline's primary metric on the hold-out set"),
-        Printer("Score", "number", ".status.evaluation.score", "Candidate's primary metric on the hold-out set"),
-        Printer("Gate", "string", ".status.evaluation.gate.passed", "Did the adapter pass the gate"),
+        Printer("Score", "string", ".status.evaluation.summary",
+                "The gate's primary metric on the hold-out set, candidate vs baseline"),
+        Printer("Gate", "string", ".status.evaluation.gate.verdict", "Passed or Failed"),
         Printer("Version", "string", ".status.registry.version", "Registered model version"),
+        Printer("Age", "date", ".metadata.creationTimestamp"),
+        Printer("Hold-out Loss", "string", ".status.training.holdOutLoss", "Hold-out loss before -> after training",
+                priority=1),
         Printer("Registered", "string", ".status.registry.uri", "models:/name/version", priority=1),
         Printer("ETA", "integer", ".status.progress.etaSeconds", "Seconds of training left", priority=1),
         Printer("Message", "string", ".status.message", priority=1),
-        Printer("Age", "date", ".metadata.creationTimestamp"),
     ),
 )

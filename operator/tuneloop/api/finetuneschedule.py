@@ -20,7 +20,7 @@ from pydantic import Field, field_validator, model_validator
 
 from tuneloop.api.common import (
     API_VERSION,
-    Condition,
+    Conditions,
     WireModel,
     validated,
     validated_manifest,
@@ -64,12 +64,15 @@ Annotations = label_map(Annotated[str, Field(max_length=65536)], "Annotations of
 
 
 class JobTemplateMeta(WireModel):
+    """Metadata of each run's FineTuneJob."""
+
     labels: Labels
     annotations: Annotations
 
 
 class JobTemplate(WireModel):
-    metadata: JobTemplateMeta = Field(default_factory=JobTemplateMeta)
+    metadata: JobTemplateMeta = Field(default_factory=JobTemplateMeta, description="Labels and annotations of "
+                                                                                "each run's FineTuneJob.")
     spec: FineTuneJobSpec = Field(description="The FineTuneJob each run creates. Its dataset is the base "
                                               "dataset: the run trains on the new corrections and replays "
                                               "this dataset at replayFraction.")
@@ -93,7 +96,7 @@ class FineTuneScheduleSpec(WireModel):
     replay_fraction: float = Field(0.8, gt=0, le=0.95, description=(
         "Share of the training mix taken from the template's dataset: each run trains a new adapter from the "
         "base model, so the base data must be there as well as the corrections."))
-    job_template: JobTemplate
+    job_template: JobTemplate = Field(description="The FineTuneJob each run creates.")
 
     @field_validator("schedule")
     @classmethod
@@ -119,37 +122,43 @@ class FineTuneScheduleSpec(WireModel):
 
 
 class SnapshotInfo(WireModel):
+    """The corrections a run trains on, frozen into one hashed file."""
+
     uri: str | None = Field(None, description="The JSONL file; unset when there were no rows.")
-    sha256: str | None = None
-    rows: int = 0
-    after_id: int = 0
-    up_to_id: int = 0
+    sha256: str | None = Field(None, description="Hash of the file (names it; tags the registered version).")
+    rows: int = Field(0, description="Corrections in the file, after cleaning.")
+    after_id: int = Field(0, description="Feedback rows after this id were taken.")
+    up_to_id: int = Field(0, description="Feedback rows up to and including this id were taken.")
 
 
 RunOutcome = Literal["Running", "Promoted", "NotPromoted", "Failed", "Skipped", "Replaced"]
 
 
 class ScheduleRun(WireModel):
-    scheduled_time: str
-    job_name: str | None = None
-    outcome: RunOutcome
-    message: str = ""
-    snapshot: SnapshotInfo | None = None
-    gate_passed: bool | None = None
+    """One run of the schedule, finished or skipped."""
+
+    scheduled_time: str = Field(description="The slot it ran for (RFC 3339).")
+    job_name: str | None = Field(None, description="Its FineTuneJob; unset when none was created.")
+    outcome: RunOutcome = Field(description="Promoted, NotPromoted (gate failed or champion kept), Failed, "
+                                            "Skipped or Replaced.")
+    message: str = Field("", description="How it ended.")
+    snapshot: SnapshotInfo | None = Field(None, description="The corrections it trained on.")
+    gate_passed: bool | None = Field(None, description="The FineTuneJob's gate verdict; unset: not evaluated.")
     version: str | None = Field(None, description="Registered model version of the run's adapter.")
-    score: float | None = None
-    baseline_score: float | None = None
+    score: float | None = Field(None, description="The adapter's primary metric on the hold-out set.")
+    baseline_score: float | None = Field(None, description="The baseline's primary metric on the hold-out set.")
 
 
 class RunStep(WireModel):
     """The run in progress: which step, so that a restarted operator carries on from there."""
 
-    step: Literal["Snapshot", "Training"]
-    scheduled_time: str
-    job_name: str
-    new_corrections: int = 0
-    up_to_id: int | None = None
-    snapshot: SnapshotInfo | None = None
+    step: Literal["Snapshot", "Training"] = Field(description="Snapshot (freezing the corrections) or Training "
+                                                           "(its FineTuneJob runs).")
+    scheduled_time: str = Field(description="The slot it runs for (RFC 3339).")
+    job_name: str = Field(description="Its FineTuneJob (and, with -snapshot, the snapshot Job).")
+    new_corrections: int = Field(0, description="New corrections the feedback service reported.")
+    up_to_id: int | None = Field(None, description="The last feedback id the run takes.")
+    snapshot: SnapshotInfo | None = Field(None, description="The snapshot, once taken.")
 
 
 class FineTuneScheduleStatus(WireModel):
@@ -160,12 +169,12 @@ class FineTuneScheduleStatus(WireModel):
     run: RunStep | None = None
     trained_up_to_id: int = Field(0, description="Feedback rows up to this id reached a promoted adapter: the "
                                                  "next snapshot starts after it.")
-    last_run: ScheduleRun | None = None
+    last_run: ScheduleRun | None = Field(None, description="The latest run, finished or skipped.")
     history: list[ScheduleRun] = Field(default_factory=list, description="The last runs, newest last.")
-    next_schedule_time: str | None = None
-    message: str = ""
-    conditions: list[Condition] = Field(default_factory=list)
-    observed_generation: int | None = None
+    next_schedule_time: str | None = Field(None, description="The next slot; unset while suspended.")
+    message: str = Field("", description="What the schedule is doing, or why it cannot.")
+    conditions: Conditions
+    observed_generation: int | None = Field(None, description="metadata.generation this status was computed from.")
 
 
 class FineTuneSchedule(WireModel):
@@ -199,7 +208,9 @@ CRD = Kind(
         Printer("Last", "string", ".status.lastRun.outcome", "Outcome of the last run"),
         Printer("Version", "string", ".status.lastRun.version", "Model version of the last run"),
         Printer("Last Schedule", "date", ".status.lastScheduleTime"),
-        Printer("Message", "string", ".status.message", priority=1),
         Printer("Age", "date", ".metadata.creationTimestamp"),
+        Printer("Score", "number", ".status.lastRun.score", "Primary metric of the last run's adapter", priority=1),
+        Printer("Next", "string", ".status.nextScheduleTime", "Next slot (RFC 3339)", priority=1),
+        Printer("Message", "string", ".status.message", priority=1),
     ),
 )

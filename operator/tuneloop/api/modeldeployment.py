@@ -16,7 +16,7 @@ from tuneloop.api.common import (
     DNS1035_LABEL,
     DNS1035_MESSAGE,
     MAX_LABEL,
-    Condition,
+    Conditions,
     WireModel,
     check_service_name,
     child_name,
@@ -210,48 +210,64 @@ Outcome = Literal["Promoted", "Failed", "Aborted", "Superseded", "RolledBack"]
 
 
 class RevisionStatus(WireModel):
-    colour: Colour
+    """One revision and the colour that runs it."""
+
+    colour: Colour = Field(description="blue or green: the Deployment <name>-<colour> that runs it.")
     revision: str = Field(description="Hash of everything that shapes the pods (adapter version included).")
-    adapter_version: str | None = None
+    adapter_version: str | None = Field(None, description="Registered adapter version it serves.")
+    summary: str | None = Field(None, description="Adapter version and colour, e.g. 'v4 green' (the ACTIVE and "
+                                                  "PREVIEW columns).")
     score: float | None = Field(None, description="Judge score of the latest analysis of this revision.")
+
+    @model_validator(mode="after")
+    def _summary(self) -> "RevisionStatus":
+        self.summary = f"v{self.adapter_version} {self.colour}" if self.adapter_version else \
+            f"{self.revision} {self.colour}"
+        return self
 
 
 class RolloutRecord(WireModel):
-    revision: str
-    adapter_version: str | None = None
-    outcome: Outcome
-    reason: str
-    time: str
+    """One finished rollout."""
+
+    revision: str = Field(description="The revision rolled out.")
+    adapter_version: str | None = Field(None, description="Its adapter version.")
+    outcome: Outcome = Field(description="Promoted, Failed, Aborted, Superseded or RolledBack.")
+    reason: str = Field(description="Why it ended so.")
+    time: str = Field(description="When it ended (RFC 3339).")
 
 
 class RolloutStep(WireModel):
     """Where the rollout in progress is, so that a restarted operator carries on from there."""
 
-    step: Literal["Preview", "Analysis", "Paused", "ScalingUp", "PostPromotion"]
+    step: Literal["Preview", "Analysis", "Paused", "ScalingUp", "PostPromotion"] = Field(
+        description="Preview (coming up), Analysis, Paused (awaiting promotion), ScalingUp or PostPromotion.")
     since: str = Field(description="When this step started (the readiness deadline counts from here).")
     started: str = Field(description="When this rollout attempt started (names its analysis runs).")
     previous_active: RevisionStatus | None = Field(None, description="The colour to switch back to (post-promotion).")
 
 
 class ScaleDown(WireModel):
-    colour: Colour
-    at: str
+    """A colour to scale to zero once its delay has passed."""
+
+    colour: Colour = Field(description="The colour to scale down.")
+    at: str = Field(description="When (RFC 3339).")
 
 
 class ModelDeploymentStatus(WireModel):
-    phase: Phase = "Pending"
-    message: str = ""
-    abort: bool = False
-    active_selector: Colour | None = None
-    preview_selector: Colour | None = None
-    active: RevisionStatus | None = None
-    preview: RevisionStatus | None = None
-    rollout: RolloutStep | None = None
-    scale_down: ScaleDown | None = None
+    phase: Phase = Field("Pending", description="Pending, Progressing, Paused, Healthy (serving the wanted "
+                                                "revision), Degraded or Aborted.")
+    message: str = Field("", description="What is happening now, or why it is degraded.")
+    abort: bool = Field(False, description="The last rollout was aborted or failed; its preview was torn down.")
+    active_selector: Colour | None = Field(None, description="Colour the active Service selects.")
+    preview_selector: Colour | None = Field(None, description="Colour the preview Service selects.")
+    active: RevisionStatus | None = Field(None, description="The revision taking the traffic.")
+    preview: RevisionStatus | None = Field(None, description="The revision being rolled out.")
+    rollout: RolloutStep | None = Field(None, description="Where the rollout in progress is.")
+    scale_down: ScaleDown | None = Field(None, description="A colour waiting to be scaled down.")
     failed_revision: str | None = Field(None, description="Not rolled out again until a retry or a new revision.")
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: Conditions
     history: list[RolloutRecord] = Field(default_factory=list, description="The last rollouts, newest last.")
-    observed_generation: int | None = None
+    observed_generation: int | None = Field(None, description="metadata.generation this status was computed from.")
 
 
 class ServiceNamedMeta(ObjectMeta):
@@ -291,13 +307,13 @@ CRD = Kind(
     rules=(NAME_RULE,),
     printers=(
         Printer("Phase", "string", ".status.phase"),
-        Printer("Active", "string", ".status.active.revision", "Revision taking the traffic"),
-        Printer("Preview", "string", ".status.preview.revision", "Revision under test"),
+        Printer("Active", "string", ".status.active.summary", "Adapter version and colour taking the traffic"),
+        Printer("Preview", "string", ".status.preview.summary", "Adapter version and colour under test"),
         Printer("Score", "number", ".status.active.score", "Analysis score of the active revision"),
-        Printer("Version", "string", ".status.active.adapterVersion", "Adapter version of the active revision",
-                priority=1),
-        Printer("Message", "string", ".status.message", priority=1),
         Printer("Age", "date", ".metadata.creationTimestamp"),
+        Printer("Revision", "string", ".status.active.revision", "Revision taking the traffic", priority=1),
+        Printer("Preview Revision", "string", ".status.preview.revision", "Revision under test", priority=1),
+        Printer("Message", "string", ".status.message", priority=1),
     ),
 )
 

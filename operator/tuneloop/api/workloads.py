@@ -21,6 +21,7 @@ from tuneloop.api.finetunejob import (
     DataReportSummary,
     DatasetSpec,
     DatasetStats,
+    FineTuneJobStatus,
     MethodSpec,
     TrainingSpec,
 )
@@ -33,6 +34,8 @@ class Tracking(WireModel):
     tracking_uri: str
     experiment: str = "tuneloop"
     run_name: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict, description=(
+        "Lineage tags the run carries (FineTuneJob, base model by catalog name, tuneloop version)."))
 
 
 class TrainerWorkload(WireModel):
@@ -163,6 +166,8 @@ class RegisterWorkload(WireModel):
     records_path: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
+    job_status: FineTuneJobStatus | None = Field(None, description=(
+        "The job's status when registration starts: data, training and evaluation, for the run's description."))
     set_challenger: bool = False
     set_champion: bool = False
     expected_champion: str | None = Field(None, description=(

@@ -12,6 +12,10 @@
     tuneloop images [--config FILE] [--registry REG]
                                   the images to mirror for an air-gapped cluster, one a line
     tuneloop operator             run the Kubernetes operator (kopf)
+    tuneloop list|status|logs     the local runs in a work folder, one run's report, a workload's log
+    tuneloop chat [RUN]           ask a local run's base and tuned model side by side
+    tuneloop serve --local [RUN]  an OpenAI-compatible endpoint over them on 127.0.0.1
+    tuneloop report [RUN] [--open]  a local run's HTML report (loss, metrics, gate, examples)
 """
 
 from __future__ import annotations
@@ -19,25 +23,43 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from importlib import metadata
 
-from tuneloop.cli import images, operator, promote, rollout, run, validate
+from tuneloop.cli import chat, images, local_runs, operator, promote, report, rollout, run, serve, validate
+from tuneloop.cli.help_text import EXAMPLES, add_examples, examples_epilog
 from tuneloop.cli.operator import all_crds
 from tuneloop.cli.validate import validate_document
+from tuneloop.workload_output import quiet_libraries
 
 __all__ = ["all_crds", "build_parser", "main", "validate_document"]
 
-COMMAND_MODULES = (run, validate, operator, promote, rollout, images)
+COMMAND_MODULES = (run, validate, operator, promote, rollout, images, local_runs, report, chat, serve)
+
+
+def version() -> str:
+    try:
+        return metadata.version("tuneloop")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tuneloop", description="Fine-tune and ship private LLMs on Kubernetes.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="tuneloop", description="Fine-tune and ship private LLMs on Kubernetes.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=examples_epilog(("tuneloop run examples/finetunejob.yaml --local", "tuneloop list",
+                                "tuneloop validate examples/cluster/", "tuneloop COMMAND --help")))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    examples = dict(EXAMPLES)
     for module in COMMAND_MODULES:
         module.add_parser(commands)
+        examples.update(getattr(module, "EXAMPLES", {}))
     feedback = commands.add_parser("feedback", help="the feedback service: reviewers' corrections come in here")
     feedback_commands = feedback.add_subparsers(dest="feedback_command", required=True)
     # `tuneloop feedback serve ARGS` is handed to the service's own parser whole (see main).
     feedback_commands.add_parser("serve", help="serve POST /v1/feedback (`tuneloop feedback serve --help`)")
+    add_examples(commands, examples)
     return parser
 
 
@@ -50,4 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "operator":  # the operator's logging is kopf's (text or JSON)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.handler(args)
+        quiet_libraries()
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130

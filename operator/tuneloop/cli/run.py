@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.api import finetuneschedule
+from tuneloop.api.finetunejob import FineTuneJob
 from tuneloop.cli.terminal_report import print_evaluation, print_report
 from tuneloop.cli.validate import load_job, validate_document
 from tuneloop.manifest_files import ManifestError, load_documents
@@ -20,6 +21,7 @@ def command_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     from tuneloop.catalog import CatalogError
+    from tuneloop.registry.experiments import ui_path
     from tuneloop.runtime.local import LocalRuntime, local_mlflow, prepare_tracking
 
     try:
@@ -46,7 +48,7 @@ def command_run(args: argparse.Namespace) -> int:
 
         shutil.rmtree(runtime.job_dir(job), ignore_errors=True)
     try:
-        prepare_tracking(tracking_uri, artifact_uri)
+        experiment_id = prepare_tracking(tracking_uri, artifact_uri)
     except Exception as error:  # MLflow's errors have no common base worth naming here
         print(f"MLflow at {tracking_uri} cannot be used: {error}", file=sys.stderr)
         return 1
@@ -64,7 +66,28 @@ def command_run(args: argparse.Namespace) -> int:
     print(f"\n  work folder {runtime.job_dir(job)}")
     if artifact_uri:
         print(f"  MLflow UI   mlflow ui --backend-store-uri {tracking_uri} --default-artifact-root {artifact_uri}")
+        run_id = status.training.mlflow_run_id if status.training else None
+        print(f"              then open http://127.0.0.1:5000/{ui_path(experiment_id, run_id)}")
+    if status.training is not None:
+        write_run_report(job, runtime.job_dir(job), tracking_uri)
     return 0 if status.phase == "Succeeded" else 1
+
+
+def write_run_report(job: FineTuneJob, job_dir: Path, tracking_uri: str | None) -> None:
+    """The HTML report beside the job's status; a report that cannot be written costs a warning, not the run."""
+    from tuneloop.registry.run_report import RunReportError, collect
+    from tuneloop.report import write_report
+
+    try:
+        path = write_report(collect(job_dir, job=job, tracking_uri=tracking_uri), job_dir)
+    except (RunReportError, OSError) as error:
+        print(f"  report      not written: {error}", file=sys.stderr)
+        return
+    except ImportError as error:
+        print(f"  report      not written: {error.name} is not installed (pip install 'tuneloop[local]')",
+              file=sys.stderr)
+        return
+    print(f"  report      {path}")
 
 
 def run_schedule_once(args: argparse.Namespace) -> int:
@@ -119,7 +142,7 @@ def run_schedule_once(args: argparse.Namespace) -> int:
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     run = commands.add_parser("run", help="run a FineTuneJob manifest")
-    run.add_argument("file", type=Path)
+    run.add_argument("file", type=Path, help="a FineTuneJob manifest (or a FineTuneSchedule with --once)")
     run.add_argument("--local", action="store_true", help="run on this machine with subprocesses")
     run.add_argument("--workdir", type=Path, default=Path("tuneloop-work"), help="work folder (default: %(default)s)")
     run.add_argument("--fresh", action="store_true", help="discard an earlier run of the same spec")

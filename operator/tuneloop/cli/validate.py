@@ -15,6 +15,7 @@ from tuneloop.manifest_files import ManifestError, load_documents, manifest_file
 from tuneloop.reconcile.finetunejob import check_context
 
 KNOWN_KINDS = (FINETUNEJOB, modeldeployment.KIND, finetuneschedule.KIND)
+TUNELOOP_GROUP = "tuneloop.dev"
 
 
 def describe(document: dict[str, Any]) -> str:
@@ -88,16 +89,24 @@ def data_check(path: Path, document: dict[str, Any]) -> tuple[list[str], list[st
     return report.lines(), []
 
 
+def other_kind(document: dict[str, Any]) -> bool:
+    """A Kubernetes object of another API group (Secret, Namespace, Kustomization...): a folder of
+    manifests holds them beside Tuneloop's; a kind misspelt in Tuneloop's own group is not one."""
+    api_version = document.get("apiVersion")
+    return (isinstance(api_version, str) and isinstance(document.get("kind"), str)
+            and document["kind"] not in KNOWN_KINDS and api_version.split("/")[0] != TUNELOOP_GROUP)
+
+
 def command_validate(args: argparse.Namespace) -> int:
     failed = False
-    paths = []
+    paths: list[tuple[Path, bool]] = []  # (file, read from a folder)
     for given in args.files:
         try:
-            paths += manifest_files(given, args.recursive)
+            paths += [(path, given.is_dir()) for path in manifest_files(given, args.recursive)]
         except ManifestError as error:
             print(error, file=sys.stderr)
             failed = True
-    for path in paths:
+    for path, in_folder in paths:
         try:
             documents = load_documents(path)
         except ManifestError as error:
@@ -105,6 +114,9 @@ def command_validate(args: argparse.Namespace) -> int:
             failed = True
             continue
         for document in documents:
+            if in_folder and other_kind(document):
+                print(f"{path}: {describe(document)}: skipped (not a Tuneloop kind)")
+                continue
             problems = validate_document(document, args.local or args.data)
             report: list[str] = []
             if not problems and args.data and document.get("kind") in (FINETUNEJOB, finetuneschedule.KIND):
@@ -134,8 +146,11 @@ def load_job(path: Path) -> FineTuneJob:
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    validate = commands.add_parser("validate", help="check manifests")
-    validate.add_argument("files", type=Path, nargs="+",
+    validate = commands.add_parser("validate", help="check manifests",
+                                   description="Check Tuneloop manifests; say what is wrong and where. In a folder, "
+                                               "objects of other kinds (Secrets, Namespaces...) are skipped with a "
+                                               "note; a file named on its own must hold only Tuneloop kinds.")
+    validate.add_argument("files", type=Path, nargs="+", metavar="FILE_OR_FOLDER",
                           help="manifest files, or folders of .yaml/.yml/.json files (as kubectl apply -f)")
     validate.add_argument("-R", "--recursive", action="store_true", help="also read the folders below a folder")
     validate.add_argument("--local", action="store_true", help="also check that the job can run locally")

@@ -49,12 +49,16 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, database_url: str 
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tuneloop.feedback", description="Run the Tuneloop feedback service.",
-        epilog=f"Bearer tokens: one per team, scoped to a namespace and models, in the YAML file named by "
-               f"{TOKENS_FILE_ENV}; and/or one service-wide token in {TOKEN_ENV} or the file named by "
-               f"{TOKEN_FILE_ENV}.")
+        prog="tuneloop feedback serve", description="Run the Tuneloop feedback service.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"Bearer tokens: one per team, scoped to a namespace and models, in the YAML file named\n"
+               f"by {TOKENS_FILE_ENV}; and/or one service-wide token in {TOKEN_ENV}\n"
+               f"or the file named by {TOKEN_FILE_ENV}.\n\n"
+               "examples:\n"
+               f"  {TOKENS_FILE_ENV}=tokens.yaml tuneloop feedback serve --database-url sqlite:///feedback.db\n"
+               "  tuneloop feedback serve --insecure-no-auth --port 8080     # local play only")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}; "
                                                              "0.0.0.0 in a pod)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
@@ -63,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--insecure-no-auth", action="store_true",
                         help="serve without a token: anyone who reaches the port may read and write; local play only")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         serve(args.host, args.port, args.database_url, allow_no_auth=args.insecure_no_auth, log_level=args.log_level)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Generic, Literal, TypeVar
 
-from tuneloop.api.common import SpecError, WireModel, validated
+from tuneloop.api.common import Condition, SpecError, WireModel, remove_condition, set_condition, validated
 
 MIN_REQUEUE_SECONDS = 1.0
 META_FIELDS = ("name", "namespace", "uid", "generation")
@@ -72,6 +72,26 @@ class Decision(Generic[StatusT, ActionT]):
         """Ask for the next pass in `seconds` (the soonest of all the asks wins)."""
         seconds = max(seconds, MIN_REQUEUE_SECONDS)
         self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+
+
+Readiness = Literal["Ready", "Reconciling", "Stalled"]
+
+
+def with_readiness(conditions: list[Condition], readiness: Readiness, reason: str, message: str, *,
+                   generation: int | None, now: str) -> list[Condition]:
+    """The kstatus conditions (sigs.k8s.io/cli-utils kstatus, which Flux and `kubectl wait` read):
+    Ready True only when the object is done and good; otherwise Ready False with the same reason as
+    Reconciling (work goes on) or Stalled (it cannot go on without a change: kstatus reads Failed).
+    Reconciling and Stalled are abnormal-true: dropped when they do not hold."""
+    conditions = set_condition(conditions, "Ready", "True" if readiness == "Ready" else "False", reason, message,
+                               observed_generation=generation, now=now)
+    for kind in ("Reconciling", "Stalled"):
+        if readiness == kind:
+            conditions = set_condition(conditions, kind, "True", reason, message,
+                                       observed_generation=generation, now=now)
+        else:
+            conditions = remove_condition(conditions, kind)
+    return conditions
 
 
 @cache

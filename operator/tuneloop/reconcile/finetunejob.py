@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from tuneloop.api.common import rfc3339, set_condition
+from tuneloop.api.common import get_condition, rfc3339, set_condition
 from tuneloop.api.finetunejob import (
     TERMINAL_PHASES,
     DataReportSummary,
@@ -33,6 +33,7 @@ from tuneloop.reconcile import core, gate
 from tuneloop.reconcile.core import EmitEvent
 from tuneloop.reconcile.refusals import Refusal
 from tuneloop.reconcile.refusals import summary as refusal_summary
+from tuneloop.registry.metric_names import evaluation_metric
 from tuneloop.storage_uris import NO_CLUSTER_OUTPUT, cluster_storage_problem
 
 WorkloadPhase = Literal["Absent", "Running", "Succeeded", "Failed"]
@@ -172,6 +173,30 @@ def _enter(status: FineTuneJobStatus, stage: Stage, job_name: str, spec: FineTun
 
 def reconcile(resource: Resource, observed: Observed, moment: datetime) -> Decision:
     """One pass; the returned status is a new object (the resource's is not changed)."""
+    decision = _pass(resource, observed, moment)
+    status = decision.status
+    # The generation the job works on: the one it started with (a later spec is not applied).
+    generation = resource.generation if status.observed_generation is None else status.observed_generation
+    status.conditions = core.with_readiness(status.conditions, *readiness(status), generation=generation,
+                                            now=rfc3339(moment))
+    return decision
+
+
+def readiness(status: FineTuneJobStatus) -> tuple[core.Readiness, str, str]:
+    """Ready once it succeeded and its adapter passed the gate (or was not gated); a failed job and a
+    failed gate are both Stalled: a person has to act, and kstatus, Flux and Argo CD say so."""
+    gate_result = status.evaluation.gate if status.evaluation else None
+    if status.phase == "Failed":
+        failed = get_condition(status.conditions, "Failed")
+        return "Stalled", failed.reason if failed else "Failed", status.message
+    if status.phase == "Succeeded" and gate_result is not None and not gate_result.passed:
+        return "Stalled", "GateFailed", f"{gate_result.message}; the adapter was not promoted"
+    if status.phase == "Succeeded":
+        return "Ready", "Succeeded", status.message
+    return "Reconciling", status.phase, status.message or status.phase
+
+
+def _pass(resource: Resource, observed: Observed, moment: datetime) -> Decision:
     status, name, generation = resource.status.model_copy(deep=True), resource.name, resource.generation
     now = rfc3339(moment)
     if status.phase in TERMINAL_PHASES:
@@ -273,8 +298,9 @@ def _report_running(status: FineTuneJobStatus, stage: Stage, workload: WorkloadS
         if not workload.message:
             status.message = f"{stage.phase.lower()}: step {progress.step} of {progress.total_steps}"
         status.progress = Progress(
-            step=progress.step, total_steps=progress.total_steps, epoch=round(progress.epoch, 3),
-            loss=progress.loss, tokens_per_second=progress.tokens_per_second,
+            step=progress.step, total_steps=progress.total_steps, steps=f"{progress.step}/{progress.total_steps}",
+            epoch=round(progress.epoch, 3), loss=None if progress.loss is None else float(f"{progress.loss:.4g}"),
+            tokens_per_second=None if progress.tokens_per_second is None else round(progress.tokens_per_second, 1),
             eta_seconds=None if progress.eta_seconds is None else round(progress.eta_seconds),
         )
 
@@ -306,22 +332,22 @@ def registration_inputs(spec: FineTuneJobSpec, status: FineTuneJobStatus) -> dic
         "tuneloop.dev/method": spec.method.type,
         "tuneloop.dev/gate": "not-evaluated" if evaluation is None else ("passed" if passed else "failed"),
     }
-    metrics = {"hold_out_loss_before": training.hold_out_loss_before,
-               "hold_out_loss_after": training.hold_out_loss_after}
+    metrics: dict[str, float] = {}  # the hold-out loss is the training run's validation curve
     if evaluation is not None:
         tags["tuneloop.dev/baseline"] = evaluation.baseline + (
             f" v{evaluation.baseline_version}" if evaluation.baseline_version else "")
         if evaluation.gate:
             tags["tuneloop.dev/gate-message"] = evaluation.gate.message[:5000]
+            tags["tuneloop.dev/gate-checks"] = "\n".join(evaluation.gate.checks)[:5000]
         for metric, score in evaluation.hold_out.candidate.items():
-            metrics[f"eval_{metric}"] = score.value
+            metrics[evaluation_metric(metric, "candidate")] = score.value
             tags[f"tuneloop.dev/eval-{metric}"] = f"{score.value:.4f} [{score.low:.4f}, {score.high:.4f}]"
         for metric, score in evaluation.hold_out.baseline.items():
-            metrics[f"eval_{metric}_baseline"] = score.value
+            metrics[evaluation_metric(metric, "baseline")] = score.value
     return {
         "adapter_uri": training.adapter_uri, "training_run_id": training.mlflow_run_id,
         "records_uri": evaluation.records_uri if evaluation else None,
-        "tags": tags, "metrics": metrics,
+        "tags": tags, "metrics": metrics, "job_status": status.to_wire(),
         "set_challenger": passed,
         "set_champion": passed and spec.registry.promotion == "auto" and beat_champion,
         "expected_champion": evaluation.baseline_version if evaluation else None,
@@ -464,4 +490,5 @@ def _record_result(status: FineTuneJobStatus, result: TrainerResult) -> None:
     )
     if status.progress:
         status.progress.step = status.progress.total_steps = result.steps
+        status.progress.steps = f"{result.steps}/{result.steps}"
         status.progress.eta_seconds = 0

@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from tuneloop.api.common import API_VERSION, fitted, parse_time, rfc3339, set_condition
+from tuneloop.api.common import API_VERSION, fitted, get_condition, parse_time, rfc3339, set_condition
 from tuneloop.api.finetuneschedule import (
     FineTuneSchedule,
     FineTuneScheduleSpec,
@@ -314,6 +314,27 @@ class Pass:
 
 def reconcile(resource: Resource, observed: Observed, now: datetime) -> Decision:
     """One pass; the returned status is a new object (the resource's is not changed)."""
+    decision = _pass(resource, observed, now)
+    suspended = resource.spec is not None and resource.spec.suspend
+    decision.status.conditions = core.with_readiness(decision.status.conditions,
+                                                     *readiness(decision.status, suspended),
+                                                     generation=resource.generation, now=rfc3339(now))
+    return decision
+
+
+def readiness(status: FineTuneScheduleStatus, suspended: bool) -> tuple[core.Readiness, str, str]:
+    """Ready while the schedule can run (a run in progress included: a schedule never finishes, and
+    each run's FineTuneJob reports its own readiness). Stalled when its spec is refused or the
+    feedback service may not be used."""
+    for type in ("SpecValid", "Permitted"):
+        condition = get_condition(status.conditions, type)
+        if condition is not None and condition.status == "False":
+            return "Stalled", condition.reason, status.message
+    reason = "RunInProgress" if status.run else "Suspended" if suspended else "Scheduled"
+    return "Ready", reason, status.message
+
+
+def _pass(resource: Resource, observed: Observed, now: datetime) -> Decision:
     status, generation = resource.status.model_copy(deep=True), resource.generation
     decision = Decision(status)
     error = str(resource.spec_error) if resource.spec_error is not None else observed.spec_problem
@@ -324,8 +345,12 @@ def reconcile(resource: Resource, observed: Observed, now: datetime) -> Decision
         status.message = message
         status.conditions = set_condition(status.conditions, "SpecValid", "False", "InvalidSpec", error,
                                           observed_generation=generation, now=rfc3339(now))
+        status.observed_generation = generation  # seen, and refused: not still in progress
         return decision
     status.observed_generation = generation
+    if get_condition(status.conditions, "SpecValid") is not None:  # the spec was fixed
+        status.conditions = set_condition(status.conditions, "SpecValid", "True", "Valid",
+                                          observed_generation=generation, now=rfc3339(now))
     refused = next((c for c in status.conditions if c.type == "Permitted" and c.status == "False"), None)
     if observed.refusal:
         reason, message = observed.refusal.reason, observed.refusal.message

@@ -155,6 +155,11 @@ def target_for(spec: ModelDeploymentSpec, resolved_version: str | None) -> Targe
     return Target(revision=digest, adapter_source=source, adapter_version=version)
 
 
+def rounded(score: float | None) -> float | None:
+    """A score as a column shows it: 3 decimals."""
+    return None if score is None else round(score, 3)
+
+
 class Rollout:
     """One reconcile pass: reads spec, observed and now; writes the status copy and the actions."""
 
@@ -352,7 +357,7 @@ class Rollout:
         if result is None:
             self.set_phase("Progressing", f"analysing {preview.colour} (revision {preview.revision})")
             return False
-        preview.score = result.score
+        preview.score = rounded(result.score)
         if not result.passed:
             self.abort("Degraded", "AnalysisFailed", f"pre-promotion analysis failed: {result.reason}")
             return False
@@ -411,9 +416,9 @@ class Rollout:
         result = self.run_analysis(promoted, post_promotion=True)
         if result is None:
             return
-        promoted.score = result.score
+        promoted.score = rounded(result.score)
         if self.status.active is not None:
-            self.status.active.score = result.score
+            self.status.active.score = promoted.score
         if result.passed:
             self.finish(promoted, rollout.previous_active)
             return
@@ -468,6 +473,29 @@ class Rollout:
 
 def reconcile(resource: Resource, observed: Observed, now: datetime) -> Decision:
     """One pass of the rollout; the returned status is a new object (the resource's is not changed)."""
+    decision = _pass(resource, observed, now)
+    decision.status.conditions = core.with_readiness(decision.status.conditions, *readiness(decision.status),
+                                                     generation=resource.generation, now=rfc3339(now))
+    return decision
+
+
+def readiness(status: ModelDeploymentStatus) -> tuple[core.Readiness, str, str]:
+    """Ready while the wanted revision serves (Healthy). Stalled when the spec is refused or a rollout
+    failed or was aborted: a fixed spec, a new adapter version or the retry annotation is needed (the
+    previous revision keeps serving meanwhile). Reconciling while a rollout goes on."""
+    spec_valid = get_condition(status.conditions, "SpecValid")
+    if spec_valid is not None and spec_valid.status == "False":
+        return "Stalled", "InvalidSpec", status.message
+    if status.phase == "Healthy":
+        return "Ready", "Serving", status.message
+    if status.phase in ("Degraded", "Aborted") and status.failed_revision is not None and status.rollout is None:
+        progressing = get_condition(status.conditions, "Progressing")
+        failed = progressing is not None and progressing.status == "False" and progressing.reason != "RolloutCompleted"
+        return "Stalled", progressing.reason if failed else "RolloutFailed", status.message
+    return "Reconciling", status.phase, status.message or status.phase
+
+
+def _pass(resource: Resource, observed: Observed, now: datetime) -> Decision:
     status = resource.status.model_copy(deep=True)
     error = str(resource.spec_error) if resource.spec_error is not None else observed.spec_problem
     if error:

@@ -33,7 +33,7 @@ from tuneloop.reconcile.finetunejob import (
 from tuneloop.reconcile.refusals import Refusal
 from tuneloop.runtime.kube_client import KubeClient
 from tuneloop.runtime.manifests import WORKLOAD_CONTAINERS, Storage, workload_objects
-from tuneloop.runtime.progress import MlflowUnavailable, mlflow_progress
+from tuneloop.registry.progress import MlflowUnavailable, mlflow_progress
 from tuneloop.runtime.secrets import SecretRefused, usable_secret
 
 log = logging.getLogger("tuneloop.finetunejob")

@@ -1,8 +1,9 @@
 """Run FineTuneJobs on this machine: workloads are subprocesses in a work folder.
 
-The work folder of a job is `<workdir>/<name>/<spec hash>/`; it holds the job's status and one
-folder per workload (spec, progress, result, output). Running the same manifest again picks up
-where the last run stopped: a finished workload is not run twice, a succeeded job just reports.
+The work folder of a job is `<workdir>/<name>/<spec hash>/`; it holds the job's manifest and status
+and one folder per workload (spec, progress, result, output, log.txt). Running the same manifest
+again picks up where the last run stopped: a finished workload is not run twice (the run says which
+it reused), a succeeded job just reports. `tuneloop list|status|logs` read these folders.
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ from tuneloop import catalog, clock
 from tuneloop.api.finetunejob import TERMINAL_PHASES, FineTuneJob, FineTuneJobStatus
 from tuneloop.api.workloads import Tracking, TrainerWorkload
 from tuneloop.offline_env import OFFLINE_ENV
+from tuneloop.storage_uris import file_uri_path
+from tuneloop.registry.lineage import lineage_tags
 from tuneloop.runtime import stage_workloads
 from tuneloop.reconcile.core import EmitEvent, resource_of
 from tuneloop.reconcile.finetunejob import (
+    STAGES,
     LaunchWorkload,
     Observed,
     ReconcileContext,
@@ -36,12 +40,14 @@ from tuneloop.reconcile.finetunejob import (
     workload_name,
 )
 from tuneloop.runtime.manifests import CPU_TRAINER_ENV
+from tuneloop.runtime.workload_log import LOG_FILE, WorkloadLog
 
 log = logging.getLogger("tuneloop.local")
 
 WORKLOAD_PROGRAMS = {"validate": "tuneloop_trainer.check_data", "train": "tuneloop_trainer",
                      "evaluate": "tuneloop_evaluator", "register": "tuneloop_evaluator.register"}
 EXPERIMENT = "tuneloop"
+JOB_FILE = "job.json"
 
 LOCAL_CONTEXT = ReconcileContext(mode="local", catalog=frozenset(catalog.LOCAL_CATALOG))
 
@@ -52,7 +58,7 @@ def spec_hash(job: FineTuneJob) -> str:
 
 def resolve_path(uri: str, base: Path) -> Path:
     """file:///abs/path, or a plain path relative to the manifest's folder."""
-    path = Path(uri[len("file://"):]) if uri.startswith("file://") else Path(uri)
+    path = file_uri_path(uri) if uri.startswith("file://") else Path(uri)
     return path if path.is_absolute() else (base / path).resolve()
 
 
@@ -62,14 +68,15 @@ def local_mlflow(workdir: Path) -> tuple[str, str]:
     return f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri()
 
 
-def prepare_tracking(tracking_uri: str, artifact_uri: str | None) -> None:
-    """Create the experiment with its artifact folder up front: a SQLite store would otherwise
-    put artifacts in ./mlruns under whatever folder a workload runs in."""
-    from mlflow.tracking import MlflowClient
+def prepare_tracking(tracking_uri: str, artifact_uri: str | None) -> str:
+    """The local run's experiment, created with its artifact folder in the work folder; its id."""
+    from tuneloop.registry.experiments import prepare_tracking as prepare_experiment
 
-    client = MlflowClient(tracking_uri=tracking_uri)
-    if client.get_experiment_by_name(EXPERIMENT) is None:
-        client.create_experiment(EXPERIMENT, artifact_location=artifact_uri)
+    return prepare_experiment(tracking_uri, EXPERIMENT, artifact_uri)
+
+
+def local_job_uid(job: FineTuneJob) -> str:
+    return job.metadata.uid or f"local-{job.metadata.name}-{spec_hash(job)}"
 
 
 def terminated_with_parent() -> None:
@@ -87,7 +94,9 @@ class LocalRuntime:
     model_cache: Path | None = None
     tracking_uri: str | None = None
     on_event: Callable[[EmitEvent], None] = lambda event: None
+    on_note: Callable[[str], None] = lambda line: print(line, flush=True)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    logs: dict[str, WorkloadLog] = field(default_factory=dict)
     registry_retry_seconds: float = 30
 
     def job_dir(self, job: FineTuneJob) -> Path:
@@ -114,6 +123,13 @@ class LocalRuntime:
         temporary = folder / ".status.json.tmp"
         temporary.write_text(status.model_dump_json(by_alias=True, exclude_none=True, indent=2), encoding="utf-8")
         os.replace(temporary, folder / "status.json")
+
+    def save_job(self, job: FineTuneJob) -> None:
+        """The manifest beside its status, for `tuneloop status` to report on the run later."""
+        folder = self.job_dir(job)
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest = {key: value for key, value in job.to_wire().items() if key != "status"}
+        (folder / JOB_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 
     # -- workloads ------------------------------------------------------------------------
 
@@ -148,7 +164,8 @@ class LocalRuntime:
             return WorkloadState("Succeeded" if result.get("succeeded") else "Failed", result=result)
         if process is not None:
             return WorkloadState("Failed", message=f"the workload exited with code {process.returncode} "
-                                                   f"and wrote no result; its log is above")
+                                                   f"and wrote no result; its log is above and in "
+                                                   f"{folder / LOG_FILE}")
         return WorkloadState("Absent")
 
     def launch(self, job: FineTuneJob, action: LaunchWorkload) -> None:
@@ -164,10 +181,13 @@ class LocalRuntime:
                    "--result", str(folder / "result.json")]
         if action.stage == "train":
             command += ["--progress", str(folder / "progress.json")]
-        env = {**os.environ, **OFFLINE_ENV}
+        env = {**os.environ, **OFFLINE_ENV, "PYTHONUNBUFFERED": "1"}
         if action.stage == "train" and sys.platform.startswith("linux") and not os.path.exists("/dev/nvidiactl"):
             env = {**CPU_TRAINER_ENV, **env}
-        self.processes[action.name] = subprocess.Popen(command, env=env, preexec_fn=terminated_with_parent)
+        process = subprocess.Popen(command, env=env, preexec_fn=terminated_with_parent,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.processes[action.name] = process
+        self.logs[action.name] = WorkloadLog(process, folder / LOG_FILE, f"{action.stage} ({action.name})")
 
     def workload(self, job: FineTuneJob, action: LaunchWorkload, folder: Path):
         def resolve(uri: str) -> str:
@@ -189,7 +209,7 @@ class LocalRuntime:
                 raise RuntimeError("registration needs an MLflow tracking URI")
             return stage_workloads.register_workload(
                 job, action.inputs, resolve=resolve, tracking=tracking,
-                job_uid=job.metadata.uid or f"local-{job.metadata.name}-{spec_hash(job)}",
+                job_uid=local_job_uid(job),
                 retry_seconds=self.registry_retry_seconds)
         raise ValueError(f"unknown stage {action.stage!r}")
 
@@ -202,7 +222,8 @@ class LocalRuntime:
     def tracking(self, job: FineTuneJob) -> Tracking | None:
         if not self.tracking_uri:
             return None
-        return Tracking(tracking_uri=self.tracking_uri, experiment=EXPERIMENT, run_name=job.metadata.name)
+        return Tracking(tracking_uri=self.tracking_uri, experiment=EXPERIMENT, run_name=job.metadata.name,
+                        tags=lineage_tags(job, local_job_uid(job)))
 
     def trainer_workload(self, job: FineTuneJob, folder: Path) -> TrainerWorkload:
         output = job.spec.output.uri
@@ -220,15 +241,31 @@ class LocalRuntime:
                     process.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     process.kill()
+        for workload_log in self.logs.values():
+            workload_log.close()
+
+    def note_reused(self, job: FineTuneJob, observed: Observed) -> None:
+        """One line per stage whose finished result an earlier run left and this run takes as it is."""
+        for stage in STAGES:
+            name = workload_name(job.metadata.name, stage.name, job.spec.resources.nodes)
+            state = observed.workloads.get(name)
+            if state is not None and state.phase == "Succeeded" and name not in self.processes:
+                self.on_note(f"{stage.name}: reusing the finished result from {self.workload_dir(job, name)}")
 
     # -- the loop -------------------------------------------------------------------------
 
     def run(self, job: FineTuneJob, poll_seconds: float = 1.0) -> FineTuneJobStatus:
         """Reconcile until the job reaches Succeeded or Failed."""
         status = self.load_status(job)
+        self.save_job(job)
+        self.note_reused(job, self.observe(job))
         try:
             while True:
-                decision = reconcile(resource_of(job, status), self.observe(job), clock.now())
+                observed = self.observe(job)
+                for name, process in self.processes.items():
+                    if process.poll() is not None and name in self.logs:
+                        self.logs[name].close()  # its last lines come out before the events about it
+                decision = reconcile(resource_of(job, status), observed, clock.now())
                 for action in decision.actions:
                     self.launch(job, action)
                 for event in decision.events:

@@ -20,6 +20,7 @@ from tuneloop.api.finetunejob import KIND, FineTuneJob
 from tuneloop.api.workloads import JUDGE_API_KEY_ENV, Tracking, TrainerWorkload
 from tuneloop.config import OperatorConfig
 from tuneloop.offline_env import OFFLINE_ENV
+from tuneloop.registry.lineage import lineage_tags
 from tuneloop.reconcile.finetunejob import LaunchWorkload
 from tuneloop.runtime import stage_workloads
 from tuneloop.storage_uris import NO_CLUSTER_OUTPUT, UnsupportedStorage, cluster_storage_problem, s3_key
@@ -319,7 +320,8 @@ def training_objects(job: FineTuneJob, name: str, config: OperatorConfig) -> lis
 def _tracking(job: FineTuneJob, config: OperatorConfig) -> Tracking | None:
     if not config.mlflow_tracking_uri:
         return None
-    return Tracking(tracking_uri=config.mlflow_tracking_uri, run_name=f"{job.metadata.namespace}/{job.metadata.name}")
+    return Tracking(tracking_uri=config.mlflow_tracking_uri, run_name=f"{job.metadata.namespace}/{job.metadata.name}",
+                    tags=lineage_tags(job, job.metadata.uid or ""))
 
 
 def _judge_key_env(job: FineTuneJob) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """The ModelDeployment runtime on a cluster: observe() what the cluster shows, act() on a pass's decision.
 
-observe(): the followed alias's version (model_aliases), each colour's Deployment (ready pods of
+observe(): the followed alias's version (registry.aliases), each colour's Deployment (ready pods of
 its current revision only), the latest analysis result. act(): Deployments created, replaced or
 scaled; the active and preview Services and the PodDisruptionBudget pointed at a colour;
 analyses started; the promote/abort/retry annotations cleared once acted on. Every action is
@@ -46,7 +46,7 @@ from tuneloop.runtime.analysis import analyse
 from tuneloop.runtime.analysis_runs import AnalysisRuns
 from tuneloop.runtime.kube_client import KubeClient
 from tuneloop.storage_uris import UnsupportedStorage
-from tuneloop.runtime.model_aliases import AliasResolver
+from tuneloop.registry.aliases import AliasResolver
 from tuneloop.outbound import address_problem
 from tuneloop.runtime.secrets import secret_value
 from tuneloop.runtime.serving_manifests import (

@@ -8,9 +8,12 @@ annotations in their manifests, and the operator stays the only writer of the ro
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from tuneloop.api.common import fitted
 from tuneloop.api.modeldeployment import KIND
 from tuneloop.reconcile.modeldeployment import ABORT, PROMOTE, RETRY
 from tuneloop.runtime.kube_client import KubeClient, KubeError
@@ -53,6 +56,49 @@ async def request(verb: str, name: str, namespace: str | None) -> dict[str, Any]
     if found is None:
         raise RolloutControlError(f"ModelDeployment {namespace}/{name} does not exist")
     return found
+
+
+@dataclass
+class RolloutView:
+    """One look at a ModelDeployment and what it runs: for `tuneloop rollout status --watch`."""
+
+    md: dict[str, Any]
+    deployments: list[dict[str, Any]] = field(default_factory=list)
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    services: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # "active"/"preview" -> Service
+
+
+async def look(client: KubeClient, namespace: str, name: str) -> RolloutView:
+    md = await client.get(*API, namespace, name)
+    if md is None:
+        raise RolloutControlError(f"ModelDeployment {namespace}/{name} does not exist")
+    selector = f"tuneloop.dev/modeldeployment={fitted(name)}"
+    strategy = ((md.get("spec") or {}).get("strategy") or {}).get("blueGreen") or {}
+    service_names = {"active": strategy.get("activeService") or name,
+                     "preview": strategy.get("previewService") or f"{name}-preview"}
+    return RolloutView(
+        md=md,
+        deployments=await client.list("apps/v1", "Deployment", namespace, selector),
+        pods=await client.list("v1", "Pod", namespace, selector),
+        services={role: await client.get("v1", "Service", namespace, service)
+                  for role, service in service_names.items()})
+
+
+async def watch(name: str, namespace: str | None, show: Callable[[RolloutView], bool], interval: float) -> None:
+    """Look every `interval` seconds and hand each view to `show` until it answers False."""
+    client, default_namespace = connect()
+    namespace = namespace or default_namespace
+    try:
+        while True:
+            try:
+                view = await look(client, namespace, name)
+            except KubeError as error:
+                raise RolloutControlError(f"ModelDeployment {namespace}/{name}: {error}") from None
+            if not show(view):
+                return
+            await asyncio.sleep(interval)
+    finally:
+        await client.close()
 
 
 def describe(md: dict[str, Any]) -> str:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from tuneloop.api.finetunejob import FineTuneJob
+from tuneloop.api.finetunejob import FineTuneJob, FineTuneJobStatus
 from tuneloop.api.workloads import DataCheckWorkload, EvaluatorWorkload, RegisterWorkload, Tracking, TrainerWorkload
+from tuneloop.registry.lineage import lineage_tags
 
 Resolve = Callable[[str], str]
 InputFile = Callable[[str, str], str]  # (storage URI, input name: dataset or replay) -> the file's path
@@ -71,9 +72,9 @@ def evaluator_workload(job: FineTuneJob, inputs: dict[str, Any], *, model_path: 
 
 def register_workload(job: FineTuneJob, inputs: dict[str, Any], *, resolve: Resolve, tracking: Tracking,
                       job_uid: str, retry_seconds: float) -> RegisterWorkload:
-    tags = {**inputs.get("tags", {}), "tuneloop.dev/namespace": job.metadata.namespace,
-            "tuneloop.dev/finetunejob": job.metadata.name, "tuneloop.dev/job-uid": job_uid}
+    tags = {**inputs.get("tags", {}), **lineage_tags(job, job_uid)}
     records = inputs.get("records_uri")
+    job_status = inputs.get("job_status")
     return RegisterWorkload(
         job=f"{job.metadata.namespace}/{job.metadata.name}",
         job_uid=job_uid,
@@ -84,6 +85,7 @@ def register_workload(job: FineTuneJob, inputs: dict[str, Any], *, resolve: Reso
         records_path=resolve(records) if records else None,
         tags=tags,
         metrics={key: value for key, value in inputs.get("metrics", {}).items() if value is not None},
+        job_status=FineTuneJobStatus.model_validate(job_status) if job_status else None,
         set_challenger=bool(inputs.get("set_challenger")),
         set_champion=bool(inputs.get("set_champion")),
         expected_champion=inputs.get("expected_champion"),

@@ -6,10 +6,13 @@
 --    applied, by design, and condition SpecChangeIgnored says so; so it is not a health signal here)
 --   Pending, Validating, Training,
 --   Evaluating, Registering              -> Progressing  work under way (status.message)
---   Succeeded                            -> Healthy      the run finished; a failed evaluation gate
---                                                        is still Healthy (the job did its work: the
---                                                        adapter is registered, just not promoted),
---                                                        and the message says so with the gate's reason
+--   Succeeded, gate passed or no gate    -> Healthy      the run finished and its adapter may be promoted
+--   Succeeded, gate failed               -> Degraded     the job did its work (phase Succeeded: failing
+--                                                        the gate is a result, not an error) but the
+--                                                        adapter was rejected: nothing was promoted, and
+--                                                        an app that shows Healthy would hide that; the
+--                                                        message is the gate's (condition Ready is False
+--                                                        with reason GateFailed, Stalled True, for kstatus)
 --   Failed                               -> Degraded     status.message says why
 --   any other phase                      -> Unknown      (a phase this script does not know yet)
 local hs = {}
@@ -66,9 +69,15 @@ if phase == "Succeeded" then
   if passed == true then
     hs.message = "succeeded; gate passed"
   elseif passed == false then
-    hs.message = "succeeded; gate failed"
+    hs.status = "Degraded"
+    hs.message = "succeeded, not promoted; gate failed"
   else
     hs.message = "succeeded; not evaluated"
+  end
+  -- The operator's gate messages start with "gate passed: " or "gate failed: ": not said twice.
+  local verdict = string.match(gateMessage, "^gate %a+: (.*)$")
+  if verdict ~= nil then
+    gateMessage = verdict
   end
   if gateMessage ~= "" then
     hs.message = hs.message .. ": " .. gateMessage

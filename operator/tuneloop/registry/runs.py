@@ -1,25 +1,52 @@
-"""MLflow run metrics and parameters, logged off the training thread in batches."""
+"""The training run: created with its lineage, its parameters and its dataset as an input; metrics
+logged off the training thread in batches."""
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from tuneloop.api.workloads import Tracking
+from tuneloop.registry.connection import client
+from tuneloop.registry.experiments import ensure_experiment
 
-log = logging.getLogger("tuneloop_trainer")
+log = logging.getLogger("tuneloop.registry")
+MAX_PARAM_VALUE = 6000
+MAX_DIGEST = 36  # MLflow's dataset digest column
+
+
+@dataclass
+class DatasetInput:
+    """The training data as MLflow shows it under the run's inputs."""
+
+    name: str
+    source: str  # the URI the spec gave
+    sha256: str
+    profile: dict[str, Any]
+
+    def entity(self) -> Any:
+        from mlflow.entities import Dataset, DatasetInput as MlflowDatasetInput, InputTag
+
+        source_type = self.source.split("://", 1)[0] if "://" in self.source else "local"
+        dataset = Dataset(name=self.name, digest=self.sha256[:MAX_DIGEST], source_type=source_type,
+                          source=json.dumps({"uri": self.source}),
+                          profile=json.dumps({**self.profile, "sha256": self.sha256}))
+        return MlflowDatasetInput(dataset=dataset, tags=[InputTag("mlflow.data.context", "training")])
 
 
 class MetricsLogger:
-    """`log(at_step, **metrics)` only queues; a thread sends batches every `flush_seconds`.
+    """`log(at_step, metrics)` only queues; a thread sends batches every `flush_seconds`.
 
     An MLflow that cannot be reached costs a warning, never the training run.
     """
 
-    def __init__(self, tracking: Tracking | None, params: dict[str, Any], flush_seconds: float = 5.0):
+    def __init__(self, tracking: Tracking | None, params: dict[str, Any], flush_seconds: float = 5.0,
+                 tags: dict[str, str] | None = None, dataset: DatasetInput | None = None):
         self.run_id: str | None = None
         self._queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
@@ -28,17 +55,17 @@ class MetricsLogger:
         if tracking is None:
             return
         try:
-            import mlflow
-            from mlflow.tracking import MlflowClient
+            from mlflow.entities import Param
 
-            self._client = MlflowClient(tracking_uri=tracking.tracking_uri)
-            experiment = self._client.get_experiment_by_name(tracking.experiment)
-            experiment_id = (experiment.experiment_id if experiment
-                             else self._client.create_experiment(tracking.experiment))
-            run = self._client.create_run(experiment_id, run_name=tracking.run_name)
+            self._client = client(tracking.tracking_uri)
+            experiment_id = ensure_experiment(self._client, tracking.experiment)
+            run = self._client.create_run(experiment_id, run_name=tracking.run_name,
+                                          tags={**tracking.tags, **(tags or {})})
             self.run_id = run.info.run_id
             self._client.log_batch(self.run_id, params=[
-                mlflow.entities.Param(key, str(value)[:6000]) for key, value in params.items()])
+                Param(key, str(value)[:MAX_PARAM_VALUE]) for key, value in params.items()])
+            if dataset is not None:
+                self._client.log_inputs(self.run_id, datasets=[dataset.entity()])
         except Exception as error:  # unreachable server, bad URI, missing package
             log.warning("MLflow at %s is not usable, training goes on without tracking: %s",
                         tracking.tracking_uri, error)
@@ -48,7 +75,7 @@ class MetricsLogger:
         self._thread = threading.Thread(target=self._run, name="mlflow-logger", daemon=True)
         self._thread.start()
 
-    def log(self, at_step: int, /, **metrics: float | None) -> None:
+    def log(self, at_step: int, metrics: dict[str, float | None]) -> None:
         if self._client is not None:
             timestamp = int(time.time() * 1000)
             for key, value in metrics.items():

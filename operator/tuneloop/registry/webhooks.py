@@ -27,7 +27,7 @@ import time
 
 from aiohttp import web
 
-from tuneloop.runtime.model_aliases import AliasResolver
+from tuneloop.registry.aliases import AliasResolver
 from tuneloop.secret_settings import setting_from_environment
 
 log = logging.getLogger("tuneloop.webhooks")

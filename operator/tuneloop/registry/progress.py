@@ -10,14 +10,12 @@ Other tracking URIs (a SQLite file in tests and local runs) go through MlflowCli
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import os
 import time
 from typing import Any
 
-import httpx
-
+from tuneloop.registry.connection import client, is_server, mlflow_http
+from tuneloop.registry.metric_names import EPOCH, TOKENS_PER_SECOND, TRAIN_LOSS
 from tuneloop.retry import MLFLOW_REST, RetryPolicy, async_retrying, no_answer
 
 log = logging.getLogger("tuneloop.progress")
@@ -27,39 +25,25 @@ class MlflowUnavailable(RuntimeError):
     """The tracking server could not be asked; the caller may stop asking for a while."""
 
 
-def progress_from_run(metrics: dict[str, float], params: dict[str, str], start_time_ms: int) -> dict[str, Any]:
-    """TrainerProgress-shaped dict from the trainer's run (it logs its step as a metric: no history to fetch)."""
-    step = int(metrics.get("step", 0))
+def progress_from_run(metrics: dict[str, float], params: dict[str, str], start_time_ms: int,
+                      step: int) -> dict[str, Any]:
+    """TrainerProgress-shaped dict from the trainer's run: its latest metrics, and the step of its
+    latest training loss."""
     total = int(params.get("total_steps", 0))
     elapsed = time.time() - start_time_ms / 1000
     return {
         "stage": "training" if step else "preparing-data",
         "step": step,
         "totalSteps": total,
-        "epoch": metrics.get("epoch", 0.0),
-        "loss": metrics.get("loss"),
-        "tokensPerSecond": metrics.get("tokens_per_second"),
+        "epoch": metrics.get(EPOCH, 0.0),
+        "loss": metrics.get(TRAIN_LOSS),
+        "tokensPerSecond": metrics.get(TOKENS_PER_SECOND),
         "etaSeconds": elapsed / step * (total - step) if step and total else None,
     }
 
 
 def _run_filter(run_name: str) -> str:
     return f"tags.mlflow.runName = '{run_name}'"
-
-
-def auth_headers() -> dict[str, str]:
-    """MLflow's own client variables: a bearer token, or basic auth."""
-    if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
-        return {"Authorization": f"Bearer {token}"}
-    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    if user and password:
-        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode("latin-1")).decode()}
-    return {}
-
-
-def mlflow_http(retry: RetryPolicy) -> httpx.AsyncClient:
-    """A client for MLflow's REST API, with MLflow's own credential variables."""
-    return httpx.AsyncClient(headers=auth_headers(), timeout=retry.timeout_seconds)
 
 
 async def _rest_progress(tracking_uri: str, experiment: str, run_name: str,
@@ -77,24 +61,26 @@ async def _rest_progress(tracking_uri: str, experiment: str, run_name: str,
     if not runs:
         return None
     data, info = runs[0].get("data") or {}, runs[0]["info"]
-    metrics = {metric["key"]: float(metric["value"]) for metric in data.get("metrics") or []}
+    logged = data.get("metrics") or []
+    metrics = {metric["key"]: float(metric["value"]) for metric in logged}
+    step = next((int(metric.get("step", 0)) for metric in logged if metric["key"] == TRAIN_LOSS), 0)
     params = {param["key"]: param["value"] for param in data.get("params") or []}
-    return progress_from_run(metrics, params, int(info["start_time"]))
+    return progress_from_run(metrics, params, int(info["start_time"]), step)
 
 
 def _client_progress(tracking_uri: str, experiment: str, run_name: str) -> dict[str, Any] | None:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
+    mlflow = client(tracking_uri)
+    found = mlflow.get_experiment_by_name(experiment)
     if found is None:
         return None
-    runs = client.search_runs([found.experiment_id], filter_string=_run_filter(run_name),
+    runs = mlflow.search_runs([found.experiment_id], filter_string=_run_filter(run_name),
                               order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
         return None
     run = runs[0]
-    return progress_from_run(run.data.metrics, run.data.params, run.info.start_time)
+    history = mlflow.get_metric_history(run.info.run_id, TRAIN_LOSS) if TRAIN_LOSS in run.data.metrics else []
+    step = max((metric.step for metric in history), default=0)
+    return progress_from_run(run.data.metrics, run.data.params, run.info.start_time, step)
 
 
 async def mlflow_progress(tracking_uri: str, experiment: str, run_name: str,
@@ -102,7 +88,7 @@ async def mlflow_progress(tracking_uri: str, experiment: str, run_name: str,
     """Progress of the newest run with this name, or None (no run yet).
     MlflowUnavailable when the server cannot be asked."""
     try:
-        if tracking_uri.startswith(("http://", "https://")):
+        if is_server(tracking_uri):
             return await async_retrying(retry, no_answer)(_rest_progress, tracking_uri, experiment, run_name, retry)
         return await asyncio.to_thread(_client_progress, tracking_uri, experiment, run_name)
     except Exception as error:  # an unreachable MLflow costs the progress column, nothing else

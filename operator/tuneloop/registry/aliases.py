@@ -3,7 +3,7 @@ and the LoRA options a version was trained with (so a server that cannot load it
 
 Aliases are polled: every lookup older than `poll_seconds` asks MLflow again (REST for a tracking
 server, MlflowClient for a SQLite file, as in progress.py). MLflow's registry webhooks
-(model_version_alias.created/deleted, see mlflow_webhooks.py) mark a cached alias stale at once,
+(model_version_alias.created/deleted, see webhooks.py) mark a cached alias stale at once,
 so a moved alias does not wait for the poll period. While MLflow cannot be asked, the last known version is
 kept: a registry outage must not stop or change what serves.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 from tuneloop.api.modeldeployment import LORA_TAG
 from tuneloop.retry import MLFLOW_REST, RetryPolicy, async_retrying, no_answer
-from tuneloop.runtime.progress import mlflow_http
+from tuneloop.registry.connection import client, does_not_exist, is_server, mlflow_http
 
 log = logging.getLogger("tuneloop.aliases")
 
@@ -42,13 +42,10 @@ async def _rest_model_version(tracking_uri: str, retry: RetryPolicy, path: str, 
 
 def _client_model_version(tracking_uri: str, lookup: str, *args: str) -> Any:
     """A model version from MlflowClient (`lookup`: its method's name); None when there is none."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     try:
-        return getattr(MlflowClient(tracking_uri=tracking_uri), lookup)(*args)
-    except MlflowException as error:
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+        return getattr(client(tracking_uri), lookup)(*args)
+    except Exception as error:
+        if does_not_exist(error):
             return None
         raise
 
@@ -116,7 +113,7 @@ class AliasResolver:
 
     async def _ask(self, rest: Callable, client: Callable, *args: str) -> Any:
         """REST for a tracking server; MlflowClient (in a thread) for a SQLite file."""
-        if self.tracking_uri.startswith(("http://", "https://")):
+        if is_server(self.tracking_uri):
             return await async_retrying(self.retry, no_answer)(rest, self.tracking_uri, self.retry, *args)
         return await asyncio.to_thread(client, self.tracking_uri, *args)
 
@@ -151,3 +148,18 @@ class AliasResolver:
 
     def problem(self, model: str, alias: str) -> str | None:
         return self.problems.get((model, alias))
+
+
+class AliasNotFound(LookupError):
+    """The registered model or its alias does not exist, or MLflow could not be asked; the message says which."""
+
+
+def version_of_alias(tracking_uri: str | None, model: str, alias: str) -> str:
+    """The version (as a string, e.g. '7') that alias of the registered model points at now (blocking)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client(tracking_uri).get_model_version_by_alias(model, alias).version)
+    except MlflowException as error:
+        raise AliasNotFound(f"MLflow {tracking_uri or '(default tracking URI)'}: cannot resolve "
+                            f"{model}@{alias}: {error.message}") from None

@@ -1,0 +1,3 @@
+"""Every conversation with MLflow: runs and their story, registration, aliases, progress, champion,
+webhooks, artifacts. No other module imports mlflow; the operator-facing modules (progress, aliases,
+webhooks) import it lazily, so the operator starts without it."""

@@ -1,0 +1,194 @@
+"""One self-contained HTML page per run: inline CSS, the chart as inline SVG, no script, no URL to fetch.
+
+Every piece of text that comes from the run (prompts, answers, messages, names) goes through
+`escape`: a prompt holding `<script>` is shown as text.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from tuneloop.api.evaluation import Comparison, Score
+from tuneloop.report.loss_chart import loss_chart_svg
+from tuneloop.report.model import ExampleRow, RunReport
+
+STYLE = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1f2937; margin: 2rem auto;
+       max-width: 1100px; padding: 0 1rem; }
+h1 { font-size: 1.5rem; margin-bottom: .2rem; } h2 { font-size: 1.15rem; margin-top: 2rem;
+       border-bottom: 1px solid #e5e7eb; padding-bottom: .2rem; }
+.verdict { display: inline-block; padding: .15rem .6rem; border-radius: .3rem; color: #fff; font-weight: 700; }
+.passed { background: #15803d; } .failed { background: #b91c1c; } .neutral { background: #6b7280; }
+.message { color: #4b5563; margin-top: .4rem; }
+table { border-collapse: collapse; margin: .5rem 0; }
+th, td { text-align: left; padding: .3rem .7rem; border-bottom: 1px solid #e5e7eb; vertical-align: top; }
+th { background: #f9fafb; font-weight: 600; }
+td.num { font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.primary td { font-weight: 600; }
+.up { color: #15803d; } .down { color: #b91c1c; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: .2rem 1rem; }
+dt { color: #6b7280; } dd { margin: 0; overflow-wrap: anywhere; }
+.example { border: 1px solid #e5e7eb; border-radius: .4rem; margin: 1rem 0; padding: .6rem .8rem; }
+.example pre { white-space: pre-wrap; overflow-wrap: anywhere; margin: .2rem 0; font-size: 12.5px;
+               background: #f9fafb; padding: .4rem; border-radius: .3rem; max-height: 18em; overflow: auto; }
+.answers { display: grid; grid-template-columns: 1fr 1fr 1fr; gap: .6rem; }
+.exact { color: #15803d; font-weight: 700; }
+.scores { color: #6b7280; font-size: 12px; }
+.note { color: #6b7280; font-size: 12.5px; }
+svg { max-width: 100%; height: auto; }
+"""
+
+
+def render_html(report: RunReport) -> str:
+    title = f"FineTuneJob {report.namespace}/{report.job_name}"
+    sections = [_headline(report), _facts(report), _loss(report), _evaluation(report), _gate(report),
+                _examples(report)]
+    body = "\n".join(section for section in sections if section)
+    return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>{escape(title)}: {escape(_verdict(report)[0])}</title>\n<style>{STYLE}</style>\n</head>\n"
+            f"<body>\n{body}\n</body>\n</html>\n")
+
+
+def _verdict(report: RunReport) -> tuple[str, str]:
+    """(text, css class) of the headline badge: the gate's decision, or why there is none."""
+    if report.gate is not None:
+        return ("PASSED", "passed") if report.gate.passed else ("FAILED", "failed")
+    if report.phase == "Failed":
+        return "JOB FAILED", "failed"
+    return f"NOT GATED ({report.phase})", "neutral"
+
+
+def _headline(report: RunReport) -> str:
+    text, css = _verdict(report)
+    subject = "Gate" if report.gate is not None else "Result"
+    when = f" &middot; completed {escape(report.completed)}" if report.completed else ""
+    return (f"<h1>FineTuneJob {escape(report.namespace)}/{escape(report.job_name)}</h1>\n"
+            f"<div>{subject}: <span class=\"verdict {css}\" id=\"verdict\">{escape(text)}</span> "
+            f"&middot; phase {escape(report.phase)}{when}</div>\n"
+            + (f"<p class=\"message\">{escape(report.message)}</p>" if report.message else ""))
+
+
+def _facts(report: RunReport) -> str:
+    rows: list[tuple[str, str]] = [("base model", report.base_model or "unknown")]
+    if report.dataset:
+        data = report.dataset
+        rows.append(("dataset", f"{data.rows} rows ({data.format}): {data.train_rows} train, "
+                                f"{data.hold_out_rows} hold-out; {data.train_tokens:,} training tokens"))
+    if report.cleaning:
+        clean = report.cleaning
+        redacted = ", ".join(f"{count} {kind}" for kind, count in clean.pii_redacted.items()) or "none"
+        rows.append(("cleaning", f"{clean.rows_in} -> {clean.rows_out} rows; normalised {clean.normalized}; "
+                                 f"exact duplicates {clean.exact_duplicates}, near duplicates {clean.near_duplicates}, "
+                                 f"too short {clean.too_short}, too long {clean.too_long}; PII redacted: {redacted}"))
+    if report.training:
+        training = report.training
+        line = (f"{training.steps} steps, final train loss {training.train_loss:.4f}, "
+                f"{training.tokens_per_second:.0f} tokens/s, {training.seconds:.0f} s")
+        if training.hold_out_loss_before is not None and training.hold_out_loss_after is not None:
+            line += f"; hold-out loss {training.hold_out_loss_before:.4f} -> {training.hold_out_loss_after:.4f}"
+        if training.resumed_from_step:
+            line += f"; resumed from the checkpoint at step {training.resumed_from_step}"
+        if training.stopped_early:
+            line += f"; stopped early, output is the best checkpoint (step {training.best_step})"
+        rows.append(("training", line))
+    if report.registry:
+        registry = report.registry
+        aliases = ", ".join(registry.aliases) or "none (nothing promoted)"
+        rows.append(("registered", f"{registry.uri}: model {registry.model_name}, version {registry.version}; "
+                                   f"aliases: {aliases}"))
+    lineage = report.lineage
+    for label, value in (("job uid", lineage.job_uid), ("dataset sha256", lineage.dataset_sha256),
+                         ("adapter", lineage.adapter_uri), ("MLflow run", lineage.mlflow_run_id),
+                         ("records", lineage.records_uri)):
+        if value:
+            rows.append((label, value))
+    items = "\n".join(f"<dt>{escape(label)}</dt><dd>{escape(value)}</dd>" for label, value in rows)
+    return f"<h2>Run</h2>\n<dl>\n{items}\n</dl>"
+
+
+def _loss(report: RunReport) -> str:
+    svg = loss_chart_svg(report.loss)
+    if svg is None:
+        return "<h2>Loss</h2>\n<p class=\"note\">No loss was recorded for this run.</p>"
+    counts = f"{len(report.loss.train)} train points, {len(report.loss.validation)} validation points"
+    source = f"; {escape(report.loss.source)}" if report.loss.source else ""
+    return (f"<h2>Loss</h2>\n<figure id=\"loss-chart\">{svg}\n"
+            f"<figcaption class=\"note\">{counts}{source}</figcaption></figure>")
+
+
+def _interval(score: Score | None, signed: bool = False) -> str:
+    if score is None:
+        return "&ndash;"
+    form = "+.3f" if signed else ".3f"
+    return f"{score.value:{form}} [{score.low:{form}}, {score.high:{form}}]"
+
+
+def _comparison_table(comparison: Comparison, primary: str | None) -> str:
+    rows = []
+    for metric, candidate in comparison.candidate.items():
+        difference = comparison.difference.get(metric)
+        trend = "" if difference is None else " class=\"up\"" if difference.low > 0 else (
+            " class=\"down\"" if difference.high < 0 else "")
+        css = " class=\"primary\"" if metric == primary else ""
+        rows.append(f"<tr{css} data-metric=\"{escape(metric)}\"><td>{escape(metric)}</td>"
+                    f"<td class=\"num\">{_interval(comparison.baseline.get(metric))}</td>"
+                    f"<td class=\"num\">{_interval(candidate)}</td>"
+                    f"<td class=\"num\"><span{trend}>{_interval(difference, signed=True)}</span></td></tr>")
+    return ("<table class=\"metrics\">\n<tr><th>metric</th><th>baseline</th><th>candidate</th>"
+            "<th>candidate &minus; baseline</th></tr>\n" + "\n".join(rows) + "\n</table>")
+
+
+def _evaluation(report: RunReport) -> str:
+    evaluation = report.evaluation
+    if evaluation is None:
+        return "<h2>Evaluation</h2>\n<p class=\"note\">The run has no evaluation.</p>"
+    confidence = f"{evaluation.confidence:.0%} bootstrap intervals" if evaluation.confidence else "bootstrap intervals"
+    parts = [f"<h2>Evaluation</h2>\n<p>{evaluation.hold_out.examples} hold-out examples, {confidence}; "
+             f"baseline: {escape(evaluation.baseline)}; primary metric: {escape(evaluation.primary_metric)}. "
+             f"Each cell: mean [low, high].</p>",
+             _comparison_table(evaluation.hold_out, evaluation.primary_metric)]
+    judge = evaluation.judge
+    if judge.configured:
+        parts.append(f"<p>Judge {escape(judge.model or '')}: {judge.judged} judged, {judge.unparseable} "
+                     f"unparseable; pairwise {judge.wins} wins, {judge.ties} ties, {judge.losses} losses "
+                     f"({judge.inconsistent} inconsistent).</p>")
+    else:
+        parts.append("<p class=\"note\">Judge: not configured (spec.evaluation.judge); gated on the other "
+                     "metrics.</p>")
+    if evaluation.general is not None:
+        parts.append(f"<h3>General set ({evaluation.general.examples} examples)</h3>")
+        parts.append(_comparison_table(evaluation.general, None))
+    return "\n".join(parts)
+
+
+def _gate(report: RunReport) -> str:
+    if report.gate is None:
+        return ""
+    checks = "\n".join(f"<li>{escape(check)}</li>" for check in report.gate.checks)
+    return (f"<h2>Gate</h2>\n<p>{escape(report.gate.message)}</p>\n<ul class=\"checks\">\n{checks}\n</ul>")
+
+
+def _answer(label: str, text: str, scores: dict[str, float], exact: bool | None) -> str:
+    mark = " <span class=\"exact\">&#10003; exact match</span>" if exact else ""
+    score_line = ", ".join(f"{escape(metric)} {value:.2f}" for metric, value in scores.items())
+    return (f"<div><strong>{label}</strong>{mark}<pre>{escape(text) or '(empty)'}</pre>"
+            + (f"<div class=\"scores\">{score_line}</div>" if score_line else "") + "</div>")
+
+
+def _example(number: int, row: ExampleRow) -> str:
+    return (f"<div class=\"example\"><div><strong>Example {number}</strong></div>"
+            f"<pre>{escape(row.prompt)}</pre>\n<div class=\"answers\">"
+            + _answer("expected", row.reference, {}, None)
+            + _answer("base", row.base, row.base_scores, row.exact("base"))
+            + _answer("tuned", row.tuned, row.tuned_scores, row.exact("tuned"))
+            + "</div></div>")
+
+
+def _examples(report: RunReport) -> str:
+    if not report.examples:
+        return ""
+    total = max(report.examples_total, len(report.examples))
+    shown = f"the first {len(report.examples)} of {total}" if total > len(report.examples) else f"all {total}"
+    rows = "\n".join(_example(number, row) for number, row in enumerate(report.examples, start=1))
+    return f"<h2>Base vs tuned</h2>\n<p class=\"note\">Hold-out examples, {shown}.</p>\n{rows}"

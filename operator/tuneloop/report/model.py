@@ -1,0 +1,87 @@
+"""What a run report shows, gathered before rendering: the renderer reads only this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tuneloop.api.evaluation import Comparison, GateResult, JudgeStats, RegistryResults
+from tuneloop.api.finetunejob import CleaningStats, DatasetStats
+
+Point = tuple[int, float]  # (optimizer step, loss)
+
+
+@dataclass
+class TrainingSummary:
+    steps: int
+    train_loss: float
+    tokens_per_second: float
+    seconds: float
+    hold_out_loss_before: float | None = None
+    hold_out_loss_after: float | None = None
+    resumed_from_step: int | None = None
+    stopped_early: bool = False
+    best_step: int | None = None
+
+
+@dataclass
+class LossSeries:
+    train: list[Point] = field(default_factory=list)
+    validation: list[Point] = field(default_factory=list)
+    source: str = ""  # where the points came from, shown under the chart
+
+
+@dataclass
+class EvaluationSummary:
+    baseline: str  # "base", or "champion version 3"
+    primary_metric: str
+    confidence: float | None  # of every interval; None when the spec that set it is unknown
+    hold_out: Comparison
+    judge: JudgeStats
+    general: Comparison | None = None
+
+
+@dataclass
+class Lineage:
+    job_uid: str | None = None
+    dataset_sha256: str | None = None
+    adapter_uri: str | None = None
+    mlflow_run_id: str | None = None
+    records_uri: str | None = None
+
+
+@dataclass
+class ExampleRow:
+    """One hold-out example answered by the base (or champion) model and by the tuned one."""
+
+    prompt: str
+    reference: str
+    base: str
+    tuned: str
+    base_scores: dict[str, float] = field(default_factory=dict)
+    tuned_scores: dict[str, float] = field(default_factory=dict)
+
+    def exact(self, side: str) -> bool:
+        scores, answer = (self.base_scores, self.base) if side == "base" else (self.tuned_scores, self.tuned)
+        if "exactMatch" in scores:
+            return scores["exactMatch"] >= 1.0
+        return answer.strip() == self.reference.strip()
+
+
+@dataclass
+class RunReport:
+    job_name: str
+    namespace: str
+    phase: str
+    message: str = ""
+    base_model: str = ""
+    dataset: DatasetStats | None = None
+    cleaning: CleaningStats | None = None
+    training: TrainingSummary | None = None
+    loss: LossSeries = field(default_factory=LossSeries)
+    evaluation: EvaluationSummary | None = None
+    gate: GateResult | None = None
+    registry: RegistryResults | None = None
+    lineage: Lineage = field(default_factory=Lineage)
+    examples: list[ExampleRow] = field(default_factory=list)
+    examples_total: int = 0  # examples evaluated; `examples` holds the first few
+    completed: str | None = None  # completion time, as the status gives it
