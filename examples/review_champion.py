@@ -36,10 +36,10 @@ class ModelUnavailable(Exception):
 
 
 def champion_version(workdir: Path) -> str:
-    from mlflow.tracking import MlflowClient
+    from tuneloop.registry.aliases import version_of_alias
+    from tuneloop.runtime.local import local_mlflow
 
-    tracking_uri = f"sqlite:///{workdir / 'mlflow' / 'mlflow.db'}"
-    return str(MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(MODEL, "champion").version)
+    return version_of_alias(local_mlflow(workdir)[0], MODEL, "champion")
 
 
 def served_answers(model_url: str, champion: str, messages: list[list[dict[str, str]]]) -> list[str]:
@@ -100,10 +100,12 @@ def main() -> int:
     rows = generate(args.messages, args.seed)
     messages = [[{"role": "system", "content": SYSTEM_PROMPT},
                  {"role": "user", "content": f"{row['instruction']}\n\n{row['input']}"}] for row in rows]
-    version = champion_version(args.workdir.resolve())
+    from tuneloop.registry.aliases import AliasNotFound
+
     try:
+        version = champion_version(args.workdir.resolve())
         answers = served_answers(args.model_url, version, messages)
-    except ModelUnavailable as error:
+    except (AliasNotFound, ModelUnavailable) as error:
         print(error, file=sys.stderr)
         return 1
     fields: Counter[str] = Counter()

@@ -569,7 +569,7 @@ def test_a_database_the_service_cannot_use_is_one_line_at_start_up_not_a_traceba
                              env=environment, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2
     assert "Traceback" not in refused.stderr
-    assert refused.stderr.splitlines()[-1].startswith(f"python -m tuneloop.feedback: error: {said}"), refused.stderr
+    assert refused.stderr.splitlines()[-1].startswith(f"tuneloop feedback serve: error: {said}"), refused.stderr
 
 
 @pytest.mark.parametrize("params, field", [

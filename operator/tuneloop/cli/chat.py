@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -83,6 +84,7 @@ def command_chat(args: argparse.Namespace) -> int:
     if args.prompt is not None and not args.prompt.strip():
         print("--prompt is empty: give the message to answer", file=sys.stderr)
         return 2
+    logging.getLogger("tuneloop.local_serving").setLevel(logging.WARNING)  # timings are for the server's log
     loaded = load_run(args)
     if loaded is None:
         return 1

@@ -87,7 +87,7 @@ def step_of(status: FineTuneJobStatus) -> str:
     if status.progress and status.progress.total_steps:
         return f"{status.progress.step}/{status.progress.total_steps}"
     if status.training:
-        return str(status.training.steps)
+        return f"{status.training.steps}/{status.training.steps}"  # finished before any progress was read
     return "-"
 
 

@@ -126,6 +126,8 @@ def run_schedule_once(args: argparse.Namespace) -> int:
         result = runtime.read_result(outcome.job, "train") or {}
         print_report(outcome.job, outcome.job_status, result.get("previews", []))
         print_evaluation(outcome.job, outcome.job_status)
+        if outcome.job_status.training is not None:
+            write_run_report(outcome.job, runtime.job_dir(outcome.job), tracking_uri)
     run = outcome.run
     print(f"\nFineTuneSchedule {schedule.metadata.name}: {run.outcome}: {run.message}")
     if run.snapshot and run.snapshot.sha256:
@@ -136,8 +138,6 @@ def run_schedule_once(args: argparse.Namespace) -> int:
               if run.baseline_score is not None else f"  on the corrected cases: new version {run.score:.3f}")
     print(f"  schedule status {cycle.status_path}")
     return 1 if run.outcome == "Failed" else 0
-
-
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

@@ -488,7 +488,8 @@ def _record_result(status: FineTuneJobStatus, result: TrainerResult) -> None:
         best_step=result.best_step,
         mlflow_run_id=result.mlflow_run_id,
     )
-    if status.progress:
-        status.progress.step = status.progress.total_steps = result.steps
-        status.progress.steps = f"{result.steps}/{result.steps}"
-        status.progress.eta_seconds = 0
+    if status.progress is None:  # it finished before any progress was read: the columns still show its end
+        status.progress = Progress(loss=float(f"{result.train_loss:.4g}"))
+    status.progress.step = status.progress.total_steps = result.steps
+    status.progress.steps = f"{result.steps}/{result.steps}"
+    status.progress.eta_seconds = 0
