@@ -126,25 +126,11 @@ def rich_tree(lines: list[Line]) -> Any:
 
 
 def watch(name: str, namespace: str | None, interval: float = 2.0) -> int:
-    """Show the rollout until it settles or Ctrl-C."""
+    """Show the rollout until it settles or Ctrl-C: a live tree on a terminal, else a block per change."""
     import asyncio
+    from contextlib import ExitStack
 
     from tuneloop.runtime.rollout_control import watch as watch_views
-
-    if sys.stdout.isatty():
-        from rich.console import Console
-        from rich.live import Live
-
-        with Live(console=Console(), auto_refresh=False) as live:
-            def show(view: RolloutView) -> bool:
-                live.update(rich_tree(tree(view)), refresh=True)
-                return not settled(view)
-
-            try:
-                asyncio.run(watch_views(name, namespace, show, interval))
-            except KeyboardInterrupt:
-                return 130
-        return 0
 
     shown: list[str] = []
 
@@ -155,8 +141,20 @@ def watch(name: str, namespace: str | None, interval: float = 2.0) -> int:
             shown[:] = [text]
         return not settled(view)
 
-    try:
-        asyncio.run(watch_views(name, namespace, show_plain, interval))
-    except KeyboardInterrupt:
-        return 130
+    def show_live(view: RolloutView) -> bool:
+        live.update(rich_tree(tree(view)), refresh=True)
+        return not settled(view)
+
+    with ExitStack() as stack:
+        show = show_plain
+        if sys.stdout.isatty():
+            from rich.console import Console
+            from rich.live import Live
+
+            live = stack.enter_context(Live(console=Console(), auto_refresh=False))
+            show = show_live
+        try:
+            asyncio.run(watch_views(name, namespace, show, interval))
+        except KeyboardInterrupt:
+            return 130
     return 0
