@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from tuneloop.api.workloads import RegisterWorkload, write_result
 from tuneloop.registry.lineage import JOB_UID_TAG
 from tuneloop.registry.registration import MLFLOW_HTTP_SETTINGS, failure, register
+from tuneloop.workload_output import quiet_libraries
 
 log = logging.getLogger("tuneloop_evaluator.register")
 __all__ = ["JOB_UID_TAG", "main", "register"]
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write the result, compacted to 4 KiB, here (a pod's /dev/termination-log)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
     limit_mlflow_http_retries()
 
     try:

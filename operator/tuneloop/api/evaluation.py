@@ -133,6 +133,11 @@ class Score(WireModel):
     low: float = Field(description="Lower bound of the confidence interval (what the gate decides on).")
     high: float = Field(description="Upper bound of the confidence interval.")
 
+    def interval(self, signed: bool = False) -> str:
+        """`0.300 [0.167, 0.467]`, or with signs for a difference: `+0.300 [+0.167, +0.467]`."""
+        form = "+.3f" if signed else ".3f"
+        return f"{self.value:{form}} [{self.low:{form}}, {self.high:{form}}]"
+
 
 class JudgeStats(WireModel):
     """What the LLM judge did in this evaluation."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from tuneloop.api.finetunejob import TERMINAL_PHASES, FineTuneJobStatus
+from tuneloop.reconcile.finetunejob import STAGES
 
 EXAMPLES = {
     "list": ("tuneloop list", "tuneloop list --workdir /data/tuneloop-work"),
@@ -27,7 +28,7 @@ EXAMPLES = {
     "logs": ("tuneloop logs                      # the newest run's latest workload",
              "tuneloop logs acme-tickets --stage train -f"),
 }
-STAGE_ORDER = ("validate", "train", "evaluate", "register")
+STAGE_ORDER = tuple(stage.name for stage in STAGES)
 FOLLOW_POLL_SECONDS = 0.5
 
 

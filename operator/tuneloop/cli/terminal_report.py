@@ -82,7 +82,4 @@ def print_evaluation(job: FineTuneJob, status: FineTuneJobStatus) -> None:
 
 
 def _interval(score: Any, signed: bool = False) -> str:
-    if score is None:
-        return "-"
-    form = "+.3f" if signed else ".3f"
-    return f"{score.value:{form}} [{score.low:{form}}, {score.high:{form}}]"
+    return "-" if score is None else score.interval(signed)

@@ -7,11 +7,7 @@ condition message says exactly why the adapter passed or not.
 
 from __future__ import annotations
 
-from tuneloop.api.evaluation import Comparison, GateResult, GateSpec, Score
-
-
-def _interval(score: Score) -> str:
-    return f"{score.value:+.3f} [{score.low:+.3f}, {score.high:+.3f}]"
+from tuneloop.api.evaluation import Comparison, GateResult, GateSpec
 
 
 def _improvement(metric: str, threshold: float, hold_out: Comparison) -> tuple[bool, str]:
@@ -19,7 +15,7 @@ def _improvement(metric: str, threshold: float, hold_out: Comparison) -> tuple[b
     if difference is None:
         return False, f"{metric} improvement not measured"
     passed = difference.low > threshold
-    return passed, f"{metric} candidate-baseline {_interval(difference)}: lower bound {'>' if passed else '<='} {threshold:g}"
+    return passed, f"{metric} candidate-baseline {difference.interval(signed=True)}: lower bound {'>' if passed else '<='} {threshold:g}"
 
 
 def _minimum(metric: str, threshold: float, hold_out: Comparison) -> tuple[bool, str]:
@@ -27,7 +23,7 @@ def _minimum(metric: str, threshold: float, hold_out: Comparison) -> tuple[bool,
     if score is None:
         return False, f"{metric} not measured"
     passed = score.low >= threshold
-    return passed, (f"{metric} {score.value:.3f} [{score.low:.3f}, {score.high:.3f}]: lower bound "
+    return passed, (f"{metric} {score.interval()}: lower bound "
                     f"{'>=' if passed else '<'} {threshold:g}")
 
 
@@ -36,7 +32,7 @@ def _regression(max_regression: float, general: Comparison) -> tuple[bool, str]:
     if difference is None:
         return False, "general-set rougeL not measured"
     passed = difference.low >= -max_regression
-    return passed, (f"general-set rougeL candidate-baseline {_interval(difference)}: lower bound "
+    return passed, (f"general-set rougeL candidate-baseline {difference.interval(signed=True)}: lower bound "
                     f"{'>=' if passed else '<'} -{max_regression:g}")
 
 

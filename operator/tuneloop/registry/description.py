@@ -19,10 +19,6 @@ DESCRIPTION_TAG = "mlflow.note.content"
 MAX_DESCRIPTION = 8000  # MLflow's limit on a tag value
 
 
-def _score(value: float, low: float, high: float, signed: bool = False) -> str:
-    return f"{value:+.3f} [{low:+.3f}, {high:+.3f}]" if signed else f"{value:.3f} [{low:.3f}, {high:.3f}]"
-
-
 def comparison_table(comparison: Comparison, baseline: str) -> list[str]:
     """Each metric: baseline, tuned and their paired difference, with confidence intervals, as an aligned
     code block (MLflow draws Markdown tables without cell padding: intervals run into each other)."""
@@ -30,9 +26,8 @@ def comparison_table(comparison: Comparison, baseline: str) -> list[str]:
     lines = ["```", f"{'metric':<{width}}{baseline:<22}{'tuned':<22}tuned - {baseline}"]
     for metric, tuned in comparison.candidate.items():
         base, difference = comparison.baseline.get(metric), comparison.difference.get(metric)
-        lines.append(f"{metric:<{width}}{_score(base.value, base.low, base.high) if base else '-':<22}"
-                     f"{_score(tuned.value, tuned.low, tuned.high):<22}"
-                     + (_score(difference.value, difference.low, difference.high, signed=True) if difference else "-"))
+        lines.append(f"{metric:<{width}}{base.interval() if base else '-':<22}{tuned.interval():<22}"
+                     + (difference.interval(signed=True) if difference else "-"))
     return lines + ["```"]
 
 

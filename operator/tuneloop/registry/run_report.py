@@ -29,7 +29,6 @@ from tuneloop.report.model import (
     LossSeries,
     Point,
     RunReport,
-    TrainingSummary,
 )
 from tuneloop.storage_uris import file_uri_path
 
@@ -109,18 +108,13 @@ def _report(status: FineTuneJobStatus, *, namespace: str, name: str, base_model:
     training, evaluation = status.training, status.evaluation
     report = RunReport(
         job_name=name, namespace=namespace, phase=status.phase, message=status.message, base_model=base_model,
-        dataset=status.dataset, cleaning=status.cleaning, gate=evaluation.gate if evaluation else None,
+        dataset=status.dataset, cleaning=status.cleaning, training=training,
+        gate=evaluation.gate if evaluation else None,
         registry=status.registry, examples=examples[0], examples_total=examples[1],
         completed=status.completion_time, loss=loss,
         lineage=Lineage(job_uid=job_uid, dataset_sha256=status.dataset.sha256 if status.dataset else None,
                         adapter_uri=training.adapter_uri if training else None,
                         mlflow_run_id=run_id, records_uri=records_uri))
-    if training:
-        report.training = TrainingSummary(
-            steps=training.steps, train_loss=training.train_loss, tokens_per_second=training.tokens_per_second,
-            seconds=training.seconds, hold_out_loss_before=training.hold_out_loss_before,
-            hold_out_loss_after=training.hold_out_loss_after, resumed_from_step=training.resumed_from_step,
-            stopped_early=training.stopped_early, best_step=training.best_step)
     if evaluation:
         baseline = evaluation.baseline + (f" version {evaluation.baseline_version}"
                                           if evaluation.baseline_version else "")

@@ -15,13 +15,12 @@ from tuneloop.report.model import (
     Lineage,
     LossSeries,
     RunReport,
-    TrainingSummary,
 )
 
 REPORT_FILE = "report.html"
 
 __all__ = ["EvaluationSummary", "ExampleRow", "Lineage", "LossSeries", "REPORT_FILE", "RunReport",
-           "TrainingSummary", "render_html", "write_report"]
+           "render_html", "write_report"]
 
 
 def write_report(report: RunReport, folder: Path) -> Path:

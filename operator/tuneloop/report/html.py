@@ -118,10 +118,7 @@ def _loss(report: RunReport) -> str:
 
 
 def _interval(score: Score | None, signed: bool = False) -> str:
-    if score is None:
-        return "&ndash;"
-    form = "+.3f" if signed else ".3f"
-    return f"{score.value:{form}} [{score.low:{form}}, {score.high:{form}}]"
+    return "&ndash;" if score is None else score.interval(signed)
 
 
 def _comparison_table(comparison: Comparison, primary: str | None) -> str:

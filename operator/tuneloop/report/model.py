@@ -5,22 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tuneloop.api.evaluation import Comparison, GateResult, JudgeStats, RegistryResults
-from tuneloop.api.finetunejob import CleaningStats, DatasetStats
+from tuneloop.api.finetunejob import CleaningStats, DatasetStats, TrainingResults
 
 Point = tuple[int, float]  # (optimizer step, loss)
-
-
-@dataclass
-class TrainingSummary:
-    steps: int
-    train_loss: float
-    tokens_per_second: float
-    seconds: float
-    hold_out_loss_before: float | None = None
-    hold_out_loss_after: float | None = None
-    resumed_from_step: int | None = None
-    stopped_early: bool = False
-    best_step: int | None = None
 
 
 @dataclass
@@ -76,7 +63,7 @@ class RunReport:
     base_model: str = ""
     dataset: DatasetStats | None = None
     cleaning: CleaningStats | None = None
-    training: TrainingSummary | None = None
+    training: TrainingResults | None = None
     loss: LossSeries = field(default_factory=LossSeries)
     evaluation: EvaluationSummary | None = None
     gate: GateResult | None = None

@@ -264,7 +264,7 @@ class LocalRuntime:
                 observed = self.observe(job)
                 for name, process in self.processes.items():
                     if process.poll() is not None and name in self.logs:
-                        self.logs[name].close()  # its last lines come out before the events about it
+                        self.logs.pop(name).close()  # its last lines come out before the events about it
                 decision = reconcile(resource_of(job, status), observed, clock.now())
                 for action in decision.actions:
                     self.launch(job, action)
