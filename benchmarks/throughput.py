@@ -70,8 +70,8 @@ LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
 LEARNING_RATE = 2e-4
 MAX_LENGTH = 1024
 LENGTH_MEDIAN, LENGTH_SIGMA, LENGTH_MIN = 200, 0.668, 48   # log-normal: mean = median * exp(sigma^2 / 2) = 250
-HOLD_OUT_FRACTION = 0.05
-HOLD_OUT_KEPT = 8          # hold-out examples Tuneloop scores before/after (outside the timed loop)
+HELD_OUT_FRACTION = 0.05   # validation and test each
+VALIDATION_KEPT = 8        # validation examples Tuneloop scores before/after (outside the timed loop)
 CHECK_STEPS = 3
 CHECK_TOLERANCE = 1e-3
 MODEL_CACHE = Path(os.environ.get("TUNELOOP_BENCH_MODELS", Path.home() / ".cache" / "tuneloop" / "bench-models"))
@@ -226,7 +226,8 @@ def workload(args, output_dir: str, check: bool):
     from tuneloop.api.finetunejob import CheckpointSpec, DatasetSpec, MethodSpec, TrainingSpec
     from tuneloop.api.workloads import TrainerWorkload
 
-    dataset = DatasetSpec(uri=args.data, format="alpaca", hold_out_fraction=HOLD_OUT_FRACTION, seed=7)
+    dataset = DatasetSpec(uri=args.data, format="alpaca", validation_fraction=HELD_OUT_FRACTION,
+                          test_fraction=HELD_OUT_FRACTION, seed=7)
     no_checkpoints = CheckpointSpec(every_steps=0)
     if check:
         method = MethodSpec(type="lora", lora=lora_spec(dropout=0.0))
@@ -247,19 +248,19 @@ def selected_rows(spec, tokenizer, count: int):
     """The training rows exactly as Tuneloop's prepare() orders them (cleaned, split), first `count`."""
     from tuneloop.workload_data.rows import load_dataset
     from tuneloop_trainer.cleaning import clean
-    from tuneloop_trainer.prepare import split_hold_out
+    from tuneloop_trainer.prepare import split_rows
     from tuneloop_trainer.tokens import tokenize
 
     dataset = load_dataset(Path(spec.dataset_path), spec.dataset.format, spec.dataset.system_prompt)
     rows, _ = clean(dataset.examples, spec.dataset.cleaning, lambda row: len(tokenize(tokenizer, row, 10**9).input_ids))
-    train_rows, _ = split_hold_out(rows, spec.dataset.hold_out_fraction, spec.dataset.seed)
+    train_rows = split_rows(rows, spec.dataset.validation_fraction, spec.dataset.test_fraction, spec.dataset.seed).train
     if len(train_rows) < count:
-        raise SystemExit(f"only {len(train_rows)} training rows after cleaning and the hold-out split; {count} needed")
+        raise SystemExit(f"only {len(train_rows)} training rows after cleaning and the split; {count} needed")
     return train_rows[:count]
 
 
 def rows_needed(examples: int) -> int:
-    return math.ceil(examples / (1 - HOLD_OUT_FRACTION)) + 2
+    return math.ceil(examples / (1 - 2 * HELD_OUT_FRACTION)) + 4
 
 
 def peak_memory_mib() -> float:
@@ -477,7 +478,7 @@ def clock_callback(meter: dict):
 
 
 def run_tuneloop(spec, count: int, meter: dict, lora_init: dict | None = None):
-    """Training(...).run() on the first `count` training rows, a short hold-out, optionally a given LoRA init;
+    """Training(...).run() on the first `count` training rows, a short validation split, optionally a given LoRA init;
     every micro-batch it trains on is kept in meter["batches"]."""
     import tuneloop_trainer.train as train_module
     from tuneloop_trainer.progress import ProgressReporter
@@ -488,8 +489,8 @@ def run_tuneloop(spec, count: int, meter: dict, lora_init: dict | None = None):
     def prepare(workload, tokenizer):
         data = real_prepare(workload, tokenizer)
         data.train = data.train[:count]
-        data.hold_out = data.hold_out[:HOLD_OUT_KEPT]
-        data.hold_out_rows = data.hold_out_rows[:HOLD_OUT_KEPT]
+        data.validation = data.validation[:VALIDATION_KEPT]
+        data.validation_rows = data.validation_rows[:VALIDATION_KEPT]
         record["data"] = data
         return data
 
@@ -548,7 +549,7 @@ def worker_tuneloop(args) -> dict[str, Any]:
         batches=f"{spec.training.micro_batch_size} x {spec.training.gradient_accumulation_steps}, "
                 f"{'padding-free' if packing else 'padded'}, TRL SFTTrainer",
         lora=f"r{LORA['r']} alpha{LORA['alpha']} dropout{LORA['dropout']:g} {','.join(PLAIN_TARGETS)}",
-        hold_out_loss=[result.hold_out_loss_before, result.hold_out_loss_after], threads=torch.get_num_threads())
+        validation_loss=[result.validation_loss_before, result.validation_loss_after], threads=torch.get_num_threads())
     return summary
 
 

@@ -100,7 +100,7 @@ CASES: list[Case] = [
     ftj("spec.training.adamBeta2", 1), ftj("spec.training.lossSpikeFactor", 1), ftj("spec.training.weightDecay", -0.1),
     ftj("spec.training.checkpoints.keepLast", 0), ftj("spec.training.checkpoints.everySteps", -1),
     ftj("spec.training.earlyStopping.patience", 0), ftj("spec.training.earlyStopping.minDelta", 1e12),
-    ftj("spec.dataset.holdOutFraction", 0.5), ftj("spec.dataset.cleaning.minTokens", -1),
+    ftj("spec.dataset.testFraction", 0.5), ftj("spec.dataset.cleaning.minTokens", -1),
     ftj("spec.dataset.cleaning.maxTokens", 10 ** 12), ftj("spec.dataset.cleaning.nearDuplicates.threshold", 0),
     ftj("spec.dataset.cleaning.nearDuplicates.numPerm", 8), ftj("spec.resources.gpus", -1),
     ftj("spec.resources.gpus", 65), ftj("spec.resources.nodes", 0), ftj("spec.output.previewExamples", 51),

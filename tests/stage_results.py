@@ -10,7 +10,7 @@ from tuneloop.reconcile.finetunejob import Observed, ReconcileContext, WorkloadS
 
 DATA_CHECKED = {
     "succeeded": True,
-    "dataset": {"rows": 300, "trainRows": 270, "holdOutRows": 30, "trainTokens": 41234, "format": "alpaca",
+    "dataset": {"rows": 300, "trainRows": 270, "validationRows": 30, "testRows": 30, "trainTokens": 41234, "format": "alpaca",
                 "sha256": "ab" * 32},
     "cleaning": {"rowsIn": 310, "exactDuplicates": 10, "rowsOut": 300},
     "report": {"trainingRows": 270, "truncatedRows": 4, "maxSeqLength": 512, "estimatedSteps": 68,
@@ -19,10 +19,10 @@ DATA_CHECKED = {
 }
 
 TRAINED = {
-    "succeeded": True, "holdOutLossBefore": 4.0, "holdOutLossAfter": 0.05, "trainLoss": 0.04, "steps": 68,
+    "succeeded": True, "validationLossBefore": 4.0, "validationLossAfter": 0.05, "trainLoss": 0.04, "steps": 68,
     "tokensPerSecond": 240.0, "seconds": 250.0, "adapterPath": "/w/train/output/adapter",
-    "holdOutPath": "/w/train/output/hold-out.jsonl", "mlflowRunId": "run-1",
-    "dataset": {"rows": 300, "trainRows": 270, "holdOutRows": 30, "trainTokens": 50000, "format": "alpaca",
+    "testPath": "/w/train/output/test.jsonl", "mlflowRunId": "run-1",
+    "dataset": {"rows": 300, "trainRows": 270, "validationRows": 30, "testRows": 30, "trainTokens": 50000, "format": "alpaca",
                 "sha256": "cd" * 32},
 }
 
@@ -31,11 +31,22 @@ def score(value: float, low: float, high: float) -> dict:
     return {"value": value, "low": low, "high": high}
 
 
+def improvement_test(metric: str = "exactMatch", diff_low: float = 0.2, value: float = 0.5) -> dict:
+    """The evaluator's GateTest of an improvement: it passed when the interval's lower bound is above 0."""
+    passed = diff_low > 0
+    return {"check": f"{metric} improvement on test", "metric": metric, "set": "test", "kind": "improvement",
+            "method": "exact McNemar", "estimate": score(value, diff_low, 0.7), "threshold": 0.0, "n": 30,
+            "pValue": 0.0005 if passed else 0.2, "pHolm": 0.0005 if passed else 0.2, "passed": passed,
+            "detectableEffect": 0.21, "detail": "discordant pairs 15 for, 0 against" if passed
+            else "discordant pairs 5 for, 3 against"}
+
+
 def evaluated(em_diff_low: float = 0.2, baseline: str = "base", baseline_version: str | None = None) -> dict:
     """The evaluator's result; an exactMatch improvement whose lower bound is <= 0 fails the gate."""
     return {
         "succeeded": True, "baseline": baseline, "baselineVersion": baseline_version,
-        "holdOut": {
+        "tests": [improvement_test("exactMatch", em_diff_low)],
+        "test": {
             "examples": 30,
             "candidate": {"exactMatch": score(0.6, 0.43, 0.77), "rougeL": score(0.9, 0.85, 0.94)},
             "baseline": {"exactMatch": score(0.1, 0.0, 0.2), "rougeL": score(0.3, 0.25, 0.35)},

@@ -28,8 +28,10 @@ FULL_MANIFEST = {
         "dataset": {
             "uri": "pvc://datasets/support/train.jsonl",
             "format": "messages",
-            "holdOutFraction": 0.2,
+            "validationFraction": 0.05,
+            "testFraction": 0.2,
             "seed": 7,
+            "contamination": {"remove": False, "threshold": 0.7, "numPerm": 64},
             "systemPrompt": "You are Acme's ticket router.",
             "cleaning": {
                 "normalize": False,
@@ -82,11 +84,14 @@ FULL_MANIFEST = {
             "structured": {"labelFields": ["pri"]},
             "judge": {"url": "http://judge.llm:8000/v1", "model": "qwen2.5-7b-instruct",
                       "apiKeySecret": {"name": "judge", "key": "token"}, "rubric": "Be strict.", "pairwise": True,
-                      "concurrency": 8, "timeoutSeconds": 30.0, "maxRetries": 2, "required": True},
+                      "concurrency": 8, "timeoutSeconds": 30.0, "maxRetries": 2, "required": True,
+                      "agreementSample": 20, "minAgreement": 0.8, "local": False},
             "generalSet": {"uri": "pvc://datasets/general.jsonl", "maxExamples": 40},
+            "regressionSet": {"enabled": False, "maxExamples": 100},
             "bootstrap": {"samples": 2000, "confidence": 0.9, "seed": 3},
             "gate": {"primaryMetric": "judgeScore", "minScore": {"judgeWinRate": 0.5},
-                     "minImprovement": {"exactMatch": 0.02}, "maxRegression": 0.1},
+                     "minImprovement": {"exactMatch": 0.02}, "nonInferiorityMargin": 0.1,
+                     "effectOfInterest": 0.05},
         },
         "registry": {"enabled": True, "modelName": "support-bot", "promotion": "manual"},
     },
@@ -134,7 +139,7 @@ def test_a_minimal_spec_gets_the_documented_defaults():
     assert spec.training.lr_scheduler == "cosine"
     assert spec.training.epochs == 3
     assert spec.dataset.format == "auto"
-    assert spec.dataset.hold_out_fraction == 0.1
+    assert spec.dataset.test_fraction == 0.1
     assert spec.resources.gpus == 0 and spec.resources.nodes == 1
     assert spec.output.uri is None
 
@@ -147,7 +152,7 @@ def test_defaults_show_on_the_wire_in_camel_case():
     assert wire["training"]["learningRate"] == 2e-4
     assert wire["training"]["lrScheduler"] == "cosine"
     assert wire["training"]["epochs"] == 3
-    assert wire["dataset"]["holdOutFraction"] == 0.1
+    assert wire["dataset"]["testFraction"] == 0.1
     # Unset optional fields are left out rather than sent as null.
     assert "uri" not in wire["output"] and "systemPrompt" not in wire["dataset"]
 
@@ -170,7 +175,7 @@ def test_fields_are_snake_case_in_python():
 
     assert job.api_version == "tuneloop.dev/v1alpha1"
     assert job.spec.base_model.uri == "pvc://models/llama-3.1-8b"
-    assert job.spec.dataset.hold_out_fraction == 0.2
+    assert job.spec.dataset.test_fraction == 0.2
     assert job.spec.dataset.system_prompt == "You are Acme's ticket router."
     assert job.spec.dataset.cleaning.near_duplicates.num_perm == 64
     assert job.spec.method.lora.target_modules == ["q_proj", "v_proj"]
@@ -186,10 +191,10 @@ def test_fields_are_snake_case_in_python():
 
 def test_snake_case_names_are_accepted_from_python_too():
     spec = FineTuneJobSpec(base_model={"name": "smollm2-135m-instruct"},
-                           dataset={"uri": "data.jsonl", "hold_out_fraction": 0.25})
+                           dataset={"uri": "data.jsonl", "test_fraction": 0.25})
 
-    assert spec.dataset.hold_out_fraction == 0.25
-    assert spec.to_wire()["dataset"]["holdOutFraction"] == 0.25
+    assert spec.dataset.test_fraction == 0.25
+    assert spec.to_wire()["dataset"]["testFraction"] == 0.25
     assert spec.to_wire()["baseModel"] == {"name": "smollm2-135m-instruct"}
 
 
@@ -201,10 +206,10 @@ INVALID = [
     pytest.param(spec_with(method={"lora": {"dropout": 1}}), "spec.method.lora.dropout: must be < 1",
                  id="lora-dropout-one"),
     pytest.param(spec_with(method={"lora": {"alpha": 0}}), "spec.method.lora.alpha: must be > 0", id="lora-alpha-zero"),
-    pytest.param(spec_with(dataset={"holdOutFraction": 0.5}), "spec.dataset.holdOutFraction: must be < 0.5",
-                 id="hold-out-half"),
-    pytest.param(spec_with(dataset={"holdOutFraction": 0}), "spec.dataset.holdOutFraction: must be > 0",
-                 id="hold-out-zero"),
+    pytest.param(spec_with(dataset={"testFraction": 0.5}), "spec.dataset.testFraction: must be < 0.5",
+                 id="test-half"),
+    pytest.param(spec_with(dataset={"testFraction": 0}), "spec.dataset.testFraction: must be > 0",
+                 id="test-zero"),
     pytest.param(spec_with(training={"learningRat": 1e-3}), "spec.training.learningRat: is not a known field",
                  id="unknown-field-typo"),
     pytest.param(spec_with(training={"epochs": 0}), "spec.training.epochs: must be >= 1", id="epochs-zero"),

@@ -25,7 +25,7 @@ def write_job(folder: Path, name: str, model: Path, dataset: Path) -> Path:
     path.write_text(yaml.safe_dump({
         "apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name},
         "spec": {"baseModel": {"uri": f"file://{model}"},
-                 "dataset": {"uri": str(dataset), "holdOutFraction": 0.2, "seed": 3},
+                 "dataset": {"uri": str(dataset), "testFraction": 0.2, "seed": 3},
                  "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
                  "training": {"epochs": 1, "learningRate": 5e-3, "microBatchSize": 4, "precision": "fp32"},
                  "evaluation": {"maxNewTokens": 8, "batchSize": 2, "bootstrap": {"samples": 100}}}}))
@@ -117,7 +117,7 @@ def test_a_runs_output_off_a_terminal_has_progress_lines_and_no_library_noise(ru
     warned = re.findall(r"^.*\w+Warning: .*$", output, re.MULTILINE)  # Python's warnings, not our [Warning] events
     assert warned == []
     assert "\r" not in output and max(map(len, output.splitlines())) <= 300, "a progress bar in a log"
-    assert re.search(r"INFO tuneloop_trainer: hold-out loss: batch 1/\d+, \d+s$", output, re.MULTILINE)
+    assert re.search(r"INFO tuneloop_trainer: validation loss: batch 1/\d+, \d+s$", output, re.MULTILINE)
     assert re.search(r"INFO tuneloop_evaluator: evaluation: generating answers \d+/6 \(candidate\), \d+s$",
                      output, re.MULTILINE)
     assert "evaluation: generating answers 6/6 (base model), done in" in output

@@ -308,11 +308,11 @@ def test_validate_data_reports_counts_token_lengths_truncation_and_steps(tmp_pat
 
     assert main(["validate", "--data", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "rows: 110 (alpaca)" in out and "split: 99 train + 0 replay, 11 hold-out" in out
-    truncated = int(re.search(r"truncated: (\d+) of 99 training rows are longer than maxSeqLength 256", out)[1])
+    assert "rows: 110 (alpaca)" in out and "split: 88 train + 0 replay, 11 validation, 11 test" in out
+    truncated = int(re.search(r"truncated: (\d+) of 88 training rows are longer than maxSeqLength 256", out)[1])
     assert 1 <= truncated <= 10 and re.search(rf"> 256 \(truncated\) +{truncated} ", out), out
-    # 99 rows, micro-batches of 4 -> 25, accumulated by 2 -> 13 steps an epoch, 3 epochs
-    assert "steps: about 39 optimizer steps (3 epoch(s))" in out
+    # 88 rows, micro-batches of 4 -> 22, accumulated by 2 -> 11 steps an epoch, 3 epochs
+    assert "steps: about 33 optimizer steps (3 epoch(s))" in out
 
 
 def test_validate_data_names_every_bad_row_with_its_line_and_never_a_traceback(tmp_path, tiny_model_dir, capsys):

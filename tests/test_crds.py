@@ -59,7 +59,7 @@ def test_the_example_manifest_is_admitted_and_defaults_match_pydantic():
 @pytest.mark.parametrize("change, message", [
     ({"method": {"lora": {"r": 0}}}, "spec.method.lora.r"),
     ({"method": {"type": "prefix"}}, "spec.method.type"),
-    ({"dataset": {"uri": "data.jsonl", "holdOutFraction": 0.7}}, "spec.dataset.holdOutFraction"),
+    ({"dataset": {"uri": "data.jsonl", "testFraction": 0.7}}, "spec.dataset.testFraction"),
     ({"baseModel": {"name": "x", "uri": "pvc://m/x"}}, "give exactly one of name"),
     ({"baseModel": {}}, "give exactly one of name"),
     ({"method": {"lora": {"targetModules": ["all-linear", "q_proj"]}}}, "all-linear stands alone"),

@@ -9,7 +9,7 @@ import pytest
 
 from tuneloop.workload_data.chat import render_prompt
 from tuneloop.workload_data.rows import BadRows, DataError, Example, load_jsonl
-from tuneloop_trainer.prepare import split_hold_out
+from tuneloop_trainer.prepare import split_rows
 from tuneloop_trainer.tokens import IGNORE_INDEX, tokenize
 
 
@@ -234,7 +234,7 @@ def test_a_missing_file_is_an_error_naming_the_file(tmp_path):
     assert str(caught.value) == f"{tmp_path / 'nope.jsonl'}: dataset file not found"
 
 
-# --- split_hold_out -------------------------------------------------------------------------------
+# --- split_rows -----------------------------------------------------------------------------------
 
 
 def examples(count: int) -> list[Example]:
@@ -245,36 +245,47 @@ def lines(rows: list[Example]) -> list[int]:
     return [row.line for row in rows]
 
 
-@pytest.mark.parametrize(("count", "fraction", "hold_out_rows"), [
-    (300, 0.1, 30), (10, 0.1, 1), (10, 0.25, 3), (2, 0.1, 1), (3, 0.49, 2), (1000, 0.2, 200),
+@pytest.mark.parametrize(("count", "validation", "test", "expected"), [
+    (300, 0.1, 0.1, (240, 30, 30)), (10, 0.1, 0.1, (8, 1, 1)), (10, 0.25, 0.25, (4, 3, 3)), (3, 0.1, 0.1, (1, 1, 1)),
+    (4, 0.49, 0.49, (1, 1, 2)), (1000, 0.05, 0.2, (750, 50, 200)),
 ])
-def test_split_is_disjoint_covers_every_row_and_holds_out_the_fraction(count, fraction, hold_out_rows):
+def test_split_is_disjoint_covers_every_row_and_keeps_each_fraction(count, validation, test, expected):
     rows = examples(count)
 
-    train, hold_out = split_hold_out(rows, fraction, seed=7)
+    split = split_rows(rows, validation, test, seed=7)
 
-    assert len(hold_out) == hold_out_rows
-    assert not set(lines(train)) & set(lines(hold_out))
-    assert sorted(lines(train) + lines(hold_out)) == lines(rows)
-    assert train and hold_out
+    assert (len(split.train), len(split.validation), len(split.test)) == expected
+    parts = [set(lines(part)) for part in (split.train, split.validation, split.test)]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert sorted(lines(split.train) + lines(split.validation) + lines(split.test)) == lines(rows)
 
 
 def test_split_is_the_same_for_the_same_seed_and_differs_for_another():
     rows = examples(100)
 
-    first, second = split_hold_out(rows, 0.1, seed=42), split_hold_out(rows, 0.1, seed=42)
-    other = split_hold_out(rows, 0.1, seed=43)
+    first, second = split_rows(rows, 0.1, 0.1, seed=42), split_rows(rows, 0.1, 0.1, seed=42)
+    other = split_rows(rows, 0.1, 0.1, seed=43)
 
-    assert lines(first[1]) == lines(second[1])
-    assert lines(first[0]) == lines(second[0])
-    assert lines(first[1]) != lines(other[1])
+    assert first == second
+    assert lines(first.test) != lines(other.test)
+
+
+def test_the_test_rows_stay_the_same_when_only_the_validation_share_changes():
+    rows = examples(100)
+
+    assert lines(split_rows(rows, 0.1, 0.2, seed=5).test) == lines(split_rows(rows, 0.3, 0.2, seed=5).test)
 
 
 def test_split_keeps_the_file_order_within_each_part():
-    train, hold_out = split_hold_out(examples(50), 0.2, seed=1)
+    split = split_rows(examples(50), 0.2, 0.2, seed=1)
 
-    assert lines(train) == sorted(lines(train))
-    assert lines(hold_out) == sorted(lines(hold_out))
+    for part in (split.train, split.validation, split.test):
+        assert lines(part) == sorted(lines(part))
+
+
+def test_fewer_than_three_rows_cannot_be_split():
+    with pytest.raises(ValueError, match="2 rows cannot be split into train, validation and test"):
+        split_rows(examples(2), 0.1, 0.1, seed=1)
 
 
 # --- tokenize -------------------------------------------------------------------------------------

@@ -42,13 +42,14 @@ def test_good_data_is_reported_as_training_will_see_it(tmp_path, tiny_model_dir)
     checked = DataCheckResult.model_validate(result)
     assert checked.succeeded and checked.dataset.rows == 60 and checked.dataset.format == "alpaca"
     report = checked.report
-    assert report.training_rows == checked.dataset.train_rows == 54
-    # 54 rows over 2 processes in micro-batches of 4 -> 7 per process, accumulated by 2 -> 4 steps an epoch
-    assert report.estimated_steps == 8 and report.max_seq_length == 512
-    assert sum(bin.rows for bin in report.token_lengths) == 54
+    assert (checked.dataset.validation_rows, checked.dataset.test_rows) == (6, 6)
+    assert report.training_rows == checked.dataset.train_rows == 48
+    # 48 rows over 2 processes in micro-batches of 4 -> 6 per process, accumulated by 2 -> 3 steps an epoch
+    assert report.estimated_steps == 6 and report.max_seq_length == 512
+    assert sum(bin.rows for bin in report.token_lengths) == 48
     assert report.token_lengths[-1].tokens == "> 512 (truncated)"
-    assert "steps: about 8 optimizer steps (2 epoch(s))" in process.stdout  # the pod's log says it too
-    assert json.loads(termination)["report"]["estimatedSteps"] == 8
+    assert "steps: about 6 optimizer steps (2 epoch(s))" in process.stdout  # the pod's log says it too
+    assert json.loads(termination)["report"]["estimatedSteps"] == 6
     assert not (tmp_path / "unused").exists()  # it reads; it writes nothing next to the training's output
 
 

@@ -17,7 +17,7 @@ from tuneloop.api.finetunejob import parse_manifest
 from tuneloop.api.workloads import EvaluatorResult, EvaluatorWorkload, TrainerResult, TrainerWorkload, Tracking
 from tuneloop_evaluator.__main__ import main as evaluator_main
 
-HOLD_OUT_ROWS = 6
+TEST_ROWS = 6
 
 
 def job_spec(model: Path, dataset: Path):
@@ -25,7 +25,7 @@ def job_spec(model: Path, dataset: Path):
         "apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "tiny"},
         "spec": {
             "baseModel": {"uri": f"file://{model}"},
-            "dataset": {"uri": str(dataset), "format": "alpaca", "holdOutFraction": 0.25, "seed": 3,
+            "dataset": {"uri": str(dataset), "format": "alpaca", "testFraction": 0.25, "seed": 3,
                         "systemPrompt": "Answer with the ticket record only."},
             "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
             "training": {"epochs": 6, "learningRate": 2e-2, "microBatchSize": 6, "precision": "fp32"},
@@ -35,9 +35,9 @@ def job_spec(model: Path, dataset: Path):
 
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory) -> tuple[Path, TrainerResult]:
-    """A LoRA adapter trained for a few steps by the real trainer, with its hold-out split."""
+    """A LoRA adapter trained for a few steps by the real trainer, with its test split."""
     folder = tmp_path_factory.mktemp("trained")
-    tickets = write_tickets(folder / "tickets.jsonl", rows=4 * HOLD_OUT_ROWS, seed=5)
+    tickets = write_tickets(folder / "tickets.jsonl", rows=4 * TEST_ROWS, seed=5)
     spec = job_spec(tiny_model_dir, tickets)
     workload = TrainerWorkload(job="default/tiny", model_path=str(tiny_model_dir), dataset_path=str(tickets),
                                dataset=spec.dataset, method=spec.method, training=spec.training,
@@ -56,7 +56,7 @@ def evaluator_workload(tiny_model_dir: Path, trained, output: Path, **evaluation
     spec = job_spec(tiny_model_dir, tickets)
     return EvaluatorWorkload(
         job="default/tiny", model_path=str(tiny_model_dir), adapter_path=result.adapter_path,
-        hold_out_path=result.hold_out_path, dataset=spec.dataset, output_dir=str(output),
+        test_path=result.test_path, dataset=spec.dataset, output_dir=str(output),
         evaluation=EvaluationSpec.model_validate({
             "maxNewTokens": 16, "batchSize": 4, "bootstrap": {"samples": 200},
             "structured": {"labelFields": ["cat", "pri"]}, **evaluation}),
@@ -88,27 +88,27 @@ def test_candidate_and_base_are_scored_judged_and_recorded(tiny_model_dir, train
 
     assert code == 0, stderr[-3000:]
     assert result.succeeded and result.baseline == "base" and result.baseline_version is None
-    hold_out = result.hold_out
-    assert hold_out.examples == HOLD_OUT_ROWS
+    test = result.test
+    assert test.examples == TEST_ROWS
     measured = {"exactMatch", "rougeL", "jsonValid", "fieldAccuracy", "labelAccuracy", "judgeScore"}
-    assert set(hold_out.candidate) == measured | {"judgeWinRate"}
-    assert set(hold_out.baseline) == set(hold_out.difference) == measured
-    for scores in (hold_out.candidate, hold_out.baseline, hold_out.difference):
+    assert set(test.candidate) == measured | {"judgeWinRate"}
+    assert set(test.baseline) == set(test.difference) == measured
+    for scores in (test.candidate, test.baseline, test.difference):
         assert all(score.low <= score.value <= score.high for score in scores.values())
     # A few steps teach the random model to open a ticket record ('{"acct":...'); the base model says nothing.
-    assert hold_out.baseline["rougeL"].value == 0 and hold_out.difference["rougeL"].low > 0
+    assert test.baseline["rougeL"].value == 0 and test.difference["rougeL"].low > 0
     assert set(result.general.candidate) == set(result.general.difference) == {"rougeL", "judgeScore"}
     assert result.general.examples == 3
 
     judged = result.judge
     assert judged.configured and judged.model == "judge-model"
-    assert judged.judged == HOLD_OUT_ROWS * 4 + 3 * 2 and judged.unparseable == 0
-    assert judged.wins + judged.ties + judged.losses == HOLD_OUT_ROWS
+    assert judged.judged == TEST_ROWS * 4 + 3 * 2 and judged.unparseable == 0
+    assert judged.wins + judged.ties + judged.losses == TEST_ROWS
     assert len(judge.chat_requests) == judged.judged
 
     records = [json.loads(line) for line in Path(result.records_path).read_text().splitlines()]
     assert Path(result.records_path) == tmp_path / "out" / "evaluation-records.jsonl"
-    assert [row["set"] for row in records] == ["holdOut"] * HOLD_OUT_ROWS + ["general"] * 3
+    assert [row["set"] for row in records] == ["test"] * TEST_ROWS + ["general"] * 3
     first = records[0]
     assert first["prompt"][0] == {"role": "system", "content": "Answer with the ticket record only."}
     assert json.loads(first["reference"])["acct"]
@@ -160,7 +160,7 @@ def test_text_rows_cannot_be_evaluated(tiny_model_dir, trained, tmp_path):
     hold_out = tmp_path / "text.jsonl"
     hold_out.write_text('{"text": "no prompt here"}\n', encoding="utf-8")
     workload = evaluator_workload(tiny_model_dir, trained, tmp_path / "out")
-    workload.hold_out_path = str(hold_out)
+    workload.test_path = str(hold_out)
     code, result = run_in_process(workload, tmp_path)
     assert code == 1 and result.reason == "InvalidData" and f"{hold_out}:1: a text row" in result.message
 
@@ -173,10 +173,10 @@ def test_a_whole_model_candidate_is_loaded_on_its_own(tiny_model_dir, trained, t
     workload.adapter_path = str(tiny_model_dir)
     code, result = run_in_process(workload, tmp_path)
     assert code == 0, result.message
-    assert result.hold_out.examples == 2
+    assert result.test.examples == 2
     # The judge is not required, so a missing key skips it, and the result says so.
     assert result.judge.configured is False and "judge skipped" in result.message
-    assert all(score.model_dump() == {"value": 0, "low": 0, "high": 0} for score in result.hold_out.difference.values())
+    assert all(score.model_dump() == {"value": 0, "low": 0, "high": 0} for score in result.test.difference.values())
 
 
 def test_answers_do_not_depend_on_batching(tiny_model_dir, trained):
@@ -187,7 +187,7 @@ def test_answers_do_not_depend_on_batching(tiny_model_dir, trained):
     models = AnswerModels(str(tiny_model_dir))
     models.add("candidate", Path(trained[1].adapter_path))
     prompts = [render_prompt(models.tokenizer, example)
-               for example in load_dataset(Path(trained[1].hold_out_path)).examples]
+               for example in load_dataset(Path(trained[1].test_path)).examples]
     batched = models.answers("candidate", prompts, max_new_tokens=16, batch_size=4)
     assert batched == models.answers("candidate", prompts, max_new_tokens=16, batch_size=1)
     assert batched != models.answers(None, prompts, max_new_tokens=16, batch_size=4)  # the adapter is on
@@ -223,11 +223,11 @@ def test_the_champion_is_the_baseline_and_the_evaluation_joins_the_training_run(
     assert result.baseline == "champion" and result.baseline_version == "1"
     assert (tmp_path / "out" / "champion" / "adapter" / "adapter_config.json").is_file()
     # The champion is the candidate's own adapter: greedy decoding must give the very same answers.
-    for metric, difference in result.hold_out.difference.items():
+    for metric, difference in result.test.difference.items():
         assert (difference.value, difference.low, difference.high) == (0, 0, 0), metric
     logged = client.get_run(run_id).data
-    assert logged.metrics["score/exactMatch"] == result.hold_out.candidate["exactMatch"].value
-    assert logged.metrics["score/rougeL_baseline"] == result.hold_out.baseline["rougeL"].value
+    assert logged.metrics["score/exactMatch"] == result.test.candidate["exactMatch"].value
+    assert logged.metrics["score/rougeL_baseline"] == result.test.baseline["rougeL"].value
     assert not [key for key in logged.metrics if key.endswith(("_low", "_high"))]  # intervals: the description
     assert logged.tags["tuneloop.evaluation.baseline"] == "champion version 1"
     assert {a.path for a in client.list_artifacts(run_id, "evaluation")} == {

@@ -1,5 +1,5 @@
 """The README's commands on the real model. The main one: SmolLM2-135M-Instruct learns the bundled
-example, beats the base model on the hold-out set beyond the noise, and is registered in MLflow as
+example, beats the base model on the test split beyond the noise, and is registered in MLflow as
 champion. Then the loop: the champion answers fresh messages, the wrong answers come back as
 corrections through the feedback service, and one cycle of the example FineTuneSchedule trains on
 them and judges the new version against the champion on the corrected cases."""
@@ -45,8 +45,10 @@ def test_readme_example_fine_tunes_evaluates_and_registers_smollm2(example_run):
     assert status["phase"] == "Succeeded"
     training = status["training"]
     # The base model has never seen the ticket format; after two epochs it should be close to certain of it.
-    assert training["holdOutLossAfter"] < 0.25 * training["holdOutLossBefore"]
-    assert status["dataset"]["rows"] == 300 and status["dataset"]["holdOutRows"] == 30
+    assert training["validationLossAfter"] < 0.25 * training["validationLossBefore"]
+    assert status["dataset"]["rows"] == 300
+    assert (status["dataset"]["trainRows"], status["dataset"]["validationRows"], status["dataset"]["testRows"]) == (
+        240, 30, 30)
 
     report = process.stdout
     assert "FineTuneJob acme-tickets: Succeeded" in report
@@ -57,9 +59,9 @@ def test_readme_example_fine_tunes_evaluates_and_registers_smollm2(example_run):
 
     # The tuned model beats the base model by a margin outside the confidence interval.
     evaluation = status["evaluation"]
-    assert evaluation["baseline"] == "base" and evaluation["holdOut"]["examples"] == 30
+    assert evaluation["baseline"] == "base" and evaluation["test"]["examples"] == 30
     for metric in ("exactMatch", "rougeL", "fieldAccuracy"):
-        assert evaluation["holdOut"]["difference"][metric]["low"] > 0, (metric, evaluation["holdOut"])
+        assert evaluation["test"]["difference"][metric]["low"] > 0, (metric, evaluation["test"])
     assert evaluation["gate"]["passed"], evaluation["gate"]["message"]
     gate = next(c for c in status["conditions"] if c["type"] == "GatePassed")
     assert gate["status"] == "True"

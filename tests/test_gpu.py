@@ -33,5 +33,5 @@ def test_qlora_with_paged_8bit_adamw_trains_and_saves_an_adapter(tmp_path):
                               "--result", str(tmp_path / "result.json")], capture_output=True, text=True)
     result = TrainerResult.model_validate_json((tmp_path / "result.json").read_text())
     assert process.returncode == 0, result.message or process.stderr[-2000:]
-    assert result.hold_out_loss_after < result.hold_out_loss_before
+    assert result.validation_loss_after < result.validation_loss_before
     assert (Path(result.adapter_path) / "adapter_model.safetensors").is_file()

@@ -69,9 +69,9 @@ def workdir(tmp_path_factory) -> Path:
     adapter = random_lora_adapter(model_path, folder / f"{RUN}-train" / "output" / "adapter")
     write_run(workdir, RUN, "0123456789ab", model_path, {
         "phase": "Succeeded",
-        "training": {"holdOutLossBefore": 2.0, "holdOutLossAfter": 1.0, "trainLoss": 1.0, "steps": 10,
+        "training": {"validationLossBefore": 2.0, "validationLossAfter": 1.0, "trainLoss": 1.0, "steps": 10,
                      "tokensPerSecond": 100.0, "seconds": 10.0, "adapterUri": adapter.as_uri(),
-                     "holdOutUri": (folder / "hold-out.jsonl").as_uri()},
+                     "testUri": (folder / "hold-out.jsonl").as_uri()},
         "registry": {"modelName": "acme-tickets", "version": "3", "uri": "models:/acme-tickets/3"}})
     write_run(workdir, "pending", "fedcba987654", model_path,
               {"phase": "Training", "progress": {"step": 3, "totalSteps": 10}})

@@ -9,6 +9,7 @@ import re
 import kubernetes_validate
 import pytest
 
+from stage_results import improvement_test
 from tuneloop.api.finetunejob import parse_manifest
 from tuneloop.api.workloads import Preview, TrainerResult, compact_result
 from tuneloop.config import OperatorConfig
@@ -232,11 +233,11 @@ def test_an_s3_dataset_must_name_one_object():
 
 def test_the_result_fits_a_termination_message():
     previews = [Preview(prompt="p" * 500, reference="r" * 500, base="b" * 500, tuned="t" * 500)] * 5
-    result = TrainerResult(succeeded=True, steps=10, hold_out_loss_before=2.0, hold_out_loss_after=1.0,
+    result = TrainerResult(succeeded=True, steps=10, validation_loss_before=2.0, validation_loss_after=1.0,
                            adapter_path="/mnt/pvc/adapters/x/adapter", previews=previews)
     text = compact_result(result)
     assert len(text) <= 4096
-    assert json.loads(text)["holdOutLossAfter"] == 1.0 and "previews" not in json.loads(text)
+    assert json.loads(text)["validationLossAfter"] == 1.0 and "previews" not in json.loads(text)
     failed = compact_result(TrainerResult(succeeded=False, reason="InvalidData", message="x" * 10000))
     assert len(failed) <= 4096 and json.loads(failed)["reason"] == "InvalidData"
 
@@ -298,7 +299,7 @@ def test_the_data_check_fetches_an_s3_model_without_its_weights():
 
 
 EVALUATE_INPUTS = {"adapter_uri": "pvc://adapters/support-bot/adapter",
-                   "hold_out_uri": "pvc://adapters/support-bot/hold-out.jsonl", "training_run_id": "r1"}
+                   "test_uri": "pvc://adapters/support-bot/test.jsonl", "training_run_id": "r1"}
 
 
 def test_the_evaluation_job_runs_the_evaluator_on_one_gpu_with_the_judge_key_from_its_secret():
@@ -343,15 +344,24 @@ def test_a_full_evaluation_result_fits_the_termination_message():
     comparison = {"examples": 200, "candidate": {metric: score for metric in METRICS},
                   "baseline": {m: score for m in METRICS if m not in PAIRED_ONLY},
                   "difference": {m: score for m in METRICS if m not in PAIRED_ONLY}}
+    gate_tests = [improvement_test(metric) for metric in METRICS if metric not in PAIRED_ONLY]
+    for test in gate_tests:
+        test["warning"] = f"{test['metric']}: 30 test rows detect +0.21 with 80% power; +0.10 needs about 120"
+    judge = {"configured": True, "model": "qwen2.5-7b-instruct", "judged": 800, "unparseable": 12, "malformed": 9,
+             "refusals": 2, "rambles": 1, "repeated": 8, "selfAgreement": 0.875, "positionFlips": 0.1,
+             "trusted": True}
     result = EvaluatorResult.model_validate({
-        "succeeded": True, "baseline": "champion", "baselineVersion": "12", "holdOut": comparison,
-        "general": comparison, "judge": {"configured": True, "model": "qwen2.5-7b-instruct", "judged": 800},
+        "succeeded": True, "baseline": "champion", "baselineVersion": "12", "tests": gate_tests, "test": comparison,
+        "regression": comparison, "regressedRows": 3, "general": comparison, "judge": judge,
         "recordsPath": "/mnt/pvc/adapters/support-bot/evaluation/evaluation-records.jsonl",
-        "message": "judge skipped nothing; " * 20})
+        "warnings": [test["warning"] for test in gate_tests], "message": "judge skipped nothing; " * 20})
 
     text = compact_result(result)
 
     assert len(text) <= 4096
     compacted = EvaluatorResult.model_validate_json(text)
-    assert compacted.hold_out.candidate["exactMatch"].value == 0.2333
-    assert compacted.hold_out.difference["rougeL"].low == 0.0667
+    assert [(test.check, test.passed, test.p_holm) for test in compacted.tests] == [
+        (test["check"], True, 0.0005) for test in gate_tests], "every gate test survives, with its verdict"
+    assert compacted.judge.self_agreement == 0.875 and compacted.regressed_rows == 3
+    assert compacted.test.candidate["exactMatch"].value == 0.2333
+    assert compacted.test.difference["rougeL"].low == 0.0667

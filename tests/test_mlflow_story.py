@@ -28,7 +28,7 @@ CATALOG_NAME = "smollm2-135m-instruct"
 MANIFEST = {
     "apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneJob",
     "metadata": {"name": "acme-tickets", "namespace": "team-a", "uid": "uid-7"},
-    "spec": {"baseModel": {"name": CATALOG_NAME}, "dataset": {"uri": "data/tickets.jsonl", "holdOutFraction": 0.2},
+    "spec": {"baseModel": {"name": CATALOG_NAME}, "dataset": {"uri": "data/tickets.jsonl", "testFraction": 0.2},
              "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
              "training": {"epochs": 1, "learningRate": 5e-3, "microBatchSize": 4, "precision": "fp32"},
              "registry": {"modelName": "acme-tickets"}},
@@ -37,7 +37,7 @@ MANIFEST = {
 
 def evaluation_records(path: Path, examples: int) -> Path:
     """The evaluator's per-example records (evaluate.records): both answers and their scores."""
-    rows = [{"set": "holdOut", "index": index, "line": index + 1,
+    rows = [{"set": "test", "index": index, "line": index + 1,
              "prompt": [{"role": "user", "content": f"ticket {index}: printer on fire"}],
              "reference": "hardware", "candidate": {"answer": "hardware", "scores": {"exactMatch": 1.0}},
              "baseline": {"answer": "I am not sure", "scores": {"exactMatch": 0.0}}} for index in range(examples)]
@@ -94,7 +94,8 @@ def test_metrics_are_headline_numbers_without_interval_bars(story):
     assert not [key for key in metrics if key.endswith(("_low", "_high"))]
     assert metrics["score/exactMatch"] == 0.6 and metrics["score/exactMatch_baseline"] == 0.1
     # the UI sorts chart groups by name: the loss curves come first
-    assert sorted({key.split("/")[0] for key in metrics}) == ["loss", "score", "train"]
+    assert sorted({key.split("/")[0] for key in metrics}) == ["loss", "score", "significance", "train"]
+    assert metrics["significance/exactMatch_improvement_p_holm"] == 0.0005
 
 
 def test_the_description_tells_the_story(story):
@@ -105,6 +106,12 @@ def test_the_description_tells_the_story(story):
                      description)
     assert registered.uri in description and "## Data" in description and "## Training" in description
     assert "sha256 `" + "cd" * 32 + "`" in description  # the job's status, as the data check found it
+    assert "300 rows (alpaca): 270 train, 30 validation, 30 test" in description
+    assert "validation loss 4.000 → 0.050" in description.split("\n")[0]
+    # the gate's only test decided, with its p-value and the smallest effect it could detect
+    assert re.search(r"\n- \*\*deciding:\*\* ok: exactMatch improvement on test: \+0\.500 \[\+0\.200, \+0\.700\] .*"
+                     r"p=0\.0005.*detectable \+0\.210", description)
+    assert "LLM judge: not configured" in description
 
 
 def test_the_run_holds_the_html_report_with_the_registered_version(story):

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from k8s_emulator import handlers_registry, running_emulator
-from stage_results import DATA_CHECKED
+from stage_results import DATA_CHECKED, improvement_test
 
 REPO = Path(__file__).resolve().parents[1]
 CRDS = list(yaml.safe_load_all((REPO / "crds" / "tuneloop.dev_crds.yaml").read_text()))
@@ -87,17 +87,17 @@ async def job_in_phase(harness, phase: str) -> dict:
     return await harness.wait_for(current)
 
 
-RESULT = {"succeeded": True, "steps": 68, "holdOutLossBefore": 4.08, "holdOutLossAfter": 0.05, "trainLoss": 0.05,
+RESULT = {"succeeded": True, "steps": 68, "validationLossBefore": 4.08, "validationLossAfter": 0.05, "trainLoss": 0.05,
           "tokensPerSecond": 5000.0, "seconds": 60.0, "adapterPath": "/mnt/pvc/adapters/acme-tickets/adapter",
-          "holdOutPath": "/mnt/pvc/adapters/acme-tickets/hold-out.jsonl",
-          "dataset": {"rows": 300, "trainRows": 270, "holdOutRows": 30, "trainTokens": 27894,
+          "testPath": "/mnt/pvc/adapters/acme-tickets/test.jsonl",
+          "dataset": {"rows": 300, "trainRows": 270, "validationRows": 30, "testRows": 30, "trainTokens": 27894,
                       "format": "alpaca", "sha256": "ab" * 32}}
 
 
 SCORE = {"value": 0.6, "low": 0.43, "high": 0.77}
 EVALUATED = {"succeeded": True, "baseline": "base", "judge": {"configured": False},
              "recordsPath": "/mnt/pvc/adapters/acme-tickets/evaluation/evaluation-records.jsonl",
-             "holdOut": {"examples": 30, "candidate": {"exactMatch": SCORE},
+             "tests": [improvement_test()], "test": {"examples": 30, "candidate": {"exactMatch": SCORE},
                          "baseline": {"exactMatch": {"value": 0.0, "low": 0.0, "high": 0.0}},
                          "difference": {"exactMatch": SCORE}}}
 REGISTERED = {"succeeded": True, "modelName": "acme-tickets", "version": "1", "uri": "models:/acme-tickets/1",
@@ -122,7 +122,7 @@ def test_the_example_runs_through_training_evaluation_and_registration(operator_
                 spec = json.loads(validated(harness.get(CONFIGMAP, "default", "acme-tickets-evaluate"))
                                   ["data"]["workload.json"])
                 assert spec["adapterPath"] == "/mnt/pvc/adapters/acme-tickets/adapter"
-                assert spec["holdOutPath"] == "/mnt/pvc/adapters/acme-tickets/hold-out.jsonl"
+                assert spec["testPath"] == "/mnt/pvc/adapters/acme-tickets/test.jsonl"
 
                 finish_job(harness, EVALUATED, "acme-tickets-evaluate")
                 register = validated(await harness.wait_for(lambda: harness.get(JOB, "default", "acme-tickets-register")))
@@ -236,7 +236,7 @@ def test_applying_the_example_creates_one_configmap_and_one_job_and_results_flow
                 finish_job(harness, RESULT)
                 done = await job_in_phase(harness, "Evaluating")
                 assert done["status"]["training"]["adapterUri"] == "pvc://adapters/acme-tickets/adapter"
-                assert done["status"]["training"]["holdOutLossAfter"] == 0.05
+                assert done["status"]["training"]["validationLossAfter"] == 0.05
                 await asyncio.sleep(1.5)  # a few more timer periods: nothing more may happen
 
             await run_operator(harness, body, kubeconfig_dir=operator_env)

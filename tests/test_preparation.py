@@ -29,7 +29,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def workload(tmp_path: Path, dataset: Path, replay: Path | None = None, fraction: float = 0.1,
              seed: int = 3) -> TrainerWorkload:
     raw = {"baseModel": {"uri": "file:///models/x"}, "dataset": {"uri": str(dataset), "seed": seed,
-                                                               "holdOutFraction": 0.2}}
+                                                               "testFraction": 0.2}}
     if replay:
         raw["dataset"]["replay"] = {"uri": str(replay), "fraction": fraction}
     spec = parse_spec(raw)
@@ -73,10 +73,10 @@ def test_replay_rows_join_training_only_at_the_asked_fraction_and_reproducibly(t
     again = prepare(workload(tmp_path, dataset, replay, fraction=0.1), tokenizer)
     other_seed = prepare(workload(tmp_path, dataset, replay, fraction=0.1, seed=4), tokenizer)
 
-    assert first.stats.train_rows == 80 and first.stats.hold_out_rows == 20
-    assert first.replay_rows == replay_count(80, 0.1) == 9  # 9 of 89 rows: about 10% of the mix
-    assert len(first.train) == 89
-    assert all("general" not in row.messages[0]["content"] for row in first.hold_out_rows)
+    assert (first.stats.train_rows, first.stats.validation_rows, first.stats.test_rows) == (70, 10, 20)
+    assert first.replay_rows == replay_count(70, 0.1) == 8  # 8 of 78 rows: about 10% of the mix
+    assert len(first.train) == 78
+    assert all("general" not in row.messages[0]["content"] for row in first.validation_rows + first.test_rows)
     assert [e.input_ids for e in first.train] == [e.input_ids for e in again.train]
     assert [e.input_ids for e in first.train] != [e.input_ids for e in other_seed.train]
 

@@ -18,6 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from safetensors.torch import save_file
 
+from stage_results import improvement_test
 from test_operator import EXAMPLE, FTJ, RESULT, data_checked, finish_job, job_in_phase
 from test_operator_modeldeployment import NAME, Scenario, manifest, play, ticket_bot
 from tuneloop.api.workloads import RegisterWorkload, compact_result
@@ -26,7 +27,7 @@ from tuneloop_evaluator.register import register
 SCORE = {"value": 0.6, "low": 0.43, "high": 0.77}
 BEAT_THE_CHAMPION = {
     "succeeded": True, "baseline": "champion", "baselineVersion": "1", "judge": {"configured": False},
-    "holdOut": {"examples": 30, "candidate": {"exactMatch": SCORE},
+    "tests": [improvement_test()], "test": {"examples": 30, "candidate": {"exactMatch": SCORE},
                 "baseline": {"exactMatch": {"value": 0.0, "low": 0.0, "high": 0.0}},
                 "difference": {"exactMatch": SCORE}}}
 

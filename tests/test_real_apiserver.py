@@ -31,7 +31,7 @@ from chart_operator import SERVICE_ACCOUNT_USER, SYSTEM, Operator
 from crd_schema import admit
 from feedback_server import serving
 from kube_apiserver import KubeApiServer, missing_binaries, running_control_plane
-from stage_results import DATA_CHECKED
+from stage_results import DATA_CHECKED, improvement_test
 from tuneloop.api import finetunejob as finetunejob_api
 from test_operator_finetuneschedule import TOKEN as FEEDBACK_TOKEN
 from test_operator_finetuneschedule import post_corrections
@@ -50,14 +50,14 @@ pytestmark = pytest.mark.apiserver
 
 RESULTS = {
     "validate": DATA_CHECKED,
-    "train": {"succeeded": True, "steps": 68, "holdOutLossBefore": 4.08, "holdOutLossAfter": 0.05, "trainLoss": 0.05,
+    "train": {"succeeded": True, "steps": 68, "validationLossBefore": 4.08, "validationLossAfter": 0.05, "trainLoss": 0.05,
               "tokensPerSecond": 5000.0, "seconds": 60.0, "adapterPath": "/mnt/pvc/adapters/x/adapter",
-              "holdOutPath": "/mnt/pvc/adapters/x/hold-out.jsonl",
-              "dataset": {"rows": 300, "trainRows": 270, "holdOutRows": 30, "trainTokens": 27894,
+              "testPath": "/mnt/pvc/adapters/x/test.jsonl",
+              "dataset": {"rows": 300, "trainRows": 270, "validationRows": 30, "testRows": 30, "trainTokens": 27894,
                           "format": "alpaca", "sha256": "ab" * 32}},
     "evaluate": {"succeeded": True, "baseline": "base", "judge": {"configured": False},
                  "recordsPath": "/mnt/pvc/adapters/x/evaluation/evaluation-records.jsonl",
-                 "holdOut": {"examples": 30, "candidate": {"exactMatch": {"value": 0.6, "low": 0.43, "high": 0.77}},
+                 "tests": [improvement_test()], "test": {"examples": 30, "candidate": {"exactMatch": {"value": 0.6, "low": 0.43, "high": 0.77}},
                              "baseline": {"exactMatch": {"value": 0.0, "low": 0.0, "high": 0.0}},
                              "difference": {"exactMatch": {"value": 0.6, "low": 0.43, "high": 0.77}}}},
     "register": {"succeeded": True, "modelName": "acme-tickets", "version": "1", "uri": "models:/acme-tickets/1",

@@ -31,7 +31,7 @@ CLUSTER = ReconcileContext(mode="cluster", catalog=frozenset({"llama-3.1-8b"}))
 
 LOCAL_SPEC = {
     "baseModel": {"name": "smollm2-135m-instruct"},
-    "dataset": {"uri": "data/tickets.jsonl", "format": "alpaca", "holdOutFraction": 0.1},
+    "dataset": {"uri": "data/tickets.jsonl", "format": "alpaca", "testFraction": 0.1},
     "training": {"epochs": 2},
 }
 # Training only: the evaluation and registry stages are covered in test_reconcile_evaluation.py.
@@ -44,16 +44,16 @@ CLUSTER_SPEC = {
 
 RESULT = {
     "succeeded": True,
-    "dataset": {"rows": 300, "trainRows": 270, "holdOutRows": 30, "trainTokens": 41234,
+    "dataset": {"rows": 300, "trainRows": 270, "validationRows": 30, "testRows": 30, "trainTokens": 41234,
                 "format": "alpaca", "sha256": "ab" * 32},
-    "holdOutLossBefore": 2.5,
-    "holdOutLossAfter": 0.75,
+    "validationLossBefore": 2.5,
+    "validationLossAfter": 0.75,
     "trainLoss": 0.5,
     "steps": 68,
     "tokensPerSecond": 1234.56,
     "seconds": 95.04,
     "adapterPath": "/work/acme-tickets/train/adapter",
-    "holdOutPath": "/work/acme-tickets/train/hold_out.jsonl",
+    "testPath": "/work/acme-tickets/train/test.jsonl",
 }
 
 
@@ -200,7 +200,7 @@ def test_passed_data_check_records_its_report_and_only_then_launches_training():
     assert status.data_report.to_wire() == {**DATA_CHECKED["report"], "replayRows": 0}
     validated = get_condition(status.conditions, "DataValidated")
     assert (validated.status, validated.reason) == ("True", "Succeeded")
-    assert validated.message == ("300 alpaca rows read: 270 to train on, 30 held out, 41,234 tokens; 4 of 270 "
+    assert validated.message == ("300 alpaca rows read: 270 to train on, 30 to validate, 30 to test, 41,234 tokens; 4 of 270 "
                                  "training rows longer than maxSeqLength 512 (cut); about 68 optimizer steps")
     assert [(event.reason, event.message) for event in events(decision)][0] == ("DataValidated", validated.message)
 
@@ -296,12 +296,12 @@ def test_a_succeeded_workload_completes_the_job_with_its_results():
 
     assert status.phase == "Succeeded"
     assert status.completion_time == LATER
-    assert status.message == "hold-out loss 2.5000 -> 0.7500"
+    assert status.message == "validation loss 2.5000 -> 0.7500"
     assert status.training.to_wire() == {
-        "holdOutLossBefore": 2.5, "holdOutLossAfter": 0.75, "holdOutLoss": "2.500 -> 0.750", "trainLoss": 0.5,
+        "validationLossBefore": 2.5, "validationLossAfter": 0.75, "validationLoss": "2.500 -> 0.750", "trainLoss": 0.5,
         "steps": 68,
         "tokensPerSecond": 1234.6, "seconds": 95.0,
-        "adapterUri": "/work/acme-tickets/train/adapter", "holdOutUri": "/work/acme-tickets/train/hold_out.jsonl",
+        "adapterUri": "/work/acme-tickets/train/adapter", "testUri": "/work/acme-tickets/train/test.jsonl",
         "stoppedEarly": False,
     }
     assert status.dataset.to_wire() == RESULT["dataset"]

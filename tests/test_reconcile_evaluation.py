@@ -8,7 +8,7 @@ from passes import ftj_pass
 from stage_results import DATA_CHECKED, REGISTERED, TRAINED, evaluated, played_job
 
 from tuneloop.api.common import get_condition
-from tuneloop.api.evaluation import Comparison, GateSpec, Score
+from tuneloop.api.evaluation import GateTest, Score
 from tuneloop.api.finetunejob import FineTuneJobStatus
 from tuneloop.reconcile import gate
 from tuneloop.reconcile.finetunejob import LaunchWorkload, Observed, ReconcileContext, WorkloadState
@@ -45,13 +45,13 @@ def trained_status() -> FineTuneJobStatus:
     return step(started(), "train", "Succeeded", TRAINED).status
 
 
-def test_training_hands_the_adapter_and_hold_out_split_to_the_evaluator():
+def test_training_hands_the_adapter_and_test_split_to_the_evaluator():
     started_ = started()
     decision = step(started_, "train", "Succeeded", TRAINED)
 
     assert decision.status.phase == "Evaluating"
     assert launches(decision) == [LaunchWorkload("evaluate", f"{JOB}-evaluate", {
-        "adapter_uri": "/w/train/output/adapter", "hold_out_uri": "/w/train/output/hold-out.jsonl",
+        "adapter_uri": "/w/train/output/adapter", "test_uri": "/w/train/output/test.jsonl",
         "training_run_id": "run-1"})]
     assert reasons(decision) == ["Trained", "EvaluatingStarted"]
 
@@ -64,8 +64,8 @@ def test_a_passed_gate_registers_with_challenger_and_champion():
     assert (status.evaluation.score, status.evaluation.baseline_score) == (0.6, 0.1)
     gate_condition = get_condition(status.conditions, "GatePassed")
     assert gate_condition.status == "True"
-    assert "exactMatch candidate-baseline +0.500 [+0.200, +0.700]: lower bound > 0" in gate_condition.message
-    assert "rougeL 0.900 [0.850, 0.940]: lower bound >= 0.5" in gate_condition.message
+    assert gate_condition.message.startswith("gate passed: exactMatch improvement on test: +0.500 [+0.200, +0.700] vs 0, "
+                                             "exact McNemar p=0.0005; detectable +0.210 at 80% power")
     (launch,) = launches(decision)
     assert launch.stage == "register"
     assert launch.inputs["set_challenger"] and launch.inputs["set_champion"]
@@ -82,7 +82,7 @@ def test_an_improvement_inside_the_noise_fails_the_gate_and_promotes_nothing():
     gate_condition = get_condition(decision.status.conditions, "GatePassed")
 
     assert gate_condition.status == "False" and gate_condition.reason == "BelowThreshold"
-    assert "exactMatch candidate-baseline +0.500 [-0.050, +0.700]: lower bound <= 0" in gate_condition.message
+    assert gate_condition.message.startswith("gate failed on exactMatch improvement on test: +0.500 [-0.050, +0.700]")
     (launch,) = launches(decision)
     assert not launch.inputs["set_challenger"] and not launch.inputs["set_champion"]
     assert "GateFailed" in reasons(decision)
@@ -120,7 +120,7 @@ def test_registration_completes_the_job_with_scores_gate_and_version():
                                          "aliases": ["challenger", "champion"], "runId": "run-1"}
     assert get_condition(status.conditions, "Registered").status == "True"
     assert "registered models:/acme-tickets/3 (challenger, champion)" in status.message
-    assert "exactMatch on 30 hold-out examples: candidate 0.600 [0.430, 0.770] vs base 0.100" in status.message
+    assert "exactMatch on 30 test examples: candidate 0.600 [0.430, 0.770] vs base 0.100" in status.message
 
 
 def test_an_unreachable_registry_is_retried_and_the_condition_clears_when_it_is_back():
@@ -153,7 +153,7 @@ def test_an_evaluation_failure_fails_the_job_with_its_reason(reason):
 
 
 def test_an_unreadable_result_fails_the_stage_instead_of_crashing_the_operator():
-    decision = step(trained_status(), "evaluate", "Succeeded", {"succeeded": True, "holdOut": {"examples": "x"}})
+    decision = step(trained_status(), "evaluate", "Succeeded", {"succeeded": True, "test": {"examples": "x"}})
     assert decision.status.phase == "Failed"
     assert get_condition(decision.status.conditions, "Failed").reason == "EvaluatingFailed"
 
@@ -176,29 +176,38 @@ def test_a_cluster_without_mlflow_refuses_a_spec_that_registers():
 
 # --- the gate on its own ---
 
-def comparison(**differences: tuple[float, float, float]) -> Comparison:
-    return Comparison(examples=30, difference={m: Score(value=v, low=lo, high=hi)
-                                               for m, (v, lo, hi) in differences.items()})
+def gate_test(check: str, passed: bool, p_holm: float, kind: str = "improvement", **extra) -> GateTest:
+    return GateTest(check=check, metric=check.split()[0], set="test", kind=kind, method="exact McNemar",
+                    estimate=Score(value=0.3, low=0.1 if passed else -0.02, high=0.5), threshold=0.0, n=30,
+                    p_value=p_holm, p_holm=p_holm, passed=passed, **extra)
 
 
-def test_the_gate_decides_on_the_lower_bound_not_the_mean():
-    noisy = comparison(exactMatch=(0.3, -0.01, 0.6))
-    assert not gate.decide(GateSpec(), noisy, None).passed
-    assert gate.decide(GateSpec(), comparison(exactMatch=(0.3, 0.01, 0.6)), None).passed
+def test_the_gate_passes_only_when_every_test_passed_and_names_the_weakest():
+    result = gate.decide([gate_test("exactMatch improvement on test", True, 0.001),
+                          gate_test("rougeL improvement on test", True, 0.02)], [])
+
+    assert result.passed and result.verdict == "Passed"
+    assert result.deciding.startswith("rougeL improvement on test: +0.300 [+0.100, +0.500] vs 0, exact McNemar p=0.0200")
+    assert result.message.startswith("gate passed 2 tests; weakest: rougeL improvement")
+    assert [line.split(":")[0] for line in result.checks] == ["ok", "ok"]
 
 
-def test_the_gate_names_a_metric_it_could_not_check():
-    result = gate.decide(GateSpec(primary_metric="judgeScore"), comparison(exactMatch=(0.3, 0.1, 0.5)), None)
-    assert not result.passed and "judgeScore improvement not measured" in result.message
+def test_a_failed_test_fails_the_gate_and_its_message_names_the_test():
+    failed = gate_test("rougeL nonInferiority on regression", False, 0.3, kind="nonInferiority",
+                       detail="4 rows the champion got right are wrong now")
+    result = gate.decide([gate_test("exactMatch improvement on test", True, 0.001), failed],
+                         ["exactMatch: 30 test rows detect +0.21 with 80% power"])
+
+    assert not result.passed
+    assert result.message.startswith("gate failed on rougeL nonInferiority on regression: +0.300 [-0.020, +0.500] vs 0")
+    assert "(4 rows the champion got right are wrong now)" in result.message
+    assert result.checks[1].startswith("FAILED: rougeL nonInferiority")
+    assert result.warnings == ["exactMatch: 30 test rows detect +0.21 with 80% power"]
 
 
-def test_general_ability_regression_beyond_the_limit_fails_the_gate():
-    hold_out = comparison(exactMatch=(0.3, 0.1, 0.5))
-    general_ok = comparison(rougeL=(-0.01, -0.04, 0.02))
-    general_bad = comparison(rougeL=(-0.05, -0.09, -0.01))
-    assert gate.decide(GateSpec(max_regression=0.05), hold_out, general_ok).passed
-    result = gate.decide(GateSpec(max_regression=0.05), hold_out, general_bad)
-    assert not result.passed and "general-set rougeL" in result.message
+def test_no_test_at_all_is_a_failed_gate():
+    result = gate.decide([], [])
+    assert not result.passed and "no gate test" in result.message
 
 
 # --- how a finished job reads: conditions (kstatus) and kubectl columns ---
@@ -216,7 +225,7 @@ def test_a_failed_gate_reads_not_ready_and_stalled_with_reason_gate_failed():
     assert conditions["Stalled"] == ("True", "GateFailed")  # kstatus (Flux, kubectl wait) reads Failed
     assert "Reconciling" not in conditions
     ready = get_condition(status.conditions, "Ready")
-    assert "exactMatch candidate-baseline +0.500 [-0.050, +0.700]: lower bound <= 0" in ready.message
+    assert "exactMatch improvement on test: +0.500 [-0.050, +0.700] vs 0, exact McNemar p=0.2000" in ready.message
     assert ready.message.endswith("the adapter was not promoted")
 
 
@@ -256,5 +265,5 @@ def test_kubectl_get_shows_rounded_loss_the_gated_metric_and_the_verdict(em_diff
         "Phase": "Succeeded", "Model": "smollm2-135m-instruct", "Step": "68/68", "Loss": 0.04912,
         "Score": "exactMatch 0.600 vs base 0.100", "Gate": verdict, "Version": "3", "Age": NOW}
     wide = printed_columns(crd, manifest, wide=True)
-    assert wide["Hold-out Loss"] == "4.000 -> 0.050" and wide["Registered"] == "models:/acme-tickets/3"
-    assert wide["Message"].startswith("hold-out loss 4.0000 -> 0.0500")
+    assert wide["Val Loss"] == "4.000 -> 0.050" and wide["Registered"] == "models:/acme-tickets/3"
+    assert wide["Message"].startswith("validation loss 4.0000 -> 0.0500")

@@ -22,7 +22,7 @@ from tuneloop.reconcile.finetuneschedule import (
 
 CREATED = "2026-11-20T12:00:00Z"
 TEMPLATE = {"baseModel": {"name": "smollm2-135m-instruct"},
-            "dataset": {"uri": "pvc://datasets/tickets.jsonl", "format": "alpaca", "holdOutFraction": 0.2},
+            "dataset": {"uri": "pvc://datasets/tickets.jsonl", "format": "alpaca", "testFraction": 0.2},
             "output": {"uri": "pvc://adapters/acme-tickets"}, "registry": {"modelName": "acme-tickets"}}
 
 
@@ -99,7 +99,7 @@ def test_the_run_creates_a_finetunejob_training_on_the_snapshot_and_replaying_th
     dataset = manifest["spec"]["dataset"]
     assert dataset["uri"] == "pvc://datasets/feedback/corrections-abababababab.jsonl" and dataset["format"] == "messages"
     assert dataset["replay"] == {"uri": "pvc://datasets/tickets.jsonl", "format": "alpaca", "fraction": 0.3}
-    assert dataset["holdOutFraction"] == 0.2, "the template's other dataset settings carry over"
+    assert dataset["testFraction"] == 0.2, "the template's other dataset settings carry over"
     assert manifest["spec"]["output"]["uri"] == f"pvc://adapters/acme-tickets/{create.name}"
     assert status.run.step == "Training" and status.active == [create.name]
 

@@ -8,7 +8,7 @@ import os
 import re
 import subprocess
 import sys
-from html import unescape
+from html import escape, unescape
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ def job_manifest(model: Path, dataset: Path) -> dict:
         "apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "tiny-report"},
         "spec": {
             "baseModel": {"uri": f"file://{model}"},
-            "dataset": {"uri": str(dataset), "holdOutFraction": 0.2, "seed": 3},
+            "dataset": {"uri": str(dataset), "testFraction": 0.2, "seed": 3},
             "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
             "training": {"epochs": 2, "learningRate": 5e-3, "microBatchSize": 4, "precision": "fp32",
                          "earlyStopping": {"enabled": True, "evalEverySteps": 2, "patience": 50}},
@@ -74,12 +74,14 @@ def test_the_report_shows_the_gates_verdict_and_every_metric_with_its_interval(l
     assert re.search(rf'<span class="verdict {verdict.lower()}" id="verdict">{verdict}</span>', page)
     assert unescape(status.evaluation.gate.message) in unescape(page)
     assert "90% bootstrap intervals" in page  # the spec's confidence level
-    hold_out = status.evaluation.hold_out
-    assert hold_out.candidate, "the run measured no metric"
-    for metric, candidate in hold_out.candidate.items():
-        row = re.search(rf'<tr[^>]*data-metric="{metric}">(.*?)</tr>', page)
+    test = status.evaluation.test
+    assert test.candidate, "the run measured no metric"
+    table = re.search(r'<table class="metrics" data-set="test">(.*?)</table>', page, re.DOTALL)
+    assert table, "no table of the test set's metrics"
+    for metric, candidate in test.candidate.items():
+        row = re.search(rf'<tr[^>]*data-metric="{metric}">(.*?)</tr>', table.group(1))
         assert row, metric
-        baseline, difference = hold_out.baseline[metric], hold_out.difference[metric]
+        baseline, difference = test.baseline[metric], test.difference[metric]
         assert f"{candidate.value:.3f} [{candidate.low:.3f}, {candidate.high:.3f}]" in row.group(1)
         assert f"{baseline.value:.3f} [{baseline.low:.3f}, {baseline.high:.3f}]" in row.group(1)
         assert f"{difference.value:+.3f} [{difference.low:+.3f}, {difference.high:+.3f}]" in row.group(1)
@@ -94,7 +96,7 @@ def test_the_loss_chart_draws_train_and_validation_loss_from_the_mlflow_run(loca
     assert 'id="loss-train"' in chart.group(1) and 'id="loss-validation"' in chart.group(1)
     counts = re.search(r"(\d+) train points, (\d+) validation points; MLflow run", chart.group(1))
     status = FineTuneJobStatus.model_validate_json((job_dir / "status.json").read_text())
-    # the trainer logs the train loss every step, the hold-out loss before, every 2 steps and after
+    # the trainer logs the train loss every step, the validation loss before, every 2 steps and after
     assert counts and int(counts.group(1)) == status.training.steps and int(counts.group(2)) >= 3, counts
 
 
@@ -107,7 +109,7 @@ def test_untrusted_text_is_shown_escaped_and_nothing_is_fetched(local_run):
     assert not re.search(r"url\(\s*[\"']?(https?:)?//|@import", page, re.IGNORECASE)
     assert "http://" not in page and "https://" not in page
     status = FineTuneJobStatus.model_validate_json((job_dir / "status.json").read_text())
-    assert len(re.findall(r'<div class="example">', page)) == min(8, status.evaluation.hold_out.examples)
+    assert len(re.findall(r'<div class="example">', page)) == min(8, status.evaluation.test.examples)
 
 
 def test_tuneloop_report_rebuilds_a_missing_report_and_prints_its_path(local_run, capsys):
@@ -190,7 +192,7 @@ def test_a_cluster_job_is_reported_from_its_status_and_mlflow_run(local_run):
     assert 'id="loss-validation"' in render_html(report)
 
 
-def test_without_its_mlflow_the_report_still_draws_the_hold_out_loss(local_run, tmp_path):
+def test_without_its_mlflow_the_report_still_draws_the_validation_loss(local_run, tmp_path):
     from tuneloop.registry.run_report import collect
     from tuneloop.report import render_html
 
@@ -200,9 +202,9 @@ def test_without_its_mlflow_the_report_still_draws_the_hold_out_loss(local_run, 
     report = collect(job_dir, tracking_uri=f"sqlite:///{tmp_path / 'gone.db'}")
 
     assert report.loss.train == []
-    assert report.loss.validation[0] == (0, status.training.hold_out_loss_before)
+    assert report.loss.validation[0] == (0, status.training.validation_loss_before)
     training = status.training  # after training the output is the best checkpoint (early stopping is on)
-    assert (training.best_step or training.steps, training.hold_out_loss_after) in report.loss.validation
+    assert (training.best_step or training.steps, training.validation_loss_after) in report.loss.validation
     assert len(report.loss.validation) >= 3  # and the evaluations in between, every 2 steps
     page = render_html(report)
     assert 'id="loss-validation"' in page and 'id="loss-train"' not in page
@@ -225,3 +227,194 @@ def test_an_exact_answer_is_marked_and_a_failed_gate_is_red():
     assert '<span class="verdict failed" id="verdict">FAILED</span>' in page
     answers = re.findall(r"<div><strong>(expected|base|tuned)</strong>( <span class=\"exact\">)?", page)
     assert answers == [("expected", ""), ("base", ""), ("tuned", ' <span class="exact">')]
+
+
+# --- what the evaluation found, in all three reports (no run needed: a status and a records file) ---
+
+CONTAMINATION_FINDINGS = [f"train line {12 + n} ~ test line {40 + n} (0.9{n})" for n in range(4)]
+TOO_SMALL = "exactMatch improvement on test: 30 rows can detect +0.210 at 80% power, not the +0.100 asked"
+JUDGE_NOTE = "self-agreement 0.50 below judge.minAgreement 0.60"
+
+
+def gate_test(check: str, evaluated_set: str, kind: str, estimate: tuple[float, float, float], p: float,
+              passed: bool):
+    from tuneloop.api.evaluation import GateTest, Score
+
+    value, low, high = estimate
+    return GateTest(check=check, metric="exactMatch", set=evaluated_set, kind=kind, method="exact McNemar",
+                    estimate=Score(value=value, low=low, high=high), threshold=0.0 if kind == "improvement" else -0.05,
+                    n=30 if evaluated_set == "test" else 12, p_value=p, p_holm=min(1.0, 2 * p), passed=passed,
+                    detectable_effect=0.21 if kind == "improvement" else None)
+
+
+def regressed_records(path: Path, regressed: int) -> Path:
+    """The evaluator's records: 3 test rows, and regression-set rows of which `regressed` are marked regressed."""
+    def record(evaluated_set: str, index: int, candidate: str, champion: str, **extra) -> dict:
+        prompt = [{"role": "system", "content": "be terse"},
+                  {"role": "user", "content": f"{evaluated_set} ticket {index} {UNTRUSTED}"}]
+        return {"set": evaluated_set, "index": index, "line": index + 1, "prompt": prompt,
+                "reference": f"P{index}", "candidate": {"answer": candidate, "scores": {"exactMatch": 0.0}},
+                "baseline": {"answer": champion, "scores": {"exactMatch": 1.0}}, **extra}
+
+    rows = [record("test", index, f"P{index}", "no idea") for index in range(3)]
+    rows += [record("regression", index, f"wrong {index} <b>bold</b>", f"P{index}", regressed=True)
+             for index in range(regressed)]
+    rows += [record("regression", regressed + index, f"P{regressed + index}", f"P{regressed + index}")
+             for index in range(4)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def gate_tests() -> list:
+    """The evaluator's tests: the improvement on test passed, the regression set's non-inferiority failed."""
+    return [gate_test("exactMatch improvement on test", "test", "improvement", (0.5, 0.2, 0.7), 0.0005, True),
+            gate_test("exactMatch non-inferiority on regression", "regression", "nonInferiority",
+                      (-0.4, -0.6, -0.2), 0.4, False)]
+
+
+def found_status(records: Path, regressed: int) -> FineTuneJobStatus:
+    """A finished job whose gate failed on the regression set, with contamination, an untrusted judge and
+    a warning that the test set is too small."""
+    from stage_results import played_job
+
+    from tuneloop.api.evaluation import Comparison, EvaluationResults, JudgeStats, Score
+    from tuneloop.api.finetunejob import ContaminationStats
+    from tuneloop.reconcile.gate import decide
+
+    status = played_job()
+    regression = Comparison(examples=regressed + 4, candidate={"exactMatch": Score(value=0.3, low=0.1, high=0.5)},
+                            baseline={"exactMatch": Score(value=0.7, low=0.5, high=0.9)},
+                            difference={"exactMatch": Score(value=-0.4, low=-0.6, high=-0.2)})
+    judge = JudgeStats(configured=True, model="smollm2-135m", judged=40, unparseable=3, malformed=2, refusals=1,
+                       wins=5, ties=3, losses=2, repeated=8, self_agreement=0.5, position_flips=0.3,
+                       trusted=False, note=JUDGE_NOTE)
+    evaluation = EvaluationResults.model_validate(status.evaluation.model_dump() | {
+        "regression": regression, "regressed_rows": regressed, "judge": judge, "records_uri": records.as_uri(),
+        "baseline": "champion", "baseline_version": "2", "gate": decide(gate_tests(), [TOO_SMALL])})
+    dataset = status.dataset.model_copy(update={"contamination": ContaminationStats(
+        threshold=0.8, test_rows=30, regression_rows=12, contaminated=4, removed=4, examples=CONTAMINATION_FINDINGS)})
+    return status.model_copy(update={"evaluation": evaluation, "dataset": dataset})
+
+
+@pytest.fixture
+def found(tmp_path):
+    """A job folder holding that status and its records: (job folder, status)."""
+    records = regressed_records(tmp_path / "records.jsonl", regressed=7)
+    status = found_status(records, regressed=7)
+    job_dir = tmp_path / "acme-tickets" / "0123abcd"
+    job_dir.mkdir(parents=True)
+    (job_dir / "status.json").write_text(status.model_dump_json(by_alias=True), encoding="utf-8")
+    return job_dir, status
+
+
+def test_the_page_names_the_deciding_test_and_shows_the_warnings(found):
+    from tuneloop.registry.run_report import collect
+    from tuneloop.report import render_html
+
+    job_dir, status = found
+    page = render_html(collect(job_dir))
+
+    passed, failed = gate_tests()
+    deciding = re.search(r'<li class="check-failed deciding" id="deciding">(.*?)</li>', page)
+    assert deciding and unescape(deciding.group(1)).endswith(f"FAILED: {failed.line()}")
+    assert "p=0.4000 (Holm 0.8000)" in deciding.group(1)  # the test's p-value and Holm's
+    assert len(re.findall(r"<li class=\"check-", page)) == 2 and page.count('id="deciding"') == 1
+    assert f'<li class="check-passed">ok: {escape(passed.line())}</li>' in page
+    assert "detectable +0.210" in page
+    assert f'<p class="warning">Warning: {escape(TOO_SMALL)}</p>' in page
+
+
+def test_the_page_lists_every_regressed_row_escaped(found):
+    from tuneloop.registry.run_report import collect
+    from tuneloop.report import render_html
+
+    job_dir, _ = found
+    page = render_html(collect(job_dir))
+
+    table = re.search(r'<table class="regressed" id="regressed">(.*?)</table>', page, re.DOTALL)
+    assert table, "no table of regressed rows"
+    rows = re.findall(r"<tr><td class=\"num\">(\d+)</td>(.*?)</tr>", table.group(1), re.DOTALL)
+    assert [int(number) for number, _ in rows] == list(range(1, 8))
+    cells = re.findall(r"<pre>(.*?)</pre>", rows[6][1], re.DOTALL)
+    assert cells == ["regression ticket 6 &lt;script&gt;alert(&#x27;owned&#x27;)&lt;/script&gt; &amp; &quot;quotes&quot;",
+                     "P6", "P6", "wrong 6 &lt;b&gt;bold&lt;/b&gt;"]
+    assert "<script" not in page and "<b>" not in page
+    assert "7 of 11 rows regressed" in page
+    assert len(re.findall(r'<div class="example">', page)) == 3  # the test rows, not the regression set's
+
+
+def test_the_page_shows_the_splits_contamination_and_why_the_judge_is_not_trusted(found):
+    from tuneloop.registry.run_report import collect
+    from tuneloop.report import render_html
+
+    job_dir, _ = found
+    page = render_html(collect(job_dir))
+
+    assert "300 rows (alpaca): 270 train, 30 validation, 30 test" in page
+    contamination = re.search(r'<dd id="contamination">(.*?)</dd>', page, re.DOTALL)
+    assert contamination and "4 training rows near the 30 test and 12 regression-set rows" in contamination.group(1)
+    assert "all removed from training" in contamination.group(1)
+    assert [finding in contamination.group(1) for finding in CONTAMINATION_FINDINGS] == [True, True, True, False]
+    judge = re.search(r'<p id="judge">(.*?)</p>', page)
+    assert judge and "self-agreement 0.50 over 8 repeats, position flips 0.30" in judge.group(1)
+    assert "NOT trusted" in judge.group(1) and "malformed 2, refusals 1" in judge.group(1)
+    assert re.search(rf'<p class="warning" id="judge-distrust">the gate does not rely on judgeScore and '
+                     rf'judgeWinRate: {JUDGE_NOTE}</p>', page)
+
+
+def test_the_terminal_shows_five_regressed_rows_the_deciding_test_and_the_warnings(found, capsys):
+    from tuneloop.api.finetunejob import parse_manifest
+    from tuneloop.cli.terminal_report import print_evaluation, print_report
+
+    _, status = found
+    job = parse_manifest({"apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneJob",
+                          "metadata": {"name": "acme-tickets"},
+                          "spec": {"baseModel": {"name": "smollm2-135m-instruct"},
+                                   "dataset": {"uri": "data/tickets.jsonl"}}})
+
+    print_report(job, status, [])
+    print_evaluation(job, status)
+
+    out = capsys.readouterr().out
+    words = " ".join(out.split())  # long lines are wrapped
+    passed, failed = gate_tests()
+    assert "  data       300 rows (alpaca): 270 train, 30 validation, 30 test;" in out
+    assert "contamination: 4 training rows near the 30 test and 12 regression-set rows" in words
+    assert sum(finding in out for finding in CONTAMINATION_FINDINGS) == 3
+    assert f"\n    deciding > FAILED: {failed.line()}\n" in out and f"\n    ok: {passed.line()}\n" in out
+    assert "p=0.4000 (Holm 0.8000)" in out
+    assert f"WARNING: {TOO_SMALL}" in words
+    assert "NOT trusted" in words and f"the gate does not rely on judgeScore and judgeWinRate: {JUDGE_NOTE}" in words
+    assert "regression set 11 of the champion's test rows: exactMatch 0.300 [0.100, 0.500] vs champion" in words
+    shown = re.findall(r"^    (\d)\. prompt    regression ticket (\d) <script>", out, re.MULTILINE)
+    assert shown == [(str(n + 1), str(n)) for n in range(5)]
+    assert "       candidate wrong 4 <b>bold</b>" in out
+    assert "    and 2 more in the report" in out
+
+
+def test_the_mlflow_description_carries_the_same_findings(found):
+    from tuneloop.api.workloads import RegisterResult
+    from tuneloop.registry.description import MAX_DESCRIPTION, run_description
+    from tuneloop.registry.run_report import local_records_path, read_records
+
+    _, status = found
+    regressed = read_records(local_records_path(status.evaluation.records_uri)).regressed
+    registered = RegisterResult(succeeded=True, model_name="acme-tickets", version="3",
+                                uri="models:/acme-tickets/3", aliases=["challenger"])
+
+    description = run_description("team-a/acme-tickets", status, {}, registered, regressed)
+
+    assert len(description) <= MAX_DESCRIPTION and "(cut)" not in description
+    assert description.startswith("**Gate FAILED** · exactMatch 0.600 vs champion 0.100")
+    assert "300 rows (alpaca): 270 train, 30 validation, 30 test" in description
+    assert "Contamination: 4 training rows near the 30 test and 12 regression-set rows" in description
+    assert sum(finding in description for finding in CONTAMINATION_FINDINGS) == 3
+    passed, failed = gate_tests()
+    assert f"\n- **deciding:** FAILED: {failed.line()}\n" in description
+    assert f"\n- ok: {passed.line()}\n" in description
+    assert f"- **Warning:** {TOO_SMALL}" in description
+    assert "Regression set (11 of the champion's test rows, non-inferiority): 7 of 11 rows regressed" in description
+    assert "## What regressed (7 rows)" in description
+    assert re.findall(r"^(\d)\. prompt    regression ticket \d", description, re.MULTILINE) == list("12345")
+    assert "and 2 more in the report" in description
+    assert f"**Warning:** the gate does not rely on judgeScore and judgeWinRate: {JUDGE_NOTE}" in description

@@ -30,7 +30,7 @@ def dataset(tmp_path_factory) -> Path:
 def workload(tiny_model_dir: Path, dataset: Path, output: Path, training: dict | None = None, **extra) -> TrainerWorkload:
     spec = parse_spec({
         "baseModel": {"uri": f"file://{tiny_model_dir}"},
-        "dataset": {"uri": str(dataset), "holdOutFraction": 0.25, "seed": 1},
+        "dataset": {"uri": str(dataset), "testFraction": 0.25, "seed": 1},
         "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
         "training": {"epochs": 3, "learningRate": 3e-3, "microBatchSize": 4, "precision": "fp32",
                      **(training or {})},
@@ -122,7 +122,7 @@ def test_sigterm_then_sigkill_resume_continues_the_step_count_and_matches_an_uni
     assert ours.keys() == theirs.keys()
     for name in ours:
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-5)
-    assert result.hold_out_loss_before == pytest.approx(reference.hold_out_loss_before)
+    assert result.validation_loss_before == pytest.approx(reference.validation_loss_before)
 
 
 def test_a_checkpoint_is_complete_only_with_its_marker_written_after_its_files(tmp_path):
@@ -161,9 +161,9 @@ def test_early_stopping_outputs_the_best_checkpoint(tiny_model_dir, dataset, tmp
     assert code == 0, result.message
     assert result.stopped_early
     assert [e.step for e in result.evaluations] == [3, 6, 9]
-    best = min(result.evaluations, key=lambda e: e.hold_out_loss)
+    best = min(result.evaluations, key=lambda e: e.validation_loss)
     assert result.steps == 9 and result.best_step == best.step
-    assert result.hold_out_loss_after == pytest.approx(best.hold_out_loss, rel=1e-4)
+    assert result.validation_loss_after == pytest.approx(best.validation_loss, rel=1e-4)
     kept = load_file(tmp_path / "out" / "checkpoints" / f"checkpoint-{best.step}" / "adapter_model.safetensors")
     saved = adapter_weights(result)
     assert saved.keys() == kept.keys()
@@ -271,4 +271,4 @@ def test_two_process_torchrun_produces_one_adapter(tiny_model_dir, dataset, tmp_
     adapters = [path for path in (tmp_path / "two").glob("**/adapter_model.safetensors")
                 if "checkpoints" not in path.parts]
     assert adapters == [tmp_path / "two" / "adapter" / "adapter_model.safetensors"]
-    assert result.hold_out_loss_after < result.hold_out_loss_before
+    assert result.validation_loss_after < result.validation_loss_before

@@ -27,7 +27,7 @@ def manifest(model: Path, dataset: Path, **training) -> dict:
         "apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "tiny"},
         "spec": {
             "baseModel": {"uri": f"file://{model}"},
-            "dataset": {"uri": str(dataset), "holdOutFraction": 0.2, "seed": 3},
+            "dataset": {"uri": str(dataset), "testFraction": 0.2, "seed": 3},
             "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
             "training": {"epochs": 3, "learningRate": 5e-3, "microBatchSize": 4, "precision": "fp32", **training},
             "output": {"previewExamples": 2},
@@ -59,16 +59,17 @@ def test_trainer_learns_and_writes_a_safetensors_adapter(tiny_model_dir, tickets
 
     assert code == 0, result.message
     assert result.succeeded
-    assert result.hold_out_loss_after < result.hold_out_loss_before
-    assert result.dataset.rows == 40 and result.dataset.hold_out_rows == 8 and result.dataset.train_rows == 32
-    assert result.steps == 3 * 8  # 32 rows / 4 per micro-batch, 3 epochs
+    assert result.validation_loss_after < result.validation_loss_before
+    assert (result.dataset.rows, result.dataset.train_rows, result.dataset.validation_rows,
+            result.dataset.test_rows) == (40, 28, 4, 8)
+    assert result.steps == 3 * 7  # 28 rows / 4 per micro-batch, 3 epochs
     adapter = Path(result.adapter_path)
     files = {path.name for path in adapter.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= files
     assert not [name for name in files if name.endswith((".bin", ".pt", ".pkl"))]
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4
-    hold_out = Path(result.hold_out_path).read_text().splitlines()
-    assert len(hold_out) == 8 and "messages" in json.loads(hold_out[0])
+    test_rows = Path(result.test_path).read_text().splitlines()
+    assert len(test_rows) == 8 and "messages" in json.loads(test_rows[0])
     assert len(result.previews) == 2 and all(preview.reference for preview in result.previews)
 
 
@@ -191,7 +192,7 @@ def test_local_runtime_trains_evaluates_registers_and_a_second_run_reuses_it(tin
     status = runtime.run(job, poll_seconds=0.2)
 
     assert status.phase == "Succeeded", status.message
-    assert status.training.hold_out_loss_after < status.training.hold_out_loss_before
+    assert status.training.validation_loss_after < status.training.validation_loss_before
     assert status.training.adapter_uri.startswith("file://")
     reasons = [event.reason for event in events]
     assert reasons[:5] == ["ValidatingStarted", "DataValidated", "TrainingStarted", "Trained", "EvaluatingStarted"]
@@ -200,7 +201,7 @@ def test_local_runtime_trains_evaluates_registers_and_a_second_run_reuses_it(tin
     assert {"SpecValid", "DataValidated", "Trained", "Evaluated", "GatePassed", "Registered",
             "Complete"} <= set(conditions)
     assert status.data_report.training_rows == status.dataset.train_rows
-    assert status.evaluation.hold_out.examples == status.dataset.hold_out_rows
+    assert status.evaluation.test.examples == status.dataset.test_rows
     assert (status.registry.model_name, status.registry.version) == ("tiny", "1")
     result_file = runtime.workload_dir(job, "tiny-train") / "result.json"
     written = result_file.stat().st_mtime_ns

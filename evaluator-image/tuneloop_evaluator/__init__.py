@@ -1,1 +1,1 @@
-"""The evaluator: hold-out answers from candidate and baseline, scored, with confidence intervals."""
+"""The evaluator: test answers from candidate and baseline, scored, with paired tests and confidence intervals."""

@@ -1,5 +1,6 @@
-"""One evaluation: answers from candidate and baseline on the hold-out (and general) set, scored,
-judged, bootstrapped, written out per example, and logged to the training run."""
+"""One evaluation: answers from candidate and baseline on the test split, the regression set (the
+champion's test rows) and the general set; scored, judged, tested (the gate's paired tests, Holm-corrected),
+written out per example, and logged to the training run."""
 
 from __future__ import annotations
 
@@ -14,14 +15,16 @@ from typing import Any
 from tuneloop.api.evaluation import PAIRED_ONLY, BootstrapSpec, Comparison, JudgeSpec, JudgeStats
 from tuneloop.api.workloads import EvaluatorResult, EvaluatorWorkload
 from tuneloop.registry.evaluation import RECORDS_FILE, log_evaluation
+from tuneloop.registry.test_rows import champion_test_rows
 from tuneloop.workload_data.chat import render_prompt
 from tuneloop.workload_data.rows import DataError, Example, load_dataset
 from tuneloop_evaluator.bootstrap import bootstrap_difference, bootstrap_mean
 from tuneloop_evaluator.champion import Baseline, resolve_baseline
+from tuneloop_evaluator.gate_tests import DEFAULT_MIN_AGREEMENT, SetScores, gate_tests
 from tuneloop_evaluator.judge import (
     ItemJudgment, JudgeItem, JudgeNotConfigured, PointJudgment, check_judge, judge_answers, resolve_api_key,
 )
-from tuneloop_evaluator.metrics import rouge_l, score_answer, task_shape
+from tuneloop_evaluator.metrics import TaskShape, rouge_l, score_answer, task_shape
 
 log = logging.getLogger("tuneloop_evaluator")
 CANDIDATE = "candidate"
@@ -44,6 +47,9 @@ class EvalSet:
     baseline_scores: list[dict[str, float]] = field(default_factory=list)
     judgments: list[ItemJudgment] | None = None
 
+    def scores(self) -> SetScores:
+        return SetScores(name=self.name, candidate=self.candidate_scores, baseline=self.baseline_scores)
+
 
 def check_inputs(workload: EvaluatorWorkload) -> None:
     for name, path in (("modelPath", workload.model_path), ("adapterPath", workload.adapter_path)):
@@ -54,7 +60,7 @@ def check_inputs(workload: EvaluatorWorkload) -> None:
 
 
 def load_examples(path: str, system_prompt: str | None, limit: int | None) -> list[Example]:
-    """Prompt/answer rows of a JSONL or Parquet file (the trainer's hold-out is `messages` rows)."""
+    """Prompt/answer rows of a JSONL or Parquet file (the trainer's test split is `messages` rows)."""
     examples = load_dataset(Path(path), "auto", system_prompt).examples
     text_rows = [example.line for example in examples if not example.messages]
     if text_rows:
@@ -160,7 +166,7 @@ def _point(judgment: PointJudgment) -> dict[str, Any]:
     return {"score": judgment.score, "rationale": judgment.rationale}
 
 
-def records(eval_set: EvalSet) -> list[dict[str, Any]]:
+def records(eval_set: EvalSet, regressed_rows: list[int] = ()) -> list[dict[str, Any]]:
     rows = []
     for index, example in enumerate(eval_set.examples):
         judgment = eval_set.judgments[index] if eval_set.judgments else None
@@ -169,6 +175,8 @@ def records(eval_set: EvalSet) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"set": eval_set.name, "index": index, "line": example.line,
                                "prompt": example.prompt_messages, "reference": example.reference,
                                "candidate": candidate, "baseline": baseline}
+        if index in regressed_rows:
+            row["regressed"] = True
         if judgment is not None:
             candidate["judge"], baseline["judge"] = _point(judgment.candidate), _point(judgment.baseline)
             if judgment.pair is not None:
@@ -187,6 +195,37 @@ def write_records(path: Path, rows: list[dict[str, Any]]) -> None:
     partial.replace(path)
 
 
+def regressed(eval_set: EvalSet) -> list[int]:
+    """Indices of rows the baseline answered exactly and the candidate did not."""
+    return [index for index, (candidate, baseline) in enumerate(zip(eval_set.candidate_scores,
+                                                                       eval_set.baseline_scores, strict=True))
+            if baseline.get("exactMatch") == 1.0 and candidate.get("exactMatch") == 0.0]
+
+
+def regression_set(workload: EvaluatorWorkload, baseline: Baseline, warnings: list[str]) -> EvalSet | None:
+    """The champion's own test rows, when the baseline is a champion that logged them."""
+    spec = workload.evaluation.regression_set
+    if not spec.enabled or baseline.kind != "champion":
+        return None
+    found = champion_test_rows(workload.tracking.tracking_uri, workload.registered_model,
+                               Path(workload.output_dir) / "regression")
+    if found is None:
+        warnings.append(f"no regression set: champion version {baseline.version} logged no test rows")
+        return None
+    if found.version != baseline.version:
+        warnings.append(f"no regression set: the champion moved from version {baseline.version} to "
+                        f"{found.version} during the evaluation")
+        return None
+    return EvalSet("regression", load_examples(str(found.path), workload.dataset.system_prompt, spec.max_examples))
+
+
+def shape_of(eval_set: EvalSet, label_fields: list[str], source: str) -> TaskShape:
+    try:
+        return task_shape([example.reference for example in eval_set.examples], label_fields)
+    except ValueError as error:
+        raise DataError(f"{source}: {error}") from None
+
+
 def run(workload: EvaluatorWorkload) -> EvaluatorResult:
     started = time.monotonic()
     evaluation = workload.evaluation
@@ -196,45 +235,61 @@ def run(workload: EvaluatorWorkload) -> EvaluatorResult:
     check_inputs(workload)
     api_key = judge_key(evaluation.judge, warnings)
 
-    hold_out = EvalSet("holdOut", load_examples(workload.hold_out_path, workload.dataset.system_prompt,
-                                                evaluation.max_examples))
+    test = EvalSet("test", load_examples(workload.test_path, workload.dataset.system_prompt,
+                                         evaluation.max_examples))
     general = None
     if evaluation.general_set is not None:
         # General ability is asked without the task's system prompt.
         general = EvalSet("general", load_examples(workload.general_set_path, None,
                                                    evaluation.general_set.max_examples))
-    try:
-        shape = task_shape([example.reference for example in hold_out.examples], evaluation.structured.label_fields)
-    except ValueError as error:
-        raise DataError(f"{workload.hold_out_path}: {error}") from None
-    if evaluation.structured.label_fields and not shape.structured:
+    label_fields = evaluation.structured.label_fields
+    shape = shape_of(test, label_fields, workload.test_path)
+    if label_fields and not shape.structured:
         warnings.append("labelAccuracy not measured: the references are not all JSON objects")
     if api_key is not None:
         check_judge(evaluation.judge, api_key)  # fail before generation when the judge is down
 
     baseline = resolve_baseline(workload)
-    sets = [hold_out] + ([general] if general else [])
+    regression = regression_set(workload, baseline, warnings)
+    sets = [test] + [extra for extra in (regression, general) if extra is not None]
     generate(workload, baseline, sets)
-    score_set(hold_out, lambda answer, reference: score_answer(answer, reference, shape))
+    score_set(test, lambda answer, reference: score_answer(answer, reference, shape))
+    if regression is not None:
+        # The champion's rows may predate a label field the spec asks for now: then labels are not compared.
+        try:
+            regression_shape = task_shape([example.reference for example in regression.examples], label_fields)
+        except ValueError:
+            regression_shape = task_shape([example.reference for example in regression.examples], [])
+        score_set(regression, lambda answer, reference: score_answer(answer, reference, regression_shape))
     if general is not None:
         score_set(general, lambda answer, reference: {"rougeL": rouge_l(answer, reference)})
 
-    judge_stats = JudgeStats(configured=False)
+    judge_stats = None
     if api_key is not None:
-        judged = judge_answers(evaluation.judge, api_key, judge_items(hold_out),
+        judged = judge_answers(evaluation.judge, api_key, judge_items(test),
                                judge_items(general) if general else [])
-        add_judgments(hold_out, judged.hold_out)
+        add_judgments(test, judged.test)
         if general is not None:
             add_judgments(general, judged.general)
         judge_stats = judged.stats
 
+    min_agreement = evaluation.judge.min_agreement if evaluation.judge else DEFAULT_MIN_AGREEMENT
+    tests, test_warnings = gate_tests(evaluation.gate, evaluation.bootstrap, test.scores(),
+                                      regression.scores() if regression else None,
+                                      general.scores() if general else None, judge_stats, min_agreement)
+    warnings += test_warnings
+    regressed_rows = regressed(regression) if regression is not None else []
     records_path = output_dir / RECORDS_FILE
-    write_records(records_path, records(hold_out) + (records(general) if general else []))
+    write_records(records_path, records(test) + (records(regression, regressed_rows) if regression else [])
+                  + (records(general) if general else []))
     result = EvaluatorResult(
         succeeded=True, message="; ".join(warnings) or None, baseline=baseline.kind,
-        baseline_version=baseline.version, hold_out=compare(hold_out, evaluation.bootstrap),
-        general=compare(general, evaluation.bootstrap) if general else None, judge=judge_stats,
-        records_path=str(records_path),
+        baseline_version=baseline.version, test=compare(test, evaluation.bootstrap),
+        regression=compare(regression, evaluation.bootstrap) if regression else None,
+        regressed_rows=len(regressed_rows) if regression is not None else None,
+        general=compare(general, evaluation.bootstrap) if general else None,
+        judge=judge_stats or JudgeStats(configured=False), records_path=str(records_path),
+        tests=tests, warnings=warnings,
     )
     if workload.tracking is not None and workload.training_run_id:
         log_evaluation(workload.tracking, workload.training_run_id, result, records_path)

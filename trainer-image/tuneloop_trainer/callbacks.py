@@ -2,13 +2,13 @@
 
 - `Progress`: the progress file and log lines (ProgressReporter) and MLflow metrics every step:
   loss, learning rate, tokens/s and an ETA that count from where this process started (a resumed
-  run's first steps are not the whole run's); the hold-out loss at every evaluation.
+  run's first steps are not the whole run's); the validation loss at every evaluation.
 - `StopOnSignal`: SIGTERM (a preempted pod) or SIGINT asks for a checkpoint and a stop at the end
   of the current step; every process of a distributed run agrees before stopping.
 - `DivergenceGuard`: a non-finite step loss, or one above `loss_spike_factor` x the lowest so far,
   stops the run (LossDiverged); the checkpoints written before it stay.
 - `CompleteCheckpoints`: marks each checkpoint complete once it is on disk (checkpoints.py).
-- `EvaluationProgress`: progress lines during a long hold-out loss pass.
+- `EvaluationProgress`: progress lines during a long validation loss pass.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ log = logging.getLogger("tuneloop_trainer")
 
 
 class EvaluationProgress(TrainerCallback):
-    """Log lines while the hold-out loss is measured (the base model's pass before training can take
+    """Log lines while the validation loss is measured (the base model's pass before training can take
     minutes): at most one every few seconds, none for a pass that ends sooner."""
 
     def __init__(self) -> None:
@@ -47,7 +47,7 @@ class EvaluationProgress(TrainerCallback):
             return
         if self.progress is None:
             total = len(eval_dataloader) if eval_dataloader is not None and has_length(eval_dataloader) else 0
-            self.progress = ProgressLog(log, "hold-out loss: batch", total)
+            self.progress = ProgressLog(log, "validation loss: batch", total)
         self.progress.advance()
 
     def on_evaluate(self, args, state, control, **kwargs):
@@ -93,7 +93,7 @@ class Progress(TrainerCallback):
             metric_names.GRAD_NORM: logs.get("grad_norm")})
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        """Every evaluation of the hold-out split, the one before training (step 0) and the final one
+        """Every evaluation of the validation split, the one before training (step 0) and the final one
         included: the validation curve beside the training loss."""
         if metrics and "eval_loss" in metrics:
             self.metrics.log(state.global_step, {metric_names.VALIDATION_LOSS: metrics["eval_loss"]})

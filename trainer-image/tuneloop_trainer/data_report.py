@@ -14,6 +14,7 @@ from typing import Any
 
 from tuneloop.api.finetunejob import CleaningStats, DataReportSummary, DatasetStats, TokenLengthBin
 from tuneloop.api.workloads import TrainerWorkload
+from tuneloop_trainer.contamination import describe as describe_contamination
 from tuneloop_trainer.prepare import prepare
 from tuneloop_trainer.sft import steps_per_epoch
 
@@ -57,9 +58,11 @@ class DataReport:
         out = [f"rows: {stats.rows:,} ({stats.format}); after cleaning {cleaning.rows_out:,} "
                f"(exact duplicates {cleaning.exact_duplicates}, near duplicates {cleaning.near_duplicates}, "
                f"too short {cleaning.too_short}, too long {cleaning.too_long})",
-               f"split: {stats.train_rows:,} train + {self.replay_rows:,} replay, {stats.hold_out_rows:,} hold-out; "
-               f"{stats.train_tokens:,} training tokens",
+               f"split: {stats.train_rows:,} train + {self.replay_rows:,} replay, {stats.validation_rows:,} validation, "
+               f"{stats.test_rows:,} test; {stats.train_tokens:,} training tokens",
                f"tokens per training row (maxSeqLength {self.max_seq_length}):"]
+        if stats.contamination is not None:
+            out.insert(2, f"contamination: {describe_contamination(stats.contamination)}")
         widest = max(count for _, count in self.histogram()) or 1
         for label, count in self.histogram():
             out.append(f"  {label:>22} {count:>7,} {'#' * round(30 * count / widest)}")

@@ -1,4 +1,5 @@
-"""Data preparation: read and check, clean, split, mix in replay rows, tokenize."""
+"""Data preparation: read and check, clean, split three ways, drop training rows that near-duplicate the
+rows the model is judged on (test split, champion's test rows), mix in replay rows, tokenize."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneloop.api.finetunejob import CleaningStats, DatasetStats
+from tuneloop.api.finetunejob import CleaningStats, ContaminationStats, DatasetStats
 from tuneloop.api.workloads import TrainerWorkload
+from tuneloop.registry.champion import ChampionUnavailable
+from tuneloop.registry.test_rows import champion_test_rows
 from tuneloop.workload_data.rows import BadRows, DataError, Example, load_dataset
 from tuneloop_trainer.cleaning import clean, describe as describe_cleaning
+from tuneloop_trainer.contamination import describe as describe_contamination, find_contamination
 from tuneloop_trainer.tokens import TokenizedExample, tokenize
 
 log = logging.getLogger("tuneloop_trainer")
@@ -21,22 +25,40 @@ log = logging.getLogger("tuneloop_trainer")
 @dataclass
 class PreparedData:
     train: list[TokenizedExample]
-    hold_out: list[TokenizedExample]
-    hold_out_rows: list[Example]
+    validation: list[TokenizedExample]
+    validation_rows: list[Example]
+    test_rows: list[Example]
     stats: DatasetStats
     cleaning: CleaningStats
     replay_rows: int
 
 
-def split_hold_out(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """Deterministic split: the same rows, fraction and seed always give the same hold-out set."""
+@dataclass
+class Split:
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+
+
+def split_rows(examples: list[Example], validation_fraction: float, test_fraction: float, seed: int) -> Split:
+    """Deterministic three-way split: the same rows, fractions and seed always give the same sets.
+
+    Validation chooses (early stopping, the checkpoint kept, the loss curve); test only judges (the
+    evaluator and the gate). Each holds at least one row and train keeps at least one.
+    """
+    if len(examples) < 3:
+        raise ValueError(f"{len(examples)} rows cannot be split into train, validation and test")
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    count = min(len(examples) - 1, max(1, math.ceil(fraction * len(examples))))
-    hold_out_indices = set(order[:count])
-    train = [example for index, example in enumerate(examples) if index not in hold_out_indices]
-    hold_out = [example for index, example in enumerate(examples) if index in hold_out_indices]
-    return train, hold_out
+    test_count = min(len(examples) - 2, max(1, math.ceil(test_fraction * len(examples))))
+    validation_count = min(len(examples) - test_count - 1, max(1, math.ceil(validation_fraction * len(examples))))
+    test_indices = set(order[:test_count])
+    validation_indices = set(order[test_count:test_count + validation_count])
+    split = Split([], [], [])
+    for index, example in enumerate(examples):
+        part = split.test if index in test_indices else split.validation if index in validation_indices else split.train
+        part.append(example)
+    return split
 
 
 def replay_count(train_rows: int, fraction: float) -> int:
@@ -44,14 +66,40 @@ def replay_count(train_rows: int, fraction: float) -> int:
     return round(fraction / (1 - fraction) * train_rows)
 
 
-def load_replay(workload: TrainerWorkload, tokenizer: Any, wanted: int) -> list[Example]:
+def load_replay(workload: TrainerWorkload, tokenizer: Any, wanted: int, test: list[Example],
+                regression: list[Example]) -> tuple[list[Example], ContaminationStats]:
+    """`wanted` cleaned replay rows, none of them near a test or regression row: a schedule cycle replays
+    the dataset its champion's test rows came from."""
     replay = workload.dataset.replay
     dataset = load_dataset(Path(workload.replay_path or ""), replay.format, workload.dataset.system_prompt)
     rows, _ = clean(dataset.examples, workload.dataset.cleaning, lambda row: len(tokenize(tokenizer, row, 10**9).input_ids))
+    rows, contamination = find_contamination(rows, test, regression, workload.dataset.contamination,
+                                             train_name="replay")
     if len(rows) < wanted:
         log.warning("replay set %s has %d usable rows, fewer than the %d wanted for fraction %.2f",
                     dataset.path, len(rows), wanted, replay.fraction)
-    return random.Random(workload.dataset.seed).sample(rows, min(wanted, len(rows)))
+    return random.Random(workload.dataset.seed).sample(rows, min(wanted, len(rows))), contamination
+
+
+def combined(first: ContaminationStats, second: ContaminationStats) -> ContaminationStats:
+    return first.model_copy(update={
+        "contaminated": first.contaminated + second.contaminated, "removed": first.removed + second.removed,
+        "examples": (first.examples + second.examples)[:10]})
+
+
+def champion_rows(workload: TrainerWorkload) -> list[Example]:
+    """The registered champion's test rows (the next evaluation's regression set); none without a champion."""
+    if workload.tracking is None or not workload.registered_model:
+        return []
+    try:
+        found = champion_test_rows(workload.tracking.tracking_uri, workload.registered_model,
+                                   Path(workload.output_dir) / "champion-test-rows")
+    except ChampionUnavailable as error:
+        log.warning("contamination check without the champion's test rows: %s", error)
+        return []
+    if found is None:
+        return []
+    return load_dataset(found.path, "auto", workload.dataset.system_prompt).examples
 
 
 def prepare(workload: TrainerWorkload, tokenizer: Any) -> PreparedData:
@@ -59,14 +107,24 @@ def prepare(workload: TrainerWorkload, tokenizer: Any) -> PreparedData:
     dataset = load_dataset(Path(workload.dataset_path), spec.format, spec.system_prompt)
     rows, cleaning = clean(dataset.examples, spec.cleaning, lambda row: len(tokenize(tokenizer, row, 10**9).input_ids))
     log.info("cleaning %s: %s", dataset.path, describe_cleaning(cleaning))
-    if len(rows) < 2:
+    if len(rows) < 3:
         raise DataError(f"{dataset.path}: {len(rows)} rows left after cleaning ({describe_cleaning(cleaning)}); "
-                        "at least 2 are needed to train and hold one out")
-    train_rows, hold_out_rows = split_hold_out(rows, spec.hold_out_fraction, spec.seed)
+                        "at least 3 are needed: one each to train, validate and test")
+    split = split_rows(rows, spec.validation_fraction, spec.test_fraction, spec.seed)
+    regression = champion_rows(workload)
+    train_rows, contamination = find_contamination(split.train, split.test, regression, spec.contamination)
+    if not train_rows:
+        raise DataError(f"{dataset.path}: no training row left after removing near duplicates of test rows; "
+                        "lower dataset.contamination.threshold or set remove to false")
 
     replay_rows: list[Example] = []
     if spec.replay is not None:
-        replay_rows = load_replay(workload, tokenizer, replay_count(len(train_rows), spec.replay.fraction))
+        replay_rows, replay_contamination = load_replay(workload, tokenizer,
+                                                        replay_count(len(train_rows), spec.replay.fraction),
+                                                        split.test, regression)
+        contamination = combined(contamination, replay_contamination)
+    if contamination.contaminated:
+        log.warning("contamination: %s", describe_contamination(contamination))
     train = [tokenize(tokenizer, row, max_length) for row in train_rows + replay_rows]
     answerless = [f"{dataset.path}:{row.line}: no answer tokens left within maxSeqLength {max_length}; raise "
                   "spec.training.maxSeqLength or shorten the row"
@@ -77,17 +135,20 @@ def prepare(workload: TrainerWorkload, tokenizer: Any) -> PreparedData:
     if truncated:
         log.warning("%d training rows were longer than maxSeqLength %d and were truncated", truncated, max_length)
     stats = DatasetStats(
-        rows=len(dataset.examples), train_rows=len(train_rows), hold_out_rows=len(hold_out_rows),
+        rows=len(dataset.examples), train_rows=len(train_rows), validation_rows=len(split.validation),
+        test_rows=len(split.test), contamination=contamination,
         train_tokens=sum(len(example.input_ids) for example in train), format=dataset.format,
         sha256=dataset.sha256,
     )
-    log.info("dataset %s: %d rows (%s), %d train + %d replay / %d hold-out, %d train tokens, sha256 %s",
-             dataset.path, stats.rows, stats.format, stats.train_rows, len(replay_rows), stats.hold_out_rows,
+    log.info("dataset %s: %d rows (%s), %d train + %d replay / %d validation / %d test, %d train tokens, sha256 %s",
+             dataset.path, stats.rows, stats.format, stats.train_rows, len(replay_rows), stats.validation_rows,
+             stats.test_rows,
              stats.train_tokens, stats.sha256[:12])
     return PreparedData(
         train=train,
-        hold_out=[tokenize(tokenizer, row, max_length) for row in hold_out_rows],
-        hold_out_rows=hold_out_rows,
+        validation=[tokenize(tokenizer, row, max_length) for row in split.validation],
+        validation_rows=split.validation,
+        test_rows=split.test,
         stats=stats,
         cleaning=cleaning,
         replay_rows=len(replay_rows),

@@ -2,7 +2,7 @@
 
 TRL's SFTTrainer (transformers' Trainer + accelerate) runs the loop: micro-batches from a seeded
 sampler, gradient accumulation, clipping, the learning-rate schedule, DDP or FSDP2 under torchrun,
-checkpoints with every RNG state and the exact data position, early stopping on hold-out loss
+checkpoints with every RNG state and the exact data position, early stopping on validation loss
 with the best checkpoint kept, and TRL's fused LM head (the output layer only on answer tokens,
 in tiles, never the full logits). Packing is TRL's padding-free collation: a micro-batch's
 examples in one row whose position ids restart per example, so no token attends across an
@@ -51,7 +51,7 @@ def steps_per_epoch(examples: int, micro_batch_size: int, accumulation: int, wor
     return max(math.ceil(batches / accumulation), 1)
 
 
-VALIDATION_POINTS = 10  # hold-out loss measurements along a run without early stopping: the validation curve
+VALIDATION_POINTS = 10  # validation loss measurements along a run without early stopping: the validation curve
 
 
 def validation_every_steps(stopping: EarlyStoppingSpec, total_steps: int) -> int:

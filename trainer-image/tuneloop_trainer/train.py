@@ -1,4 +1,4 @@
-"""The training run: data -> hold-out loss before -> TRL's SFTTrainer (resumable) -> best adapter on disk."""
+"""The training run: data -> validation loss before -> TRL's SFTTrainer (resumable) -> best adapter on disk."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from tuneloop.api.workloads import Evaluation, Preview, TrainerResult, TrainerWo
 from tuneloop.registry import metric_names
 from tuneloop.registry.lineage import BASE_MODEL_TAG, DATASET_SHA256_TAG
 from tuneloop.registry.runs import DatasetInput, MetricsLogger
+from tuneloop.registry.test_rows import log_test_rows
 from tuneloop.workload_data.chat import load_tokenizer, render_prompt
 from tuneloop.workload_data.rows import Example, write_jsonl
 from tuneloop_trainer.callbacks import (
@@ -39,6 +40,8 @@ from tuneloop_trainer.prepare import PreparedData, prepare
 from tuneloop_trainer.progress import ProgressReporter
 from tuneloop_trainer.sft import as_dataset, sft_config, sft_trainer_class, steps_per_epoch
 
+TEST_FILE = "test.jsonl"  # the test split, written for the evaluator and logged to the run
+
 log = logging.getLogger("tuneloop_trainer")
 __all__ = ["LossDiverged", "Preempted", "Training", "run"]
 
@@ -52,7 +55,7 @@ class BeforeTraining:
     """Measured once per dataset and kept beside the checkpoints: a resumed run does not measure it again."""
 
     dataset_sha256: str
-    hold_out_loss: float
+    validation_loss: float
     base_answers: list[str] = field(default_factory=list)
 
     @classmethod
@@ -171,21 +174,24 @@ class Training:
 
         main = os.environ.get("RANK", "0") == "0"
         if main:
-            write_jsonl(self.output_dir / "hold-out.jsonl", data.hold_out_rows)
+            write_jsonl(self.output_dir / TEST_FILE, data.test_rows)
         total_steps = training.epochs * steps_per_epoch(
             len(data.train), training.micro_batch_size, training.gradient_accumulation_steps, self.world_size)
         metrics = MetricsLogger(workload.tracking if main else None,
                                 {**self.params_to_log(data), "total_steps": total_steps},
                                 tags={DATASET_SHA256_TAG: data.stats.sha256}, dataset=self.dataset_input(data))
+        if main and workload.tracking is not None and metrics.run_id:
+            # A later candidate's evaluation reads them back as its regression set, should this one become champion.
+            log_test_rows(workload.tracking, metrics.run_id, self.output_dir / TEST_FILE)
         stop, progress = StopOnSignal(), Progress(self.reporter, metrics)
         trainer = self.trainer(model, tokenizer, data, [progress, stop, DivergenceGuard(training.loss_spike_factor),
                                                          CompleteCheckpoints(), EvaluationProgress(),
                                                          *self.early_stopping()])
-        preview_rows = data.hold_out_rows[: workload.preview_examples] if data.stats.format != "text" else []
+        preview_rows = data.validation_rows[: workload.preview_examples] if data.stats.format != "text" else []
         before = self.before_training(trainer, tokenizer, data, preview_rows)
-        log.info("hold-out loss before training: %.4f", before.hold_out_loss)
+        log.info("validation loss before training: %.4f", before.validation_loss)
         # The validation curve starts at the base model, also when that loss was measured by an earlier attempt.
-        metrics.log(0, {metric_names.VALIDATION_LOSS: before.hold_out_loss})
+        metrics.log(0, {metric_names.VALIDATION_LOSS: before.validation_loss})
         self.reporter.stage("training")
         try:
             with stop.installed():
@@ -204,17 +210,17 @@ class Training:
         stopped_early = training.early_stopping.enabled and state.global_step < state.max_steps
         best_step = step_of(Path(state.best_model_checkpoint)) if state.best_model_checkpoint else None
         if best_step is not None:
-            log.info("output is the best checkpoint, step %d (hold-out loss %.4f)", best_step, state.best_metric)
-        evaluations = [Evaluation(step=entry["step"], hold_out_loss=entry["eval_loss"])
+            log.info("output is the best checkpoint, step %d (validation loss %.4f)", best_step, state.best_metric)
+        evaluations = [Evaluation(step=entry["step"], validation_loss=entry["eval_loss"])
                        for entry in state.log_history if "eval_loss" in entry and entry.get("step")]
         loss_after = trainer.evaluate()["eval_loss"]
-        log.info("hold-out loss after training: %.4f (before %.4f)", loss_after, before.hold_out_loss)
+        log.info("validation loss after training: %.4f (before %.4f)", loss_after, before.validation_loss)
         per_epoch = max(state.max_steps // max(training.epochs, 1), 1)
         losses = [entry["loss"] for entry in state.log_history if "loss" in entry][-per_epoch:]
 
         result = TrainerResult(
             succeeded=True, dataset=data.stats, cleaning=data.cleaning, replay_rows=data.replay_rows,
-            hold_out_loss_before=before.hold_out_loss, hold_out_loss_after=loss_after,
+            validation_loss_before=before.validation_loss, validation_loss_after=loss_after,
             train_loss=sum(losses) / max(len(losses), 1),
             steps=state.global_step, tokens_trained=int(state.num_input_tokens_seen),
             tokens_per_second=progress.tokens / max(progress.seconds, 1e-9),
@@ -236,7 +242,7 @@ class Training:
                                                                  workload.dataset.system_prompt)
         save_output(trainer, tokenizer, adapter_dir)
         result.adapter_path = str(adapter_dir)
-        result.hold_out_path = str(self.output_dir / "hold-out.jsonl")
+        result.test_path = str(self.output_dir / TEST_FILE)
         if main and workload.merge_adapter and workload.method.type != "full":
             save_merged(workload, adapter_dir, tokenizer, self.output_dir / "merged")
             result.merged_path = str(self.output_dir / "merged")
@@ -249,7 +255,7 @@ class Training:
 
         config = sft_config(self.workload, self.checkpoints, len(data.train), self.world_size)
         trainer = sft_trainer_class()(model=model, args=config, train_dataset=as_dataset(data.train),
-                                      eval_dataset=as_dataset(data.hold_out), processing_class=tokenizer,
+                                      eval_dataset=as_dataset(data.validation), processing_class=tokenizer,
                                       callbacks=callbacks)
         for printer in (PrinterCallback, ProgressCallback):  # callbacks.Progress reports instead
             trainer.remove_callback(printer)
@@ -264,7 +270,7 @@ class Training:
         return [EarlyStoppingCallback(early_stopping_patience=rule.patience, early_stopping_threshold=rule.min_delta)]
 
     def before_training(self, trainer, tokenizer, data: PreparedData, preview_rows: list[Example]) -> BeforeTraining:
-        """The base model's hold-out loss and preview answers (the adapter starts as a no-op), measured once."""
+        """The base model's validation loss and preview answers (the adapter starts as a no-op), measured once."""
         path = self.output_dir / "before-training.json"
         saved = BeforeTraining.load(path, data.stats.sha256)
         if saved is not None:
@@ -272,8 +278,8 @@ class Training:
         if complete_checkpoints(self.checkpoints):
             log.warning("the checkpoints in %s were trained on other data; starting over", self.checkpoints)
             remove_all(self.checkpoints)
-        log.info("the base model's hold-out loss (%d rows) and %d preview answers, before training",
-                 len(data.hold_out), len(preview_rows))
+        log.info("the base model's validation loss (%d rows) and %d preview answers, before training",
+                 len(data.validation), len(preview_rows))
         answers = generate_answers(trainer.model, tokenizer, preview_rows) if trainer.is_world_process_zero() else []
         before = BeforeTraining(data.stats.sha256, trainer.evaluate()["eval_loss"], answers)
         if trainer.is_world_process_zero():
@@ -300,7 +306,8 @@ class Training:
     def dataset_input(self, data: PreparedData) -> DatasetInput:
         uri = self.workload.dataset.uri
         return DatasetInput(name=Path(uri).name or uri, source=uri, sha256=data.stats.sha256, profile={
-            "rows": data.stats.rows, "train_rows": data.stats.train_rows, "hold_out_rows": data.stats.hold_out_rows,
+            "rows": data.stats.rows, "train_rows": data.stats.train_rows, "validation_rows": data.stats.validation_rows,
+            "test_rows": data.stats.test_rows,
             "train_tokens": data.stats.train_tokens, "format": data.stats.format})
 
     def params_to_log(self, data: PreparedData) -> dict[str, Any]:

@@ -55,6 +55,16 @@ class JudgeSpec(WireModel):
     max_retries: int = Field(4, ge=0, le=10, description="Retries per request, with exponential backoff.")
     required: bool = Field(False, description="Fail the evaluation instead of skipping the judge when "
                                               "it is not configured for this run.")
+    agreement_sample: int = Field(8, ge=0, le=1000, description=(
+        "Test items judged a second time (pointwise and pairwise) to measure the judge's self-agreement, "
+        "its noise floor. 0: not measured, and a gated judge metric then fails."))
+    min_agreement: float = Field(0.6, ge=0, le=1, description=(
+        "Share of repeated judgments that must agree with the first (pointwise within one point, pairwise "
+        "the same verdict); below it the gate refuses to rely on judgeScore and judgeWinRate."))
+    local: bool = Field(False, description=(
+        "Local runs only: `tuneloop run --local` starts `transformers serve` on the url's 127.0.0.1 port with "
+        "`model` from the model catalog (e.g. smollm2-135m), and stops it after the evaluation. Refused in a "
+        "cluster."))
 
 
 class StructuredSpec(WireModel):
@@ -76,7 +86,9 @@ class BootstrapSpec(WireModel):
 
 
 class GateSpec(WireModel):
-    """The gate decides on the confidence interval's lower bound, never on the mean."""
+    """Every check of the gate is a one-sided test (H0: no better than the threshold) at level
+    (1 - bootstrap.confidence) / 2, Holm-corrected across the checks: so a check passes only when its
+    confidence interval's lower bound clears the threshold, never on the mean."""
 
     primary_metric: Literal["exactMatch", "rougeL", "jsonValid", "fieldAccuracy", "labelAccuracy", "judgeScore"] = (
         Field("exactMatch", description="The score shown, compared with the champion; it must improve on the "
@@ -85,8 +97,12 @@ class GateSpec(WireModel):
         "Metric -> minimum lower bound of the candidate's score, e.g. {exactMatch: 0.5}."))
     min_improvement: dict[str, float] = Field(default_factory=dict, json_schema_extra={"default": {}}, description=(
         "Metric -> the lower bound of candidate minus baseline must be above this."))
-    max_regression: float = Field(0.05, ge=0, le=1, description=(
-        "General set: the lower bound of candidate minus baseline ROUGE-L may not go below -maxRegression."))
+    non_inferiority_margin: float = Field(0.05, ge=0, le=1, description=(
+        "Guardrails: on the regression set (the champion's test rows) and the general set, candidate minus "
+        "baseline may not be shown to fall below -nonInferiorityMargin (one-sided test, Holm-corrected)."))
+    effect_of_interest: float = Field(0.1, gt=0, le=1, description=(
+        "The smallest improvement worth detecting, for gated metrics without a minImprovement above 0: a "
+        "warning says when the test set is too small to detect it with 80% power."))
 
     _min_score = field_validator("min_score")(_known_metrics)
 
@@ -101,17 +117,27 @@ class GateSpec(WireModel):
         return values
 
 
+class RegressionSetSpec(WireModel):
+    """The previous champion's test rows, evaluated again: a guardrail against forgetting what it could do."""
+
+    enabled: bool = Field(True, description="Evaluate candidate and champion on the champion's test rows "
+                                            "(when there is a champion).")
+    max_examples: int = Field(200, ge=1, le=10000, description="Use at most this many of those rows.")
+
+
 class EvaluationSpec(WireModel):
     enabled: bool = Field(True, description="Evaluate after training (and gate the registration).")
     baseline: Literal["auto", "base", "champion"] = Field("auto", description=(
         "Compare with the base model, the registered champion, or (auto) the champion when there is one."))
-    max_examples: int | None = Field(None, ge=1, le=10**7, description="Evaluate at most this many hold-out rows.")
+    max_examples: int | None = Field(None, ge=1, le=10**7, description="Evaluate at most this many test rows.")
     max_new_tokens: int = Field(256, ge=1, le=8192, description="Token limit per generated answer.")
     batch_size: int = Field(8, ge=1, le=512, description="Prompts generated together.")
     structured: StructuredSpec = Field(default_factory=StructuredSpec, description=(
         "Structured-output metrics; they apply when the references are JSON objects."))
     judge: JudgeSpec | None = Field(None, description="LLM-as-a-judge; absent: not configured.")
     general_set: GeneralSetSpec | None = Field(None, description="Measures regression on general ability.")
+    regression_set: RegressionSetSpec = Field(default_factory=RegressionSetSpec, description=(
+        "Non-inferiority on the previous champion's test rows, on by default when a champion exists."))
     bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec, description="Confidence intervals.")
     gate: GateSpec = Field(default_factory=GateSpec, description="What the adapter must show to be promoted.")
 
@@ -151,6 +177,31 @@ class JudgeStats(WireModel):
     ties: int = Field(0, description="Pairwise ties (inconsistent pairs included).")
     losses: int = Field(0, description="Pairwise verdicts for the baseline.")
     inconsistent: int = Field(0, description="Pairs whose verdict flipped with the order (counted as ties).")
+    malformed: int = Field(0, description="Replies with no readable score or verdict.")
+    refusals: int = Field(0, description="Replies that refused to judge.")
+    rambles: int = Field(0, description="Replies cut at the token limit before a verdict.")
+    rejected: int = Field(0, description="Requests the endpoint refused (e.g. 400 context too long).")
+    repeated: int = Field(0, description="Judgments asked a second time to measure self-agreement.")
+    self_agreement: float | None = Field(None, description=(
+        "Share of repeated judgments agreeing with the first (pointwise within one point, pairwise same "
+        "verdict); the judge's noise floor."))
+    position_flips: float | None = Field(None, description=(
+        "Share of pairwise comparisons whose verdict flipped when the answers swapped places."))
+    trusted: bool = Field(False, description="Whether self-agreement reached judge.minAgreement: only then "
+                                             "may the gate rely on judgeScore and judgeWinRate.")
+    note: str | None = Field(None, description="Why the judge is not trusted, when it is not.")
+
+    def summary(self) -> str:
+        """One line: verdicts, reliability, what could not be read."""
+        agreement = (f"self-agreement {self.self_agreement:.2f} over {self.repeated} repeats"
+                     if self.self_agreement is not None else "self-agreement not measured")
+        flips = f", position flips {self.position_flips:.2f}" if self.position_flips is not None else ""
+        unread = ", ".join(f"{name} {count}" for name, count in (("malformed", self.malformed), ("refusals", self.refusals),
+                                                                 ("rambles", self.rambles), ("rejected", self.rejected))
+                           if count)
+        trust = "trusted" if self.trusted else f"NOT trusted ({self.note})" if self.note else "NOT trusted"
+        return (f"{self.model or 'judge'}: {self.wins} wins, {self.ties} ties, {self.losses} losses; {agreement}{flips}; "
+                f"{self.judged} judged, {self.unparseable} unreadable{f' ({unread})' if unread else ''}; {trust}")
 
 
 MetricScores = Annotated[dict[str, Score], Field(default_factory=dict, description=(
@@ -166,6 +217,39 @@ class Comparison(WireModel):
     difference: dict[str, Score] = Field(default_factory=dict, description="candidate minus baseline, paired.")
 
 
+class GateTest(WireModel):
+    """One check of the gate as a one-sided hypothesis test, H0: the true value <= threshold."""
+
+    check: str = Field(description="What is tested, e.g. 'exactMatch improvement on test'.")
+    metric: str = Field(description="Metric tested.")
+    set: Literal["test", "regression", "general"] = Field(description="Rows it was measured on.")
+    kind: Literal["improvement", "minimum", "nonInferiority", "judgeAgreement"] = Field(description=(
+        "improvement: candidate - baseline > threshold; minimum: candidate > threshold; nonInferiority: "
+        "candidate - baseline > -margin; judgeAgreement: the judge's self-agreement is high enough to rely on."))
+    method: str = Field(description="The test, e.g. exact McNemar, paired bootstrap (BCa), exact binomial.")
+    estimate: Score | None = Field(None, description="The difference (or score) with its confidence interval; "
+                                                      "none when it could not be measured.")
+    threshold: float = Field(description="H0 is: true value <= threshold.")
+    n: int = Field(description="Examples the test used.")
+    p_value: float | None = Field(None, description="One-sided p-value.")
+    p_holm: float | None = Field(None, description="Holm-adjusted p-value across the gate's tests.")
+    passed: bool = Field(description="p_holm below the gate's level.")
+    detectable_effect: float | None = Field(None, description=(
+        "Minimum detectable effect at this n with 80% power (improvement and minimum checks)."))
+    detail: str | None = Field(None, description="e.g. discordant pairs 9 for / 2 against.")
+    warning: str | None = Field(None, description="e.g. the test set is too small for the threshold asked.")
+
+    def line(self) -> str:
+        """'exactMatch improvement on test: +0.300 [+0.167, +0.467] vs 0, exact McNemar p=0.0020 (Holm 0.0040);
+        detectable +0.210 at 80% power'"""
+        p = "" if self.p_value is None else f" p={self.p_value:.4f}"
+        holm = "" if self.p_holm is None or self.p_holm == self.p_value else f" (Holm {self.p_holm:.4f})"
+        signed = self.kind in ("improvement", "nonInferiority")
+        mde = f"; detectable {self.detectable_effect:+.3f} at 80% power" if self.detectable_effect is not None else ""
+        estimate = self.estimate.interval(signed=signed) if self.estimate is not None else "not measured"
+        return f"{self.check}: {estimate} vs {self.threshold:g}, {self.method}{p}{holm}{mde}"
+
+
 class GateResult(WireModel):
     """The gate's verdict on this adapter."""
 
@@ -174,6 +258,9 @@ class GateResult(WireModel):
     message: str = Field(description="Why: the checks that failed, or all of them when it passed.")
     checks: list[str] = Field(default_factory=list, description="Each check with its numbers, prefixed ok: or "
                                                                 "FAILED:.")
+    deciding: str | None = Field(None, description="The test that decided: the first failed one, or the "
+                                                   "weakest passed one.")
+    warnings: list[str] = Field(default_factory=list, description="e.g. a test set too small for the threshold.")
 
     @model_validator(mode="after")
     def _verdict(self) -> "GateResult":
@@ -185,11 +272,14 @@ class EvaluationResults(WireModel):
     baseline: str = Field(description="What the candidate was compared with: base, or champion version N.")
     baseline_version: str | None = Field(None, description="Registered version of the champion compared with.")
     primary_metric: str = Field(description="The gate's primary metric: what score and baselineScore measure.")
-    score: float | None = Field(None, description="The candidate's primary metric on the hold-out set.")
-    baseline_score: float | None = Field(None, description="The baseline's primary metric on the hold-out set.")
+    score: float | None = Field(None, description="The candidate's primary metric on the test set.")
+    baseline_score: float | None = Field(None, description="The baseline's primary metric on the test set.")
     summary: str | None = Field(None, description="The primary metric, candidate vs baseline, e.g. "
                                                   "'exactMatch 0.620 vs base 0.410' (the SCORE column).")
-    hold_out: Comparison = Field(description="Scores on the held-out rows of the dataset.")
+    test: Comparison = Field(description="Scores on the test split, which nothing in training saw or chose by.")
+    regression: Comparison | None = Field(None, description="Scores on the previous champion's test rows.")
+    regressed_rows: int | None = Field(None, description=(
+        "Regression-set rows the baseline got right (exact match) and the candidate got wrong."))
     general: Comparison | None = Field(None, description="Scores on spec.evaluation.generalSet (regression check).")
     judge: JudgeStats = Field(description="What the LLM judge did.")
     records_uri: str | None = Field(None, description="Per-example answers and scores (JSONL).")

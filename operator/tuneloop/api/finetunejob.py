@@ -108,8 +108,17 @@ class CleaningStats(WireModel):
 DataFormat = Literal["auto", "alpaca", "messages", "text"]
 
 
+class ContaminationSpec(WireModel):
+    """MinHash near duplicates (datasketch, word 3-grams) between training rows and the rows that judge the
+    model: the test split and the regression set (the previous champion's test rows)."""
+
+    remove: bool = Field(True, description="Drop contaminated rows from training (false: only report them).")
+    threshold: float = Field(0.8, gt=0, le=1, description="Estimated Jaccard similarity that counts as a near duplicate.")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations.")
+
+
 class ReplaySpec(WireModel):
-    """General-purpose rows mixed into training against catastrophic forgetting (never into the hold-out)."""
+    """General-purpose rows mixed into training against catastrophic forgetting (never into validation or test)."""
 
     uri: StorageUri = Field(description="JSONL or Parquet file of general instruction data.")
     format: DataFormat = Field("auto", description="Row shape; auto detects it from the first row.")
@@ -122,8 +131,13 @@ class DatasetSpec(WireModel):
     uri: StorageUri = Field(description="JSONL or Parquet file: pvc://, s3://, file:// or (local mode) a path "
                                  "relative to the manifest.")
     format: DataFormat = Field("auto", description="Row shape; auto detects it from the first row.")
-    hold_out_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of rows kept out of training for evaluation.")
-    seed: Seed = Field(42, description="Seed of the train/hold-out split.")
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5, description=(
+        "Share of rows kept out of training for validation loss, early stopping and checkpoint choice."))
+    test_fraction: float = Field(0.1, gt=0, lt=0.5, description=(
+        "Share of rows kept for the test split: only the evaluator and the gate see them."))
+    seed: Seed = Field(42, description="Seed of the train/validation/test split.")
+    contamination: ContaminationSpec = Field(default_factory=ContaminationSpec, description=(
+        "Near duplicates of test and regression rows in the training rows."))
     system_prompt: Text | None = Field(
         None, description="System message put before every example (and used when serving); "
                           "when unset the chat template's default applies.")
@@ -179,10 +193,10 @@ class CheckpointSpec(WireModel):
 
 
 class EarlyStoppingSpec(WireModel):
-    enabled: bool = Field(False, description="Evaluate hold-out loss during training and stop early.")
-    eval_every_steps: int = Field(50, ge=1, le=10**7, description="Hold-out loss is measured every N steps.")
+    enabled: bool = Field(False, description="Evaluate validation loss during training and stop early.")
+    eval_every_steps: int = Field(50, ge=1, le=10**7, description="Validation loss is measured every N steps.")
     patience: int = Field(3, ge=1, le=1000, description="Evaluations without improvement before stopping.")
-    min_delta: float = Field(0.0, ge=0, le=1000, description="Smallest decrease of hold-out loss that counts.")
+    min_delta: float = Field(0.0, ge=0, le=1000, description="Smallest decrease of validation loss that counts.")
 
 
 class TrainingSpec(WireModel):
@@ -211,7 +225,7 @@ class TrainingSpec(WireModel):
         10.0, gt=1, le=1e6, description="Stop (LossDiverged) when a step's loss exceeds this multiple of the lowest so far.")
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Resumable checkpoints.")
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec,
-                                              description="Stop when hold-out loss stops improving; keep the best.")
+                                              description="Stop when validation loss stops improving; keep the best.")
     seed: Seed = Field(42, description="Seed of initialisation, dropout and data order.")
 
 
@@ -234,7 +248,7 @@ class ResourcesSpec(WireModel):
 class OutputSpec(WireModel):
     uri: StorageUri | None = Field(None, description="Where the adapter is written; local mode defaults to the "
                                                      "work folder.")
-    preview_examples: int = Field(3, ge=0, le=50, description="Hold-out examples answered by base and tuned model.")
+    preview_examples: int = Field(3, ge=0, le=50, description="Validation examples answered by base and tuned model.")
     merge_adapter: bool = Field(False, description="Also write base + adapter merged into one safetensors model.")
 
 
@@ -271,10 +285,24 @@ class DatasetStats(WireModel):
 
     rows: int = Field(description="Rows after cleaning.")
     train_rows: int = Field(description="Rows in the training split.")
-    hold_out_rows: int = Field(description="Rows held out for evaluation.")
+    validation_rows: int = Field(description="Rows in the validation split (loss, early stopping).")
+    test_rows: int = Field(description="Rows in the test split (evaluation and gate only).")
     train_tokens: int = Field(description="Tokens in the training split.")
     format: str = Field(description="Row shape found: alpaca, messages or text.")
     sha256: str = Field(description="Hash of the dataset file: which data this adapter was trained on.")
+    contamination: ContaminationStats | None = Field(None, description="Near duplicates of test rows in training.")
+
+
+class ContaminationStats(WireModel):
+    """Training rows that were near duplicates of rows the model is judged on."""
+
+    threshold: float = Field(description="Estimated Jaccard similarity used.")
+    test_rows: int = Field(description="Test rows compared against.")
+    regression_rows: int = Field(0, description="Regression-set rows (the champion's test rows) compared against.")
+    contaminated: int = Field(0, description="Training rows found near a test or regression row.")
+    removed: int = Field(0, description="Of those, rows dropped from training (dataset.contamination.remove).")
+    examples: list[str] = Field(default_factory=list, max_length=10, description=(
+        "Up to 10 findings, e.g. 'train line 12 ~ test line 40 (0.94)'."))
 
 
 class TokenLengthBin(WireModel):
@@ -297,25 +325,25 @@ class DataReportSummary(WireModel):
 class TrainingResults(WireModel):
     """What the training stage produced."""
 
-    hold_out_loss_before: float = Field(description="Loss of the base model on the hold-out rows.")
-    hold_out_loss_after: float = Field(description="Loss of the trained model on the hold-out rows.")
-    hold_out_loss: str | None = Field(None, description="Hold-out loss before -> after, rounded, e.g. "
+    validation_loss_before: float = Field(description="Loss of the base model on the validation rows.")
+    validation_loss_after: float = Field(description="Loss of the trained model on the validation rows.")
+    validation_loss: str | None = Field(None, description="Validation loss before -> after, rounded, e.g. "
                                                         "2.310 -> 1.052 (a wide column).")
     train_loss: float = Field(description="Mean training loss over the run.")
     steps: int = Field(description="Optimizer steps taken.")
     tokens_per_second: float = Field(description="Training throughput, tokens per second.")
     seconds: float = Field(description="Wall-clock seconds of training.")
     adapter_uri: str = Field(description="Where the adapter (safetensors) was written.")
-    hold_out_uri: str = Field(description="The hold-out rows, for the evaluation.")
+    test_uri: str = Field(description="The test rows, for the evaluation.")
     merged_model_uri: str | None = Field(None, description="Base + adapter merged (output.mergeAdapter).")
     resumed_from_step: int | None = Field(None, description="The checkpoint step training resumed from.")
     stopped_early: bool = Field(False, description="Whether early stopping ended the training.")
-    best_step: int | None = Field(None, description="Step of the best hold-out loss kept (early stopping).")
+    best_step: int | None = Field(None, description="Step of the best validation loss kept (early stopping).")
     mlflow_run_id: str | None = Field(None, description="MLflow run holding the loss curves.")
 
     @model_validator(mode="after")
-    def _hold_out_loss(self) -> "TrainingResults":
-        self.hold_out_loss = f"{self.hold_out_loss_before:.3f} -> {self.hold_out_loss_after:.3f}"
+    def _validation_loss(self) -> "TrainingResults":
+        self.validation_loss = f"{self.validation_loss_before:.3f} -> {self.validation_loss_after:.3f}"
         return self
 
 
@@ -394,11 +422,11 @@ CRD = Kind(
         Printer("Step", "string", ".status.progress.steps", "Optimizer steps done of the total"),
         Printer("Loss", "number", ".status.progress.loss", "Latest training loss"),
         Printer("Score", "string", ".status.evaluation.summary",
-                "The gate's primary metric on the hold-out set, candidate vs baseline"),
+                "The gate's primary metric on the test set, candidate vs baseline"),
         Printer("Gate", "string", ".status.evaluation.gate.verdict", "Passed or Failed"),
         Printer("Version", "string", ".status.registry.version", "Registered model version"),
         Printer("Age", "date", ".metadata.creationTimestamp"),
-        Printer("Hold-out Loss", "string", ".status.training.holdOutLoss", "Hold-out loss before -> after training",
+        Printer("Val Loss", "string", ".status.training.validationLoss", "Validation loss before -> after training",
                 priority=1),
         Printer("Registered", "string", ".status.registry.uri", "models:/name/version", priority=1),
         Printer("ETA", "integer", ".status.progress.etaSeconds", "Seconds of training left", priority=1),

@@ -145,8 +145,8 @@ class ScheduleRun(WireModel):
     snapshot: SnapshotInfo | None = Field(None, description="The corrections it trained on.")
     gate_passed: bool | None = Field(None, description="The FineTuneJob's gate verdict; unset: not evaluated.")
     version: str | None = Field(None, description="Registered model version of the run's adapter.")
-    score: float | None = Field(None, description="The adapter's primary metric on the hold-out set.")
-    baseline_score: float | None = Field(None, description="The baseline's primary metric on the hold-out set.")
+    score: float | None = Field(None, description="The adapter's primary metric on the test set.")
+    baseline_score: float | None = Field(None, description="The baseline's primary metric on the test set.")
 
 
 class RunStep(WireModel):

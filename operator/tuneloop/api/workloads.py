@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from tuneloop.api.common import WireModel, check_http_url
-from tuneloop.api.evaluation import Comparison, EvaluationSpec, JudgeStats
+from tuneloop.api.evaluation import Comparison, EvaluationSpec, GateTest, JudgeStats
 from tuneloop.api.finetunejob import (
     CleaningSpec,
     CleaningStats,
@@ -46,10 +46,12 @@ class TrainerWorkload(WireModel):
     dataset: DatasetSpec
     method: MethodSpec
     training: TrainingSpec
-    output_dir: str = Field(description="Adapter, tokenizer and hold-out split are written here.")
+    output_dir: str = Field(description="Adapter, tokenizer and test split are written here.")
     preview_examples: int = 3
     merge_adapter: bool = False
     tracking: Tracking | None = None
+    registered_model: str | None = Field(None, description=(
+        "Registered model whose champion's test rows are kept out of training (contamination check)."))
 
 
 class DataCheckWorkload(TrainerWorkload):
@@ -93,7 +95,7 @@ class Preview(WireModel):
 
 class Evaluation(WireModel):
     step: int
-    hold_out_loss: float
+    validation_loss: float
 
 
 class TrainerResult(WireModel):
@@ -103,8 +105,8 @@ class TrainerResult(WireModel):
     dataset: DatasetStats | None = None
     cleaning: CleaningStats | None = None
     replay_rows: int | None = None
-    hold_out_loss_before: float | None = None
-    hold_out_loss_after: float | None = None
+    validation_loss_before: float | None = None
+    validation_loss_after: float | None = None
     train_loss: float | None = None
     steps: int | None = None
     tokens_trained: int | None = None
@@ -117,7 +119,7 @@ class TrainerResult(WireModel):
     adapter_path: str | None = None
     merged_path: str | None = None
     mlflow_run_id: str | None = None
-    hold_out_path: str | None = None
+    test_path: str | None = None
     previews: list[Preview] = Field(default_factory=list)
 
 
@@ -125,12 +127,12 @@ JUDGE_API_KEY_ENV = "TUNELOOP_JUDGE_API_KEY"
 
 
 class EvaluatorWorkload(WireModel):
-    """Generate and score hold-out answers for the candidate and its baseline."""
+    """Generate and score test answers for the candidate and its baseline (and regression and general sets)."""
 
     job: str = Field(description="namespace/name of the FineTuneJob, for logs.")
     model_path: str = Field(description="Local folder of the base model.")
     adapter_path: str = Field(description="Local folder of the candidate adapter.")
-    hold_out_path: str = Field(description="JSONL hold-out split the trainer wrote.")
+    test_path: str = Field(description="JSONL test split the trainer wrote.")
     dataset: DatasetSpec = Field(description="Format and system prompt, so prompts match training.")
     evaluation: EvaluationSpec
     general_set_path: str | None = None
@@ -147,8 +149,12 @@ class EvaluatorResult(WireModel):
     message: str | None = None
     baseline: str = "base"
     baseline_version: str | None = None
-    hold_out: Comparison | None = None
+    test: Comparison | None = None
+    regression: Comparison | None = None
+    regressed_rows: int | None = None
     general: Comparison | None = None
+    tests: list[GateTest] = Field(default_factory=list, description="The gate's tests, Holm-corrected.")
+    warnings: list[str] = Field(default_factory=list)
     judge: JudgeStats = Field(default_factory=lambda: JudgeStats(configured=False))
     records_path: str | None = None
     seconds: float | None = None
@@ -249,7 +255,8 @@ def _rounded(value: object, digits: int = 4) -> object:
 
 def compact_result(result: WireModel, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
     """The result as it fits a container termination message (the full one stays on the volume):
-    previews and per-evaluation losses go first, then float precision, then the general-set scores."""
+    previews and per-evaluation losses go first, then float precision, then the gate tests' explanations,
+    the guardrail sets' scores and the warnings (the message keeps them, shortened). The gate's tests stay."""
     wire = result.model_dump(by_alias=True, exclude_none=True, mode="json")
 
     def size() -> int:
@@ -260,8 +267,13 @@ def compact_result(result: WireModel, limit: int = TERMINATION_MESSAGE_LIMIT) ->
             wire.pop(key, None)
     if size() > limit:
         wire = _rounded(wire)
-    if size() > limit:
-        wire.pop("general", None)
+    for test in wire.get("tests", []):
+        for key in ("detail", "warning"):
+            if size() > limit:
+                test.pop(key, None)
+    for key in ("general", "regression", "warnings"):
+        if size() > limit:
+            wire.pop(key, None)
     text = json.dumps(wire, separators=(",", ":"))
     if len(text) > limit and wire.get("message"):
         keep = max(0, len(wire["message"]) - (len(text) - limit) - 3)

@@ -147,6 +147,9 @@ def check_context(spec: FineTuneJobSpec, context: ReconcileContext) -> list[str]
     judge = spec.evaluation.judge
     if judge is not None and context.mode == "cluster" and judge.api_key_env:
         problems.append("spec.evaluation.judge.apiKeyEnv: in a cluster the key comes from apiKeySecret")
+    if judge is not None and context.mode == "cluster" and judge.local:
+        problems.append("spec.evaluation.judge.local: a cluster cannot start a local judge; serve the judge model "
+                        "(e.g. with a ModelDeployment) and give its url")
     if judge is not None and context.mode == "local" and judge.api_key_secret:
         problems.append("spec.evaluation.judge.apiKeySecret: a local run reads the key from the "
                         "environment variable named by apiKeyEnv")
@@ -311,7 +314,7 @@ def stage_inputs(stage: Stage, spec: FineTuneJobSpec, status: FineTuneJobStatus)
     """What a stage's workload needs from the earlier stages and from the decisions taken here."""
     training = status.training
     if stage is EVALUATE and training is not None:
-        return {"adapter_uri": training.adapter_uri, "hold_out_uri": training.hold_out_uri,
+        return {"adapter_uri": training.adapter_uri, "test_uri": training.test_uri,
                 "training_run_id": training.mlflow_run_id}
     if stage is REGISTER and training is not None:
         return registration_inputs(spec, status)
@@ -332,17 +335,17 @@ def registration_inputs(spec: FineTuneJobSpec, status: FineTuneJobStatus) -> dic
         "tuneloop.dev/method": spec.method.type,
         "tuneloop.dev/gate": "not-evaluated" if evaluation is None else ("passed" if passed else "failed"),
     }
-    metrics: dict[str, float] = {}  # the hold-out loss is the training run's validation curve
+    metrics: dict[str, float] = {}  # the validation loss is the training run's validation curve
     if evaluation is not None:
         tags["tuneloop.dev/baseline"] = evaluation.baseline + (
             f" v{evaluation.baseline_version}" if evaluation.baseline_version else "")
         if evaluation.gate:
             tags["tuneloop.dev/gate-message"] = evaluation.gate.message[:5000]
             tags["tuneloop.dev/gate-checks"] = "\n".join(evaluation.gate.checks)[:5000]
-        for metric, score in evaluation.hold_out.candidate.items():
+        for metric, score in evaluation.test.candidate.items():
             metrics[evaluation_metric(metric, "candidate")] = score.value
             tags[f"tuneloop.dev/eval-{metric}"] = f"{score.value:.4f} [{score.low:.4f}, {score.high:.4f}]"
-        for metric, score in evaluation.hold_out.baseline.items():
+        for metric, score in evaluation.test.baseline.items():
             metrics[evaluation_metric(metric, "baseline")] = score.value
     return {
         "adapter_uri": training.adapter_uri, "training_run_id": training.mlflow_run_id,
@@ -368,8 +371,17 @@ def _data_summary(dataset: DatasetStats, report: DataReportSummary) -> str:
                  f"{report.max_seq_length} (cut)" if report.truncated_rows else
                  f"no training row longer than maxSeqLength {report.max_seq_length}")
     return (f"{dataset.rows:,} {dataset.format} rows read: {report.training_rows:,} to train on, "
-            f"{dataset.hold_out_rows:,} held out, {dataset.train_tokens:,} tokens; {truncated}; "
+            f"{dataset.validation_rows:,} to validate, {dataset.test_rows:,} to test, {dataset.train_tokens:,} tokens; "
+            f"{_contamination_summary(dataset)}{truncated}; "
             f"about {report.estimated_steps:,} optimizer steps")
+
+
+def _contamination_summary(dataset: DatasetStats) -> str:
+    found = dataset.contamination
+    if found is None or not found.contaminated:
+        return ""
+    return (f"{found.contaminated:,} training rows near test or regression rows "
+            f"({'removed' if found.removed else 'kept: dataset.contamination.remove is false'}); ")
 
 
 def _record_training(status: FineTuneJobStatus, spec: FineTuneJobSpec, raw: dict[str, Any],
@@ -382,16 +394,17 @@ def _record_training(status: FineTuneJobStatus, spec: FineTuneJobSpec, raw: dict
 def _record_evaluation(status: FineTuneJobStatus, spec: FineTuneJobSpec, raw: dict[str, Any],
                        decision: Decision, generation: int | None, now: str) -> str:
     result = EvaluatorResult.model_validate(raw)
-    if result.hold_out is None:
-        raise ValueError("the evaluator reported success without hold-out scores")
+    if result.test is None:
+        raise ValueError("the evaluator reported success without test scores")
     primary = spec.evaluation.gate.primary_metric
-    gate_result = gate.decide(spec.evaluation.gate, result.hold_out, result.general)
-    candidate, baseline = result.hold_out.candidate.get(primary), result.hold_out.baseline.get(primary)
+    gate_result = gate.decide(result.tests, result.warnings)
+    candidate, baseline = result.test.candidate.get(primary), result.test.baseline.get(primary)
     status.evaluation = EvaluationResults(
         baseline=result.baseline, baseline_version=result.baseline_version, primary_metric=primary,
         score=round(candidate.value, 4) if candidate else None,
         baseline_score=round(baseline.value, 4) if baseline else None,
-        hold_out=result.hold_out, general=result.general, judge=result.judge,
+        test=result.test, regression=result.regression, regressed_rows=result.regressed_rows,
+        general=result.general, judge=result.judge,
         records_uri=result.records_path, gate=gate_result,
     )
     status.conditions = set_condition(status.conditions, "GatePassed", "True" if gate_result.passed else "False",
@@ -442,9 +455,9 @@ def _note_spec_change(status: FineTuneJobStatus, generation: int | None, now: st
 
 def _evaluation_summary(evaluation: EvaluationResults) -> str:
     metric = evaluation.primary_metric
-    candidate = evaluation.hold_out.candidate.get(metric)
-    baseline = evaluation.hold_out.baseline.get(metric)
-    parts = [f"{metric} on {evaluation.hold_out.examples} hold-out examples:"]
+    candidate = evaluation.test.candidate.get(metric)
+    baseline = evaluation.test.baseline.get(metric)
+    parts = [f"{metric} on {evaluation.test.examples} test examples:"]
     if candidate:
         parts.append(f"candidate {candidate.value:.3f} [{candidate.low:.3f}, {candidate.high:.3f}]")
     if baseline:
@@ -455,8 +468,8 @@ def _evaluation_summary(evaluation: EvaluationResults) -> str:
 def _final_summary(status: FineTuneJobStatus) -> str:
     parts = []
     if status.training:
-        parts.append(f"hold-out loss {status.training.hold_out_loss_before:.4f} -> "
-                     f"{status.training.hold_out_loss_after:.4f}")
+        parts.append(f"validation loss {status.training.validation_loss_before:.4f} -> "
+                     f"{status.training.validation_loss_after:.4f}")
     if status.evaluation:
         parts.append(_evaluation_summary(status.evaluation))
     if status.registry:
@@ -466,7 +479,7 @@ def _final_summary(status: FineTuneJobStatus) -> str:
 
 
 def _summary(result: TrainerResult) -> str:
-    return (f"hold-out loss {result.hold_out_loss_before:.4f} -> {result.hold_out_loss_after:.4f} "
+    return (f"validation loss {result.validation_loss_before:.4f} -> {result.validation_loss_after:.4f} "
             f"in {result.steps} steps")
 
 
@@ -474,14 +487,14 @@ def _record_result(status: FineTuneJobStatus, result: TrainerResult) -> None:
     status.dataset = result.dataset
     status.cleaning = result.cleaning
     status.training = TrainingResults(
-        hold_out_loss_before=result.hold_out_loss_before,
-        hold_out_loss_after=result.hold_out_loss_after,
+        validation_loss_before=result.validation_loss_before,
+        validation_loss_after=result.validation_loss_after,
         train_loss=result.train_loss,
         steps=result.steps,
         tokens_per_second=round(result.tokens_per_second or 0.0, 1),
         seconds=round(result.seconds or 0.0, 1),
         adapter_uri=result.adapter_path,
-        hold_out_uri=result.hold_out_path,
+        test_uri=result.test_path,
         merged_model_uri=result.merged_path,
         resumed_from_step=result.resumed_from_step,
         stopped_early=result.stopped_early,

@@ -1,51 +1,37 @@
-"""The gate: is the candidate better, beyond the noise? Decided on confidence-interval lower bounds.
+"""The gate: is the candidate better, beyond the noise, and no worse where it must not be?
 
-An improvement whose interval reaches zero is not an improvement; a score whose interval reaches
-below the minimum does not meet it. Every check is written out, with its numbers, so the
-condition message says exactly why the adapter passed or not.
+The evaluator runs the gate's checks as one-sided paired tests (exact McNemar, paired bootstrap,
+exact binomial), Holm-corrected across the family, and reports each as a GateTest. The gate passes
+only if every test passed; its message names the test that decided: the first that failed, or,
+when all passed, the one closest to failing.
 """
 
 from __future__ import annotations
 
-from tuneloop.api.evaluation import Comparison, GateResult, GateSpec
+from tuneloop.api.evaluation import GateResult, GateTest
 
 
-def _improvement(metric: str, threshold: float, hold_out: Comparison) -> tuple[bool, str]:
-    difference = hold_out.difference.get(metric)
-    if difference is None:
-        return False, f"{metric} improvement not measured"
-    passed = difference.low > threshold
-    return passed, f"{metric} candidate-baseline {difference.interval(signed=True)}: lower bound {'>' if passed else '<='} {threshold:g}"
+def _line(test: GateTest) -> str:
+    return test.line() + (f" ({test.detail})" if test.detail else "")
 
 
-def _minimum(metric: str, threshold: float, hold_out: Comparison) -> tuple[bool, str]:
-    score = hold_out.candidate.get(metric)
-    if score is None:
-        return False, f"{metric} not measured"
-    passed = score.low >= threshold
-    return passed, (f"{metric} {score.interval()}: lower bound "
-                    f"{'>=' if passed else '<'} {threshold:g}")
+def _closest_to_failing(tests: list[GateTest]) -> GateTest:
+    tested = [test for test in tests if test.p_holm is not None]
+    return max(tested, key=lambda test: test.p_holm) if tested else tests[0]
 
 
-def _regression(max_regression: float, general: Comparison) -> tuple[bool, str]:
-    difference = general.difference.get("rougeL")
-    if difference is None:
-        return False, "general-set rougeL not measured"
-    passed = difference.low >= -max_regression
-    return passed, (f"general-set rougeL candidate-baseline {difference.interval(signed=True)}: lower bound "
-                    f"{'>=' if passed else '<'} -{max_regression:g}")
-
-
-def decide(gate: GateSpec, hold_out: Comparison, general: Comparison | None) -> GateResult:
-    improvements = {gate.primary_metric: 0.0, **gate.min_improvement}
-    checks = [_improvement(metric, threshold, hold_out) for metric, threshold in improvements.items()]
-    checks += [_minimum(metric, threshold, hold_out) for metric, threshold in gate.min_score.items()]
-    if general is not None:
-        checks.append(_regression(gate.max_regression, general))
-    failed = [text for passed, text in checks if not passed]
-    lines = [("ok: " if passed else "FAILED: ") + text for passed, text in checks]
+def decide(tests: list[GateTest], warnings: list[str]) -> GateResult:
+    if not tests:
+        return GateResult(passed=False, message="gate failed: the evaluation reported no gate test",
+                          warnings=warnings)
+    failed = [test for test in tests if not test.passed]
+    checks = [("ok: " if test.passed else "FAILED: ") + _line(test) for test in tests]
+    deciding = failed[0] if failed else _closest_to_failing(tests)
     if failed:
-        message = "gate failed: " + "; ".join(failed)
+        others = f" (and {len(failed) - 1} more failed check{'s' if len(failed) > 2 else ''})" if len(failed) > 1 else ""
+        message = f"gate failed on {_line(deciding)}{others}"
     else:
-        message = "gate passed: " + "; ".join(text for _, text in checks)
-    return GateResult(passed=not failed, message=message, checks=lines)
+        message = (f"gate passed: {_line(deciding)}" if len(tests) == 1 else
+                   f"gate passed {len(tests)} tests; weakest: {_line(deciding)}")
+    return GateResult(passed=not failed, message=message, checks=checks, deciding=_line(deciding),
+                      warnings=warnings)

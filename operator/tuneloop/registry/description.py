@@ -4,7 +4,10 @@ verdict and the registered version — written by the registration, the last sta
 
 from __future__ import annotations
 
-from tuneloop.api.evaluation import Comparison
+import re
+from collections.abc import Sequence
+
+from tuneloop.api.evaluation import Comparison, EvaluationResults
 from tuneloop.api.finetunejob import FineTuneJobStatus
 from tuneloop.api.workloads import RegisterResult
 from tuneloop.registry.lineage import (
@@ -14,9 +17,13 @@ from tuneloop.registry.lineage import (
     JOB_UID_TAG,
     TUNELOOP_VERSION_TAG,
 )
+from tuneloop.report import summary_lines
+from tuneloop.report.model import ExampleRow
 
 DESCRIPTION_TAG = "mlflow.note.content"
 MAX_DESCRIPTION = 8000  # MLflow's limit on a tag value
+REGRESSED_SHOWN = 5
+ANSWER_WIDTH = 100
 
 
 def comparison_table(comparison: Comparison, baseline: str) -> list[str]:
@@ -36,9 +43,14 @@ def _data(status: FineTuneJobStatus) -> list[str]:
     if dataset is None:
         return []
     lines = ["## Data", "",
-             f"{dataset.rows} rows ({dataset.format}) after cleaning: {dataset.train_rows} to train on "
-             f"({dataset.train_tokens} tokens), {dataset.hold_out_rows} held out for evaluation. "
+             f"{summary_lines.split_sizes(dataset)} after cleaning ({dataset.train_tokens} training tokens); "
+             "validation chose the checkpoint, only the evaluation and the gate saw test. "
              f"sha256 `{dataset.sha256}`.", ""]
+    if dataset.contamination is not None:
+        lines += [f"Contamination: {summary_lines.contamination(dataset.contamination)}.", ""]
+        findings = summary_lines.contamination_examples(dataset.contamination)
+        if findings:
+            lines += _code_block(findings) + [""]
     if cleaning is not None:
         dropped = [f"{count} {what}" for what, count in (
             ("exact duplicates", cleaning.exact_duplicates), ("near duplicates", cleaning.near_duplicates),
@@ -60,9 +72,9 @@ def _training(status: FineTuneJobStatus, base_model: str) -> list[str]:
             f"base model     {base_model}",
             f"steps          {training.steps}{resumed}",
             f"train loss     {training.train_loss:.4f}",
-            f"hold-out loss  {training.hold_out_loss_before:.4f} -> {training.hold_out_loss_after:.4f}",
+            f"val. loss      {training.validation_loss_before:.4f} -> {training.validation_loss_after:.4f}",
             f"speed          {training.tokens_per_second:.0f} tokens/s, {training.seconds:.0f} s", "```", "",
-            "The loss curves: `loss/train` and `loss/validation` (hold-out loss at the same steps), Model metrics.", ""]
+            "The loss curves: `loss/train` and `loss/validation` (validation loss at the same steps), Model metrics.", ""]
 
 
 def _evaluation(status: FineTuneJobStatus) -> list[str]:
@@ -71,37 +83,75 @@ def _evaluation(status: FineTuneJobStatus) -> list[str]:
         return []
     baseline = evaluation.baseline + (f" v{evaluation.baseline_version}" if evaluation.baseline_version else "")
     lines = ["## Evaluation", "",
-             f"{evaluation.hold_out.examples} held-out examples, tuned vs **{baseline}**; "
+             f"{evaluation.test.examples} test examples, tuned vs **{baseline}**; "
              "[low, high] is the bootstrap confidence interval.", "",
-             *comparison_table(evaluation.hold_out, baseline), ""]
+             *comparison_table(evaluation.test, baseline), ""]
+    if evaluation.regression is not None:
+        lines += [f"Regression set ({evaluation.regression.examples} of the champion's test rows, non-inferiority): "
+                  f"{summary_lines.regressed_count(evaluation.regressed_rows, evaluation.regression.examples)}.", "",
+                  *comparison_table(evaluation.regression, "champion"), ""]
     if evaluation.general is not None:
-        lines += [f"General set ({evaluation.general.examples} examples, regression check):", "",
+        lines += [f"General set ({evaluation.general.examples} examples, non-inferiority):", "",
                   *comparison_table(evaluation.general, baseline), ""]
-    judge = evaluation.judge
-    if judge.configured:
-        lines += [f"LLM judge {judge.model or ''}: {judge.wins} wins, {judge.ties} ties, {judge.losses} losses "
-                  f"({judge.unparseable} unreadable).", ""]
+    lines += [f"LLM judge: {summary_lines.judge(evaluation.judge)}.", ""]
+    distrust = summary_lines.judge_distrust(evaluation.judge)
+    if distrust:
+        lines += [f"**Warning:** {distrust}.", ""]
     lines += ["Every example, both answers and their scores: the `evaluation/examples.json` table (Artifacts).", ""]
     return lines
+
+
+def _regressed(evaluation: EvaluationResults | None, rows: Sequence[ExampleRow]) -> list[str]:
+    """After the gate, so that a description cut at MLflow's limit loses rows, not the verdict."""
+    if evaluation is None or not evaluation.regressed_rows:
+        return []
+    lines = [f"## What regressed ({evaluation.regressed_rows} rows)", "",
+             "Rows the champion answered exactly right and the candidate did not"
+             + (":" if rows else "; the records list them (Artifacts)."), ""]
+    listed = []
+    for number, row in enumerate(rows[:REGRESSED_SHOWN], start=1):
+        listed += ([""] if listed else []) + [f"{number}. prompt    {_one_line(row.prompt)}"] + [
+            f"   {label:<10}{_one_line(text)}"
+            for label, text in (("expected", row.reference), ("champion", row.base), ("candidate", row.tuned))]
+    if listed:
+        lines += _code_block(listed)
+    if len(rows) > REGRESSED_SHOWN:
+        lines.append(f"and {len(rows) - REGRESSED_SHOWN} more in the report (Artifacts: report/report.html).")
+    return lines + [""]
 
 
 def _gate(status: FineTuneJobStatus | None, tags: dict[str, str]) -> list[str]:
     gate = status.evaluation.gate if status and status.evaluation else None
     if gate is None:
         return ["## Gate", "", f"Gate: {tags.get(GATE_TAG, 'not evaluated')}.", ""]
-    return ["## Gate", "", *([f"- {check}" for check in gate.checks] or [gate.message]), ""]
+    checks = [f"- **deciding:** {line.text}" if line.deciding else f"- {line.text}"
+              for line in summary_lines.gate_lines(gate)]
+    warnings = [f"- **Warning:** {warning}" for warning in gate.warnings]
+    return ["## Gate", "", *(checks or [gate.message]), *warnings, ""]
+
+
+def _one_line(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= ANSWER_WIDTH else flat[:ANSWER_WIDTH - 3] + "..."
+
+
+def _code_block(lines: list[str]) -> list[str]:
+    """A fenced block no line of the (untrusted) text can close: the fence is longer than any backtick run in it."""
+    longest = max((len(run) for line in lines for run in re.findall(r"`+", line)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence, *lines, fence]
 
 
 def headline(status: FineTuneJobStatus | None, tags: dict[str, str], registered: RegisterResult) -> str:
-    """What the run page shows before "Show more": verdict, primary score, hold-out loss, the version."""
+    """What the run page shows before "Show more": verdict, primary score, validation loss, the version."""
     evaluation = status.evaluation if status else None
     passed = evaluation.gate.passed if evaluation and evaluation.gate else tags.get(GATE_TAG) == "passed"
     parts = [f"**Gate {'PASSED' if passed else 'FAILED'}**"]
     if evaluation and evaluation.summary:
         parts.append(evaluation.summary)
     if status and status.training:
-        parts.append(f"hold-out loss {status.training.hold_out_loss_before:.3f} → "
-                     f"{status.training.hold_out_loss_after:.3f}")
+        parts.append(f"validation loss {status.training.validation_loss_before:.3f} → "
+                     f"{status.training.validation_loss_after:.3f}")
     aliases = f"aliases {', '.join(registered.aliases)}" if registered.aliases else "no alias moved"
     parts.append(f"registered `{registered.uri}` ({aliases})")
     notes = (registered.message or "").split("; ")[1:]  # the first part repeats the version
@@ -109,13 +159,15 @@ def headline(status: FineTuneJobStatus | None, tags: dict[str, str], registered:
 
 
 def run_description(job: str, status: FineTuneJobStatus | None, tags: dict[str, str],
-                    registered: RegisterResult) -> str:
-    """Markdown for the run's page. `tags` are the version's (lineage, gate); `status` the job's when known."""
+                    registered: RegisterResult, regressed: Sequence[ExampleRow] = ()) -> str:
+    """Markdown for the run's page. `tags` are the version's (lineage, gate); `status` the job's when known;
+    `regressed` the regression-set rows the evaluation's records mark regressed (run_report.read_records)."""
     base_model = tags.get(BASE_MODEL_TAG, "")
     lines = [headline(status, tags, registered), ""]
     if status is not None:
         lines += _data(status) + _training(status, base_model) + _evaluation(status)
     lines += _gate(status, tags)
+    lines += _regressed(status.evaluation if status else None, regressed)
     lines += ["## Lineage", "",
               f"- FineTuneJob `{job}`, uid `{tags.get(JOB_UID_TAG, '')}`",
               f"- base model `{base_model}`",

@@ -16,7 +16,7 @@ from typing import Any
 from tuneloop.api.evaluation import Comparison
 from tuneloop.api.workloads import EvaluatorResult, Tracking
 from tuneloop.registry.connection import client
-from tuneloop.registry.metric_names import evaluation_metric
+from tuneloop.registry.metric_names import JUDGE_METRICS, evaluation_metric, gate_test_metric
 
 log = logging.getLogger("tuneloop.registry")
 RECORDS_ARTIFACT_PATH = "evaluation"
@@ -27,21 +27,29 @@ BASELINE_TAG = "tuneloop.evaluation.baseline"
 JUDGE_TAG = "tuneloop.evaluation.judge"
 
 
-def _comparison_metrics(comparison: Comparison, general: bool) -> dict[str, float]:
+def _comparison_metrics(comparison: Comparison, evaluated_set: str) -> dict[str, float]:
     metrics = {}
     for side, scores in (("candidate", comparison.candidate), ("baseline", comparison.baseline)):
         for metric, score in scores.items():
-            metrics[evaluation_metric(metric, side, general)] = score.value
+            metrics[evaluation_metric(metric, side, evaluated_set)] = score.value
     return metrics
 
 
 def result_metrics(result: EvaluatorResult) -> dict[str, float]:
-    """Candidate and baseline, per metric: what a user compares across runs."""
+    """Candidate and baseline per metric and set, each gate test's Holm p-value, the judge's reliability:
+    what a user compares across runs."""
     metrics: dict[str, float] = {}
-    if result.hold_out is not None:
-        metrics.update(_comparison_metrics(result.hold_out, general=False))
-    if result.general is not None:
-        metrics.update(_comparison_metrics(result.general, general=True))
+    for name, comparison in (("test", result.test), ("regression", result.regression), ("general", result.general)):
+        if comparison is not None:
+            metrics.update(_comparison_metrics(comparison, name))
+    for test in result.tests:
+        if test.p_holm is not None:
+            metrics[gate_test_metric(test.metric, test.set, test.kind)] = test.p_holm
+    if result.judge.configured:
+        for field, key in JUDGE_METRICS.items():
+            value = getattr(result.judge, field)
+            if value is not None:
+                metrics[key] = float(value)
     return metrics
 
 
@@ -106,8 +114,7 @@ def _judge_summary(result: EvaluatorResult) -> str | None:
     judge = result.judge
     if not judge.configured:
         return None
-    return (f"{judge.model or 'judge'}: {judge.wins} wins, {judge.ties} ties, {judge.losses} losses; "
-            f"{judge.judged} judged, {judge.unparseable} unreadable, {judge.inconsistent} inconsistent")
+    return judge.summary()
 
 
 def log_evaluation(tracking: Tracking, run_id: str, result: EvaluatorResult, records: Path) -> None:

@@ -1,17 +1,31 @@
 """The metric keys of a Tuneloop run. The MLflow UI groups charts by the part before the first '/' and
 sorts the groups by name: `loss` (train and validation curves, side by side) comes first, then
 `score` (the evaluation's headline numbers, one value each; their intervals are in the run's
-description), then `train` (the optimiser's curves). The hold-out loss before and after training is
-the validation curve's first and last point."""
+description), `score_general`, `score_judge` (how far the judge can be trusted) and `score_regression`
+(the guardrail sets), `significance` (each gate test's Holm-adjusted p-value), then `train` (the
+optimiser's curves).
+The validation loss before and after training is the validation curve's first and last point."""
 
 TRAIN_LOSS = "loss/train"
-VALIDATION_LOSS = "loss/validation"  # the hold-out split, at the same steps as the training loss
+VALIDATION_LOSS = "loss/validation"  # the validation split, at the same steps as the training loss
 LEARNING_RATE = "train/learning_rate"
 GRAD_NORM = "train/grad_norm"
 TOKENS_PER_SECOND = "train/tokens_per_second"
 EPOCH = "train/epoch"
 
 
-def evaluation_metric(metric: str, side: str, general: bool = False) -> str:
-    """e.g. score/exactMatch (the candidate), score/exactMatch_baseline, score_general/rougeL."""
-    return f"{'score_general' if general else 'score'}/{metric}{'' if side == 'candidate' else '_' + side}"
+def evaluation_metric(metric: str, side: str, evaluated_set: str = "test") -> str:
+    """e.g. score/exactMatch (the candidate on the test split), score/exactMatch_baseline,
+    score_regression/exactMatch, score_general/rougeL."""
+    group = "score" if evaluated_set == "test" else f"score_{evaluated_set}"
+    return f"{group}/{metric}{'' if side == 'candidate' else '_' + side}"
+
+
+def gate_test_metric(metric: str, evaluated_set: str, kind: str) -> str:
+    """e.g. significance/exactMatch_improvement_p_holm, significance/rougeL_general_nonInferiority_p_holm."""
+    where = "" if evaluated_set == "test" else f"_{evaluated_set}"
+    return f"significance/{metric}{where}_{kind}_p_holm"
+
+
+JUDGE_METRICS = {field: f"score_judge/{field}"  # JudgeStats field -> metric
+                 for field in ("self_agreement", "position_flips", "malformed", "refusals", "rambles", "unparseable")}

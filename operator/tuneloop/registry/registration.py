@@ -188,8 +188,12 @@ def upload_run_outputs(client: MlflowClient, run_id: str, workload: RegisterWork
 def tell_the_story(client: MlflowClient, run_id: str, workload: RegisterWorkload, result: RegisterResult) -> None:
     """The run carries the version's lineage and gate tags, and the job's report as its description; the
     version's description starts with the verdict."""
+    from tuneloop.registry.run_report import read_records
+
+    regressed = read_records(Path(workload.records_path)).regressed if workload.records_path else ()
     tags = {**version_tags(workload), JOB_TAG: workload.job,
-            DESCRIPTION_TAG: run_description(workload.job, workload.job_status, version_tags(workload), result)}
+            DESCRIPTION_TAG: run_description(workload.job, workload.job_status, version_tags(workload), result,
+                                             regressed)}
     client.log_batch(run_id, tags=[RunTag(key, value[:MAX_TAG_VALUE] if key != DESCRIPTION_TAG else value)
                                    for key, value in tags.items()])
     client.update_model_version(workload.model_name, result.version, description=(

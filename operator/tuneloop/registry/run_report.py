@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,15 @@ class RunReportError(Exception):
     """The folder is not a job folder, or what it holds cannot be read; the message says which file."""
 
 
+@dataclass
+class EvaluationRecords:
+    """What a report shows of the evaluator's records file."""
+
+    examples: list[ExampleRow] = field(default_factory=list)  # the first few test rows
+    total: int = 0  # test rows in the file
+    regressed: list[ExampleRow] = field(default_factory=list)  # every regression-set row marked regressed
+
+
 def collect(job_dir: Path, job: FineTuneJob | None = None, tracking_uri: str | None = None,
             examples: int = EXAMPLES_SHOWN) -> RunReport:
     """The report of the local run in `job_dir`. `job` (the manifest; by default the one saved beside
@@ -64,16 +74,16 @@ def collect(job_dir: Path, job: FineTuneJob | None = None, tracking_uri: str | N
     records_uri = (status.evaluation.records_uri if status.evaluation else None) or (
         Path(evaluate_result.records_path).resolve().as_uri() if evaluate_result and evaluate_result.records_path
         else None)
-    rows, total = _records(_local_path(records_uri), examples)
-    if not rows and train_result:
-        rows = [ExampleRow(prompt=p.prompt, reference=p.reference, base=p.base, tuned=p.tuned)
-                for p in train_result.previews[:examples]]
-        total = len(train_result.previews)
+    records = read_records(local_records_path(records_uri), examples)
+    if not records.examples and train_result:
+        records.examples = [ExampleRow(prompt=p.prompt, reference=p.reference, base=p.base, tuned=p.tuned)
+                            for p in train_result.previews[:examples]]
+        records.total = len(train_result.previews)
     return _report(status, namespace=namespace, name=name, base_model=_base_model(job, register_spec, train_spec),
                    confidence=_confidence(job, workloads["evaluate"]),
                    job_uid=_job_uid(job, register_spec, name, job_dir),
                    loss=loss_series(run_id, tracking_uri, status, train_result),
-                   examples=(rows, total), run_id=run_id, records_uri=records_uri)
+                   records=records, run_id=run_id, records_uri=records_uri)
 
 
 def report_from_status(job: FineTuneJob, status: FineTuneJobStatus, tracking_uri: str | None,
@@ -92,25 +102,26 @@ def report_from_run(status: FineTuneJobStatus, *, namespace: str, name: str, bas
     """The same, from what the register workload knows of its job (no spec, the status it was given);
     `run_id`: the training run, when not the status's."""
     run_id = run_id or (status.training.mlflow_run_id if status.training else None)
-    rows, total = [], 0
+    records = EvaluationRecords()
     if run_id and tracking_uri:
         with tempfile.TemporaryDirectory(prefix="tuneloop-report-") as folder:
-            rows, total = _records(_downloaded_records(tracking_uri, run_id, Path(folder)), examples)
+            records = read_records(_downloaded_records(tracking_uri, run_id, Path(folder)), examples)
     return _report(status, namespace=namespace, name=name, base_model=base_model, confidence=confidence,
                    job_uid=job_uid, loss=loss_series(run_id, tracking_uri, status),
-                   examples=(rows, total), run_id=run_id,
+                   records=records, run_id=run_id,
                    records_uri=status.evaluation.records_uri if status.evaluation else None)
 
 
 def _report(status: FineTuneJobStatus, *, namespace: str, name: str, base_model: str, confidence: float | None,
-            job_uid: str | None, loss: LossSeries, examples: tuple[list[ExampleRow], int], run_id: str | None,
+            job_uid: str | None, loss: LossSeries, records: EvaluationRecords, run_id: str | None,
             records_uri: str | None) -> RunReport:
     training, evaluation = status.training, status.evaluation
     report = RunReport(
         job_name=name, namespace=namespace, phase=status.phase, message=status.message, base_model=base_model,
         dataset=status.dataset, cleaning=status.cleaning, training=training,
         gate=evaluation.gate if evaluation else None,
-        registry=status.registry, examples=examples[0], examples_total=examples[1],
+        registry=status.registry, examples=records.examples, examples_total=records.total,
+        regressed=records.regressed,
         completed=status.completion_time, loss=loss,
         lineage=Lineage(job_uid=job_uid, dataset_sha256=status.dataset.sha256 if status.dataset else None,
                         adapter_uri=training.adapter_uri if training else None,
@@ -119,24 +130,25 @@ def _report(status: FineTuneJobStatus, *, namespace: str, name: str, base_model:
         baseline = evaluation.baseline + (f" version {evaluation.baseline_version}"
                                           if evaluation.baseline_version else "")
         report.evaluation = EvaluationSummary(
-            baseline=baseline, primary_metric=evaluation.primary_metric, hold_out=evaluation.hold_out,
-            general=evaluation.general, judge=evaluation.judge, confidence=confidence)
+            baseline=baseline, primary_metric=evaluation.primary_metric, test=evaluation.test,
+            general=evaluation.general, judge=evaluation.judge, confidence=confidence,
+            regression=evaluation.regression, regressed_rows=evaluation.regressed_rows)
     return report
 
 
 def loss_series(run_id: str | None, tracking_uri: str | None, status: FineTuneJobStatus | None = None,
                 train_result: TrainerResult | None = None) -> LossSeries:
-    """Train and validation loss per step from the MLflow run, with the hold-out loss before training
-    at step 0 and after it at the last step; without a run, those hold-out losses (and each evaluation's)
+    """Train and validation loss per step from the MLflow run, with the validation loss before training
+    at step 0 and after it at the last step; without a run, those validation losses (and each evaluation's)
     from the status and the trainer's result."""
     training = status.training if status else None
     reported: dict[int, float] = {}
     if training:
-        reported[0] = training.hold_out_loss_before
+        reported[0] = training.validation_loss_before
     for evaluation in train_result.evaluations if train_result else []:
-        reported[evaluation.step] = evaluation.hold_out_loss
+        reported[evaluation.step] = evaluation.validation_loss
     if training:  # with early stopping the output, and so this loss, is the best checkpoint's
-        reported[training.best_step or training.steps] = training.hold_out_loss_after
+        reported[training.best_step or training.steps] = training.validation_loss_after
     if run_id and tracking_uri and _store_exists(tracking_uri):
         try:
             mlflow = client(tracking_uri)
@@ -148,7 +160,7 @@ def loss_series(run_id: str | None, tracking_uri: str | None, status: FineTuneJo
         except Exception as error:  # an unreachable or broken MLflow costs the curves, not the report
             log.warning("MLflow at %s: the loss history of run %s cannot be read: %s", tracking_uri, run_id, error)
     return LossSeries(validation=sorted(reported.items()),
-                      source="hold-out loss from the trainer's result (no MLflow run to read the train loss from)"
+                      source="validation loss from the trainer's result (no MLflow run to read the train loss from)"
                       if reported else "")
 
 
@@ -253,7 +265,8 @@ def _confidence(job: FineTuneJob | None, evaluate_folder: Path | None) -> float 
     return confidence if isinstance(confidence, float) else None
 
 
-def _local_path(uri: str | None) -> Path | None:
+def local_records_path(uri: str | None) -> Path | None:
+    """The records file a `file://` records URI names; None for any other (or no) URI."""
     return file_uri_path(uri) if uri and uri.startswith("file://") else None
 
 
@@ -267,24 +280,27 @@ def _downloaded_records(tracking_uri: str, run_id: str, folder: Path) -> Path | 
         return None
 
 
-def _records(path: Path | None, limit: int) -> tuple[list[ExampleRow], int]:
-    """The first `limit` hold-out records as example rows, and how many hold-out records there are."""
+def read_records(path: Path | None, limit: int = EXAMPLES_SHOWN) -> EvaluationRecords:
+    """The first `limit` test records as example rows, how many test records there are, and every
+    regression-set record the evaluator marked regressed (the champion exactly right, the candidate not).
+    An unreadable file gives no rows, with a warning in the log."""
+    found = EvaluationRecords()
     if path is None:
-        return [], 0
-    rows, total = [], 0
+        return found
     try:
         with path.open(encoding="utf-8") as handle:
             for line in handle:
                 record = json.loads(line)
-                if record.get("set") != "holdOut":
-                    continue
-                total += 1
-                if len(rows) < limit:
-                    rows.append(_example(record))
+                if record.get("set") == "test":
+                    found.total += 1
+                    if len(found.examples) < limit:
+                        found.examples.append(_example(record))
+                elif record.get("set") == "regression" and record.get("regressed") is True:
+                    found.regressed.append(_example(record))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         log.warning("%s: the evaluation records cannot be read: %s", path, error)
-        return [], 0
-    return rows, total
+        return EvaluationRecords()
+    return found
 
 
 def _example(record: dict) -> ExampleRow:

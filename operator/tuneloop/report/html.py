@@ -9,6 +9,8 @@ from __future__ import annotations
 from html import escape
 
 from tuneloop.api.evaluation import Comparison, Score
+from tuneloop.api.finetunejob import ContaminationStats
+from tuneloop.report import summary_lines
 from tuneloop.report.loss_chart import loss_chart_svg
 from tuneloop.report.model import ExampleRow, RunReport
 
@@ -35,6 +37,14 @@ dt { color: #6b7280; } dd { margin: 0; overflow-wrap: anywhere; }
 .exact { color: #15803d; font-weight: 700; }
 .scores { color: #6b7280; font-size: 12px; }
 .note { color: #6b7280; font-size: 12.5px; }
+.warning { color: #92400e; background: #fef3c7; border-left: 4px solid #d97706; padding: .3rem .6rem; margin: .4rem 0; }
+ul.checks li { margin: .2rem 0; } li.check-failed { color: #b91c1c; }
+li.deciding { font-weight: 700; background: #f3f4f6; padding: .2rem .4rem; border-radius: .3rem; }
+.tag { display: inline-block; font-size: 11px; padding: 0 .4rem; border-radius: .3rem; background: #1f2937; color: #fff;
+       margin-right: .4rem; }
+table.regressed pre { white-space: pre-wrap; overflow-wrap: anywhere; margin: 0; font-size: 12.5px; max-height: 12em;
+                      overflow: auto; }
+table.regressed td { max-width: 24em; }
 svg { max-width: 100%; height: auto; }
 """
 
@@ -42,7 +52,7 @@ svg { max-width: 100%; height: auto; }
 def render_html(report: RunReport) -> str:
     title = f"FineTuneJob {report.namespace}/{report.job_name}"
     sections = [_headline(report), _facts(report), _loss(report), _evaluation(report), _gate(report),
-                _examples(report)]
+                _regressed(report), _examples(report)]
     body = "\n".join(section for section in sections if section)
     return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
@@ -73,8 +83,7 @@ def _facts(report: RunReport) -> str:
     rows: list[tuple[str, str]] = [("base model", report.base_model or "unknown")]
     if report.dataset:
         data = report.dataset
-        rows.append(("dataset", f"{data.rows} rows ({data.format}): {data.train_rows} train, "
-                                f"{data.hold_out_rows} hold-out; {data.train_tokens:,} training tokens"))
+        rows.append(("dataset", f"{summary_lines.split_sizes(data)}; {data.train_tokens:,} training tokens"))
     if report.cleaning:
         clean = report.cleaning
         redacted = ", ".join(f"{count} {kind}" for kind, count in clean.pii_redacted.items()) or "none"
@@ -85,8 +94,8 @@ def _facts(report: RunReport) -> str:
         training = report.training
         line = (f"{training.steps} steps, final train loss {training.train_loss:.4f}, "
                 f"{training.tokens_per_second:.0f} tokens/s, {training.seconds:.0f} s")
-        if training.hold_out_loss_before is not None and training.hold_out_loss_after is not None:
-            line += f"; hold-out loss {training.hold_out_loss_before:.4f} -> {training.hold_out_loss_after:.4f}"
+        if training.validation_loss_before is not None and training.validation_loss_after is not None:
+            line += f"; validation loss {training.validation_loss_before:.4f} -> {training.validation_loss_after:.4f}"
         if training.resumed_from_step:
             line += f"; resumed from the checkpoint at step {training.resumed_from_step}"
         if training.stopped_early:
@@ -103,8 +112,19 @@ def _facts(report: RunReport) -> str:
                          ("records", lineage.records_uri)):
         if value:
             rows.append((label, value))
-    items = "\n".join(f"<dt>{escape(label)}</dt><dd>{escape(value)}</dd>" for label, value in rows)
-    return f"<h2>Run</h2>\n<dl>\n{items}\n</dl>"
+    items = [f"<dt>{escape(label)}</dt><dd>{escape(value)}</dd>" for label, value in rows]
+    if report.dataset and report.dataset.contamination:
+        items.insert(2, _contamination(report.dataset.contamination))
+    return "<h2>Run</h2>\n<dl>\n" + "\n".join(items) + "\n</dl>"
+
+
+def _contamination(stats: ContaminationStats) -> str:
+    findings = summary_lines.contamination_examples(stats)
+    more = len(stats.examples) - len(findings)
+    listed = "".join(f"<li>{escape(finding)}</li>" for finding in findings)
+    return (f"<dt>contamination</dt><dd id=\"contamination\">{escape(summary_lines.contamination(stats))}"
+            + (f"<ul>{listed}</ul>" if listed else "")
+            + (f"<span class=\"note\">and {more} more in the status</span>" if more > 0 else "") + "</dd>")
 
 
 def _loss(report: RunReport) -> str:
@@ -121,7 +141,7 @@ def _interval(score: Score | None, signed: bool = False) -> str:
     return "&ndash;" if score is None else score.interval(signed)
 
 
-def _comparison_table(comparison: Comparison, primary: str | None) -> str:
+def _comparison_table(comparison: Comparison, primary: str | None, evaluated_set: str) -> str:
     rows = []
     for metric, candidate in comparison.candidate.items():
         difference = comparison.difference.get(metric)
@@ -132,7 +152,7 @@ def _comparison_table(comparison: Comparison, primary: str | None) -> str:
                     f"<td class=\"num\">{_interval(comparison.baseline.get(metric))}</td>"
                     f"<td class=\"num\">{_interval(candidate)}</td>"
                     f"<td class=\"num\"><span{trend}>{_interval(difference, signed=True)}</span></td></tr>")
-    return ("<table class=\"metrics\">\n<tr><th>metric</th><th>baseline</th><th>candidate</th>"
+    return (f"<table class=\"metrics\" data-set=\"{evaluated_set}\">\n<tr><th>metric</th><th>baseline</th><th>candidate</th>"
             "<th>candidate &minus; baseline</th></tr>\n" + "\n".join(rows) + "\n</table>")
 
 
@@ -141,29 +161,54 @@ def _evaluation(report: RunReport) -> str:
     if evaluation is None:
         return "<h2>Evaluation</h2>\n<p class=\"note\">The run has no evaluation.</p>"
     confidence = f"{evaluation.confidence:.0%} bootstrap intervals" if evaluation.confidence else "bootstrap intervals"
-    parts = [f"<h2>Evaluation</h2>\n<p>{evaluation.hold_out.examples} hold-out examples, {confidence}; "
-             f"baseline: {escape(evaluation.baseline)}; primary metric: {escape(evaluation.primary_metric)}. "
-             f"Each cell: mean [low, high].</p>",
-             _comparison_table(evaluation.hold_out, evaluation.primary_metric)]
+    parts = [f"<h2>Evaluation</h2>\n<p>{evaluation.test.examples} test examples (rows no step of training saw or "
+             f"chose by), {confidence}; baseline: {escape(evaluation.baseline)}; primary metric: "
+             f"{escape(evaluation.primary_metric)}. Each cell: mean [low, high].</p>",
+             _comparison_table(evaluation.test, evaluation.primary_metric, "test")]
     judge = evaluation.judge
-    if judge.configured:
-        parts.append(f"<p>Judge {escape(judge.model or '')}: {judge.judged} judged, {judge.unparseable} "
-                     f"unparseable; pairwise {judge.wins} wins, {judge.ties} ties, {judge.losses} losses "
-                     f"({judge.inconsistent} inconsistent).</p>")
-    else:
-        parts.append("<p class=\"note\">Judge: not configured (spec.evaluation.judge); gated on the other "
-                     "metrics.</p>")
+    parts.append(f"<p id=\"judge\">Judge: {escape(summary_lines.judge(judge))}</p>")
+    distrust = summary_lines.judge_distrust(judge)
+    if distrust:
+        parts.append(f"<p class=\"warning\" id=\"judge-distrust\">{escape(distrust)}</p>")
+    if evaluation.regression is not None:
+        regressed = summary_lines.regressed_count(evaluation.regressed_rows, evaluation.regression.examples)
+        parts.append(f"<h3>Regression set ({evaluation.regression.examples} of the champion's test rows)</h3>\n"
+                     f"<p>{escape(regressed)}.</p>")
+        parts.append(_comparison_table(evaluation.regression, evaluation.primary_metric, "regression"))
     if evaluation.general is not None:
         parts.append(f"<h3>General set ({evaluation.general.examples} examples)</h3>")
-        parts.append(_comparison_table(evaluation.general, None))
+        parts.append(_comparison_table(evaluation.general, None, "general"))
     return "\n".join(parts)
 
 
 def _gate(report: RunReport) -> str:
     if report.gate is None:
         return ""
-    checks = "\n".join(f"<li>{escape(check)}</li>" for check in report.gate.checks)
-    return (f"<h2>Gate</h2>\n<p>{escape(report.gate.message)}</p>\n<ul class=\"checks\">\n{checks}\n</ul>")
+    checks = "\n".join(
+        f"<li class=\"check-{'passed' if line.passed else 'failed'}{' deciding' if line.deciding else ''}\""
+        + (" id=\"deciding\"><span class=\"tag\">deciding</span>" if line.deciding else ">")
+        + f"{escape(line.text)}</li>" for line in summary_lines.gate_lines(report.gate))
+    warnings = "\n".join(f"<p class=\"warning\">Warning: {escape(warning)}</p>" for warning in report.gate.warnings)
+    return (f"<h2>Gate</h2>\n<p>{escape(report.gate.message)}</p>\n<p class=\"note\">Each check: the estimate "
+            f"[confidence interval] vs its threshold, the test, its one-sided p (Holm-adjusted across the checks) "
+            f"and the smallest effect detectable at this n with 80% power.</p>\n<ul class=\"checks\">\n{checks}\n</ul>" + (f"\n{warnings}" if warnings else ""))
+
+
+def _regressed(report: RunReport) -> str:
+    evaluation = report.evaluation
+    count = evaluation.regressed_rows if evaluation else None
+    if not report.regressed and not count:
+        return ""
+    heading = (f"<h2>What regressed</h2>\n<p class=\"note\">Rows of the regression set (the champion's test rows) "
+               f"the champion answered exactly right and the candidate did not: {max(count or 0, len(report.regressed))}"
+               f".</p>")
+    if not report.regressed:
+        return heading + "\n<p class=\"note\">The evaluation records, which list them, could not be read here.</p>"
+    rows = "\n".join(f"<tr><td class=\"num\">{number}</td>" + "".join(
+        f"<td><pre>{escape(text) or '(empty)'}</pre></td>" for text in (row.prompt, row.reference, row.base, row.tuned))
+        + "</tr>" for number, row in enumerate(report.regressed, start=1))
+    return (heading + "\n<table class=\"regressed\" id=\"regressed\">\n<tr><th>#</th><th>prompt</th><th>reference</th>"
+            f"<th>champion</th><th>candidate</th></tr>\n{rows}\n</table>")
 
 
 def _answer(label: str, text: str, scores: dict[str, float], exact: bool | None) -> str:
@@ -188,4 +233,4 @@ def _examples(report: RunReport) -> str:
     total = max(report.examples_total, len(report.examples))
     shown = f"the first {len(report.examples)} of {total}" if total > len(report.examples) else f"all {total}"
     rows = "\n".join(_example(number, row) for number, row in enumerate(report.examples, start=1))
-    return f"<h2>Base vs tuned</h2>\n<p class=\"note\">Hold-out examples, {shown}.</p>\n{rows}"
+    return f"<h2>Base vs tuned</h2>\n<p class=\"note\">Test examples, {shown}.</p>\n{rows}"

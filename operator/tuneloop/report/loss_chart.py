@@ -29,7 +29,7 @@ def loss_chart_svg(loss: LossSeries) -> str | None:
         if loss.validation:
             steps, values = zip(*loss.validation)
             (line,) = axes.plot(steps, values, color="#ea580c", linewidth=1.2, linestyle="--", marker="o",
-                                markersize=4, label="validation (hold-out)")
+                                markersize=4, label="validation")
             line.set_gid(VALIDATION_ID)
         axes.set_xlabel("optimizer step")
         axes.set_ylabel("loss")

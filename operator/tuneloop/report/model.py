@@ -22,9 +22,11 @@ class EvaluationSummary:
     baseline: str  # "base", or "champion version 3"
     primary_metric: str
     confidence: float | None  # of every interval; None when the spec that set it is unknown
-    hold_out: Comparison
+    test: Comparison
     judge: JudgeStats
     general: Comparison | None = None
+    regression: Comparison | None = None  # on the previous champion's test rows
+    regressed_rows: int | None = None  # of those, rows the champion got exactly right and the candidate not
 
 
 @dataclass
@@ -38,7 +40,7 @@ class Lineage:
 
 @dataclass
 class ExampleRow:
-    """One hold-out example answered by the base (or champion) model and by the tuned one."""
+    """One test example answered by the base (or champion) model and by the tuned one."""
 
     prompt: str
     reference: str
@@ -71,4 +73,5 @@ class RunReport:
     lineage: Lineage = field(default_factory=Lineage)
     examples: list[ExampleRow] = field(default_factory=list)
     examples_total: int = 0  # examples evaluated; `examples` holds the first few
+    regressed: list[ExampleRow] = field(default_factory=list)  # every regression-set row that regressed
     completed: str | None = None  # completion time, as the status gives it

@@ -199,7 +199,7 @@ class FineTuneJobRuntime:
 
 def _as_uris(result: dict[str, Any]) -> dict[str, Any]:
     storage = Storage()
-    for key in ("adapterPath", "holdOutPath", "mergedPath", "recordsPath", "path"):
+    for key in ("adapterPath", "testPath", "mergedPath", "recordsPath", "path"):
         if result.get(key):
             result[key] = storage.uri(result[key])
     return result

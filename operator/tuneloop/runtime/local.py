@@ -158,7 +158,7 @@ class LocalRuntime:
             return WorkloadState("Running", progress=progress)
         result = _read_json(folder / "result.json")
         if result is not None:
-            for key in ("adapterPath", "holdOutPath", "mergedPath", "recordsPath"):
+            for key in ("adapterPath", "testPath", "mergedPath", "recordsPath"):
                 if result.get(key):
                     result[key] = Path(result[key]).resolve().as_uri()
             return WorkloadState("Succeeded" if result.get("succeeded") else "Failed", result=result)

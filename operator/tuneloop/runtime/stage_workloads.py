@@ -43,6 +43,7 @@ def trainer_workload(job: FineTuneJob, *, model_path: str, input_file: InputFile
         preview_examples=spec.output.preview_examples,
         merge_adapter=spec.output.merge_adapter,
         tracking=tracking,
+        registered_model=registered_model_name(job) if spec.registry.enabled and tracking else None,
     )
 
 
@@ -59,7 +60,7 @@ def evaluator_workload(job: FineTuneJob, inputs: dict[str, Any], *, model_path: 
         job=f"{job.metadata.namespace}/{job.metadata.name}",
         model_path=model_path,
         adapter_path=resolve(_required(inputs, "adapter_uri", "evaluate")),
-        hold_out_path=resolve(_required(inputs, "hold_out_uri", "evaluate")),
+        test_path=resolve(_required(inputs, "test_uri", "evaluate")),
         dataset=spec.dataset,
         evaluation=spec.evaluation,
         general_set_path=general_set_path,
