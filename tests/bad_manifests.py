@@ -100,7 +100,9 @@ CASES: list[Case] = [
     ftj("spec.training.adamBeta2", 1), ftj("spec.training.lossSpikeFactor", 1), ftj("spec.training.weightDecay", -0.1),
     ftj("spec.training.checkpoints.keepLast", 0), ftj("spec.training.checkpoints.everySteps", -1),
     ftj("spec.training.earlyStopping.patience", 0), ftj("spec.training.earlyStopping.minDelta", 1e12),
-    ftj("spec.dataset.testFraction", 0.5), ftj("spec.dataset.cleaning.minTokens", -1),
+    ftj("spec.dataset.testFraction", 0.5), ftj("spec.dataset.validationFraction", 0),
+    ftj("spec.dataset.contamination.threshold", 0), ftj("spec.evaluation.judge.agreementSample", -1),
+    ftj("spec.evaluation.gate.nonInferiorityMargin", 2), ftj("spec.evaluation.gate.effectOfInterest", 0), ftj("spec.dataset.cleaning.minTokens", -1),
     ftj("spec.dataset.cleaning.maxTokens", 10 ** 12), ftj("spec.dataset.cleaning.nearDuplicates.threshold", 0),
     ftj("spec.dataset.cleaning.nearDuplicates.numPerm", 8), ftj("spec.resources.gpus", -1),
     ftj("spec.resources.gpus", 65), ftj("spec.resources.nodes", 0), ftj("spec.output.previewExamples", 51),
@@ -173,6 +175,7 @@ CASES: list[Case] = [
     ftj("spec.baseModel", {}), ftj("spec.baseModel", {"name": "x", "uri": "pvc://m/x"}),
     ftj("spec.dataset.cleaning", {"minTokens": 5, "maxTokens": 2}),
     ftj("spec.method.lora.targetModules", ["all-linear", "q_proj"]),
+    md(f"{ANALYSIS}.judge", {"url": "http://127.0.0.1:8765/v1", "model": "smollm2-135m-instruct", "local": True}),
     md("spec.adapter", {"name": "acme-tickets"}), md(f"{ANALYSIS}.smokePrompts", [{"prompt": "p", "expect": {}}]),
     fts("spec.feedback.tokenEnv", "TOKEN"),
     # unknown fields

@@ -1,7 +1,8 @@
 """A scripted OpenAI-compatible judge: a real aiohttp server on 127.0.0.1 (random port) in a thread.
 
 A script maps each chat request (and how often the same request came before, so retries can be
-told apart from first tries) to a Reply: a JSON judgment, malformed text, a delay, an HTTP error.
+told apart from first tries) to a Reply: a JSON judgment, malformed text, a reply cut at the token limit
+(finish_reason "length"), a delay, an HTTP error.
 Every request is recorded, for assertions on the protocol and on retries.
 """
 
@@ -25,6 +26,7 @@ class Reply:
     status: int = 200
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    finish_reason: str = "stop"
 
 
 @dataclass
@@ -103,4 +105,9 @@ class ScriptedJudge(ServerThread, CountsInFlight):
         await self.answer_after(reply.delay)
         if reply.status != 200:
             return error(reply.status, f"scripted {reply.status}", reply.headers)
-        return completion(body.get("model"), reply.content)
+        response = completion(body.get("model"), reply.content)
+        if reply.finish_reason != "stop":
+            document = json.loads(response.body)
+            document["choices"][0]["finish_reason"] = reply.finish_reason
+            return web.json_response(document)
+        return response

@@ -25,7 +25,8 @@ def job_spec(model: Path, dataset: Path):
         "apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "tiny"},
         "spec": {
             "baseModel": {"uri": f"file://{model}"},
-            "dataset": {"uri": str(dataset), "format": "alpaca", "testFraction": 0.25, "seed": 3,
+            "dataset": {"uri": str(dataset), "format": "alpaca", "validationFraction": 0.04, "testFraction": 0.25,
+                        "seed": 3,
                         "systemPrompt": "Answer with the ticket record only."},
             "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
             "training": {"epochs": 6, "learningRate": 2e-2, "microBatchSize": 6, "precision": "fp32"},
@@ -102,9 +103,13 @@ def test_candidate_and_base_are_scored_judged_and_recorded(tiny_model_dir, train
 
     judged = result.judge
     assert judged.configured and judged.model == "judge-model"
-    assert judged.judged == TEST_ROWS * 4 + 3 * 2 and judged.unparseable == 0
+    repeated = min(8, TEST_ROWS)  # judge.agreementSample: score and one pairwise order asked again
+    assert judged.judged == TEST_ROWS * 4 + 3 * 2 + repeated * 2 and judged.unparseable == 0
     assert judged.wins + judged.ties + judged.losses == TEST_ROWS
     assert len(judge.chat_requests) == judged.judged
+    # The scripted judge answers the same prompt the same way: it agrees with itself, so it is trusted.
+    assert judged.repeated == repeated * 2 and judged.self_agreement == 1.0 and judged.trusted
+    assert [test.check for test in result.tests] == ["exactMatch improvement on test", "rougeL non-inferiority on general"]
 
     records = [json.loads(line) for line in Path(result.records_path).read_text().splitlines()]
     assert Path(result.records_path) == tmp_path / "out" / "evaluation-records.jsonl"
@@ -119,6 +124,23 @@ def test_candidate_and_base_are_scored_judged_and_recorded(tiny_model_dir, train
     assert any(f"<answer>{first['candidate']['answer']}</answer>" in seen.prompt for seen in judge.chat_requests)
     termination = (tmp_path / "termination-log").read_text()
     assert len(termination) <= 4096 and json.loads(termination)["succeeded"] is True
+
+
+def test_the_judge_sees_only_max_examples_rows_and_the_rest_keep_their_scores(tiny_model_dir, trained, tmp_path):
+    with ScriptedJudge() as judge:
+        workload = evaluator_workload(tiny_model_dir, trained, tmp_path / "out", judge={
+            "url": judge.url, "model": "judge-model", "maxExamples": 2, "agreementSample": 1, "pairwise": False,
+            "maxTokens": 64}, gate={"primaryMetric": "exactMatch", "minScore": {"judgeScore": 2}})
+        code, result, stderr = run_evaluator(workload, tmp_path)
+
+    assert code == 0, stderr[-3000:]
+    assert result.judge.judged == 2 * 2 + 1 and len(judge.chat_requests) == 5
+    assert all(seen.body["max_tokens"] == 64 for seen in judge.chat_requests)
+    assert result.test.examples == TEST_ROWS and result.test.candidate["exactMatch"]
+    records = [json.loads(line) for line in Path(result.records_path).read_text().splitlines()]
+    assert ["judge" in row["candidate"] for row in records] == [True, True] + [False] * (TEST_ROWS - 2)
+    minimum = next(test for test in result.tests if test.check == "judgeScore minimum on test")
+    assert minimum.n == 2  # the gate's judge check rests on the judged rows only
 
 
 def test_an_unreachable_judge_fails_the_evaluation(tiny_model_dir, trained, tmp_path):
@@ -232,6 +254,61 @@ def test_the_champion_is_the_baseline_and_the_evaluation_joins_the_training_run(
     assert logged.tags["tuneloop.evaluation.baseline"] == "champion version 1"
     assert {a.path for a in client.list_artifacts(run_id, "evaluation")} == {
         "evaluation/evaluation-records.jsonl", "evaluation/examples.json"}
+
+
+def no_op_adapter(model_path: Path, folder: Path) -> Path:
+    """A LoRA adapter whose update is zero (peft's default init): it answers as the base model does."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])).save_pretrained(folder)
+    return folder
+
+
+def test_a_candidate_that_forgets_the_champions_rows_fails_non_inferiority_row_by_row(
+        tiny_model_dir, trained, tmp_path, registry):
+    from mlflow.tracking import MlflowClient
+
+    from tuneloop.registry.test_rows import log_test_rows
+    from tuneloop.workload_data.chat import render_prompt
+    from tuneloop.workload_data.rows import load_dataset
+    from tuneloop_evaluator.generation import AnswerModels
+
+    # The champion's test rows, with the champion's own answers as references: it got every one right.
+    test_rows = load_dataset(Path(trained[1].test_path)).examples
+    models = AnswerModels(str(tiny_model_dir))
+    models.add("champion", Path(trained[1].adapter_path))
+    answers = models.answers("champion", [render_prompt(models.tokenizer, row) for row in test_rows], 16, 4)
+    champion_rows = tmp_path / "champion-test.jsonl"
+    champion_rows.write_text("".join(json.dumps({"messages": row.prompt_messages + [
+        {"role": "assistant", "content": answer}]}) + "\n" for row, answer in zip(test_rows, answers)))
+
+    client = MlflowClient(tracking_uri=registry.tracking_uri, registry_uri=registry.tracking_uri)
+    run_id = client.create_run(client.get_experiment_by_name("tuneloop").experiment_id).info.run_id
+    client.log_artifacts(run_id, trained[1].adapter_path, "adapter")
+    log_test_rows(registry, run_id, champion_rows)
+    client.create_registered_model("tickets")
+    client.create_model_version("tickets", source=f"runs:/{run_id}/adapter", run_id=run_id)
+    client.set_registered_model_alias("tickets", "champion", "1")
+
+    workload = evaluator_workload(tiny_model_dir, trained, tmp_path / "out", baseline="champion")
+    workload.adapter_path = str(no_op_adapter(tiny_model_dir, tmp_path / "forgetful"))
+    workload.tracking, workload.registered_model = registry, "tickets"
+    code, result, stderr = run_evaluator(workload, tmp_path)
+
+    assert code == 0, stderr[-3000:]
+    assert result.regression.examples == TEST_ROWS
+    assert result.regression.baseline["exactMatch"].value == 1.0
+    guardrail = next(test for test in result.tests if test.set == "regression")
+    assert (guardrail.check, guardrail.kind, guardrail.threshold) == (
+        "exactMatch non-inferiority on regression", "nonInferiority", -0.05)
+    assert not guardrail.passed and guardrail.estimate.value < -0.05
+    assert result.regressed_rows == TEST_ROWS - result.regression.candidate["exactMatch"].value * TEST_ROWS
+    records = [json.loads(line) for line in Path(result.records_path).read_text().splitlines()]
+    regressed = [row for row in records if row.get("regressed")]
+    assert len(regressed) == result.regressed_rows and {row["set"] for row in regressed} == {"regression"}
+    assert all(row["baseline"]["answer"] == row["reference"] != row["candidate"]["answer"] for row in regressed)
 
 
 def test_auto_falls_back_to_base_only_when_there_is_no_champion(trained, tiny_model_dir, tmp_path, registry,

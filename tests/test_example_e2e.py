@@ -52,7 +52,7 @@ def test_readme_example_fine_tunes_evaluates_and_registers_smollm2(example_run):
 
     report = process.stdout
     assert "FineTuneJob acme-tickets: Succeeded" in report
-    assert len(re.findall(r"^  hold-out example \d+$", report, re.MULTILINE)) == 3
+    assert len(re.findall(r"^  validation example \d+$", report, re.MULTILINE)) == 3
     assert "expected" in report and "base" in report and "tuned" in report
     adapter = Path(training["adapterUri"].removeprefix("file://"))
     assert (adapter / "adapter_model.safetensors").is_file()
@@ -66,12 +66,22 @@ def test_readme_example_fine_tunes_evaluates_and_registers_smollm2(example_run):
     gate = next(c for c in status["conditions"] if c["type"] == "GatePassed")
     assert gate["status"] == "True"
     assert "baseline" in report and "candidate" in report and "gate       PASSED" in report
+    # The gate names its deciding test: exact McNemar on the test split, with the effect it could detect.
+    assert re.search(r"deciding > ok: exactMatch improvement on test: .* exact McNemar p=0\.0\d+.*detectable", report)
+    # A real judge (SmolLM2 behind transformers serve, started and stopped by the run) judged 8 test rows,
+    # and is measured rather than believed: every request accounted for, self-agreement over 4 repeats.
+    judge = evaluation["judge"]
+    assert judge["configured"] and judge["judged"] == 8 * 4 + 4 * 2 and judge["repeated"] == 8
+    assert judge["judged"] >= judge["unparseable"] == (judge.get("malformed", 0) + judge.get("refusals", 0)
+                                                       + judge.get("rambles", 0) + judge.get("rejected", 0))
+    assert "selfAgreement" in judge and re.search(r"judge +\S+: \d+ wins, \d+ ties, \d+ losses", report)
+    assert status["dataset"]["contamination"]["testRows"] == 30
 
     # Registered as version 1 of the model named after the job, with both aliases, in the work folder's MLflow.
     registry = status["registry"]
     assert (registry["modelName"], registry["version"], registry["uri"]) == ("acme-tickets", "1", "models:/acme-tickets/1")
     assert sorted(registry["aliases"]) == ["challenger", "champion"]
-    assert f"registered models:/acme-tickets/1" in report and "mlflow ui --backend-store-uri sqlite:///" in report
+    assert "registered models:/acme-tickets/1" in report and "mlflow ui --backend-store-uri sqlite:///" in report
 
     from mlflow.tracking import MlflowClient
 
@@ -122,6 +132,8 @@ def test_one_cycle_of_the_schedule_trains_on_the_champions_corrections(example_r
     outcome = re.search(r"FineTuneSchedule acme-tickets-nightly: (Promoted|NotPromoted): (.*)", report)
     assert outcome, report[-3000:]
     assert re.search(r"on the corrected cases: new version \d\.\d{3} vs champion \d\.\d{3}", report)
+    # The champion's own test rows came back as the regression set: the new version may not forget them.
+    assert re.search(r"exactMatch non-inferiority on regression: .* vs -0\.05", report), report[-3000:]
 
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow' / 'mlflow.db'}")
     champion = str(client.get_model_version_by_alias("acme-tickets", "champion").version)

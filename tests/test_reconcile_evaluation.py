@@ -174,6 +174,15 @@ def test_a_cluster_without_mlflow_refuses_a_spec_that_registers():
     assert "spec.registry.enabled: the operator has no MLflow tracking URI" in decision.status.message
 
 
+def test_a_cluster_refuses_a_local_judge_naming_the_field():
+    cluster = ReconcileContext(mode="cluster", catalog=frozenset({"m"}), registry_configured=True)
+    spec = {"baseModel": {"name": "m"}, "dataset": {"uri": "pvc://d/t.jsonl"}, "output": {"uri": "pvc://o/a"},
+            "evaluation": {"judge": {"url": "http://127.0.0.1:8765/v1", "model": "m", "local": True}}}
+    decision = ftj_pass(JOB, spec, FineTuneJobStatus(), Observed(), cluster, 1)
+    assert decision.status.phase == "Failed" and launches(decision) == []
+    assert "spec.evaluation.judge.local: a cluster cannot start a local judge" in decision.status.message
+
+
 # --- the gate on its own ---
 
 def gate_test(check: str, passed: bool, p_holm: float, kind: str = "improvement", **extra) -> GateTest:

@@ -128,10 +128,10 @@ def judge_items(eval_set: EvalSet) -> list[JudgeItem]:
 
 
 def add_judgments(eval_set: EvalSet, judgments: list[ItemJudgment]) -> None:
-    """Readable judgments become per-example scores; unreadable ones are left out, never counted as passes."""
+    """Readable judgments of the first len(judgments) examples become per-example scores; unreadable ones
+    are left out, never counted as passes."""
     eval_set.judgments = judgments
-    for candidate, baseline, judgment in zip(eval_set.candidate_scores, eval_set.baseline_scores, judgments,
-                                             strict=True):
+    for candidate, baseline, judgment in zip(eval_set.candidate_scores, eval_set.baseline_scores, judgments):
         if judgment.candidate.score is not None:
             candidate["judgeScore"] = float(judgment.candidate.score)
         if judgment.baseline.score is not None:
@@ -163,13 +163,16 @@ def compare(eval_set: EvalSet, spec: BootstrapSpec) -> Comparison:
 
 
 def _point(judgment: PointJudgment) -> dict[str, Any]:
-    return {"score": judgment.score, "rationale": judgment.rationale}
+    point: dict[str, Any] = {"score": judgment.score, "rationale": judgment.rationale}
+    if judgment.unreadable is not None:
+        point["unreadable"] = judgment.unreadable  # malformed, refusal, ramble or rejected
+    return point
 
 
 def records(eval_set: EvalSet, regressed_rows: list[int] = ()) -> list[dict[str, Any]]:
     rows = []
     for index, example in enumerate(eval_set.examples):
-        judgment = eval_set.judgments[index] if eval_set.judgments else None
+        judgment = eval_set.judgments[index] if eval_set.judgments and index < len(eval_set.judgments) else None
         candidate = {"answer": eval_set.candidate_answers[index], "scores": eval_set.candidate_scores[index]}
         baseline = {"answer": eval_set.baseline_answers[index], "scores": eval_set.baseline_scores[index]}
         row: dict[str, Any] = {"set": eval_set.name, "index": index, "line": example.line,
@@ -266,7 +269,7 @@ def run(workload: EvaluatorWorkload) -> EvaluatorResult:
 
     judge_stats = None
     if api_key is not None:
-        judged = judge_answers(evaluation.judge, api_key, judge_items(test),
+        judged = judge_answers(evaluation.judge, api_key, judge_items(test)[:evaluation.judge.max_examples],
                                judge_items(general) if general else [])
         add_judgments(test, judged.test)
         if general is not None:

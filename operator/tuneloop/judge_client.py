@@ -20,7 +20,13 @@ APITimeoutError, APIStatusError with status_code) are exactly the distinctions t
 needs. Its own retries are off (max_retries=0) so every attempt goes through our retry policy
 (tuneloop.retry).
 
-Unparseable judgments are never passes: callers leave them out of their scores.
+Unparseable judgments are never passes: callers leave them out of their scores. Each carries why it
+could not be read (`Unreadable`), and each Judge counts them:
+  malformed  no readable score or verdict in the reply;
+  refusal    the model declined to judge (REFUSAL_MARKERS near the start of the reply);
+  ramble     cut at the token limit (finish_reason "length") or longer than RAMBLE_CHARS, with no verdict;
+  rejected   the endpoint refused the request (a 4xx retrying cannot fix, e.g. 400 context too long).
+Reading stays tolerant: a verdict readable anywhere in a long or cut reply counts.
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ import asyncio
 import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from tenacity import RetryCallState
 
@@ -42,8 +49,14 @@ log = logging.getLogger("tuneloop.judge")
 T = TypeVar("T")
 
 MIN_SCORE, MAX_SCORE = 1, 10
-JUDGE_MAX_TOKENS = 512
 RETRYABLE_STATUS = (408, 409, 429)  # and every 5xx
+# A judgment is a sentence or two of JSON; a reply without a verdict past this many characters rambled
+# even when the server does not say it hit the token limit.
+RAMBLE_CHARS = 2048
+# Lower-case openings of a refusal to judge, looked for in the first REFUSAL_WINDOW characters.
+REFUSAL_MARKERS = ("i can't", "i cannot", "i can not", "i won't", "i will not", "i am unable", "i'm unable",
+                   "as an ai", "i'm sorry, but", "i am sorry, but")
+REFUSAL_WINDOW = 200
 FATAL_STATUS = {401: "rejected the API key", 403: "refused access", 404: "does not serve that model or path"}
 
 DEFAULT_RUBRIC = (
@@ -99,16 +112,38 @@ class RequestRejected(RuntimeError):
     """The endpoint answered this one request with a status that retrying cannot fix (e.g. 400)."""
 
 
+Unreadable = Literal["malformed", "refusal", "ramble", "rejected"]
+UNREADABLE: tuple[Unreadable, ...] = ("malformed", "refusal", "ramble", "rejected")
+
+
 @dataclass
 class PointJudgment:
     score: int | None  # None: the reply could not be read (or the request was rejected)
     rationale: str = ""
+    unreadable: Unreadable | None = None  # why score is None
+
+
+@dataclass
+class WinnerJudgment:
+    winner: str | None  # "A", "B" or "tie"; None: the reply could not be read (or the request was rejected)
+    rationale: str = ""
+    unreadable: Unreadable | None = None  # why winner is None
+
+
+def unreadable_reason(reply: str, finish_reason: str | None) -> Unreadable:
+    """Why a reply without a readable verdict is unreadable: refusal, ramble or malformed."""
+    opening = reply.lstrip()[:REFUSAL_WINDOW].casefold().replace("\u2019", "'")
+    if any(marker in opening for marker in REFUSAL_MARKERS):
+        return "refusal"
+    if finish_reason == "length" or len(reply) > RAMBLE_CHARS:
+        return "ramble"
+    return "malformed"
 
 
 # --- reading replies ---
 
 _FENCED = re.compile(r"```[\w-]*\s*(.*?)\s*```", re.DOTALL)
-_SCORE_TEXT = re.compile(r"\b(?:score|rating)\b\W{0,4}(\d+(?:\.\d+)?)", re.IGNORECASE)
+_SCORE_TEXT = re.compile(r"\b(?:score|rating)\b(?:\s+(?:is|of))?\W{0,4}(\d+(?:\.\d+)?)", re.IGNORECASE)
 _WINNER_TEXT = re.compile(r"\bwinner\b\W{0,4}(answer[ _]?a|answer[ _]?b|a|b|tie)\b", re.IGNORECASE)
 _WINNER_BRACKETS = re.compile(r"\[\[(A|B|C|tie)\]\]", re.IGNORECASE)
 _WINNER_WORDS = {"a": "A", "answer a": "A", "answer_a": "A", "answera": "A",
@@ -153,28 +188,39 @@ def _as_score(value: Any) -> int | None:
     return None
 
 
-def parse_score(reply: str) -> PointJudgment:
-    """A 1-10 integer score; anything else (out of range, fractional, absent) is unparseable."""
+def _read_score(reply: str) -> tuple[int | None, str]:
     obj = _json_object(reply)
     if obj is not None:
         for key in ("score", "rating", "result"):
             if key in obj:
-                return PointJudgment(_as_score(obj[key]), _rationale(obj))
-        return PointJudgment(None, _rationale(obj))
+                return _as_score(obj[key]), _rationale(obj)
+        return None, _rationale(obj)
     matches = _SCORE_TEXT.findall(reply)
-    return PointJudgment(_as_score(matches[-1]) if matches else None, reply.strip()[:500])
+    return (_as_score(matches[-1]) if matches else None), reply.strip()[:500]
 
 
-def parse_winner(reply: str) -> tuple[str | None, str]:
-    """"A", "B" or "tie" (None when unreadable), and the rationale."""
+def parse_score(reply: str, finish_reason: str | None = None) -> PointJudgment:
+    """A 1-10 integer score; anything else (out of range, fractional, absent) is unreadable, with why."""
+    score, rationale = _read_score(reply)
+    return PointJudgment(score, rationale, None if score is not None else unreadable_reason(reply, finish_reason))
+
+
+def _read_winner(reply: str) -> tuple[str | None, str]:
     obj = _json_object(reply)
     if obj is not None:
         raw = obj.get("winner", obj.get("result", obj.get("verdict")))
-        word = _WINNER_WORDS.get(str(raw).strip().casefold()) if raw is not None else None
-        return word, _rationale(obj)
+        return (_WINNER_WORDS.get(str(raw).strip().casefold()) if raw is not None else None), _rationale(obj)
+    bare = _WINNER_WORDS.get(reply.strip().strip(".").casefold())
+    if bare is not None:
+        return bare, ""
     matches = _WINNER_TEXT.findall(reply) or _WINNER_BRACKETS.findall(reply)
-    word = _WINNER_WORDS.get(matches[-1].strip().casefold()) if matches else None
-    return word, reply.strip()[:500]
+    return (_WINNER_WORDS.get(matches[-1].strip().casefold()) if matches else None), reply.strip()[:500]
+
+
+def parse_winner(reply: str, finish_reason: str | None = None) -> WinnerJudgment:
+    """"A", "B" or "tie"; anything else is unreadable, with why."""
+    winner, rationale = _read_winner(reply)
+    return WinnerJudgment(winner, rationale, None if winner is not None else unreadable_reason(reply, finish_reason))
 
 
 # --- talking to the endpoint ---
@@ -207,7 +253,7 @@ def _retry_after(error: BaseException) -> float:
         return 0.0
 
 
-# A judgment is JUDGE_MAX_TOKENS tokens of JSON: a reply past this is an attack or a bug, and reading
+# A judgment is at most judge.maxTokens tokens of JSON: a reply past this is an attack or a bug, and reading
 # it whole would hold the process's memory hostage (the operator judges rollouts in its own process).
 MAX_REPLY_BYTES = 1 * 2**20
 
@@ -245,15 +291,17 @@ class Judge:
     """`async with Judge(spec, key) as judge:` then check_reachable(), score(), winner(); one event loop."""
 
     def __init__(self, spec: JudgeSpec, api_key: str, *, retry: RetryPolicy = JUDGE):
-        """`retry`'s backoff between attempts; the spec's maxRetries and timeoutSeconds set the rest."""
+        """`retry`'s backoff between attempts; the spec's maxRetries and timeoutSeconds set the rest, and its
+        maxTokens the token limit of each reply (a reply cut there without a verdict is a ramble)."""
         self.spec = spec
         self.api_key = api_key
+        self.max_tokens = spec.max_tokens
         self.retry = retry.model_copy(update={"attempts": spec.max_retries + 1, "deadline_seconds": None,
                                               "timeout_seconds": spec.timeout_seconds})
         self.requests = 0  # logical requests (a judgment, or the reachability check)
         self.attempts = 0  # HTTP attempts, retries included
         self.retries = 0
-        self.rejected = 0
+        self.unreadable: Counter[Unreadable] = Counter()  # judgments that could not be read, by why
         self._client: Any = None
         self._slots: asyncio.Semaphore | None = None
 
@@ -318,23 +366,33 @@ class Judge:
         if served and self.spec.model not in served:
             log.warning("judge %s lists models %s, not %s", self.spec.url, ", ".join(served), self.spec.model)
 
-    async def _ask(self, what: str, prompt: str) -> str | None:
-        """The judge's reply text; None when the endpoint rejected this request."""
+    @property
+    def rejected(self) -> int:
+        return self.unreadable["rejected"]
+
+    async def _ask(self, what: str, prompt: str) -> tuple[str, str | None] | None:
+        """The judge's reply text and finish_reason; None when the endpoint rejected this request."""
         messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
 
         async def request() -> Any:
             return await self._client.chat.completions.create(
-                model=self.spec.model, messages=messages, temperature=0, max_tokens=JUDGE_MAX_TOKENS)
+                model=self.spec.model, messages=messages, temperature=0, max_tokens=self.max_tokens)
 
         try:
             response = await self._call(what, request)
         except RequestRejected as error:
-            self.rejected += 1
             log.warning("judge rejected %s: %s", what, error)
             return None
         choices = getattr(response, "choices", None) or []
         message = getattr(choices[0], "message", None) if choices else None
-        return getattr(message, "content", None) or ""
+        finish_reason = getattr(choices[0], "finish_reason", None) if choices else None
+        return getattr(message, "content", None) or "", finish_reason
+
+    def _counted(self, what: str, judgment: PointJudgment | WinnerJudgment) -> Any:
+        if judgment.unreadable is not None:
+            self.unreadable[judgment.unreadable] += 1
+            log.debug("judge %s: unreadable (%s): %.200r", what, judgment.unreadable, judgment.rationale)
+        return judgment
 
     @property
     def rubric(self) -> str:
@@ -344,15 +402,17 @@ class Judge:
         """The pointwise 1-10 score of one answer; score None when unreadable or rejected."""
         prompt = POINTWISE_PROMPT.format(question=question, reference=reference, answer=answer, rubric=self.rubric)
         reply = await self._ask(what, prompt)
-        return parse_score(reply) if reply is not None else PointJudgment(None, "request rejected")
+        judgment = parse_score(*reply) if reply is not None else PointJudgment(None, "request rejected", "rejected")
+        return self._counted(what, judgment)
 
     async def winner(self, question: str, reference: str, answer_a: str, answer_b: str,
-                     what: str) -> tuple[str | None, str]:
-        """"A", "B" or "tie" (None when unreadable or rejected), and the rationale."""
+                     what: str) -> WinnerJudgment:
+        """"A", "B" or "tie" (winner None when unreadable or rejected, with why), and the rationale."""
         prompt = PAIRWISE_PROMPT.format(question=question, reference=reference, answer_a=answer_a,
                                         answer_b=answer_b, rubric=self.rubric)
         reply = await self._ask(what, prompt)
-        return parse_winner(reply) if reply is not None else (None, "request rejected")
+        judgment = parse_winner(*reply) if reply is not None else WinnerJudgment(None, "request rejected", "rejected")
+        return self._counted(what, judgment)
 
     def check_rejections(self) -> None:
         """More than half the requests rejected: the judge is not doing the job, whatever it answered."""

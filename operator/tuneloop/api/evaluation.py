@@ -53,6 +53,11 @@ class JudgeSpec(WireModel):
     concurrency: int = Field(4, ge=1, le=64, description="Judge requests in flight.")
     timeout_seconds: float = Field(60, gt=0, le=600, description="Per request.")
     max_retries: int = Field(4, ge=0, le=10, description="Retries per request, with exponential backoff.")
+    max_tokens: int = Field(512, ge=16, le=8192, description=(
+        "Token limit of each judgment (a reason and a verdict); a reply cut there without one counts as a ramble."))
+    max_examples: int | None = Field(None, ge=1, le=10**6, description=(
+        "Judge at most this many test rows (the split is random, so the first N are a fair sample); "
+        "default: all."))
     required: bool = Field(False, description="Fail the evaluation instead of skipping the judge when "
                                               "it is not configured for this run.")
     agreement_sample: int = Field(8, ge=0, le=1000, description=(
@@ -192,14 +197,14 @@ class JudgeStats(WireModel):
     note: str | None = Field(None, description="Why the judge is not trusted, when it is not.")
 
     def summary(self) -> str:
-        """One line: verdicts, reliability, what could not be read."""
+        """One line: verdicts, reliability, what could not be read (why it is not trusted: `note`)."""
         agreement = (f"self-agreement {self.self_agreement:.2f} over {self.repeated} repeats"
                      if self.self_agreement is not None else "self-agreement not measured")
         flips = f", position flips {self.position_flips:.2f}" if self.position_flips is not None else ""
         unread = ", ".join(f"{name} {count}" for name, count in (("malformed", self.malformed), ("refusals", self.refusals),
                                                                  ("rambles", self.rambles), ("rejected", self.rejected))
                            if count)
-        trust = "trusted" if self.trusted else f"NOT trusted ({self.note})" if self.note else "NOT trusted"
+        trust = "trusted" if self.trusted else "NOT trusted"
         return (f"{self.model or 'judge'}: {self.wins} wins, {self.ties} ties, {self.losses} losses; {agreement}{flips}; "
                 f"{self.judged} judged, {self.unparseable} unreadable{f' ({unread})' if unread else ''}; {trust}")
 

@@ -123,12 +123,14 @@ class SmokePrompt(WireModel):
 
 
 JUDGE_RULE = "minJudgeScore needs a judge"
+LOCAL_JUDGE_RULE = "judge.local: a rollout's judge is served in the cluster; give its url"
 
 
 class AnalysisSpec(WireModel):
     """Real requests against a colour's OpenAI API; every threshold set must hold for the analysis to pass."""
 
-    model_config = cel(("!has(self.minJudgeScore) || has(self.judge)", JUDGE_RULE))
+    model_config = cel(("!has(self.minJudgeScore) || has(self.judge)", JUDGE_RULE),
+                       ("!has(self.judge) || !has(self.judge.local) || !self.judge.local", LOCAL_JUDGE_RULE))
 
     smoke_prompts: list[SmokePrompt] = Field(default_factory=list, max_length=50, json_schema_extra={"default": []},
                                              description="Prompts whose answers must meet their expectation.")
@@ -153,6 +155,8 @@ class AnalysisSpec(WireModel):
     def _judge_for_score(self) -> "AnalysisSpec":
         if self.min_judge_score is not None and self.judge is None:
             raise ValueError(JUDGE_RULE)
+        if self.judge is not None and self.judge.local:
+            raise ValueError(LOCAL_JUDGE_RULE)
         return self
 
 

@@ -114,7 +114,7 @@ def _judge_summary(result: EvaluatorResult) -> str | None:
     judge = result.judge
     if not judge.configured:
         return None
-    return judge.summary()
+    return judge.summary() + (f": {judge.note}" if judge.note else "")
 
 
 def log_evaluation(tracking: Tracking, run_id: str, result: EvaluatorResult, records: Path) -> None:

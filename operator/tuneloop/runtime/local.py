@@ -18,13 +18,15 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from tuneloop import catalog, clock
 from tuneloop.api.finetunejob import TERMINAL_PHASES, FineTuneJob, FineTuneJobStatus
-from tuneloop.api.workloads import Tracking, TrainerWorkload
+from tuneloop.api.workloads import EvaluatorResult, EvaluatorWorkload, Tracking, TrainerWorkload, write_result
+from tuneloop.runtime.local_judge import LocalJudgeError, serving_local_judge
 from tuneloop.offline_env import OFFLINE_ENV
 from tuneloop.storage_uris import file_uri_path
 from tuneloop.registry.lineage import lineage_tags
@@ -48,6 +50,7 @@ WORKLOAD_PROGRAMS = {"validate": "tuneloop_trainer.check_data", "train": "tunelo
                      "evaluate": "tuneloop_evaluator", "register": "tuneloop_evaluator.register"}
 EXPERIMENT = "tuneloop"
 JOB_FILE = "job.json"
+JUDGE_LOG_FILE = "judge-log.txt"
 
 LOCAL_CONTEXT = ReconcileContext(mode="local", catalog=frozenset(catalog.LOCAL_CATALOG))
 
@@ -97,6 +100,7 @@ class LocalRuntime:
     on_note: Callable[[str], None] = lambda line: print(line, flush=True)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     logs: dict[str, WorkloadLog] = field(default_factory=dict)
+    services: ExitStack = field(default_factory=ExitStack)  # what a workload needs while it runs: a local judge
     registry_retry_seconds: float = 30
 
     def job_dir(self, job: FineTuneJob) -> Path:
@@ -176,6 +180,17 @@ class LocalRuntime:
         for stale in ("result.json", "progress.json"):
             (folder / stale).unlink(missing_ok=True)
         workload = self.workload(job, action, folder)
+        if isinstance(workload, EvaluatorWorkload) and workload.evaluation.judge and workload.evaluation.judge.local:
+            try:
+                # A copy: the job's own spec (whose hash names the run's folder) keeps what the user wrote.
+                workload.evaluation = workload.evaluation.model_copy(
+                    update={"judge": self.start_local_judge(workload, folder)})
+            except LocalJudgeError as error:  # the evaluation fails as it would with an unreachable judge
+                (folder / "workload.json").write_text(workload.model_dump_json(by_alias=True, indent=2),
+                                                      encoding="utf-8")
+                write_result(EvaluatorResult(succeeded=False, reason="JudgeUnavailable", message=str(error)),
+                             folder / "result.json")
+                return
         (folder / "workload.json").write_text(workload.model_dump_json(by_alias=True, indent=2), encoding="utf-8")
         command = [sys.executable, "-m", WORKLOAD_PROGRAMS[action.stage], "--spec", str(folder / "workload.json"),
                    "--result", str(folder / "result.json")]
@@ -213,6 +228,14 @@ class LocalRuntime:
                 retry_seconds=self.registry_retry_seconds)
         raise ValueError(f"unknown stage {action.stage!r}")
 
+    def start_local_judge(self, workload: EvaluatorWorkload, folder: Path):
+        """`transformers serve` with the judge model, until the run ends; the judge spec as the evaluator
+        then asks it. One CPU thread: the evaluator keeps the other cores busy, and more threads contend."""
+        self.on_note(f"evaluate: starting the local judge ({workload.evaluation.judge.model}, "
+                     f"transformers serve) at {workload.evaluation.judge.url}; its log: {folder / JUDGE_LOG_FILE}")
+        return self.services.enter_context(serving_local_judge(
+            workload.evaluation.judge, folder / JUDGE_LOG_FILE, self.model_cache, threads=1))
+
     def model_path(self, job: FineTuneJob) -> Path:
         spec = job.spec
         if spec.base_model.name is not None:
@@ -243,6 +266,7 @@ class LocalRuntime:
                     process.kill()
         for workload_log in self.logs.values():
             workload_log.close()
+        self.services.close()
 
     def note_reused(self, job: FineTuneJob, observed: Observed) -> None:
         """One line per stage whose finished result an earlier run left and this run takes as it is."""
