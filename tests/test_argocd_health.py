@@ -117,7 +117,7 @@ def test_a_failed_gate_from_the_reconciler_reads_degraded_in_argo_cd(ftj):
     assert health == "Degraded"
     assert message == "succeeded, not promoted; gate failed: " + status.evaluation.gate.message.removeprefix(
         "gate failed: ")
-    assert "exactMatch candidate-baseline" in message
+    assert "gate failed on exactMatch improvement on test" in message
 
 
 def test_finetunejob_gate_from_evaluation_when_no_condition(ftj):

@@ -25,7 +25,7 @@ def write_job(folder: Path, name: str, model: Path, dataset: Path) -> Path:
     path.write_text(yaml.safe_dump({
         "apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name},
         "spec": {"baseModel": {"uri": f"file://{model}"},
-                 "dataset": {"uri": str(dataset), "testFraction": 0.2, "seed": 3},
+                 "dataset": {"uri": str(dataset), "validationFraction": 0.2, "testFraction": 0.2, "seed": 3},
                  "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
                  "training": {"epochs": 1, "learningRate": 5e-3, "microBatchSize": 4, "precision": "fp32"},
                  "evaluation": {"maxNewTokens": 8, "batchSize": 2, "bootstrap": {"samples": 100}}}}))
