@@ -132,6 +132,8 @@ def test_one_cycle_of_the_schedule_trains_on_the_champions_corrections(example_r
     outcome = re.search(r"FineTuneSchedule acme-tickets-nightly: (Promoted|NotPromoted): (.*)", report)
     assert outcome, report[-3000:]
     assert re.search(r"on the corrected cases: new version \d\.\d{3} vs champion \d\.\d{3}", report)
+    # The cycle replays the base dataset, which holds the champion's 30 test rows: they are kept out of training.
+    assert re.search(r"contamination: \d+ training rows near the \d+ test and 30 regression-set rows", report)
     # The champion's own test rows came back as the regression set: the new version may not forget them.
     assert re.search(r"exactMatch non-inferiority on regression: .* vs -0\.05", report), report[-3000:]
 

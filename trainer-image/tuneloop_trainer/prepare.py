@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,15 +92,15 @@ def champion_rows(workload: TrainerWorkload) -> list[Example]:
     """The registered champion's test rows (the next evaluation's regression set); none without a champion."""
     if workload.tracking is None or not workload.registered_model:
         return []
-    try:
-        found = champion_test_rows(workload.tracking.tracking_uri, workload.registered_model,
-                                   Path(workload.output_dir) / "champion-test-rows")
-    except ChampionUnavailable as error:
-        log.warning("contamination check without the champion's test rows: %s", error)
-        return []
-    if found is None:
-        return []
-    return load_dataset(found.path, "auto", workload.dataset.system_prompt).examples
+    with tempfile.TemporaryDirectory(prefix="champion-test-rows-") as folder:
+        try:
+            found = champion_test_rows(workload.tracking.tracking_uri, workload.registered_model, Path(folder))
+        except ChampionUnavailable as error:
+            log.warning("contamination check without the champion's test rows: %s", error)
+            return []
+        if found is None:
+            return []
+        return load_dataset(found.path, "auto", workload.dataset.system_prompt).examples
 
 
 def prepare(workload: TrainerWorkload, tokenizer: Any) -> PreparedData:
