@@ -88,8 +88,8 @@ def test_with_remove_false_every_row_is_kept_and_the_findings_reported():
     assert lines(kept) == [1, 2]
     assert (stats.contaminated, stats.removed) == (1, 0)
     assert stats.examples == ["train line 2 ~ test line 40 (1.00)"]
-    assert "1 training rows near 1 test rows (threshold 0.8), kept (dataset.contamination.remove is false)" \
-        in describe(stats)
+    assert describe(stats) == ("1 training row near the 1 test rows (similarity >= 0.80); kept in training "
+                               "(dataset.contamination.remove is false): train line 2 ~ test line 40 (1.00)")
 
 
 def test_findings_name_both_lines_and_the_set_and_at_most_ten_are_listed():
@@ -112,7 +112,7 @@ def test_without_test_or_regression_rows_nothing_is_compared_or_removed():
     assert kept == train
     assert stats.model_dump() == {"threshold": 0.8, "test_rows": 0, "regression_rows": 0, "contaminated": 0,
                                   "removed": 0, "examples": []}
-    assert describe(stats) == "no training row near any of 0 test rows (threshold 0.8)"
+    assert describe(stats) == "none: no training row near the 0 test rows (similarity >= 0.80)"
     assert find_contamination([], [chat(1, QUESTION)], [], ContaminationSpec())[0] == []
 
 

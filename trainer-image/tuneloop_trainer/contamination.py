@@ -121,11 +121,5 @@ def find_contamination(train: list[Example], test: list[Example], regression: li
 
 
 def describe(stats: ContaminationStats) -> str:
-    """A sentence for the log and the report."""
-    against = f"{stats.test_rows:,} test rows" + (
-        f" and {stats.regression_rows:,} regression rows" if stats.regression_rows else "")
-    if not stats.contaminated:
-        return f"no training row near any of {against} (threshold {stats.threshold:g})"
-    action = f"{stats.removed:,} removed" if stats.removed else "kept (dataset.contamination.remove is false)"
-    return (f"{stats.contaminated:,} training rows near {against} (threshold {stats.threshold:g}), {action}: "
-            + "; ".join(stats.examples))
+    """A line for the log and the data check's report: the summary and the findings."""
+    return stats.summary() + (": " + "; ".join(stats.examples) if stats.examples else "")

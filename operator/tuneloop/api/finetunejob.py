@@ -304,6 +304,23 @@ class ContaminationStats(WireModel):
     examples: list[str] = Field(default_factory=list, max_length=10, description=(
         "Up to 10 findings, e.g. 'train line 12 ~ test line 40 (0.94)'."))
 
+    def summary(self) -> str:
+        """'30 training rows near the 10 test and 30 regression-set rows (similarity >= 0.80); all removed
+        from training' (the findings are in `examples`)."""
+        against = f"{self.test_rows} test" + (f" and {self.regression_rows} regression-set" if self.regression_rows
+                                              else "")
+        if not self.contaminated:
+            return f"none: no training row near the {against} rows (similarity >= {self.threshold:.2f})"
+        rows = "row" if self.contaminated == 1 else "rows"
+        if self.removed == self.contaminated:
+            fate = "all removed from training"
+        elif self.removed:
+            fate = f"{self.removed} removed from training, {self.contaminated - self.removed} kept"
+        else:
+            fate = "kept in training (dataset.contamination.remove is false)"
+        return (f"{self.contaminated} training {rows} near the {against} rows (similarity >= {self.threshold:.2f}); "
+                f"{fate}")
+
 
 class TokenLengthBin(WireModel):
     tokens: str = Field(description="Token range of a training row, e.g. 65-128, or '> 512 (truncated)'.")

@@ -20,19 +20,7 @@ def split_sizes(dataset: DatasetStats) -> str:
 
 def contamination(stats: ContaminationStats) -> str:
     """What the near-duplicate check found between the training rows and the rows the model is judged on."""
-    against = f"{stats.test_rows} test" + (f" and {stats.regression_rows} regression-set" if stats.regression_rows
-                                           else "")
-    if not stats.contaminated:
-        return f"none: no training row near the {against} rows (similarity >= {stats.threshold:.2f})"
-    rows = "row" if stats.contaminated == 1 else "rows"
-    if stats.removed == stats.contaminated:
-        fate = "all removed from training"
-    elif stats.removed:
-        fate = f"{stats.removed} removed from training, {stats.contaminated - stats.removed} kept"
-    else:
-        fate = "kept in training (dataset.contamination.remove is false)"
-    return (f"{stats.contaminated} training {rows} near the {against} rows (similarity >= {stats.threshold:.2f}); "
-            f"{fate}")
+    return stats.summary()
 
 
 def contamination_examples(stats: ContaminationStats, limit: int = CONTAMINATION_EXAMPLES) -> list[str]:
