@@ -21,7 +21,7 @@ def print_report(job: FineTuneJob, status: FineTuneJobStatus, result_previews: l
     if dataset:
         print(f"  data       {summary_lines.split_sizes(dataset)}; sha256 {dataset.sha256[:16]}")
         if dataset.contamination:
-            _print_wrapped("             contamination: ", summary_lines.contamination(dataset.contamination))
+            _print_wrapped("             contamination: ", dataset.contamination.summary())
             for finding in summary_lines.contamination_examples(dataset.contamination):
                 print(f"               {finding}")
     if cleaning:

@@ -47,7 +47,7 @@ def _data(status: FineTuneJobStatus) -> list[str]:
              "validation chose the checkpoint, only the evaluation and the gate saw test. "
              f"sha256 `{dataset.sha256}`.", ""]
     if dataset.contamination is not None:
-        lines += [f"Contamination: {summary_lines.contamination(dataset.contamination)}.", ""]
+        lines += [f"Contamination: {dataset.contamination.summary()}.", ""]
         findings = summary_lines.contamination_examples(dataset.contamination)
         if findings:
             lines += _code_block(findings) + [""]

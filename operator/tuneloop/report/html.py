@@ -122,7 +122,7 @@ def _contamination(stats: ContaminationStats) -> str:
     findings = summary_lines.contamination_examples(stats)
     more = len(stats.examples) - len(findings)
     listed = "".join(f"<li>{escape(finding)}</li>" for finding in findings)
-    return (f"<dt>contamination</dt><dd id=\"contamination\">{escape(summary_lines.contamination(stats))}"
+    return (f"<dt>contamination</dt><dd id=\"contamination\">{escape(stats.summary())}"
             + (f"<ul>{listed}</ul>" if listed else "")
             + (f"<span class=\"note\">and {more} more in the status</span>" if more > 0 else "") + "</dd>")
 

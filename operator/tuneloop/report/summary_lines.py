@@ -18,11 +18,6 @@ def split_sizes(dataset: DatasetStats) -> str:
             f"validation, {dataset.test_rows} test")
 
 
-def contamination(stats: ContaminationStats) -> str:
-    """What the near-duplicate check found between the training rows and the rows the model is judged on."""
-    return stats.summary()
-
-
 def contamination_examples(stats: ContaminationStats, limit: int = CONTAMINATION_EXAMPLES) -> list[str]:
     return list(stats.examples[:limit])
 
