@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from aiohttp import web
 from fastapi.testclient import TestClient
 
-from openai_server import ServerThread, closed_port
+from openai_server import closed_port
 from tuneloop.api.common import SpecError, check_http_url
 from tuneloop.api.evaluation import JudgeSpec
 from tuneloop.api.modeldeployment import AnalysisSpec
@@ -76,26 +77,53 @@ def attempt_on_loop(name: str, attack: Callable[[], Awaitable[object]]) -> objec
 
 
 class Hostile:
-    """An HTTP server that answers every request with `answer(request)`; records what reached it."""
+    """An HTTP server that answers every request with `answer(request)`; records the headers that
+    reached it. It runs in a process of its own (forked, so `answer` may be any closure): a server
+    thread in this process would take the GIL from the loop under test and count as its stall."""
 
     def __init__(self, answer: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-        self.seen: list[dict[str, str]] = []
+        context = multiprocessing.get_context("fork")
+        self._headers = context.SimpleQueue()
+        self._ports = context.SimpleQueue()
+        self._process = context.Process(target=self._serve, args=(answer,), name="hostile", daemon=True)
+        self._seen: list[dict[str, str]] = []
 
+    def _serve(self, answer: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
         async def handle(request: web.Request) -> web.StreamResponse:
-            self.seen.append(dict(request.headers))
+            self._headers.put(dict(request.headers))
             return await answer(request)
 
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handle)
-        self.server = ServerThread(app, "hostile")
+        async def serve() -> None:
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", handle)
+            runner = web.AppRunner(app, handler_cancellation=True)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self._ports.put(site._server.sockets[0].getsockname()[1])
+            await asyncio.Event().wait()
+
+        asyncio.run(serve())
+
+    @property
+    def seen(self) -> list[dict[str, str]]:
+        while not self._headers.empty():
+            self._seen.append(self._headers.get())
+        return self._seen
 
     def __enter__(self) -> "Hostile":
-        self.server.__enter__()
-        self.url = f"http://127.0.0.1:{self.server.port}"
+        self._process.start()
+        deadline = time.monotonic() + 10
+        while self._ports.empty():
+            assert self._process.is_alive() and time.monotonic() < deadline, "the hostile server did not start"
+            time.sleep(0.01)
+        self.url = f"http://127.0.0.1:{self._ports.get()}"
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.server.__exit__(*exc_info)
+        self.seen  # noqa: B018 - read what arrived before the process goes
+        self._process.kill()
+        self._process.join(10)
 
 
 async def huge_body(request: web.Request) -> web.StreamResponse:
@@ -172,6 +200,9 @@ def test_a_judge_that_answers_with_50_mib_is_cut_and_named_unavailable():
                 await client.score("q", "r", "a", "smoke prompt 1")
         return str(refused.value)
 
+    # The SDK's first import (~0.5 s of CPU, once per process, in a thread that still takes the GIL from the
+    # loop) is not what this attack measures: import it first, as any judge before this one would have.
+    Judge(JudgeSpec(url="http://127.0.0.1:1/v1", model="j"), SECRET)._new_client()
     with Hostile(huge_body) as judge:
         message = attempt_on_loop("judge answers 50 MiB", judged)
     assert "did not answer" in message
