@@ -42,12 +42,16 @@ FULL_MANIFEST = {
                 "pii": {"redact": True, "kinds": ["email", "iban"]},
             },
             "replay": {"uri": "pvc://datasets/general.jsonl", "format": "alpaca", "fraction": 0.1},
+            "preferences": {"uri": "pvc://datasets/support/pairs.jsonl", "format": "pairs"},
         },
         "method": {
             "type": "qlora",
             "lora": {"r": 8, "alpha": 16.0, "dropout": 0.1, "targetModules": ["q_proj", "v_proj"], "useDora": True,
                      "useRslora": True},
             "quantization": {"quantType": "fp4", "doubleQuant": False, "computeDtype": "float16"},
+            "objective": "sft-then-dpo",
+            "preference": {"beta": 0.2, "learningRate": 1e-5, "epochs": 1, "desirableWeight": 1.0,
+                           "undesirableWeight": 1.5},
         },
         "training": {
             "epochs": 2,

@@ -338,3 +338,63 @@ def test_validate_data_reads_a_schedules_base_dataset(capsys):
     out = capsys.readouterr().out
     assert "FineTuneSchedule/acme-tickets-nightly: valid" in out and "rows: 300 (alpaca)" in out
     assert re.search(r"steps: about \d+ optimizer steps", out)
+
+
+PREFERENCE_JOB = DATA_JOB.replace("format: alpaca}}", "format: alpaca, preferences: {{uri: prefs.jsonl}}}}") + \
+    "  method: {{type: lora, objective: dpo}}\n"
+
+
+def preference_job(tmp_path: Path, model: Path, rows: str, preferences: list[str]) -> Path:
+    data_job(tmp_path, model, rows)
+    (tmp_path / "prefs.jsonl").write_text("".join(row + "\n" for row in preferences), encoding="utf-8")
+    path = tmp_path / "job.yaml"
+    path.write_text(PREFERENCE_JOB.format(model=model), encoding="utf-8")
+    return path
+
+
+PAIR = json.dumps({"prompt": "Where is my parcel?", "chosen": "Routed to SHIP.", "rejected": "Routed to BIL."})
+
+
+def test_validate_data_names_every_bad_preference_row_with_its_line(tmp_path, tiny_model_dir, capsys):
+    from tiny_model import write_tickets
+
+    write_tickets(tmp_path / "rows.jsonl", 30, seed=3)
+    bad = [PAIR, json.dumps({"prompt": "Refund?", "chosen": "Routed to BIL.", "rejected": ""}),
+           json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+                       "chosen": "a", "rejected": "b"})]
+    path = preference_job(tmp_path, tiny_model_dir, (tmp_path / "rows.jsonl").read_text(), bad)
+
+    assert main(["validate", "--data", str(path)]) == 1
+    captured = capsys.readouterr()
+    errors = captured.err.splitlines()
+    assert "Traceback" not in captured.err + captured.out
+    assert errors[0].endswith("data: 2 bad rows of 3")
+    assert errors[1].endswith(f"data: {tmp_path / 'prefs.jsonl'}:2: field 'rejected' is empty")
+    assert errors[2].endswith(f"data: {tmp_path / 'prefs.jsonl'}:3: messages must end with the user's turn "
+                              "(the answer being judged follows it)")
+
+
+def test_validate_data_lists_bad_preference_rows_beside_bad_dataset_rows(tmp_path, tiny_model_dir, capsys):
+    path = preference_job(tmp_path, tiny_model_dir, '{"instruction": "only a question"}\n' * 3,
+                          [PAIR, json.dumps({"prompt": "Is it good?", "completion": "Yes.", "label": "yes"})])
+
+    assert main(["validate", "--data", str(path)]) == 1
+    errors = capsys.readouterr().err
+    assert "tickets.jsonl:1: missing required field 'output'" in errors
+    assert "prefs.jsonl:2: a kto row (completion, label) in a pairs file" in errors
+
+
+def test_validate_data_reports_the_preference_rows(tmp_path, tiny_model_dir, capsys):
+    from tiny_model import write_tickets
+
+    write_tickets(tmp_path / "rows.jsonl", 30, seed=3)
+    pairs = [json.dumps({"prompt": f"Is parcel {n} lost?", "chosen": "Routed to SHIP.", "rejected": "Routed to BIL."})
+             for n in range(10)]
+    path = preference_job(tmp_path, tiny_model_dir, (tmp_path / "rows.jsonl").read_text(), pairs)
+
+    assert main(["validate", "--data", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "preference rows: 10 (pairs); after cleaning 10" in out
+    assert "preference split: 9 train, 1 validation" in out
+    # dpo trains no SFT stage: 9 pairs in micro-batches of 4 -> 3, by 2 -> 2 steps an epoch, 2 epochs
+    assert "steps: about 4 optimizer steps (4 preference (2 epoch(s)))" in out

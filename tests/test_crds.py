@@ -64,6 +64,13 @@ def test_the_example_manifest_is_admitted_and_defaults_match_pydantic():
     ({"baseModel": {}}, "give exactly one of name"),
     ({"method": {"lora": {"targetModules": ["all-linear", "q_proj"]}}}, "all-linear stands alone"),
     ({"dataset": {"uri": "d.jsonl", "cleaning": {"minTokens": 5, "maxTokens": 2}}}, "maxTokens must be >= minTokens"),
+    ({"method": {"objective": "dpo"}}, "set dataset.preferences"),
+    ({"method": {"objective": "sft-then-dpo"}, "dataset": {"uri": "d.jsonl", "preferences": {
+        "uri": "k.jsonl", "format": "kto"}}}, "fit objective kto only"),
+    ({"method": {"objective": "kto", "type": "full"}, "dataset": {"uri": "d.jsonl", "preferences": {
+        "uri": "k.jsonl"}}}, "train a LoRA adapter"),
+    ({"method": {"objective": "kto"}, "training": {"microBatchSize": 1}, "dataset": {"uri": "d.jsonl", "preferences": {
+        "uri": "k.jsonl"}}}, "microBatchSize >= 2"),
 ])
 def test_the_api_server_rejects_what_pydantic_rejects(change, message):
     def merge(base, extra):

@@ -18,8 +18,8 @@ from tuneloop.runtime.local import LocalRuntime
 
 def check_data(tmp_path: Path, model: Path, rows: str, **workload) -> tuple[subprocess.CompletedProcess, dict, str]:
     (tmp_path / "rows.jsonl").write_text(rows, encoding="utf-8")
+    workload = {"dataset": DatasetSpec(uri="rows.jsonl", format="alpaca"), "method": MethodSpec(), **workload}
     spec = DataCheckWorkload(job="ml/acme", model_path=str(model), dataset_path=str(tmp_path / "rows.jsonl"),
-                             dataset=DatasetSpec(uri="rows.jsonl", format="alpaca"), method=MethodSpec(),
                              training=TrainingSpec(epochs=2, micro_batch_size=4, gradient_accumulation_steps=2,
                                                    max_seq_length=512),
                              output_dir=str(tmp_path / "unused"), **workload)
@@ -108,3 +108,47 @@ def test_a_local_run_with_bad_data_fails_at_validating_and_never_starts_a_traine
     assert "5 bad rows of 5" in status.message and "rows.jsonl:1:" in status.message
     assert [event.reason for event in events] == ["ValidatingStarted", "InvalidData"]
     assert not runtime.workload_dir(job, "bad-train").exists()
+
+
+def preference_workload(tmp_path: Path, rows: list[str], objective: str = "dpo") -> dict:
+    (tmp_path / "prefs.jsonl").write_text("".join(row + "\n" for row in rows), encoding="utf-8")
+    return {"dataset": DatasetSpec(uri="rows.jsonl", format="alpaca", preferences={"uri": "prefs.jsonl"}),
+            "method": MethodSpec(type="lora", objective=objective),
+            "preferences_path": str(tmp_path / "prefs.jsonl")}
+
+
+def test_preference_rows_are_counted_and_their_steps_estimated(tmp_path, tiny_model_dir):
+    write_tickets(tmp_path / "tickets.jsonl", 40, seed=4)
+    pairs = [json.dumps({"prompt": f"Is parcel {n} of order {n * 13} lost?", "chosen": "Routed to SHIP.",
+                         "rejected": "Routed to BIL."}) for n in range(20)]
+
+    process, result, _ = check_data(tmp_path, tiny_model_dir, (tmp_path / "tickets.jsonl").read_text(),
+                                    **preference_workload(tmp_path, pairs, objective="sft-then-dpo"))
+
+    assert process.returncode == 0, process.stderr
+    checked = DataCheckResult.model_validate(result)
+    preferences = checked.dataset.preferences
+    assert (preferences.rows, preferences.format, preferences.train_rows, preferences.validation_rows) == (
+        20, "pairs", 18, 2)
+    assert "preference rows: 20 (pairs); after cleaning 20" in process.stdout
+    assert "preference split: 18 train, 2 validation" in process.stdout
+    # SFT: 32 rows in micro-batches of 4, by 2 -> 4 steps an epoch, 2 epochs; then DPO: 18 pairs -> 5 batches
+    # -> 3 steps an epoch, 2 epochs (method.preference.epochs)
+    assert checked.report.estimated_steps == 8 + 6
+    assert "steps: about 14 optimizer steps (8 SFT (2 epoch(s)) + 6 preference (2 epoch(s)))" in process.stdout
+
+
+def test_a_bad_preference_file_fails_the_check_with_every_bad_row_by_line(tmp_path, tiny_model_dir):
+    write_tickets(tmp_path / "tickets.jsonl", 40, seed=4)
+    good = json.dumps({"prompt": "Where is my parcel?", "chosen": "Routed to SHIP.", "rejected": "Routed to BIL."})
+    rows = [good, json.dumps({"prompt": "Refund?", "chosen": "Routed to BIL.", "rejected": " Routed to BIL. "}),
+            good, json.dumps({"prompt": "Refund?", "completion": "Routed to BIL.", "label": "yes"})]
+
+    process, result, termination = check_data(tmp_path, tiny_model_dir, (tmp_path / "tickets.jsonl").read_text(),
+                                              **preference_workload(tmp_path, rows))
+
+    assert process.returncode == 1 and "Traceback" not in process.stdout + process.stderr
+    assert result["reason"] == "InvalidData" and result["badRows"] == 2
+    assert "prefs.jsonl:2: chosen and rejected are the same answer: nothing to prefer" in result["message"]
+    assert "prefs.jsonl:4: a kto row (completion, label) in a pairs file" in result["message"]
+    assert json.loads(termination)["badRows"] == 2

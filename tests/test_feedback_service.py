@@ -11,14 +11,17 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from fastapi.testclient import TestClient
 from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
 
 from feedback_server import serving
 from postgres import free_port, postgres_server  # noqa: F401  (postgres_server: a fixture)
@@ -34,7 +37,14 @@ from tuneloop.feedback.database import (
     use_write_ahead_log,
 )
 from tuneloop.feedback.limits import MAX_BODY_BYTES, MAX_MESSAGES, MAX_NAME_CHARS, MAX_TEXT_BYTES
-from tuneloop.feedback.migrate import VERSION_TABLE, current_revision, head_revision, upgrade_database
+from tuneloop.feedback.migrate import (
+    MIGRATION_LOCK_KEY,
+    VERSION_TABLE,
+    alembic_config,
+    current_revision,
+    head_revision,
+    upgrade_database,
+)
 from tuneloop.feedback.models import feedback as feedback_table
 from tuneloop.feedback.models import metadata
 from tuneloop.feedback.schemas import FeedbackIn
@@ -204,7 +214,13 @@ CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 
 
 
 @pytest.mark.parametrize("body,field,words", [
-    (feedback(correction=None), "body.correction", "is required"),
+    (feedback(correction=None), "body", "give at least one of correction, verdict or rating"),
+    (feedback(verdict="accept"), "body.verdict", "verdict 'accept' contradicts the correction"),
+    (feedback(correction="Call us.", verdict="maybe"), "body.verdict", "must be one of 'accept' or 'reject'"),
+    (feedback(rating=0), "body.rating", "must be >= 1"),
+    (feedback(rating=6), "body.rating", "must be <= 5"),
+    (feedback(rating=4.5), "body.rating", "must be"),
+    (feedback(rating=True), "body.rating", "must be"),
     (feedback(messages=CHAT), "body.messages", "not both"),
     (feedback(prompt=None), "body.messages", "one of prompt or messages"),
     (feedback(correction=5), "body.correction", "must be a string, not 5"),
@@ -250,10 +266,11 @@ def test_bodies_that_are_not_utf8_json_or_too_large_are_refused(client):
     response = client.post("/v1/feedback", content=chunks, headers={"Content-Type": "application/json"})
     assert response.status_code == 413 and response.json()["field"] == "body"
     assert client.post("/v1/feedback").json()["error"] == "body: a JSON request body is required"
-    several = client.post("/v1/feedback", json={"prompt": "Hi", "model": "m", "idempotencyKey": "k"}).json()
+    several = client.post("/v1/feedback", json={"prompt": "Hi", "model": "m", "idempotencyKey": "k",
+                                                "rating": 9}).json()
     assert several["error"] == "body.answer: is required (and 1 more)"
     assert several["problems"] == [{"field": "body.answer", "error": "is required"},
-                                   {"field": "body.correction", "error": "is required"}]
+                                   {"field": "body.rating", "error": "must be <= 5"}]
     assert stats(client)["total"] == 0
 
 
@@ -289,7 +306,55 @@ def test_the_same_key_with_other_content_is_a_conflict(client):
     assert response.json()["field"] == "body.idempotencyKey"
     assert "'ticket-42'" in response.json()["error"] and f"id {original}" in response.json()["error"]
     assert client.post("/v1/feedback", json=feedback("ticket-42", label="new")).status_code == 409
+    assert client.post("/v1/feedback", json=feedback("ticket-42", verdict="reject")).status_code == 409
     assert stats(client)["total"] == 1
+    rated = client.post("/v1/feedback", json=feedback("rated", correction=None, verdict="reject", rating=2)).json()
+    assert client.post("/v1/feedback", json=feedback("rated", correction=None, verdict="reject", rating=2)).json() \
+        == {"id": rated["id"], "duplicate": True}
+    for changed in ({"rating": 1}, {"rating": None}, {"verdict": "accept"}, {"correction": "Call us."}):
+        body = feedback("rated", correction=None, verdict="reject", rating=2) | changed
+        response = client.post("/v1/feedback", json={key: value for key, value in body.items() if value is not None})
+        assert response.status_code == 409, (changed, response.text)
+    assert stats(client)["total"] == 2
+
+
+# --- verdicts and ratings ---------------------------------------------------------------------
+
+def test_a_verdict_or_a_rating_is_a_review_of_its_own_stored_returned_and_counted(client):
+    rows = [
+        feedback("accepted", correction=None, verdict="accept"),
+        feedback("rejected", correction=None, verdict="reject", rating=1),
+        feedback("rated", correction=None, rating=4),
+        feedback("confirmed", correction="Call us.", verdict="accept", rating=5),  # accepting the answer as is
+        feedback("corrected", verdict="reject"),
+        feedback("middling", correction=None, rating=3, model="other-model"),
+    ]
+    for row in rows:
+        response = client.post("/v1/feedback", json=row)
+        assert response.status_code == 201, response.text
+    items = {item["idempotencyKey"]: item for item in client.get("/v1/feedback").json()["items"]}
+    review = {key: (item["correction"], item["verdict"], item["rating"]) for key, item in items.items()}
+    assert review == {"accepted": (None, "accept", None), "rejected": (None, "reject", 1), "rated": (None, None, 4),
+                      "confirmed": ("Call us.", "accept", 5),
+                      "corrected": ("Open Settings > Security and choose Reset password.", "reject", None),
+                      "middling": (None, None, 3)}
+    counted = stats(client, model="acme-tickets")
+    assert {key: counted[key] for key in ("new", "corrections", "confirmations", "accepted", "rejected", "ratings")} \
+        == {"new": 5, "corrections": 2, "confirmations": 1, "accepted": 2, "rejected": 2, "ratings": 3}
+    later = stats(client, model="acme-tickets", afterId=items["confirmed"]["id"])
+    assert (later["new"], later["corrections"], later["rejected"], later["ratings"]) == (1, 1, 1, 0)
+
+
+def test_the_openapi_document_says_what_the_review_fields_mean(client):
+    schemas = client.get("/openapi.json", headers={"Authorization": ""}).json()["components"]["schemas"]
+    review = schemas["FeedbackIn"]["properties"]
+    assert "preferred over the answer" in review["correction"]["description"]
+    assert "accept" in review["verdict"]["description"] and "reject" in review["verdict"]["description"]
+    assert "1 (worst) to 5 (best)" in review["rating"]["description"]
+    rated = next(option for option in review["rating"]["anyOf"] if option.get("type") == "integer")
+    assert (rated["minimum"], rated["maximum"]) == (1, 5)
+    for field in ("corrections", "accepted", "rejected", "ratings"):
+        assert schemas["FeedbackStats"]["properties"][field]["description"]
 
 
 def run_together(actions: list, timeout: float = 60) -> None:
@@ -372,10 +437,11 @@ def test_stats_count_what_is_new_since_a_snapshot(client):
     assert everything["byLabel"] == {"facts": 1, "tone": 3}
     model = stats(client, model="acme-tickets", afterId=ids[1])
     assert model == {"model": "acme-tickets", "total": 4, "lastId": ids[4], "afterId": ids[1], "new": 2,
-                     "confirmations": 1, "byLabel": {"tone": 1}, "byAdapterVersion": {"4": 2}}
+                     "confirmations": 1, "corrections": 2, "accepted": 0, "rejected": 0, "ratings": 0,
+                     "byLabel": {"tone": 1}, "byAdapterVersion": {"4": 2}}
     assert stats(client, model="nobody") | {"afterId": 0} == {
-        "model": "nobody", "total": 0, "lastId": 0, "afterId": 0, "new": 0, "confirmations": 0,
-        "byLabel": {}, "byAdapterVersion": {}}
+        "model": "nobody", "total": 0, "lastId": 0, "afterId": 0, "new": 0, "confirmations": 0, "corrections": 0,
+        "accepted": 0, "rejected": 0, "ratings": 0, "byLabel": {}, "byAdapterVersion": {}}
 
 
 def test_export_pages_through_a_fixed_range_in_id_order(client):
@@ -454,6 +520,36 @@ def test_switching_a_new_sqlite_file_to_wal_waits_for_the_replica_that_holds_it(
     threading.Timer(0.5, holder.rollback).start()
     use_write_ahead_log(starting)
     assert starting.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_database_with_corrections_from_before_reviews_upgrades_and_keeps_them(database_url):
+    """A service that stored corrections at revision 0002 (correction required, no verdict or rating)
+    starts the new version: its rows keep their corrections and read back without a verdict or rating."""
+    engine = make_engine(database_url)
+    with exclusive_transaction(engine, MIGRATION_LOCK_KEY) as connection:
+        command.upgrade(alembic_config(connection), "0002")
+    old_rows = [{"idempotency_key": f"old-{index}", "namespace": "", "model": "acme-tickets",
+                 "prompt": f"Question {index}", "answer": "Call us.", "correction": f"Answer {index}",
+                 "created_at": datetime(2026, 11, 1, tzinfo=timezone.utc)} for index in range(3)]
+    with engine.begin() as connection:
+        connection.execute(insert(feedback_table), old_rows)
+    with TestClient(create_app(database_url, TOKEN), headers=AUTH) as client:
+        assert current_revision(engine) == head_revision()
+        items = client.get("/v1/feedback").json()["items"]
+        assert [(item["idempotencyKey"], item["correction"], item["verdict"], item["rating"]) for item in items] == [
+            (f"old-{index}", f"Answer {index}", None, None) for index in range(3)]
+        assert client.post("/v1/feedback", json=feedback("new", correction=None, verdict="reject")).status_code == 201
+        counted = stats(client)
+        assert (counted["total"], counted["corrections"], counted["rejected"]) == (4, 3, 1)
+    # the database itself refuses a row the API would: no review at all, an unknown verdict, rating 0, and
+    # (kept through the table copy on SQLite) prompt and messages both missing
+    base = {"namespace": "", "model": "acme-tickets", "prompt": "Q", "answer": "A",
+            "created_at": datetime(2026, 11, 2, tzinfo=timezone.utc)}
+    for index, refused in enumerate(({}, {"verdict": "maybe"}, {"rating": 0},
+                                     {"prompt": None, "correction": "C"})):
+        with pytest.raises(IntegrityError), engine.begin() as connection:
+            connection.execute(insert(feedback_table).values(**(base | refused), idempotency_key=f"bad-{index}"))
+    engine.dispose()
 
 
 def test_the_migrations_create_what_the_models_declare(database_url):

@@ -195,6 +195,19 @@ def test_s3_inputs_are_fetched_by_init_containers_before_the_trainer():
     assert failing_fast == ["trainer", "fetch-model", "fetch-dataset", "fetch-replay"]
 
 
+def test_an_s3_preference_file_is_fetched_beside_the_dataset():
+    manifest = s3_job().to_wire()
+    manifest["spec"]["method"]["objective"] = "dpo"
+    manifest["spec"]["dataset"]["preferences"] = {"uri": "s3://datasets/support/pairs.jsonl"}
+    objects = by_kind(training_objects(parse_manifest(manifest), "support-bot-train", S3_CONFIG))
+    workload = json.loads(objects["ConfigMap"]["data"]["workload.json"])
+    assert workload["preferencesPath"] == "/inputs/preferences/pairs.jsonl"
+    fetches = {container["name"]: container for container in
+               objects["Job"]["spec"]["template"]["spec"]["initContainers"]}
+    assert fetches["fetch-preferences"]["command"][-2:] == ["s3://datasets/support/pairs.jsonl",
+                                                            "/inputs/preferences"]
+
+
 def test_s3_credentials_come_from_the_secret_by_reference_only():
     pod = by_kind(training_objects(s3_job(), "t", S3_CONFIG))["Job"]["spec"]["template"]["spec"]
     env = {item["name"]: item for item in pod["initContainers"][0]["env"]}

@@ -91,6 +91,9 @@ async def run_snapshot_pod(harness, name: str, pvc_root: Path) -> dict:
     assert await process.wait() == 0
     result = json.loads((folder / "result.json").read_text())
     result["path"] = result["path"].replace(str(pvc_root), "/mnt/pvc")  # as the pod saw it
+    for preference_file in (result.get(key) for key in ("pairs", "kto")):
+        if preference_file:
+            preference_file["path"] = preference_file["path"].replace(str(pvc_root), "/mnt/pvc")
     finish_job(harness, result, name)
     return result
 
@@ -176,6 +179,10 @@ def test_one_finetunejob_per_due_slot_never_two_at_once_and_too_few_corrections_
                 assert dataset["replay"]["uri"] == "pvc://datasets/acme/tickets.jsonl"
                 # the FineTuneJob is created first, the status written last: wait for it
                 await harness.wait_for(lambda: status_of(harness).get("active") == [run_name])
+                frozen = status_of(harness)["run"]["snapshot"]  # the preference files, as storage URIs too
+                assert (frozen["pairsUri"], frozen["pairsRows"]) == (
+                    "pvc://datasets/acme/feedback/" + Path(result["pairs"]["path"]).name, 8)
+                assert frozen["ktoUri"] == "pvc://datasets/acme/feedback/" + Path(result["kto"]["path"]).name
 
                 fake.advance()  # the next slot comes while the run trains: Forbid
                 await harness.wait_for(lambda: "still going (Forbid)" in status_of(harness)["lastRun"]["message"])

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
+import yaml
+from crd_schema import admit
 from passes import fts_pass, resource
 
 from tuneloop.api.common import SpecError
+from tuneloop.api.finetunejob import parse_manifest as parse_job
 from tuneloop.api.finetuneschedule import FineTuneSchedule, FineTuneScheduleStatus, parse_spec
 from tuneloop.reconcile.finetuneschedule import (
     CreateJob,
@@ -20,6 +24,7 @@ from tuneloop.reconcile.finetuneschedule import (
     needs_feedback_count,
 )
 
+CRDS = Path(__file__).resolve().parents[1] / "crds" / "tuneloop.dev_crds.yaml"
 CREATED = "2026-11-20T12:00:00Z"
 TEMPLATE = {"baseModel": {"name": "smollm2-135m-instruct"},
             "dataset": {"uri": "pvc://datasets/tickets.jsonl", "format": "alpaca", "testFraction": 0.2},
@@ -226,3 +231,70 @@ def test_a_schedule_is_ready_while_it_can_run_and_stalled_when_refused():
     _, fixed = step(spec(), invalid, new_corrections=35, last_feedback_id=140)
     assert get_condition(fixed.conditions, "SpecValid").status == "True"
     assert get_condition(fixed.conditions, "Ready").status == "True" and get_condition(fixed.conditions, "Stalled") is None
+
+
+# --- preference objectives: the snapshot's pairs or KTO rows become the run's dataset.preferences --------
+
+PAIRS = {"path": "pvc://datasets/feedback/pairs-cdcdcdcdcdcd.jsonl", "sha256": "cd" * 32, "rows": 12}
+KTO = {"path": "pvc://datasets/feedback/kto-efefefefefef.jsonl", "sha256": "ef" * 32, "rows": 40}
+
+
+def template_with(objective: str, **dataset):
+    return spec(jobTemplate={"spec": {**TEMPLATE, "method": {"objective": objective},
+                                      "dataset": {**TEMPLATE["dataset"], **dataset}}})
+
+
+def snapshot_taken(raw_spec, **files):
+    _, status = step(raw_spec, new_corrections=35, last_feedback_id=140)
+    result = {"succeeded": True, "rows": 30, "sha256": "ab" * 32, "afterId": 0, "upToId": 140,
+              "uri": "pvc://datasets/feedback/corrections-abababababab.jsonl", **files}
+    return step(raw_spec, status, now="2026-11-23T01:32:00", snapshot=SnapshotState("Succeeded", result))
+
+
+@pytest.mark.parametrize("objective, preferences", [
+    ("dpo", {"uri": PAIRS["path"], "format": "pairs"}),
+    ("sft-then-dpo", {"uri": PAIRS["path"], "format": "pairs"}),
+    ("kto", {"uri": KTO["path"], "format": "kto"}),
+    ("sft", None),
+])
+def test_the_run_trains_on_the_snapshots_pairs_or_kto_rows_as_its_objective_needs(objective, preferences):
+    # a template may name preference rows of its own (they are not the feedback): the run's replace them
+    raw = template_with(objective, preferences={"uri": "pvc://datasets/old-pairs.jsonl", "format": "pairs"})
+    decision, status = snapshot_taken(raw, pairs=PAIRS, kto=KTO)
+    create = next(a for a in decision.actions if isinstance(a, CreateJob))
+    dataset = create.manifest["spec"]["dataset"]
+    assert dataset.get("preferences") == preferences
+    assert dataset["uri"] == "pvc://datasets/feedback/corrections-abababababab.jsonl"
+    assert (status.run.snapshot.pairs_uri, status.run.snapshot.pairs_rows, status.run.snapshot.pairs_sha256) == (
+        PAIRS["path"], 12, "cd" * 32)
+    assert (status.run.snapshot.kto_uri, status.run.snapshot.kto_rows) == (KTO["path"], 40)
+    parse_job(create.manifest)  # a valid FineTuneJob
+    if preferences is not None:
+        assert ("12 preference pairs" if objective != "kto" else "40 KTO rows") in status.message
+
+
+def test_a_template_with_a_preference_objective_needs_no_preference_rows_of_its_own():
+    parsed = parse_spec(template_with("dpo"))
+    assert parsed.job_template.spec.dataset.preferences is None
+    crd = next(doc for doc in yaml.safe_load_all(CRDS.read_text())
+               if doc["spec"]["names"]["kind"] == "FineTuneSchedule")
+    manifest = {"apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneSchedule",
+                "metadata": {"name": "nightly", "namespace": "ml"}, "spec": template_with("sft-then-dpo")}
+    assert admit(crd, manifest)[1] == [], "the API server admits it too"
+    with pytest.raises(SpecError) as error:
+        parse_spec(spec(jobTemplate={"spec": {**TEMPLATE, "method": {"objective": "kto", "type": "full"}}}))
+    assert any("train a LoRA adapter" in problem for problem in error.value.problems)
+
+
+@pytest.mark.parametrize("objective, files, wanted", [
+    ("dpo", {"kto": KTO}, "preference pairs"),
+    ("sft-then-dpo", {"kto": KTO}, "preference pairs"),
+    ("kto", {"pairs": PAIRS}, "KTO rows"),
+])
+def test_a_preference_objective_without_such_rows_in_the_snapshot_is_skipped(objective, files, wanted):
+    decision, status = snapshot_taken(template_with(objective), **files)
+    assert not [a for a in decision.actions if isinstance(a, CreateJob)]
+    assert status.run is None and status.active == [] and status.last_run.outcome == "Skipped"
+    assert f"objective {objective} learns from {wanted}" in status.last_run.message
+    assert "feedback ids 1..140 has none" in status.last_run.message
+    assert status.trained_up_to_id == 0, "the feedback stays for the next run"

@@ -15,8 +15,9 @@ import pytest
 from feedback_server import serving
 from postgres import free_port, postgres_server  # noqa: F401  (postgres_server: a fixture)
 from tuneloop.api.finetunejob import CleaningSpec, PiiSpec
-from tuneloop.api.workloads import SnapshotResult, SnapshotWorkload
+from tuneloop.api.workloads import SnapshotFile, SnapshotResult, SnapshotWorkload
 from tuneloop.feedback.app import create_app
+from tuneloop.workload_data.preferences import load_preferences
 from tuneloop.workload_data.rows import load_dataset
 from tuneloop_trainer.snapshot import main
 
@@ -36,11 +37,12 @@ def token(monkeypatch):
     monkeypatch.setenv("TUNELOOP_FEEDBACK_TOKEN", TOKEN)
 
 
-def add(url: str, key: str, correction: str, prompt: str = "Where is my order?", **fields: object) -> int:
+def add(url: str, key: str, correction: str | None, prompt: str | None = "Where is my order?", **fields: object) -> int:
     body = {"prompt": prompt, "answer": "No idea.", "correction": correction, "model": MODEL,
             "idempotencyKey": key, **fields}
-    response = httpx.post(f"{url}/v1/feedback", json=body, headers=AUTH)
-    assert response.status_code == 201, response.text
+    response = httpx.post(f"{url}/v1/feedback", json={name: value for name, value in body.items() if value is not None},
+                          headers=AUTH)
+    assert response.status_code in (200, 201), response.text
     return response.json()["id"]
 
 
@@ -56,6 +58,10 @@ def snapshot(tmp_path: Path, url: str, name: str = "run", **fields: object) -> t
 def rows_of(result: SnapshotResult) -> list[list[dict[str, str]]]:
     assert result.path is not None
     return [json.loads(line)["messages"] for line in Path(result.path).read_text().splitlines()]
+
+
+def lines(file: SnapshotFile | None) -> list[dict]:
+    return [] if file is None else [json.loads(line) for line in Path(file.path).read_text().splitlines()]
 
 
 def test_only_the_rows_after_the_previous_snapshot_are_taken(tmp_path, service):
@@ -79,14 +85,25 @@ def test_only_the_rows_after_the_previous_snapshot_are_taken(tmp_path, service):
 def test_the_same_range_gives_the_same_file_and_hash(tmp_path, service):
     for index in range(4):
         add(service, f"k{index}", f"Answer number {index}: restart the router, then call back.")
+    add(service, "rated", None, prompt="Can I pay by invoice?", rating=5)
+    add(service, "rejected", None, prompt="Do you ship abroad?", verdict="reject")
     _, first = snapshot(tmp_path, service, "first", outputDir=str(tmp_path / "one"))
     add(service, "late", "A row that arrives after the first snapshot.")
+    add(service, "late-verdict", None, prompt="Late?", verdict="accept")
     _, again = snapshot(tmp_path, service, "again", outputDir=str(tmp_path / "two"), upToId=first.up_to_id)
     assert first.sha256 == again.sha256 and first.rows == again.rows == 4
-    assert Path(first.path).read_bytes() == Path(again.path).read_bytes()
-    assert Path(first.path).name == f"corrections-{first.sha256[:12]}.jsonl"
+    assert (first.pairs, first.kto) == (again.pairs.model_copy(update={"path": first.pairs.path}),
+                                        again.kto.model_copy(update={"path": first.kto.path}))
+    assert (first.pairs.rows, first.kto.rows) == (4, 4 + 1 + 2)  # the four corrections' answers are one KTO row
+    for one, two, prefix in ((first.path, again.path, "corrections"), (first.pairs.path, again.pairs.path, "pairs"),
+                             (first.kto.path, again.kto.path, "kto")):
+        assert Path(one).read_bytes() == Path(two).read_bytes()
+        digest = hashlib.sha256(Path(one).read_bytes()).hexdigest()
+        assert Path(one).name == f"{prefix}-{digest[:12]}.jsonl"
     assert hashlib.sha256(Path(first.path).read_bytes()).hexdigest() == first.sha256
-    assert [path.name for path in (tmp_path / "one").iterdir()] == [Path(first.path).name]  # no partial file left
+    assert sorted(path.name for path in (tmp_path / "one").iterdir()) == sorted(  # no partial file left
+        Path(path).name for path in (first.path, first.pairs.path, first.kto.path))
+    assert "4 rows, 4 pairs, 7 KTO rows from feedback ids 1..6" in first.message
 
 
 def test_duplicates_are_dropped_and_personal_data_redacted_by_the_training_cleaning(tmp_path, service):
@@ -105,6 +122,89 @@ def test_duplicates_are_dropped_and_personal_data_redacted_by_the_training_clean
     assert result.cleaning.exact_duplicates == 1 and result.cleaning.near_duplicates == 1
     text = Path(result.path).read_text()
     assert "Write to [EMAIL] or call [PHONE]." in text and "jane.doe" not in text
+
+
+def test_each_correction_that_changes_the_answer_is_one_pair(tmp_path, service):
+    """A retried POST, a confirmation, a verdict alone and an exact duplicate correction add no pair;
+    every correction that changed the answer adds exactly one."""
+    add(service, "fixed", "It ships on Monday.")
+    add(service, "fixed", "It ships on Monday.")  # the client's retry: the same key and content
+    add(service, "fixed-again", "It ships on Monday.")  # another reviewer, the same correction: an exact duplicate
+    add(service, "confirmed", "No idea.", prompt="What is the meaning of this?")
+    add(service, "only-a-verdict", None, prompt="Can I return it?", verdict="reject")
+    add(service, "fixed-and-rejected", "Returns are free for 30 days.", prompt="Returns?", verdict="reject")
+    add(service, "fixed-in-spaces-only", "No   idea.", prompt="Anyone?")  # the same answer once normalised
+    status, result = snapshot(tmp_path, service)
+    assert status == 0
+    assert (result.fetched, result.rows) == (6, 4)
+    pairs = lines(result.pairs)
+    assert [(pair["messages"][-1]["content"], pair["chosen"], pair["rejected"]) for pair in pairs] == [
+        ("Where is my order?", "It ships on Monday.", "No idea."),
+        ("Returns?", "Returns are free for 30 days.", "No idea.")]
+    assert all(pair["messages"] == [{"role": "user", "content": pair["messages"][-1]["content"]}] for pair in pairs)
+    kto = {(row["messages"][-1]["content"], row["completion"]): row["label"] for row in lines(result.kto)}
+    assert kto == {("Where is my order?", "It ships on Monday."): True, ("Where is my order?", "No idea."): False,
+                   ("What is the meaning of this?", "No idea."): True, ("Can I return it?", "No idea."): False,
+                   ("Returns?", "No idea."): False,  # the verdict and the correction agree: one row
+                   ("Returns?", "Returns are free for 30 days."): True, ("Anyone?", "No idea."): True}
+    assert result.kto.rows == len(kto) and "4 rows, 2 pairs, 7 KTO rows" in result.message
+
+
+def test_verdicts_and_ratings_judge_the_served_answer_and_disagreeing_reviews_give_no_kto_row(tmp_path, service):
+    add(service, "accepted", None, prompt="A?", verdict="accept")
+    add(service, "rated-high", None, prompt="B?", rating=4)
+    add(service, "rated-low", None, prompt="C?", rating=2)
+    add(service, "rated-middle", None, prompt="D?", rating=3)
+    add(service, "accepted-here", None, prompt="E?", verdict="accept")
+    add(service, "rejected-here", None, prompt="E?", verdict="reject")
+    status, result = snapshot(tmp_path, service)
+    assert status == 0 and result.rows == 0 and result.path is None and result.pairs is None
+    kto = [(row["messages"][-1]["content"], row["completion"], row["label"]) for row in lines(result.kto)]
+    assert kto == [("A?", "No idea.", True), ("B?", "No idea.", True), ("C?", "No idea.", False)]
+    assert "1 KTO rows left out: reviews disagreed" in result.message
+
+
+def test_personal_data_never_reaches_the_pairs_or_kto_files(tmp_path, service):
+    leaky = "Ask jane.doe@example.com, she knows."
+    for key, fields in (("corrected", {"correction": "Our help desk answers within a day."}),
+                        ("rejected", {"correction": None, "verdict": "reject", "prompt": "Who else?"}),
+                        ("asked", {"correction": None, "rating": 5, "prompt": "Mail bob@example.org, please?"})):
+        body = {"prompt": "Who can help me?", "answer": leaky, "model": MODEL, "idempotencyKey": key, **fields}
+        response = httpx.post(f"{service}/v1/feedback", headers=AUTH,
+                              json={name: value for name, value in body.items() if value is not None})
+        assert response.status_code == 201, response.text
+    cleaning = CleaningSpec(pii=PiiSpec(redact=True)).to_wire()
+    status, result = snapshot(tmp_path, service, cleaning=cleaning)
+    assert status == 0 and result.pairs.rows == 1 and result.kto.rows == 4
+    for file in (result.pairs, result.kto):
+        text = Path(file.path).read_text()
+        assert "@example" not in text and "Ask [EMAIL], she knows." in text
+    assert lines(result.pairs)[0]["rejected"] == "Ask [EMAIL], she knows."
+    assert "Mail [EMAIL], please?" in Path(result.kto.path).read_text()
+    assert result.redactions == {"email": 4}  # three served answers and one question, each once
+
+
+def test_the_pairs_and_kto_files_load_as_the_trainers_preference_datasets(tmp_path, service):
+    add(service, "chat", "Yes, until Friday.", prompt=None,
+        messages=[{"role": "system", "content": "You answer for Acme."}, {"role": "user", "content": "Open?"},
+                  {"role": "assistant", "content": "Which shop?"}, {"role": "user", "content": "Berlin."}])
+    add(service, "single", "Track it under My orders.", verdict="reject")
+    add(service, "liked", None, prompt="Thanks!", rating=5)
+    status, result = snapshot(tmp_path, service, systemPrompt="Be brief.")
+    assert status == 0
+    pairs = load_preferences(Path(result.pairs.path), "pairs")
+    assert pairs.format == "pairs" and pairs.sha256 == result.pairs.sha256
+    chat, single = pairs.rows
+    assert [message["role"] for message in chat.prompt_messages] == ["system", "user", "assistant", "user"]
+    assert (chat.chosen, chat.rejected) == ("Yes, until Friday.", "No idea.")
+    assert single.prompt_messages == [{"role": "system", "content": "Be brief."},
+                                      {"role": "user", "content": "Where is my order?"}]
+    kto = load_preferences(Path(result.kto.path))
+    assert kto.format == "kto" and kto.sha256 == result.kto.sha256
+    assert [(row.prompt_messages[-1]["content"], row.completion, row.label) for row in kto.rows] == [
+        ("Berlin.", "Yes, until Friday.", True), ("Berlin.", "No idea.", False),
+        ("Where is my order?", "No idea.", False), ("Where is my order?", "Track it under My orders.", True),
+        ("Thanks!", "No idea.", True)]
 
 
 def test_no_new_rows_is_a_success_without_a_file(tmp_path, service):

@@ -2,11 +2,14 @@
 
 - `Progress`: the progress file and log lines (ProgressReporter) and MLflow metrics every step:
   loss, learning rate, tokens/s and an ETA that count from where this process started (a resumed
-  run's first steps are not the whole run's); the validation loss at every evaluation.
+  run's first steps are not the whole run's); the validation loss at every evaluation. A stage of a two-stage
+  run (sft-then-dpo) counts its steps after the stages before it and before those after it (in the progress and
+  as the MLflow step: one step axis for the run), and logs its curves under its own metric names (StageMetrics).
 - `StopOnSignal`: SIGTERM (a preempted pod) or SIGINT asks for a checkpoint and a stop at the end
   of the current step; every process of a distributed run agrees before stopping.
 - `DivergenceGuard`: a non-finite step loss, or one above `loss_spike_factor` x the lowest so far,
-  stops the run (LossDiverged); the checkpoints written before it stay.
+  stops the run (LossDiverged); the checkpoints written before it stay. A preference stage's losses head for 0,
+  so it measures spikes against its starting loss (ln 2 for DPO) at least.
 - `CompleteCheckpoints`: marks each checkpoint complete once it is on disk (checkpoints.py).
 - `EvaluationProgress`: progress lines during a long validation loss pass.
 """
@@ -18,6 +21,7 @@ import math
 import signal
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -60,15 +64,40 @@ class LossDiverged(RuntimeError):
     """The loss became NaN/inf or exploded; the last good checkpoint is kept."""
 
 
+@dataclass(frozen=True)
+class StageMetrics:
+    """The MLflow keys a training stage's curves go under."""
+
+    train_loss: str = metric_names.TRAIN_LOSS
+    validation_loss: str = metric_names.VALIDATION_LOSS
+    learning_rate: str = metric_names.LEARNING_RATE
+    grad_norm: str = metric_names.GRAD_NORM
+    tokens_per_second: str = metric_names.TOKENS_PER_SECOND
+    epoch: str = metric_names.EPOCH
+    trainer_logs: dict[str, str] = field(default_factory=dict)  # the trainer's own log keys -> metric
+
+
+SFT_METRICS = StageMetrics()
+PREFERENCE_METRICS = StageMetrics(
+    metric_names.PREFERENCE_TRAIN_LOSS, metric_names.PREFERENCE_VALIDATION_LOSS,
+    metric_names.PREFERENCE_LEARNING_RATE, metric_names.PREFERENCE_GRAD_NORM,
+    metric_names.PREFERENCE_TOKENS_PER_SECOND, metric_names.PREFERENCE_EPOCH, metric_names.PREFERENCE_TRL_METRICS)
+
+
 class Progress(TrainerCallback):
-    def __init__(self, reporter: ProgressReporter, metrics: MetricsLogger):
-        self.reporter, self.metrics = reporter, metrics
+    def __init__(self, reporter: ProgressReporter, metrics: MetricsLogger, names: StageMetrics = SFT_METRICS,
+                 steps_before: int = 0, steps_after: int = 0):
+        self.reporter, self.metrics, self.names = reporter, metrics, names
+        self.steps_before, self.steps_after = steps_before, steps_after  # of the run's other stages
         self.started_at: float | None = None
         self.first_step = self.first_tokens = 0
         self.seconds, self.tokens = 0.0, 0  # optimizer steps run by this process, for tokens/s
 
+    def total_steps(self, state) -> int:
+        return self.steps_before + state.max_steps + self.steps_after
+
     def on_train_begin(self, args, state, control, **kwargs):
-        self.reporter.start(state.max_steps)
+        self.reporter.start(self.total_steps(state))
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.started_at is None:  # after a resume: counted from the step this process starts at
@@ -84,19 +113,21 @@ class Progress(TrainerCallback):
         speed = self.tokens / max(self.seconds, 1e-9)
         done = state.global_step - self.first_step
         epoch = state.epoch or 0.0
+        step, total = self.steps_before + state.global_step, self.total_steps(state)
         self.reporter.step(TrainerProgress(
-            stage="training", step=state.global_step, total_steps=state.max_steps, epoch=epoch, loss=logs["loss"],
-            tokens_per_second=speed, eta_seconds=self.seconds / max(done, 1) * (state.max_steps - state.global_step)))
-        self.metrics.log(state.global_step, {
-            metric_names.TRAIN_LOSS: logs["loss"], metric_names.LEARNING_RATE: logs.get("learning_rate"),
-            metric_names.TOKENS_PER_SECOND: speed, metric_names.EPOCH: epoch,
-            metric_names.GRAD_NORM: logs.get("grad_norm")})
+            stage="training", step=step, total_steps=total, epoch=epoch, loss=logs["loss"],
+            tokens_per_second=speed, eta_seconds=self.seconds / max(done, 1) * (total - step)))
+        names = self.names
+        self.metrics.log(step, {
+            names.train_loss: logs["loss"], names.learning_rate: logs.get("learning_rate"),
+            names.tokens_per_second: speed, names.epoch: epoch, names.grad_norm: logs.get("grad_norm"),
+            **{metric: logs.get(key) for key, metric in names.trainer_logs.items()}})
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         """Every evaluation of the validation split, the one before training (step 0) and the final one
         included: the validation curve beside the training loss."""
         if metrics and "eval_loss" in metrics:
-            self.metrics.log(state.global_step, {metric_names.VALIDATION_LOSS: metrics["eval_loss"]})
+            self.metrics.log(self.steps_before + state.global_step, {self.names.validation_loss: metrics["eval_loss"]})
 
     def on_train_end(self, args, state, control, **kwargs):
         self.reporter.close()
@@ -139,8 +170,10 @@ class StopOnSignal(TrainerCallback):
 
 
 class DivergenceGuard(TrainerCallback):
-    def __init__(self, spike_factor: float):
-        self.spike_factor = spike_factor
+    def __init__(self, spike_factor: float, floor: float = 1e-3, stage: str = "training",
+                 learning_rate_field: str = "spec.training.learningRate"):
+        self.spike_factor, self.floor = spike_factor, floor  # spikes count against max(lowest, floor)
+        self.stage, self.learning_rate_field = stage, learning_rate_field  # for the messages
         self.lowest: float | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -148,12 +181,13 @@ class DivergenceGuard(TrainerCallback):
         if loss is None:
             return
         if not math.isfinite(loss):
-            raise LossDiverged(f"training loss became {loss} at step {state.global_step}; "
+            raise LossDiverged(f"{self.stage} loss became {loss} at step {state.global_step}; "
                                "the last good checkpoint is kept")
-        if self.lowest is not None and loss > self.spike_factor * max(self.lowest, 1e-3):
-            raise LossDiverged(f"training loss exploded to {loss:.4g} at step {state.global_step} "
-                               f"(more than {self.spike_factor}x the lowest, {self.lowest:.4g}); "
-                               "lower spec.training.learningRate; the last good checkpoint is kept")
+        if self.lowest is not None and loss > self.spike_factor * max(self.lowest, self.floor):
+            baseline = f"the lowest, {self.lowest:.4g}" if self.lowest >= self.floor else f"{self.floor:.4g}"
+            raise LossDiverged(f"{self.stage} loss exploded to {loss:.4g} at step {state.global_step} "
+                               f"(more than {self.spike_factor}x {baseline}); "
+                               f"lower {self.learning_rate_field}; the last good checkpoint is kept")
         self.lowest = loss if self.lowest is None else min(self.lowest, loss)
 
 

@@ -1,9 +1,10 @@
 """python -m tuneloop_trainer.check_data --spec SPEC.json --result RESULT.json [--termination-log PATH]
 
 A FineTuneJob's first stage: on a CPU, with the base model's tokenizer and none of its weights, read
-every row as the trainer will, and say what training will see (rows per format, token lengths,
-truncation, steps) or every bad row by file and line. It prints the report, and writes the result
-file in every case. Exit status 0: the data is good; 1: it is not, or the spec is unreadable.
+every row as the trainer will (the preference rows too, for a dpo, kto or sft-then-dpo objective), and
+say what training will see (rows per format, token lengths, truncation, steps) or every bad row by file
+and line. It prints the report, and writes the result file in every case. Exit status 0: the data is
+good; 1: it is not, or the spec is unreadable.
 """
 
 from __future__ import annotations

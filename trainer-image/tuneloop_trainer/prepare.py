@@ -1,5 +1,9 @@
 """Data preparation: read and check, clean, split three ways, drop training rows that near-duplicate the
-rows the model is judged on (test split, champion's test rows), mix in replay rows, tokenize."""
+rows the model is judged on (test split, champion's test rows), mix in replay rows, tokenize.
+
+For a dpo, kto or sft-then-dpo objective the preference rows (dataset.preferences) are read, cleaned, checked
+against the same test and regression rows, and split into train and validation too; dataset.uri's rows still
+give the test split the evaluator and the gate judge with."""
 
 from __future__ import annotations
 
@@ -7,20 +11,47 @@ import logging
 import math
 import random
 import tempfile
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from tuneloop.api.finetunejob import CleaningStats, ContaminationStats, DatasetStats
+from tuneloop.api.finetunejob import (
+    PAIR_OBJECTIVES,
+    PII_KINDS,
+    CleaningSpec,
+    CleaningStats,
+    ContaminationStats,
+    DatasetStats,
+    PreferenceDataStats,
+)
 from tuneloop.api.workloads import TrainerWorkload
 from tuneloop.registry.champion import ChampionUnavailable
 from tuneloop.registry.test_rows import champion_test_rows
+from tuneloop.workload_data.preferences import PreferenceRow, load_preferences
 from tuneloop.workload_data.rows import BadRows, DataError, Example, load_dataset
-from tuneloop_trainer.cleaning import clean, describe as describe_cleaning
-from tuneloop_trainer.contamination import describe as describe_contamination, find_contamination
+from tuneloop_trainer.cleaning import clean, describe as describe_cleaning, normalize_text, redact_text
+from tuneloop_trainer.contamination import (
+    describe as describe_contamination,
+    find_contamination,
+    find_preference_contamination,
+)
 from tuneloop_trainer.tokens import TokenizedExample, tokenize
 
 log = logging.getLogger("tuneloop_trainer")
+
+
+@dataclass
+class PreparedPreferences:
+    """The preference rows to train on and to measure the preference stage with, before and after."""
+
+    train: list[PreferenceRow]
+    validation: list[PreferenceRow]
+    stats: PreferenceDataStats
+    cleaning: CleaningStats = field(default_factory=lambda: CleaningStats(rows_in=0, rows_out=0))
+    contamination: ContaminationStats | None = None
+    # pairs whose two answers cleaning made the same (e.g. they differed only in a redacted e-mail address)
+    same_after_cleaning: int = 0
 
 
 @dataclass
@@ -32,6 +63,7 @@ class PreparedData:
     stats: DatasetStats
     cleaning: CleaningStats
     replay_rows: int
+    preferences: PreparedPreferences | None = None
 
 
 @dataclass
@@ -135,11 +167,12 @@ def prepare(workload: TrainerWorkload, tokenizer: Any) -> PreparedData:
     truncated = sum(example.truncated for example in train)
     if truncated:
         log.warning("%d training rows were longer than maxSeqLength %d and were truncated", truncated, max_length)
+    preferences = prepare_preferences(workload, split.test, regression)
     stats = DatasetStats(
         rows=len(dataset.examples), train_rows=len(train_rows), validation_rows=len(split.validation),
         test_rows=len(split.test), contamination=contamination,
         train_tokens=sum(len(example.input_ids) for example in train), format=dataset.format,
-        sha256=dataset.sha256,
+        sha256=dataset.sha256, preferences=preferences.stats if preferences else None,
     )
     log.info("dataset %s: %d rows (%s), %d train + %d replay / %d validation / %d test, %d train tokens, sha256 %s",
              dataset.path, stats.rows, stats.format, stats.train_rows, len(replay_rows), stats.validation_rows,
@@ -153,4 +186,105 @@ def prepare(workload: TrainerWorkload, tokenizer: Any) -> PreparedData:
         stats=stats,
         cleaning=cleaning,
         replay_rows=len(replay_rows),
+        preferences=preferences,
     )
+
+
+# --- preference rows (dataset.preferences) ---------------------------------------------------------
+
+def prepare_preferences(workload: TrainerWorkload, test: list[Example], regression: list[Example],
+                        ) -> PreparedPreferences | None:
+    """The preference rows of a dpo, kto or sft-then-dpo objective, cleaned, checked against the rows the model
+    is judged on, and split; None for sft (a preference file given to an sft job is not read)."""
+    spec, objective = workload.dataset, workload.method.objective
+    if objective == "sft":
+        if workload.preferences_path:
+            log.info("dataset.preferences is not used: method.objective is sft")
+        return None
+    if not workload.preferences_path or spec.preferences is None:
+        raise DataError(f"method.objective {objective} learns from preference rows: set dataset.preferences")
+    dataset = load_preferences(Path(workload.preferences_path), spec.preferences.format, spec.system_prompt)
+    if objective in PAIR_OBJECTIVES and dataset.format == "kto":
+        raise DataError(f"{dataset.path}: holds kto rows (completion, label), and method.objective {objective} "
+                        "learns from preference pairs (prompt, chosen, rejected); kto rows fit objective kto only")
+    rows, cleaning, same = clean_preferences(dataset.rows, spec.cleaning)
+    # The prompt is what is compared: the test split's prompts are those of corrected answers, and a pair whose
+    # prompt is a test row's prompt would train on that test answer (a correction is the `chosen` of its pair).
+    rows, contamination = find_preference_contamination(rows, test, regression, spec.contamination)
+    if contamination.contaminated:
+        log.warning("preference rows: %s", describe_contamination(contamination))
+    if len(rows) < 2:
+        raise DataError(
+            f"{dataset.path}: {len(rows)} preference rows left of {len(dataset.rows)} (cleaning: "
+            f"{describe_cleaning(cleaning)}; near a test or regression row and removed: {contamination.removed}); "
+            "at least 2 are needed: one to train on and one to measure the preference stage with")
+    train, validation = split_preferences(rows, spec.validation_fraction, spec.seed)
+    stats = PreferenceDataStats(
+        rows=len(dataset.rows), format=dataset.format, train_rows=len(train), validation_rows=len(validation),
+        contaminated=contamination.contaminated, removed=contamination.removed, sha256=dataset.sha256,
+        desirable=sum(bool(row.label) for row in rows) if dataset.format == "kto" else None)
+    log.info("preferences %s: %d rows (%s), %d train / %d validation, sha256 %s", dataset.path, stats.rows,
+             stats.format, stats.train_rows, stats.validation_rows, stats.sha256[:12])
+    return PreparedPreferences(train=train, validation=validation, stats=stats, cleaning=cleaning,
+                               contamination=contamination, same_after_cleaning=same)
+
+
+def split_preferences(rows: list[PreferenceRow], validation_fraction: float, seed: int,
+                      ) -> tuple[list[PreferenceRow], list[PreferenceRow]]:
+    """(train, validation): the same rows, fraction and seed always give the same sets; each holds at least one
+    row, and both keep the file's order."""
+    if len(rows) < 2:
+        raise ValueError(f"{len(rows)} preference rows cannot be split into train and validation")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    held_out = set(order[:min(len(rows) - 1, max(1, math.ceil(validation_fraction * len(rows))))])
+    return ([row for index, row in enumerate(rows) if index not in held_out],
+            [row for index, row in enumerate(rows) if index in held_out])
+
+
+def clean_preferences(rows: list[PreferenceRow], spec: CleaningSpec,
+                      ) -> tuple[list[PreferenceRow], CleaningStats, int]:
+    """dataset.cleaning's steps that apply to preference rows: normalise, redact personal data, drop exact
+    duplicates (near duplicates and token lengths are SFT rows' concerns). Returns the rows kept, what was done,
+    and how many pairs were dropped because cleaning left their two answers the same."""
+    stats = CleaningStats(rows_in=len(rows), rows_out=0)
+    counts: Counter[str] = Counter()
+    kept, seen, same = [], set(), 0
+    for row in rows:
+        cleaned = row
+        if spec.normalize:
+            cleaned = map_preference_text(cleaned, normalize_text)
+            if cleaned != row:
+                stats.normalized += 1
+            if not all(preference_texts(cleaned)):
+                stats.too_short += 1
+                continue
+        if spec.pii.redact:
+            cleaned = map_preference_text(cleaned, lambda text: redact_text(text, spec.pii.kinds, counts))
+        if cleaned.chosen is not None and cleaned.chosen.strip() == (cleaned.rejected or "").strip():
+            same += 1
+            continue
+        if spec.deduplicate:
+            if cleaned.key() in seen:
+                stats.exact_duplicates += 1
+                continue
+            seen.add(cleaned.key())
+        kept.append(cleaned)
+    stats.pii_redacted = {kind: counts[kind] for kind in PII_KINDS if counts[kind]}
+    stats.rows_out = len(kept)
+    return kept, stats, same
+
+
+def preference_texts(row: PreferenceRow) -> list[str]:
+    answers = [row.chosen, row.rejected, row.completion]
+    return [message["content"] for message in row.prompt_messages] + [text for text in answers if text is not None]
+
+
+def map_preference_text(row: PreferenceRow, transform: Callable[[str], str]) -> PreferenceRow:
+    """A new row with `transform` applied to every prompt message and answer."""
+    def apply(text: str | None) -> str | None:
+        return None if text is None else transform(text)
+
+    return replace(row, prompt_messages=[{**message, "content": transform(message["content"])}
+                                         for message in row.prompt_messages],
+                   chosen=apply(row.chosen), rejected=apply(row.rejected), completion=apply(row.completion))

@@ -1,13 +1,17 @@
 """python -m tuneloop_trainer.snapshot --spec SPEC.json --result RESULT.json [--termination-log PATH]
 
-Turns reviewers' corrections into a training set: the feedback rows of one model with
-afterId < id <= upToId (upToId: the service's last id when the snapshot starts) become `messages`
-rows (the conversation, then the correction as the assistant's answer), go through the trainer's
-own cleaning (normalisation, personal-data redaction, exact and near duplicates, as configured) and
-are written to `<outputDir>/corrections-<first 12 hex of the sha256>.jsonl`. The same range gives
-the same bytes and hash: rows in id order, keys sorted, compact JSON, one row a line.
+Turns reviewers' feedback into training sets: the feedback rows of one model with
+afterId < id <= upToId (upToId: the service's last id when the snapshot starts) that have a
+correction become `messages` rows (the conversation, then the correction as the assistant's answer),
+go through the trainer's own cleaning (normalisation, personal-data redaction, exact and near
+duplicates, as configured) and are written to `<outputDir>/corrections-<sha12>.jsonl`. Beside it,
+from the same rows (feedback_preferences): `pairs-<sha12>.jsonl` (messages, chosen = the correction,
+rejected = the served answer) and `kto-<sha12>.jsonl` (messages, completion, label) from corrections,
+verdicts and ratings. <sha12>: the first 12 hex digits of the file's sha256. The same range gives the
+same bytes and hashes: rows in id order, keys sorted, compact JSON, one row a line.
 
-No new rows: success, rows 0, no file. The result file is written in every case.
+An empty set writes no file (no new rows: success, rows 0, no file at all). The result file is
+written in every case.
 Exit status 0: done. 1: a bad spec, a refused token, a range the service does not have; retrying
 cannot help. 3: the service could not be reached or kept failing; a retry (the Job's) may succeed.
 """
@@ -20,13 +24,16 @@ import logging
 import os
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tuneloop.api.workloads import SnapshotResult, SnapshotWorkload
+from tuneloop.api.finetunejob import PII_KINDS
+from tuneloop.api.workloads import SnapshotFile, SnapshotResult, SnapshotWorkload
 from tuneloop.workload_cli import report, run_workload, workload_parser
 from tuneloop.workload_data.rows import Example
 from tuneloop_trainer.cleaning import clean
+from tuneloop_trainer.feedback_preferences import Messages, preference_rows
 from tuneloop_trainer.feedback_client import FeedbackClient, FeedbackError, FeedbackUnavailable, Unauthorized
 
 log = logging.getLogger("tuneloop_trainer.snapshot")
@@ -63,20 +70,26 @@ def fetch_records(client: FeedbackClient, workload: SnapshotWorkload, up_to_id: 
     return records
 
 
-def training_row(record: dict[str, Any], system_prompt: str | None) -> Example:
-    """The conversation the reviewer saw, answered by the correction."""
+def conversation(record: dict[str, Any], system_prompt: str | None) -> Messages:
+    """The conversation the reviewer saw, up to the user's last turn."""
     if record.get("messages"):
         messages = [{"role": message["role"], "content": message["content"]} for message in record["messages"]]
     else:
         messages = [{"role": "user", "content": record["prompt"]}]
     if system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system_prompt})
-    return Example(line=record["id"], messages=[*messages, {"role": "assistant", "content": record["correction"]}])
+    return messages
 
 
-def serialised(rows: list[Example]) -> bytes:
-    return "".join(json.dumps({"messages": row.messages}, ensure_ascii=False, sort_keys=True,
-                              separators=(",", ":")) + "\n" for row in rows).encode("utf-8")
+def training_row(record: dict[str, Any], system_prompt: str | None) -> Example:
+    """The conversation the reviewer saw, answered by the correction."""
+    return Example(line=record["id"], messages=[*conversation(record, system_prompt),
+                                                {"role": "assistant", "content": record["correction"]}])
+
+
+def serialised(rows: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(row, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n"
+                   for row in rows).encode("utf-8")
 
 
 def write_atomically(folder: Path, name: str, data: bytes) -> Path:
@@ -96,26 +109,47 @@ def write_atomically(folder: Path, name: str, data: bytes) -> Path:
     return target
 
 
+def write_rows(folder: Path, prefix: str, rows: list[dict[str, Any]]) -> SnapshotFile | None:
+    """`<prefix>-<sha12>.jsonl`, or nothing for no rows."""
+    if not rows:
+        return None
+    data = serialised(rows)
+    sha256 = hashlib.sha256(data).hexdigest()
+    path = write_atomically(folder, f"{prefix}-{sha256[:12]}.jsonl", data)
+    return SnapshotFile(path=str(path), sha256=sha256, rows=len(rows))
+
+
 def take_snapshot(workload: SnapshotWorkload, client: FeedbackClient) -> SnapshotResult:
     up_to_id = snapshot_end(client, workload)
     records = fetch_records(client, workload, up_to_id)
+    conversations = {record["id"]: conversation(record, workload.system_prompt) for record in records}
+    corrected = [record for record in records if record.get("correction") is not None]
     # The length filter needs the model's tokenizer; the training run applies it.
     cleaning = workload.cleaning.model_copy(update={"min_tokens": 0, "max_tokens": None})
-    rows, stats = clean([training_row(record, workload.system_prompt) for record in records], cleaning,
+    rows, stats = clean([training_row(record, workload.system_prompt) for record in corrected], cleaning,
                         count_tokens=lambda row: 0)
-    counts = {"fetched": len(records), "rows": len(rows), "cleaning": stats, "redactions": stats.pii_redacted,
+    preferences = preference_rows(records, conversations, rows, cleaning)
+    redactions = Counter(stats.pii_redacted) + preferences.redactions
+    counts = {"fetched": len(records), "rows": len(rows), "cleaning": stats,
+              "redactions": {kind: redactions[kind] for kind in PII_KINDS if redactions[kind]},
               "dropped_duplicates": stats.exact_duplicates + stats.near_duplicates,
               "after_id": workload.after_id, "up_to_id": up_to_id}
     span = f"feedback ids {workload.after_id + 1}..{up_to_id} of model {workload.model!r}"
-    if not rows:
+    folder = Path(workload.output_dir)
+    sft = write_rows(folder, "corrections", [{"messages": row.messages} for row in rows])
+    pairs, kto = write_rows(folder, "pairs", preferences.pairs), write_rows(folder, "kto", preferences.kto)
+    written = ", ".join(f"{file.rows} {what}" for what, file in (("rows", sft), ("pairs", pairs), ("KTO rows", kto))
+                        if file is not None)
+    if not written:
         return SnapshotResult(succeeded=True, message=f"nothing to train on in {span} "
                                                       f"({len(records)} fetched)", **counts)
-    data = serialised(rows)
-    sha256 = hashlib.sha256(data).hexdigest()
-    path = write_atomically(Path(workload.output_dir), f"corrections-{sha256[:12]}.jsonl", data)
-    return SnapshotResult(succeeded=True, sha256=sha256, path=str(path), **counts,
-                          message=f"{len(rows)} rows from {span} ({len(records)} fetched, "
-                                  f"{counts['dropped_duplicates']} duplicates dropped) -> {path}")
+    contradicted = (f", {preferences.contradicted} KTO rows left out: reviews disagreed"
+                    if preferences.contradicted else "")
+    return SnapshotResult(succeeded=True, sha256=sft.sha256 if sft else None, path=sft.path if sft else None,
+                          pairs=pairs, kto=kto, **counts,
+                          message=f"{written} from {span} ({len(records)} fetched, {len(corrected)} with a "
+                                  f"correction, {counts['dropped_duplicates']} duplicates dropped"
+                                  f"{contradicted}) -> {folder}")
 
 
 def run(workload: SnapshotWorkload) -> SnapshotResult:

@@ -127,6 +127,26 @@ class ReplaySpec(WireModel):
                                                             "this way, so up to 0.95).")
 
 
+PreferenceFormat = Literal["auto", "pairs", "kto"]
+PREFERENCE_OBJECTIVES = ("dpo", "kto", "sft-then-dpo")
+PAIR_OBJECTIVES = ("dpo", "sft-then-dpo")
+
+
+class PreferenceDataSpec(WireModel):
+    """Preference rows for method.objective dpo, kto or sft-then-dpo (a FineTuneSchedule's snapshot writes them
+    from reviewers' corrections and verdicts).
+
+    pairs: {"prompt": ... | "messages": [... ending with the user's turn], "chosen": ..., "rejected": ...}
+    kto:   {"prompt": ... | "messages": [...], "completion": ..., "label": true (desirable) | false}
+    """
+
+    uri: StorageUri = Field(description="JSONL or Parquet file of preference rows (pvc://, s3://, file:// or, "
+                                        "in local mode, a path relative to the manifest).")
+    format: PreferenceFormat = Field("auto", description=(
+        "pairs (prompt, chosen, rejected: dpo, sft-then-dpo, kto) or kto (prompt, completion, label: kto "
+        "only); auto detects it from the first row."))
+
+
 class DatasetSpec(WireModel):
     uri: StorageUri = Field(description="JSONL or Parquet file: pvc://, s3://, file:// or (local mode) a path "
                                  "relative to the manifest.")
@@ -143,6 +163,10 @@ class DatasetSpec(WireModel):
                           "when unset the chat template's default applies.")
     cleaning: CleaningSpec = Field(default_factory=CleaningSpec)
     replay: ReplaySpec | None = None
+    preferences: PreferenceDataSpec | None = Field(None, description=(
+        "Preference rows for a dpo, kto or sft-then-dpo objective. The rows of `uri` still give the validation "
+        "and test splits; preference rows near a test or regression row are handled as dataset.contamination "
+        "says."))
 
 
 class LoraSpec(WireModel):
@@ -181,10 +205,42 @@ class QuantizationSpec(WireModel):
         "bfloat16", description="dtype the 4-bit weights are dequantised to for matrix products.")
 
 
+Objective = Literal["sft", "dpo", "kto", "sft-then-dpo"]
+FULL_PREFERENCE_RULE = ("self.objective == 'sft' || self.type != 'full'",
+                        "objective dpo, kto and sft-then-dpo train a LoRA adapter (type lora or qlora): the base "
+                        "model with the adapter disabled is their reference, so no second copy of the weights is "
+                        "loaded")
+
+
+class PreferenceSpec(WireModel):
+    """The preference stage (TRL's DPOTrainer or KTOTrainer) of a dpo, kto or sft-then-dpo objective; the rest of
+    spec.training (batch size, scheduler, checkpoints, seed) applies to it as to SFT."""
+
+    beta: float = Field(0.1, gt=0, le=10, description=(
+        "How far the tuned model may move from its reference (larger: closer to the reference)."))
+    learning_rate: float = Field(5e-5, gt=0, le=1, description="Peak learning rate of the preference stage.")
+    epochs: int = Field(2, ge=1, le=100, description="Passes over the preference rows.")
+    desirable_weight: float = Field(1.0, gt=0, le=100, description="KTO: weight of desirable rows' loss.")
+    undesirable_weight: float = Field(1.0, gt=0, le=100, description="KTO: weight of undesirable rows' loss.")
+
+
 class MethodSpec(WireModel):
+    model_config = cel(FULL_PREFERENCE_RULE)
+
     type: Literal["lora", "qlora", "full"] = Field("lora", description="lora, qlora (4-bit base, needs CUDA) or full.")
+    objective: Objective = Field("sft", description=(
+        "sft: learn the answers of dataset.uri. dpo: learn from preference pairs (chosen over rejected), reference "
+        "the base model. kto: learn from answers marked desirable or not. sft-then-dpo: sft, then dpo with the "
+        "sft adapter as reference. All but sft need dataset.preferences."))
+    preference: PreferenceSpec = Field(default_factory=PreferenceSpec, description="The dpo/kto stage.")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA adapter shape (lora and qlora).")
     quantization: QuantizationSpec = Field(default_factory=QuantizationSpec, description="Base model quantisation (qlora).")
+
+    @model_validator(mode="after")
+    def _adapter_for_preferences(self) -> "MethodSpec":
+        if self.objective != "sft" and self.type == "full":
+            raise ValueError(FULL_PREFERENCE_RULE[1])
+        return self
 
 
 class CheckpointSpec(WireModel):
@@ -252,7 +308,27 @@ class OutputSpec(WireModel):
     merge_adapter: bool = Field(False, description="Also write base + adapter merged into one safetensors model.")
 
 
+PREFERENCE_DATA_RULE = (
+    "!has(self.method) || !has(self.method.objective) || self.method.objective == 'sft' || "
+    "has(self.dataset.preferences)",
+    "method.objective dpo, kto and sft-then-dpo learn from preference rows: set dataset.preferences")
+PAIRS_RULE = (
+    "!has(self.method) || !has(self.method.objective) || !(self.method.objective in ['dpo', 'sft-then-dpo']) || "
+    "!has(self.dataset.preferences) || !has(self.dataset.preferences.format) || "
+    "self.dataset.preferences.format != 'kto'",
+    "method.objective dpo and sft-then-dpo need preference pairs (prompt, chosen, rejected): "
+    "dataset.preferences.format kto rows fit objective kto only")
+
+KTO_BATCH_RULE = (
+    "!has(self.method) || !has(self.method.objective) || self.method.objective != 'kto' || !has(self.training) || "
+    "!has(self.training.microBatchSize) || self.training.microBatchSize >= 2",
+    "method.objective kto needs training.microBatchSize >= 2: KTO estimates its reference point from "
+    "mismatched prompts and answers within a micro-batch")
+
+
 class FineTuneJobSpec(WireModel):
+    model_config = cel(PREFERENCE_DATA_RULE, PAIRS_RULE, KTO_BATCH_RULE)
+
     base_model: BaseModelRef = Field(description="The model to adapt.")
     dataset: DatasetSpec = Field(description="Training data and how it is prepared.")
     method: MethodSpec = Field(default_factory=MethodSpec, description="lora, qlora or full fine-tuning.")
@@ -262,6 +338,21 @@ class FineTuneJobSpec(WireModel):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec,
                                        description="How the adapter is compared with its baseline, and the gate.")
     registry: RegistrySpec = Field(default_factory=RegistrySpec, description="MLflow model registration.")
+
+    @model_validator(mode="after")
+    def _preference_data(self) -> "FineTuneJobSpec":
+        if self.method.objective != "sft" and self.dataset.preferences is None:
+            raise ValueError(PREFERENCE_DATA_RULE[1])
+        return self
+
+    @model_validator(mode="after")
+    def _objective_fits(self) -> "FineTuneJobSpec":
+        objective, preferences = self.method.objective, self.dataset.preferences
+        if objective in PAIR_OBJECTIVES and preferences is not None and preferences.format == "kto":
+            raise ValueError(PAIRS_RULE[1])
+        if objective == "kto" and self.training.micro_batch_size < 2:
+            raise ValueError(KTO_BATCH_RULE[1])
+        return self
 
 
 Phase = Literal["Pending", "Validating", "Training", "Evaluating", "Registering", "Succeeded", "Failed"]
@@ -291,6 +382,20 @@ class DatasetStats(WireModel):
     format: str = Field(description="Row shape found: alpaca, messages or text.")
     sha256: str = Field(description="Hash of the dataset file: which data this adapter was trained on.")
     contamination: ContaminationStats | None = Field(None, description="Near duplicates of test rows in training.")
+    preferences: PreferenceDataStats | None = Field(None, description="The preference rows (dpo, kto objectives).")
+
+
+class PreferenceDataStats(WireModel):
+    """The preference rows as read, checked and split (dataset.preferences)."""
+
+    rows: int = Field(description="Rows read.")
+    format: Literal["pairs", "kto"] = Field(description="Row shape found.")
+    train_rows: int = Field(description="Rows trained on.")
+    validation_rows: int = Field(description="Rows held out for the preference metrics before and after.")
+    contaminated: int = Field(0, description="Rows whose prompt is near a test or regression row.")
+    removed: int = Field(0, description="Of those, rows dropped (dataset.contamination.remove).")
+    desirable: int | None = Field(None, description="kto rows: rows labelled desirable.")
+    sha256: str = Field(description="Hash of the preference file.")
 
 
 class ContaminationStats(WireModel):
@@ -339,6 +444,35 @@ class DataReportSummary(WireModel):
                                                 description="Training rows per token-length range.")
 
 
+class PreferenceResults(WireModel):
+    """What the preference stage (DPO or KTO) did, measured on its held-out preference rows before and after."""
+
+    objective: Literal["dpo", "kto"] = Field(description="The preference loss trained.")
+    reference: Literal["base", "sft"] = Field(description=(
+        "The reference model: base (the adapter disabled) or sft (the SFT stage's adapter, frozen)."))
+    beta: float = Field(description="method.preference.beta the stage trained with.")
+    steps: int = Field(description="Optimizer steps of the preference stage.")
+    loss_before: float = Field(description="Preference loss on the held-out rows before the stage.")
+    loss_after: float = Field(description="Preference loss on the held-out rows after it.")
+    margin_before: float | None = Field(None, description=(
+        "dpo: mean over held-out pairs of log p(chosen) - log p(rejected), summed over answer tokens, before."))
+    margin_after: float | None = Field(None, description="The same margin after the stage.")
+    accuracy_before: float | None = Field(None, description=(
+        "dpo: share of held-out pairs where the model gives chosen a higher log-probability than rejected, before."))
+    accuracy_after: float | None = Field(None, description="The same share after the stage.")
+    seconds: float = Field(0, description="Wall-clock seconds of the stage.")
+
+    def summary(self) -> str:
+        """'dpo (reference sft, beta 0.1): margin -1.20 -> +3.40, chosen preferred 40% -> 95%, loss 0.693 -> 0.210'."""
+        parts = [f"{self.objective} (reference {self.reference}, beta {self.beta:g})"]
+        if self.margin_before is not None and self.margin_after is not None:
+            parts.append(f"margin {self.margin_before:+.2f} -> {self.margin_after:+.2f}")
+        if self.accuracy_before is not None and self.accuracy_after is not None:
+            parts.append(f"chosen preferred {self.accuracy_before:.0%} -> {self.accuracy_after:.0%}")
+        parts.append(f"loss {self.loss_before:.3f} -> {self.loss_after:.3f}")
+        return ": ".join([parts[0], ", ".join(parts[1:])])
+
+
 class TrainingResults(WireModel):
     """What the training stage produced."""
 
@@ -357,6 +491,7 @@ class TrainingResults(WireModel):
     stopped_early: bool = Field(False, description="Whether early stopping ended the training.")
     best_step: int | None = Field(None, description="Step of the best validation loss kept (early stopping).")
     mlflow_run_id: str | None = Field(None, description="MLflow run holding the loss curves.")
+    preference: PreferenceResults | None = Field(None, description="The dpo/kto stage, for those objectives.")
 
     @model_validator(mode="after")
     def _validation_loss(self) -> "TrainingResults":

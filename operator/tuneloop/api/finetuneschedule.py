@@ -28,7 +28,7 @@ from tuneloop.api.common import (
 from tuneloop.api.crd import Kind, Printer
 from tuneloop.api.evaluation import SecretKeyRef
 from tuneloop.api.fields import EnvName, HttpUrl, LabelValue, Name, StorageUri, label_map
-from tuneloop.api.finetunejob import FineTuneJobSpec, ObjectMeta, cel
+from tuneloop.api.finetunejob import KTO_BATCH_RULE, PAIRS_RULE, FineTuneJobSpec, ObjectMeta, cel
 
 KIND = "FineTuneSchedule"
 PLURAL = "finetuneschedules"
@@ -70,12 +70,26 @@ class JobTemplateMeta(WireModel):
     annotations: Annotations
 
 
+class JobTemplateSpec(FineTuneJobSpec):
+    """A FineTuneJob spec whose dataset.preferences each run sets from its snapshot (the pairs for dpo and
+    sft-then-dpo, the KTO rows for kto), so a template with such an objective needs none of its own."""
+
+    # FineTuneJobSpec's CEL rules but the one that asks for dataset.preferences
+    model_config = cel(PAIRS_RULE, KTO_BATCH_RULE)
+
+    @model_validator(mode="after")
+    def _preference_data(self) -> "JobTemplateSpec":
+        return self
+
+
 class JobTemplate(WireModel):
     metadata: JobTemplateMeta = Field(default_factory=JobTemplateMeta, description="Labels and annotations of "
                                                                                 "each run's FineTuneJob.")
-    spec: FineTuneJobSpec = Field(description="The FineTuneJob each run creates. Its dataset is the base "
+    spec: JobTemplateSpec = Field(description="The FineTuneJob each run creates. Its dataset is the base "
                                               "dataset: the run trains on the new corrections and replays "
-                                              "this dataset at replayFraction.")
+                                              "this dataset at replayFraction; for a dpo, kto or sft-then-dpo "
+                                              "objective its dataset.preferences is the snapshot's pairs or "
+                                              "KTO rows.")
 
 
 class FineTuneScheduleSpec(WireModel):
@@ -122,11 +136,23 @@ class FineTuneScheduleSpec(WireModel):
 
 
 class SnapshotInfo(WireModel):
-    """The corrections a run trains on, frozen into one hashed file."""
+    """The feedback a run trains on, frozen into hashed files: the corrections as SFT rows, and the
+    preference pairs and KTO rows made from the same feedback."""
 
     uri: str | None = Field(None, description="The JSONL file; unset when there were no rows.")
     sha256: str | None = Field(None, description="Hash of the file (names it; tags the registered version).")
     rows: int = Field(0, description="Corrections in the file, after cleaning.")
+    pairs_uri: str | None = Field(None, description=(
+        "JSONL file of preference pairs (messages, chosen = the correction, rejected = the served answer): "
+        "dataset.preferences of a dpo or sft-then-dpo run; unset when there were none."))
+    pairs_rows: int = Field(0, description="Pairs in the pairs file: corrections kept by cleaning that changed "
+                                           "the answer.")
+    pairs_sha256: str | None = Field(None, description="Hash of the pairs file (names it).")
+    kto_uri: str | None = Field(None, description=(
+        "JSONL file of KTO rows (messages, completion, label) from verdicts, ratings and corrections: "
+        "dataset.preferences of a kto run; unset when there were none."))
+    kto_rows: int = Field(0, description="Rows in the KTO file.")
+    kto_sha256: str | None = Field(None, description="Hash of the KTO file (names it).")
     after_id: int = Field(0, description="Feedback rows after this id were taken.")
     up_to_id: int = Field(0, description="Feedback rows up to and including this id were taken.")
 

@@ -23,6 +23,7 @@ from tuneloop.api.finetunejob import (
     DatasetStats,
     FineTuneJobStatus,
     MethodSpec,
+    PreferenceResults,
     TrainingSpec,
 )
 from tuneloop.feedback.limits import MAX_PAGE_SIZE
@@ -43,6 +44,7 @@ class TrainerWorkload(WireModel):
     model_path: str = Field(description="Local folder of the base model (Hugging Face format).")
     dataset_path: str = Field(description="Local path of the JSONL or Parquet dataset.")
     replay_path: str | None = Field(None, description="Local path of the replay dataset, when the spec has one.")
+    preferences_path: str | None = Field(None, description="Local path of dataset.preferences' file, when set.")
     dataset: DatasetSpec
     method: MethodSpec
     training: TrainingSpec
@@ -121,6 +123,7 @@ class TrainerResult(WireModel):
     mlflow_run_id: str | None = None
     test_path: str | None = None
     previews: list[Preview] = Field(default_factory=list)
+    preference: PreferenceResults | None = Field(None, description="The dpo/kto stage, for those objectives.")
 
 
 JUDGE_API_KEY_ENV = "TUNELOOP_JUDGE_API_KEY"
@@ -224,6 +227,14 @@ class SnapshotWorkload(WireModel):
         return self
 
 
+class SnapshotFile(WireModel):
+    """One file a snapshot wrote, named by the first 12 hex digits of its content hash."""
+
+    path: str
+    sha256: str
+    rows: int
+
+
 class SnapshotResult(WireModel):
     succeeded: bool
     reason: str | None = Field(None, description="InvalidWorkload, TokenMissing, Unauthorized, FeedbackUnavailable "
@@ -238,6 +249,11 @@ class SnapshotResult(WireModel):
     path: str | None = None
     after_id: int | None = None
     up_to_id: int | None = Field(None, description="Where this snapshot ended: the next one's afterId.")
+    pairs: SnapshotFile | None = Field(None, description=(
+        "Preference pairs (prompt, chosen = correction, rejected = served answer), one per kept correction that "
+        "differs from the answer: pairs-<sha256 prefix>.jsonl."))
+    kto: SnapshotFile | None = Field(None, description=(
+        "KTO rows (prompt, completion, label) from verdicts, ratings and corrections: kto-<sha256 prefix>.jsonl."))
 
 
 TERMINATION_MESSAGE_LIMIT = 4096

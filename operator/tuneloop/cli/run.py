@@ -133,6 +133,8 @@ def run_schedule_once(args: argparse.Namespace) -> int:
     if run.snapshot and run.snapshot.sha256:
         print(f"  snapshot   {run.snapshot.rows} corrections, rows {run.snapshot.after_id + 1}..{run.snapshot.up_to_id},"
               f" sha256 {run.snapshot.sha256[:16]} ({run.snapshot.uri})")
+        if run.snapshot.pairs_rows or run.snapshot.kto_rows:
+            print(f"             {run.snapshot.pairs_rows} preference pairs, {run.snapshot.kto_rows} KTO rows")
     if run.score is not None:
         print(f"  on the corrected cases: new version {run.score:.3f} vs champion {run.baseline_score:.3f}"
               if run.baseline_score is not None else f"  on the corrected cases: new version {run.score:.3f}")

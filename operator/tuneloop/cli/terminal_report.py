@@ -24,6 +24,8 @@ def print_report(job: FineTuneJob, status: FineTuneJobStatus, result_previews: l
             _print_wrapped("             contamination: ", dataset.contamination.summary())
             for finding in summary_lines.contamination_examples(dataset.contamination):
                 print(f"               {finding}")
+        if dataset.preferences:
+            print(f"  preference {summary_lines.preference_data(dataset.preferences)}")
     if cleaning:
         removed = {"exact duplicates": cleaning.exact_duplicates, "near duplicates": cleaning.near_duplicates,
                    "too short": cleaning.too_short, "too long": cleaning.too_long}
@@ -36,6 +38,8 @@ def print_report(job: FineTuneJob, status: FineTuneJobStatus, result_previews: l
               f"({change:+.0%})")
         print(f"  training   {training.steps} steps, final train loss {training.train_loss:.4f}, "
               f"{training.tokens_per_second:.0f} tokens/s, {training.seconds:.0f}s in all")
+        if training.preference:
+            _print_wrapped("  objective  ", training.preference.summary())
         if training.resumed_from_step:
             print(f"  resumed    from the checkpoint at step {training.resumed_from_step}")
         if training.stopped_early:

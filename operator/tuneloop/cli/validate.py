@@ -67,7 +67,7 @@ def data_check(path: Path, document: dict[str, Any]) -> tuple[list[str], list[st
 
     try:
         from tuneloop.workload_data.chat import load_tokenizer
-        from tuneloop.workload_data.rows import BadRows, DataError
+        from tuneloop.workload_data.rows import DataError
         from tuneloop_trainer.data_report import data_report
     except ImportError as error:
         return [], [f"--data needs the trainer package (pip install -e trainer-image): {error}"]
@@ -75,18 +75,47 @@ def data_check(path: Path, document: dict[str, Any]) -> tuple[list[str], list[st
     logging.getLogger("tuneloop_trainer").setLevel(logging.ERROR)  # the report says it all
     with tempfile.TemporaryDirectory(prefix="tuneloop-validate-") as work:
         runtime = LocalRuntime(workdir=Path(work), manifest_dir=path.resolve().parent)
+        workload = None
         try:
             workload = runtime.trainer_workload(job, Path(work))
             report = data_report(workload, load_tokenizer(workload.model_path),
                                  world_size=job.spec.resources.training_processes)
-        except BadRows as error:
-            listed = error.problems[:LISTED_BAD_ROWS]
-            rest = len(error.problems) - len(listed)
-            return [], [f"{len(error.problems):,} bad rows of {error.rows:,}" + (f" (the first {len(listed)} "
-                        "below)" if rest else ""), *listed] + ([f"... and {rest:,} more"] if rest else [])
         except (DataError, CatalogError, ValueError, OSError) as error:
-            return [], [str(error)]
+            problems = data_problems(error)
+            read_preferences = workload is not None and workload.preferences_path and any(
+                workload.preferences_path in problem for problem in problems)
+            if workload is not None and not read_preferences:
+                problems += preference_problems(workload)  # the preparation stopped before reading them
+            return [], problems
     return report.lines(), []
+
+
+def data_problems(error: Exception) -> list[str]:
+    """A data error as lines: every bad row (BadRows) by file and line, up to LISTED_BAD_ROWS of them."""
+    from tuneloop.workload_data.rows import BadRows
+
+    if not isinstance(error, BadRows):
+        return [str(error)]
+    listed = error.problems[:LISTED_BAD_ROWS]
+    rest = len(error.problems) - len(listed)
+    return [f"{len(error.problems):,} bad rows of {error.rows:,}" + (f" (the first {len(listed)} below)" if rest
+                                                                    else ""), *listed] + \
+        ([f"... and {rest:,} more"] if rest else [])
+
+
+def preference_problems(workload: Any) -> list[str]:
+    """The preference file's bad rows, read on their own: a bad dataset.uri must not hide them."""
+    from tuneloop.workload_data.preferences import load_preferences
+    from tuneloop.workload_data.rows import DataError
+
+    spec = workload.dataset.preferences
+    if workload.method.objective == "sft" or spec is None or not workload.preferences_path:
+        return []
+    try:
+        load_preferences(Path(workload.preferences_path), spec.format, workload.dataset.system_prompt)
+    except (DataError, OSError) as error:
+        return data_problems(error)
+    return []
 
 
 def other_kind(document: dict[str, Any]) -> bool:

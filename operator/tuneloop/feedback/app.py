@@ -1,6 +1,7 @@
 """The feedback service's HTTP API (FastAPI). OpenAPI at /openapi.json, browsable at /docs.
 
-  POST /v1/feedback          store one correction (201; a repeated idempotency key: 200, duplicate)
+  POST /v1/feedback          store one review: a correction, verdict or rating (201; a repeated idempotency
+                             key: 200, duplicate)
   GET  /v1/feedback          rows in id order, afterId < id <= upToId, paginated (for snapshots)
   GET  /v1/feedback/stats    counts, the last id, what is new since a snapshot
   GET  /healthz              the process is up (no token needed)

@@ -1,10 +1,15 @@
 """Request and response bodies of the feedback API (camelCase on the wire, unknown fields refused).
 
-A feedback row is what a reviewer saw and what they wrote instead: the conversation up to the
-user's last turn (`prompt`, or `messages` ending with a user message), the model's `answer` and the
-reviewer's `correction`. Every accepted row becomes one valid training row (the conversation, then
-the correction as the assistant's turn), so the checks here follow the trainer's. A correction equal
-to the answer is accepted: the reviewer confirmed the answer, and it is counted as a confirmation.
+A feedback row is what a reviewer saw and what they made of it: the conversation up to the
+user's last turn (`prompt`, or `messages` ending with a user message), the model's `answer`, and at
+least one of the reviewer's `correction` (what the answer should have been), `verdict` (accept or
+reject the answer as served) and `rating` (1 to 5). A row with a correction becomes one valid
+training row (the conversation, then the correction as the assistant's turn), so the checks here
+follow the trainer's; a correction that differs from the answer also becomes a preference pair
+(correction chosen over answer), and verdicts and ratings become KTO rows (tuneloop_trainer.snapshot).
+A correction equal to the answer is accepted: the reviewer confirmed the answer, and it is counted as
+a confirmation. Accepting an answer while correcting it to something else says two opposite things,
+so it is refused.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import unicodedata
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from tuneloop.api.common import WireModel
 from tuneloop.feedback.limits import MAX_LABEL_CHARS, MAX_MESSAGES, MAX_NAME_CHARS, MAX_TEXT_BYTES
@@ -56,6 +61,8 @@ Text = Annotated[str, AfterValidator(check_text)]
 Name = Annotated[str, AfterValidator(single_line_checker(MAX_NAME_CHARS))]
 Label = Annotated[str, AfterValidator(single_line_checker(MAX_LABEL_CHARS))]
 Role = Literal["system", "user", "assistant"]
+Verdict = Literal["accept", "reject"]
+REVIEW_FIELDS = "correction, verdict or rating"
 
 
 class ChatMessage(WireModel):
@@ -79,15 +86,24 @@ def check_turns(messages: list[ChatMessage]) -> None:
 
 
 class FeedbackIn(WireModel):
-    """One correction. Give exactly one of `prompt` and `messages`."""
+    """One review of a served answer. Give exactly one of `prompt` and `messages`, and at least one of
+    `correction`, `verdict` and `rating`."""
 
     prompt: Text | None = Field(None, description="The user's message, for single-turn chats.")
     messages: list[ChatMessage] | None = Field(
         None, min_length=1, max_length=MAX_MESSAGES, validate_default=True,
         description="The conversation up to the user's last message: optional system message, then "
                     "user and assistant turns alternating, ending with the user.")
-    answer: Text = Field(description="What the model answered.")
-    correction: Text = Field(description="The reviewer's corrected answer; equal to the answer: a confirmation.")
+    answer: Text = Field(description="What the model answered (served).")
+    correction: Text | None = Field(None, description=(
+        "The reviewer's corrected answer: trained on, and preferred over the answer. Equal to the answer: a "
+        "confirmation (the answer becomes a training row and a desirable KTO row)."))
+    verdict: Verdict | None = Field(None, description=(
+        "The reviewer's judgement of the answer as served: accept (a desirable KTO row) or reject (an "
+        "undesirable one). accept with a correction that differs from the answer is refused."))
+    rating: int | None = Field(None, ge=1, le=5, description=(
+        "The reviewer's score of the answer as served, 1 (worst) to 5 (best): 4 and 5 make a desirable KTO "
+        "row, 1 and 2 an undesirable one, 3 none."))
     model: Name = Field(description="The served model name, e.g. acme-tickets.")
     adapter_version: Name | None = Field(None, description="Registry version of the adapter that answered.")
     label: Label | None = Field(None, description="Short category chosen by the reviewer, e.g. wrong-tone.")
@@ -107,6 +123,23 @@ class FeedbackIn(WireModel):
             check_turns(messages)
         return messages
 
+    @field_validator("verdict")
+    @classmethod
+    def _accept_agrees_with_correction(cls, verdict: str | None, info: ValidationInfo) -> str | None:
+        answer, correction = info.data.get("answer"), info.data.get("correction")
+        if verdict == "accept" and correction is not None and answer is not None \
+                and correction.strip() != answer.strip():
+            raise ValueError("verdict 'accept' contradicts the correction, which differs from the answer: "
+                             "send verdict 'reject' with the correction, or the correction alone")
+        return verdict
+
+    @model_validator(mode="after")
+    def _reviewed(self) -> "FeedbackIn":
+        if self.correction is None and self.verdict is None and self.rating is None:
+            raise ValueError(f"give at least one of {REVIEW_FIELDS}: the reviewer's answer, or their judgement of "
+                             "the served one")
+        return self
+
     def stored_fields(self) -> dict[str, object]:
         """What a retry must repeat exactly to count as the same feedback (all but the key)."""
         return self.model_dump(exclude={"idempotency_key"})
@@ -125,8 +158,10 @@ class FeedbackRecord(WireModel):
     label: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
-    answer: str
-    correction: str
+    answer: str = Field(description="What the model answered (served).")
+    correction: str | None = Field(None, description="The reviewer's corrected answer; unset: none given.")
+    verdict: Verdict | None = Field(None, description="accept or reject of the answer as served; unset: none given.")
+    rating: int | None = Field(None, description="1 (worst) to 5 (best) for the answer as served; unset: none given.")
     created_at: datetime
 
 
@@ -142,6 +177,10 @@ class FeedbackStats(WireModel):
     after_id: int
     new: int = Field(description="Rows with an id above afterId: new since the snapshot that ended there.")
     confirmations: int = Field(description="Of the new rows, those whose correction equals the answer.")
+    corrections: int = Field(description="Of the new rows, those with a correction (confirmations included).")
+    accepted: int = Field(description="Of the new rows, those with verdict accept.")
+    rejected: int = Field(description="Of the new rows, those with verdict reject.")
+    ratings: int = Field(description="Of the new rows, those with a rating.")
     by_label: dict[str, int] = Field(description="New rows per label (rows without a label are not listed).")
     by_adapter_version: dict[str, int] = Field(description="New rows per adapter version (rows without one are "
                                                            "not listed).")

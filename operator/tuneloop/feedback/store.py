@@ -113,17 +113,24 @@ def feedback_page(engine: Engine, scope: Scope, model: str | None, after_id: int
 def feedback_stats(engine: Engine, scope: Scope, model: str | None, after_id: int) -> FeedbackStats:
     rows = [*visible(scope), *([] if model is None else [feedback.c.model == model])]
     new_rows = [*rows, feedback.c.id > after_id]
-    confirmed = case((feedback.c.answer == feedback.c.correction, 1), else_=0)
+    counted = {
+        "confirmations": feedback.c.answer == feedback.c.correction,
+        "corrections": feedback.c.correction.is_not(None),
+        "accepted": feedback.c.verdict == "accept",
+        "rejected": feedback.c.verdict == "reject",
+        "ratings": feedback.c.rating.is_not(None),
+    }
     with consistent_read(engine) as connection:
         total, last_id = connection.execute(
             select(func.count(), func.coalesce(func.max(feedback.c.id), 0)).where(*rows)).one()
-        new, confirmations = connection.execute(
-            select(func.count(), func.coalesce(func.sum(confirmed), 0)).where(*new_rows)).one()
+        new, *counts = connection.execute(
+            select(func.count(), *(func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+                                   for condition in counted.values())).where(*new_rows)).one()
         by_column = {}
         for column in (feedback.c.label, feedback.c.adapter_version):
-            counts = connection.execute(
+            counts_by_value = connection.execute(
                 select(column, func.count()).where(*new_rows, column.is_not(None)).group_by(column).order_by(column))
-            by_column[column.name] = {value: count for value, count in counts}
+            by_column[column.name] = {value: count for value, count in counts_by_value}
     return FeedbackStats(model=model, total=total, last_id=last_id, after_id=after_id, new=new,
-                         confirmations=confirmations, by_label=by_column["label"],
+                         **dict(zip(counted, counts)), by_label=by_column["label"],
                          by_adapter_version=by_column["adapter_version"])

@@ -479,8 +479,9 @@ def _final_summary(status: FineTuneJobStatus) -> str:
 
 
 def _summary(result: TrainerResult) -> str:
-    return (f"validation loss {result.validation_loss_before:.4f} -> {result.validation_loss_after:.4f} "
-            f"in {result.steps} steps")
+    summary = (f"validation loss {result.validation_loss_before:.4f} -> {result.validation_loss_after:.4f} "
+               f"in {result.steps} steps")
+    return summary + (f"; {result.preference.summary()}" if result.preference else "")
 
 
 def _record_result(status: FineTuneJobStatus, result: TrainerResult) -> None:
@@ -500,6 +501,7 @@ def _record_result(status: FineTuneJobStatus, result: TrainerResult) -> None:
         stopped_early=result.stopped_early,
         best_step=result.best_step,
         mlflow_run_id=result.mlflow_run_id,
+        preference=result.preference,
     )
     if status.progress is None:  # it finished before any progress was read: the columns still show its end
         status.progress = Progress(loss=float(f"{result.train_loss:.4g}"))

@@ -5,9 +5,12 @@ r"""The FineTuneSchedule as a pure function: (spec, status, observed world, now)
         the last run still going, Forbid           -> this slot is skipped
         the last run still going, Replace          -> its FineTuneJob is deleted, this run starts
         fewer than minNewCorrections new rows      -> Skipped
-        else: Snapshot (a workload: the rows (trainedUpToId, upToId], cleaned, hashed JSONL)
+        else: Snapshot (a workload: the rows (trainedUpToId, upToId], cleaned, hashed JSONL: the
+              corrections as SFT rows, preference pairs, KTO rows)
               -> Training (a FineTuneJob from the template: the snapshot as its dataset, the
-                 template's dataset replayed) -> Promoted | NotPromoted | Failed
+                 template's dataset replayed; for a dpo or sft-then-dpo objective the pairs, for
+                 kto the KTO rows as its dataset.preferences; none of them: Skipped)
+              -> Promoted | NotPromoted | Failed
 
 trainedUpToId only moves when a run's adapter became champion: corrections the serving model
 has not learned stay in the next snapshot. Runtimes carry out the actions.
@@ -34,6 +37,7 @@ from tuneloop.api.finetuneschedule import (
     SnapshotInfo,
 )
 from tuneloop.api.finetunejob import KIND as FINETUNEJOB_KIND
+from tuneloop.api.finetunejob import PAIR_OBJECTIVES, PREFERENCE_OBJECTIVES
 from tuneloop.reconcile import core
 from tuneloop.reconcile.refusals import Refusal
 
@@ -135,16 +139,43 @@ def due_slot(spec: FineTuneScheduleSpec, status: FineTuneScheduleStatus, created
     return slot
 
 
+def snapshot_info(result: dict[str, Any], up_to_id: int) -> SnapshotInfo:
+    """SnapshotInfo from a snapshot's result (SnapshotResult's wire form; the runtime has put storage URIs
+    in `uri`, or in the files' `path`)."""
+    pairs, kto = result.get("pairs") or {}, result.get("kto") or {}
+    return SnapshotInfo(uri=result.get("uri") or result.get("path"), sha256=result.get("sha256"),
+                        rows=result.get("rows", 0), after_id=result.get("afterId", 0),
+                        up_to_id=result.get("upToId", up_to_id),
+                        pairs_uri=pairs.get("uri") or pairs.get("path"), pairs_rows=pairs.get("rows", 0),
+                        pairs_sha256=pairs.get("sha256"),
+                        kto_uri=kto.get("uri") or kto.get("path"), kto_rows=kto.get("rows", 0),
+                        kto_sha256=kto.get("sha256"))
+
+
+def preference_data(objective: str, snapshot: SnapshotInfo) -> dict[str, str] | None:
+    """The run's dataset.preferences: the snapshot's pairs for dpo and sft-then-dpo, its KTO rows for
+    kto, none for sft (or when the snapshot has no such rows)."""
+    if objective in PAIR_OBJECTIVES and snapshot.pairs_uri and snapshot.pairs_rows:
+        return {"uri": snapshot.pairs_uri, "format": "pairs"}
+    if objective == "kto" and snapshot.kto_uri and snapshot.kto_rows:
+        return {"uri": snapshot.kto_uri, "format": "kto"}
+    return None
+
+
 def job_manifest(name: str, namespace: str, schedule_name: str, schedule_uid: str | None,
-                 spec: FineTuneScheduleSpec, snapshot_uri: str, slot: datetime) -> dict[str, Any]:
-    """The run's FineTuneJob: the template, training on the snapshot with the template's dataset replayed,
-    writing to a folder of its own under the template's output."""
+                 spec: FineTuneScheduleSpec, snapshot_uri: str, slot: datetime,
+                 preferences: dict[str, str] | None = None) -> dict[str, Any]:
+    """The run's FineTuneJob: the template, training on the snapshot with the template's dataset replayed
+    (and on the snapshot's preference rows, for a preference objective), writing to a folder of its own
+    under the template's output."""
     job_spec = copy.deepcopy(spec.job_template.spec.to_wire())
     base = job_spec["dataset"]
-    job_spec["dataset"] = {**{k: v for k, v in base.items() if k not in ("uri", "format", "replay")},
+    job_spec["dataset"] = {**{k: v for k, v in base.items() if k not in ("uri", "format", "replay", "preferences")},
                            "uri": snapshot_uri, "format": "messages",
                            "replay": {"uri": base["uri"], "format": base.get("format", "auto"),
                                       "fraction": spec.replay_fraction}}
+    if preferences is not None:
+        job_spec["dataset"]["preferences"] = preferences
     if (job_spec.get("output") or {}).get("uri"):  # every run its own folder: checkpoints must not mix
         job_spec["output"]["uri"] = f"{job_spec['output']['uri'].rstrip('/')}/{name}"
     metadata: dict[str, Any] = {
@@ -206,21 +237,32 @@ class Pass:
             self.finish("Failed", f"run {run.job_name}: the snapshot failed: "
                                   f"{snapshot.message or (snapshot.result or {}).get('message', '')}".rstrip(": "))
             return
-        result = snapshot.result or {}
-        run.snapshot = SnapshotInfo(uri=result.get("uri") or result.get("path"), sha256=result.get("sha256"),
-                                    rows=result.get("rows", 0), after_id=result.get("afterId", 0),
-                                    up_to_id=result.get("upToId", run.up_to_id or 0))
+        run.snapshot = snapshot_info(snapshot.result or {}, run.up_to_id or 0)
         run.up_to_id = run.snapshot.up_to_id
         if run.snapshot.rows < self.spec.feedback.min_new_corrections:
             self.finish("Skipped", f"run {run.job_name}: {run.snapshot.rows} corrections left after cleaning, "
                                    f"fewer than minNewCorrections {self.spec.feedback.min_new_corrections}")
             return
+        objective = self.spec.job_template.spec.method.objective
+        preferences = preference_data(objective, run.snapshot)
+        if objective in PREFERENCE_OBJECTIVES and preferences is None:
+            wanted = ("preference pairs (a correction that changed the served answer)" if objective in PAIR_OBJECTIVES
+                      else "KTO rows (a verdict, a rating other than 3, or a correction)")
+            self.finish("Skipped", f"run {run.job_name}: the template's objective {objective} learns from {wanted}, "
+                                   f"and the snapshot of feedback ids {run.snapshot.after_id + 1}.."
+                                   f"{run.snapshot.up_to_id} has none after cleaning")
+            return
         slot = parse_time(run.scheduled_time)
         self.act(CreateJob(run.job_name, job_manifest(run.job_name, self.namespace, self.name, self.uid,
-                                                      self.spec, run.snapshot.uri or "", slot)))
+                                                      self.spec, run.snapshot.uri or "", slot, preferences)))
         run.step = "Training"
         self.status.active = [run.job_name]
-        message = (f"run {run.job_name}: FineTuneJob created on {run.snapshot.rows} corrections "
+        trained_on = f"{run.snapshot.rows} corrections"
+        if preferences is not None:
+            extra = (f"{run.snapshot.pairs_rows} preference pairs" if preferences["format"] == "pairs"
+                     else f"{run.snapshot.kto_rows} KTO rows")
+            trained_on += f" and {extra} ({objective})"
+        message = (f"run {run.job_name}: FineTuneJob created on {trained_on} "
                    f"(sha256 {(run.snapshot.sha256 or '')[:12]})")
         self.event("Normal", "RunStarted", message)
         self.status.message = message

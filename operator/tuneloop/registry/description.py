@@ -73,7 +73,10 @@ def _training(status: FineTuneJobStatus, base_model: str) -> list[str]:
             f"steps          {training.steps}{resumed}",
             f"train loss     {training.train_loss:.4f}",
             f"val. loss      {training.validation_loss_before:.4f} -> {training.validation_loss_after:.4f}",
-            f"speed          {training.tokens_per_second:.0f} tokens/s, {training.seconds:.0f} s", "```", "",
+            f"speed          {training.tokens_per_second:.0f} tokens/s, {training.seconds:.0f} s",
+            *([f"objective      {training.preference.summary()}"] if training.preference else []),
+            *([f"preferences    {summary_lines.preference_data(status.dataset.preferences)}"]
+              if status.dataset and status.dataset.preferences else []), "```", "",
             "The loss curves: `loss/train` and `loss/validation` (validation loss at the same steps), Model metrics.", ""]
 
 

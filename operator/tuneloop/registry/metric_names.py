@@ -3,7 +3,8 @@ sorts the groups by name: `loss` (train and validation curves, side by side) com
 `score` (the evaluation's headline numbers, one value each; their intervals are in the run's
 description), `score_general`, `score_judge` (how far the judge can be trusted) and `score_regression`
 (the guardrail sets), `significance` (each gate test's Holm-adjusted p-value), then `train` (the
-optimiser's curves).
+optimiser's curves). `preference` holds the preference stage of objective dpo, kto and sft-then-dpo: its own
+curves, on the run's step axis (after sft-then-dpo's SFT steps; its first point is the measurement before it).
 The validation loss before and after training is the validation curve's first and last point."""
 
 TRAIN_LOSS = "loss/train"
@@ -12,6 +13,27 @@ LEARNING_RATE = "train/learning_rate"
 GRAD_NORM = "train/grad_norm"
 TOKENS_PER_SECOND = "train/tokens_per_second"
 EPOCH = "train/epoch"
+
+# The preference stage (DPO or KTO); its validation rows are the held-out preference rows.
+PREFERENCE_TRAIN_LOSS = "preference/train_loss"
+PREFERENCE_VALIDATION_LOSS = "preference/validation_loss"
+# dpo, held-out pairs, before and after the stage: mean of log p(chosen) - log p(rejected) under the model being
+# trained (answer tokens summed), and the share of pairs where it is positive.
+PREFERENCE_MARGIN = "preference/margin"
+PREFERENCE_ACCURACY = "preference/accuracy"
+PREFERENCE_LEARNING_RATE = "preference/learning_rate"
+PREFERENCE_GRAD_NORM = "preference/grad_norm"
+PREFERENCE_TOKENS_PER_SECOND = "preference/tokens_per_second"
+PREFERENCE_EPOCH = "preference/epoch"
+# TRL's per-step training metrics of the stage (its log key -> metric). The reward margin is
+# beta * ((log p - log p_ref)(chosen) - (log p - log p_ref)(rejected)); kl is KTO's reference KL estimate.
+PREFERENCE_TRL_METRICS = {
+    "rewards/margins": "preference/reward_margin",
+    "rewards/accuracies": "preference/reward_accuracy",
+    "logps/chosen": "preference/logp_chosen",
+    "logps/rejected": "preference/logp_rejected",
+    "kl": "preference/kl",
+}
 
 
 def evaluation_metric(metric: str, side: str, evaluated_set: str = "test") -> str:

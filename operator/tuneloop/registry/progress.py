@@ -15,10 +15,23 @@ import time
 from typing import Any
 
 from tuneloop.registry.connection import client, is_server, mlflow_http
-from tuneloop.registry.metric_names import EPOCH, TOKENS_PER_SECOND, TRAIN_LOSS
+from tuneloop.registry.metric_names import (
+    EPOCH,
+    PREFERENCE_EPOCH,
+    PREFERENCE_TOKENS_PER_SECOND,
+    PREFERENCE_TRAIN_LOSS,
+    TOKENS_PER_SECOND,
+    TRAIN_LOSS,
+)
 from tuneloop.retry import MLFLOW_REST, RetryPolicy, async_retrying, no_answer
 
 log = logging.getLogger("tuneloop.progress")
+
+
+# Each training stage's (loss, epoch, tokens/s): SFT, then the preference stage of dpo, kto and sft-then-dpo. The
+# trainer logs both on one step axis, so the stage whose loss has the latest step is the one running.
+STAGES = ((TRAIN_LOSS, EPOCH, TOKENS_PER_SECOND),
+          (PREFERENCE_TRAIN_LOSS, PREFERENCE_EPOCH, PREFERENCE_TOKENS_PER_SECOND))
 
 
 class MlflowUnavailable(RuntimeError):
@@ -26,18 +39,20 @@ class MlflowUnavailable(RuntimeError):
 
 
 def progress_from_run(metrics: dict[str, float], params: dict[str, str], start_time_ms: int,
-                      step: int) -> dict[str, Any]:
+                      steps: dict[str, int]) -> dict[str, Any]:
     """TrainerProgress-shaped dict from the trainer's run: its latest metrics, and the step of its
-    latest training loss."""
+    latest training loss (`steps`: training loss metric -> its latest step)."""
+    loss, epoch, speed = max(STAGES, key=lambda stage: steps.get(stage[0], 0))
+    step = steps.get(loss, 0)
     total = int(params.get("total_steps", 0))
     elapsed = time.time() - start_time_ms / 1000
     return {
         "stage": "training" if step else "preparing-data",
         "step": step,
         "totalSteps": total,
-        "epoch": metrics.get(EPOCH, 0.0),
-        "loss": metrics.get(TRAIN_LOSS),
-        "tokensPerSecond": metrics.get(TOKENS_PER_SECOND),
+        "epoch": metrics.get(epoch, 0.0),
+        "loss": metrics.get(loss),
+        "tokensPerSecond": metrics.get(speed),
         "etaSeconds": elapsed / step * (total - step) if step and total else None,
     }
 
@@ -63,9 +78,10 @@ async def _rest_progress(tracking_uri: str, experiment: str, run_name: str,
     data, info = runs[0].get("data") or {}, runs[0]["info"]
     logged = data.get("metrics") or []
     metrics = {metric["key"]: float(metric["value"]) for metric in logged}
-    step = next((int(metric.get("step", 0)) for metric in logged if metric["key"] == TRAIN_LOSS), 0)
+    steps = {metric["key"]: int(metric.get("step", 0)) for metric in logged
+             if metric["key"] in (stage[0] for stage in STAGES)}
     params = {param["key"]: param["value"] for param in data.get("params") or []}
-    return progress_from_run(metrics, params, int(info["start_time"]), step)
+    return progress_from_run(metrics, params, int(info["start_time"]), steps)
 
 
 def _client_progress(tracking_uri: str, experiment: str, run_name: str) -> dict[str, Any] | None:
@@ -78,9 +94,9 @@ def _client_progress(tracking_uri: str, experiment: str, run_name: str) -> dict[
     if not runs:
         return None
     run = runs[0]
-    history = mlflow.get_metric_history(run.info.run_id, TRAIN_LOSS) if TRAIN_LOSS in run.data.metrics else []
-    step = max((metric.step for metric in history), default=0)
-    return progress_from_run(run.data.metrics, run.data.params, run.info.start_time, step)
+    steps = {loss: max((metric.step for metric in mlflow.get_metric_history(run.info.run_id, loss)), default=0)
+             for loss, _, _ in STAGES if loss in run.data.metrics}
+    return progress_from_run(run.data.metrics, run.data.params, run.info.start_time, steps)
 
 
 async def mlflow_progress(tracking_uri: str, experiment: str, run_name: str,

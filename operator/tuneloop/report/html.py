@@ -101,6 +101,10 @@ def _facts(report: RunReport) -> str:
         if training.stopped_early:
             line += f"; stopped early, output is the best checkpoint (step {training.best_step})"
         rows.append(("training", line))
+        if training.preference:
+            rows.append(("objective", training.preference.summary()))
+    if report.dataset and report.dataset.preferences:
+        rows.append(("preferences", summary_lines.preference_data(report.dataset.preferences)))
     if report.registry:
         registry = report.registry
         aliases = ", ".join(registry.aliases) or "none (nothing promoted)"

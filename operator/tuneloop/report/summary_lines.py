@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tuneloop.api.evaluation import Comparison, GateResult, JudgeStats, Score
-from tuneloop.api.finetunejob import ContaminationStats, DatasetStats
+from tuneloop.api.finetunejob import ContaminationStats, DatasetStats, PreferenceDataStats
 
 CONTAMINATION_EXAMPLES = 3
 JUDGE_METRICS = "judgeScore and judgeWinRate"
@@ -16,6 +16,18 @@ def split_sizes(dataset: DatasetStats) -> str:
     """'300 rows (alpaca): 240 train, 30 validation, 30 test'"""
     return (f"{dataset.rows} rows ({dataset.format}): {dataset.train_rows} train, {dataset.validation_rows} "
             f"validation, {dataset.test_rows} test")
+
+
+def preference_data(stats: PreferenceDataStats) -> str:
+    """'44 pairs: 39 trained on, 5 held out; 3 near test or regression rows removed'"""
+    rows = "pairs" if stats.format == "pairs" else "kto rows"
+    text = f"{stats.rows} {rows}: {stats.train_rows} trained on, {stats.validation_rows} held out"
+    if stats.desirable is not None:
+        text += f"; {stats.desirable} desirable, {stats.rows - stats.desirable} not"
+    if stats.contaminated:
+        fate = "removed" if stats.removed == stats.contaminated else f"{stats.removed} removed"
+        text += f"; {stats.contaminated} near test or regression rows, {fate}"
+    return text
 
 
 def contamination_examples(stats: ContaminationStats, limit: int = CONTAMINATION_EXAMPLES) -> list[str]:

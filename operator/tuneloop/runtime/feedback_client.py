@@ -56,7 +56,9 @@ async def feedback_stats(url: str, token: str | None, model: str, after_id: int,
         if len(raw) > MAX_BODY_BYTES:
             raise ValueError
         body = json.loads(raw)
-        new, last = body["new"], body["lastId"]
+        # New rows with a correction: verdict-only rows give no training row. A service older than verdicts
+        # has no `corrections` count, and every new row of it has a correction.
+        new, last = body.get("corrections", body["new"]), body["lastId"]
         if not (type(new) is int and type(last) is int and 0 <= new <= 2**63 and 0 <= last <= 2**63):
             raise ValueError
     except (KeyError, TypeError, ValueError, RecursionError):

@@ -37,10 +37,23 @@ from tuneloop.reconcile.refusals import Refusal
 from tuneloop.runtime.feedback_client import FeedbackUnavailable, feedback_stats
 from tuneloop.runtime.finetunejob import observe_batch_job
 from tuneloop.runtime.kube_client import KubeClient
+from tuneloop.runtime.manifests import Storage
 from tuneloop.runtime.schedule_manifests import snapshot_objects
 from tuneloop.runtime.secrets import SecretRefused, secret_value
 
 FTJ = ("tuneloop.dev/v1alpha1", FINETUNEJOB_KIND)
+
+
+def preference_files_as_uris(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The pairs and KTO files' paths as the pod saw them, as pvc:// URIs (observe_batch_job does the SFT
+    file's `path`)."""
+    if result is None:
+        return None
+    storage = Storage()
+    for key in ("pairs", "kto"):
+        if (result.get(key) or {}).get("path"):
+            result[key] = {**result[key], "path": storage.uri(result[key]["path"])}
+    return result
 
 
 def job_view(obj: dict[str, Any]) -> JobView:
@@ -70,7 +83,7 @@ class FineTuneScheduleRuntime:
         snapshot = None
         if status.run is not None and status.run.step == "Snapshot":
             state = await observe_batch_job(self.client, namespace, snapshot_name(status.run.job_name))
-            snapshot = SnapshotState(state.phase, state.result, state.message)
+            snapshot = SnapshotState(state.phase, preference_files_as_uris(state.result), state.message)
         new = last = problem = refusal = None
         feedback = schedule.spec.feedback
         if address := address_problem("spec.feedback.url", feedback.url, namespace, self.config.allowed_urls):

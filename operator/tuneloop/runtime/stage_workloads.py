@@ -13,7 +13,7 @@ from tuneloop.api.workloads import DataCheckWorkload, EvaluatorWorkload, Registe
 from tuneloop.registry.lineage import lineage_tags
 
 Resolve = Callable[[str], str]
-InputFile = Callable[[str, str], str]  # (storage URI, input name: dataset or replay) -> the file's path
+InputFile = Callable[[str, str], str]  # (storage URI, input name: dataset, replay, preferences) -> path
 
 
 def registered_model_name(job: FineTuneJob) -> str:
@@ -30,12 +30,13 @@ def _required(inputs: dict[str, Any], key: str, stage: str) -> str:
 def trainer_workload(job: FineTuneJob, *, model_path: str, input_file: InputFile, output_dir: str,
                      tracking: Tracking | None) -> TrainerWorkload:
     spec = job.spec
-    replay = spec.dataset.replay
+    replay, preferences = spec.dataset.replay, spec.dataset.preferences
     return TrainerWorkload(
         job=f"{job.metadata.namespace}/{job.metadata.name}",
         model_path=model_path,
         dataset_path=input_file(spec.dataset.uri, "dataset"),
         replay_path=input_file(replay.uri, "replay") if replay else None,
+        preferences_path=input_file(preferences.uri, "preferences") if preferences else None,
         dataset=spec.dataset,
         method=spec.method,
         training=spec.training,
