@@ -1,5 +1,5 @@
-"""Play the reviewers of the example: the champion answers fresh support messages, and every wrong
-ticket record is sent to the feedback service with its correction.
+"""Play the reviewers of the example: the champion answers fresh support messages; every wrong ticket
+record is sent to the feedback service as rejected, with its correction, and every right one as accepted.
 
 In production, reviewers see the served model's answers and correct them; here the ticket
 generator knows the right record of each message it writes, so it plays the reviewer. The
@@ -109,18 +109,21 @@ def main() -> int:
         print(error, file=sys.stderr)
         return 1
     fields: Counter[str] = Counter()
-    sent = 0
+    corrected = accepted = 0
     for index, (row, prompt, answer) in enumerate(zip(rows, messages, answers)):
         wrong = wrong_fields(answer, row["output"])
-        if not wrong:
-            continue
-        fields.update(wrong)
         key = hashlib.sha256(f"review-{args.seed}-{index}".encode()).hexdigest()[:32]
-        post(args.url, token, {"messages": prompt, "answer": answer, "correction": row["output"], "model": MODEL,
-                               "adapterVersion": version, "label": ",".join(wrong), "idempotencyKey": key})
-        sent += 1
-    print(f"champion (version {version}) answered {len(rows)} messages; {sent} corrected "
-          f"({', '.join(f'{field} wrong {count}x' for field, count in fields.most_common()) or 'none wrong'})")
+        item = {"messages": prompt, "answer": answer, "model": MODEL, "adapterVersion": version, "idempotencyKey": key}
+        if wrong:  # the served answer is rejected and the right record given: a training row and a preference pair
+            fields.update(wrong)
+            post(args.url, token, {**item, "verdict": "reject", "correction": row["output"], "label": ",".join(wrong)})
+            corrected += 1
+        else:  # accepted as served: a desirable example for KTO
+            post(args.url, token, {**item, "verdict": "accept"})
+            accepted += 1
+    print(f"champion (version {version}) answered {len(rows)} messages; {corrected} corrected "
+          f"({', '.join(f'{field} wrong {count}x' for field, count in fields.most_common()) or 'none wrong'}); "
+          f"{accepted} accepted as served")
     return 0
 
 

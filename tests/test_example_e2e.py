@@ -126,7 +126,8 @@ def test_one_cycle_of_the_schedule_trains_on_the_champions_corrections(example_r
                                timeout=HANG_SECONDS)
     report = cycle.stdout
     assert cycle.returncode == 0, report[-4000:] + cycle.stderr[-3000:]
-    snapshot = re.search(rf"snapshot   (\d+) corrections, rows 1\.\.{corrected}, sha256", report)
+    # Every answer was reviewed (the right ones accepted): the snapshot takes ids 1..60, the corrections train.
+    snapshot = re.search(r"snapshot   (\d+) corrections, rows 1\.\.60, sha256", report)
     assert snapshot and 10 <= int(snapshot.group(1)) <= corrected, report[-3000:]  # after cleaning
     assert "baseline" in report and "candidate" in report and re.search(r"gate {7}(PASSED|FAILED)", report)
     outcome = re.search(r"FineTuneSchedule acme-tickets-nightly: (Promoted|NotPromoted): (.*)", report)
@@ -142,4 +143,6 @@ def test_one_cycle_of_the_schedule_trains_on_the_champions_corrections(example_r
     assert champion == ("2" if outcome.group(1) == "Promoted" else "1")
     status = json.loads((workdir / "schedules" / "acme-tickets-nightly" / "status.json").read_text())
     assert status["lastRun"]["snapshot"]["rows"] == int(snapshot.group(1))
-    assert status["trainedUpToId"] == (corrected if outcome.group(1) == "Promoted" else 0)
+    assert status["trainedUpToId"] == (60 if outcome.group(1) == "Promoted" else 0)
+    # Each correction is also a preference pair (chosen: the correction, rejected: the champion's answer).
+    assert status["lastRun"]["snapshot"]["pairsRows"] == int(snapshot.group(1)), status["lastRun"]["snapshot"]
