@@ -174,8 +174,13 @@ def test_a_dpo_loss_near_zero_is_no_divergence_but_one_far_above_ln_2_is():
 
 
 def test_kto_with_one_row_per_micro_batch_names_the_setting(tiny_model_dir, data, tmp_path):
+    from tuneloop.api.common import SpecError
     from tuneloop_trainer.preference import preference_config
 
-    work = workload(tiny_model_dir, data, tmp_path / "out", "kto", training={"microBatchSize": 1})
+    with pytest.raises(SpecError, match="spec: method.objective kto needs training.microBatchSize >= 2"):
+        workload(tiny_model_dir, data, tmp_path / "out", "kto", training={"microBatchSize": 1})
+    # A workload file written by hand, past the API's rule, is refused by the trainer with the same field.
+    work = workload(tiny_model_dir, data, tmp_path / "out", "kto", training={"microBatchSize": 2})
+    work.training.micro_batch_size = 1
     with pytest.raises(ValueError, match="spec.training.microBatchSize: objective kto needs at least 2"):
         preference_config(work, tmp_path / "checkpoints", total_steps=10)

@@ -28,8 +28,8 @@ import torch
 
 from tuneloop.api.workloads import TrainerWorkload
 from tuneloop.workload_data.preferences import PreferenceRow
-from tuneloop_trainer.model import BitDropout, gradient_checkpointing, weight_dtype
-from tuneloop_trainer.sft import SCHEDULER_NAMES, optimizer_name, steps_per_epoch
+from tuneloop_trainer.model import BitDropout
+from tuneloop_trainer.sft import stage_arguments, steps_per_epoch
 
 REFERENCE_ADAPTER = "ref"  # the name TRL gives the frozen copy of the trained adapter
 
@@ -83,25 +83,9 @@ def preference_config(workload: TrainerWorkload, output_dir: Path, total_steps: 
         raise ValueError("spec.training.microBatchSize: objective kto needs at least 2 rows per micro-batch (its KL "
                          "term compares each row with its neighbours' answers)")
     cuda = torch.cuda.is_available()
-    scheduler_kwargs = {}
-    if training.lr_scheduler == "warmup-stable-decay":
-        scheduler_kwargs = {"num_decay_steps": max(1, total_steps // 5)}
     save_steps = training.checkpoints.every_steps
     common = dict(
-        output_dir=str(output_dir),
-        seed=training.seed, data_seed=training.seed,
-        num_train_epochs=preference.epochs,
-        per_device_train_batch_size=training.micro_batch_size,
-        per_device_eval_batch_size=training.micro_batch_size,
-        gradient_accumulation_steps=training.gradient_accumulation_steps,
-        learning_rate=preference.learning_rate,
-        lr_scheduler_type=SCHEDULER_NAMES[training.lr_scheduler], lr_scheduler_kwargs=scheduler_kwargs,
-        warmup_steps=training.warmup_ratio,  # a float below 1: that share of the steps
-        weight_decay=training.weight_decay, adam_beta2=training.adam_beta2, max_grad_norm=training.max_grad_norm,
-        optim=optimizer_name(workload),
-        bf16=cuda and weight_dtype(training, method) == torch.bfloat16, fp16=False,
-        gradient_checkpointing=gradient_checkpointing(training),
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        **stage_arguments(workload, output_dir, total_steps, preference.epochs, preference.learning_rate),
         max_length=training.max_seq_length,
         beta=preference.beta,
         include_num_input_tokens_seen="non_padding",

@@ -59,6 +59,36 @@ def validation_every_steps(stopping: EarlyStoppingSpec, total_steps: int) -> int
     return stopping.eval_every_steps if stopping.enabled else max(1, math.ceil(total_steps / VALIDATION_POINTS))
 
 
+def stage_arguments(workload: TrainerWorkload, output_dir: Path, total_steps: int, epochs: int,
+                    learning_rate: float) -> dict[str, Any]:
+    """The Trainer arguments every training stage (SFT, DPO, KTO) takes from spec.training: seeds, batches,
+    accumulation, the learning-rate schedule, optimizer, precision and gradient checkpointing."""
+    training, method = workload.training, workload.method
+    scheduler_kwargs = {}
+    if training.lr_scheduler == "warmup-stable-decay":
+        scheduler_kwargs = {"num_decay_steps": max(1, total_steps // 5)}
+    # Base weights are bf16 where the device has it, trainable weights fp32 (model.weight_dtype). On CUDA
+    # the matrix products run under bf16 autocast; on a CPU the LoRA path stays fp32 and autocast would
+    # only add casts.
+    bf16_autocast = torch.cuda.is_available() and weight_dtype(training, method) == torch.bfloat16
+    return dict(
+        output_dir=str(output_dir),
+        seed=training.seed, data_seed=training.seed,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=training.micro_batch_size,
+        per_device_eval_batch_size=training.micro_batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        learning_rate=learning_rate,
+        lr_scheduler_type=SCHEDULER_NAMES[training.lr_scheduler], lr_scheduler_kwargs=scheduler_kwargs,
+        warmup_steps=training.warmup_ratio,  # a float below 1: that share of the steps
+        weight_decay=training.weight_decay, adam_beta2=training.adam_beta2, max_grad_norm=training.max_grad_norm,
+        optim=optimizer_name(workload),
+        bf16=bf16_autocast, fp16=False,
+        gradient_checkpointing=gradient_checkpointing(training),
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
+
+
 def sft_config(workload: TrainerWorkload, output_dir: Path, train_examples: int, world_size: int = 1) -> Any:
     from trl import SFTConfig
 
@@ -66,13 +96,6 @@ def sft_config(workload: TrainerWorkload, output_dir: Path, train_examples: int,
     cuda = torch.cuda.is_available()
     total_steps = steps_per_epoch(train_examples, training.micro_batch_size, training.gradient_accumulation_steps,
                                   world_size) * training.epochs
-    scheduler_kwargs = {}
-    if training.lr_scheduler == "warmup-stable-decay":
-        scheduler_kwargs = {"num_decay_steps": max(1, total_steps // 5)}
-    # Base weights are bf16 where the device has it, trainable weights fp32 (model.weight_dtype). On CUDA
-    # the matrix products run under bf16 autocast; on a CPU the LoRA path stays fp32 and autocast would
-    # only add casts.
-    bf16_autocast = cuda and weight_dtype(training, method) == torch.bfloat16
     stopping = training.early_stopping
     save_steps = training.checkpoints.every_steps
     if stopping.enabled:  # the best checkpoint is one of those evaluated: save when evaluating
@@ -84,20 +107,7 @@ def sft_config(workload: TrainerWorkload, output_dir: Path, train_examples: int,
                                 "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "state_dict_type": "FULL_STATE_DICT",
                                 "cpu_ram_efficient_loading": True}}
     return SFTConfig(
-        output_dir=str(output_dir),
-        seed=training.seed, data_seed=training.seed,
-        num_train_epochs=training.epochs,
-        per_device_train_batch_size=training.micro_batch_size,
-        per_device_eval_batch_size=training.micro_batch_size,
-        gradient_accumulation_steps=training.gradient_accumulation_steps,
-        learning_rate=training.learning_rate,
-        lr_scheduler_type=SCHEDULER_NAMES[training.lr_scheduler], lr_scheduler_kwargs=scheduler_kwargs,
-        warmup_steps=training.warmup_ratio,  # a float below 1: that share of the steps
-        weight_decay=training.weight_decay, adam_beta2=training.adam_beta2, max_grad_norm=training.max_grad_norm,
-        optim=optimizer_name(workload),
-        bf16=bf16_autocast, fp16=False,
-        gradient_checkpointing=gradient_checkpointing(training),
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        **stage_arguments(workload, output_dir, total_steps, training.epochs, training.learning_rate),
         use_liger_kernel=cuda and has_module("liger_kernel"),
         # The data: our own tokenisation, truncation to maxSeqLength and answer-only labels (tokens.py);
         # packing as padding-free rows.

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from tuneloop.workload_data.rows import ROLES, BadRows, DataError, _read_bytes, _required_string, parse_json_line
+from tuneloop.workload_data.rows import (
+    BadRows,
+    DataError,
+    _read_bytes,
+    _required_string,
+    checked_conversation,
+    parse_json_line,
+)
 
 PreferenceFormat = Literal["pairs", "kto"]
 FORMAT_FIELDS = {"pairs": ("chosen", "rejected"), "kto": ("completion", "label")}
@@ -86,41 +93,11 @@ def _describe(shape: str) -> str:
     return f"a {shape} row ({', '.join(FORMAT_FIELDS[shape])})"
 
 
-def _conversation(raw: Any) -> list[dict[str, str]]:
-    """A prompt given as messages: optional system, then user/assistant alternating, ending with the user."""
-    if not isinstance(raw, list) or not raw:
-        raise ValueError("field 'messages' must be a non-empty list")
-    messages = []
-    for index, message in enumerate(raw):
-        if not isinstance(message, dict):
-            raise ValueError(f"messages[{index}] must be an object with role and content")
-        role = message.get("role")
-        if role not in ROLES:
-            raise ValueError(f"messages[{index}].role must be one of {list(ROLES)}, got {role!r}")
-        content = message.get("content")
-        if not isinstance(content, str) or not content.strip():
-            raise ValueError(f"messages[{index}].content must be a non-empty string")
-        messages.append({"role": role, "content": content})
-    offset = 1 if messages[0]["role"] == "system" else 0
-    turns = messages[offset:]
-    if not turns:
-        raise ValueError("messages has only a system message; the user's turn must follow")
-    for index, message in enumerate(turns):
-        expected = "user" if index % 2 == 0 else "assistant"
-        if message["role"] != expected:
-            raise ValueError(
-                f"messages[{index + offset}] has role {message['role']!r} where {expected!r} was expected "
-                "(after an optional system message, turns alternate user, assistant, ...)")
-    if turns[-1]["role"] != "user":
-        raise ValueError("messages must end with the user's turn (the answer being judged follows it)")
-    return messages
-
-
 def _prompt(row: dict[str, Any], system_prompt: str | None) -> list[dict[str, str]]:
     if _present(row, "prompt") and _present(row, "messages"):
         raise ValueError("give either prompt or messages, not both")
     if _present(row, "messages"):
-        messages = _conversation(row["messages"])
+        messages = checked_conversation(row["messages"], "user")
     elif _present(row, "prompt"):
         messages = [{"role": "user", "content": _required_string(row, "prompt")}]
     else:

@@ -129,8 +129,17 @@ def _alpaca(row: dict[str, Any], system_prompt: str | None) -> list[dict[str, st
     return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + messages
 
 
-def _messages(row: dict[str, Any], system_prompt: str | None) -> list[dict[str, str]]:
-    raw = row.get("messages")
+LAST_TURN = {  # a conversation's last role -> (when only a system message is given, when the last turn is another's)
+    "assistant": ("a user message and the assistant's answer must follow",
+                  "the last message must be from the assistant (the answer to learn)"),
+    "user": ("the user's turn must follow",
+             "messages must end with the user's turn (the answer being judged follows it)"),
+}
+
+
+def checked_conversation(raw: Any, ends_with: str) -> list[dict[str, str]]:
+    """A `messages` field as {role, content} dicts: an optional system message, then user and assistant turns
+    alternating, the last one `ends_with`'s (assistant: a training row; user: a prompt whose answer is judged)."""
     if not isinstance(raw, list) or not raw:
         raise ValueError("field 'messages' must be a non-empty list")
     messages = []
@@ -144,18 +153,24 @@ def _messages(row: dict[str, Any], system_prompt: str | None) -> list[dict[str, 
         if not isinstance(content, str) or not content.strip():
             raise ValueError(f"messages[{index}].content must be a non-empty string")
         messages.append({"role": role, "content": content})
-    turns = messages[1:] if messages[0]["role"] == "system" else messages
+    offset = 1 if messages[0]["role"] == "system" else 0
+    turns = messages[offset:]
+    only_system, wrong_last = LAST_TURN[ends_with]
     if not turns:
-        raise ValueError("messages has only a system message; a user message and the assistant's answer must follow")
+        raise ValueError(f"messages has only a system message; {only_system}")
     for index, message in enumerate(turns):
         expected = "user" if index % 2 == 0 else "assistant"
         if message["role"] != expected:
-            offset = len(messages) - len(turns)
             raise ValueError(
                 f"messages[{index + offset}] has role {message['role']!r} where {expected!r} was expected "
                 "(after an optional system message, turns alternate user, assistant, ...)")
-    if turns[-1]["role"] != "assistant":
-        raise ValueError("the last message must be from the assistant (the answer to learn)")
+    if turns[-1]["role"] != ends_with:
+        raise ValueError(wrong_last)
+    return messages
+
+
+def _messages(row: dict[str, Any], system_prompt: str | None) -> list[dict[str, str]]:
+    messages = checked_conversation(row.get("messages"), "assistant")
     if system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system_prompt})
     return messages
