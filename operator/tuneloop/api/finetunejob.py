@@ -578,6 +578,7 @@ CRD = Kind(
         Printer("Gate", "string", ".status.evaluation.gate.verdict", "Passed or Failed"),
         Printer("Version", "string", ".status.registry.version", "Registered model version"),
         Printer("Age", "date", ".metadata.creationTimestamp"),
+        Printer("Objective", "string", ".spec.method.objective", "sft, dpo, kto or sft-then-dpo", priority=1),
         Printer("Val Loss", "string", ".status.training.validationLoss", "Validation loss before -> after training",
                 priority=1),
         Printer("Registered", "string", ".status.registry.uri", "models:/name/version", priority=1),
