@@ -91,16 +91,19 @@ def finished_status(workdir: Path, name: str) -> dict[str, Any]:
 
 
 def minutes(status: dict[str, Any]) -> str:
-    started, ended = (datetime.fromisoformat(status[key].replace("Z", "+00:00"))
-                      for key in ("startTime", "completionTime"))
+    from tuneloop.api.common import parse_time
+
+    started, ended = (parse_time(status[key]) for key in ("startTime", "completionTime"))
     return f"{(ended - started).total_seconds() / 60:.1f} min"
 
 
-def test_records(status: dict[str, Any]) -> dict[int, dict[str, Any]]:
+def records_of_test_set(status: dict[str, Any]) -> dict[int, dict[str, Any]]:
     """The evaluation's per-row records of the test set, by row index."""
-    path = Path(status["evaluation"]["recordsUri"].removeprefix("file://"))
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {row["index"]: row for row in rows if row["set"] == "test"}
+    from tuneloop.registry.evaluation import read_records
+    from tuneloop.registry.run_report import local_records_path
+
+    path = local_records_path(status["evaluation"]["recordsUri"])
+    return {row["index"]: row for row in read_records(path) if row["set"] == "test"}
 
 
 def head_to_head(first: dict[int, dict[str, Any]], second: dict[int, dict[str, Any]], metric: str) -> str:
@@ -162,7 +165,7 @@ def print_comparison(statuses: dict[str, dict[str, Any]]) -> None:
             print(f"  {objective}: {PreferenceResults.model_validate(preference).summary()}")
         gate = statuses[objective]["evaluation"]["gate"]
         print(f"  {objective} gate: {gate['message']}")
-    records = {objective: test_records(statuses[objective]) for objective in OBJECTIVES}
+    records = {objective: records_of_test_set(statuses[objective]) for objective in OBJECTIVES}
     print(f"\n  head to head: {head_to_head(records[OBJECTIVES[0]], records[OBJECTIVES[1]], 'exactMatch')}")
 
 

@@ -14,7 +14,6 @@ import json
 import multiprocessing
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import pytest
 from aiohttp import web
