@@ -98,7 +98,7 @@ def test_a_server_that_exits_at_start_says_why_and_where_its_log_is(tmp_path):
     port = closed_port()
     log = tmp_path / "judge.log"
     with pytest.raises(LocalJudgeError, match=rf"exited with code \d+ before it answered on http://127.0.0.1:{port}/v1: "
-                                              rf"ValueError: Unrecognized processing class in {not_a_model}\. .* "
+                                              rf"ValueError: Unrecognized [a-z ]+ in {not_a_model}\. .* "
                                               rf"\(whole log: {log}\)$") as raised:
         with transformers_server(not_a_model, port, log):
             pass
