@@ -196,6 +196,13 @@ class KubeApiServer:
         response.raise_for_status()
         return response.json()
 
+    def patch(self, path: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch of the main resource, as `kubectl patch --type merge` sends it."""
+        response = self.client.patch(path, content=json.dumps(patch),
+                                     headers={"Content-Type": "application/merge-patch+json"})
+        response.raise_for_status()
+        return response.json()
+
     def path_of(self, obj: dict[str, Any], *, name: bool = True) -> str:
         """The REST path of a manifest's object (or of its collection), found through discovery."""
         api_version, kind = obj["apiVersion"], obj["kind"]

@@ -81,6 +81,7 @@ FULL_MANIFEST = {
             "nodeSelector": {"gpu": "h100"},
             "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
             "priorityClassName": "training",
+            "workloadPriorityClassName": "batch-low",
         },
         "output": {"uri": "pvc://adapters/support-bot", "previewExamples": 5, "mergeAdapter": True},
         "evaluation": {
@@ -99,6 +100,8 @@ FULL_MANIFEST = {
                      "effectOfInterest": 0.05},
         },
         "registry": {"enabled": True, "modelName": "support-bot", "promotion": "manual"},
+        "queueName": "team-a-gpus",
+        "suspend": False,
     },
     "status": {
         "phase": "Training",

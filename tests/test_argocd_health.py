@@ -23,7 +23,8 @@ ARGO_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "
 
 # The mapping the scripts promise (see the comment at the top of each); every phase of the
 # models' Literal must be here, so a new phase fails test_every_phase_is_mapped until handled.
-FINETUNEJOB = {"Pending": "Progressing", "Validating": "Progressing", "Training": "Progressing",
+FINETUNEJOB = {"Pending": "Progressing", "Queued": "Progressing", "Suspended": "Suspended",
+               "Validating": "Progressing", "Training": "Progressing",
                "Evaluating": "Progressing", "Registering": "Progressing", "Succeeded": "Healthy",
                "Failed": "Degraded"}
 MODELDEPLOYMENT = {"Pending": "Progressing", "Progressing": "Progressing", "Paused": "Suspended",
@@ -90,10 +91,16 @@ def test_no_status_waits_for_the_operator(kind, status):
     assert health({}) == ("Progressing", "waiting for the operator")
 
 
-@pytest.mark.parametrize("phase", ["Pending", "Validating", "Training", "Evaluating", "Registering"])
+@pytest.mark.parametrize("phase", ["Pending", "Queued", "Validating", "Training", "Evaluating", "Registering"])
 def test_finetunejob_work_in_progress(ftj, phase):
     assert ftj(obj(FineTuneJobStatus(phase=phase, message="step 3/10"))) == ("Progressing", f"{phase}: step 3/10")
     assert ftj(obj({"phase": phase})) == ("Progressing", phase)
+
+
+def test_a_suspended_finetunejob_reads_suspended_in_argo_cd(ftj):
+    message = "suspended in the train stage at step 20 of 68: set spec.suspend to false to resume"
+    assert ftj(obj(FineTuneJobStatus(phase="Suspended", stage="train", message=message))) == ("Suspended", message)
+    assert ftj(obj({"phase": "Suspended"})) == ("Suspended", "suspended: spec.suspend is true")
 
 
 def test_finetunejob_succeeded_gate_passed(ftj):

@@ -140,6 +140,31 @@ def test_several_nodes_run_an_indexed_job_with_a_rendezvous_service():
     assert spec["template"]["metadata"]["labels"]["tuneloop.dev/workload"] == "support-bot-train"
 
 
+def test_a_queued_multi_node_job_is_one_suspended_job_that_kueue_admits_as_a_whole():
+    queued = job(gpus=8, nodes=2, workloadPriorityClassName="batch-low")
+    queued.spec.queue_name = "team-a-gpus"
+    batch_job = by_kind(training_objects(queued, "support-bot-train", CONFIG))["Job"]
+
+    assert batch_job["spec"]["suspend"] is True  # Kueue unsuspends it: both pods start together
+    assert (batch_job["spec"]["parallelism"], batch_job["spec"]["completions"]) == (2, 2)
+    assert batch_job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a-gpus"
+    assert batch_job["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "batch-low"
+    kubernetes_validate.validate(batch_job, "1.33.0", strict=True)
+
+    # The namespace's default queue from the operator's configuration, when the spec names none.
+    defaulted = CONFIG.model_copy(update={"queueing": {"namespaces": {"ml": "ml-queue"}}})
+    defaulted = type(CONFIG).model_validate(defaulted.model_dump())
+    labels = by_kind(training_objects(job(), "support-bot-train", defaulted))["Job"]["metadata"]["labels"]
+    assert labels["kueue.x-k8s.io/queue-name"] == "ml-queue"
+
+
+def test_without_a_queue_a_job_starts_at_once_as_before():
+    batch_job = by_kind(training_objects(job(), "support-bot-train", CONFIG))["Job"]
+
+    assert "suspend" not in batch_job["spec"]
+    assert not any(label.startswith("kueue.x-k8s.io/") for label in batch_job["metadata"]["labels"])
+
+
 def test_storage_that_cannot_be_mounted_is_refused_with_the_field_named():
     manifest = job().to_wire()
     manifest["spec"]["output"]["uri"] = "s3://bucket/adapters"

@@ -200,6 +200,71 @@ def test_a_preempted_training_pod_is_replaced_by_the_job_controller_and_the_run_
         operator.stop()
 
 
+def test_suspend_deletes_the_running_training_job_and_resume_creates_it_again(control_plane, tmp_path):
+    """spec.suspend: the Job goes in the foreground (the garbage collector removes its Pods first, so their
+    SIGTERM and grace period come before the Job is gone); false again: the same Job name, made afresh."""
+    namespace, name = "team-suspend", "suspended"
+    operator = Operator(control_plane, tmp_path, [namespace])
+    path = f"{FTJ_API}/namespaces/{namespace}/finetunejobs/{name}"
+    try:
+        ftj = control_plane.apply([finetunejob(namespace, name)])[0]
+        finish_stage(control_plane, ftj, "validate", operator)
+        first = stage_job(control_plane, ftj, "train", operator)
+        control_plane.wait_for(lambda: next(iter(job_pods(control_plane, first)), None), "the training Pod")
+        control_plane.wait_for(lambda: phase_of(control_plane, namespace, name) == "Training", "phase Training")
+
+        control_plane.patch(path, {"spec": {"suspend": True}})
+        control_plane.wait_for(lambda: operator.alive() and phase_of(control_plane, namespace, name) == "Suspended"
+                               and not job_pods(control_plane, first)
+                               and control_plane.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/{first['metadata']['name']}")
+                               is None, "the Job and its Pod gone, phase Suspended")
+        suspended = control_plane.get(path)
+        assert suspended["status"]["stage"] == "train"
+        assert suspended["status"]["observedGeneration"] == suspended["metadata"]["generation"]  # applied, not ignored
+        assert "set spec.suspend to false to resume" in control_plane.wait_for(
+            lambda: "resume" in control_plane.get(path)["status"]["message"] and control_plane.get(path)["status"]["message"],
+            "the Suspended message")
+
+        control_plane.patch(path, {"spec": {"suspend": False}})
+        second = control_plane.wait_for(lambda: next((j for j in children(
+            control_plane, ftj, f"/apis/batch/v1/namespaces/{namespace}/jobs") if j["metadata"]["name"].endswith("-train")
+            and j["metadata"]["uid"] != first["metadata"]["uid"]), None), "the training Job made again")
+        assert second["metadata"]["name"] == first["metadata"]["name"]
+        finish_stage(control_plane, ftj, "train", operator)
+        control_plane.wait_for(lambda: operator.alive() and phase_of(control_plane, namespace, name) == "Evaluating",
+                               "phase Evaluating")
+        train = next(entry for entry in control_plane.get(path)["status"]["cost"]["stages"] if entry["stage"] == "train")
+        assert train["interruptions"] == 1 and train["state"] == "Done"
+    finally:
+        operator.stop()
+    deletes = [entry for entry in control_plane.audit_entries(SERVICE_ACCOUNT_USER)
+               if entry["verb"] == "delete" and entry["objectRef"].get("namespace") == namespace
+               and entry["objectRef"]["resource"] == "jobs"]
+    assert [entry["responseStatus"].get("code") for entry in deletes][:1] == [200]
+    assert all(entry["requestObject"]["propagationPolicy"] == "Foreground" for entry in deletes)
+
+
+def test_a_queue_on_a_server_without_job_suspension_fails_the_job_and_leaves_no_job_running(control_plane, tmp_path):
+    """Kubernetes 1.20 drops a Job's spec.suspend: a queued Job would start at once, outside Kueue's quota."""
+    namespace, name = "team-kueue", "queued"
+    operator = Operator(control_plane, tmp_path, [namespace])
+    try:
+        manifest = finetunejob(namespace, name)
+        manifest["spec"]["queueName"] = "team-a-gpus"
+        ftj = control_plane.apply([manifest])[0]
+        control_plane.wait_for(lambda: operator.alive() and phase_of(control_plane, namespace, name) == "Failed",
+                               "phase Failed")
+        failed = control_plane.get(f"{FTJ_API}/namespaces/{namespace}/finetunejobs/{name}")["status"]
+        assert failed["message"].startswith("spec.queueName: the cluster's API server dropped spec.suspend from Job "
+                                            f"{name}-validate")
+        assert "Kubernetes 1.22 or later" in failed["message"]
+        assert next(c for c in failed["conditions"] if c["type"] == "Failed")["reason"] == "QueueUnsupported"
+        control_plane.wait_for(lambda: not children(control_plane, ftj, f"/apis/batch/v1/namespaces/{namespace}/jobs"),
+                               "the unqueued Job deleted")
+    finally:
+        operator.stop()
+
+
 SECRETS_NAMESPACE = "team-secrets"
 
 

@@ -61,6 +61,16 @@ class Outbound(WireModel):
                                   description="A feedback service's stats, asked by a FineTuneSchedule.")
 
 
+class Queueing(WireModel):
+    """Kueue: which LocalQueue a FineTuneJob without spec.queueName goes to."""
+
+    default_queue_name: str | None = Field(None, description="LocalQueue for every namespace without its own entry.")
+    namespaces: dict[str, str] = Field(default_factory=dict, description="Namespace -> LocalQueue name.")
+
+    def queue_for(self, namespace: str) -> str | None:
+        return self.namespaces.get(namespace, self.default_queue_name)
+
+
 class OperatorConfig(WireModel):
     images: Images = Field(default_factory=Images)
     image_registry: str | None = Field(
@@ -106,6 +116,17 @@ class OperatorConfig(WireModel):
                                           "Services are always allowed.")
     data_check: DataCheckResources = Field(default_factory=DataCheckResources)
     outbound: Outbound = Field(default_factory=Outbound)
+    queueing: Queueing = Field(default_factory=Queueing, description="Kueue LocalQueue defaults.")
+    termination_grace_seconds: int = Field(
+        300, ge=30, le=86400, description=(
+            "How long a stopped workload pod (suspended, preempted, drained) has between SIGTERM and SIGKILL: the "
+            "trainer saves its checkpoint in that time."))
+    cost_per_gpu_hour: float | None = Field(None, ge=0, description=(
+        "Price of one GPU-hour: FineTuneJob status, MLflow and reports then show what a run cost."))
+    cost_currency: str = Field("USD", max_length=8, description="Currency of costPerGpuHour, as shown.")
+    gpu_peak_tflops: float | None = Field(None, gt=0, description=(
+        "Peak dense bf16 TFLOPS of one training GPU, for the MFU estimate; unset: looked up by the GPU's name "
+        "(H100, H200, A100, L40S, L4), none for others."))
     inputs_size: str = Field("200Gi", description="Size limit of the emptyDir that s3:// inputs are fetched into "
                                                  "(the base model's weights plus the data).")
 

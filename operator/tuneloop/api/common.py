@@ -60,6 +60,21 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def duration(seconds: float) -> str:
+    """A span as people read it: 45s, 4m10s, 1h02m, 3d4h (the precision a status line needs)."""
+    whole = max(int(round(seconds)), 0)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
 def now_rfc3339() -> str:
     return rfc3339(datetime.now(timezone.utc))
 

@@ -293,7 +293,12 @@ class ResourcesSpec(WireModel):
     node_selector: NodeSelector
     tolerations: list[Toleration] = Field(default_factory=list, max_length=64, json_schema_extra={"default": []},
                                           description="Tolerations of the training pods (Kubernetes shape).")
-    priority_class_name: ResourceName | None = Field(None, description="PriorityClass of the training pods.")
+    priority_class_name: ResourceName | None = Field(None, description=(
+        "PriorityClass of the workloads' pods (Kueue also orders and preempts by it when no "
+        "workloadPriorityClassName is set)."))
+    workload_priority_class_name: ResourceName | None = Field(None, description=(
+        "Kueue WorkloadPriorityClass of every Job the job creates (label kueue.x-k8s.io/priority-class): "
+        "the queue's order and preemption, without changing the pods' own priority. Needs a queue."))
 
     @property
     def training_processes(self) -> int:
@@ -338,6 +343,15 @@ class FineTuneJobSpec(WireModel):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec,
                                        description="How the adapter is compared with its baseline, and the gate.")
     registry: RegistrySpec = Field(default_factory=RegistrySpec, description="MLflow model registration.")
+    queue_name: ResourceName | None = Field(None, description=(
+        "Kueue LocalQueue (in the job's namespace) that admits every Job this job creates: each is created "
+        "suspended with the label kueue.x-k8s.io/queue-name and runs once Kueue admits it. Unset: the "
+        "operator's default queue for the namespace, if it has one; no queue at all: the Jobs go straight to "
+        "the scheduler. A local run ignores it."))
+    suspend: bool = Field(False, description=(
+        "true: the running stage stops and frees its GPUs (the trainer saves a checkpoint first) and the job "
+        "shows Suspended; false again: the stage starts again and training resumes from that checkpoint, at "
+        "the same step and data position. Applied at any time, unlike the rest of the spec."))
 
     @model_validator(mode="after")
     def _preference_data(self) -> "FineTuneJobSpec":
@@ -355,7 +369,9 @@ class FineTuneJobSpec(WireModel):
         return self
 
 
-Phase = Literal["Pending", "Validating", "Training", "Evaluating", "Registering", "Succeeded", "Failed"]
+Phase = Literal["Pending", "Queued", "Validating", "Training", "Evaluating", "Registering", "Suspended",
+                "Succeeded", "Failed"]
+StageName = Literal["validate", "train", "evaluate", "register"]
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
@@ -499,10 +515,82 @@ class TrainingResults(WireModel):
         return self
 
 
+class QueueStatus(WireModel):
+    """Where the current stage's Job stands in its Kueue LocalQueue."""
+
+    name: str = Field(description="The LocalQueue.")
+    state: Literal["Queued", "Admitted"] = Field(description=(
+        "Queued: the Job waits, suspended, for Kueue to admit it (first time, or again after a preemption); "
+        "Admitted: Kueue let it run."))
+    since: str = Field(description="When the Job entered this state (RFC 3339).")
+    workload: str | None = Field(None, description="Kueue's Workload object for the Job, once Kueue made one.")
+    reason: str | None = Field(None, description=(
+        "Kueue's reason while queued, from the Workload's conditions: Pending (no quota yet), Inadmissible "
+        "(e.g. the LocalQueue does not exist), Preempted, ..."))
+    message: str | None = Field(None, description="Kueue's message with it, e.g. insufficient unused quota for "
+                                                  "nvidia.com/gpu.")
+    admissions: int = Field(0, description="Times a Job of this FineTuneJob was admitted, all stages.")
+    preemptions: int = Field(0, description="Times Kueue suspended a running Job of this FineTuneJob to make room.")
+
+
+class StageCost(WireModel):
+    """Time and GPUs of one stage, over every attempt (a suspended or preempted stage adds up its runs)."""
+
+    stage: StageName = Field(description="validate, train, evaluate or register.")
+    gpus: int = Field(0, description="GPUs the stage's pods request, all nodes.")
+    queued_seconds: float = Field(0, description="Seconds its Job waited for admission (Kueue) or resumption.")
+    running_seconds: float = Field(0, description="Seconds its Job was admitted and running.")
+    gpu_seconds_requested: float = Field(0, description="gpus x runningSeconds: what the stage held.")
+    gpu_seconds_used: float = Field(0, description=(
+        "gpus x the seconds the workload itself reports computing (loading, training or generating); the "
+        "rest of the held time went to waiting for pods, images and interrupted attempts."))
+    interruptions: int = Field(0, description="Times the stage was stopped before it finished "
+                                              "(suspended or preempted) and later started again.")
+    state: Literal["Queued", "Running", "Stopped", "Done"] = Field("Running", description=(
+        "What the open interval counts as: Queued and Running add to their seconds; Stopped (suspended by the "
+        "user) adds to neither; Done: closed."))
+    since: str | None = Field(None, description="Start of the open interval (RFC 3339); none once Done.")
+
+
+class ImprovementCost(WireModel):
+    metric: str = Field(description="The gate's primary metric.")
+    points: float = Field(description="Candidate minus baseline on the test set, in points (x100).")
+    gpu_hours_per_point: float | None = Field(None, description="GPU-hours requested per point gained; none "
+                                                               "without a gain.")
+    running_hours_per_point: float | None = Field(None, description=(
+        "Running wall-clock hours per point gained (what a CPU-only run costs); none without a gain."))
+    cost_per_point: float | None = Field(None, description="costPerGpuHour x gpuHoursPerPoint.")
+
+
+class CostStatus(WireModel):
+    """What the run cost: queue and run time, GPU-hours held and used, training efficiency, and per point gained."""
+
+    stages: list[StageCost] = Field(default_factory=list, max_length=4, description="Per stage, in order.")
+    queued_seconds: float = Field(0, description="All stages: seconds waiting for admission.")
+    running_seconds: float = Field(0, description="All stages: seconds running.")
+    gpu_hours_requested: float = Field(0, description="All stages: GPU-hours held.")
+    gpu_hours_used: float = Field(0, description="All stages: GPU-hours the workloads computed.")
+    tokens_per_second: float | None = Field(None, description="Training throughput, tokens per second.")
+    mfu: float | None = Field(None, description=(
+        "Training model FLOPs utilisation: achieved model FLOPs / the GPUs' peak dense bf16 FLOPs (none on a "
+        "CPU or an unknown GPU without gpuPeakTflops in the operator config)."))
+    achieved_tflops: float | None = Field(None, description="Model TFLOPS achieved in training, all devices.")
+    cost_per_gpu_hour: float | None = Field(None, description="The operator's costPerGpuHour, when set.")
+    currency: str | None = Field(None, description="The operator's costCurrency, when costPerGpuHour is set.")
+    cost: float | None = Field(None, description="costPerGpuHour x gpuHoursRequested.")
+    improvement: ImprovementCost | None = Field(None, description="The gain the run bought, once evaluated.")
+    summary: str | None = Field(None, description=(
+        "One line, e.g. '1.02 GPU-h held, 0.95 used; queued 4m10s, ran 1h02m; 0.034 GPU-h per exactMatch "
+        "point' (the wide Cost column)."))
+
+
 class FineTuneJobStatus(WireModel):
-    phase: Phase = Field("Pending", description="Pending, Validating, Training, Evaluating, Registering, "
-                                                "Succeeded or Failed. A failed gate is Succeeded with condition "
-                                                "Ready False (reason GateFailed).")
+    phase: Phase = Field("Pending", description=(
+        "Pending, Validating, Training, Evaluating, Registering, Succeeded or Failed; Queued while the current "
+        "stage's Job waits for Kueue to admit it, Suspended while spec.suspend holds it. A failed gate is "
+        "Succeeded with condition Ready False (reason GateFailed)."))
+    stage: StageName | None = Field(None, description=(
+        "The stage the job is in (also while Queued or Suspended): validate, train, evaluate or register."))
     message: str = Field("", description="What is happening now, or how the job ended.")
     conditions: Conditions
     progress: Progress | None = Field(None, description="Training progress.")
@@ -512,10 +600,16 @@ class FineTuneJobStatus(WireModel):
     training: TrainingResults | None = Field(None, description="What training produced.")
     evaluation: EvaluationResults | None = Field(None, description="Scores against the baseline, and the gate.")
     registry: RegistryResults | None = Field(None, description="The registered MLflow model version.")
-    observed_generation: int | None = Field(None, description="metadata.generation the job started with; a "
-                                                              "later spec change is not applied.")
+    observed_generation: int | None = Field(None, description=(
+        "metadata.generation of the spec the job runs with: the one it started with, or a later one that "
+        "changed spec.suspend only; any other later change is not applied (condition SpecChangeIgnored)."))
     start_time: str | None = Field(None, description="When the job started (RFC 3339).")
     completion_time: str | None = Field(None, description="When the job succeeded or failed (RFC 3339).")
+    queue: QueueStatus | None = Field(None, description="The Kueue LocalQueue of the current stage's Job.")
+    cost: CostStatus | None = Field(None, description="Time, GPU-hours and money the run took so far.")
+    spec_digest: str | None = Field(None, description=(
+        "sha256 of the spec the job started with, spec.suspend left out: a change of suspend alone is "
+        "applied, any other change is reported and ignored."))
 
 
 class ObjectMeta(WireModel):
@@ -579,6 +673,11 @@ CRD = Kind(
         Printer("Version", "string", ".status.registry.version", "Registered model version"),
         Printer("Age", "date", ".metadata.creationTimestamp"),
         Printer("Objective", "string", ".spec.method.objective", "sft, dpo, kto or sft-then-dpo", priority=1),
+        Printer("Queue", "string", ".status.queue.name", "Kueue LocalQueue", priority=1),
+        Printer("Waiting Since", "date", ".status.queue.since", "When the current Job was queued or admitted",
+                priority=1),
+        Printer("Cost", "string", ".status.cost.summary", "GPU-hours held and used, queue and run time",
+                priority=1),
         Printer("Val Loss", "string", ".status.training.validationLoss", "Validation loss before -> after training",
                 priority=1),
         Printer("Registered", "string", ".status.registry.uri", "models:/name/version", priority=1),

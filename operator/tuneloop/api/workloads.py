@@ -54,6 +54,9 @@ class TrainerWorkload(WireModel):
     tracking: Tracking | None = None
     registered_model: str | None = Field(None, description=(
         "Registered model whose champion's test rows are kept out of training (contamination check)."))
+    gpu_peak_tflops: float | None = Field(None, gt=0, description=(
+        "The operator's gpuPeakTflops: one GPU's peak dense bf16 TFLOPS, for MFU; unset: looked up by the GPU's "
+        "name."))
 
 
 class DataCheckWorkload(TrainerWorkload):
@@ -113,6 +116,15 @@ class TrainerResult(WireModel):
     steps: int | None = None
     tokens_trained: int | None = None
     tokens_per_second: float | None = None
+    flops_per_token: float | None = Field(None, description=(
+        "Model FLOPs per trained token: 6N for full fine-tuning, 4N frozen + 6N trainable for an adapter, plus 2N "
+        "for a preference stage's reference forward (averaged over the stages by tokens); attention left out."))
+    achieved_tflops: float | None = Field(None, description="Model TFLOPS achieved in training, all devices.")
+    peak_tflops: float | None = Field(None, description="One device's peak dense bf16 TFLOPS; none on a CPU or an "
+                                                        "unknown GPU.")
+    mfu: float | None = Field(None, description="Model FLOPs utilisation: achievedTflops / (peakTflops x devices).")
+    device: str | None = Field(None, description='What trained, e.g. "NVIDIA H200" or "cpu".')
+    devices: int | None = Field(None, description="GPUs that trained, all nodes; 0 on a CPU.")
     seconds: float | None = None
     resumed_from_step: int | None = None
     stopped_early: bool = False

@@ -7,36 +7,46 @@ Validating reads every row on a CPU before any GPU is asked for. Each stage runs
 with a deterministic name; a stage whose workload is absent is launched (runtimes create it only
 if absent), a running one reports progress, a finished one hands its result to the next stage.
 Nothing here talks to Kubernetes or spawns processes: runtimes carry out the actions.
+
+Two phases stand in for a stage's own while it cannot run (`status.stage` keeps the stage):
+Queued while its Job waits for Kueue to admit it (first, or again after a preemption), and
+Suspended while spec.suspend holds it: the running workload is stopped (the trainer checkpoints
+on the SIGTERM) and launched again when suspend is false, resuming from the checkpoint.
+`status.cost` (reconcile/cost.py) follows every one of those transitions.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from tuneloop.api.common import get_condition, rfc3339, set_condition
+from tuneloop.api.common import get_condition, parse_time, rfc3339, set_condition
 from tuneloop.api.finetunejob import (
     TERMINAL_PHASES,
     DataReportSummary,
     DatasetStats,
     FineTuneJob,
     FineTuneJobSpec,
+    CostStatus,
     FineTuneJobStatus,
     Progress,
+    QueueStatus,
     TrainingResults,
 )
 from tuneloop.api.evaluation import EvaluationResults, RegistryResults
 from tuneloop.api.workloads import DataCheckResult, EvaluatorResult, RegisterResult, TrainerProgress, TrainerResult
-from tuneloop.reconcile import core, gate
+from tuneloop.reconcile import core, cost, gate
 from tuneloop.reconcile.core import EmitEvent
 from tuneloop.reconcile.refusals import Refusal
 from tuneloop.reconcile.refusals import summary as refusal_summary
 from tuneloop.registry.metric_names import evaluation_metric
 from tuneloop.storage_uris import NO_CLUSTER_OUTPUT, cluster_storage_problem
 
-WorkloadPhase = Literal["Absent", "Running", "Succeeded", "Failed"]
+# Queued: created, waiting (suspended) for Kueue to admit it; Stopping: being deleted, its pods still ending.
+WorkloadPhase = Literal["Absent", "Queued", "Running", "Stopping", "Succeeded", "Failed"]
 MAX_NAME = 63
 
 
@@ -48,6 +58,11 @@ class WorkloadState:
     result: dict[str, Any] | None = None
     progress: dict[str, Any] | None = None
     message: str = ""
+    since: str | None = None  # when it entered this phase (RFC 3339), when the runtime knows
+    started: str | None = None  # a finished workload: when it last started running (after its admission)
+    queue_reason: str | None = None  # Kueue's, from its Workload object, while Queued
+    queue_message: str | None = None
+    queue_workload: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +72,8 @@ class ReconcileContext:
     mode: Literal["local", "cluster"]
     catalog: frozenset[str]
     registry_configured: bool = True
+    cost_per_gpu_hour: float | None = None
+    currency: str = "USD"
 
 
 @dataclass(frozen=True)
@@ -64,6 +81,7 @@ class Observed:
     context: ReconcileContext = ReconcileContext(mode="cluster", catalog=frozenset())
     workloads: dict[str, WorkloadState] = field(default_factory=dict)
     refusals: tuple[Refusal, ...] = ()  # Secrets and addresses the spec names that may not be used
+    queue_name: str | None = None  # the Kueue LocalQueue its Jobs are created in, if any
 
 
 @dataclass(frozen=True)
@@ -78,7 +96,16 @@ class LaunchWorkload:
     replace: bool = False
 
 
-Action = LaunchWorkload
+@dataclass(frozen=True)
+class StopWorkload:
+    """Stop a stage's workload and free what it holds: its pods get SIGTERM and their grace period (the
+    trainer saves a checkpoint), and the workload is gone once they have ended."""
+
+    stage: str
+    name: str
+
+
+Action = LaunchWorkload | StopWorkload
 Decision = core.Decision[FineTuneJobStatus, Action]
 Resource = core.Resource[FineTuneJob, FineTuneJobStatus]
 
@@ -138,6 +165,9 @@ def check_context(spec: FineTuneJobSpec, context: ReconcileContext) -> list[str]
             problems.append(f"{path}: {uri.split('://')[0]}:// storage needs a cluster; in local mode use a file path")
         if context.mode == "cluster" and (problem := _cluster_storage_problem(path, uri)):
             problems.append(problem)
+    if context.mode == "local" and spec.suspend:
+        problems.append("spec.suspend: a local run is not suspended; stop it with Ctrl-C and run it again to "
+                        "resume from its checkpoint")
     if context.mode == "cluster" and spec.output.uri is None:
         problems.append(NO_CLUSTER_OUTPUT)
     if spec.registry.enabled and not context.registry_configured:
@@ -166,12 +196,42 @@ def _fail(status: FineTuneJobStatus, reason: str, message: str, now: str, genera
 
 
 def _enter(status: FineTuneJobStatus, stage: Stage, job_name: str, spec: FineTuneJobSpec, decision: Decision,
-           inputs: dict[str, Any] | None = None) -> None:
-    status.phase = stage.phase
+           observed: Observed, now: str, inputs: dict[str, Any] | None = None) -> None:
+    status.stage = stage.name
     name = workload_name(job_name, stage.name, spec.resources.nodes)
+    if spec.suspend:
+        status.phase = "Suspended"
+        status.message = f"suspended before the {stage.name} stage: set spec.suspend to false to go on"
+        decision.event("Normal", "Suspended", status.message)
+        return
+    status.phase = stage.phase
     status.message = f"{stage.name} workload {name} launched"
     decision.act(LaunchWorkload(stage.name, name, inputs or {}))
     decision.event("Normal", f"{stage.phase}Started", status.message)
+    _launched(status, spec, stage, name, observed, now)
+
+
+def _launched(status: FineTuneJobStatus, spec: FineTuneJobSpec, stage: Stage, name: str, observed: Observed,
+              now: str) -> None:
+    """A workload was just launched: with a queue, it waits for admission from now."""
+    if observed.queue_name:
+        status.phase = "Queued"
+        status.message = f"the {stage.name} Job {name} waits for admission in LocalQueue {observed.queue_name}"
+        queue = status.queue or QueueStatus(name=observed.queue_name, state="Queued", since=now)
+        queue.name, queue.state, queue.since, queue.reason, queue.message = observed.queue_name, "Queued", now, None, None
+        status.queue = queue
+    _account(status, spec, stage, "Queued" if observed.queue_name else "Running", now)
+
+
+def spec_digest(spec: FineTuneJobSpec) -> str:
+    """The spec a job runs with, spec.suspend left out (a change of it alone is applied at once)."""
+    canonical = json.dumps(spec.model_dump(mode="json", by_alias=True, exclude={"suspend"}), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _account(status: FineTuneJobStatus, spec: FineTuneJobSpec, stage: Stage, state: cost.LedgerState, at: str,
+             used_seconds: float | None = None) -> None:
+    status.cost = cost.record(status.cost, stage.name, cost.stage_gpus(spec, stage.name), state, at, used_seconds)
 
 
 def reconcile(resource: Resource, observed: Observed, moment: datetime) -> Decision:
@@ -209,16 +269,24 @@ def _pass(resource: Resource, observed: Observed, moment: datetime) -> Decision:
         if resource.spec_error is not None:
             return _fail(status, "InvalidSpec", str(resource.spec_error), now, generation)
         spec = resource.spec
-        if problems := check_context(spec, observed.context):
+        problems = check_context(spec, observed.context)
+        if spec.resources.workload_priority_class_name and observed.context.mode == "cluster" and \
+                not observed.queue_name:
+            problems.append("spec.resources.workloadPriorityClassName: a Kueue priority needs a queue: set "
+                            "spec.queueName (the operator has no default queue for this namespace)")
+        if problems:
             return _fail(status, "InvalidSpec", "; ".join(problems), now, generation)
         if observed.refusals:
             return _fail(status, observed.refusals[0].reason, refusal_summary(observed.refusals), now, generation)
         status.start_time = now
         status.observed_generation = generation
+        status.spec_digest = spec_digest(spec)
         status.conditions = set_condition(status.conditions, "SpecValid", "True", "Valid",
                                           observed_generation=generation, now=now)
+        status.cost = CostStatus()
+        cost.price(status.cost, observed.context.cost_per_gpu_hour, observed.context.currency)
         decision = Decision(status)
-        _enter(status, VALIDATE, name, spec, decision)
+        _enter(status, VALIDATE, name, spec, decision, observed, now)
         return decision
 
     if resource.spec_error is not None:
@@ -226,23 +294,52 @@ def _pass(resource: Resource, observed: Observed, moment: datetime) -> Decision:
                      f"{resource.spec_error}", now, generation)
     spec = resource.spec
     decision = Decision(status)
-    _note_spec_change(status, generation, now, decision)
+    _note_spec_change(status, spec, generation, now, decision)
     stages = stages_for(spec)
-    stage_index = next((i for i, stage in enumerate(stages) if stage.phase == status.phase), 0)
+    stage_index = current_stage_index(stages, status)
     stage = stages[stage_index]
+    status.stage = stage.name
     workload_of_stage = workload_name(name, stage.name, spec.resources.nodes)
     workload = observed.workloads.get(workload_of_stage, WorkloadState())
+    since = workload.since or now
+
+    if spec.suspend and workload.phase in ("Absent", "Queued", "Running", "Stopping"):
+        _suspend(status, spec, stage, workload_of_stage, workload, now, decision)
+        return decision
+    if status.phase == "Suspended" and workload.phase != "Stopping":
+        status.phase = stage.phase
+        status.message = f"resumed: the {stage.name} stage goes on"
+        decision.event("Normal", "Resumed", f"spec.suspend is false: {status.message}")
 
     if workload.phase == "Absent":
-        # Launched before but gone (deleted, or lost with a restart): launch again; the trainer resumes.
+        # Launched before but gone (deleted, suspended, or lost with a restart): launch again; the trainer resumes.
         decision.act(LaunchWorkload(stage.name, workload_of_stage, stage_inputs(stage, spec, status)))
+        _launched(status, spec, stage, workload_of_stage, observed, now)
+        return decision
+
+    if workload.phase == "Stopping":
+        status.message = f"waiting for the stopped {stage.name} Job {workload_of_stage} to end before starting it again"
+        return decision
+
+    if workload.phase == "Queued":
+        _queued(status, spec, stage, workload_of_stage, workload, observed, since, decision)
         return decision
 
     if workload.phase == "Running":
+        if observed.queue_name and _ledger_state(status, stage) == "Queued":
+            _admitted(status, stage, workload_of_stage, observed.queue_name, since, decision)
+        status.phase = stage.phase
+        _account(status, spec, stage, "Running", since)
         _report_running(status, stage, workload, decision)
         return decision
 
+    if _ledger_state(status, stage) == "Queued" and workload.started:
+        # It was admitted, ran and finished between two passes.
+        if observed.queue_name:
+            _admitted(status, stage, workload_of_stage, observed.queue_name, workload.started, decision)
+        _account(status, spec, stage, "Running", workload.started)
     reason = (workload.result or {}).get("reason")
+    used = (workload.result or {}).get("seconds")
     if reason in RETRIED_REASONS:
         # Stopped after saving a checkpoint (Preempted), or the registry was down: run it again.
         message = f"{(workload.result or {}).get('message') or reason}; relaunched"
@@ -250,9 +347,12 @@ def _pass(resource: Resource, observed: Observed, moment: datetime) -> Decision:
         if reason == "RegistryUnavailable":
             status.conditions = set_condition(status.conditions, "RegistryUnavailable", "True", reason, message,
                                               observed_generation=generation, now=now)
+        _account(status, spec, stage, "Stopped", since)
         decision.act(LaunchWorkload(stage.name, workload_of_stage, stage_inputs(stage, spec, status), replace=True))
+        _launched(status, spec, stage, workload_of_stage, observed, now)
         decision.event("Warning", reason, message)
         return decision
+    _account(status, spec, stage, "Done", since, used_seconds=used if isinstance(used, (int, float)) else None)
     if workload.phase == "Failed" or not (workload.result or {}).get("succeeded"):
         reason = reason or f"{stage.phase}Failed"
         message = (workload.result or {}).get("message") or workload.message or "the workload failed"
@@ -260,6 +360,8 @@ def _pass(resource: Resource, observed: Observed, moment: datetime) -> Decision:
         failed.events[:0] = decision.events
         failed.status.conditions = set_condition(failed.status.conditions, stage.done_condition, "False",
                                                  reason, message, observed_generation=generation, now=now)
+        if reason == QUEUE_UNSUPPORTED:
+            failed.act(StopWorkload(stage.name, workload_of_stage))
         return failed
 
     try:
@@ -274,15 +376,88 @@ def _pass(resource: Resource, observed: Observed, moment: datetime) -> Decision:
     decision.event("Normal", stage.done_condition, summary)
     if stage_index + 1 < len(stages):
         following = stages[stage_index + 1]
-        _enter(status, following, name, spec, decision, stage_inputs(following, spec, status))
+        _enter(status, following, name, spec, decision, observed, now, stage_inputs(following, spec, status))
         return decision
     status.phase = "Succeeded"
+    _price_improvement(status)
     status.message = _final_summary(status)
     status.completion_time = now
     status.conditions = set_condition(status.conditions, "Complete", "True", "Succeeded", status.message,
                                       observed_generation=generation, now=now)
     decision.event("Normal", "Succeeded", status.message)
     return decision
+
+
+QUEUE_UNSUPPORTED = "QueueUnsupported"
+
+
+def current_stage_index(stages: list[Stage], status: FineTuneJobStatus) -> int:
+    """The stage the job is in: status.stage, else (a status written before it existed) the phase's stage."""
+    for index, stage in enumerate(stages):
+        if stage.name == status.stage or (status.stage is None and stage.phase == status.phase):
+            return index
+    return 0
+
+
+def _suspend(status: FineTuneJobStatus, spec: FineTuneJobSpec, stage: Stage, name: str, workload: WorkloadState,
+             now: str, decision: Decision) -> None:
+    """spec.suspend: stop the stage's workload if it still runs or waits; Suspended until suspend is false."""
+    stopping = workload.phase in ("Queued", "Running")
+    if stopping:
+        decision.act(StopWorkload(stage.name, name))
+    if status.phase != "Suspended":
+        what = (f"the {stage.name} Job {name} is stopped (the trainer saves a checkpoint first)"
+                if stopping or workload.phase == "Stopping" else f"the {stage.name} stage waits")
+        decision.event("Normal", "Suspended", f"spec.suspend is true: {what}")
+    status.phase = "Suspended"
+    step = (f" at step {status.progress.step} of {status.progress.total_steps}"
+            if stage is TRAIN and status.progress and status.progress.total_steps else "")
+    status.message = (f"suspended{step}: the {stage.name} Job {name} is ending" if stopping or
+                      workload.phase == "Stopping" else
+                      f"suspended in the {stage.name} stage{step}: set spec.suspend to false to resume")
+    _account(status, spec, stage, "Stopped", now if stopping else (workload.since or now))
+
+
+def _queued(status: FineTuneJobStatus, spec: FineTuneJobSpec, stage: Stage, name: str, workload: WorkloadState,
+            observed: Observed, since: str, decision: Decision) -> None:
+    """The stage's Job waits for Kueue: first admission, or again after Kueue preempted it."""
+    preempted = _ledger_state(status, stage) == "Running"
+    queue = status.queue or QueueStatus(name=observed.queue_name or "", state="Queued", since=since)
+    if queue.state != "Queued" or preempted:
+        queue.since = since
+    queue.name, queue.state = observed.queue_name or queue.name, "Queued"
+    queue.workload = workload.queue_workload or queue.workload
+    queue.reason, queue.message = workload.queue_reason, workload.queue_message
+    if preempted:
+        queue.preemptions += 1
+        decision.event("Warning", "Preempted", f"Kueue suspended the {stage.name} Job {name} to make room"
+                                               f"{': ' + workload.queue_message if workload.queue_message else ''}; "
+                                               f"it resumes from its checkpoint when admitted again")
+    status.queue = queue
+    status.phase = "Queued"
+    kueue = f" ({workload.queue_reason}: {workload.queue_message})" if workload.queue_message else (
+        f" ({workload.queue_reason})" if workload.queue_reason else "")
+    status.message = (f"the {stage.name} Job {name} waits for admission in LocalQueue {queue.name} since "
+                      f"{queue.since}{kueue}")
+    _account(status, spec, stage, "Queued", since)
+
+
+def _ledger_state(status: FineTuneJobStatus, stage: Stage) -> str | None:
+    entry = next((e for e in (status.cost.stages if status.cost else []) if e.stage == stage.name), None)
+    return entry.state if entry else None
+
+
+def _admitted(status: FineTuneJobStatus, stage: Stage, name: str, queue_name: str, since: str,
+              decision: Decision) -> None:
+    entry = next(e for e in status.cost.stages if e.stage == stage.name)  # type: ignore[union-attr]
+    queued_since = entry.since or since
+    queue = status.queue or QueueStatus(name=queue_name, state="Queued", since=queued_since)
+    waited = max((parse_time(since) - parse_time(queued_since)).total_seconds(), 0)
+    status.queue = queue
+    queue.state, queue.since, queue.reason, queue.message = "Admitted", since, None, None
+    queue.admissions += 1
+    decision.event("Normal", "Admitted", f"Kueue admitted the {stage.name} Job {name} from LocalQueue "
+                                         f"{queue.name} after {waited:.0f}s")
 
 
 RETRIED_REASONS = ("Preempted", "RegistryUnavailable")
@@ -388,6 +563,9 @@ def _record_training(status: FineTuneJobStatus, spec: FineTuneJobSpec, raw: dict
                      decision: Decision, generation: int | None, now: str) -> str:
     result = TrainerResult.model_validate(raw)
     _record_result(status, result)
+    if status.cost is not None:
+        cost.training_efficiency(status.cost, result.tokens_per_second, getattr(result, "achieved_tflops", None),
+                                 getattr(result, "mfu", None))
     return _summary(result)
 
 
@@ -407,12 +585,24 @@ def _record_evaluation(status: FineTuneJobStatus, spec: FineTuneJobSpec, raw: di
         general=result.general, judge=result.judge,
         records_uri=result.records_path, gate=gate_result,
     )
+    _price_improvement(status)
     status.conditions = set_condition(status.conditions, "GatePassed", "True" if gate_result.passed else "False",
                                       "Passed" if gate_result.passed else "BelowThreshold", gate_result.message,
                                       observed_generation=generation, now=now)
     decision.event("Normal" if gate_result.passed else "Warning",
                    "GatePassed" if gate_result.passed else "GateFailed", gate_result.message)
     return _evaluation_summary(status.evaluation)
+
+
+def _price_improvement(status: FineTuneJobStatus) -> None:
+    """GPU-hours (and money) per point of the gated metric, over the stages closed so far."""
+    evaluation = status.evaluation
+    if status.cost is None or evaluation is None:
+        return
+    candidate = evaluation.test.candidate.get(evaluation.primary_metric)
+    baseline = evaluation.test.baseline.get(evaluation.primary_metric)
+    if candidate is not None and baseline is not None:
+        cost.improvement(status.cost, evaluation.primary_metric, candidate.value, baseline.value)
 
 
 def _record_registration(status: FineTuneJobStatus, spec: FineTuneJobSpec, raw: dict[str, Any],
@@ -435,13 +625,18 @@ RECORDERS = {VALIDATE.name: _record_data_check, TRAIN.name: _record_training, EV
              REGISTER.name: _record_registration}
 
 
-def _note_spec_change(status: FineTuneJobStatus, generation: int | None, now: str, decision: Decision) -> None:
+def _note_spec_change(status: FineTuneJobStatus, spec: FineTuneJobSpec, generation: int | None, now: str,
+                      decision: Decision) -> None:
     """A spec changed after the job started is not applied: the job finishes with the spec it accepted.
+    spec.suspend is the exception: a change of it alone is the generation the job now runs with.
 
     Restarting training silently would throw work away; to train with the new spec, create a new
     FineTuneJob (or delete and re-create this one).
     """
     if generation is None or status.observed_generation is None or generation <= status.observed_generation:
+        return
+    if status.spec_digest is not None and status.spec_digest == spec_digest(spec):
+        status.observed_generation = generation
         return
     message = (f"spec changed (generation {generation}) after the job started with generation "
                f"{status.observed_generation}; nothing is restarted and workloads already launched keep the spec "

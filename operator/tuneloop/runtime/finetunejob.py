@@ -3,6 +3,12 @@
 Workloads are batch/v1 Jobs (see manifests.py). A Job that completed hands over the trainer's
 result from its pod's termination message; a failed one, the trainer's own reason when it wrote
 one, else what Kubernetes knows (OOMKilled, image pull errors, deadline exceeded).
+
+With a Kueue queue, a Job is created suspended and Kueue unsuspends it to admit it (and suspends
+it again to preempt it): a suspended, unfinished Job is Queued, with Kueue's reason read from the
+Workload object Kueue keeps for it (label kueue.x-k8s.io/job-uid). Stopping a workload (spec.suspend)
+deletes its Job in the foreground: the Job stays, Stopping, until its pods have ended, so a resume
+cannot start a second trainer beside one still saving its checkpoint.
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ from tuneloop.api.finetunejob import FineTuneJob
 from tuneloop.config import OperatorConfig
 from tuneloop.outbound import address_problem
 from tuneloop.reconcile.core import EmitEvent
+from tuneloop.api.finetunejob import TERMINAL_PHASES
 from tuneloop.reconcile.finetunejob import (
+    QUEUE_UNSUPPORTED,
     STAGES,
     TRAIN,
+    StopWorkload,
     Decision,
     LaunchWorkload,
     Observed,
@@ -31,12 +40,14 @@ from tuneloop.reconcile.finetunejob import (
     workload_name,
 )
 from tuneloop.reconcile.refusals import Refusal
-from tuneloop.runtime.kube_client import KubeClient
-from tuneloop.runtime.manifests import WORKLOAD_CONTAINERS, Storage, workload_objects
+from tuneloop.runtime.kube_client import KubeClient, KubeError
+from tuneloop.runtime.manifests import QUEUE_LABEL, WORKLOAD_CONTAINERS, Storage, queue_name, workload_objects
 from tuneloop.registry.progress import MlflowUnavailable, mlflow_progress
 from tuneloop.runtime.secrets import SecretRefused, usable_secret
 
 log = logging.getLogger("tuneloop.finetunejob")
+KUEUE_WORKLOAD = ("kueue.x-k8s.io/v1beta1", "Workload")
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 WAITING_PROBLEMS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                     "CreateContainerError", "CrashLoopBackOff"}
 
@@ -93,27 +104,73 @@ def pod_problem(pods: list[dict[str, Any]]) -> str:
 
 
 MLFLOW_BACKOFF_SECONDS = 30.0
+STAGES_BY_NAME = {stage.name: stage for stage in STAGES}
 
 
 async def observe_batch_job(client: KubeClient, namespace: str, name: str) -> WorkloadState:
-    """A workload's Job: absent, running (with what keeps its pods from running), or finished with
-    the result its pod left in the termination message."""
+    """A workload's Job: absent, queued (suspended, waiting for Kueue), running (with what keeps its pods
+    from running), stopping (deleted, its pods still ending), or finished with the result its pod left in
+    the termination message."""
     batch_job = await client.get("batch/v1", "Job", namespace, name)
     if batch_job is None:
         return WorkloadState("Absent")
+    meta, spec, job_status = batch_job["metadata"], batch_job.get("spec") or {}, batch_job.get("status") or {}
+    if meta.get("deletionTimestamp"):
+        return WorkloadState("Stopping", since=meta["deletionTimestamp"])
+    queued = QUEUE_LABEL in (meta.get("labels") or {})
+    if queued and "suspend" not in spec:
+        # An API server that knows Job suspension (1.21+) always returns the field; this one dropped it.
+        return WorkloadState("Failed", result={
+            "succeeded": False, "reason": QUEUE_UNSUPPORTED,
+            "message": f"spec.queueName: the cluster's API server dropped spec.suspend from Job {name}, so the Job "
+                       f"would run without waiting for Kueue: Kueue and queued FineTuneJobs need Kubernetes 1.22 or "
+                       f"later (the Job was deleted)"})
     pods = await client.list("v1", "Pod", namespace, f"tuneloop.dev/workload={name}")
+    started = job_status.get("startTime")
     if condition(batch_job, "Complete"):
         result = result_from_pods(pods)
+        finished = job_status.get("completionTime") or condition(batch_job, "Complete").get("lastTransitionTime")
         if result is None:
-            return WorkloadState("Failed", message=f"Job {name} completed but no pod left the workload's result")
-        return WorkloadState("Succeeded" if result.get("succeeded") else "Failed", result=_as_uris(result))
+            return WorkloadState("Failed", since=finished, started=started,
+                                 message=f"Job {name} completed but no pod left the workload's result")
+        return WorkloadState("Succeeded" if result.get("succeeded") else "Failed", result=_as_uris(result),
+                             since=finished, started=started)
     failed = condition(batch_job, "Failed")
     if failed:
         result = result_from_pods(pods)
         message = (f"Job {name} failed: {failed.get('reason', '')}: {failed.get('message', '')}. "
                    f"{pod_problem(pods)}").strip()
-        return WorkloadState("Failed", result=_as_uris(result) if result else None, message=message)
-    return WorkloadState("Running", message=pod_problem(pods))
+        return WorkloadState("Failed", result=_as_uris(result) if result else None, message=message,
+                             since=failed.get("lastTransitionTime"), started=started)
+    if spec.get("suspend"):
+        return await _queued(client, batch_job)
+    return WorkloadState("Running", message=pod_problem(pods), since=job_status.get("startTime"))
+
+
+async def _queued(client: KubeClient, batch_job: dict[str, Any]) -> WorkloadState:
+    """A suspended Job waiting for Kueue, with Kueue's own account of why from its Workload: the condition
+    that says why it is not admitted (Evicted after a preemption, else QuotaReserved False)."""
+    meta = batch_job["metadata"]
+    suspended = condition(batch_job, "Suspended")  # set by the Job controller once a started Job is suspended
+    since = (suspended or {}).get("lastTransitionTime") or meta.get("creationTimestamp")
+    try:
+        workloads = await client.list(*KUEUE_WORKLOAD, meta["namespace"], f"{KUEUE_JOB_UID_LABEL}={meta.get('uid')}")
+    except KubeError as error:
+        if error.status not in (403, 404):  # 404: no Kueue API on this cluster; 403: not allowed to read it
+            raise
+        return WorkloadState("Queued", since=since, queue_reason="NoKueueWorkload",
+                             queue_message=f"Kueue's Workloads cannot be read ({error.status} {error.reason}): is "
+                                           f"Kueue installed, and does it manage batch/v1 Jobs?")
+    if not workloads:
+        return WorkloadState("Queued", since=since, queue_reason="NoKueueWorkload",
+                             queue_message="Kueue has not made a Workload for this Job yet")
+    kueue_workload = workloads[0]
+    conditions = (kueue_workload.get("status") or {}).get("conditions") or []
+    why = (next((c for c in conditions if c.get("type") == "Evicted" and c.get("status") == "True"), None)
+           or next((c for c in conditions if c.get("type") == "QuotaReserved" and c.get("status") == "False"), None))
+    return WorkloadState("Queued", since=since, queue_workload=kueue_workload["metadata"]["name"],
+                         queue_reason=(why or {}).get("reason") or "Pending",
+                         queue_message=(why or {}).get("message") or "not yet attempted by Kueue")
 
 
 @dataclass
@@ -126,24 +183,37 @@ class FineTuneJobRuntime:
 
     def context(self) -> ReconcileContext:
         return ReconcileContext(mode="cluster", catalog=frozenset(self.config.catalog),
-                                registry_configured=bool(self.config.mlflow_tracking_uri))
+                                registry_configured=bool(self.config.mlflow_tracking_uri),
+                                cost_per_gpu_hour=self.config.cost_per_gpu_hour, currency=self.config.cost_currency)
 
     async def observe(self, resource: Resource, now: datetime) -> Observed:
         """The workload of the stage the job is in (the reconciler looks at no other); before the first,
         whether the Secrets and addresses the spec names may be used."""
-        job, phase, context = resource.object, resource.status.phase, self.context()
-        stage = next((stage for stage in STAGES if stage.phase == phase), None)
+        job, status, context = resource.object, resource.status, self.context()
+        queue = queue_name(job, self.config) if job is not None else None
+        stage = (None if status.phase in TERMINAL_PHASES or status.phase == "Pending" else
+                 STAGES_BY_NAME.get(status.stage or "") or next((s for s in STAGES if s.phase == status.phase), None))
         if job is None or stage is None:
-            refusals = await self.refusals(job) if job is not None and phase == "Pending" else ()
-            return Observed(context=context, refusals=refusals)
+            refusals = await self.refusals(job) if job is not None and status.phase == "Pending" else ()
+            return Observed(context=context, refusals=refusals, queue_name=queue)
         name = workload_name(job.metadata.name, stage.name, job.spec.resources.nodes)
-        return Observed(context=context,
+        return Observed(context=context, queue_name=queue,
                         workloads={name: await self.observe_workload(job, name, with_progress=stage is TRAIN)})
 
     async def act(self, resource: Resource, observed: Observed, decision: Decision) -> list[EmitEvent]:
         for action in decision.actions:
-            await self.launch(resource.object, action)
+            if isinstance(action, StopWorkload):
+                await self.stop(resource.object, action)
+            else:
+                await self.launch(resource.object, action)
         return []
+
+    async def stop(self, job: FineTuneJob, action: StopWorkload) -> None:
+        """Delete the Job in the foreground: its pods get SIGTERM and terminationGraceSeconds, and the Job
+        stays (Stopping) until they have ended. Its ConfigMap stays for the relaunch."""
+        if await self.client.delete("batch/v1", "Job", job.metadata.namespace, action.name, propagation="Foreground"):
+            log.info("%s/%s: %s workload %s stopped", job.metadata.namespace, job.metadata.name, action.stage,
+                     action.name)
 
     async def finish(self, resource: Resource, decision: Decision) -> None:
         """Nothing waits for the status to be written."""

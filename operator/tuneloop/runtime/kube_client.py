@@ -23,7 +23,7 @@ from tuneloop.retry import KUBERNETES_API, RetryPolicy, async_retrying
 PLURALS = {"ConfigMap": "configmaps", "Job": "jobs", "Service": "services", "Pod": "pods", "Event": "events",
            "Deployment": "deployments", "PodDisruptionBudget": "poddisruptionbudgets", "Secret": "secrets",
            "FineTuneJob": "finetunejobs", "ModelDeployment": "modeldeployments",
-           "FineTuneSchedule": "finetuneschedules"}
+           "FineTuneSchedule": "finetuneschedules", "Workload": "workloads"}
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
 
 
@@ -124,11 +124,13 @@ class KubeClient:
         path = f"{collection_path(obj['apiVersion'], obj['kind'], meta['namespace'])}/{meta['name']}"
         return await self._request("PUT", path, json=obj)
 
-    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
-        """True when deleted; False when it was not there. Dependents (a Job's pods) go in the background."""
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str,
+                     propagation: str = "Background") -> bool:
+        """True when deleted; False when it was not there. Dependents (a Job's pods) go in the background, or
+        with propagation="Foreground" first: the object stays, with a deletionTimestamp, until they are gone."""
         try:
             await self._request("DELETE", f"{collection_path(api_version, kind, namespace)}/{name}",
-                                json={"propagationPolicy": "Background"})
+                                json={"propagationPolicy": propagation})
         except KubeError as error:
             if error.status == 404:
                 return False

@@ -23,7 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from datetime import datetime, timezone
+
 from tuneloop import catalog, clock
+from tuneloop.api.common import rfc3339
 from tuneloop.api.finetunejob import TERMINAL_PHASES, FineTuneJob, FineTuneJobStatus
 from tuneloop.api.workloads import EvaluatorResult, EvaluatorWorkload, Tracking, TrainerWorkload, write_result
 from tuneloop.runtime.local_judge import LocalJudgeError, serving_local_judge
@@ -165,7 +168,8 @@ class LocalRuntime:
             for key in ("adapterPath", "testPath", "mergedPath", "recordsPath"):
                 if result.get(key):
                     result[key] = Path(result[key]).resolve().as_uri()
-            return WorkloadState("Succeeded" if result.get("succeeded") else "Failed", result=result)
+            finished = rfc3339(datetime.fromtimestamp((folder / "result.json").stat().st_mtime, timezone.utc))
+            return WorkloadState("Succeeded" if result.get("succeeded") else "Failed", result=result, since=finished)
         if process is not None:
             return WorkloadState("Failed", message=f"the workload exited with code {process.returncode} "
                                                    f"and wrote no result; its log is above and in "
@@ -291,7 +295,10 @@ class LocalRuntime:
                         self.logs.pop(name).close()  # its last lines come out before the events about it
                 decision = reconcile(resource_of(job, status), observed, clock.now())
                 for action in decision.actions:
-                    self.launch(job, action)
+                    if isinstance(action, LaunchWorkload):
+                        self.launch(job, action)
+                    elif (process := self.processes.get(action.name)) is not None and process.poll() is None:
+                        process.terminate()  # StopWorkload: the trainer checkpoints on SIGTERM
                 for event in decision.events:
                     self.on_event(event)
                 status = decision.status

@@ -21,6 +21,7 @@ from tuneloop.api.workloads import JUDGE_API_KEY_ENV, Tracking, TrainerWorkload
 from tuneloop.config import OperatorConfig
 from tuneloop.offline_env import OFFLINE_ENV
 from tuneloop.registry.lineage import lineage_tags
+from tuneloop.reconcile.cost import stage_gpus
 from tuneloop.reconcile.finetunejob import LaunchWorkload
 from tuneloop.runtime import stage_workloads
 from tuneloop.storage_uris import NO_CLUSTER_OUTPUT, UnsupportedStorage, cluster_storage_problem, s3_key
@@ -50,6 +51,20 @@ WORKLOAD_CONTAINERS = {"validate": "check-data", "train": "trainer", "evaluate":
                        "snapshot": "snapshot"}
 # What the data check leaves out of a fetched model folder: it needs the tokenizer, not the weights.
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.gguf", "*.h5", "*.msgpack", "*.onnx")
+
+
+# Kueue's job integration (kueue.sigs.k8s.io/docs/tasks/run/jobs): the LocalQueue label, and the
+# WorkloadPriorityClass label; a Job created suspended waits for Kueue to unsuspend it.
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+PRIORITY_CLASS_LABEL = "kueue.x-k8s.io/priority-class"
+# What the trainer exits with after it saved a checkpoint on SIGTERM (tuneloop_trainer.__main__): a stop
+# (preemption, suspension, drain), not a failure.
+CHECKPOINTED_EXIT_CODE = 143
+
+
+def queue_name(job: FineTuneJob, config: OperatorConfig) -> str | None:
+    """The LocalQueue the job's Jobs go to: its own, else the operator's default for its namespace."""
+    return job.spec.queue_name or config.queueing.queue_for(job.metadata.namespace)
 
 
 def labels(job: FineTuneJob, stage: str) -> dict[str, str]:
@@ -145,7 +160,8 @@ def trainer_workload(job: FineTuneJob, config: OperatorConfig, storage: Storage)
     return stage_workloads.trainer_workload(
         job, model_path=storage.input_path(model_uri, "model"),
         input_file=lambda uri, name: storage.input_path(uri, name, is_file=True),
-        output_dir=storage.path(spec.output.uri, writable=True), tracking=_tracking(job, config))
+        output_dir=storage.path(spec.output.uri, writable=True), tracking=_tracking(job, config),
+        gpu_peak_tflops=config.gpu_peak_tflops)
 
 
 def config_map(job: FineTuneJob, name: str, workload: Any, stage: str = "train") -> dict[str, Any]:
@@ -208,7 +224,7 @@ def pod_spec(job: FineTuneJob, name: str, workload: TrainerWorkload, config: Ope
     check (validate) is the one stage that never runs on a GPU node: it gets the operator's dataCheck
     CPU and memory, and none of the GPU nodes' default selector or tolerations."""
     resources = job.spec.resources
-    gpus = {"validate": 0, "train": resources.gpus, "evaluate": min(resources.gpus, 1), "register": 0}[stage]
+    gpus = stage_gpus(job.spec, stage) // (resources.nodes if stage == "train" else 1)  # per pod
     limits: dict[str, str] = {}
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
@@ -257,6 +273,7 @@ def pod_spec(job: FineTuneJob, name: str, workload: TrainerWorkload, config: Ope
         "tolerations": tolerations,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": config.termination_grace_seconds,
     }
     if storage.fetches:
         spec["initContainers"] = fetch_containers(storage, config, weights=stage != "validate")
@@ -283,6 +300,8 @@ def training_job(job: FineTuneJob, name: str, workload: TrainerWorkload, config:
         # object, access denied): retrying cannot help. An unreachable S3 endpoint exits 3 and is retried.
         "podFailurePolicy": {"rules": [
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {"action": "Ignore", "onExitCodes": {"containerName": container, "operator": "In",
+                                                 "values": [CHECKPOINTED_EXIT_CODE]}},
             *({"action": "FailJob", "onExitCodes": {"containerName": failing, "operator": "In", "values": [1]}}
               for failing in [container, *storage.fetch_container_names()]),
         ]},
@@ -293,7 +312,14 @@ def training_job(job: FineTuneJob, name: str, workload: TrainerWorkload, config:
         spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes)
     if config.ttl_seconds_after_finished is not None:
         spec["ttlSecondsAfterFinished"] = config.ttl_seconds_after_finished
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata(job, name, stage), "spec": spec}
+    meta = metadata(job, name, stage)
+    if queue := queue_name(job, config):
+        # Kueue admits the Job as a whole (all pods of a multi-node Indexed Job together) by unsuspending it.
+        spec["suspend"] = True
+        meta["labels"][QUEUE_LABEL] = queue
+        if job.spec.resources.workload_priority_class_name:
+            meta["labels"][PRIORITY_CLASS_LABEL] = job.spec.resources.workload_priority_class_name
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
 
 
 def rendezvous_service(job: FineTuneJob, name: str) -> dict[str, Any]:

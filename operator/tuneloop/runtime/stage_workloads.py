@@ -28,7 +28,7 @@ def _required(inputs: dict[str, Any], key: str, stage: str) -> str:
 
 
 def trainer_workload(job: FineTuneJob, *, model_path: str, input_file: InputFile, output_dir: str,
-                     tracking: Tracking | None) -> TrainerWorkload:
+                     tracking: Tracking | None, gpu_peak_tflops: float | None = None) -> TrainerWorkload:
     spec = job.spec
     replay, preferences = spec.dataset.replay, spec.dataset.preferences
     return TrainerWorkload(
@@ -45,6 +45,7 @@ def trainer_workload(job: FineTuneJob, *, model_path: str, input_file: InputFile
         merge_adapter=spec.output.merge_adapter,
         tracking=tracking,
         registered_model=registered_model_name(job) if spec.registry.enabled and tracking else None,
+        gpu_peak_tflops=gpu_peak_tflops,
     )
 
 

@@ -4,8 +4,10 @@
 --   no status yet                        -> Progressing  the operator has not picked it up
 --   (observedGeneration is the generation the job started with: a spec changed later is not
 --    applied, by design, and condition SpecChangeIgnored says so; so it is not a health signal here)
---   Pending, Validating, Training,
---   Evaluating, Registering              -> Progressing  work under way (status.message)
+--   Pending, Queued, Validating,
+--   Training, Evaluating, Registering    -> Progressing  work under way or waiting for Kueue to admit its
+--                                                        Job (status.message)
+--   Suspended                            -> Suspended    spec.suspend holds it; false resumes it
 --   Succeeded, gate passed or no gate    -> Healthy      the run finished and its adapter may be promoted
 --   Succeeded, gate failed               -> Degraded     the job did its work (phase Succeeded: failing
 --                                                        the gate is a result, not an error) but the
@@ -34,8 +36,18 @@ end
 local phase = status.phase
 local message = str(status.message)
 
-if phase == "Pending" or phase == "Validating" or phase == "Training" or phase == "Evaluating"
-    or phase == "Registering" then
+if phase == "Suspended" then
+  hs.status = "Suspended"
+  if message ~= "" then
+    hs.message = message
+  else
+    hs.message = "suspended: spec.suspend is true"
+  end
+  return hs
+end
+
+if phase == "Pending" or phase == "Queued" or phase == "Validating" or phase == "Training"
+    or phase == "Evaluating" or phase == "Registering" then
   hs.status = "Progressing"
   if message ~= "" then
     hs.message = phase .. ": " .. message
