@@ -93,8 +93,11 @@ def test_metrics_are_headline_numbers_without_interval_bars(story):
     metrics = client.get_run(trained.mlflow_run_id).data.metrics
     assert not [key for key in metrics if key.endswith(("_low", "_high"))]
     assert metrics["score/exactMatch"] == 0.6 and metrics["score/exactMatch_baseline"] == 0.1
-    # the UI sorts chart groups by name: the loss curves come first
-    assert sorted({key.split("/")[0] for key in metrics}) == ["loss", "score", "significance", "train"]
+    # the UI sorts chart groups by name: the cost and efficiency numbers, then the loss curves
+    assert sorted({key.split("/")[0] for key in metrics}) == ["cost", "efficiency", "loss", "score", "significance",
+                                                              "train"]
+    assert metrics["efficiency/achieved_tflops"] > 0 and "efficiency/mfu" not in metrics  # no MFU on a CPU
+    assert metrics["efficiency/tokens_per_second"] == pytest.approx(trained.tokens_per_second)
     assert metrics["significance/exactMatch_improvement_p_holm"] == 0.0005
 
 

@@ -63,6 +63,7 @@ def test_trainer_learns_and_writes_a_safetensors_adapter(tiny_model_dir, tickets
     assert (result.dataset.rows, result.dataset.train_rows, result.dataset.validation_rows,
             result.dataset.test_rows) == (40, 28, 4, 8)
     assert result.steps == 3 * 7  # 28 rows / 4 per micro-batch, 3 epochs
+    assert result.achieved_tflops > 0 and (result.device, result.devices, result.mfu) == ("cpu", 0, None)
     adapter = Path(result.adapter_path)
     files = {path.name for path in adapter.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= files

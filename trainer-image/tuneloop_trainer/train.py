@@ -43,6 +43,7 @@ from tuneloop_trainer.checkpoints import (
     remove_incomplete,
     step_of,
 )
+from tuneloop_trainer.efficiency import Efficiency, ModelFlops, this_device
 from tuneloop_trainer.model import count_parameters, load_model, with_default_system_prompt
 from tuneloop_trainer.preference import (
     drop_reference,
@@ -253,6 +254,7 @@ class Training:
         data = prepare(workload, tokenizer)
         model = load_model(workload.model_path, workload.method, training)
         trainable, total = count_parameters(model)
+        flops = ModelFlops.of(model)  # before a preference stage adds its reference adapter
         log.info("model %s: %s, %.2fM of %.1fM parameters trainable, weights %s on %s, %d process(es)",
                  workload.model_path, workload.method.type, trainable / 1e6, total / 1e6,
                  next(model.parameters()).dtype, next(model.parameters()).device, self.world_size)
@@ -310,14 +312,16 @@ class Training:
         else:
             loss_after = trainer.evaluate()["eval_loss"]
         log.info("validation loss after training: %.4f (before %.4f)", loss_after, before.validation_loss)
+        efficiency = self.efficiency(flops, sft, preference)
+        log.info("training: %s", efficiency.describe())
+        metrics.log(steps, efficiency.metrics())
 
         result = TrainerResult(
             succeeded=True, dataset=data.stats, cleaning=data.cleaning, replay_rows=data.replay_rows,
             validation_loss_before=before.validation_loss, validation_loss_after=loss_after,
             train_loss=stages[-1].train_loss,  # the stage whose adapter is the output
             steps=steps, tokens_trained=sum(stage.tokens_trained for stage in stages),
-            tokens_per_second=sum(stage.tokens_timed for stage in stages) / max(
-                sum(stage.seconds_timed for stage in stages), 1e-9),
+            **asdict(efficiency),
             resumed_from_step=resumed_from(sft, preference),
             stopped_early=sft.stopped_early if sft else False,
             best_step=sft.best_step if sft else None,
@@ -345,6 +349,18 @@ class Training:
         metrics.close()
         result.seconds = time.monotonic() - self.started
         return result
+
+    def efficiency(self, flops: ModelFlops, sft: "StageOutcome | None",
+                   preference: "StageOutcome | None") -> Efficiency:
+        """Over the steps this process timed (a restored SFT stage: the earlier attempt's); the preference stage's
+        tokens also pay for the reference model's forward."""
+        timed = [(stage, flops.per_token(reference_forward=stage is preference))
+                 for stage in (sft, preference) if stage is not None]
+        device, devices = this_device(self.world_size)
+        return Efficiency.of(tokens=sum(stage.tokens_timed for stage, _ in timed),
+                             seconds=sum(stage.seconds_timed for stage, _ in timed),
+                             flops=sum(stage.tokens_timed * per_token for stage, per_token in timed),
+                             device=device, devices=devices, configured_peak=self.workload.gpu_peak_tflops)
 
     def sft_stage(self, trainer, progress: Progress, stop: StopOnSignal, tokenizer, data: PreparedData,
                   ) -> "StageOutcome":

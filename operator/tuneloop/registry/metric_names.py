@@ -3,7 +3,8 @@ sorts the groups by name: `loss` (train and validation curves, side by side) com
 `score` (the evaluation's headline numbers, one value each; their intervals are in the run's
 description), `score_general`, `score_judge` (how far the judge can be trusted) and `score_regression`
 (the guardrail sets), `significance` (each gate test's Holm-adjusted p-value), then `train` (the
-optimiser's curves). `preference` holds the preference stage of objective dpo, kto and sft-then-dpo: its own
+optimiser's curves). `cost` holds what the job took, one value each, as its status had them when it registered
+(CostStatus: the registration's own minutes are not in them). `preference` holds the preference stage of objective dpo, kto and sft-then-dpo: its own
 curves, on the run's step axis (after sft-then-dpo's SFT steps; its first point is the measurement before it).
 The validation loss before and after training is the validation curve's first and last point."""
 
@@ -13,6 +14,10 @@ LEARNING_RATE = "train/learning_rate"
 GRAD_NORM = "train/grad_norm"
 TOKENS_PER_SECOND = "train/tokens_per_second"
 EPOCH = "train/epoch"
+# One value each, at the last step: the timed steps of all stages and processes (tuneloop_trainer.efficiency).
+EFFICIENCY_TOKENS_PER_SECOND = "efficiency/tokens_per_second"
+EFFICIENCY_ACHIEVED_TFLOPS = "efficiency/achieved_tflops"
+EFFICIENCY_MFU = "efficiency/mfu"  # none on a CPU or an unknown GPU
 
 # The preference stage (DPO or KTO); its validation rows are the held-out preference rows.
 PREFERENCE_TRAIN_LOSS = "preference/train_loss"
@@ -51,3 +56,8 @@ def gate_test_metric(metric: str, evaluated_set: str, kind: str) -> str:
 
 JUDGE_METRICS = {field: f"score_judge/{field}"  # JudgeStats field -> metric
                  for field in ("self_agreement", "position_flips", "malformed", "refusals", "rambles", "unparseable")}
+
+# CostStatus field (or "gpu_hours_per_point": its improvement's) -> metric.
+COST_METRICS = {field: f"cost/{field}" for field in (
+    "gpu_hours_requested", "gpu_hours_used", "queued_seconds", "running_seconds", "mfu", "tokens_per_second",
+    "gpu_hours_per_point", "cost")}
