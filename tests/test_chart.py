@@ -235,6 +235,8 @@ def test_the_operator_gets_exactly_the_verbs_it_uses():
         ("policy", "poddisruptionbudgets", "get"), ("policy", "poddisruptionbudgets", "create"),
         ("policy", "poddisruptionbudgets", "patch"),
         ("", "events", "create"),
+        ("kueue.x-k8s.io", "workloads", "get"), ("kueue.x-k8s.io", "workloads", "list"),
+        ("kueue.x-k8s.io", "workloads", "watch"),  # why a queued Job waits
         ("", "secrets", "get"),
         ("kopf.dev", "clusterkopfpeerings", "get"), ("kopf.dev", "clusterkopfpeerings", "list"),
         ("kopf.dev", "clusterkopfpeerings", "watch"), ("kopf.dev", "clusterkopfpeerings", "patch"),
@@ -336,6 +338,22 @@ def test_the_outbound_retry_policies_render_as_the_operators_defaults_and_can_be
     assert operator_config(render(None)).outbound == OperatorConfig().outbound
     changed = operator_config(render(None, "outbound.kubernetes.attempts=8", "outbound.mlflow.timeoutSeconds=2"))
     assert (changed.outbound.kubernetes.attempts, changed.outbound.mlflow.timeout_seconds) == (8, 2)
+
+
+def test_queueing_grace_and_cost_values_reach_the_operators_configuration(tmp_path):
+    defaults = operator_config(render(None))
+    assert defaults.queueing.queue_for("ml-team-a") is None
+    assert (defaults.termination_grace_seconds, defaults.cost_per_gpu_hour, defaults.cost_currency,
+            defaults.gpu_peak_tflops) == (300, None, "USD", None)
+    values = tmp_path / "shared-gpus.yaml"
+    values.write_text(yaml.safe_dump({
+        "queueing": {"defaultQueueName": "shared-gpus", "namespaces": {"ml-team-a": "team-a-gpus"}},
+        "terminationGraceSeconds": 900, "costPerGpuHour": 3.5, "costCurrency": "EUR", "gpuPeakTflops": 989}))
+    config = operator_config(render(values))
+    assert config.queueing.queue_for("ml-team-a") == "team-a-gpus"
+    assert config.queueing.queue_for("ml-team-b") == "shared-gpus"
+    assert (config.termination_grace_seconds, config.cost_per_gpu_hour, config.cost_currency,
+            config.gpu_peak_tflops) == (900, 3.5, "EUR", 989)
 
 
 # --- what the chart runs is what the code reads ----------------------------------------------------------
@@ -451,6 +469,9 @@ def test_every_alert_and_dashboard_query_reads_a_series_the_operator_exports():
     ("workloads.scratchSize=lots", "/workloads/scratchSize"),
     ("metrics.prometheusRule.stuckAfter=2 hours", "/metrics/prometheusRule/stuckAfter"),
     ("outbound.kubernetes.attempts=0", "/outbound/kubernetes/attempts"),
+    ("terminationGraceSeconds=5", "/terminationGraceSeconds"),
+    ("queueing.namespaces.ml-team-a=Team_GPUs", "/queueing/namespaces/ml-team-a"),
+    ("costPerGpuHour=-1", "/costPerGpuHour"),
     ("replicas=2", "additional properties 'replicas' not allowed"),
 ])
 def test_bad_values_fail_with_the_schemas_message(setting, message):

@@ -158,6 +158,33 @@ def test_a_run_left_by_a_crashed_attempt_is_reused(sqlite_uri, adapter):
     assert len(client.search_runs([experiment])) == 1
 
 
+def test_the_cost_goes_on_the_training_run_as_metrics_and_on_the_version_as_tag_and_description(sqlite_uri,
+                                                                                                adapter):
+    from test_report import COST_SUMMARY, gpu_cost
+
+    from tuneloop.api.finetunejob import FineTuneJobStatus
+
+    client = MlflowClient(tracking_uri=sqlite_uri)
+    training = client.create_run(client.get_experiment_by_name("tuneloop").experiment_id, run_name="train")
+    status = FineTuneJobStatus(phase="Registering", stage="register", **gpu_cost())
+    spec = workload(sqlite_uri, adapter, "uid-1", training_run_id=training.info.run_id, job_status=status)
+
+    first = register(spec)
+    again = register(spec)  # a retried registration
+
+    assert first.succeeded and again.already_registered
+    metrics = client.get_run(training.info.run_id).data.metrics
+    assert {key: value for key, value in metrics.items() if key.startswith("cost/")} == {
+        "cost/gpu_hours_requested": 8.35, "cost/gpu_hours_used": 7.62, "cost/queued_seconds": 302,
+        "cost/running_seconds": 4055, "cost/mfu": 0.412, "cost/tokens_per_second": 15200,
+        "cost/gpu_hours_per_point": 0.167, "cost/cost": 29.23}
+    assert len(client.get_metric_history(training.info.run_id, "cost/cost")) == 1
+    version = client.get_model_version(MODEL, "1")
+    assert version.tags["tuneloop.dev/cost"] == COST_SUMMARY
+    assert f"Cost up to registration: {COST_SUMMARY}." in version.description
+    assert "## Cost" in client.get_run(training.info.run_id).data.tags["mlflow.note.content"]
+
+
 def test_a_rejected_request_fails_at_once_without_retrying(sqlite_uri, adapter):
     started = time.monotonic()
     result = register(workload(sqlite_uri, adapter, "uid-1", tags={"k" * 300: "too long a key"}, retry_seconds=60))

@@ -65,6 +65,16 @@ def test_a_local_run_writes_its_report_and_prints_the_path(local_run):
     assert (job_dir / "report.html").is_file()
 
 
+def test_a_local_run_reports_its_cost_without_queue_gpus_or_mfu(local_run):
+    _, job_dir, process = local_run
+    cost = process.stdout.split("\n  cost\n", 1)[1]
+    assert "MFU: n/a on a CPU" in cost and "    queue " not in cost and "    money " not in cost
+    stages = re.findall(r"^    (validate|train|evaluate|register) +0 +0s +\S+ +0\.000 +0\.000 +0$", cost, re.MULTILINE)
+    assert stages == ["validate", "train", "evaluate", "register"]
+    page = (job_dir / "report.html").read_text()
+    assert '<table id="cost-stages">' in page and "MFU: n/a on a CPU" in page
+
+
 def test_the_report_shows_the_gates_verdict_and_every_metric_with_its_interval(local_run):
     _, job_dir, _ = local_run
     status = FineTuneJobStatus.model_validate_json((job_dir / "status.json").read_text())
@@ -418,3 +428,134 @@ def test_the_mlflow_description_carries_the_same_findings(found):
     assert re.findall(r"^(\d)\. prompt    regression ticket \d", description, re.MULTILINE) == list("12345")
     assert "and 2 more in the report" in description
     assert f"**Warning:** the gate does not rely on judgeScore and judgeWinRate: {JUDGE_NOTE}" in description
+
+
+# --- what the run cost, in all three reports (the status as the reconciler keeps it, built by hand) ---
+
+COST_SUMMARY = "8.35 GPU-h held, 7.62 used; queued 5m02s, ran 1h07m; 0.167 GPU-h per exactMatch point; 29.23 USD"
+
+
+def gpu_cost() -> dict:
+    """A run on a shared H200 node: queued, preempted once while training, priced at 3.50 USD a GPU-hour."""
+    from tuneloop.api.finetunejob import CostStatus, ImprovementCost, QueueStatus, StageCost
+
+    cost = CostStatus(
+        stages=[StageCost(stage="validate", queued_seconds=12, running_seconds=35, state="Done"),
+                StageCost(stage="train", gpus=8, queued_seconds=250, running_seconds=3720,
+                          gpu_seconds_requested=29760, gpu_seconds_used=27200, interruptions=1, state="Done"),
+                StageCost(stage="evaluate", gpus=1, queued_seconds=40, running_seconds=300,
+                          gpu_seconds_requested=300, gpu_seconds_used=240, state="Done")],
+        queued_seconds=302, running_seconds=4055, gpu_hours_requested=8.35, gpu_hours_used=7.62,
+        tokens_per_second=15200, mfu=0.412, achieved_tflops=3260, cost_per_gpu_hour=3.5, currency="USD", cost=29.23,
+        improvement=ImprovementCost(metric="exactMatch", points=50.0, gpu_hours_per_point=0.167,
+                                    running_hours_per_point=0.0225, cost_per_point=0.59),
+        summary=COST_SUMMARY)
+    queue = QueueStatus(name="team-a-gpus", state="Admitted", since="2026-12-03T10:00:00Z", admissions=3,
+                        preemptions=1)
+    return {"cost": cost, "queue": queue}
+
+
+def cpu_cost() -> dict:
+    """A local run: no queue, no GPUs, no price."""
+    from tuneloop.api.finetunejob import CostStatus, ImprovementCost, StageCost
+
+    return {"cost": CostStatus(
+        stages=[StageCost(stage="train", running_seconds=250, state="Done"),
+                StageCost(stage="evaluate", running_seconds=60, state="Done")],
+        running_seconds=310, tokens_per_second=240, achieved_tflops=0.0123,
+        improvement=ImprovementCost(metric="exactMatch", points=50.0, running_hours_per_point=0.0017),
+        summary="0.00 GPU-h held, 0.00 used; queued 0s, ran 5m10s; 6s per exactMatch point"), "queue": None}
+
+
+def cluster_job():
+    from tuneloop.api.finetunejob import parse_manifest
+
+    return parse_manifest({"apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneJob",
+                           "metadata": {"name": "acme-tickets"},
+                           "spec": {"baseModel": {"name": "smollm2-135m-instruct"},
+                                    "dataset": {"uri": "data/tickets.jsonl"}}})
+
+
+def test_the_terminal_shows_the_cost_per_stage_the_money_the_mfu_and_the_price_of_a_point(found, capsys):
+    from tuneloop.cli.terminal_report import print_evaluation
+
+    _, status = found
+    print_evaluation(cluster_job(), status.model_copy(update=gpu_cost()))
+
+    out = capsys.readouterr().out
+    cost = out[out.index("\n  cost\n"):]
+    assert f"    total      {COST_SUMMARY}\n" in cost
+    assert "    money      29.23 USD (3.50 USD per GPU-hour x 8.35 GPU-h held)\n" in cost
+    assert "    efficiency 15,200 tokens/s, 3,260 TFLOPS achieved, MFU 41.2%\n" in cost
+    assert "    per point  +50.0 exactMatch points: 0.167 GPU-h, 1m21s running, 0.59 USD per point\n" in cost
+    assert "    queue      team-a-gpus: admitted 3 times, preempted once\n" in cost
+    table = re.findall(r"^    (validate|train|evaluate) +(\d+) +(\S+) +(\S+) +(\S+) +(\S+) +(\d+)$", cost, re.MULTILINE)
+    assert table == [("validate", "0", "12s", "35s", "0.000", "0.000", "0"),
+                     ("train", "8", "4m10s", "1h02m", "8.267", "7.556", "1"),
+                     ("evaluate", "1", "40s", "5m00s", "0.083", "0.067", "0")]
+
+
+def test_a_cpu_run_says_mfu_does_not_apply_and_names_no_price(found, capsys):
+    from tuneloop.cli.terminal_report import print_evaluation
+
+    _, status = found
+    print_evaluation(cluster_job(), status.model_copy(update=cpu_cost()))
+
+    cost = capsys.readouterr().out.split("\n  cost\n")[1]
+    assert "    efficiency 240 tokens/s, 0.0123 TFLOPS achieved, MFU: n/a on a CPU\n" in cost
+    assert "    per point  +50.0 exactMatch points: 6s running per point\n" in cost
+    assert "    money " not in cost and "    queue " not in cost
+
+
+def test_a_queued_job_shows_why_kueue_has_not_admitted_it(capsys):
+    from tuneloop.api.finetunejob import QueueStatus
+    from tuneloop.cli.terminal_report import print_evaluation
+
+    message = "couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu in flavor h200"
+    waiting = FineTuneJobStatus(phase="Queued", stage="train", queue=QueueStatus(
+        name="team-a-gpus", state="Queued", since="2026-12-03T10:00:00Z", reason="Pending", message=message,
+        admissions=1, preemptions=1))
+
+    print_evaluation(cluster_job(), waiting)
+
+    words = " ".join(capsys.readouterr().out.split())
+    assert (f"queue team-a-gpus: admitted once, preempted once; waiting since 2026-12-03T10:00:00Z "
+            f"(Pending: {message})") in words
+
+
+def test_the_page_has_a_cost_section_with_the_stage_table(found):
+    from tuneloop.registry.run_report import collect
+    from tuneloop.report import render_html
+
+    job_dir, status = found
+    (job_dir / "status.json").write_text(status.model_copy(update=gpu_cost()).model_dump_json(by_alias=True),
+                                         encoding="utf-8")
+    page = render_html(collect(job_dir))
+
+    facts = dict(re.findall(r"<dt>(.*?)</dt><dd>(.*?)</dd>", re.search(r'<dl id="cost">(.*?)</dl>', page,
+                                                                        re.DOTALL).group(1)))
+    assert unescape(facts["total"]) == COST_SUMMARY
+    assert unescape(facts["queue"]) == "team-a-gpus: admitted 3 times, preempted once"
+    assert "MFU 41.2%" in facts["efficiency"] and facts["money"].startswith("29.23 USD")
+    table = re.search(r'<table id="cost-stages">(.*?)</table>', page, re.DOTALL).group(1)
+    rows = [re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row) for row in re.findall(r"<tr>(.*?)</tr>", table)]
+    assert rows[0] == ["stage", "GPUs", "queued", "running", "GPU-h held", "GPU-h used", "interrupted"]
+    assert rows[2] == ["train", "8", "4m10s", "1h02m", "8.267", "7.556", "1"]
+
+
+def test_the_mlflow_description_has_the_cost_section(found):
+    from tuneloop.api.workloads import RegisterResult
+    from tuneloop.registry.description import run_description
+
+    _, status = found
+    registered = RegisterResult(succeeded=True, model_name="acme-tickets", version="3",
+                                uri="models:/acme-tickets/3", aliases=["challenger"])
+
+    description = run_description("team-a/acme-tickets", status.model_copy(update=gpu_cost()), {}, registered)
+
+    cost = description.split("## Cost\n", 1)[1]
+    assert f"- total: {COST_SUMMARY}\n" in cost
+    assert "- per point: +50.0 exactMatch points: 0.167 GPU-h, 1m21s running, 0.59 USD per point\n" in cost
+    assert re.search(r"^train +8 +4m10s +1h02m +8\.267 +7\.556 +1$", cost, re.MULTILINE)
+    unpriced = status.model_copy(update={"cost": None, "queue": None})
+    assert "## Cost" not in run_description("team-a/acme-tickets", unpriced, {}, registered)

@@ -8,6 +8,8 @@
                                   pin a ModelDeployment's adapter version in a Git working tree
     tuneloop rollout promote|abort|retry|status NAME [-n NS]
                                   manual control of a ModelDeployment's blue-green rollout
+    tuneloop suspend|resume NAME [-n NS]
+                                  stop a FineTuneJob's running stage (it checkpoints), go on later
     tuneloop feedback serve       the feedback service (corrections in, snapshots out)
     tuneloop images [--config FILE] [--registry REG]
                                   the images to mirror for an air-gapped cluster, one a line
@@ -25,7 +27,19 @@ import logging
 import sys
 from importlib import metadata
 
-from tuneloop.cli import chat, images, local_runs, operator, promote, report, rollout, run, serve, validate
+from tuneloop.cli import (
+    chat,
+    images,
+    local_runs,
+    operator,
+    promote,
+    report,
+    rollout,
+    run,
+    serve,
+    suspend,
+    validate,
+)
 from tuneloop.cli.help_text import EXAMPLES, add_examples, examples_epilog
 from tuneloop.cli.operator import all_crds
 from tuneloop.cli.validate import validate_document
@@ -33,7 +47,7 @@ from tuneloop.workload_output import quiet_libraries
 
 __all__ = ["all_crds", "build_parser", "main", "validate_document"]
 
-COMMAND_MODULES = (run, validate, operator, promote, rollout, images, local_runs, report, chat, serve)
+COMMAND_MODULES = (run, validate, operator, promote, rollout, suspend, images, local_runs, report, chat, serve)
 
 
 def version() -> str:

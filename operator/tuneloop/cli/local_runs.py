@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from tuneloop.api.finetunejob import TERMINAL_PHASES, FineTuneJobStatus
 from tuneloop.reconcile.finetunejob import STAGES
+from tuneloop.report.summary_lines import aligned
 
 EXAMPLES = {
     "list": ("tuneloop list", "tuneloop list --workdir /data/tuneloop-work"),
@@ -105,9 +106,7 @@ def command_list(args: argparse.Namespace) -> int:
     rows = [("NAME", "SPEC HASH", "PHASE", "STEP", "GATE", "UPDATED")]
     rows += [(run.name, run.spec_hash, run.status.phase, step_of(run.status), gate_of(run.status),
               datetime.fromtimestamp(run.updated).strftime("%Y-%m-%d %H:%M:%S")) for run in runs]
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print("\n".join(aligned(rows)))
     return 0
 
 

@@ -89,6 +89,20 @@ def print_evaluation(job: FineTuneJob, status: FineTuneJobStatus) -> None:
         aliases = ", ".join(registry.aliases) or "none (nothing promoted)"
         print(f"  registered {registry.uri} (model {registry.model_name}, version {registry.version}; "
               f"aliases: {aliases})")
+    _print_cost(status)
+
+
+def _print_cost(status: FineTuneJobStatus) -> None:
+    """Queue and run time, GPU-hours held and used per stage, efficiency, money and the price of a point."""
+    facts = summary_lines.cost_facts(status.cost, status.queue, status.phase)
+    if not facts:
+        return
+    print("  cost")
+    for label, text in facts:
+        _print_wrapped(f"    {label:<11}", text)
+    if status.cost is not None and status.cost.stages:
+        for line in summary_lines.aligned(summary_lines.stage_cost_table(status.cost)):
+            print(f"    {line}")
 
 
 def _print_guardrails(evaluation: EvaluationResults, baseline: str) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from tuneloop.api.evaluation import Comparison, EvaluationResults
 from tuneloop.api.finetunejob import FineTuneJobStatus
 from tuneloop.api.workloads import RegisterResult
+from tuneloop.registry.cost import COST_TAG
 from tuneloop.registry.lineage import (
     BASE_MODEL_TAG,
     DATASET_SHA256_TAG,
@@ -104,6 +105,20 @@ def _evaluation(status: FineTuneJobStatus) -> list[str]:
     return lines
 
 
+def _cost(status: FineTuneJobStatus) -> list[str]:
+    """Queue and run time, GPU-hours, efficiency, money, the price of a point: as the status had them when
+    the registration began (its own minutes are not counted)."""
+    facts = summary_lines.cost_facts(status.cost, status.queue, status.phase)
+    if not facts:
+        return []
+    table = summary_lines.aligned(summary_lines.stage_cost_table(status.cost)) if status.cost and status.cost.stages \
+        else []
+    return ["## Cost", "", *(f"- {label}: {text}" for label, text in facts), "",
+            *(_code_block(table) + [""] if table else []),
+            "Held: a stage's GPUs x the time its Job ran; used: its GPUs x the time the workload computed. "
+            f"The same figures: metrics `cost/*`, and the version's tag `{COST_TAG}`.", ""]
+
+
 def _regressed(evaluation: EvaluationResults | None, rows: Sequence[ExampleRow]) -> list[str]:
     """After the gate, so that a description cut at MLflow's limit loses rows, not the verdict."""
     if evaluation is None or not evaluation.regressed_rows:
@@ -170,6 +185,7 @@ def run_description(job: str, status: FineTuneJobStatus | None, tags: dict[str, 
     if status is not None:
         lines += _data(status) + _training(status, base_model) + _evaluation(status)
     lines += _gate(status, tags)
+    lines += _cost(status) if status is not None else []
     lines += _regressed(status.evaluation if status else None, regressed)
     lines += ["## Lineage", "",
               f"- FineTuneJob `{job}`, uid `{tags.get(JOB_UID_TAG, '')}`",

@@ -29,6 +29,7 @@ from tuneloop.api.evaluation import RegistryResults
 from tuneloop.api.modeldeployment import LORA_TAG, lora_options
 from tuneloop.api.workloads import RegisterResult, RegisterWorkload
 from tuneloop.registry.connection import client as mlflow_client
+from tuneloop.registry.cost import COST_TAG, cost_metrics, cost_tags
 from tuneloop.registry.description import DESCRIPTION_TAG, headline, run_description
 from tuneloop.registry.experiments import ensure_experiment
 from tuneloop.registry.lineage import BASE_MODEL_TAG, JOB_TAG, JOB_UID_TAG, MAX_TAG_VALUE
@@ -179,10 +180,14 @@ def upload_run_outputs(client: MlflowClient, run_id: str, workload: RegisterWork
         else:
             log.warning("evaluation records %s do not exist; registering without them", records)
     logged = client.get_run(run_id).data.metrics  # the trainer's and the evaluator's are not logged twice
-    missing = {key: value for key, value in workload.metrics.items() if key not in logged}
-    if missing:
+    log_metrics(client, run_id, {key: value for key, value in workload.metrics.items() if key not in logged})
+
+
+def log_metrics(client: MlflowClient, run_id: str, values: dict[str, float]) -> None:
+    """One point each, at this moment."""
+    if values:
         timestamp = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(key, float(value), timestamp, 0) for key, value in missing.items()])
+        client.log_batch(run_id, metrics=[Metric(key, float(value), timestamp, 0) for key, value in values.items()])
 
 
 def tell_the_story(client: MlflowClient, run_id: str, workload: RegisterWorkload, result: RegisterResult) -> None:
@@ -196,14 +201,24 @@ def tell_the_story(client: MlflowClient, run_id: str, workload: RegisterWorkload
                                              regressed)}
     client.log_batch(run_id, tags=[RunTag(key, value[:MAX_TAG_VALUE] if key != DESCRIPTION_TAG else value)
                                    for key, value in tags.items()])
+    log_cost(client, run_id, workload)
+    cost = version_tags(workload).get(COST_TAG)
     client.update_model_version(workload.model_name, result.version, description=(
         f"{headline(workload.job_status, version_tags(workload), result)}\n\n"
-        f"Adapter of FineTuneJob {workload.job} (uid {workload.job_uid}); the training run's description has "
+        + (f"Cost up to registration: {cost}.\n\n" if cost else "")
+        + f"Adapter of FineTuneJob {workload.job} (uid {workload.job_uid}); the training run's description has "
         f"the whole report, and its artifact {REPORT_ARTIFACT_PATH}/{REPORT_FILE} the same as a page with charts."))
     with tempfile.TemporaryDirectory(prefix="tuneloop-report-") as folder:
         report = html_report(workload, result, run_id, Path(folder))
         if report is not None:
             client.log_artifact(run_id, str(report), REPORT_ARTIFACT_PATH)
+
+
+def log_cost(client: MlflowClient, run_id: str, workload: RegisterWorkload) -> None:
+    """The `cost/*` metrics on the run; one point each, a retry adds none unless a figure changed."""
+    logged = client.get_run(run_id).data.metrics
+    cost = workload.job_status.cost if workload.job_status else None
+    log_metrics(client, run_id, {key: value for key, value in cost_metrics(cost).items() if logged.get(key) != value})
 
 
 def html_report(workload: RegisterWorkload, result: RegisterResult, run_id: str, folder: Path) -> Path | None:
@@ -236,7 +251,7 @@ def ensure_registered_model(client: MlflowClient, name: str) -> None:
 
 
 def version_tags(workload: RegisterWorkload) -> dict[str, str]:
-    return {**workload.tags, JOB_UID_TAG: workload.job_uid}
+    return {**workload.tags, JOB_UID_TAG: workload.job_uid, **cost_tags(workload.job_status)}
 
 
 def create_version(client: MlflowClient, workload: RegisterWorkload, run_id: str) -> ModelVersion:

@@ -122,7 +122,7 @@ def _report(status: FineTuneJobStatus, *, namespace: str, name: str, base_model:
         gate=evaluation.gate if evaluation else None,
         registry=status.registry, examples=records.examples, examples_total=records.total,
         regressed=records.regressed,
-        completed=status.completion_time, loss=loss,
+        completed=status.completion_time, loss=loss, cost=status.cost, queue=status.queue,
         lineage=Lineage(job_uid=job_uid, dataset_sha256=status.dataset.sha256 if status.dataset else None,
                         adapter_uri=training.adapter_uri if training else None,
                         mlflow_run_id=run_id, records_uri=records_uri))

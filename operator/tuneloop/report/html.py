@@ -52,7 +52,7 @@ svg { max-width: 100%; height: auto; }
 def render_html(report: RunReport) -> str:
     title = f"FineTuneJob {report.namespace}/{report.job_name}"
     sections = [_headline(report), _facts(report), _loss(report), _evaluation(report), _gate(report),
-                _regressed(report), _examples(report)]
+                _cost(report), _regressed(report), _examples(report)]
     body = "\n".join(section for section in sections if section)
     return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
@@ -196,6 +196,26 @@ def _gate(report: RunReport) -> str:
     return (f"<h2>Gate</h2>\n<p>{escape(report.gate.message)}</p>\n<p class=\"note\">Each check: the estimate "
             f"[confidence interval] vs its threshold, the test, its one-sided p (Holm-adjusted across the checks) "
             f"and the smallest effect detectable at this n with 80% power.</p>\n<ul class=\"checks\">\n{checks}\n</ul>" + (f"\n{warnings}" if warnings else ""))
+
+
+def _cost(report: RunReport) -> str:
+    """What the run cost: the status's cost block and queue, the stages as a table."""
+    facts = summary_lines.cost_facts(report.cost, report.queue, report.phase)
+    if not facts:
+        return ""
+    items = "\n".join(f"<dt>{escape(label)}</dt><dd>{escape(text)}</dd>" for label, text in facts)
+    parts = [f"<h2>Cost</h2>\n<dl id=\"cost\">\n{items}\n</dl>"]
+    if report.cost is not None and report.cost.stages:
+        header, *rows = summary_lines.stage_cost_table(report.cost)
+        numeric = ' class="num"'
+        cells = "\n".join("<tr>" + "".join(f"<td{numeric if column else ''}>{escape(cell)}</td>"
+                                           for column, cell in enumerate(row)) + "</tr>" for row in rows)
+        parts.append("<table id=\"cost-stages\">\n<tr>" + "".join(f"<th>{escape(name)}</th>" for name in header)
+                     + f"</tr>\n{cells}\n</table>")
+        parts.append("<p class=\"note\">Held: the stage's GPUs x the time its Job ran. Used: its GPUs x the "
+                     "time the workload itself computed; the rest went to pods starting, loading and "
+                     "interrupted attempts.</p>")
+    return "\n".join(parts)
 
 
 def _regressed(report: RunReport) -> str:

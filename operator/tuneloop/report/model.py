@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tuneloop.api.evaluation import Comparison, GateResult, JudgeStats, RegistryResults
-from tuneloop.api.finetunejob import CleaningStats, DatasetStats, TrainingResults
+from tuneloop.api.finetunejob import CleaningStats, CostStatus, DatasetStats, QueueStatus, TrainingResults
 
 Point = tuple[int, float]  # (optimizer step, loss)
 
@@ -75,3 +75,5 @@ class RunReport:
     examples_total: int = 0  # examples evaluated; `examples` holds the first few
     regressed: list[ExampleRow] = field(default_factory=list)  # every regression-set row that regressed
     completed: str | None = None  # completion time, as the status gives it
+    cost: CostStatus | None = None  # time, GPU-hours and money, as the operator (or the local run) kept them
+    queue: QueueStatus | None = None  # the Kueue LocalQueue, when the job went through one

@@ -5,8 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tuneloop.api.common import duration
 from tuneloop.api.evaluation import Comparison, GateResult, JudgeStats, Score
-from tuneloop.api.finetunejob import ContaminationStats, DatasetStats, PreferenceDataStats
+from tuneloop.api.finetunejob import (
+    ContaminationStats,
+    CostStatus,
+    DatasetStats,
+    ImprovementCost,
+    PreferenceDataStats,
+    QueueStatus,
+)
 
 CONTAMINATION_EXAMPLES = 3
 JUDGE_METRICS = "judgeScore and judgeWinRate"
@@ -98,3 +106,100 @@ def gate_lines(gate: GateResult) -> list[GateLine]:
 
 def _interval(score: Score | None) -> str:
     return "-" if score is None else score.interval()
+
+
+# --- cost: the block every report ends with; its first line is the status's summary (reconcile/cost.py) ---
+
+def money(amount: float, currency: str | None) -> str:
+    return f"{amount:,.2f} {currency or ''}".rstrip()
+
+
+def cost_facts(cost: CostStatus | None, queue_status: QueueStatus | None, phase: str) -> list[tuple[str, str]]:
+    """The cost block's labelled lines, in order: the status's summary, money, training efficiency, the
+    price of a point of the gated metric, and the Kueue queue. The per-stage table comes with them."""
+    facts = []
+    if cost is not None:
+        lines = (("total", cost.summary), ("money", spend(cost)), ("efficiency", efficiency(cost)),
+                 ("per point", per_point(cost.improvement, cost.currency)))
+        facts += [(label, text) for label, text in lines if text]
+    if queue_status is not None:
+        facts.append(("queue", queue(queue_status, phase)))
+    return facts
+
+
+STAGE_COST_COLUMNS = ("stage", "GPUs", "queued", "running", "GPU-h held", "GPU-h used", "interrupted")
+
+
+def stage_cost_table(cost: CostStatus) -> list[tuple[str, ...]]:
+    """Each stage's times and GPU-hours as table cells, the column names first."""
+    return [STAGE_COST_COLUMNS, *((stage.stage, str(stage.gpus), duration(stage.queued_seconds),
+                                   duration(stage.running_seconds), f"{stage.gpu_seconds_requested / 3600:.3f}",
+                                   f"{stage.gpu_seconds_used / 3600:.3f}", str(stage.interruptions))
+                                  for stage in cost.stages)]
+
+
+def aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """Plain-text table lines: each column as wide as its widest cell, two spaces between."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def efficiency(cost: CostStatus) -> str | None:
+    """'1,520 tokens/s, 48.2 TFLOPS achieved, MFU 24.4%', or '... MFU: n/a on a CPU'; None before training."""
+    if cost.tokens_per_second is None and cost.achieved_tflops is None:
+        return None
+    parts = []
+    if cost.tokens_per_second is not None:
+        parts.append(f"{cost.tokens_per_second:,.0f} tokens/s")
+    if cost.achieved_tflops is not None:
+        tflops = cost.achieved_tflops
+        parts.append(f"{tflops:,.0f} TFLOPS achieved" if tflops >= 100 else f"{tflops:.3g} TFLOPS achieved")
+    if cost.mfu is not None:
+        parts.append(f"MFU {cost.mfu:.1%}")
+    elif _trained_on_a_cpu(cost):
+        parts.append("MFU: n/a on a CPU")
+    else:
+        parts.append("MFU: n/a (GPU peak unknown: set gpuPeakTflops in the operator config)")
+    return ", ".join(parts)
+
+
+def spend(cost: CostStatus) -> str | None:
+    """'12.30 USD (6.00 USD per GPU-hour x 2.05 GPU-h held)'; None without costPerGpuHour."""
+    if cost.cost is None or cost.cost_per_gpu_hour is None:
+        return None
+    return (f"{money(cost.cost, cost.currency)} ({money(cost.cost_per_gpu_hour, cost.currency)} per GPU-hour x "
+            f"{cost.gpu_hours_requested:.2f} GPU-h held)")
+
+
+def per_point(improvement: ImprovementCost | None, currency: str | None) -> str | None:
+    """'+12.0 exactMatch points: 0.171 GPU-h, 5m10s running, 1.02 USD per point', or why there is no price."""
+    if improvement is None:
+        return None
+    gained = f"{improvement.points:+.1f} {improvement.metric} points"
+    if improvement.points <= 0:
+        return f"{gained}: no gain, no price per point"
+    prices = []
+    if improvement.gpu_hours_per_point is not None:
+        prices.append(f"{improvement.gpu_hours_per_point:.3g} GPU-h")
+    if improvement.running_hours_per_point is not None:
+        prices.append(f"{duration(improvement.running_hours_per_point * 3600)} running")
+    if improvement.cost_per_point is not None:
+        prices.append(money(improvement.cost_per_point, currency))
+    return f"{gained}: {', '.join(prices)} per point" if prices else gained
+
+
+def queue(status: QueueStatus, phase: str) -> str:
+    """'team-a-gpus: admitted 3 times, preempted once', and while queued Kueue's reason and since when."""
+    text = f"{status.name}: admitted {_times(status.admissions)}, preempted {_times(status.preemptions)}"
+    if phase == "Queued" and status.state == "Queued":
+        why = ": ".join(part for part in (status.reason, status.message) if part)
+        text += f"; waiting since {status.since}" + (f" ({why})" if why else "")
+    return text
+
+
+def _times(count: int) -> str:
+    return {0: "never", 1: "once", 2: "twice"}.get(count, f"{count} times")
+
+
+def _trained_on_a_cpu(cost: CostStatus) -> bool:
+    return any(stage.stage == "train" and stage.gpus == 0 for stage in cost.stages)
