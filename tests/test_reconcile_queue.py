@@ -220,6 +220,12 @@ def test_the_cost_of_a_point_of_the_gated_metric():
     cost.improvement(ledger, "exactMatch", 0.40, 0.45)  # no gain: nothing per point
     assert ledger.improvement.points == -5.0 and ledger.improvement.gpu_hours_per_point is None
 
+    on_a_cpu = cost.record(None, "train", 0, "Running", "2026-03-01T12:00:00Z")
+    cost.record(on_a_cpu, "train", 0, "Done", "2026-03-01T12:11:00Z", used_seconds=600.0)
+    cost.improvement(on_a_cpu, "exactMatch", 0.40, 0.0)
+    assert on_a_cpu.improvement.gpu_hours_per_point is None  # not "0 GPU-h per point"
+    assert on_a_cpu.summary == "no GPU; queued 0s, ran 11m00s; 17s per exactMatch point"  # 660 s / 40
+
 
 @pytest.mark.parametrize("spec, context, problem", [
     ({**SPEC, "queueName": None, "resources": {"gpus": 1, "workloadPriorityClassName": "low"}}, CLUSTER,
@@ -231,3 +237,14 @@ def test_specs_that_cannot_queue_or_suspend_where_they_run_are_refused_by_field(
     decision = ftj_pass(JOB, spec, FineTuneJobStatus(), Observed(queue_name=None), context, generation=1,
                         now="2026-03-01T12:00:00Z")
     assert decision.status.phase == "Failed" and problem in decision.status.message
+
+
+def test_a_trainer_that_checkpointed_while_suspended_is_relaunched_only_on_resume():
+    status = step(training_status(), seen("Running"), "2026-03-01T12:03:00Z").status
+    stopped = {"succeeded": False, "reason": "Preempted", "message": "stopped by a signal at step 20"}
+
+    held = step(status, seen("Failed", result=stopped), "2026-03-01T12:04:00Z", SUSPENDED, generation=2)
+    assert held.actions == [] and held.status.phase == "Suspended"
+
+    resumed = step(held.status, seen("Failed", result=stopped), "2026-03-01T12:09:00Z", SPEC, generation=3)
+    assert resumed.actions == [LaunchWorkload("train", TRAIN, replace=True)]

@@ -464,7 +464,7 @@ def cpu_cost() -> dict:
                 StageCost(stage="evaluate", running_seconds=60, state="Done")],
         running_seconds=310, tokens_per_second=240, achieved_tflops=0.0123,
         improvement=ImprovementCost(metric="exactMatch", points=50.0, running_hours_per_point=0.0017),
-        summary="0.00 GPU-h held, 0.00 used; queued 0s, ran 5m10s; 6s per exactMatch point"), "queue": None}
+        summary="no GPU; queued 0s, ran 5m10s; 6s per exactMatch point"), "queue": None}
 
 
 def cluster_job():

@@ -105,7 +105,7 @@ def improvement(cost: CostStatus, metric: str, candidate: float, baseline: float
     """What one point (x100) of the gate's primary metric cost; nothing per point without a gain."""
     points = round((candidate - baseline) * 100, 2)
     gained = points > 0
-    per_gpu_hour = round(cost.gpu_hours_requested / points, 4) if gained else None
+    per_gpu_hour = round(cost.gpu_hours_requested / points, 4) if gained and cost.gpu_hours_requested else None
     cost.improvement = ImprovementCost(
         metric=metric, points=points, gpu_hours_per_point=per_gpu_hour,
         running_hours_per_point=round(cost.running_seconds / 3600 / points, 4) if gained else None,
@@ -115,11 +115,13 @@ def improvement(cost: CostStatus, metric: str, candidate: float, baseline: float
 
 
 def summary(cost: CostStatus) -> str:
-    """'0.52 GPU-h held, 0.47 used; queued 4m10s, ran 31m05s; 0.017 GPU-h per exactMatch point; 1.30 USD'."""
-    parts = [f"{cost.gpu_hours_requested:.2f} GPU-h held, {cost.gpu_hours_used:.2f} used",
-             f"queued {duration(cost.queued_seconds)}, ran {duration(cost.running_seconds)}"]
+    """'0.52 GPU-h held, 0.47 used; queued 4m10s, ran 31m05s; 0.017 GPU-h per exactMatch point; 1.30 USD';
+    without GPUs (a CPU run): 'no GPU; queued 0s, ran 11m00s; 17s per exactMatch point'."""
+    held = (f"{cost.gpu_hours_requested:.2f} GPU-h held, {cost.gpu_hours_used:.2f} used"
+            if cost.gpu_hours_requested or cost.gpu_hours_used else "no GPU")
+    parts = [held, f"queued {duration(cost.queued_seconds)}, ran {duration(cost.running_seconds)}"]
     gain = cost.improvement
-    if gain is not None and gain.gpu_hours_per_point is not None and cost.gpu_hours_requested:
+    if gain is not None and gain.gpu_hours_per_point is not None:
         parts.append(f"{gain.gpu_hours_per_point:.3g} GPU-h per {gain.metric} point")
     elif gain is not None and gain.running_hours_per_point is not None:
         parts.append(f"{duration(gain.running_hours_per_point * 3600)} per {gain.metric} point")

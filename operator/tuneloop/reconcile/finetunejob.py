@@ -303,7 +303,8 @@ def _pass(resource: Resource, observed: Observed, moment: datetime) -> Decision:
     workload = observed.workloads.get(workload_of_stage, WorkloadState())
     since = workload.since or now
 
-    if spec.suspend and workload.phase in ("Absent", "Queued", "Running", "Stopping"):
+    stopped_by_signal = (workload.result or {}).get("reason") == "Preempted"
+    if spec.suspend and (workload.phase in ("Absent", "Queued", "Running", "Stopping") or stopped_by_signal):
         _suspend(status, spec, stage, workload_of_stage, workload, now, decision)
         return decision
     if status.phase == "Suspended" and workload.phase != "Stopping":
