@@ -21,21 +21,20 @@ from typing import Any
 
 from datetime import datetime
 
-from tuneloop.api.finetunejob import FineTuneJob
+from tuneloop.api.finetunejob import TERMINAL_PHASES, FineTuneJob
 from tuneloop.config import OperatorConfig
 from tuneloop.outbound import address_problem
 from tuneloop.reconcile.core import EmitEvent
-from tuneloop.api.finetunejob import TERMINAL_PHASES
 from tuneloop.reconcile.finetunejob import (
     QUEUE_UNSUPPORTED,
     STAGES,
     TRAIN,
-    StopWorkload,
     Decision,
     LaunchWorkload,
     Observed,
     ReconcileContext,
     Resource,
+    StopWorkload,
     WorkloadState,
     workload_name,
 )

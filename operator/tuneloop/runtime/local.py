@@ -20,10 +20,9 @@ import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
-
-from datetime import datetime, timezone
 
 from tuneloop import catalog, clock
 from tuneloop.api.common import rfc3339
