@@ -15,7 +15,6 @@ interrupted.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
 from tuneloop.api.common import duration, parse_time
@@ -129,9 +128,3 @@ def summary(cost: CostStatus) -> str:
         parts.append(f"{cost.cost:.2f} {cost.currency}")
     return "; ".join(parts)
 
-
-def open_seconds(entry: StageCost, moment: datetime) -> float:
-    """Seconds of the interval still open at `moment` (for a report of a job that is still going)."""
-    if entry.since is None or entry.state not in ("Queued", "Running"):
-        return 0.0
-    return max((moment - parse_time(entry.since)).total_seconds(), 0.0)

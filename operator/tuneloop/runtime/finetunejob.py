@@ -27,7 +27,6 @@ from tuneloop.outbound import address_problem
 from tuneloop.reconcile.core import EmitEvent
 from tuneloop.reconcile.finetunejob import (
     QUEUE_UNSUPPORTED,
-    STAGES,
     TRAIN,
     Decision,
     LaunchWorkload,
@@ -36,6 +35,8 @@ from tuneloop.reconcile.finetunejob import (
     Resource,
     StopWorkload,
     WorkloadState,
+    current_stage_index,
+    stages_for,
     workload_name,
 )
 from tuneloop.reconcile.refusals import Refusal
@@ -103,7 +104,6 @@ def pod_problem(pods: list[dict[str, Any]]) -> str:
 
 
 MLFLOW_BACKOFF_SECONDS = 30.0
-STAGES_BY_NAME = {stage.name: stage for stage in STAGES}
 
 
 async def observe_batch_job(client: KubeClient, namespace: str, name: str) -> WorkloadState:
@@ -190,8 +190,8 @@ class FineTuneJobRuntime:
         whether the Secrets and addresses the spec names may be used."""
         job, status, context = resource.object, resource.status, self.context()
         queue = queue_name(job, self.config) if job is not None else None
-        stage = (None if status.phase in TERMINAL_PHASES or status.phase == "Pending" else
-                 STAGES_BY_NAME.get(status.stage or "") or next((s for s in STAGES if s.phase == status.phase), None))
+        stage = (None if job is None or status.phase in TERMINAL_PHASES or status.phase == "Pending" else
+                 (stages := stages_for(job.spec))[current_stage_index(stages, status)])
         if job is None or stage is None:
             refusals = await self.refusals(job) if job is not None and status.phase == "Pending" else ()
             return Observed(context=context, refusals=refusals, queue_name=queue)
