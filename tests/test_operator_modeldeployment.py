@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -244,29 +245,65 @@ def test_a_good_revision_takes_the_traffic_and_the_old_colour_is_scaled_down_aft
     run(play(operator_env, {"1": v1, "2": v2}, body))
 
 
+RESYNC = 60.0
+
+
+def rollout_timeline(s: Scenario, adapter_version: str) -> list[tuple[str, datetime]]:
+    """The steps the rollout of `adapter_version` went through, each with the time the pass that entered it
+    stamped (rollout.since), then ("Promoted", its history time): read from every status version stored."""
+    from tuneloop.api.common import parse_time
+
+    steps: list[tuple[str, datetime]] = []
+    for version in s.harness.history(MDEP, "default", NAME):
+        status = (version or {}).get("status") or {}
+        rollout, preview = status.get("rollout"), status.get("preview") or {}
+        if rollout and preview.get("adapterVersion") == adapter_version and (
+                not steps or steps[-1][0] != rollout["step"]):
+            steps.append((rollout["step"], parse_time(rollout["since"])))
+    promoted = [r for r in s.status()["history"] if r["adapterVersion"] == adapter_version and r["outcome"] == "Promoted"]
+    assert promoted, f"version {adapter_version} was not promoted: {json.dumps(s.status(), indent=1)}"
+    return [*steps, ("Promoted", parse_time(promoted[-1]["time"]))]
+
+
+def assert_each_step_came_when_asked(timeline: list[tuple[str, datetime]], asked: dict[str, float]) -> None:
+    """Each step lasted at least what its pass asked for (requeue_after) and ended before a resync would
+    have come. Times are the passes' own stamps (whole seconds), so a slow observation (MLflow's cold
+    start) or a loaded machine does not move them: only a missed requeue_after would."""
+    for (step, since), (following, until) in zip(timeline, timeline[1:]):
+        lasted = (until - since).total_seconds()
+        assert asked[step] <= lasted < RESYNC, (
+            f"{step} lasted {lasted:.0f}s before {following}: asked {asked[step]}s, resync {RESYNC:.0f}s; {timeline}")
 
 
 def test_passes_come_when_the_rollout_asks_and_when_the_spec_changes_not_at_the_resync(operator_env, monkeypatch):
-    """A 60 s resync: the readiness check and the auto-promotion come at the requeue_after their passes
+    """A 60 s resync: the readiness checks and the auto-promotion come at the requeue_after their passes
     asked for, and an edit of the spec wakes the object's daemon at once."""
-    monkeypatch.setenv("TUNELOOP_RECONCILE_INTERVAL", "60")
+    monkeypatch.setenv("TUNELOOP_RECONCILE_INTERVAL", str(RESYNC))
     v1, v2 = ticket_bot(), ticket_bot()
+    asked = {"Preview": 3, "Paused": 2, "ScalingUp": 3}  # readinessTimeoutSeconds, autoPromotionSeconds
     async def body(s: Scenario, operator):
         async with operator():
-            loop = asyncio.get_running_loop()
-            started = loop.time()
             s.harness.create(manifest({"name": NAME, "version": "1"}, prePromotionAnalysis=None,
                                       readinessTimeoutSeconds=3, autoPromotionSeconds=2))
-            await s.phase("Healthy", timeout=15)
-            assert loop.time() - started < 15  # ready at the 3 s check, promoted 2 s later; not at 60 s
+            await s.phase("Healthy", timeout=RESYNC)
+            first = rollout_timeline(s, "1")
+            assert [step for step, _ in first] == ["Preview", "Paused", "Promoted"]
+            assert_each_step_came_when_asked(first, asked)
 
-            edited = loop.time()
+            edited = datetime.now(timezone.utc)
             s.set_adapter({"name": NAME, "version": "2"})
-            await s.until(lambda: s.replicas("green"), timeout=5)
-            assert loop.time() - edited < 5
             switched = await s.until(lambda: s.status() if s.status().get("activeSelector") == "green" else None,
-                                     timeout=15)
+                                     timeout=2 * RESYNC)
             assert switched["active"]["adapterVersion"] == "2"
+            second = rollout_timeline(s, "2")
+            assert [step for step, _ in second] == ["Preview", "Paused", "ScalingUp", "Promoted"]
+            # Woken by the edit: the rollout started after it, and before the resync that the last pass
+            # (the promotion of version 1) would otherwise have slept until.
+            started, last_pass = second[0][1], first[-1][1]
+            assert edited.replace(microsecond=0) <= started
+            assert (started - last_pass).total_seconds() < RESYNC, f"version 2 started at {started}, the last " \
+                                                                    f"pass was at {last_pass}"
+            assert_each_step_came_when_asked(second, asked)
 
     run(play(operator_env, {"1": v1, "2": v2}, body))
 

@@ -22,20 +22,27 @@ from tuneloop_trainer.checkpoints import complete_checkpoints, step_of
 from tuneloop_trainer.progress import ProgressReporter
 from tuneloop_trainer.train import run
 
+HANG_SECONDS = 600  # a guard against a hung trainer, not a speed target
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> tuple[Path, Path]:
-    """SFT rows (dataset.uri: validation and test splits) and preference pairs. Chosen is the ticket as the task
-    writes it, rejected the same fields in reverse order: as long as chosen, so the untrained model prefers either
-    about equally often, and the preference (key order) can be learnt and holds on pairs never trained on."""
-    folder = tmp_path_factory.mktemp("preference-data")
+
+def write_pairs(path: Path) -> Path:
+    """40 preference pairs. Chosen is the ticket as the task writes it, rejected the same fields in reverse order:
+    as long as chosen, so the untrained model prefers either about equally often, and the preference (key order)
+    can be learnt and holds on pairs never trained on."""
     pairs = []
     for row in generate(40, seed=7):
         ticket = json.loads(row["output"])
         pairs.append({"prompt": f"{row['instruction']}\n\n{row['input']}", "chosen": row["output"],
                       "rejected": json.dumps(dict(reversed(ticket.items())), separators=(",", ":"))})
-    (folder / "pairs.jsonl").write_text("".join(json.dumps(pair) + "\n" for pair in pairs), encoding="utf-8")
-    return write_tickets(folder / "tickets.jsonl", rows=24, seed=1), folder / "pairs.jsonl"
+    path.write_text("".join(json.dumps(pair) + "\n" for pair in pairs), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[Path, Path]:
+    """SFT rows (dataset.uri: validation and test splits) and preference pairs (write_pairs)."""
+    folder = tmp_path_factory.mktemp("preference-data")
+    return write_tickets(folder / "tickets.jsonl", rows=24, seed=1), write_pairs(folder / "pairs.jsonl")
 
 
 def workload(model: Path, data: tuple[Path, Path], output: Path, objective: str, preference: dict | None = None,
@@ -131,19 +138,20 @@ def test_kto_learns_from_the_pairs_as_desirable_and_undesirable_answers(tiny_mod
 
 def test_a_preference_stage_stopped_by_sigterm_resumes_from_its_checkpoint_without_training_sft_again(
         tiny_model_dir, data, tmp_path):
-    # SFT: 4 steps; DPO: 8 epochs of 8 steps, a checkpoint every 3.
-    work = workload(tiny_model_dir, data, tmp_path / "out", "sft-then-dpo", {"epochs": 8},
+    # SFT: 4 steps; DPO: 3 epochs of 8 steps, a checkpoint every 3. The waits are guards against a hang, not
+    # speed targets: on a loaded machine a DPO step of the tiny model takes seconds, not the usual fraction.
+    work = workload(tiny_model_dir, data, tmp_path / "out", "sft-then-dpo", {"epochs": 3},
                     {"checkpoints": {"everySteps": 3, "keepLast": 2}})
     folder, root = tmp_path / "run", tmp_path / "out" / "checkpoints-preference"
     process = start(work, folder, sys.executable)
-    wait_for_step(folder, 4 + 5, process)  # the progress counts SFT's steps, then the preference stage's
+    wait_for_step(folder, 4 + 5, process, timeout=HANG_SECONDS)  # SFT's steps, then the preference stage's
     process.send_signal(signal.SIGTERM)
-    assert json.loads((folder / "progress.json").read_text())["totalSteps"] == 4 + 64
-    assert process.wait(timeout=60) == 143
+    assert json.loads((folder / "progress.json").read_text())["totalSteps"] == 4 + 24
+    assert process.wait(timeout=HANG_SECONDS) == 143
     preempted = TrainerResult.model_validate_json((folder / "result.json").read_text())
     assert preempted.reason == "Preempted" and "preference stage step" in preempted.message
     stopped_at = step_of(complete_checkpoints(root)[-1])
-    assert 5 <= stopped_at < 64
+    assert 5 <= stopped_at < 24
     sft_adapter = tmp_path / "out" / "sft-adapter" / "adapter_model.safetensors"
     sft_written = sft_adapter.stat().st_mtime_ns
 
@@ -155,7 +163,7 @@ def test_a_preference_stage_stopped_by_sigterm_resumes_from_its_checkpoint_witho
     assert f"resuming from {root}/checkpoint-{stopped_at} (step {stopped_at})" in log
     assert sft_adapter.stat().st_mtime_ns == sft_written
     assert result.resumed_from_step == 4 + stopped_at
-    assert result.steps == 4 + 64 and result.preference.steps == 64
+    assert result.steps == 4 + 24 and result.preference.steps == 24
     # Measured at the start of the stage by the first attempt: policy == reference.
     assert result.preference.loss_before == pytest.approx(math.log(2), abs=1e-4)
 
