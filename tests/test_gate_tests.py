@@ -99,7 +99,38 @@ def test_regression_beyond_the_margin_fails_the_non_inferiority_check_and_within
     assert [t.check for t in same] == ["rougeL improvement on test", "rougeL non-inferiority on regression",
                                        "rougeL non-inferiority on general"]
     assert all(t.passed for t in same)
-    assert by_check(same)["rougeL non-inferiority on regression"].detectable_effect is None  # not a power check
+    guardrail = by_check(same)["rougeL non-inferiority on regression"]
+    assert 0 < guardrail.detectable_effect < 0.05 and guardrail.warning is None  # 200 rows can show a 0.05 margin
+
+
+def test_a_regression_set_too_small_for_the_margin_says_what_margin_it_can_show_and_how_many_rows_are_needed():
+    # 30 of the champion's rows, 2 won and 2 lost: no change, yet no way to show it within a 0.05 margin.
+    small = exact_match_set(wins=2, losses=2, both_pass=20, both_fail=6, name="regression")
+    tests, warnings = gate_tests(GateSpec(), BOOTSTRAP, exact_match_set(10, 1, 12, 7), small, None, None)
+    guardrail = by_check(tests)["exactMatch non-inferiority on regression"]
+    assert not guardrail.passed and guardrail.estimate.value == 0
+    margin = guardrail.detectable_effect
+    assert 0.05 < margin < 0.5
+    assert guardrail.line().endswith(f"; shown at 80% power for a margin of {margin:.3f} or more")
+    assert guardrail.warning in warnings
+    assert guardrail.warning.startswith(
+        f"exactMatch non-inferiority on regression: 30 regression rows show no regression with 80% power only "
+        f"for a margin of {margin:.2f} or more; 0.05 (nonInferiorityMargin) needs about ")
+    needed = int(guardrail.warning.rsplit(" ", 1)[1])
+    assert needed > 30
+    # A set of that size, with the same share of discordant rows, shows the 0.05 margin and does not warn.
+    share = needed / 30
+    large = exact_match_set(wins=round(2 * share), losses=round(2 * share), both_pass=round(20 * share),
+                            both_fail=round(6 * share), name="regression")
+    tests, _ = gate_tests(GateSpec(), BOOTSTRAP, exact_match_set(10, 1, 12, 7), large, None, None)
+    large_guardrail = by_check(tests)["exactMatch non-inferiority on regression"]
+    assert large_guardrail.detectable_effect <= 0.05 and large_guardrail.warning is None
+    assert large_guardrail.passed
+    # A wider margin that 30 rows can show: no warning.
+    tests, warnings = gate_tests(GateSpec(non_inferiority_margin=0.3), BOOTSTRAP, exact_match_set(10, 1, 12, 7),
+                                 small, None, None)
+    assert by_check(tests)["exactMatch non-inferiority on regression"].warning is None
+    assert not any("non-inferiority" in warning for warning in warnings)
 
 
 def test_non_inferiority_falls_back_to_rouge_when_the_primary_metric_is_not_on_the_regression_set():

@@ -168,8 +168,9 @@ def test_every_module_the_operator_runs_exists_in_its_image():
     sources = "".join(Path(module.__file__).read_text(encoding="utf-8")
                       for module in (manifests, schedule_manifests, serving_manifests))
     modules = set(re.findall(r'"-m", "(tuneloop_\w+(?:\.\w+)*)"', sources))
-    assert modules == {"tuneloop_trainer", "tuneloop_trainer.check_data", "tuneloop_trainer.fetch",
-                       "tuneloop_trainer.snapshot", "tuneloop_evaluator", "tuneloop_evaluator.register", "tuneloop_evaluator.fetch_adapter"}
+    assert modules == {"tuneloop_trainer", "tuneloop_trainer.check_data", "tuneloop_trainer.augment",
+                       "tuneloop_trainer.export", "tuneloop_trainer.fetch", "tuneloop_trainer.snapshot",
+                       "tuneloop_evaluator", "tuneloop_evaluator.register", "tuneloop_evaluator.fetch_adapter"}
     for module in modules:
         assert module_file(module).is_file(), module
 

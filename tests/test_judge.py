@@ -9,10 +9,11 @@ from collections import Counter
 import pytest
 
 from judge_server import Reply, ScriptedJudge, closed_port_url, judgment, reference_judge
-from tuneloop.api.evaluation import JudgeSpec, SecretKeyRef
+from tuneloop.api.evaluation import BootstrapSpec, GateSpec, JudgeSpec, SecretKeyRef
 from tuneloop.api.workloads import JUDGE_API_KEY_ENV
 from tuneloop.judge_client import Judge
 from tuneloop.retry import RetryPolicy
+from tuneloop_evaluator.gate_tests import SetScores, gate_tests
 from tuneloop_evaluator.judge import (
     SYSTEM_PROMPT, JudgeItem, JudgeNotConfigured, JudgeUnavailable, check_judge, judge_answers, parse_score,
     parse_winner, resolve_api_key,
@@ -48,9 +49,10 @@ def test_judgments_follow_the_openai_protocol_with_bearer_key():
     assert len(server.chat_requests) == 2 * 4 + 2 * 2
     for seen in server.requests:
         assert seen.headers["Authorization"] == "Bearer sk-test-123"
+    # The first asks are at temperature 0; the repeats at agreementTemperature, free to disagree.
+    assert Counter(seen.body["temperature"] for seen in server.chat_requests) == {0: 8, 0.7: 4}
     for seen in server.chat_requests:
         assert seen.body["model"] == "judge-model"
-        assert seen.body["temperature"] == 0
         assert [message["role"] for message in seen.body["messages"]] == ["system", "user"]
         assert seen.body["messages"][0]["content"] == SYSTEM_PROMPT
         assert "<criteria>" in seen.prompt and "correct and faithful to the reference" in seen.prompt
@@ -62,7 +64,7 @@ def test_judgments_follow_the_openai_protocol_with_bearer_key():
     stats = run.stats
     assert (stats.configured, stats.model, stats.judged, stats.unparseable) == (True, "judge-model", 12, 0)
     assert (stats.wins, stats.ties, stats.losses, stats.inconsistent) == (1, 1, 0, 0)
-    # A deterministic judge at temperature 0 agrees with itself: its noise floor is zero.
+    # This scripted judge answers the same at any temperature: its noise floor is zero.
     assert (stats.repeated, stats.self_agreement, stats.position_flips) == (4, 1.0, 0.0)
     assert stats.trusted and stats.note is None
 
@@ -321,3 +323,60 @@ def test_the_judge_counts_why_replies_were_unreadable():
     with ScriptedJudge(judge_by_question) as server:
         counts, rejected = asyncio.run(ask(server.url))
     assert counts == {"refusal": 1, "ramble": 1, "malformed": 1, "rejected": 1} and rejected == 1
+
+
+def test_a_judge_deterministic_only_at_temperature_zero_is_caught_by_its_repeats():
+    """A server that is steady at 0 and noisy above it: the repeats, sent at agreementTemperature, disagree."""
+    def steady_only_when_cold(seen, repeat):
+        if seen.body["temperature"] == 0:
+            return reference_judge(seen, repeat)
+        return judgment(winner="tie") if seen.pairwise else judgment(score=5)
+
+    with ScriptedJudge(steady_only_when_cold) as server:
+        run = judge_answers(spec_for(server.url), "EMPTY", ITEMS, [], **FAST)
+    stats = run.stats
+    # The first judgments stand as they were asked: at 0.
+    assert [(j.candidate.score, j.pair.verdict) for j in run.test] == [(9, "win"), (2, "tie")]
+    # Item 1: score 9 -> 5 and win -> tie disagree; item 2: score 2 -> 5 disagrees, tie -> tie agrees.
+    assert (stats.repeated, stats.self_agreement, stats.trusted) == (4, 0.25, False)
+    assert stats.note.startswith("self-agreement 0.25 (1 of 4 repeated judgments) is below judge.minAgreement 0.6")
+
+    with ScriptedJudge(steady_only_when_cold) as server:
+        cold = judge_answers(spec_for(server.url, agreement_temperature=0), "EMPTY", ITEMS, [], **FAST)
+    assert {seen.body["temperature"] for seen in server.chat_requests} == {0}
+    assert (cold.stats.self_agreement, cold.stats.trusted) == (1.0, True)  # what temperature 0 would have hidden
+
+
+def position_biased(share_of_items: int):
+    """Prefers answer A on the first `share_of_items` questions (a flip with the order), judges fairly after."""
+    def script(seen, repeat):
+        biased = int(seen.tag("question").rsplit(" ", 1)[1]) < share_of_items
+        if seen.pairwise and biased:
+            return judgment(winner="A")
+        return reference_judge(seen, repeat)
+    return script
+
+
+@pytest.mark.parametrize("biased, max_flips, trusted", [(3, 0.5, True), (3, 0.25, False), (6, 0.5, False)])
+def test_a_judge_whose_verdicts_flip_with_the_order_is_not_trusted(biased, max_flips, trusted):
+    items = [JudgeItem(question=f"Ticket number {index}", reference=RIGHT, candidate=RIGHT, baseline="no idea")
+             for index in range(10)]
+    with ScriptedJudge(position_biased(biased)) as server:
+        run = judge_answers(spec_for(server.url, max_position_flips=max_flips, agreement_sample=2), "EMPTY", items,
+                            [], **FAST)
+    stats = run.stats
+    assert stats.self_agreement == 1.0  # steady: only the order sways it
+    assert (stats.inconsistent, stats.position_flips, stats.trusted) == (biased, biased / 10, trusted)
+    if trusted:
+        assert stats.note is None
+    else:
+        assert stats.note == (f"position flips {biased / 10:.2f} ({biased} of 10 pairwise verdicts changed when the "
+                              f"answers swapped places) are above judge.maxPositionFlips {max_flips:g}")
+    # The gate's judge requirement follows, and says why.
+    scores = SetScores("test", [{"exactMatch": 1.0, "judgeWinRate": 1.0}] * 10, [{"exactMatch": 0.0}] * 10)
+    requirement, _, win_rate = gate_tests(GateSpec(min_score={"judgeWinRate": 0.5}), BootstrapSpec(), scores, None,
+                                          None, stats)[0]
+    assert (requirement.kind, requirement.passed, win_rate.metric) == ("judgeAgreement", trusted, "judgeWinRate")
+    assert win_rate.passed == trusted
+    if not trusted:
+        assert requirement.detail == stats.note and win_rate.detail.startswith("judge not trusted: position flips")

@@ -60,7 +60,8 @@ def test_smollm2_as_judge_is_measured_and_every_reply_is_accounted_for(smollm2_j
     pairs_read = [item.pair for item in run.test if item.pair.verdict is not None]
     assert stats.position_flips == (sum(pair.inconsistent for pair in pairs_read) / len(pairs_read)
                                     if pairs_read else None)
-    assert stats.trusted == (stats.self_agreement >= smollm2_judge.min_agreement)
+    assert stats.trusted == (stats.self_agreement >= smollm2_judge.min_agreement and (
+        stats.position_flips is None or stats.position_flips <= smollm2_judge.max_position_flips))
     assert (stats.note is None) == stats.trusted
     print(f"SmolLM2 judge: {read} of {stats.judged} replies readable; {stats.model_dump_json(exclude={'model'})}")
 
@@ -79,8 +80,8 @@ def test_the_local_judge_stops_and_frees_its_port(tmp_path):
 
 @pytest.mark.parametrize("fields, message", [
     ({"model": "gpt-4o"}, r"evaluation.judge.model: model 'gpt-4o' is not in the catalog \(known: "
-                          r"smollm2-135m-instruct\); a local judge serves a model of the catalog"),
-    ({"url": "http://judge.llm.svc:8000/v1"}, r"evaluation.judge.url: a local judge listens on 127.0.0.1 or "
+                          r"smollm2-135m-instruct\); a local model is one of the catalog"),
+    ({"url": "http://judge.llm.svc:8000/v1"}, r"evaluation.judge.url: a local model listens on 127.0.0.1 or "
                                               r"localhost, not 'judge.llm.svc'"),
     ({"url": "http://127.0.0.1/v1"}, r"evaluation.judge.url: http://127.0.0.1/v1 needs a port"),
 ])

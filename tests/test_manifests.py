@@ -374,6 +374,54 @@ def test_the_registration_job_reads_the_adapter_without_a_gpu_and_fetches_nothin
     assert workload["setChampion"] is True
 
 
+def test_the_augment_job_asks_the_teacher_from_a_cpu_node_with_the_key_from_its_secret():
+    gpu_nodes = CONFIG.model_copy(update={"default_node_selector": {"nvidia.com/gpu.present": "true"}})
+    teacher = {"url": "http://teacher.llm:8000/v1", "model": "qwen2.5-72b-instruct",
+               "apiKeySecret": {"name": "teacher", "key": "token"}}
+    dataset = {**job().spec.dataset.to_wire(), "augment": {"teacher": teacher, "targetRows": 500}}
+    objects = stage_job("augment", {}, config=gpu_nodes, dataset=dataset)
+    for obj in objects.values():
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    pod = objects["Job"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["name"] == "augment" and container["image"] == CONFIG.images.trainer
+    assert container["command"][:3] == ["python", "-m", "tuneloop_trainer.augment"]
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    assert pod["tolerations"] == [] and pod["nodeSelector"] == {"gpu": "h100"}  # no GPU node asked for
+    key = next(env for env in container["env"] if env["name"] == "TUNELOOP_TEACHER_API_KEY")
+    assert key["valueFrom"] == {"secretKeyRef": {"name": "teacher", "key": "token"}}
+    writable = [mount["mountPath"] for mount in container["volumeMounts"]
+                if mount["name"].startswith("pvc-") and not mount.get("readOnly")]
+    assert writable == ["/mnt/pvc/adapters"]  # the synthetic rows are written beside the adapter-to-be
+    workload = json.loads(objects["ConfigMap"]["data"]["workload.json"])
+    assert workload["teacherKeyEnv"] == "TUNELOOP_TEACHER_API_KEY"
+    assert workload["outputDir"] == "/mnt/pvc/adapters/support-bot"
+
+
+def test_training_reads_the_synthetic_rows_the_augment_stage_wrote():
+    objects = stage_job("train", {"synthetic_uri": "pvc://adapters/support-bot/synthetic/synthetic-0a1b.jsonl"})
+    workload = json.loads(objects["ConfigMap"]["data"]["workload.json"])
+    assert workload["syntheticPath"] == "/mnt/pvc/adapters/support-bot/synthetic/synthetic-0a1b.jsonl"
+    assert "mergeAdapter" not in workload or workload["mergeAdapter"] is False  # the export stage merges
+
+
+def test_the_export_job_merges_and_converts_on_one_gpu_with_the_trainer_image():
+    objects = stage_job("export", {"adapter_uri": "pvc://adapters/support-bot/adapter",
+                                   "test_uri": "pvc://adapters/support-bot/test.jsonl"},
+                        output={"uri": "pvc://adapters/support-bot", "export": ["merged", "gguf"],
+                                "gguf": {"type": "q4_0"}})
+    for obj in objects.values():
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    (container,) = objects["Job"]["spec"]["template"]["spec"]["containers"]
+    assert container["name"] == "export" and container["image"] == CONFIG.images.trainer
+    assert container["command"][:3] == ["python", "-m", "tuneloop_trainer.export"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    workload = json.loads(objects["ConfigMap"]["data"]["workload.json"])
+    assert workload["formats"] == ["merged", "gguf"] and workload["gguf"]["type"] == "q4_0"
+    assert (workload["adapterPath"], workload["outputDir"]) == ("/mnt/pvc/adapters/support-bot/adapter",
+                                                              "/mnt/pvc/adapters/support-bot")
+
+
 def test_a_full_evaluation_result_fits_the_termination_message():
     from tuneloop.api.evaluation import METRICS, PAIRED_ONLY
     from tuneloop.api.workloads import EvaluatorResult

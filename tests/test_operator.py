@@ -318,13 +318,19 @@ def test_a_judge_key_the_namespace_has_not_marked_for_tuneloop_fails_the_job_bef
                 for name, key in (("steals", "db-password"), ("missing", "no-such-secret"),
                                   ("typo", "wrong-key"), ("marked", "judge-key")):
                     harness.create(with_judge_key(name, key))
+                teacher = with_judge_key("teacher", "judge-key")  # marked for the judge, not for a teacher
+                teacher["spec"]["dataset"]["augment"] = {"targetRows": 400, "teacher": {
+                    "url": "http://teacher.default.svc:8000/v1", "model": "teacher",
+                    "apiKeySecret": {"name": "judge-key", "key": "token"}}}
+                harness.create(teacher)
 
                 def phase(name):
                     return ((harness.get(FTJ, "default", name) or {}).get("status") or {}).get("phase")
                 await harness.wait_for(lambda: phase("steals") == "Failed" and phase("missing") == "Failed"
-                                       and phase("typo") == "Failed" and phase("marked") == "Validating")
+                                       and phase("typo") == "Failed" and phase("marked") == "Validating"
+                                       and phase("teacher") == "Failed")
                 messages = {}
-                for name in ("steals", "missing", "typo"):
+                for name in ("steals", "missing", "typo", "teacher"):
                     failed = next(c for c in harness.get(FTJ, "default", name)["status"]["conditions"]
                                   if c["type"] == "Failed")
                     assert failed["reason"] == "SecretNotAllowed"
@@ -335,6 +341,9 @@ def test_a_judge_key_the_namespace_has_not_marked_for_tuneloop_fails_the_job_bef
                 assert messages["missing"] == ("spec.evaluation.judge.apiKeySecret: Secret default/no-such-secret "
                                                "does not exist")
                 assert messages["typo"] == "spec.evaluation.judge.apiKeySecret: Secret default/wrong-key has no key 'token'"
+                assert messages["teacher"].startswith(
+                    "spec.dataset.augment.teacher.apiKeySecret: Secret default/judge-key is not marked for Tuneloop's "
+                    "teacher use: label it tuneloop.dev/secret-usage=teacher")
 
             await run_operator(harness, body, kubeconfig_dir=operator_env)
             assert [j["metadata"]["name"] for j in harness.list_objects(JOB, include_deleted=True)] == [

@@ -18,6 +18,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import save_file
 
+from tuneloop.api.export import ExportedFile
 from tuneloop.api.workloads import RegisterResult, RegisterWorkload, Tracking
 from tuneloop_evaluator.register import JOB_UID_TAG, register
 
@@ -210,6 +211,63 @@ def test_missing_or_pickled_adapter_is_not_registered(tmp_path):
     (broken / "adapter_config.json").write_text("{not json")
     unreadable = register(workload("sqlite:///unused.db", broken, "uid-1"))
     assert unreadable.reason == "AdapterMissing" and "adapter_config.json is unreadable" in unreadable.message
+
+
+def exports_on_disk(folder: Path, gguf_bytes: bytes, gguf_sha: str) -> list[ExportedFile]:
+    merged = folder / "export" / "merged"
+    merged.mkdir(parents=True, exist_ok=True)
+    (merged / "config.json").write_text("{}", encoding="utf-8")
+    (merged / "model.safetensors").write_bytes(b"merged weights")
+    gguf = folder / "export" / "tickets-q8_0.gguf"
+    gguf.write_bytes(gguf_bytes)
+    return [ExportedFile(kind="merged", uri=str(merged), sha256="a" * 64, bytes=17),
+            ExportedFile(kind="gguf", uri=str(gguf), sha256=gguf_sha, bytes=len(gguf_bytes), gguf_type="q8_0")]
+
+
+def downloaded_bytes(uri: str, folder: Path) -> bytes:
+    return Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(folder))).read_bytes()
+
+
+def test_exports_are_artifacts_of_the_version_tagged_with_their_sha256_and_logged_once(sqlite_uri, adapter, tmp_path):
+    exports = exports_on_disk(tmp_path, b"GGUF first", "b" * 64)
+    result = register(workload(sqlite_uri, adapter, "uid-1", exports=exports))
+
+    assert result.succeeded, result.message
+    run = result.run_id
+    assert [export.uri for export in result.exports] == [f"runs:/{run}/export/merged",
+                                                        f"runs:/{run}/export/tickets-q8_0.gguf"]
+    assert [export.sha256 for export in result.exports] == ["a" * 64, "b" * 64]
+    client = MlflowClient(tracking_uri=sqlite_uri)
+    tags = client.get_model_version(MODEL, result.version).tags
+    assert tags["tuneloop.dev/export-merged"] == f"runs:/{run}/export/merged sha256={'a' * 64}"
+    assert tags["tuneloop.dev/export-gguf"] == f"runs:/{run}/export/tickets-q8_0.gguf sha256={'b' * 64}"
+    assert artifact_names(client, run, "export/merged") == {"config.json", "model.safetensors"}
+    gguf_uri = result.exports[1].uri
+    assert downloaded_bytes(gguf_uri, tmp_path / "dl1") == b"GGUF first"
+
+    # A retry with the same exports uploads nothing again, even where the local file has changed since.
+    Path(exports[1].uri).write_bytes(b"GGUF rewritten")
+    again = register(workload(sqlite_uri, adapter, "uid-1", exports=exports))
+    assert again.already_registered and again.exports == result.exports
+    assert downloaded_bytes(gguf_uri, tmp_path / "dl2") == b"GGUF first"
+
+    # An export with another sha256 is uploaded and the tag follows it.
+    changed = register(workload(sqlite_uri, adapter, "uid-1",
+                                exports=exports_on_disk(tmp_path, b"GGUF new", "c" * 64)))
+    assert changed.already_registered and changed.exports[1].sha256 == "c" * 64
+    assert client.get_model_version(MODEL, result.version).tags["tuneloop.dev/export-gguf"].endswith("c" * 64)
+    assert downloaded_bytes(gguf_uri, tmp_path / "dl3") == b"GGUF new"
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == 1
+
+
+def test_an_export_that_is_not_on_disk_is_not_registered(sqlite_uri, adapter, tmp_path):
+    exports = [ExportedFile(kind="gguf", uri=str(tmp_path / "gone.gguf"), sha256="b" * 64, bytes=1, gguf_type="f16")]
+
+    result = register(workload(sqlite_uri, adapter, "uid-1", exports=exports))
+
+    assert (result.succeeded, result.reason) == (False, "InvalidWorkload")
+    assert "exports[0].uri" in result.message and "gone.gguf" in result.message
+    assert MlflowClient(tracking_uri=sqlite_uri).search_model_versions(f"name = '{MODEL}'") == []
 
 
 # --- through an `mlflow server`, with the program as a pod runs it ---

@@ -222,23 +222,17 @@ def test_a_local_run_without_mlflow_refuses_to_register(tiny_model_dir, tickets,
     assert "spec.registry.enabled: this run has no MLflow tracking URI" in status.message
 
 
-def test_merge_and_unload_writes_a_full_safetensors_model(tiny_model_dir, tickets, tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def test_the_adapters_chat_template_defaults_to_the_system_prompt_of_training(tiny_model_dir, tickets, tmp_path):
+    from transformers import AutoTokenizer
 
     workload = workload_for(tiny_model_dir, tickets, tmp_path / "out", epochs=1)
-    workload.merge_adapter = True
-    workload.method.lora.r = 16
     workload.dataset.system_prompt = 'You are Acme\'s ticket router. Answer "with the record" only.'
     code, result = run_trainer(workload, tmp_path)
 
     assert code == 0, result.message
-    merged = Path(result.merged_path)
-    assert (merged / "model.safetensors").is_file() and (merged / "tokenizer.json").is_file()
-    model = AutoModelForCausalLM.from_pretrained(merged)  # loads as a plain model, no peft needed
-    assert not any("lora" in name for name, _ in model.named_parameters())
-    # The adapter's and the merged model's chat template default to the system prompt of training:
-    # a client that sends only a user message prompts the model as it was trained.
-    for folder in (Path(result.adapter_path), merged):
+    # A client that sends only a user message prompts the model as it was trained (the export stage's merged
+    # model keeps this template: tests/test_export.py).
+    for folder in (Path(result.adapter_path),):
         assert (folder / "chat_template.jinja").is_file()  # what vLLM's --chat-template reads
         tokenizer = AutoTokenizer.from_pretrained(folder)
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Parcel lost"}], tokenize=False)

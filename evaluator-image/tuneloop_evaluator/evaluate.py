@@ -12,15 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneloop.api.evaluation import PAIRED_ONLY, BootstrapSpec, Comparison, JudgeSpec, JudgeStats
+from tuneloop.api.evaluation import PAIRED_ONLY, BootstrapSpec, Comparison, GateTest, JudgeSpec, JudgeStats
 from tuneloop.api.workloads import EvaluatorResult, EvaluatorWorkload
 from tuneloop.registry.evaluation import RECORDS_FILE, log_evaluation
 from tuneloop.registry.test_rows import champion_test_rows
 from tuneloop.workload_data.chat import render_prompt
 from tuneloop.workload_data.rows import DataError, Example, load_dataset
 from tuneloop_evaluator.bootstrap import bootstrap_difference, bootstrap_mean
-from tuneloop_evaluator.champion import Baseline, resolve_baseline
-from tuneloop_evaluator.gate_tests import DEFAULT_MIN_AGREEMENT, SetScores, gate_tests
+from tuneloop_evaluator.champion import Baseline, regression_champion, resolve_baseline
+from tuneloop_evaluator.gate_tests import DEFAULT_MIN_AGREEMENT, PASS_FAIL, SetScores, gate_tests
 from tuneloop_evaluator.judge import (
     ItemJudgment, JudgeItem, JudgeNotConfigured, PointJudgment, check_judge, judge_answers, resolve_api_key,
 )
@@ -37,10 +37,12 @@ class InvalidWorkload(ValueError):
 
 @dataclass
 class EvalSet:
-    """One set of examples with both sides' answers and per-example scores (metric -> value)."""
+    """One set of examples with both sides' answers and per-example scores (metric -> value). The baseline
+    answers the test and general sets; the regression set is always answered by the champion."""
 
     name: str
     examples: list[Example]
+    baseline: Baseline = field(default_factory=lambda: Baseline("base"))
     candidate_answers: list[str] = field(default_factory=list)
     baseline_answers: list[str] = field(default_factory=list)
     candidate_scores: list[dict[str, float]] = field(default_factory=list)
@@ -90,16 +92,18 @@ def judge_key(spec: JudgeSpec | None, warnings: list[str]) -> str | None:
         return None
 
 
-def generate(workload: EvaluatorWorkload, baseline: Baseline, sets: list[EvalSet]) -> None:
+def generate(workload: EvaluatorWorkload, sets: list[EvalSet]) -> None:
+    """Answers of the candidate and of each set's baseline; the champion (there is at most one) is loaded once."""
     from tuneloop_evaluator.generation import AnswerModels
 
     evaluation = workload.evaluation
     models = AnswerModels(workload.model_path)
     models.add(CANDIDATE, Path(workload.adapter_path))
-    if baseline.folder is not None:
-        models.add(CHAMPION, baseline.folder)
-    baseline_name = CHAMPION if baseline.folder is not None else None
+    champion = next((eval_set.baseline.folder for eval_set in sets if eval_set.baseline.folder is not None), None)
+    if champion is not None:
+        models.add(CHAMPION, champion)
     for eval_set in sets:
+        baseline_name = CHAMPION if eval_set.baseline.folder is not None else None
         prompts = [render_prompt(models.tokenizer, example) for example in eval_set.examples]
         started = time.monotonic()
         eval_set.candidate_answers = models.answers(CANDIDATE, prompts, evaluation.max_new_tokens,
@@ -107,7 +111,7 @@ def generate(workload: EvaluatorWorkload, baseline: Baseline, sets: list[EvalSet
         eval_set.baseline_answers = models.answers(baseline_name, prompts, evaluation.max_new_tokens,
                                                    evaluation.batch_size)
         log.info("%s: %d prompts answered by candidate and %s in %.1fs", eval_set.name, len(prompts),
-                 baseline.kind, time.monotonic() - started)
+                 eval_set.baseline.kind, time.monotonic() - started)
 
 
 def answered(eval_set: EvalSet) -> Iterator[tuple[Example, str, str]]:
@@ -169,7 +173,8 @@ def _point(judgment: PointJudgment) -> dict[str, Any]:
     return point
 
 
-def records(eval_set: EvalSet, regressed_rows: list[int] = ()) -> list[dict[str, Any]]:
+def records(eval_set: EvalSet, regressed_rows: list[Regressed] = ()) -> list[dict[str, Any]]:
+    lost = {row.index: row for row in regressed_rows}
     rows = []
     for index, example in enumerate(eval_set.examples):
         judgment = eval_set.judgments[index] if eval_set.judgments and index < len(eval_set.judgments) else None
@@ -178,8 +183,10 @@ def records(eval_set: EvalSet, regressed_rows: list[int] = ()) -> list[dict[str,
         row: dict[str, Any] = {"set": eval_set.name, "index": index, "line": example.line,
                                "prompt": example.prompt_messages, "reference": example.reference,
                                "candidate": candidate, "baseline": baseline}
-        if index in regressed_rows:
+        if index in lost:
             row["regressed"] = True
+            row["regressedOn"] = {"metric": lost[index].metric, "baseline": lost[index].baseline,
+                                  "candidate": lost[index].candidate}
         if judgment is not None:
             candidate["judge"], baseline["judge"] = _point(judgment.candidate), _point(judgment.baseline)
             if judgment.pair is not None:
@@ -198,28 +205,54 @@ def write_records(path: Path, rows: list[dict[str, Any]]) -> None:
     partial.replace(path)
 
 
-def regressed(eval_set: EvalSet) -> list[int]:
-    """Indices of rows the baseline answered exactly and the candidate did not."""
-    return [index for index, (candidate, baseline) in enumerate(zip(eval_set.candidate_scores,
-                                                                       eval_set.baseline_scores, strict=True))
-            if baseline.get("exactMatch") == 1.0 and candidate.get("exactMatch") == 0.0]
+@dataclass(frozen=True)
+class Regressed:
+    """A regression-set row the candidate lost on the guardrail's metric."""
+
+    index: int
+    metric: str
+    baseline: float
+    candidate: float
 
 
-def regression_set(workload: EvaluatorWorkload, baseline: Baseline, warnings: list[str]) -> EvalSet | None:
-    """The champion's own test rows, when the baseline is a champion that logged them."""
-    spec = workload.evaluation.regression_set
-    if not spec.enabled or baseline.kind != "champion":
+def regressed(eval_set: EvalSet, metric: str, margin: float) -> list[Regressed]:
+    """Rows where the candidate fell behind the baseline on the guardrail's `metric`: a pass/fail metric the
+    baseline passed and the candidate failed, or a continuous one that dropped by more than `margin`
+    (gate.nonInferiorityMargin), the loss the guardrail tolerates on average."""
+    rows = []
+    for index, (candidate, baseline) in enumerate(zip(eval_set.candidate_scores, eval_set.baseline_scores,
+                                                      strict=True)):
+        if metric not in candidate or metric not in baseline:
+            continue
+        lost = (baseline[metric] == 1.0 and candidate[metric] == 0.0 if metric in PASS_FAIL
+                else baseline[metric] - candidate[metric] > margin)
+        if lost:
+            rows.append(Regressed(index, metric, baseline[metric], candidate[metric]))
+    return rows
+
+
+def guardrail_metric(tests: list[GateTest]) -> str | None:
+    """The metric the regression set's non-inferiority check was decided on."""
+    return next((test.metric for test in tests if test.kind == "nonInferiority" and test.set == "regression"), None)
+
+
+def regression_set(workload: EvaluatorWorkload, champion: Baseline | None, warnings: list[str]) -> EvalSet | None:
+    """The champion's own test rows, answered by the candidate and the champion, when there is a champion that
+    logged them (whatever evaluation.baseline the test set is compared with)."""
+    if champion is None:
         return None
+    spec = workload.evaluation.regression_set
     found = champion_test_rows(workload.tracking.tracking_uri, workload.registered_model,
                                Path(workload.output_dir) / "regression")
     if found is None:
-        warnings.append(f"no regression set: champion version {baseline.version} logged no test rows")
+        warnings.append(f"no regression set: champion version {champion.version} logged no test rows")
         return None
-    if found.version != baseline.version:
-        warnings.append(f"no regression set: the champion moved from version {baseline.version} to "
+    if found.version != champion.version:
+        warnings.append(f"no regression set: the champion moved from version {champion.version} to "
                         f"{found.version} during the evaluation")
         return None
-    return EvalSet("regression", load_examples(str(found.path), workload.dataset.system_prompt, spec.max_examples))
+    return EvalSet("regression", load_examples(str(found.path), workload.dataset.system_prompt, spec.max_examples),
+                   baseline=champion)
 
 
 def shape_of(eval_set: EvalSet, label_fields: list[str], source: str) -> TaskShape:
@@ -253,9 +286,12 @@ def run(workload: EvaluatorWorkload) -> EvaluatorResult:
         check_judge(evaluation.judge, api_key)  # fail before generation when the judge is down
 
     baseline = resolve_baseline(workload)
-    regression = regression_set(workload, baseline, warnings)
+    test.baseline = baseline
+    if general is not None:
+        general.baseline = baseline
+    regression = regression_set(workload, regression_champion(workload, baseline), warnings)
     sets = [test] + [extra for extra in (regression, general) if extra is not None]
-    generate(workload, baseline, sets)
+    generate(workload, sets)
     score_set(test, lambda answer, reference: score_answer(answer, reference, shape))
     if regression is not None:
         # The champion's rows may predate a label field the spec asks for now: then labels are not compared.
@@ -281,7 +317,9 @@ def run(workload: EvaluatorWorkload) -> EvaluatorResult:
                                       regression.scores() if regression else None,
                                       general.scores() if general else None, judge_stats, min_agreement)
     warnings += test_warnings
-    regressed_rows = regressed(regression) if regression is not None else []
+    metric = guardrail_metric(tests)
+    regressed_rows = (regressed(regression, metric, evaluation.gate.non_inferiority_margin)
+                      if regression is not None and metric is not None else [])
     records_path = output_dir / RECORDS_FILE
     write_records(records_path, records(test) + (records(regression, regressed_rows) if regression else [])
                   + (records(general) if general else []))

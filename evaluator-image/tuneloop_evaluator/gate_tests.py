@@ -95,16 +95,31 @@ def _outcome(check: _Check, bootstrap: BootstrapSpec) -> tuple[TestOutcome | Non
     return paired_bootstrap_test(candidate, baseline, check.threshold, bootstrap), differences
 
 
+def _wanted(check: _Check, gate: GateSpec) -> tuple[float, str]:
+    """The effect the spec asks this check to be able to show, and the spec field that asks it."""
+    if check.kind == "nonInferiority":
+        return gate.non_inferiority_margin, "nonInferiorityMargin"
+    if check.kind == "improvement" and check.threshold > 0:
+        return check.threshold, "minImprovement"
+    return gate.effect_of_interest, "effectOfInterest"
+
+
 def _power_warning(check: _Check, n: int, effect: float | None, sd: float, wanted: float, wanted_name: str,
                    alpha: float) -> str | None:
+    """Why this n cannot show what the spec asks. For non-inferiority, `effect` is the smallest margin the
+    check shows with 80% power when candidate and baseline are truly equal."""
     rows = f"{n} {check.scores.name} row{'s' if n != 1 else ''}"
     if effect is None:
         return f"{check.title}: {rows} {'is' if n == 1 else 'are'} too few to test anything"
     if effect <= wanted:
         return None
-    needed = rows_needed(wanted, sd, alpha)
-    return (f"{check.title}: {rows} detect {effect:+.2f} with 80% power; {wanted:+.2f} ({wanted_name}) "
-            f"needs about {needed}")
+    if check.kind != "nonInferiority":
+        return (f"{check.title}: {rows} detect {effect:+.2f} with 80% power; {wanted:+.2f} ({wanted_name}) "
+                f"needs about {rows_needed(wanted, sd, alpha)}")
+    shown = f"{check.title}: {rows} show no regression with 80% power only for a margin of {effect:.2f} or more"
+    if wanted <= 0:
+        return f"{shown}; {wanted_name} 0 cannot be shown at any n unless the candidate is better"
+    return f"{shown}; {wanted:.2f} ({wanted_name}) needs about {rows_needed(wanted, sd, alpha)}"
 
 
 def _test(check: _Check, gate: GateSpec, bootstrap: BootstrapSpec, alpha: float) -> GateTest:
@@ -117,14 +132,12 @@ def _test(check: _Check, gate: GateSpec, bootstrap: BootstrapSpec, alpha: float)
     test = GateTest(check=check.title, metric=check.metric, set=check.scores.name, kind=check.kind,
                     method=outcome.method, estimate=outcome.estimate, threshold=check.threshold, n=outcome.n,
                     p_value=outcome.p_value, passed=False, detail=outcome.detail)
-    if check.kind in ("improvement", "minimum"):
-        sd = planning_sd(planning_values, SPAN.get(check.metric, 1.0))
-        test.detectable_effect = detectable_effect(outcome.n, sd, alpha)
-        if check.kind == "improvement" and check.threshold > 0:
-            wanted, wanted_name = check.threshold, "minImprovement"
-        else:
-            wanted, wanted_name = gate.effect_of_interest, "effectOfInterest"
-        test.warning = _power_warning(check, outcome.n, test.detectable_effect, sd, wanted, wanted_name, alpha)
+    # Non-inferiority is planned like an improvement over -margin: the detectable effect is then the smallest
+    # margin it shows when nothing changed (H0 diff <= -margin, true diff 0).
+    sd = planning_sd(planning_values, SPAN.get(check.metric, 1.0))
+    test.detectable_effect = detectable_effect(outcome.n, sd, alpha)
+    wanted, wanted_name = _wanted(check, gate)
+    test.warning = _power_warning(check, outcome.n, test.detectable_effect, sd, wanted, wanted_name, alpha)
     return test
 
 

@@ -8,10 +8,12 @@ The judge is measured as well as asked (JudgeStats):
   - why replies could not be read (malformed, refusal, ramble, rejected; see tuneloop.judge_client);
   - self-agreement, its noise floor: the first judge.agreementSample test items are asked again (the
     candidate's pointwise score, and the candidate-first pairwise order); a repeat agrees when both asks
-    are readable and the scores are within one point, or the verdicts the same. With temperature 0 a
-    deterministic server agrees with itself: then the noise floor is zero, which is a finding too;
+    are readable and the scores are within one point, or the verdicts the same. The first asks are at
+    temperature 0, the repeats at judge.agreementTemperature: a deterministic server asked twice at 0
+    answers the same whatever its noise, so repeats at 0 would measure nothing;
   - position bias: the share of pairwise items whose verdict flipped when the answers swapped places.
-The gate relies on judge metrics only when the judge is trusted: self-agreement >= judge.minAgreement.
+The gate relies on judge metrics only when the judge is trusted: self-agreement >= judge.minAgreement and
+position flips <= judge.maxPositionFlips.
 """
 
 from __future__ import annotations
@@ -147,10 +149,13 @@ async def compare(judge: Judge, item: JudgeItem, what: str) -> PairJudgment:
 
 
 async def repeat_item(judge: Judge, index: int, item: JudgeItem, what: str, pairwise: bool) -> RepeatJudgment:
-    jobs = [judge.score(item.question, item.reference, item.candidate, f"{what} candidate, asked again")]
+    """The item asked again at judge.agreementTemperature, free to disagree with the first asks (at 0)."""
+    temperature = judge.spec.agreement_temperature
+    jobs = [judge.score(item.question, item.reference, item.candidate, f"{what} candidate, asked again",
+                        temperature)]
     if pairwise:
         jobs.append(judge.winner(item.question, item.reference, item.candidate, item.baseline,
-                                 f"{what} pairwise candidate-first, asked again"))
+                                 f"{what} pairwise candidate-first, asked again", temperature))
     results = await asyncio.gather(*jobs)
     return RepeatJudgment(index, results[0], results[1] if pairwise else None)
 
@@ -205,21 +210,32 @@ def summarise(spec: JudgeSpec, judgments: list[ItemJudgment], repeats: list[Repe
     stats.repeated = len(agreements)
     stats.self_agreement = sum(agreements) / len(agreements) if agreements else None
     stats.position_flips = stats.inconsistent / pairs_read if pairs_read else None
-    stats.trusted, stats.note = _trust(spec, stats, sum(agreements))
+    reasons = [reason for reason in (_agreement_distrust(spec, stats, sum(agreements)),
+                                     _position_distrust(spec, stats, pairs_read)) if reason]
+    stats.trusted, stats.note = not reasons, "; ".join(reasons) or None
     return stats
 
 
-def _trust(spec: JudgeSpec, stats: JudgeStats, agreeing: int) -> tuple[bool, str | None]:
+def _agreement_distrust(spec: JudgeSpec, stats: JudgeStats, agreeing: int) -> str | None:
+    """Why the judge's self-agreement does not let the gate rely on it; None when it does."""
     if not stats.repeated:
         cause = ("judge.agreementSample is 0" if spec.agreement_sample == 0 else "there were no test items to repeat")
-        return False, f"self-agreement not measured ({cause}): judge metrics cannot be relied on"
+        return f"self-agreement not measured ({cause}): judge metrics cannot be relied on"
     if stats.self_agreement >= spec.min_agreement:
-        return True, None
+        return None
     unread = stats.judged and stats.unparseable / stats.judged
-    return False, (f"self-agreement {stats.self_agreement:.2f} ({agreeing} of "
-                   f"{stats.repeated} repeated judgments) is below judge.minAgreement {spec.min_agreement:g}; "
-                   f"{stats.unparseable} of {stats.judged} replies unreadable ({unread:.0%}: {stats.malformed} "
-                   f"malformed, {stats.refusals} refusals, {stats.rambles} rambles, {stats.rejected} rejected)")
+    return (f"self-agreement {stats.self_agreement:.2f} ({agreeing} of "
+            f"{stats.repeated} repeated judgments) is below judge.minAgreement {spec.min_agreement:g}; "
+            f"{stats.unparseable} of {stats.judged} replies unreadable ({unread:.0%}: {stats.malformed} "
+            f"malformed, {stats.refusals} refusals, {stats.rambles} rambles, {stats.rejected} rejected)")
+
+
+def _position_distrust(spec: JudgeSpec, stats: JudgeStats, pairs_read: int) -> str | None:
+    """Why the judge's position bias does not let the gate rely on it; None when it does (or no pair was read)."""
+    if stats.position_flips is None or stats.position_flips <= spec.max_position_flips:
+        return None
+    return (f"position flips {stats.position_flips:.2f} ({stats.inconsistent} of {pairs_read} pairwise verdicts "
+            f"changed when the answers swapped places) are above judge.maxPositionFlips {spec.max_position_flips:g}")
 
 
 @dataclass

@@ -6,7 +6,10 @@ file is written in every case; exit status 0 when the adapter is registered.
 
 Artifacts: `adapter/` (safetensors weights, configs, tokenizer) and `evaluation/` (per-example
 records) on the training run, or on a run of its own; the version's source is
-`runs:/<run_id>/adapter`, so `models:/<name>@champion` downloads the adapter files.
+`runs:/<run_id>/adapter`, so `models:/<name>@champion` downloads the adapter files. The checked
+exports of the export stage (the workload's `exports`) go under `export/` of the same run
+(`export/merged/`, `export/<name>-<type>.gguf`), each named by a version tag
+`tuneloop.dev/export-<kind>` = "<artifact URI> sha256=<sha256>".
 """
 
 from __future__ import annotations

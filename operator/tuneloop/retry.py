@@ -100,5 +100,6 @@ def async_retrying(policy: RetryPolicy, should_retry: ShouldRetry, *, on_retry: 
 # Today's behaviour of each outside system, the defaults of the operator's `outbound` configuration.
 KUBERNETES_API = RetryPolicy(attempts=5, backoff_seconds=0.2, max_backoff_seconds=5, timeout_seconds=30)
 JUDGE = RetryPolicy(backoff_seconds=0.5, max_backoff_seconds=8)  # a JudgeSpec's maxRetries and timeoutSeconds win
+TEACHER = JUDGE  # the augment stage's teacher, an LLM endpoint like the judge; a TeacherSpec's settings win
 MLFLOW_REST = RetryPolicy(attempts=1, timeout_seconds=5)  # asked again on the next reconcile
 FEEDBACK_STATS = RetryPolicy(attempts=1, timeout_seconds=10)  # asked again on the next reconcile

@@ -55,3 +55,20 @@ def report(result: Result, log: logging.Logger, result_path: Path, termination_l
     else:
         log.error("%s: %s", result.reason, result.message)
     write_result(result, result_path, termination_log)
+
+
+def workload_main(argv: list[str] | None, prog: str, description: str | None, spec_type: type[Spec],
+                  result_type: type[Result], run: Callable[[Spec], Result], failure: Callable[[str, str], Result],
+                  crash_reason: str, log: logging.Logger) -> int:
+    """A workload program's whole `main`: parse the command line, go offline and quiet, run, report, and exit 0
+    when the result succeeded, 1 when not."""
+    from tuneloop.offline_env import go_offline
+    from tuneloop.workload_output import quiet_libraries
+
+    args = workload_parser(prog, description, spec_type, result_type).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    go_offline()
+    quiet_libraries()
+    result = run_workload(args.spec, spec_type, run, failure, crash_reason)
+    report(result, log, args.result, args.termination_log)
+    return 0 if result.succeeded else 1

@@ -29,8 +29,14 @@ from tuneloop.api.workloads import TrainerWorkload
 from tuneloop.registry.champion import ChampionUnavailable
 from tuneloop.registry.test_rows import champion_test_rows
 from tuneloop.workload_data.preferences import PreferenceRow, load_preferences
-from tuneloop.workload_data.rows import BadRows, DataError, Example, load_dataset
-from tuneloop_trainer.cleaning import clean, describe as describe_cleaning, normalize_text, redact_text
+from tuneloop.workload_data.rows import BadRows, DataError, Dataset, Example, load_dataset
+from tuneloop_trainer.cleaning import (
+    clean,
+    describe as describe_cleaning,
+    normalize_text,
+    redact_text,
+    row_key,
+)
 from tuneloop_trainer.contamination import (
     describe as describe_contamination,
     find_contamination,
@@ -94,6 +100,11 @@ def split_rows(examples: list[Example], validation_fraction: float, test_fractio
     return split
 
 
+def token_count(tokenizer: Any) -> Callable[[Example], int]:
+    """Tokens of a whole row, uncut: what dataset.cleaning's minTokens and maxTokens compare."""
+    return lambda row: len(tokenize(tokenizer, row, 10**9).input_ids)
+
+
 def replay_count(train_rows: int, fraction: float) -> int:
     """Replay rows needed so that they are `fraction` of the training mix."""
     return round(fraction / (1 - fraction) * train_rows)
@@ -105,7 +116,7 @@ def load_replay(workload: TrainerWorkload, tokenizer: Any, wanted: int, test: li
     the dataset its champion's test rows came from."""
     replay = workload.dataset.replay
     dataset = load_dataset(Path(workload.replay_path or ""), replay.format, workload.dataset.system_prompt)
-    rows, _ = clean(dataset.examples, workload.dataset.cleaning, lambda row: len(tokenize(tokenizer, row, 10**9).input_ids))
+    rows, _ = clean(dataset.examples, workload.dataset.cleaning, token_count(tokenizer))
     rows, contamination = find_contamination(rows, test, regression, workload.dataset.contamination,
                                              train_name="replay")
     if len(rows) < wanted:
@@ -135,10 +146,24 @@ def champion_rows(workload: TrainerWorkload) -> list[Example]:
         return load_dataset(found.path, "auto", workload.dataset.system_prompt).examples
 
 
-def prepare(workload: TrainerWorkload, tokenizer: Any) -> PreparedData:
-    spec, max_length = workload.dataset, workload.training.max_seq_length
+@dataclass
+class SplitDataset:
+    """The dataset's rows as training splits them, before tokenizing: read and checked, cleaned, split, and the
+    training rows near a test or regression row handled as dataset.contamination says. Shared by training and
+    the augment stage, which shows the teacher training rows only."""
+
+    dataset: Dataset
+    rows: list[Example]  # every row kept by cleaning, all splits
+    cleaning: CleaningStats
+    split: Split  # split.train: after the contamination check
+    regression: list[Example]  # the champion's test rows
+    contamination: ContaminationStats
+
+
+def split_dataset(workload: TrainerWorkload, tokenizer: Any) -> SplitDataset:
+    spec = workload.dataset
     dataset = load_dataset(Path(workload.dataset_path), spec.format, spec.system_prompt)
-    rows, cleaning = clean(dataset.examples, spec.cleaning, lambda row: len(tokenize(tokenizer, row, 10**9).input_ids))
+    rows, cleaning = clean(dataset.examples, spec.cleaning, token_count(tokenizer))
     log.info("cleaning %s: %s", dataset.path, describe_cleaning(cleaning))
     if len(rows) < 3:
         raise DataError(f"{dataset.path}: {len(rows)} rows left after cleaning ({describe_cleaning(cleaning)}); "
@@ -149,16 +174,56 @@ def prepare(workload: TrainerWorkload, tokenizer: Any) -> PreparedData:
     if not train_rows:
         raise DataError(f"{dataset.path}: no training row left after removing near duplicates of test rows; "
                         "lower dataset.contamination.threshold or set remove to false")
+    return SplitDataset(dataset, rows, cleaning, replace(split, train=train_rows), regression, contamination)
 
+
+def synthetic_cap(real_rows: int, max_share: float) -> int:
+    """The most synthetic rows that keep them at most `max_share` of real + synthetic."""
+    return math.floor(max_share / (1 - max_share) * real_rows + 1e-9)
+
+
+def load_synthetic(workload: TrainerWorkload, tokenizer: Any, data: SplitDataset,
+                   ) -> tuple[list[Example], ContaminationStats]:
+    """The augment stage's rows (workload.synthetic_path), for the training split only: cleaned as real rows are,
+    none equal to a real row (any split) nor near a test or regression row (removed whatever
+    dataset.contamination.remove says: a synthetic row is never worth a leak), none without an answer token
+    within maxSeqLength, and at most dataset.augment.maxShare of the training rows (the first ones of the file)."""
+    spec = workload.dataset
+    path = Path(workload.synthetic_path or "")
+    rows = load_dataset(path, data.dataset.format, spec.system_prompt).examples
+    rows, _ = clean(rows, spec.cleaning, token_count(tokenizer))
+    real = {row_key(row) for row in data.rows}
+    rows = [row for row in rows if row_key(row) not in real
+            and tokenize(tokenizer, row, workload.training.max_seq_length).trained_tokens > 0]
+    rows, contamination = find_contamination(rows, data.split.test, data.regression,
+                                             spec.contamination.model_copy(update={"remove": True}),
+                                             train_name="synthetic")
+    max_share = spec.augment.max_share if spec.augment else 0.0  # no dataset.augment: no synthetic rows
+    cap = synthetic_cap(len(data.split.train), max_share)
+    if len(rows) > cap:
+        log.info("synthetic rows %s: %d usable, the first %d kept (dataset.augment.maxShare %s of %d training rows)",
+                 path, len(rows), cap, max_share, len(data.split.train))
+    return rows[:cap], contamination
+
+
+def prepare(workload: TrainerWorkload, tokenizer: Any) -> PreparedData:
+    spec, max_length = workload.dataset, workload.training.max_seq_length
+    data = split_dataset(workload, tokenizer)
+    dataset, cleaning, split, regression = data.dataset, data.cleaning, data.split, data.regression
+    train_rows, contamination = split.train, data.contamination
+
+    synthetic_rows: list[Example] = []
+    if workload.synthetic_path:
+        synthetic_rows, synthetic_contamination = load_synthetic(workload, tokenizer, data)
+        contamination = combined(contamination, synthetic_contamination)
     replay_rows: list[Example] = []
     if spec.replay is not None:
-        replay_rows, replay_contamination = load_replay(workload, tokenizer,
-                                                        replay_count(len(train_rows), spec.replay.fraction),
-                                                        split.test, regression)
+        wanted = replay_count(len(train_rows) + len(synthetic_rows), spec.replay.fraction)
+        replay_rows, replay_contamination = load_replay(workload, tokenizer, wanted, split.test, regression)
         contamination = combined(contamination, replay_contamination)
     if contamination.contaminated:
         log.warning("contamination: %s", describe_contamination(contamination))
-    train = [tokenize(tokenizer, row, max_length) for row in train_rows + replay_rows]
+    train = [tokenize(tokenizer, row, max_length) for row in train_rows + synthetic_rows + replay_rows]
     answerless = [f"{dataset.path}:{row.line}: no answer tokens left within maxSeqLength {max_length}; raise "
                   "spec.training.maxSeqLength or shorten the row"
                   for row, tokenized in zip(train_rows, train) if tokenized.trained_tokens == 0]
@@ -173,10 +238,11 @@ def prepare(workload: TrainerWorkload, tokenizer: Any) -> PreparedData:
         test_rows=len(split.test), contamination=contamination,
         train_tokens=sum(len(example.input_ids) for example in train), format=dataset.format,
         sha256=dataset.sha256, preferences=preferences.stats if preferences else None,
+        synthetic_rows=len(synthetic_rows),
     )
-    log.info("dataset %s: %d rows (%s), %d train + %d replay / %d validation / %d test, %d train tokens, sha256 %s",
-             dataset.path, stats.rows, stats.format, stats.train_rows, len(replay_rows), stats.validation_rows,
-             stats.test_rows,
+    log.info("dataset %s: %d rows (%s), %d train + %d synthetic + %d replay / %d validation / %d test, %d train "
+             "tokens, sha256 %s", dataset.path, stats.rows, stats.format, stats.train_rows, len(synthetic_rows),
+             len(replay_rows), stats.validation_rows, stats.test_rows,
              stats.train_tokens, stats.sha256[:12])
     return PreparedData(
         train=train,

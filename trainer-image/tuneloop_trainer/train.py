@@ -211,21 +211,6 @@ def save_output(trainer: Any, tokenizer: Any, target: Path) -> None:
         partial.rename(target)
 
 
-def save_merged(workload: TrainerWorkload, adapter_dir: Path, tokenizer: Any, target: Path) -> None:
-    """Base model (bf16, unquantised) + adapter folded into one safetensors model."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(workload.model_path, dtype=torch.bfloat16)
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    partial = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    merged.save_pretrained(partial, safe_serialization=True)
-    tokenizer.save_pretrained(partial)
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
-
-
 def run(workload: TrainerWorkload, reporter: ProgressReporter) -> TrainerResult:
     main = os.environ.get("RANK", "0") == "0"
     return Training(workload, reporter if main else ProgressReporter(None, quiet=True)).run()
@@ -343,9 +328,6 @@ class Training:
         save_output(trainer, tokenizer, adapter_dir)
         result.adapter_path = str(adapter_dir)
         result.test_path = str(self.output_dir / TEST_FILE)
-        if main and workload.merge_adapter and workload.method.type != "full":
-            save_merged(workload, adapter_dir, tokenizer, self.output_dir / "merged")
-            result.merged_path = str(self.output_dir / "merged")
         metrics.close()
         result.seconds = time.monotonic() - self.started
         return result

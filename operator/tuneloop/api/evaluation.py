@@ -66,6 +66,14 @@ class JudgeSpec(WireModel):
     min_agreement: float = Field(0.6, ge=0, le=1, description=(
         "Share of repeated judgments that must agree with the first (pointwise within one point, pairwise "
         "the same verdict); below it the gate refuses to rely on judgeScore and judgeWinRate."))
+    agreement_temperature: float = Field(0.7, ge=0, le=2, description=(
+        "Sampling temperature of the repeated judgments (the first are asked at 0): a judge asked twice at 0 "
+        "by a deterministic server agrees with itself whatever its noise, so the repeats must be free to "
+        "disagree."))
+    max_position_flips: float = Field(0.5, ge=0, le=1, description=(
+        "Largest share of pairwise comparisons whose verdict may flip when the answers swap places; above "
+        "it the judge's position bias outweighs its verdicts and the gate refuses to rely on judgeScore and "
+        "judgeWinRate."))
     local: bool = Field(False, description=(
         "Local runs only: `tuneloop run --local` starts `transformers serve` on the url's 127.0.0.1 port with "
         "`model` from the model catalog (e.g. smollm2-135m), and stops it after the evaluation. Refused in a "
@@ -92,16 +100,18 @@ class BootstrapSpec(WireModel):
 
 class GateSpec(WireModel):
     """Every check of the gate is a one-sided test (H0: no better than the threshold) at level
-    (1 - bootstrap.confidence) / 2, Holm-corrected across the checks: so a check passes only when its
-    confidence interval's lower bound clears the threshold, never on the mean."""
+    (1 - bootstrap.confidence) / 2; the gate decides on the p-values Holm-adjusted across the checks,
+    never on a mean."""
 
     primary_metric: Literal["exactMatch", "rougeL", "jsonValid", "fieldAccuracy", "labelAccuracy", "judgeScore"] = (
         Field("exactMatch", description="The score shown, compared with the champion; it must improve on the "
-                                        "baseline (lower bound of the difference above minImprovement, default 0)."))
+                                        "baseline (one-sided paired test of the difference above minImprovement, default 0, Holm-adjusted)."))
     min_score: dict[str, float] = Field(default_factory=dict, json_schema_extra={"default": {}}, description=(
-        "Metric -> minimum lower bound of the candidate's score, e.g. {exactMatch: 0.5}."))
+        "Metric -> the candidate's score must be shown above this (one-sided test, Holm-adjusted p below "
+        "the gate's level), e.g. {exactMatch: 0.5}."))
     min_improvement: dict[str, float] = Field(default_factory=dict, json_schema_extra={"default": {}}, description=(
-        "Metric -> the lower bound of candidate minus baseline must be above this."))
+        "Metric -> candidate minus baseline must be shown above this (one-sided paired test, Holm-adjusted "
+        "p below the gate's level)."))
     non_inferiority_margin: float = Field(0.05, ge=0, le=1, description=(
         "Guardrails: on the regression set (the champion's test rows) and the general set, candidate minus "
         "baseline may not be shown to fall below -nonInferiorityMargin (one-sided test, Holm-corrected)."))
@@ -161,7 +171,7 @@ class Score(WireModel):
     """A mean with its bootstrap confidence interval."""
 
     value: float = Field(description="The mean over the examples.")
-    low: float = Field(description="Lower bound of the confidence interval (what the gate decides on).")
+    low: float = Field(description="Lower bound of the confidence interval.")
     high: float = Field(description="Upper bound of the confidence interval.")
 
     def interval(self, signed: bool = False) -> str:
@@ -192,8 +202,9 @@ class JudgeStats(WireModel):
         "verdict); the judge's noise floor."))
     position_flips: float | None = Field(None, description=(
         "Share of pairwise comparisons whose verdict flipped when the answers swapped places."))
-    trusted: bool = Field(False, description="Whether self-agreement reached judge.minAgreement: only then "
-                                             "may the gate rely on judgeScore and judgeWinRate.")
+    trusted: bool = Field(False, description="Whether self-agreement reached judge.minAgreement and position "
+                                             "flips stayed within judge.maxPositionFlips: only then may the "
+                                             "gate rely on judgeScore and judgeWinRate.")
     note: str | None = Field(None, description="Why the judge is not trusted, when it is not.")
 
     def summary(self) -> str:
@@ -230,7 +241,8 @@ class GateTest(WireModel):
     set: Literal["test", "regression", "general"] = Field(description="Rows it was measured on.")
     kind: Literal["improvement", "minimum", "nonInferiority", "judgeAgreement"] = Field(description=(
         "improvement: candidate - baseline > threshold; minimum: candidate > threshold; nonInferiority: "
-        "candidate - baseline > -margin; judgeAgreement: the judge's self-agreement is high enough to rely on."))
+        "candidate - baseline > -margin; judgeAgreement: the judge's self-agreement is high enough, and its "
+        "position flips few enough, to rely on."))
     method: str = Field(description="The test, e.g. exact McNemar, paired bootstrap (BCa), exact binomial.")
     estimate: Score | None = Field(None, description="The difference (or score) with its confidence interval; "
                                                       "none when it could not be measured.")
@@ -240,7 +252,8 @@ class GateTest(WireModel):
     p_holm: float | None = Field(None, description="Holm-adjusted p-value across the gate's tests.")
     passed: bool = Field(description="p_holm below the gate's level.")
     detectable_effect: float | None = Field(None, description=(
-        "Minimum detectable effect at this n with 80% power (improvement and minimum checks)."))
+        "Minimum detectable effect over the threshold at this n with 80% power; for a non-inferiority check, "
+        "the smallest margin it can show when candidate and baseline are truly equal."))
     detail: str | None = Field(None, description="e.g. discordant pairs 9 for / 2 against.")
     warning: str | None = Field(None, description="e.g. the test set is too small for the threshold asked.")
 
@@ -250,7 +263,11 @@ class GateTest(WireModel):
         p = "" if self.p_value is None else f" p={self.p_value:.4f}"
         holm = "" if self.p_holm is None or self.p_holm == self.p_value else f" (Holm {self.p_holm:.4f})"
         signed = self.kind in ("improvement", "nonInferiority")
-        mde = f"; detectable {self.detectable_effect:+.3f} at 80% power" if self.detectable_effect is not None else ""
+        mde = ""
+        if self.detectable_effect is not None and self.kind == "nonInferiority":
+            mde = f"; shown at 80% power for a margin of {self.detectable_effect:.3f} or more"
+        elif self.detectable_effect is not None:
+            mde = f"; detectable {self.detectable_effect:+.3f} at 80% power"
         estimate = self.estimate.interval(signed=signed) if self.estimate is not None else "not measured"
         return f"{self.check}: {estimate} vs {self.threshold:g}, {self.method}{p}{holm}{mde}"
 
@@ -284,7 +301,9 @@ class EvaluationResults(WireModel):
     test: Comparison = Field(description="Scores on the test split, which nothing in training saw or chose by.")
     regression: Comparison | None = Field(None, description="Scores on the previous champion's test rows.")
     regressed_rows: int | None = Field(None, description=(
-        "Regression-set rows the baseline got right (exact match) and the candidate got wrong."))
+        "Regression-set rows the candidate lost to the champion on the guardrail's metric: a pass/fail metric "
+        "(exactMatch) the champion passed and the candidate failed, or a continuous one (rougeL) that dropped "
+        "by more than nonInferiorityMargin."))
     general: Comparison | None = Field(None, description="Scores on spec.evaluation.generalSet (regression check).")
     judge: JudgeStats = Field(description="What the LLM judge did.")
     records_uri: str | None = Field(None, description="Per-example answers and scores (JSONL).")
@@ -314,3 +333,5 @@ class RegistryResults(WireModel):
     uri: str = Field(description="models:/<name>/<version>")
     aliases: list[str] = Field(default_factory=list, description="Aliases moved to it: challenger, champion.")
     run_id: str | None = Field(None, description="MLflow run of the registration.")
+    exports: dict[str, str] | None = Field(None, description=(
+        "Exported artifacts logged with the version: merged / gguf -> MLflow artifact URI."))

@@ -8,8 +8,10 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from tuneloop.api.common import API_VERSION, DNS1035_LABEL, Conditions, WireModel, validated, validated_manifest
+from tuneloop.api.augmentation import AugmentationStats, AugmentSpec
 from tuneloop.api.crd import Kind, Printer
 from tuneloop.api.evaluation import EvaluationResults, EvaluationSpec, RegistryResults, RegistrySpec
+from tuneloop.api.export import ExportFormat, ExportResults, GgufSpec
 from tuneloop.api.fields import (
     LabelValue,
     Name,
@@ -167,6 +169,9 @@ class DatasetSpec(WireModel):
         "Preference rows for a dpo, kto or sft-then-dpo objective. The rows of `uri` still give the validation "
         "and test splits; preference rows near a test or regression row are handled as dataset.contamination "
         "says."))
+    augment: AugmentSpec | None = Field(None, description=(
+        "Synthetic training rows from a teacher model (an augment stage after validation): for datasets of a "
+        "few hundred rows. They never enter the validation or test splits."))
 
 
 class LoraSpec(WireModel):
@@ -310,7 +315,24 @@ class OutputSpec(WireModel):
     uri: StorageUri | None = Field(None, description="Where the adapter is written; local mode defaults to the "
                                                      "work folder.")
     preview_examples: int = Field(3, ge=0, le=50, description="Validation examples answered by base and tuned model.")
-    merge_adapter: bool = Field(False, description="Also write base + adapter merged into one safetensors model.")
+    merge_adapter: bool = Field(False, description="Deprecated: the same as export: [merged].")
+    export: list[ExportFormat] = Field(default_factory=list, max_length=2, json_schema_extra={"default": []},
+                                       description=(
+        "Produced after the gate passes (or when there is no evaluation) and registered with the adapter's "
+        "MLflow version, each with its sha256: merged (base + adapter in one safetensors model) and gguf (one "
+        "file for llama.cpp and Ollama, checked against the merged model on the test rows)."))
+    gguf: GgufSpec = Field(default_factory=GgufSpec, description="The GGUF file's type and check.")
+
+    @model_validator(mode="after")
+    def _unique_exports(self) -> "OutputSpec":
+        if len(set(self.export)) != len(self.export):
+            raise ValueError("export: each of merged and gguf at most once")
+        return self
+
+    def exports(self) -> list[str]:
+        """What the export stage writes, merged first; mergeAdapter counts as merged."""
+        wanted = set(self.export) | ({"merged"} if self.merge_adapter else set())
+        return [kind for kind in ("merged", "gguf") if kind in wanted]
 
 
 PREFERENCE_DATA_RULE = (
@@ -369,9 +391,9 @@ class FineTuneJobSpec(WireModel):
         return self
 
 
-Phase = Literal["Pending", "Queued", "Validating", "Training", "Evaluating", "Registering", "Suspended",
-                "Succeeded", "Failed"]
-StageName = Literal["validate", "train", "evaluate", "register"]
+Phase = Literal["Pending", "Queued", "Validating", "Augmenting", "Training", "Evaluating", "Exporting",
+                "Registering", "Suspended", "Succeeded", "Failed"]
+StageName = Literal["validate", "augment", "train", "evaluate", "export", "register"]
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
@@ -399,6 +421,7 @@ class DatasetStats(WireModel):
     sha256: str = Field(description="Hash of the dataset file: which data this adapter was trained on.")
     contamination: ContaminationStats | None = Field(None, description="Near duplicates of test rows in training.")
     preferences: PreferenceDataStats | None = Field(None, description="The preference rows (dpo, kto objectives).")
+    synthetic_rows: int | None = Field(None, description="Of the training rows, those a teacher wrote (dataset.augment).")
 
 
 class PreferenceDataStats(WireModel):
@@ -502,7 +525,7 @@ class TrainingResults(WireModel):
     seconds: float = Field(description="Wall-clock seconds of training.")
     adapter_uri: str = Field(description="Where the adapter (safetensors) was written.")
     test_uri: str = Field(description="The test rows, for the evaluation.")
-    merged_model_uri: str | None = Field(None, description="Base + adapter merged (output.mergeAdapter).")
+    merged_model_uri: str | None = Field(None, description="Deprecated: see status.export.")
     resumed_from_step: int | None = Field(None, description="The checkpoint step training resumed from.")
     stopped_early: bool = Field(False, description="Whether early stopping ended the training.")
     best_step: int | None = Field(None, description="Step of the best validation loss kept (early stopping).")
@@ -536,7 +559,7 @@ class QueueStatus(WireModel):
 class StageCost(WireModel):
     """Time and GPUs of one stage, over every attempt (a suspended or preempted stage adds up its runs)."""
 
-    stage: StageName = Field(description="validate, train, evaluate or register.")
+    stage: StageName = Field(description="validate, augment, train, evaluate, export or register.")
     gpus: int = Field(0, description="GPUs the stage's pods request, all nodes.")
     queued_seconds: float = Field(0, description="Seconds its Job waited for admission (Kueue) or resumption.")
     running_seconds: float = Field(0, description="Seconds its Job was admitted and running.")
@@ -590,7 +613,7 @@ class FineTuneJobStatus(WireModel):
         "stage's Job waits for Kueue to admit it, Suspended while spec.suspend holds it. A failed gate is "
         "Succeeded with condition Ready False (reason GateFailed)."))
     stage: StageName | None = Field(None, description=(
-        "The stage the job is in (also while Queued or Suspended): validate, train, evaluate or register."))
+        "The stage the job is in (also while Queued or Suspended): validate, augment, train, evaluate, export or register."))
     message: str = Field("", description="What is happening now, or how the job ended.")
     conditions: Conditions
     progress: Progress | None = Field(None, description="Training progress.")
@@ -599,6 +622,9 @@ class FineTuneJobStatus(WireModel):
     data_report: DataReportSummary | None = Field(None, description="What the Validating stage found.")
     training: TrainingResults | None = Field(None, description="What training produced.")
     evaluation: EvaluationResults | None = Field(None, description="Scores against the baseline, and the gate.")
+    augmentation: AugmentationStats | None = Field(None, description="Synthetic rows from the teacher "
+                                                                      "(dataset.augment).")
+    export: ExportResults | None = Field(None, description="The merged model and GGUF file (output.export).")
     registry: RegistryResults | None = Field(None, description="The registered MLflow model version.")
     observed_generation: int | None = Field(None, description=(
         "metadata.generation of the spec the job runs with: the one it started with, or a later one that "

@@ -13,8 +13,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from tuneloop.api.augmentation import AugmentationStats
 from tuneloop.api.common import WireModel, check_http_url
 from tuneloop.api.evaluation import Comparison, EvaluationSpec, GateTest, JudgeStats
+from tuneloop.api.export import ExportedFile, ExportFormat, GgufAgreement, GgufSpec
+from tuneloop.api.fields import EnvName
 from tuneloop.api.finetunejob import (
     CleaningSpec,
     CleaningStats,
@@ -45,12 +48,13 @@ class TrainerWorkload(WireModel):
     dataset_path: str = Field(description="Local path of the JSONL or Parquet dataset.")
     replay_path: str | None = Field(None, description="Local path of the replay dataset, when the spec has one.")
     preferences_path: str | None = Field(None, description="Local path of dataset.preferences' file, when set.")
+    synthetic_path: str | None = Field(None, description=(
+        "Local path of the augment stage's synthetic rows (JSONL), added to the training split only."))
     dataset: DatasetSpec
     method: MethodSpec
     training: TrainingSpec
     output_dir: str = Field(description="Adapter, tokenizer and test split are written here.")
     preview_examples: int = 3
-    merge_adapter: bool = False
     tracking: Tracking | None = None
     registered_model: str | None = Field(None, description=(
         "Registered model whose champion's test rows are kept out of training (contamination check)."))
@@ -67,6 +71,53 @@ class DataCheckWorkload(TrainerWorkload):
     @classmethod
     def of(cls, trainer: TrainerWorkload, world_size: int) -> "DataCheckWorkload":
         return cls.model_validate({**trainer.model_dump(), "world_size": world_size})
+
+
+class AugmentWorkload(TrainerWorkload):
+    """The trainer's workload, read by the augment stage: it splits the rows as training will and asks the
+    teacher (dataset.augment) for rows like the training split's, into output_dir/synthetic/."""
+
+    teacher_key_env: EnvName | None = Field(None, description=(
+        "Environment variable holding the teacher's API key: dataset.augment.teacher.apiKeyEnv locally, the "
+        "Secret's variable in a cluster."))
+
+
+class AugmentResult(WireModel):
+    succeeded: bool
+    reason: str | None = Field(None, description="TeacherUnavailable, InvalidData, InvalidModel, InvalidWorkload "
+                                                 "or AugmentFailed.")
+    message: str | None = None
+    synthetic_path: str | None = Field(None, description="The synthetic rows written (JSONL), when any.")
+    stats: AugmentationStats | None = None
+    seconds: float | None = None
+
+
+class ExportWorkload(WireModel):
+    """Merge the gated adapter into its base model, write what spec.output.export asks, and check a GGUF file
+    against the merged model on the test rows."""
+
+    job: str = Field(description="namespace/name of the FineTuneJob, for logs.")
+    model_path: str = Field(description="Local folder of the base model.")
+    adapter_path: str = Field(description="Local folder of the adapter (full fine-tuning: of the trained model).")
+    method: MethodSpec
+    test_path: str = Field(description="JSONL test split the trainer wrote.")
+    dataset: DatasetSpec = Field(description="Format and system prompt, so prompts match training.")
+    formats: list[ExportFormat] = Field(min_length=1, description="merged and/or gguf.")
+    gguf: GgufSpec = Field(default_factory=GgufSpec)
+    max_new_tokens: int = Field(256, ge=1, le=8192, description="Answer length limit of the agreement check.")
+    output_dir: str = Field(description="export/merged and export/<name>-<type>.gguf go here.")
+    converter: str | None = Field(None, description=(
+        "llama.cpp's convert_hf_to_gguf.py; default: $TUNELOOP_GGUF_CONVERTER (set in the trainer image)."))
+
+
+class ExportResult(WireModel):
+    succeeded: bool
+    reason: str | None = Field(None, description="ConverterMissing, UnsupportedModel, InvalidModel, "
+                                                 "InvalidWorkload or ExportFailed.")
+    message: str | None = None
+    files: list[ExportedFile] = Field(default_factory=list, description="uri = the local path written.")
+    agreement: GgufAgreement | None = None
+    seconds: float | None = None
 
 
 class DataCheckResult(WireModel):
@@ -131,7 +182,6 @@ class TrainerResult(WireModel):
     best_step: int | None = None
     evaluations: list[Evaluation] = Field(default_factory=list)
     adapter_path: str | None = None
-    merged_path: str | None = None
     mlflow_run_id: str | None = None
     test_path: str | None = None
     previews: list[Preview] = Field(default_factory=list)
@@ -139,6 +189,7 @@ class TrainerResult(WireModel):
 
 
 JUDGE_API_KEY_ENV = "TUNELOOP_JUDGE_API_KEY"
+TEACHER_API_KEY_ENV = "TUNELOOP_TEACHER_API_KEY"
 
 
 class EvaluatorWorkload(WireModel):
@@ -189,6 +240,8 @@ class RegisterWorkload(WireModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     job_status: FineTuneJobStatus | None = Field(None, description=(
         "The job's status when registration starts: data, training and evaluation, for the run's description."))
+    exports: list[ExportedFile] = Field(default_factory=list, description=(
+        "Checked exports to log as artifacts of the registered version (uri = a local path), with their sha256."))
     set_challenger: bool = False
     set_champion: bool = False
     expected_champion: str | None = Field(None, description=(
@@ -207,6 +260,8 @@ class RegisterResult(WireModel):
     aliases: list[str] = Field(default_factory=list)
     run_id: str | None = None
     already_registered: bool = False
+    exports: list[ExportedFile] = Field(default_factory=list, description=(
+        "The exports logged with the version; uri = their MLflow artifact URI (runs:/<run id>/export/...)."))
 
 
 FEEDBACK_TOKEN_ENV = "TUNELOOP_FEEDBACK_TOKEN"

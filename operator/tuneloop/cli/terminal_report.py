@@ -26,6 +26,8 @@ def print_report(job: FineTuneJob, status: FineTuneJobStatus, result_previews: l
                 print(f"               {finding}")
         if dataset.preferences:
             print(f"  preference {summary_lines.preference_data(dataset.preferences)}")
+    if status.augmentation and status.augmentation.summary:
+        _print_wrapped("  augment    ", f"{status.augmentation.summary} ({status.augmentation.teacher or 'teacher'})")
     if cleaning:
         removed = {"exact duplicates": cleaning.exact_duplicates, "near duplicates": cleaning.near_duplicates,
                    "too short": cleaning.too_short, "too long": cleaning.too_long}
@@ -47,6 +49,10 @@ def print_report(job: FineTuneJob, status: FineTuneJobStatus, result_previews: l
         print(f"  adapter    {training.adapter_uri}")
         if training.merged_model_uri:
             print(f"  merged     {training.merged_model_uri}")
+    if status.export:
+        _print_wrapped("  export     ", status.export.skipped or status.export.summary or "")
+        for line in summary_lines.export_files(status.export):
+            _print_wrapped("             ", line)
     for number, preview in enumerate(result_previews, start=1):
         print(f"\n  validation example {number}")
         prompt = textwrap.fill(preview["prompt"], 96, subsequent_indent=" " * 13)
@@ -89,6 +95,8 @@ def print_evaluation(job: FineTuneJob, status: FineTuneJobStatus) -> None:
         aliases = ", ".join(registry.aliases) or "none (nothing promoted)"
         print(f"  registered {registry.uri} (model {registry.model_name}, version {registry.version}; "
               f"aliases: {aliases})")
+        for kind, uri in sorted((registry.exports or {}).items()):
+            print(f"             with {kind}: {uri}")
     _print_cost(status)
 
 
@@ -125,8 +133,8 @@ def _print_regressed(evaluation: EvaluationResults) -> None:
     if not evaluation.regressed_rows:
         return
     rows = read_records(local_records_path(evaluation.records_uri)).regressed
-    print(f"  regressed  {evaluation.regressed_rows} regression-set rows the champion answered exactly and "
-          "the candidate did not" + (":" if rows else " (the records file cannot be read here)"))
+    print(f"  regressed  {evaluation.regressed_rows} regression-set rows lost on the guardrail's metric"
+          + (":" if rows else " (the records file cannot be read here)"))
     for number, row in enumerate(rows[:REGRESSED_SHOWN], start=1):
         print(f"    {number}. prompt    {_one_line(row.prompt)}")
         for label, text in (("expected", row.reference), ("champion", row.base), ("candidate", row.tuned)):

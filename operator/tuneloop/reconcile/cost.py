@@ -15,22 +15,22 @@ interrupted.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from tuneloop.api.common import duration, parse_time
-from tuneloop.api.finetunejob import CostStatus, FineTuneJobSpec, ImprovementCost, StageCost
+from tuneloop.api.finetunejob import CostStatus, FineTuneJobSpec, ImprovementCost, StageCost, StageName
 
 LedgerState = Literal["Queued", "Running", "Stopped", "Done"]
-STAGE_ORDER = ("validate", "train", "evaluate", "register")
+STAGE_ORDER = get_args(StageName)
 
 
 def stage_gpus(spec: FineTuneJobSpec, stage: str) -> int:
-    """GPUs a stage's pods request, all nodes: the data check and registration run on CPUs, the evaluation
-    on one GPU at most, training on all of them."""
+    """GPUs a stage's pods request, all nodes: the data check, augmentation and registration run on CPUs,
+    the evaluation and the export on one GPU at most, training on all of them."""
     resources = spec.resources
     if stage == "train":
         return resources.gpus * resources.nodes
-    if stage == "evaluate":
+    if stage in ("evaluate", "export"):
         return min(resources.gpus, 1)
     return 0
 

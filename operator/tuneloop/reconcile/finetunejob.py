@@ -1,9 +1,11 @@
 r"""The FineTuneJob state machine as a pure function: (spec, status, observed world) -> (actions, status).
 
-    Pending -> Validating -> Training -> Evaluating -> Registering -> Succeeded
-        \_________\_____________\______________\______________\_________-> Failed (reason, message)
+    Pending -> Validating -> [Augmenting] -> Training -> Evaluating -> [Exporting] -> Registering -> Succeeded
+        \_________\______________\______________\____________\______________\______________\-> Failed
 
-Validating reads every row on a CPU before any GPU is asked for. Each stage runs one workload
+Validating reads every row on a CPU before any GPU is asked for. Augmenting (dataset.augment) asks a teacher
+model for synthetic training rows, on a CPU. Exporting (output.export) merges the adapter and writes a GGUF
+file, only when the gate passed (or there is no evaluation): a failed gate skips it. Each stage runs one workload
 with a deterministic name; a stage whose workload is absent is launched (runtimes create it only
 if absent), a running one reports progress, a finished one hands its result to the next stage.
 Nothing here talks to Kubernetes or spawns processes: runtimes carry out the actions.
@@ -37,7 +39,17 @@ from tuneloop.api.finetunejob import (
     TrainingResults,
 )
 from tuneloop.api.evaluation import EvaluationResults, RegistryResults
-from tuneloop.api.workloads import DataCheckResult, EvaluatorResult, RegisterResult, TrainerProgress, TrainerResult
+from tuneloop.api.augmentation import AugmentationStats
+from tuneloop.api.export import ExportedFile, ExportResults
+from tuneloop.api.workloads import (
+    AugmentResult,
+    DataCheckResult,
+    EvaluatorResult,
+    ExportResult,
+    RegisterResult,
+    TrainerProgress,
+    TrainerResult,
+)
 from tuneloop.reconcile import core, cost, gate
 from tuneloop.reconcile.core import EmitEvent
 from tuneloop.reconcile.refusals import Refusal
@@ -118,17 +130,25 @@ class Stage:
 
 
 VALIDATE = Stage(name="validate", phase="Validating", done_condition="DataValidated")
+AUGMENT = Stage(name="augment", phase="Augmenting", done_condition="Augmented")
 TRAIN = Stage(name="train", phase="Training", done_condition="Trained")
 EVALUATE = Stage(name="evaluate", phase="Evaluating", done_condition="Evaluated")
+EXPORT = Stage(name="export", phase="Exporting", done_condition="Exported")
 REGISTER = Stage(name="register", phase="Registering", done_condition="Registered")
-STAGES = (VALIDATE, TRAIN, EVALUATE, REGISTER)
+STAGES = (VALIDATE, AUGMENT, TRAIN, EVALUATE, EXPORT, REGISTER)
 
 
 def stages_for(spec: FineTuneJobSpec) -> list[Stage]:
     """The stages this spec asks for, in order; the data check and training always run."""
-    return [stage for stage in STAGES
-            if stage in (VALIDATE, TRAIN) or (stage is EVALUATE and spec.evaluation.enabled)
-            or (stage is REGISTER and spec.registry.enabled)]
+    wanted = {VALIDATE: True, AUGMENT: spec.dataset.augment is not None, TRAIN: True,
+              EVALUATE: spec.evaluation.enabled, EXPORT: bool(spec.output.exports()),
+              REGISTER: spec.registry.enabled}
+    return [stage for stage in STAGES if wanted[stage]]
+
+
+def gate_failed(status: FineTuneJobStatus) -> bool:
+    evaluation = status.evaluation
+    return evaluation is not None and evaluation.gate is not None and not evaluation.gate.passed
 
 
 def workload_name(job_name: str, stage: str, nodes: int = 1) -> str:
@@ -182,6 +202,15 @@ def check_context(spec: FineTuneJobSpec, context: ReconcileContext) -> list[str]
                         "(e.g. with a ModelDeployment) and give its url")
     if judge is not None and context.mode == "local" and judge.api_key_secret:
         problems.append("spec.evaluation.judge.apiKeySecret: a local run reads the key from the "
+                        "environment variable named by apiKeyEnv")
+    teacher = spec.dataset.augment.teacher if spec.dataset.augment else None
+    if teacher is not None and context.mode == "cluster" and teacher.api_key_env:
+        problems.append("spec.dataset.augment.teacher.apiKeyEnv: in a cluster the key comes from apiKeySecret")
+    if teacher is not None and context.mode == "cluster" and teacher.local:
+        problems.append("spec.dataset.augment.teacher.local: a cluster cannot start a local teacher; serve the "
+                        "teacher model (e.g. with a ModelDeployment) and give its url")
+    if teacher is not None and context.mode == "local" and teacher.api_key_secret:
+        problems.append("spec.dataset.augment.teacher.apiKeySecret: a local run reads the key from the "
                         "environment variable named by apiKeyEnv")
     return problems
 
@@ -375,8 +404,14 @@ def _pass(resource: Resource, observed: Observed, moment: datetime) -> Decision:
     status.conditions = set_condition(status.conditions, stage.done_condition, "True", "Succeeded",
                                       summary, observed_generation=generation, now=now)
     decision.event("Normal", stage.done_condition, summary)
-    if stage_index + 1 < len(stages):
-        following = stages[stage_index + 1]
+    following_index = stage_index + 1
+    if following_index < len(stages) and stages[following_index] is EXPORT and gate_failed(status):
+        status.export = ExportResults(skipped="the gate failed: nothing is exported from a rejected adapter")
+        status.conditions = set_condition(status.conditions, EXPORT.done_condition, "False", "GateFailed",
+                                          status.export.skipped, observed_generation=generation, now=now)
+        following_index += 1
+    if following_index < len(stages):
+        following = stages[following_index]
         _enter(status, following, name, spec, decision, observed, now, stage_inputs(following, spec, status))
         return decision
     status.phase = "Succeeded"
@@ -489,9 +524,13 @@ def _report_running(status: FineTuneJobStatus, stage: Stage, workload: WorkloadS
 def stage_inputs(stage: Stage, spec: FineTuneJobSpec, status: FineTuneJobStatus) -> dict[str, Any]:
     """What a stage's workload needs from the earlier stages and from the decisions taken here."""
     training = status.training
+    if stage is TRAIN and status.augmentation is not None and status.augmentation.uri:
+        return {"synthetic_uri": status.augmentation.uri}
     if stage is EVALUATE and training is not None:
         return {"adapter_uri": training.adapter_uri, "test_uri": training.test_uri,
                 "training_run_id": training.mlflow_run_id}
+    if stage is EXPORT and training is not None:
+        return {"adapter_uri": training.adapter_uri, "test_uri": training.test_uri}
     if stage is REGISTER and training is not None:
         return registration_inputs(spec, status)
     return {}
@@ -523,14 +562,24 @@ def registration_inputs(spec: FineTuneJobSpec, status: FineTuneJobStatus) -> dic
             tags[f"tuneloop.dev/eval-{metric}"] = f"{score.value:.4f} [{score.low:.4f}, {score.high:.4f}]"
         for metric, score in evaluation.test.baseline.items():
             metrics[evaluation_metric(metric, "baseline")] = score.value
+    exports = [exported.to_wire() for exported in registered_exports(status)]
     return {
         "adapter_uri": training.adapter_uri, "training_run_id": training.mlflow_run_id,
-        "records_uri": evaluation.records_uri if evaluation else None,
+        "records_uri": evaluation.records_uri if evaluation else None, "exports": exports,
         "tags": tags, "metrics": metrics, "job_status": status.to_wire(),
         "set_challenger": passed,
         "set_champion": passed and spec.registry.promotion == "auto" and beat_champion,
         "expected_champion": evaluation.baseline_version if evaluation else None,
     }
+
+
+def registered_exports(status: FineTuneJobStatus) -> list[ExportedFile]:
+    """The exports registered with the version: all of them, but a GGUF file that failed its check."""
+    export = status.export
+    if export is None:
+        return []
+    failed_check = export.agreement is not None and not export.agreement.passed
+    return [exported for exported in export.files if not (exported.kind == "gguf" and failed_check)]
 
 
 def _record_data_check(status: FineTuneJobStatus, spec: FineTuneJobSpec, raw: dict[str, Any],
@@ -612,7 +661,8 @@ def _record_registration(status: FineTuneJobStatus, spec: FineTuneJobSpec, raw: 
     if not (result.model_name and result.version and result.uri):
         raise ValueError("the registry reported success without a model version")
     status.registry = RegistryResults(model_name=result.model_name, version=result.version, uri=result.uri,
-                                      aliases=result.aliases, run_id=result.run_id)
+                                      aliases=result.aliases, run_id=result.run_id,
+                                      exports={exported.kind: exported.uri for exported in result.exports} or None)
     if any(c.type == "RegistryUnavailable" for c in status.conditions):
         status.conditions = set_condition(status.conditions, "RegistryUnavailable", "False", "Reachable",
                                           "registered once MLflow was reachable again",
@@ -622,8 +672,55 @@ def _record_registration(status: FineTuneJobStatus, spec: FineTuneJobSpec, raw: 
     return f"registered {result.uri}{aliases}{note}"
 
 
-RECORDERS = {VALIDATE.name: _record_data_check, TRAIN.name: _record_training, EVALUATE.name: _record_evaluation,
-             REGISTER.name: _record_registration}
+def _record_augmentation(status: FineTuneJobStatus, spec: FineTuneJobSpec, raw: dict[str, Any],
+                         decision: Decision, generation: int | None, now: str) -> str:
+    result = AugmentResult.model_validate(raw)
+    if result.stats is None:
+        raise ValueError("the augment stage reported success without its counts")
+    stats = result.stats.model_copy(update={"uri": result.synthetic_path, "seconds": result.seconds})
+    stats.summary = augmentation_summary(stats)
+    status.augmentation = stats
+    if stats.wanted and stats.accepted < stats.wanted:
+        decision.event("Warning", "FewerSyntheticRows", f"{stats.summary}: training goes on with what was kept")
+    return stats.summary
+
+
+def augmentation_summary(stats: AugmentationStats) -> str:
+    if not stats.wanted:
+        return "no synthetic row wanted: the training split already has dataset.augment.targetRows"
+    rejected = ", ".join(f"{count} {reason}" for reason, count in sorted(stats.rejected.items()) if count)
+    return (f"{stats.accepted} of {stats.wanted} synthetic rows kept from {stats.requests} teacher requests"
+            + (f" (rejected: {rejected})" if rejected else ""))
+
+
+def _record_export(status: FineTuneJobStatus, spec: FineTuneJobSpec, raw: dict[str, Any],
+                   decision: Decision, generation: int | None, now: str) -> str:
+    result = ExportResult.model_validate(raw)
+    if not result.files:
+        raise ValueError("the export stage reported success without a file")
+    export = ExportResults(files=result.files, agreement=result.agreement, seconds=result.seconds)
+    export.summary = export_summary(export)
+    status.export = export
+    if export.agreement is not None and not export.agreement.passed:
+        decision.event("Warning", "GgufDisagrees", f"{export.summary}: the GGUF file is not registered")
+    return export.summary
+
+
+def export_summary(export: ExportResults) -> str:
+    parts = []
+    for exported in export.files:
+        size = f"{exported.bytes / 1e6:,.0f} MB"
+        parts.append(f"gguf {exported.gguf_type} {size}" if exported.kind == "gguf" else f"merged {size}")
+    agreement = export.agreement
+    if agreement is not None:
+        parts.append(f"GGUF vs merged on {agreement.rows} test rows: {agreement.token_agreement:.1%} of answer "
+                     f"tokens agree (expected >= {agreement.expected:.0%}), {agreement.same_answers:.0%} identical "
+                     "answers")
+    return "; ".join(parts)
+
+
+RECORDERS = {VALIDATE.name: _record_data_check, AUGMENT.name: _record_augmentation, TRAIN.name: _record_training,
+             EVALUATE.name: _record_evaluation, EXPORT.name: _record_export, REGISTER.name: _record_registration}
 
 
 def _note_spec_change(status: FineTuneJobStatus, spec: FineTuneJobSpec, generation: int | None, now: str,
@@ -670,7 +767,8 @@ def _final_summary(status: FineTuneJobStatus) -> str:
         parts.append(_evaluation_summary(status.evaluation))
     if status.registry:
         parts.append(f"registered {status.registry.uri}"
-                     + (f" ({', '.join(status.registry.aliases)})" if status.registry.aliases else ""))
+                     + (f" ({', '.join(status.registry.aliases)})" if status.registry.aliases else "")
+                     + (f" with {' and '.join(sorted(status.registry.exports))}" if status.registry.exports else ""))
     return "; ".join(parts)
 
 
@@ -692,7 +790,6 @@ def _record_result(status: FineTuneJobStatus, result: TrainerResult) -> None:
         seconds=round(result.seconds or 0.0, 1),
         adapter_uri=result.adapter_path,
         test_uri=result.test_path,
-        merged_model_uri=result.merged_path,
         resumed_from_step=result.resumed_from_step,
         stopped_early=result.stopped_early,
         best_step=result.best_step,

@@ -47,6 +47,9 @@ def _data(status: FineTuneJobStatus) -> list[str]:
              f"{summary_lines.split_sizes(dataset)} after cleaning ({dataset.train_tokens} training tokens); "
              "validation chose the checkpoint, only the evaluation and the gate saw test. "
              f"sha256 `{dataset.sha256}`.", ""]
+    if status.augmentation is not None and status.augmentation.summary:
+        lines += [f"Synthetic rows: {status.augmentation.summary} ({status.augmentation.teacher or 'teacher'}); "
+                  "they trained only, never validated or tested.", ""]
     if dataset.contamination is not None:
         lines += [f"Contamination: {dataset.contamination.summary()}.", ""]
         findings = summary_lines.contamination_examples(dataset.contamination)
@@ -124,7 +127,7 @@ def _regressed(evaluation: EvaluationResults | None, rows: Sequence[ExampleRow])
     if evaluation is None or not evaluation.regressed_rows:
         return []
     lines = [f"## What regressed ({evaluation.regressed_rows} rows)", "",
-             "Rows the champion answered exactly right and the candidate did not"
+             f"Rows {summary_lines.LOST_ROWS}"
              + (":" if rows else "; the records list them (Artifacts)."), ""]
     listed = []
     for number, row in enumerate(rows[:REGRESSED_SHOWN], start=1):
@@ -160,6 +163,19 @@ def _code_block(lines: list[str]) -> list[str]:
     return [fence, *lines, fence]
 
 
+def _export(status: FineTuneJobStatus, registered: RegisterResult) -> list[str]:
+    export = status.export
+    if export is None:
+        return []
+    logged = {exported.kind: exported.uri for exported in registered.exports}
+    lines = ["## Export", "", export.skipped or export.summary or "", ""]
+    for exported in export.files:
+        where = logged.get(exported.kind, "not registered: the GGUF file failed its check")
+        lines.append(f"- {exported.kind}{' ' + exported.gguf_type if exported.gguf_type else ''}: "
+                     f"{exported.bytes / 1e6:,.0f} MB, sha256 `{exported.sha256}`, `{where}`")
+    return lines + [""]
+
+
 def headline(status: FineTuneJobStatus | None, tags: dict[str, str], registered: RegisterResult) -> str:
     """What the run page shows before "Show more": verdict, primary score, validation loss, the version."""
     evaluation = status.evaluation if status else None
@@ -185,6 +201,7 @@ def run_description(job: str, status: FineTuneJobStatus | None, tags: dict[str, 
     if status is not None:
         lines += _data(status) + _training(status, base_model) + _evaluation(status)
     lines += _gate(status, tags)
+    lines += _export(status, registered) if status is not None else []
     lines += _cost(status) if status is not None else []
     lines += _regressed(status.evaluation if status else None, regressed)
     lines += ["## Lineage", "",

@@ -4,7 +4,9 @@ already tagged with the job's uid is returned instead of creating another.
 Artifacts: `adapter/` (safetensors weights, configs, tokenizer) and `evaluation/` (per-example
 records) on the training run, or on a run of its own; the version's source is
 `runs:/<run_id>/adapter`, so `models:/<name>@champion` downloads the adapter files. The run gets
-the version's lineage and gate tags too, and its description: the job's whole report.
+the version's lineage and gate tags too, and its description: the job's whole report. Checked
+exports (merged model, GGUF file) go under `export/` of the same run, named by version tags
+(tuneloop.registry.exports).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from tuneloop.registry.connection import client as mlflow_client
 from tuneloop.registry.cost import COST_TAG, cost_metrics, cost_tags
 from tuneloop.registry.description import DESCRIPTION_TAG, headline, run_description
 from tuneloop.registry.experiments import ensure_experiment
+from tuneloop.registry.exports import ExportMissing, check_exports, log_exports, registered_exports
 from tuneloop.registry.lineage import BASE_MODEL_TAG, JOB_TAG, JOB_UID_TAG, MAX_TAG_VALUE
 from tuneloop.report import REPORT_FILE
 from tuneloop.retry import RetryPolicy, attempts_made, elapsed, retrying
@@ -254,11 +257,13 @@ def version_tags(workload: RegisterWorkload) -> dict[str, str]:
     return {**workload.tags, JOB_UID_TAG: workload.job_uid, **cost_tags(workload.job_status)}
 
 
-def create_version(client: MlflowClient, workload: RegisterWorkload, run_id: str) -> ModelVersion:
+def create_version(client: MlflowClient, workload: RegisterWorkload, run_id: str,
+                   export_tags: dict[str, str]) -> ModelVersion:
     """A new version whose tags, the uid among them, exist from its first moment (a crash cannot split them)."""
     ensure_registered_model(client, workload.model_name)
     return client.create_model_version(
-        workload.model_name, f"runs:/{run_id}/{ADAPTER_ARTIFACT_PATH}", run_id=run_id, tags=version_tags(workload),
+        workload.model_name, f"runs:/{run_id}/{ADAPTER_ARTIFACT_PATH}", run_id=run_id,
+        tags={**version_tags(workload), **export_tags},
         description=f"Adapter of FineTuneJob {workload.job} (uid {workload.job_uid}).")
 
 
@@ -316,11 +321,14 @@ def register_once(client: MlflowClient, workload: RegisterWorkload, files: list[
     if version is None:
         run_id = registration_run_id(client, workload)
         upload_run_outputs(client, run_id, workload, files)
+        export_tags = log_exports(client, run_id, workload.exports)
         if run_id != workload.training_run_id:
             client.set_terminated(run_id, "FINISHED")
-        version = create_version(client, workload, run_id)
+        version = create_version(client, workload, run_id, export_tags)
     else:
         ensure_tags(client, version, version_tags(workload))
+        if version.run_id:
+            log_exports(client, version.run_id, workload.exports, version)
     number = str(version.version)
     notes = move_aliases(client, workload, number)
     aliases = sorted(client.get_model_version(workload.model_name, number).aliases)
@@ -328,7 +336,8 @@ def register_once(client: MlflowClient, workload: RegisterWorkload, files: list[
                f"{workload.model_name} version {number}")
     result = RegisterResult(succeeded=True, message="; ".join([summary, *notes]), model_name=workload.model_name,
                             version=number, uri=f"models:/{workload.model_name}/{number}", aliases=aliases,
-                            run_id=version.run_id, already_registered=already_registered)
+                            run_id=version.run_id, already_registered=already_registered,
+                            exports=registered_exports(workload.exports, version.run_id) if version.run_id else [])
     if version.run_id:
         tell_the_story(client, version.run_id, workload, result)
     return result
@@ -355,6 +364,10 @@ def register(workload: RegisterWorkload) -> RegisterResult:
         workload = workload.model_copy(update={"tags": {**workload.tags, **adapter_tags(Path(workload.adapter_path))}})
     except AdapterMissing as error:
         return failure("AdapterMissing", str(error))
+    try:
+        check_exports(workload.exports)
+    except ExportMissing as error:
+        return failure("InvalidWorkload", str(error))
     tracking_uri = workload.tracking.tracking_uri
     client = mlflow_client(tracking_uri)
     try:

@@ -123,6 +123,7 @@ def _report(status: FineTuneJobStatus, *, namespace: str, name: str, base_model:
         registry=status.registry, examples=records.examples, examples_total=records.total,
         regressed=records.regressed,
         completed=status.completion_time, loss=loss, cost=status.cost, queue=status.queue,
+        augmentation=status.augmentation, export=status.export,
         lineage=Lineage(job_uid=job_uid, dataset_sha256=status.dataset.sha256 if status.dataset else None,
                         adapter_uri=training.adapter_uri if training else None,
                         mlflow_run_id=run_id, records_uri=records_uri))
@@ -282,7 +283,7 @@ def _downloaded_records(tracking_uri: str, run_id: str, folder: Path) -> Path | 
 
 def read_records(path: Path | None, limit: int = EXAMPLES_SHOWN) -> EvaluationRecords:
     """The first `limit` test records as example rows, how many test records there are, and every
-    regression-set record the evaluator marked regressed (the champion exactly right, the candidate not).
+    regression-set record the evaluator marked regressed (lost on the guardrail's metric).
     An unreadable file gives no rows, with a warning in the log."""
     found = EvaluationRecords()
     if path is None:

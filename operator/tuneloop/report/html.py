@@ -84,6 +84,8 @@ def _facts(report: RunReport) -> str:
     if report.dataset:
         data = report.dataset
         rows.append(("dataset", f"{summary_lines.split_sizes(data)}; {data.train_tokens:,} training tokens"))
+    if report.augmentation and report.augmentation.summary:
+        rows.append(("synthetic rows", f"{report.augmentation.summary} ({report.augmentation.teacher or 'teacher'})"))
     if report.cleaning:
         clean = report.cleaning
         redacted = ", ".join(f"{count} {kind}" for kind, count in clean.pii_redacted.items()) or "none"
@@ -105,11 +107,15 @@ def _facts(report: RunReport) -> str:
             rows.append(("objective", training.preference.summary()))
     if report.dataset and report.dataset.preferences:
         rows.append(("preferences", summary_lines.preference_data(report.dataset.preferences)))
+    if report.export:
+        rows.append(("export", report.export.skipped or report.export.summary or ""))
+        rows.extend(("", line) for line in summary_lines.export_files(report.export))
     if report.registry:
         registry = report.registry
         aliases = ", ".join(registry.aliases) or "none (nothing promoted)"
         rows.append(("registered", f"{registry.uri}: model {registry.model_name}, version {registry.version}; "
                                    f"aliases: {aliases}"))
+        rows.extend((f"with {kind}", uri) for kind, uri in sorted((registry.exports or {}).items()))
     lineage = report.lineage
     for label, value in (("job uid", lineage.job_uid), ("dataset sha256", lineage.dataset_sha256),
                          ("adapter", lineage.adapter_uri), ("MLflow run", lineage.mlflow_run_id),
@@ -224,7 +230,7 @@ def _regressed(report: RunReport) -> str:
     if not report.regressed and not count:
         return ""
     heading = (f"<h2>What regressed</h2>\n<p class=\"note\">Rows of the regression set (the champion's test rows) "
-               f"the champion answered exactly right and the candidate did not: {max(count or 0, len(report.regressed))}"
+               f"{summary_lines.LOST_ROWS}: {max(count or 0, len(report.regressed))}"
                f".</p>")
     if not report.regressed:
         return heading + "\n<p class=\"note\">The evaluation records, which list them, could not be read here.</p>"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tuneloop.api.augmentation import AugmentationStats
 from tuneloop.api.evaluation import Comparison, GateResult, JudgeStats, RegistryResults
+from tuneloop.api.export import ExportResults
 from tuneloop.api.finetunejob import CleaningStats, CostStatus, DatasetStats, QueueStatus, TrainingResults
 
 Point = tuple[int, float]  # (optimizer step, loss)
@@ -77,3 +79,5 @@ class RunReport:
     completed: str | None = None  # completion time, as the status gives it
     cost: CostStatus | None = None  # time, GPU-hours and money, as the operator (or the local run) kept them
     queue: QueueStatus | None = None  # the Kueue LocalQueue, when the job went through one
+    augmentation: AugmentationStats | None = None  # synthetic rows from the teacher (dataset.augment)
+    export: ExportResults | None = None  # the merged model and GGUF file (output.export)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from tuneloop.api.common import duration
 from tuneloop.api.evaluation import Comparison, GateResult, JudgeStats, Score
+from tuneloop.api.export import ExportResults
 from tuneloop.api.finetunejob import (
     ContaminationStats,
     CostStatus,
@@ -21,9 +22,18 @@ JUDGE_METRICS = "judgeScore and judgeWinRate"
 
 
 def split_sizes(dataset: DatasetStats) -> str:
-    """'300 rows (alpaca): 240 train, 30 validation, 30 test'"""
-    return (f"{dataset.rows} rows ({dataset.format}): {dataset.train_rows} train, {dataset.validation_rows} "
-            f"validation, {dataset.test_rows} test")
+    """'300 rows (alpaca): 240 train, 30 validation, 30 test', with '+ 40 synthetic' after train when a teacher
+    wrote some (dataset.augment)."""
+    synthetic = f" + {dataset.synthetic_rows} synthetic" if dataset.synthetic_rows else ""
+    return (f"{dataset.rows} rows ({dataset.format}): {dataset.train_rows} train{synthetic}, "
+            f"{dataset.validation_rows} validation, {dataset.test_rows} test")
+
+
+def export_files(export: ExportResults) -> list[str]:
+    """One line per exported file: kind (and GGUF type), size, sha256 prefix, where."""
+    return [f"{exported.kind}{' ' + exported.gguf_type if exported.gguf_type else ''}: "
+            f"{exported.bytes / 1e6:,.0f} MB, sha256 {exported.sha256[:16]}, {exported.uri}"
+            for exported in export.files]
 
 
 def preference_data(stats: PreferenceDataStats) -> str:
@@ -77,12 +87,15 @@ def guardrail(comparison: Comparison, metric: str | None, baseline: str) -> str:
     text = f"{metric} {_interval(candidate)} vs {baseline} {_interval(base)}"
     return text + (f", difference {difference.interval(signed=True)}" if difference is not None else "")
 
+LOST_ROWS = ("the candidate lost on the guardrail's metric: the champion passed and the candidate failed, or "
+             "its score fell by more than the margin")
+
 
 def regressed_count(count: int | None, examples: int) -> str:
     if count is None:
         return "not counted"
     rows = "row" if count == 1 else "rows"
-    return f"{count} of {examples} {rows} regressed (the champion exactly right, the candidate not)"
+    return f"{count} of {examples} {rows} regressed (lost on the guardrail's metric)"
 
 
 @dataclass(frozen=True)

@@ -221,19 +221,24 @@ class FineTuneJobRuntime:
         """Nothing is held per object."""
 
     async def refusals(self, job: FineTuneJob) -> tuple[Refusal, ...]:
-        """Where the evaluator would send the judge's key, and the Secret it would mount."""
-        judge, namespace = job.spec.evaluation.judge, job.metadata.namespace
-        if not job.spec.evaluation.enabled or judge is None:
-            return ()
+        """Where the evaluator would send the judge's key and the augment stage the teacher's, and the
+        Secrets they would mount."""
+        spec, namespace = job.spec, job.metadata.namespace
+        endpoints = []
+        if spec.evaluation.enabled and spec.evaluation.judge is not None:
+            endpoints.append(("judge", "spec.evaluation.judge", spec.evaluation.judge))
+        if spec.dataset.augment is not None:
+            endpoints.append(("teacher", "spec.dataset.augment.teacher", spec.dataset.augment.teacher))
         refusals = []
-        if problem := address_problem("spec.evaluation.judge.url", judge.url, namespace, self.config.allowed_urls):
-            refusals.append(Refusal("AddressNotAllowed", problem))
-        if judge.api_key_secret is not None:
-            try:
-                await usable_secret(self.client, self.config, namespace, judge.api_key_secret, "judge",
-                                    "spec.evaluation.judge.apiKeySecret")
-            except SecretRefused as refusal:
-                refusals.append(Refusal("SecretNotAllowed", str(refusal)))
+        for usage, field_path, endpoint in endpoints:
+            if problem := address_problem(f"{field_path}.url", endpoint.url, namespace, self.config.allowed_urls):
+                refusals.append(Refusal("AddressNotAllowed", problem))
+            if endpoint.api_key_secret is not None:
+                try:
+                    await usable_secret(self.client, self.config, namespace, endpoint.api_key_secret, usage,
+                                        f"{field_path}.apiKeySecret")
+                except SecretRefused as refusal:
+                    refusals.append(Refusal("SecretNotAllowed", str(refusal)))
         return tuple(refusals)
 
     async def observe_workload(self, job: FineTuneJob, name: str, with_progress: bool = False) -> WorkloadState:
@@ -268,7 +273,9 @@ class FineTuneJobRuntime:
 
 def _as_uris(result: dict[str, Any]) -> dict[str, Any]:
     storage = Storage()
-    for key in ("adapterPath", "testPath", "mergedPath", "recordsPath", "path"):
+    for key in ("adapterPath", "testPath", "recordsPath", "syntheticPath", "path"):
         if result.get(key):
             result[key] = storage.uri(result[key])
+    for exported in result.get("files") or []:  # the export stage's
+        exported["uri"] = storage.uri(exported["uri"])
     return result

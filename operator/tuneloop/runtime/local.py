@@ -27,7 +27,15 @@ from typing import Callable
 from tuneloop import catalog, clock
 from tuneloop.api.common import rfc3339
 from tuneloop.api.finetunejob import TERMINAL_PHASES, FineTuneJob, FineTuneJobStatus
-from tuneloop.api.workloads import EvaluatorResult, EvaluatorWorkload, Tracking, TrainerWorkload, write_result
+from tuneloop.api.workloads import (
+    AugmentResult,
+    AugmentWorkload,
+    EvaluatorResult,
+    EvaluatorWorkload,
+    Tracking,
+    TrainerWorkload,
+    write_result,
+)
 from tuneloop.runtime.local_judge import LocalJudgeError, serving_local_judge
 from tuneloop.offline_env import OFFLINE_ENV
 from tuneloop.storage_uris import file_uri_path
@@ -48,11 +56,13 @@ from tuneloop.runtime.workload_log import LOG_FILE, WorkloadLog
 
 log = logging.getLogger("tuneloop.local")
 
-WORKLOAD_PROGRAMS = {"validate": "tuneloop_trainer.check_data", "train": "tuneloop_trainer",
-                     "evaluate": "tuneloop_evaluator", "register": "tuneloop_evaluator.register"}
+WORKLOAD_PROGRAMS = {"validate": "tuneloop_trainer.check_data", "augment": "tuneloop_trainer.augment",
+                     "train": "tuneloop_trainer", "evaluate": "tuneloop_evaluator",
+                     "export": "tuneloop_trainer.export", "register": "tuneloop_evaluator.register"}
 EXPERIMENT = "tuneloop"
 JOB_FILE = "job.json"
 JUDGE_LOG_FILE = "judge-log.txt"
+TEACHER_LOG_FILE = "teacher-log.txt"
 
 LOCAL_CONTEXT = ReconcileContext(mode="local", catalog=frozenset(catalog.LOCAL_CATALOG))
 
@@ -164,9 +174,11 @@ class LocalRuntime:
             return WorkloadState("Running", progress=progress)
         result = _read_json(folder / "result.json")
         if result is not None:
-            for key in ("adapterPath", "testPath", "mergedPath", "recordsPath"):
+            for key in ("adapterPath", "testPath", "recordsPath", "syntheticPath"):
                 if result.get(key):
                     result[key] = Path(result[key]).resolve().as_uri()
+            for exported in result.get("files") or []:  # the export stage's
+                exported["uri"] = Path(exported["uri"]).resolve().as_uri()
             finished = rfc3339(datetime.fromtimestamp((folder / "result.json").stat().st_mtime, timezone.utc))
             return WorkloadState("Succeeded" if result.get("succeeded") else "Failed", result=result, since=finished)
         if process is not None:
@@ -194,6 +206,17 @@ class LocalRuntime:
                 write_result(EvaluatorResult(succeeded=False, reason="JudgeUnavailable", message=str(error)),
                              folder / "result.json")
                 return
+        if isinstance(workload, AugmentWorkload) and workload.dataset.augment and workload.dataset.augment.teacher.local:
+            try:
+                teacher = self.start_local_teacher(workload, folder)
+                workload.dataset = workload.dataset.model_copy(update={
+                    "augment": workload.dataset.augment.model_copy(update={"teacher": teacher})})
+            except LocalJudgeError as error:
+                (folder / "workload.json").write_text(workload.model_dump_json(by_alias=True, indent=2),
+                                                      encoding="utf-8")
+                write_result(AugmentResult(succeeded=False, reason="TeacherUnavailable", message=str(error)),
+                             folder / "result.json")
+                return
         (folder / "workload.json").write_text(workload.model_dump_json(by_alias=True, indent=2), encoding="utf-8")
         command = [sys.executable, "-m", WORKLOAD_PROGRAMS[action.stage], "--spec", str(folder / "workload.json"),
                    "--result", str(folder / "result.json")]
@@ -213,8 +236,16 @@ class LocalRuntime:
 
         if action.stage == "validate":
             return stage_workloads.data_check_workload(job, self.trainer_workload(job, folder))
+        if action.stage == "augment":
+            teacher = job.spec.dataset.augment.teacher if job.spec.dataset.augment else None
+            return stage_workloads.augment_workload(job, self.trainer_workload(job, folder),
+                                                    teacher.api_key_env if teacher else None)
         if action.stage == "train":
-            return self.trainer_workload(job, folder)
+            synthetic = action.inputs.get("synthetic_uri")
+            return self.trainer_workload(job, folder, resolve(synthetic) if synthetic else None)
+        if action.stage == "export":
+            return stage_workloads.export_workload(job, action.inputs, model_path=str(self.model_path(job)),
+                                                   resolve=resolve, output_dir=str(folder / "output"))
         if action.stage == "evaluate":
             general = job.spec.evaluation.general_set
             return stage_workloads.evaluator_workload(
@@ -239,6 +270,15 @@ class LocalRuntime:
         return self.services.enter_context(serving_local_judge(
             workload.evaluation.judge, folder / JUDGE_LOG_FILE, self.model_cache, threads=1))
 
+    def start_local_teacher(self, workload: AugmentWorkload, folder: Path):
+        """`transformers serve` with the teacher model while the augment stage runs (it is the only workload
+        then, so the server gets the cores)."""
+        teacher = workload.dataset.augment.teacher
+        self.on_note(f"augment: starting the local teacher ({teacher.model}, transformers serve) at {teacher.url}; "
+                     f"its log: {folder / TEACHER_LOG_FILE}")
+        return self.services.enter_context(serving_local_judge(
+            teacher, folder / TEACHER_LOG_FILE, self.model_cache, field="dataset.augment.teacher"))
+
     def model_path(self, job: FineTuneJob) -> Path:
         spec = job.spec
         if spec.base_model.name is not None:
@@ -251,13 +291,13 @@ class LocalRuntime:
         return Tracking(tracking_uri=self.tracking_uri, experiment=EXPERIMENT, run_name=job.metadata.name,
                         tags=lineage_tags(job, local_job_uid(job)))
 
-    def trainer_workload(self, job: FineTuneJob, folder: Path) -> TrainerWorkload:
+    def trainer_workload(self, job: FineTuneJob, folder: Path, synthetic_path: str | None = None) -> TrainerWorkload:
         output = job.spec.output.uri
         return stage_workloads.trainer_workload(
             job, model_path=str(self.model_path(job)),
             input_file=lambda uri, _name: str(resolve_path(uri, self.manifest_dir)),
             output_dir=str(resolve_path(output, self.manifest_dir) if output else folder / "output"),
-            tracking=self.tracking(job))
+            tracking=self.tracking(job), synthetic_path=synthetic_path)
 
     def stop_all(self) -> None:
         for process in self.processes.values():

@@ -1,32 +1,36 @@
-"""`evaluation.judge.local`: an LLM judge served on this machine by `transformers serve`, for `tuneloop run
---local`. The judge model comes from the model catalog (nothing is downloaded) and the server is pinned to
+"""`evaluation.judge.local` and `dataset.augment.teacher.local`: an LLM judge or teacher served on this machine
+by `transformers serve`, for `tuneloop run --local`. The model comes from the model catalog (nothing is downloaded) and the server is pinned to
 it (`transformers serve FOLDER`): it answers only for a request whose `model` is that folder's path, which
-is therefore the model name the yielded JudgeSpec carries.
+is therefore the model name the yielded spec carries.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
+from typing import TypeVar
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
+
 from tuneloop import catalog
+from tuneloop.api.augmentation import TeacherSpec
 from tuneloop.api.evaluation import JudgeSpec
 from tuneloop.offline_env import OFFLINE_ENV
 
+Endpoint = TypeVar("Endpoint", JudgeSpec, TeacherSpec)
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 # Guards against a hang (loading a model takes seconds; converting it once, a minute), not a speed target.
 STARTUP_SECONDS = 600.0
 STOP_SECONDS = 30.0
 POLL_SECONDS = 0.25
+SERVES_TIMEOUT_SECONDS = 5.0  # one poll of /v1/models; the startup deadline bounds the whole wait
 LAST_LINE_CHARS = 500
 
 
@@ -34,18 +38,18 @@ class LocalJudgeError(RuntimeError):
     """The local judge cannot be started; the message names the spec field or the log to read."""
 
 
-def local_port(spec: JudgeSpec) -> int:
+def local_port(spec: Endpoint, field: str = "evaluation.judge") -> int:
     """The port of spec.url, which must be on 127.0.0.1 or localhost with an explicit port."""
     parts = urlsplit(str(spec.url))
     if parts.hostname not in LOCAL_HOSTS:
-        raise LocalJudgeError(f"evaluation.judge.url: a local judge listens on 127.0.0.1 or localhost, not "
+        raise LocalJudgeError(f"{field}.url: a local model listens on 127.0.0.1 or localhost, not "
                               f"{parts.hostname!r} (e.g. http://127.0.0.1:8765/v1)")
     try:
         port = parts.port
     except ValueError:
         port = None
     if not port:
-        raise LocalJudgeError(f"evaluation.judge.url: {spec.url} needs a port for the local judge to listen on "
+        raise LocalJudgeError(f"{field}.url: {spec.url} needs a port for the local model to listen on "
                               "(e.g. http://127.0.0.1:8765/v1)")
     return port
 
@@ -70,14 +74,12 @@ def _last_line(log_path: Path) -> str:
     return next((line.strip()[:LAST_LINE_CHARS] for line in reversed(lines) if line.strip()), "(empty log)")
 
 
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 never goes through a proxy
-
-
 def _serves(url: str, model: str) -> bool:
-    try:
-        with _DIRECT.open(f"{url}/models", timeout=5) as response:
-            listed = json.load(response).get("data") or []
-    except (OSError, ValueError):
+    """Whether the server at `url` lists `model` yet; False while it is not listening or still loading."""
+    try:  # 127.0.0.1 never goes through a proxy: no environment proxies (trust_env=False)
+        response = httpx.get(f"{url}/models", timeout=SERVES_TIMEOUT_SECONDS, trust_env=False)
+        listed = response.raise_for_status().json().get("data") or []
+    except (httpx.HTTPError, ValueError):
         return False
     return any(entry.get("id") == model for entry in listed)
 
@@ -125,17 +127,17 @@ def transformers_server(model_path: Path, port: int, log_path: Path, startup_sec
 
 
 @contextmanager
-def serving_local_judge(spec: JudgeSpec, log_path: Path, model_cache: Path | None = None,
-                        startup_seconds: float = STARTUP_SECONDS, threads: int | None = None) -> Iterator[JudgeSpec]:
+def serving_local_judge(spec: Endpoint, log_path: Path, model_cache: Path | None = None,
+                        startup_seconds: float = STARTUP_SECONDS, threads: int | None = None,
+                        field: str = "evaluation.judge") -> Iterator[Endpoint]:
     """Serves spec.model (a model catalog name) on spec.url's 127.0.0.1 port for as long as the block runs;
     yields the spec with url and model as the server expects them. LocalJudgeError names the spec field at
     fault (model not in the catalog, url not local, port busy) or the log of a server that did not start."""
-    port = local_port(spec)
+    port = local_port(spec, field)
     try:
         model_path = catalog.materialize(catalog.lookup(spec.model), model_cache)
     except catalog.CatalogError as error:
-        raise LocalJudgeError(f"evaluation.judge.model: {error}; a local judge serves a model of the catalog") \
-            from None
-    check_port_free(port, "evaluation.judge.url")
+        raise LocalJudgeError(f"{field}.model: {error}; a local model is one of the catalog") from None
+    check_port_free(port, f"{field}.url")
     with transformers_server(model_path, port, log_path, startup_seconds, threads) as url:
         yield spec.model_copy(update={"url": url, "model": str(model_path)})

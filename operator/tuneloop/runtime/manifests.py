@@ -17,7 +17,7 @@ from typing import Any
 
 from tuneloop.api.common import API_VERSION, fitted
 from tuneloop.api.finetunejob import KIND, FineTuneJob
-from tuneloop.api.workloads import JUDGE_API_KEY_ENV, Tracking, TrainerWorkload
+from tuneloop.api.workloads import JUDGE_API_KEY_ENV, TEACHER_API_KEY_ENV, Tracking, TrainerWorkload
 from tuneloop.config import OperatorConfig
 from tuneloop.offline_env import OFFLINE_ENV
 from tuneloop.registry.lineage import lineage_tags
@@ -47,8 +47,10 @@ CPU_TRAINER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRES
                    "MALLOC_TOP_PAD_": str(2**30)}
 
 # The container whose termination message carries each stage's result.
-WORKLOAD_CONTAINERS = {"validate": "check-data", "train": "trainer", "evaluate": "evaluator", "register": "register",
-                       "snapshot": "snapshot"}
+WORKLOAD_CONTAINERS = {"validate": "check-data", "augment": "augment", "train": "trainer", "evaluate": "evaluator",
+                       "export": "export", "register": "register", "snapshot": "snapshot"}
+TRAINER_IMAGE_STAGES = ("validate", "augment", "train", "export")
+CPU_STAGES = ("validate", "augment")  # never on a GPU node: the operator's dataCheck CPU and memory
 # What the data check leaves out of a fetched model folder: it needs the tokenizer, not the weights.
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.gguf", "*.h5", "*.msgpack", "*.onnx")
 
@@ -146,7 +148,8 @@ class Storage:
         return [f"fetch-{name}" for name in self.fetches]
 
 
-def trainer_workload(job: FineTuneJob, config: OperatorConfig, storage: Storage) -> TrainerWorkload:
+def trainer_workload(job: FineTuneJob, config: OperatorConfig, storage: Storage,
+                     synthetic_uri: str | None = None) -> TrainerWorkload:
     spec = job.spec
     if spec.base_model.name is not None:
         model_uri = config.catalog.get(spec.base_model.name)
@@ -161,7 +164,7 @@ def trainer_workload(job: FineTuneJob, config: OperatorConfig, storage: Storage)
         job, model_path=storage.input_path(model_uri, "model"),
         input_file=lambda uri, name: storage.input_path(uri, name, is_file=True),
         output_dir=storage.path(spec.output.uri, writable=True), tracking=_tracking(job, config),
-        gpu_peak_tflops=config.gpu_peak_tflops)
+        gpu_peak_tflops=config.gpu_peak_tflops, synthetic_path=storage.path(synthetic_uri) if synthetic_uri else None)
 
 
 def config_map(job: FineTuneJob, name: str, workload: Any, stage: str = "train") -> dict[str, Any]:
@@ -221,14 +224,14 @@ def pod_spec(job: FineTuneJob, name: str, workload: TrainerWorkload, config: Ope
              storage: Storage, *, stage: str = "train", command: list[str] | None = None,
              extra_env: list[dict[str, Any]] = ()) -> dict[str, Any]:
     """The pod of a stage's workload: trainer image and trainer command unless told otherwise. The data
-    check (validate) is the one stage that never runs on a GPU node: it gets the operator's dataCheck
+    check (validate) and the augment stage never run on a GPU node: they get the operator's dataCheck
     CPU and memory, and none of the GPU nodes' default selector or tolerations."""
     resources = job.spec.resources
     gpus = stage_gpus(job.spec, stage) // (resources.nodes if stage == "train" else 1)  # per pod
     limits: dict[str, str] = {}
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
-    if stage == "validate":
+    if stage in CPU_STAGES:
         limits.update(cpu=config.data_check.cpu, memory=config.data_check.memory)
     else:
         limits.update({key: value for key, value in (("cpu", resources.cpu), ("memory", resources.memory)) if value})
@@ -240,7 +243,7 @@ def pod_spec(job: FineTuneJob, name: str, workload: TrainerWorkload, config: Ope
             *extra_env]
     container = {
         "name": WORKLOAD_CONTAINERS[stage],
-        "image": config.images.trainer if stage in ("validate", "train") else config.images.evaluator,
+        "image": config.images.trainer if stage in TRAINER_IMAGE_STAGES else config.images.evaluator,
         "imagePullPolicy": config.images.pull_policy,
         "command": command or trainer_command(job, name, workload),
         "env": env,
@@ -269,14 +272,14 @@ def pod_spec(job: FineTuneJob, name: str, workload: TrainerWorkload, config: Ope
         ],
         "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
                             "seccompProfile": {"type": "RuntimeDefault"}},
-        "nodeSelector": {**({} if stage == "validate" else config.default_node_selector), **resources.node_selector},
+        "nodeSelector": {**({} if stage in CPU_STAGES else config.default_node_selector), **resources.node_selector},
         "tolerations": tolerations,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": config.termination_grace_seconds,
     }
     if storage.fetches:
-        spec["initContainers"] = fetch_containers(storage, config, weights=stage != "validate")
+        spec["initContainers"] = fetch_containers(storage, config, weights=stage not in CPU_STAGES)
     if resources.priority_class_name:
         spec["priorityClassName"] = resources.priority_class_name
     if config.image_pull_secrets:
@@ -332,10 +335,11 @@ def rendezvous_service(job: FineTuneJob, name: str) -> dict[str, Any]:
     }
 
 
-def training_objects(job: FineTuneJob, name: str, config: OperatorConfig) -> list[dict[str, Any]]:
+def training_objects(job: FineTuneJob, name: str, config: OperatorConfig,
+                     inputs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Everything one training workload needs, in creation order (the Job last)."""
     storage = Storage()
-    workload = trainer_workload(job, config, storage)
+    workload = trainer_workload(job, config, storage, (inputs or {}).get("synthetic_uri"))
     objects = [config_map(job, name, workload)]
     if job.spec.resources.nodes > 1:
         objects.append(rendezvous_service(job, name))
@@ -350,17 +354,17 @@ def _tracking(job: FineTuneJob, config: OperatorConfig) -> Tracking | None:
                     tags=lineage_tags(job, job.metadata.uid or ""))
 
 
-def _judge_key_env(job: FineTuneJob) -> list[dict[str, Any]]:
-    judge = job.spec.evaluation.judge
-    if judge is None or judge.api_key_secret is None:
+def _key_env(variable: str, endpoint: Any) -> list[dict[str, Any]]:
+    """The endpoint's (judge, teacher) API key from its Secret, as the variable the workload reads."""
+    if endpoint is None or endpoint.api_key_secret is None:
         return []
-    return [{"name": JUDGE_API_KEY_ENV, "valueFrom": {"secretKeyRef": {
-        "name": judge.api_key_secret.name, "key": judge.api_key_secret.key}}}]
+    return [{"name": variable, "valueFrom": {"secretKeyRef": {
+        "name": endpoint.api_key_secret.name, "key": endpoint.api_key_secret.key}}}]
 
 
 def stage_objects(job: FineTuneJob, action: LaunchWorkload, config: OperatorConfig) -> list[dict[str, Any]]:
-    """ConfigMap + Job of the evaluate or register stage: the evaluator image, reading the training
-    output from the same volume (read-only), writing its records next to it."""
+    """ConfigMap + Job of the evaluate, export or register stage, reading the training output from the same
+    volume: evaluate writes its records next to it, export the merged model and GGUF file (trainer image)."""
     storage = Storage()
     training = trainer_workload(job, config, storage)  # the same volumes, model path and output folder
     name, stage = action.name, action.stage
@@ -373,6 +377,11 @@ def stage_objects(job: FineTuneJob, action: LaunchWorkload, config: OperatorConf
             general_set_path=storage.input_path(general.uri, "general", is_file=True) if general else None)
         program = ["python", "-m", "tuneloop_evaluator"]
         result = f"{workload.output_dir}/result.json"
+    elif stage == "export":
+        workload = stage_workloads.export_workload(job, action.inputs, model_path=training.model_path,
+                                                   resolve=resolve, output_dir=training.output_dir)
+        program = ["python", "-m", "tuneloop_trainer.export"]
+        result = f"{SCRATCH}/result.json"
     else:
         tracking = _tracking(job, config)
         if tracking is None:
@@ -386,7 +395,7 @@ def stage_objects(job: FineTuneJob, action: LaunchWorkload, config: OperatorConf
     command = [*program, "--spec", f"{SPEC_DIR}/workload.json", "--result", result,
                "--termination-log", TERMINATION_LOG]
     pod = pod_spec(job, name, training, config, storage, stage=stage, command=command,
-                   extra_env=_judge_key_env(job) if stage == "evaluate" else [])
+                   extra_env=_key_env(JUDGE_API_KEY_ENV, job.spec.evaluation.judge) if stage == "evaluate" else [])
     return [config_map(job, name, workload, stage),
             training_job(job, name, training, config, storage, stage=stage, pod=pod)]
 
@@ -406,10 +415,29 @@ def data_check_objects(job: FineTuneJob, name: str, config: OperatorConfig) -> l
             training_job(job, name, training, config, storage, stage="validate", pod=pod)]
 
 
+def augment_objects(job: FineTuneJob, name: str, config: OperatorConfig) -> list[dict[str, Any]]:
+    """ConfigMap + Job of the augment stage: the trainer image on a CPU splits the rows as training will and
+    asks the teacher for synthetic training rows, written beside the adapter-to-be; the teacher's key comes
+    from its Secret."""
+    storage = Storage()
+    training = trainer_workload(job, config, storage)
+    teacher = job.spec.dataset.augment.teacher if job.spec.dataset.augment else None
+    workload = stage_workloads.augment_workload(
+        job, training, TEACHER_API_KEY_ENV if teacher is not None and teacher.api_key_secret else None)
+    command = ["python", "-m", "tuneloop_trainer.augment", "--spec", f"{SPEC_DIR}/workload.json",
+               "--result", f"{SCRATCH}/result.json", "--termination-log", TERMINATION_LOG]
+    pod = pod_spec(job, name, training, config, storage, stage="augment", command=command,
+                   extra_env=_key_env(TEACHER_API_KEY_ENV, teacher))
+    return [config_map(job, name, workload, "augment"),
+            training_job(job, name, training, config, storage, stage="augment", pod=pod)]
+
+
 def workload_objects(job: FineTuneJob, action: LaunchWorkload, config: OperatorConfig) -> list[dict[str, Any]]:
     """Everything a stage's workload needs, in creation order (the Job last)."""
     if action.stage == "validate":
         return data_check_objects(job, action.name, config)
+    if action.stage == "augment":
+        return augment_objects(job, action.name, config)
     if action.stage == "train":
-        return training_objects(job, action.name, config)
+        return training_objects(job, action.name, config, action.inputs)
     return stage_objects(job, action, config)

@@ -1,10 +1,11 @@
 """Which Secrets a tenant's object may hand to Tuneloop, and their values when the operator needs one.
 
-A tenant names Secrets in its objects (a judge's `apiKeySecret`, a schedule's `feedback.tokenSecret`);
+A tenant names Secrets in its objects (a judge's or a teacher's `apiKeySecret`, a schedule's
+`feedback.tokenSecret`);
 the operator mounts them into the pods it creates or reads them itself. A Secret of the namespace is
 usable for a purpose only when
 
-- the namespace has marked it: label `tuneloop.dev/secret-usage` holds the purpose (`judge`,
+- the namespace has marked it: label `tuneloop.dev/secret-usage` holds the purpose (`judge`, `teacher`,
   `feedback`, or several joined by dots: `judge.feedback`), and the operator may read it (its name is
   in the chart's `rbac.secretNames`); or
 - the operator's configuration lists it in `allowedSecrets` (`namespace/name`).
@@ -23,7 +24,7 @@ from tuneloop.config import OperatorConfig
 from tuneloop.runtime.kube_client import KubeClient, KubeError
 
 USAGE_LABEL = "tuneloop.dev/secret-usage"
-Usage = Literal["judge", "feedback"]
+Usage = Literal["judge", "teacher", "feedback"]
 
 
 class SecretRefused(LookupError):

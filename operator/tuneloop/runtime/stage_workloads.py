@@ -9,7 +9,16 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from tuneloop.api.finetunejob import FineTuneJob, FineTuneJobStatus
-from tuneloop.api.workloads import DataCheckWorkload, EvaluatorWorkload, RegisterWorkload, Tracking, TrainerWorkload
+from tuneloop.api.export import ExportedFile
+from tuneloop.api.workloads import (
+    AugmentWorkload,
+    DataCheckWorkload,
+    EvaluatorWorkload,
+    ExportWorkload,
+    RegisterWorkload,
+    Tracking,
+    TrainerWorkload,
+)
 from tuneloop.registry.lineage import lineage_tags
 
 Resolve = Callable[[str], str]
@@ -28,7 +37,9 @@ def _required(inputs: dict[str, Any], key: str, stage: str) -> str:
 
 
 def trainer_workload(job: FineTuneJob, *, model_path: str, input_file: InputFile, output_dir: str,
-                     tracking: Tracking | None, gpu_peak_tflops: float | None = None) -> TrainerWorkload:
+                     tracking: Tracking | None, gpu_peak_tflops: float | None = None,
+                     synthetic_path: str | None = None) -> TrainerWorkload:
+    """The training stage's workload; synthetic_path: the augment stage's rows, once it has run."""
     spec = job.spec
     replay, preferences = spec.dataset.replay, spec.dataset.preferences
     return TrainerWorkload(
@@ -37,12 +48,12 @@ def trainer_workload(job: FineTuneJob, *, model_path: str, input_file: InputFile
         dataset_path=input_file(spec.dataset.uri, "dataset"),
         replay_path=input_file(replay.uri, "replay") if replay else None,
         preferences_path=input_file(preferences.uri, "preferences") if preferences else None,
+        synthetic_path=synthetic_path,
         dataset=spec.dataset,
         method=spec.method,
         training=spec.training,
         output_dir=output_dir,
         preview_examples=spec.output.preview_examples,
-        merge_adapter=spec.output.merge_adapter,
         tracking=tracking,
         registered_model=registered_model_name(job) if spec.registry.enabled and tracking else None,
         gpu_peak_tflops=gpu_peak_tflops,
@@ -52,6 +63,28 @@ def trainer_workload(job: FineTuneJob, *, model_path: str, input_file: InputFile
 def data_check_workload(job: FineTuneJob, training: TrainerWorkload) -> DataCheckWorkload:
     """The training's own spec, read on a CPU before any GPU is asked for."""
     return DataCheckWorkload.of(training, world_size=job.spec.resources.training_processes)
+
+
+def augment_workload(job: FineTuneJob, training: TrainerWorkload, teacher_key_env: str | None) -> AugmentWorkload:
+    """The training's own spec, read by the augment stage on a CPU."""
+    return AugmentWorkload.model_validate({**training.model_dump(), "teacher_key_env": teacher_key_env})
+
+
+def export_workload(job: FineTuneJob, inputs: dict[str, Any], *, model_path: str, resolve: Resolve,
+                    output_dir: str) -> ExportWorkload:
+    spec = job.spec
+    return ExportWorkload(
+        job=f"{job.metadata.namespace}/{job.metadata.name}",
+        model_path=model_path,
+        adapter_path=resolve(_required(inputs, "adapter_uri", "export")),
+        method=spec.method,
+        test_path=resolve(_required(inputs, "test_uri", "export")),
+        dataset=spec.dataset,
+        formats=spec.output.exports(),
+        gguf=spec.output.gguf,
+        max_new_tokens=spec.evaluation.max_new_tokens,
+        output_dir=output_dir,
+    )
 
 
 def evaluator_workload(job: FineTuneJob, inputs: dict[str, Any], *, model_path: str, resolve: Resolve,
@@ -89,6 +122,8 @@ def register_workload(job: FineTuneJob, inputs: dict[str, Any], *, resolve: Reso
         tags=tags,
         metrics={key: value for key, value in inputs.get("metrics", {}).items() if value is not None},
         job_status=FineTuneJobStatus.model_validate(job_status) if job_status else None,
+        exports=[ExportedFile.model_validate(exported).model_copy(update={"uri": resolve(exported["uri"])})
+                 for exported in inputs.get("exports", [])],
         set_challenger=bool(inputs.get("set_challenger")),
         set_champion=bool(inputs.get("set_champion")),
         expected_champion=inputs.get("expected_champion"),

@@ -4,8 +4,9 @@
 --   no status yet                        -> Progressing  the operator has not picked it up
 --   (observedGeneration is the generation the job started with: a spec changed later is not
 --    applied, by design, and condition SpecChangeIgnored says so; so it is not a health signal here)
---   Pending, Queued, Validating,
---   Training, Evaluating, Registering    -> Progressing  work under way or waiting for Kueue to admit its
+--   Pending, Queued, Validating, Augmenting,
+--   Training, Evaluating, Exporting,
+--   Registering                          -> Progressing  work under way or waiting for Kueue to admit its
 --                                                        Job (status.message)
 --   Suspended                            -> Suspended    spec.suspend holds it; false resumes it
 --   Succeeded, gate passed or no gate    -> Healthy      the run finished and its adapter may be promoted
@@ -46,8 +47,8 @@ if phase == "Suspended" then
   return hs
 end
 
-if phase == "Pending" or phase == "Queued" or phase == "Validating" or phase == "Training"
-    or phase == "Evaluating" or phase == "Registering" then
+if phase == "Pending" or phase == "Queued" or phase == "Validating" or phase == "Augmenting"
+    or phase == "Training" or phase == "Evaluating" or phase == "Exporting" or phase == "Registering" then
   hs.status = "Progressing"
   if message ~= "" then
     hs.message = phase .. ": " .. message
