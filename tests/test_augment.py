@@ -217,8 +217,14 @@ def as_alpaca(example) -> dict:
 @pytest.mark.parametrize("mode", ["generate", "paraphrase"])
 def test_the_teacher_key_comes_from_the_named_variable_only(tmp_path, tiny_model_dir, monkeypatch, mode):
     new_row = fresh_rows()
-    with ScriptedJudge(lambda seen, repeat: Reply(new_row() if mode == "generate" else "Another way to say it."),
-                       models=(TEACHER_MODEL,)) as server:
+
+    def reply(seen: Seen) -> str:
+        if mode == "generate":
+            return new_row()
+        request = seen.prompt.split("<request>")[1].split("</request>")[0]
+        return "Another way to say it: " + " ".join(re.findall(r"\d{2,}", request))  # keeps every number
+
+    with ScriptedJudge(lambda seen, repeat: Reply(reply(seen)), models=(TEACHER_MODEL,)) as server:
         spec = workload(tmp_path, tiny_model_dir, scripted(server, apiKeyEnv="TEACHER_KEY"), target_rows=49,
                         mode=mode).model_copy(update={"teacher_key_env": "TEACHER_KEY"})
         missing = augment(spec, retry=FAST)
