@@ -200,6 +200,7 @@ def test_training_puts_synthetic_rows_in_its_training_split_only_within_max_shar
     with_synthetic = prepare(plain.model_copy(update={"synthetic_path": str(path)}), tokenizer)
 
     assert with_synthetic.stats.synthetic_rows == 12  # 20 usable, 12 kept: 12 / (48 + 12) = maxShare 0.2
+    assert without.stats.synthetic_rows is None  # a job without dataset.augment reports none
     assert len(with_synthetic.train) == len(without.train) + 12
     assert with_synthetic.test_rows == without.test_rows
     assert with_synthetic.validation_rows == without.validation_rows

@@ -238,7 +238,7 @@ def prepare(workload: TrainerWorkload, tokenizer: Any) -> PreparedData:
         test_rows=len(split.test), contamination=contamination,
         train_tokens=sum(len(example.input_ids) for example in train), format=dataset.format,
         sha256=dataset.sha256, preferences=preferences.stats if preferences else None,
-        synthetic_rows=len(synthetic_rows),
+        synthetic_rows=len(synthetic_rows) or None,
     )
     log.info("dataset %s: %d rows (%s), %d train + %d synthetic + %d replay / %d validation / %d test, %d train "
              "tokens, sha256 %s", dataset.path, stats.rows, stats.format, stats.train_rows, len(synthetic_rows),
