@@ -559,3 +559,63 @@ def test_the_mlflow_description_has_the_cost_section(found):
     assert re.search(r"^train +8 +4m10s +1h02m +8\.267 +7\.556 +1$", cost, re.MULTILINE)
     unpriced = status.model_copy(update={"cost": None, "queue": None})
     assert "## Cost" not in run_description("team-a/acme-tickets", unpriced, {}, registered)
+
+
+def augmented_and_exported(status: FineTuneJobStatus) -> FineTuneJobStatus:
+    """The status with synthetic rows and exports, as the augment, export and register stages leave it."""
+    from tuneloop.api.augmentation import AugmentationStats
+    from tuneloop.api.export import ExportedFile, ExportResults, GgufAgreement
+    from tuneloop.reconcile.finetunejob import augmentation_summary, export_summary
+
+    augmentation = AugmentationStats(wanted=30, requests=60, accepted=19,
+                                     rejected={"lost-facts": 34, "duplicate": 6, "failed-request": 1},
+                                     teacher="smollm2-135m-instruct @ http://127.0.0.1:8766/v1")
+    augmentation.summary = augmentation_summary(augmentation)
+    export = ExportResults(files=[
+        ExportedFile(kind="merged", uri="file:///w/export/merged", sha256="ab" * 32, bytes=542_000_000),
+        ExportedFile(kind="gguf", uri="file:///w/export/acme-q8_0.gguf", sha256="cd" * 32, bytes=145_000_000,
+                     gguf_type="q8_0")],
+        agreement=GgufAgreement(rows=30, same_answers=1.0, token_agreement=1.0, expected=0.95, passed=True))
+    export.summary = export_summary(export)
+    registry = status.registry.model_copy(update={"exports": {"gguf": "runs:/r1/export/acme-q8_0.gguf",
+                                                              "merged": "runs:/r1/export/merged"}})
+    dataset = status.dataset.model_copy(update={"synthetic_rows": 19})
+    return status.model_copy(update={"augmentation": augmentation, "export": export, "registry": registry,
+                                     "dataset": dataset})
+
+
+def test_synthetic_rows_and_exports_reach_the_terminal_the_page_and_mlflow(found, capsys):
+    from tuneloop.api.finetunejob import parse_manifest
+    from tuneloop.api.workloads import RegisterResult
+    from tuneloop.cli.terminal_report import print_evaluation, print_report
+    from tuneloop.registry.description import run_description
+    from tuneloop.registry.run_report import collect
+    from tuneloop.report import render_html
+
+    job_dir, status = found
+    status = augmented_and_exported(status)
+    (job_dir / "status.json").write_text(status.model_dump_json(by_alias=True), encoding="utf-8")
+    job = parse_manifest({"apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneJob",
+                          "metadata": {"name": "acme-tickets"},
+                          "spec": {"baseModel": {"name": "smollm2-135m-instruct"},
+                                   "dataset": {"uri": "data/tickets.jsonl"}}})
+    kept = "19 of 30 synthetic rows kept from 60 teacher requests (rejected: 6 duplicate, 1 failed-request, 34 lost-facts)"
+
+    print_report(job, status, [])
+    print_evaluation(job, status)
+    words = " ".join(capsys.readouterr().out.split())
+    assert "270 train + 19 synthetic, 30 validation, 30 test" in words
+    assert f"augment {kept}" in words
+    assert "export merged 542 MB; gguf q8_0 145 MB; GGUF vs merged on 30 test rows: 100.0% of answer tokens" in words
+    assert "gguf q8_0: 145 MB, sha256 cdcdcdcdcdcdcdcd, file:///w/export/acme-q8_0.gguf" in words
+    assert "with gguf: runs:/r1/export/acme-q8_0.gguf" in words
+
+    page = unescape(render_html(collect(job_dir)))
+    assert kept in page and "gguf q8_0 145 MB" in page and "runs:/r1/export/merged" in page
+
+    registered = RegisterResult(succeeded=True, model_name="acme-tickets", version="3", uri="models:/acme-tickets/3",
+                                exports=status.export.files[1:])
+    description = run_description("team-a/acme-tickets", status, {}, registered)
+    assert f"Synthetic rows: {kept}" in description
+    assert f"- gguf q8_0: 145 MB, sha256 `{'cd' * 32}`, `file:///w/export/acme-q8_0.gguf`" in description
+    assert "- merged: 542 MB" in description and "not registered" in description

@@ -169,8 +169,11 @@ def _export(status: FineTuneJobStatus, registered: RegisterResult) -> list[str]:
         return []
     logged = {exported.kind: exported.uri for exported in registered.exports}
     lines = ["## Export", "", export.skipped or export.summary or "", ""]
+    failed_check = export.agreement is not None and not export.agreement.passed
     for exported in export.files:
-        where = logged.get(exported.kind, "not registered: the GGUF file failed its check")
+        where = logged.get(exported.kind) or (
+            "not registered: it failed its check against the merged model" if exported.kind == "gguf" and failed_check
+            else "not registered")
         lines.append(f"- {exported.kind}{' ' + exported.gguf_type if exported.gguf_type else ''}: "
                      f"{exported.bytes / 1e6:,.0f} MB, sha256 `{exported.sha256}`, `{where}`")
     return lines + [""]
