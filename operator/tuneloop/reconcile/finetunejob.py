@@ -194,24 +194,19 @@ def check_context(spec: FineTuneJobSpec, context: ReconcileContext) -> list[str]
         where = ("the operator has no MLflow tracking URI to register with (set mlflowTrackingUri in its "
                  "configuration)" if context.mode == "cluster" else "this run has no MLflow tracking URI")
         problems.append(f"spec.registry.enabled: {where} - or set it to false")
-    judge = spec.evaluation.judge
-    if judge is not None and context.mode == "cluster" and judge.api_key_env:
-        problems.append("spec.evaluation.judge.apiKeyEnv: in a cluster the key comes from apiKeySecret")
-    if judge is not None and context.mode == "cluster" and judge.local:
-        problems.append("spec.evaluation.judge.local: a cluster cannot start a local judge; serve the judge model "
-                        "(e.g. with a ModelDeployment) and give its url")
-    if judge is not None and context.mode == "local" and judge.api_key_secret:
-        problems.append("spec.evaluation.judge.apiKeySecret: a local run reads the key from the "
-                        "environment variable named by apiKeyEnv")
     teacher = spec.dataset.augment.teacher if spec.dataset.augment else None
-    if teacher is not None and context.mode == "cluster" and teacher.api_key_env:
-        problems.append("spec.dataset.augment.teacher.apiKeyEnv: in a cluster the key comes from apiKeySecret")
-    if teacher is not None and context.mode == "cluster" and teacher.local:
-        problems.append("spec.dataset.augment.teacher.local: a cluster cannot start a local teacher; serve the "
-                        "teacher model (e.g. with a ModelDeployment) and give its url")
-    if teacher is not None and context.mode == "local" and teacher.api_key_secret:
-        problems.append("spec.dataset.augment.teacher.apiKeySecret: a local run reads the key from the "
-                        "environment variable named by apiKeyEnv")
+    for field, endpoint, role in (("spec.evaluation.judge", spec.evaluation.judge, "judge"),
+                                  ("spec.dataset.augment.teacher", teacher, "teacher")):
+        if endpoint is None:
+            continue
+        if context.mode == "cluster" and endpoint.api_key_env:
+            problems.append(f"{field}.apiKeyEnv: in a cluster the key comes from apiKeySecret")
+        if context.mode == "cluster" and endpoint.local:
+            problems.append(f"{field}.local: a cluster cannot start a local {role}; serve the {role} model "
+                            "(e.g. with a ModelDeployment) and give its url")
+        if context.mode == "local" and endpoint.api_key_secret:
+            problems.append(f"{field}.apiKeySecret: a local run reads the key from the environment variable "
+                            "named by apiKeyEnv")
     return problems
 
 
