@@ -138,7 +138,8 @@ async def test_crd_admission(crd, manifest):
         manifest['spec']['notAField'] = 'pruned'
         status, stored = await call(api, 'POST', FTJ_URL, json=manifest)
         assert status == 200 and 'notAField' not in stored['spec']
-        assert stored['spec']['output'] == {'previewExamples': 3, 'mergeAdapter': False}  # defaults applied
+        assert stored['spec']['output'] == {'previewExamples': 3, 'mergeAdapter': False, 'export': [],
+                                            'gguf': {'type': 'q8_0', 'checkRows': 30}}  # defaults applied
         assert stored['spec']['method']['lora']['targetModules'] == ['all-linear']
         assert (await call(api, 'PATCH', f'{FTJ_URL}/acme-tickets', json={'spec': {'method': {'lora': {'r': 0}}}}))[0] == 422
         status, body = await call(api, 'PATCH', f'{FTJ_URL}/acme-tickets/status', json={'status': {'phase': 'Bogus'}})

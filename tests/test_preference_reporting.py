@@ -23,7 +23,11 @@ from tuneloop.registry.progress import progress_from_run
 OBJECTIVE = "dpo (reference sft, beta 0.1): margin -0.19 -> +5.42, chosen preferred 30% -> 100%, loss 0.693 -> 0.452"
 PREFERENCES = "40 pairs: 30 trained on, 10 held out; 2 near test or regression rows, removed"
 SFT_METRICS = {TRAIN_LOSS: 1.25, EPOCH: 1.0, TOKENS_PER_SECOND: 400.0}
-STARTED_MS = int(time.time() * 1000) - 60_000
+
+
+def started_ms() -> int:
+    """A run that started a minute ago, now: the ETA is computed from the time elapsed since."""
+    return int(time.time() * 1000) - 60_000
 
 
 def sft_then_dpo_status() -> FineTuneJobStatus:
@@ -44,13 +48,13 @@ def sft_then_dpo_status() -> FineTuneJobStatus:
 # --- live progress ---------------------------------------------------------------------------------
 
 def test_progress_follows_sft_until_the_preference_stage_logs_its_first_loss():
-    progress = progress_from_run(SFT_METRICS, {"total_steps": "12"}, STARTED_MS, {TRAIN_LOSS: 4})
+    progress = progress_from_run(SFT_METRICS, {"total_steps": "12"}, started_ms(), {TRAIN_LOSS: 4})
     assert (progress["step"], progress["loss"], progress["epoch"], progress["tokensPerSecond"]) == (4, 1.25, 1.0, 400.0)
 
 
 def test_progress_shows_the_preference_stage_once_its_loss_comes_after_the_sft_ones():
     metrics = {**SFT_METRICS, PREFERENCE_TRAIN_LOSS: 0.61, PREFERENCE_EPOCH: 0.5, PREFERENCE_TOKENS_PER_SECOND: 150.0}
-    progress = progress_from_run(metrics, {"total_steps": "12"}, STARTED_MS, {TRAIN_LOSS: 4, PREFERENCE_TRAIN_LOSS: 7})
+    progress = progress_from_run(metrics, {"total_steps": "12"}, started_ms(), {TRAIN_LOSS: 4, PREFERENCE_TRAIN_LOSS: 7})
     assert progress["stage"] == "training"
     assert (progress["step"], progress["totalSteps"]) == (7, 12)  # one step axis: SFT's 4, then 3 of DPO's 8
     assert (progress["loss"], progress["epoch"], progress["tokensPerSecond"]) == (0.61, 0.5, 150.0)
@@ -59,7 +63,7 @@ def test_progress_shows_the_preference_stage_once_its_loss_comes_after_the_sft_o
 
 def test_a_dpo_only_run_shows_its_preference_stage_from_the_first_step():
     metrics = {PREFERENCE_TRAIN_LOSS: 0.69, PREFERENCE_EPOCH: 0.1, PREFERENCE_TOKENS_PER_SECOND: 90.0}
-    progress = progress_from_run(metrics, {"total_steps": "8"}, STARTED_MS, {PREFERENCE_TRAIN_LOSS: 1})
+    progress = progress_from_run(metrics, {"total_steps": "8"}, started_ms(), {PREFERENCE_TRAIN_LOSS: 1})
     assert (progress["step"], progress["loss"], progress["tokensPerSecond"]) == (1, 0.69, 90.0)
 
 
