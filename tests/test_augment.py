@@ -124,7 +124,8 @@ def test_unreadable_copied_and_test_rows_are_rejected_by_reason(tmp_path, tiny_m
     assert (stats.wanted, stats.requests, stats.accepted) == (2, 7, 2)
     assert stats.rejected == {"cleaned": 1, "duplicate": 1, "invalid": 1, "near-test": 1, "unparseable": 1}
     assert any(example.startswith("near-test: ~ test line ") for example in stats.examples)
-    assert stats.summary == "2 of 2 synthetic rows from 7 requests"
+    assert stats.summary == ("2 of 2 synthetic rows kept from 7 teacher requests (rejected: 1 cleaned, 1 duplicate, "
+                             "1 invalid, 1 near-test, 1 unparseable)")
     rows = written(result)
     assert [row["synthetic"] for row in rows] == [True, True]
     assert set(rows[0]) == {"instruction", "input", "output", "synthetic", "source_line"}
@@ -181,7 +182,7 @@ def test_max_share_caps_the_rows_wanted_and_a_full_split_asks_nothing(tmp_path, 
 
     assert asked == 12 and len(server.chat_requests) == asked  # the full split sent no request
     assert full.succeeded and full.stats.wanted == 0 and full.synthetic_path is None
-    assert full.stats.summary == "no synthetic rows wanted: 48 real training rows, targetRows 48"
+    assert full.stats.summary == "no synthetic row wanted: the training split already has dataset.augment.targetRows"
 
 
 def test_training_puts_synthetic_rows_in_its_training_split_only_within_max_share(tmp_path, tiny_model_dir):

@@ -402,7 +402,7 @@ def test_training_reads_the_synthetic_rows_the_augment_stage_wrote():
     objects = stage_job("train", {"synthetic_uri": "pvc://adapters/support-bot/synthetic/synthetic-0a1b.jsonl"})
     workload = json.loads(objects["ConfigMap"]["data"]["workload.json"])
     assert workload["syntheticPath"] == "/mnt/pvc/adapters/support-bot/synthetic/synthetic-0a1b.jsonl"
-    assert "mergeAdapter" not in workload or workload["mergeAdapter"] is False  # the export stage merges
+    assert "mergeAdapter" not in workload  # the trainer no longer merges: the export stage does, after the gate
 
 
 def test_the_export_job_merges_and_converts_on_one_gpu_with_the_trainer_image():

@@ -565,18 +565,17 @@ def augmented_and_exported(status: FineTuneJobStatus) -> FineTuneJobStatus:
     """The status with synthetic rows and exports, as the augment, export and register stages leave it."""
     from tuneloop.api.augmentation import AugmentationStats
     from tuneloop.api.export import ExportedFile, ExportResults, GgufAgreement
-    from tuneloop.reconcile.finetunejob import augmentation_summary, export_summary
 
     augmentation = AugmentationStats(wanted=30, requests=60, accepted=19,
                                      rejected={"lost-facts": 34, "duplicate": 6, "failed-request": 1},
                                      teacher="smollm2-135m-instruct @ http://127.0.0.1:8766/v1")
-    augmentation.summary = augmentation_summary(augmentation)
+    augmentation.summary = augmentation.describe()
     export = ExportResults(files=[
         ExportedFile(kind="merged", uri="file:///w/export/merged", sha256="ab" * 32, bytes=542_000_000),
         ExportedFile(kind="gguf", uri="file:///w/export/acme-q8_0.gguf", sha256="cd" * 32, bytes=145_000_000,
                      gguf_type="q8_0")],
         agreement=GgufAgreement(rows=30, same_answers=1.0, token_agreement=1.0, expected=0.95, passed=True))
-    export.summary = export_summary(export)
+    export.summary = export.describe()
     registry = status.registry.model_copy(update={"exports": {"gguf": "runs:/r1/export/acme-q8_0.gguf",
                                                               "merged": "runs:/r1/export/merged"}})
     dataset = status.dataset.model_copy(update={"synthetic_rows": 19})

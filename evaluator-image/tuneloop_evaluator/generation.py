@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from tuneloop.workload_data.chat import load_tokenizer
+from tuneloop.workload_data.chat import load_tokenizer, stop_token_ids
 from tuneloop.workload_output import ProgressLog
 
 log = logging.getLogger("tuneloop_evaluator")
@@ -84,19 +84,13 @@ class AnswerModels:
         self.model.set_adapter(name, inference_mode=True)
         return self.model, nullcontext()
 
-    def stop_token_ids(self) -> list[int]:
-        ids = {self.tokenizer.eos_token_id}
-        configured = getattr(self.model.generation_config, "eos_token_id", None)
-        ids.update(configured if isinstance(configured, list) else [configured])
-        return sorted(token for token in ids if token is not None)
-
     @torch.no_grad()
     def answers(self, name: str | None, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
         """Greedy answers in prompt order; prompts are batched by length to waste little on padding."""
         model, context = self._selected(name)
         order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
         answers: list[str] = [""] * len(prompts)
-        stop_ids = self.stop_token_ids()
+        stop_ids = stop_token_ids(self.tokenizer, self.model)
         progress = ProgressLog(log, "evaluation: generating answers", len(prompts), f" ({name or 'base model'})")
         with context:
             for start in range(0, len(order), batch_size):

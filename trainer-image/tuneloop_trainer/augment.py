@@ -287,9 +287,7 @@ def augment(workload: AugmentWorkload, *, retry: RetryPolicy = TEACHER) -> Augme
     path = write_rows(workload, data, tally) if tally and tally.accepted else None
     stats.uri = str(path) if path else None
     stats.seconds = round(time.monotonic() - started, 1)
-    stats.summary = (f"{stats.accepted:,} of {stats.wanted:,} synthetic rows from {stats.requests:,} requests"
-                     if stats.wanted else f"no synthetic rows wanted: {real_rows:,} real training rows, targetRows "
-                                          f"{spec.target_rows:,}")
+    stats.summary = stats.describe()
     for line in report_lines(stats, workload, data, tally):
         print(line, flush=True)
     return AugmentResult(succeeded=True, synthetic_path=stats.uri, stats=stats, message=stats.summary,

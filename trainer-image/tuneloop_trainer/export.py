@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tuneloop.api.export import ExportedFile, GgufAgreement
+from tuneloop.api.export import ExportedFile, ExportResults, GgufAgreement
 from tuneloop.api.workloads import ExportResult, ExportWorkload
 from tuneloop.workload_cli import workload_main
 from tuneloop_trainer.gguf_files import ConversionFailed, ConverterMissing, UnsupportedModel, find_converter, write_gguf
@@ -130,20 +130,9 @@ def export(workload: ExportWorkload) -> ExportResult:
                             workload.gguf.expected_agreement())
     if "merged" not in workload.formats:
         shutil.rmtree(merged)
-    return ExportResult(succeeded=True, message=summary(files, agreement), files=files, agreement=agreement,
+    return ExportResult(succeeded=True, message=ExportResults(files=files, agreement=agreement).describe(),
+                        files=files, agreement=agreement,
                         seconds=round(time.monotonic() - started, 1))
-
-
-def summary(files: list[ExportedFile], agreement: GgufAgreement | None) -> str:
-    parts = []
-    for file in files:
-        name = f"gguf {file.gguf_type}" if file.kind == "gguf" else "merged"
-        parts.append(f"{name} {file.bytes / 1e6:.0f} MB")
-    if agreement is not None:
-        verdict = "passed" if agreement.passed else f"below the expected {agreement.expected}"
-        parts.append(f"{agreement.token_agreement:.2f} token agreement, {agreement.same_answers:.2f} same answers "
-                     f"on {agreement.rows} test rows ({verdict})")
-    return ", ".join(parts)
 
 
 def run(workload: ExportWorkload) -> ExportResult:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from tuneloop.api.export import GgufAgreement
-from tuneloop.workload_data.chat import render_prompt
+from tuneloop.workload_data.chat import render_prompt, stop_token_ids
 from tuneloop.workload_data.rows import DataError, load_dataset
 
 log = logging.getLogger("tuneloop_trainer.export")
@@ -41,13 +41,6 @@ def check_prompts(test_path: str, system_prompt: str | None, rows: int, tokenize
     if not examples:
         raise DataError(f"{test_path}: no prompt/answer rows to check the GGUF file on")
     return [render_prompt(tokenizer, example) for example in examples]
-
-
-def stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
-    ids = {tokenizer.eos_token_id}
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    ids.update(configured if isinstance(configured, list) else [configured])
-    return sorted(token for token in ids if token is not None)
 
 
 @torch.no_grad()

@@ -72,3 +72,11 @@ class AugmentationStats(WireModel):
     seconds: float | None = Field(None, description="Wall-clock seconds of the augment workload.")
     uri: str | None = Field(None, description="Where the synthetic rows were written (JSONL, tagged synthetic).")
     summary: str | None = Field(None, description='One line, e.g. "40 of 40 synthetic rows from 71 requests".')
+
+    def describe(self) -> str:
+        """The summary line: the workload's log, the stage's condition and event, the reports."""
+        if not self.wanted:
+            return "no synthetic row wanted: the training split already has dataset.augment.targetRows"
+        rejected = ", ".join(f"{count} {reason}" for reason, count in sorted(self.rejected.items()) if count)
+        return (f"{self.accepted} of {self.wanted} synthetic rows kept from {self.requests} teacher requests"
+                + (f" (rejected: {rejected})" if rejected else ""))

@@ -68,3 +68,16 @@ class ExportResults(WireModel):
     skipped: str | None = Field(None, description="Why nothing was exported, e.g. the gate failed.")
     seconds: float | None = Field(None, description="Wall-clock seconds of the export workload.")
     summary: str | None = Field(None, description='One line, e.g. "gguf q8_0 145 MB, 0.98 token agreement".')
+
+    def describe(self) -> str:
+        """The summary line: the workload's log, the stage's condition and event, the reports."""
+        parts = []
+        for exported in self.files:
+            size = f"{exported.bytes / 1e6:,.0f} MB"
+            parts.append(f"gguf {exported.gguf_type} {size}" if exported.kind == "gguf" else f"merged {size}")
+        agreement = self.agreement
+        if agreement is not None:
+            parts.append(f"GGUF vs merged on {agreement.rows} test rows: {agreement.token_agreement:.1%} of answer "
+                         f"tokens agree (expected >= {agreement.expected:.0%}), {agreement.same_answers:.0%} "
+                         "identical answers")
+        return "; ".join(parts)

@@ -39,7 +39,6 @@ from tuneloop.api.finetunejob import (
     TrainingResults,
 )
 from tuneloop.api.evaluation import EvaluationResults, RegistryResults
-from tuneloop.api.augmentation import AugmentationStats
 from tuneloop.api.export import ExportedFile, ExportResults
 from tuneloop.api.workloads import (
     AugmentResult,
@@ -195,17 +194,17 @@ def check_context(spec: FineTuneJobSpec, context: ReconcileContext) -> list[str]
                  "configuration)" if context.mode == "cluster" else "this run has no MLflow tracking URI")
         problems.append(f"spec.registry.enabled: {where} - or set it to false")
     teacher = spec.dataset.augment.teacher if spec.dataset.augment else None
-    for field, endpoint, role in (("spec.evaluation.judge", spec.evaluation.judge, "judge"),
-                                  ("spec.dataset.augment.teacher", teacher, "teacher")):
+    for path, endpoint, role in (("spec.evaluation.judge", spec.evaluation.judge, "judge"),
+                                 ("spec.dataset.augment.teacher", teacher, "teacher")):
         if endpoint is None:
             continue
         if context.mode == "cluster" and endpoint.api_key_env:
-            problems.append(f"{field}.apiKeyEnv: in a cluster the key comes from apiKeySecret")
+            problems.append(f"{path}.apiKeyEnv: in a cluster the key comes from apiKeySecret")
         if context.mode == "cluster" and endpoint.local:
-            problems.append(f"{field}.local: a cluster cannot start a local {role}; serve the {role} model "
+            problems.append(f"{path}.local: a cluster cannot start a local {role}; serve the {role} model "
                             "(e.g. with a ModelDeployment) and give its url")
         if context.mode == "local" and endpoint.api_key_secret:
-            problems.append(f"{field}.apiKeySecret: a local run reads the key from the environment variable "
+            problems.append(f"{path}.apiKeySecret: a local run reads the key from the environment variable "
                             "named by apiKeyEnv")
     return problems
 
@@ -673,19 +672,11 @@ def _record_augmentation(status: FineTuneJobStatus, spec: FineTuneJobSpec, raw: 
     if result.stats is None:
         raise ValueError("the augment stage reported success without its counts")
     stats = result.stats.model_copy(update={"uri": result.synthetic_path, "seconds": result.seconds})
-    stats.summary = augmentation_summary(stats)
+    stats.summary = stats.describe()
     status.augmentation = stats
     if stats.wanted and stats.accepted < stats.wanted:
         decision.event("Warning", "FewerSyntheticRows", f"{stats.summary}: training goes on with what was kept")
     return stats.summary
-
-
-def augmentation_summary(stats: AugmentationStats) -> str:
-    if not stats.wanted:
-        return "no synthetic row wanted: the training split already has dataset.augment.targetRows"
-    rejected = ", ".join(f"{count} {reason}" for reason, count in sorted(stats.rejected.items()) if count)
-    return (f"{stats.accepted} of {stats.wanted} synthetic rows kept from {stats.requests} teacher requests"
-            + (f" (rejected: {rejected})" if rejected else ""))
 
 
 def _record_export(status: FineTuneJobStatus, spec: FineTuneJobSpec, raw: dict[str, Any],
@@ -694,24 +685,11 @@ def _record_export(status: FineTuneJobStatus, spec: FineTuneJobSpec, raw: dict[s
     if not result.files:
         raise ValueError("the export stage reported success without a file")
     export = ExportResults(files=result.files, agreement=result.agreement, seconds=result.seconds)
-    export.summary = export_summary(export)
+    export.summary = export.describe()
     status.export = export
     if export.agreement is not None and not export.agreement.passed:
         decision.event("Warning", "GgufDisagrees", f"{export.summary}: the GGUF file is not registered")
     return export.summary
-
-
-def export_summary(export: ExportResults) -> str:
-    parts = []
-    for exported in export.files:
-        size = f"{exported.bytes / 1e6:,.0f} MB"
-        parts.append(f"gguf {exported.gguf_type} {size}" if exported.kind == "gguf" else f"merged {size}")
-    agreement = export.agreement
-    if agreement is not None:
-        parts.append(f"GGUF vs merged on {agreement.rows} test rows: {agreement.token_agreement:.1%} of answer "
-                     f"tokens agree (expected >= {agreement.expected:.0%}), {agreement.same_answers:.0%} identical "
-                     "answers")
-    return "; ".join(parts)
 
 
 RECORDERS = {VALIDATE.name: _record_data_check, AUGMENT.name: _record_augmentation, TRAIN.name: _record_training,

@@ -19,6 +19,15 @@ def load_tokenizer(model_path: str) -> Any:
     return tokenizer
 
 
+def stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
+    """Where a greedy answer ends: the tokenizer's end-of-sequence token and any the model's generation config
+    adds (an instruct model's end-of-turn token)."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return sorted(token for token in ids if token is not None)
+
+
 def render_prompt(tokenizer: Any, example: Example) -> str:
     """The text the model sees before it answers (chat template with the generation prompt)."""
     return tokenizer.apply_chat_template(example.prompt_messages, tokenize=False, add_generation_prompt=True)
