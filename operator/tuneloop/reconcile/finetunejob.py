@@ -556,7 +556,7 @@ def registration_inputs(spec: FineTuneJobSpec, status: FineTuneJobStatus) -> dic
             tags[f"tuneloop.dev/eval-{metric}"] = f"{score.value:.4f} [{score.low:.4f}, {score.high:.4f}]"
         for metric, score in evaluation.test.baseline.items():
             metrics[evaluation_metric(metric, "baseline")] = score.value
-    exports = [exported.to_wire() for exported in registered_exports(status)]
+    exports = [exported.to_wire() for exported in exports_to_register(status)]
     return {
         "adapter_uri": training.adapter_uri, "training_run_id": training.mlflow_run_id,
         "records_uri": evaluation.records_uri if evaluation else None, "exports": exports,
@@ -567,7 +567,7 @@ def registration_inputs(spec: FineTuneJobSpec, status: FineTuneJobStatus) -> dic
     }
 
 
-def registered_exports(status: FineTuneJobStatus) -> list[ExportedFile]:
+def exports_to_register(status: FineTuneJobStatus) -> list[ExportedFile]:
     """The exports registered with the version: all of them, but a GGUF file that failed its check."""
     export = status.export
     if export is None:
